@@ -1,0 +1,1 @@
+"""The archive: blob store, catalog, ingest transaction, fixity and audit."""

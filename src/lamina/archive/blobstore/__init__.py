@@ -1,0 +1,22 @@
+"""Content-addressed blob stores: every object is named by the SHA-256 of its bytes.
+
+A store implements :class:`BlobStore`. Writing goes through :meth:`BlobStore.writer`, whose
+``commit()`` makes the object durable and verified before it returns its digest; an object that
+is referenced by nothing (a crash between the write and the catalog transaction) is an orphan
+that :meth:`BlobStore.iter_digests` lets a sweep find.
+"""
+
+from lamina.archive.blobstore.base import BlobRef, BlobStore, BlobWriter
+from lamina.archive.blobstore.filesystem import FileBlobStore
+
+__all__ = ["BlobRef", "BlobStore", "BlobWriter", "FileBlobStore", "open_blobstore"]
+
+
+def open_blobstore(url: str, verify_after_write: bool = True) -> BlobStore:
+    from lamina.errors import ConfigurationError
+
+    if url.startswith("file://"):
+        from pathlib import Path
+
+        return FileBlobStore(Path(url[len("file://") :]), verify_after_write=verify_after_write)
+    raise ConfigurationError(f"blob store URL {url!r}: only file:// is supported by this version")

@@ -1,0 +1,65 @@
+"""The blob store contract."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A stored object: its SHA-256 (hex), its size, and whether this write created it."""
+
+    sha256: str
+    size: int
+    created: bool = True
+
+
+class BlobWriter(ABC):
+    """Receives an object's bytes in order. ``commit`` returns once it is durable and verified;
+    ``abort`` (or leaving the ``with`` block on an exception) leaves nothing behind."""
+
+    @abstractmethod
+    def write(self, data: bytes | bytearray) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> BlobRef: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class BlobStore(ABC):
+    @abstractmethod
+    def writer(self) -> BlobWriter: ...
+
+    @abstractmethod
+    def read_range(self, sha256: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def open(self, sha256: str) -> Iterator[bytes]:
+        """The whole object, in chunks."""
+
+    @abstractmethod
+    def exists(self, sha256: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, sha256: str) -> int: ...
+
+    @abstractmethod
+    def delete(self, sha256: str) -> None: ...
+
+    @abstractmethod
+    def iter_digests(self) -> Iterator[str]: ...
+
+    def local_path(self, sha256: str) -> str | None:
+        """A filesystem path to the object when the store has one (export uses it to copy fast)."""
+        return None

@@ -1,0 +1,251 @@
+"""Catalog access: one class, plain dataclasses in and out, one transaction per slide."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.exc import OperationalError
+
+from lamina.archive import audit
+from lamina.archive.catalog import tables as t
+from lamina.errors import ConfigurationError, StorageError
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    sop_instance_uid: str
+    slide_id: str
+    sop_class_uid: str
+    instance_number: int
+    flavor: str
+    level: int | None
+    rows: int
+    columns: int
+    total_pixel_matrix_columns: int
+    total_pixel_matrix_rows: int
+    number_of_frames: int
+    samples_per_pixel: int
+    photometric_interpretation: str
+    transfer_syntax_uid: str
+    pixel_spacing_mm: float | None
+    lossy: bool
+    blob_sha256: str
+    bytes: int
+    frame_offsets: bytes
+    frame_lengths: bytes
+
+
+@dataclass(frozen=True)
+class SlideRow:
+    id: str
+    series_instance_uid: str
+    study_instance_uid: str
+    container_id: str
+    specimen_id: str | None
+    stain: str | None
+    organ: str | None
+    diagnosis_code: str | None
+    format: str
+    source_path: str
+    source_sha256: str
+    source_bytes: int
+    levels: int
+    instances: int
+    bytes: int
+    identified: bool
+    lossy: bool
+    width: int
+    height: int
+    mpp: float | None
+    created_at: dt.datetime
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    patient_id: str
+    patient_name: str | None
+    birth_date: str | None
+    sex: str | None
+
+
+@dataclass(frozen=True)
+class NewSlide:
+    """Everything the ingest transaction writes for one slide."""
+
+    slide: SlideRow
+    instances: Sequence[InstanceRow]
+    patient: PatientRecord | None
+    study_date: str | None
+    study_time: str | None
+
+
+def _row(cls: type[Any], mapping: Any) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in mapping.items() if k in names})
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Catalog:
+        try:
+            engine = create_engine(url, future=True)
+        except Exception as exc:  # bad URL or missing driver
+            raise ConfigurationError(f"catalog URL cannot be used ({type(exc).__name__}); check LAMINA_DATABASE_URL") from exc
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        catalog = cls(engine)
+        catalog.migrate()
+        return catalog
+
+    def migrate(self) -> None:
+        try:
+            t.metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                version = conn.execute(select(t.schema_info.c.version)).scalar()
+                if version is None:
+                    conn.execute(insert(t.schema_info).values(version=t.SCHEMA_VERSION))
+                elif version > t.SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"the catalog has schema version {version}, newer than this lamina "
+                        f"({t.SCHEMA_VERSION}); upgrade lamina"
+                    )
+        except OperationalError as exc:
+            raise StorageError(f"cannot open the catalog {self.engine.url.render_as_string(hide_password=True)}: {exc.orig}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- reads -------------------------------------------------------------------------------
+    def _slide_query(self) -> Any:
+        return (
+            select(t.slides, t.patients.c.patient_id, t.patients.c.patient_name, t.studies.c.accession_number)
+            .select_from(
+                t.slides.join(t.studies, t.slides.c.study_instance_uid == t.studies.c.study_instance_uid)
+                .outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk)
+            )
+        )
+
+    def slide_by_source(self, source_sha256: str) -> SlideRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._slide_query().where(t.slides.c.source_sha256 == source_sha256)).mappings().first()
+        return None if row is None else _row(SlideRow, row)
+
+    def slide(self, slide_id: str) -> SlideRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._slide_query().where(t.slides.c.id == slide_id)).mappings().first()
+        return None if row is None else _row(SlideRow, row)
+
+    def slides(self) -> list[SlideRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._slide_query().order_by(t.slides.c.created_at, t.slides.c.id)).mappings()
+            return [_row(SlideRow, row) for row in rows]
+
+    def instances(self, slide_id: str) -> list[InstanceRow]:
+        query = select(t.instances).where(t.instances.c.slide_id == slide_id).order_by(t.instances.c.instance_number)
+        with self.engine.connect() as conn:
+            return [_row(InstanceRow, row) for row in conn.execute(query).mappings()]
+
+    def study_for_accession(self, accession_number: str, patient_id: str | None) -> str | None:
+        """The study already holding this case, so that all slides of a case share one study."""
+        query = (
+            select(t.studies.c.study_instance_uid, t.patients.c.patient_id)
+            .select_from(t.studies.outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk))
+            .where(t.studies.c.accession_number == accession_number)
+        )
+        with self.engine.connect() as conn:
+            for uid, known_patient in conn.execute(query):
+                if known_patient == patient_id:
+                    return str(uid)
+        return None
+
+    def referenced_blobs(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {row[0] for row in conn.execute(select(t.instances.c.blob_sha256))}
+
+    def sop_instance_exists(self, uids: Sequence[str]) -> list[str]:
+        with self.engine.connect() as conn:
+            query = select(t.instances.c.sop_instance_uid).where(t.instances.c.sop_instance_uid.in_(list(uids)))
+            return [row[0] for row in conn.execute(query)]
+
+    def count_slides(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.slides)).scalar_one())
+
+    # -- the ingest transaction -------------------------------------------------------------
+    def add_slide(self, new: NewSlide, actor: str) -> None:
+        """Patient, study, slide, instances and the audit entry, in one transaction."""
+        slide = new.slide
+        try:
+            with self.engine.begin() as conn:
+                patient_pk = self._patient(conn, new.patient)
+                known = conn.execute(
+                    select(t.studies.c.study_instance_uid).where(
+                        t.studies.c.study_instance_uid == slide.study_instance_uid
+                    )
+                ).first()
+                if known is None:
+                    conn.execute(
+                        insert(t.studies).values(
+                            study_instance_uid=slide.study_instance_uid,
+                            patient_pk=patient_pk,
+                            accession_number=slide.accession_number,
+                            study_date=new.study_date,
+                            study_time=new.study_time,
+                            created_at=slide.created_at,
+                        )
+                    )
+                values = {column.name: getattr(slide, column.name) for column in t.slides.columns}
+                conn.execute(insert(t.slides).values(**values))
+                conn.execute(
+                    insert(t.instances),
+                    [{f.name: getattr(row, f.name) for f in fields(InstanceRow)} for row in new.instances],
+                )
+                audit.append(
+                    conn, actor, "ingest", f"slide/{slide.id}",
+                    {"source": slide.source_path, "source_sha256": slide.source_sha256,
+                     "instances": [row.blob_sha256 for row in new.instances]},
+                )
+        except SqlIntegrityError as exc:
+            raise StorageError(f"slide {slide.id} conflicts with the catalog: {exc.orig}") from exc
+
+    def _patient(self, conn: Connection, patient: PatientRecord | None) -> int | None:
+        if patient is None:
+            return None
+        found = conn.execute(
+            select(t.patients.c.pk).where(t.patients.c.patient_id == patient.patient_id, t.patients.c.issuer == "")
+        ).scalar()
+        if found is not None:
+            return int(found)
+        result = conn.execute(
+            insert(t.patients).values(
+                patient_id=patient.patient_id, issuer="", patient_name=patient.patient_name,
+                birth_date=patient.birth_date, sex=patient.sex,
+            )
+        )
+        return int(result.inserted_primary_key[0])

@@ -1,0 +1,123 @@
+"""Tables of the catalog (SQLAlchemy Core; the same definitions serve SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer", String(64), nullable=False, default=""),
+    Column("patient_name", String(324)),
+    Column("birth_date", String(8)),
+    Column("sex", String(16)),
+    UniqueConstraint("patient_id", "issuer", name="uq_patients_id"),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("study_instance_uid", String(64), primary_key=True),
+    Column("patient_pk", Integer, ForeignKey("patients.pk"), nullable=True),
+    Column("accession_number", String(16)),
+    Column("study_date", String(8)),
+    Column("study_time", String(14)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_studies_accession", "accession_number"),
+    Index("ix_studies_patient", "patient_pk"),
+)
+
+slides = Table(
+    "slides",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),
+    Column("study_instance_uid", String(64), ForeignKey("studies.study_instance_uid"), nullable=False),
+    Column("container_id", String(64), nullable=False),
+    Column("specimen_id", String(64)),
+    Column("stain", String(64)),
+    Column("organ", String(64)),
+    Column("diagnosis_code", String(64)),
+    Column("format", String(32), nullable=False),
+    Column("source_path", Text, nullable=False),
+    Column("source_sha256", String(64), nullable=False, unique=True),
+    Column("source_bytes", BigInteger, nullable=False),
+    Column("levels", Integer, nullable=False),
+    Column("instances", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("identified", Boolean, nullable=False),
+    Column("lossy", Boolean, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("mpp", Float),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_slides_study", "study_instance_uid"),
+    Index("ix_slides_container", "container_id"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("slide_id", String(16), ForeignKey("slides.id"), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer, nullable=False),
+    Column("flavor", String(16), nullable=False),
+    Column("level", Integer),
+    Column("rows", Integer, nullable=False),
+    Column("columns", Integer, nullable=False),
+    Column("total_pixel_matrix_columns", Integer, nullable=False),
+    Column("total_pixel_matrix_rows", Integer, nullable=False),
+    Column("number_of_frames", Integer, nullable=False),
+    Column("samples_per_pixel", Integer, nullable=False),
+    Column("photometric_interpretation", String(16), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("pixel_spacing_mm", Float),
+    Column("lossy", Boolean, nullable=False),
+    Column("blob_sha256", String(64), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    # frame index: little-endian uint64 offsets and uint32 lengths of each frame in the object
+    Column("frame_offsets", LargeBinary, nullable=False),
+    Column("frame_lengths", LargeBinary, nullable=False),
+    Index("ix_instances_slide", "slide_id"),
+    Index("ix_instances_blob", "blob_sha256"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("entity", String(128), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)

@@ -1,0 +1,266 @@
+"""The ingest transaction: source -> DICOM objects in the blob store -> one catalog transaction.
+
+Order matters for crash safety: every object is written, fsynced and verified first; only then
+does one catalog transaction make the slide visible (with its audit entry). A crash before the
+transaction leaves unreferenced objects, which a sweep removes; never a visible slide with a
+missing part.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lamina.archive.blobstore import BlobRef, BlobStore
+from lamina.archive.blobstore.filesystem import file_sha256
+from lamina.archive.catalog import Catalog, InstanceRow, SlideRow
+from lamina.archive.catalog.catalog import NewSlide, PatientRecord
+from lamina.archive.discover import Candidate
+from lamina.archive.manifest import Manifest
+from lamina.errors import LaminaError, SourceError, StorageError
+from lamina.formats.dicomize import WrittenInstance, plan_slide, series_context, write_instance
+from lamina.formats.registry import open_source
+from lamina.formats.source import SlideSource, SourceOptions
+from lamina.model.geometry import SizeMm
+from lamina.model.ids import new_uid, slide_id
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    pixel_spacing: SizeMm | None = None
+    actor: str = "lamina"
+
+
+@dataclass
+class IngestResult:
+    path: Path
+    status: str  # ingested, duplicate, failed
+    slide_id: str | None = None
+    format: str | None = None
+    levels: int = 0
+    instances: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    identified: bool = False
+    reason: str | None = None
+    repairs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ingested", "duplicate")
+
+
+class _Duplicate(Exception):
+    def __init__(self, slide: SlideRow) -> None:
+        self.slide = slide
+
+
+def source_digest(members: tuple[Path, ...]) -> str:
+    """SHA-256 of a one-file source; for several files, of their sorted digests."""
+    if len(members) == 1:
+        return file_sha256(members[0])
+    digests = sorted(file_sha256(member) for member in members)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+class _ProgressSink:
+    def __init__(self, writer: object, progress: Progress | None, state: list[int], total: int,
+                 stop: threading.Event, duplicate: Callable[[], None]) -> None:
+        self._writer = writer
+        self._progress = progress
+        self._state = state
+        self._total = total
+        self._stop = stop
+        self._duplicate = duplicate
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self._stop.is_set():
+            self._duplicate()
+        self._writer.write(data)  # type: ignore[attr-defined]
+        self._state[0] += len(data)
+        if self._progress is not None:
+            self._progress(self._state[0], self._total)
+
+
+class Ingestor:
+    """Ingests candidates into one archive (catalog + blob store)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: BlobStore,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        spool_dir: Path | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.clock = clock
+        self.spool_dir = spool_dir
+
+    def ingest(
+        self,
+        candidate: Candidate,
+        manifest: Manifest | None = None,
+        options: IngestOptions | None = None,
+        progress: Progress | None = None,
+    ) -> IngestResult:
+        options = options or IngestOptions()
+        started = time.perf_counter()
+        result = IngestResult(candidate.path, "failed")
+        try:
+            self._ingest(candidate, manifest, options, progress, result)
+        except _Duplicate as dup:
+            result.status, result.slide_id = "duplicate", dup.slide.id
+            result.format, result.levels, result.instances = dup.slide.format, dup.slide.levels, dup.slide.instances
+            result.bytes, result.identified = dup.slide.bytes, dup.slide.identified
+        except LaminaError as exc:
+            result.status = "failed"
+            result.reason = exc.reason if isinstance(exc, SourceError) else str(exc)
+        except (OSError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+            result.status = "failed"
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            result.reason = f"unreadable ({type(exc).__name__}: {detail}); the file may be corrupt"
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _ingest(self, candidate: Candidate, manifest: Manifest | None, options: IngestOptions,
+                progress: Progress | None, result: IngestResult) -> None:
+        for member in candidate.members:
+            if not member.is_file():
+                raise SourceError(member, "no such file (or not a regular file)")
+        entry = manifest.lookup(candidate.path, None) if manifest else None
+        spacing = options.pixel_spacing or (entry.pixel_spacing if entry else None)
+        with ThreadPoolExecutor(1, thread_name_prefix="source-hash") as pool:
+            digest_future = pool.submit(source_digest, candidate.members)
+            source = open_source(candidate.path, SourceOptions(spacing, candidate.members))
+            try:
+                result.format = source.format_name
+                if manifest and entry is None:
+                    entry = manifest.lookup(candidate.path, source.metadata.identity.container_id)
+                self._convert(candidate, source, entry.identity if entry else None, options,
+                              progress, digest_future, result)
+            finally:
+                source.close()
+
+    def _convert(self, candidate: Candidate, source: SlideSource, identity: object, options: IngestOptions,
+                 progress: Progress | None, digest_future: Future[str], result: IngestResult) -> None:
+        created = self.clock()
+        ctx = series_context(source, identity, new_uid, "", created)
+        if ctx.identity.accession_number:
+            study = self.catalog.study_for_accession(ctx.identity.accession_number, ctx.identity.patient_id)
+            if study and not source.metadata.study_instance_uid:
+                ctx = replace(ctx, study_instance_uid=study)
+        sid = slide_id(ctx.series_instance_uid)
+        if not ctx.container_id:
+            ctx = replace(ctx, container_id=sid)
+        plans = plan_slide(source, new_uid)
+        taken = self.catalog.sop_instance_exists([plan.sop_instance_uid for plan in plans])
+        stop = threading.Event()
+        duplicate: list[SlideRow] = []
+
+        def check_duplicate(future: Future[str]) -> None:
+            if future.exception() is None:
+                found = self.catalog.slide_by_source(future.result())
+                if found is not None:
+                    duplicate.append(found)
+                    stop.set()
+
+        digest_future.add_done_callback(check_duplicate)
+
+        def raise_duplicate() -> None:
+            raise _Duplicate(duplicate[0])
+
+        total = sum(_expected_bytes(plan.image) for plan in plans)
+        state = [0]
+        refs: list[tuple[WrittenInstance, BlobRef]] = []
+        try:
+            for plan in plans:
+                if plan.sop_instance_uid in taken and not stop.is_set():
+                    digest_future.result()
+                    if stop.is_set():
+                        raise_duplicate()
+                    raise StorageError(
+                        f"SOP instance {plan.sop_instance_uid} is already in the archive with other "
+                        "content; the source system reused a UID"
+                    )
+                with self.store.writer() as writer:
+                    sink = _ProgressSink(writer, progress, state, total, stop, raise_duplicate)
+                    written = write_instance(plan, ctx, sink, self.spool_dir)
+                    ref = writer.commit()
+                refs.append((written, ref))
+            source_sha = digest_future.result()
+            if stop.is_set():
+                raise_duplicate()
+            record = _record(candidate, source, ctx, sid, refs, source_sha, created)
+            self.catalog.add_slide(record, options.actor)
+        except BaseException:
+            for _, ref in refs:
+                if ref.created:
+                    self.store.delete(ref.sha256)
+            raise
+        result.status, result.slide_id = "ingested", sid
+        result.levels = sum(1 for plan in plans if plan.level is not None)
+        result.instances = len(plans)
+        result.bytes = sum(ref.size for _, ref in refs)
+        result.identified = ctx.identity.identified
+        result.repairs = sorted({name for written, _ in refs for name in written.repairs})
+
+
+def _expected_bytes(image: object) -> int:
+    lengths = image.frame_lengths() if hasattr(image, "frame_lengths") else None  # type: ignore[attr-defined]
+    if lengths is not None:
+        return int(sum(lengths))
+    return int(image.frame_count * image.tile_size.area * image.samples_per_pixel // 10)  # type: ignore[attr-defined]
+
+
+def _record(candidate: Candidate, source: SlideSource, ctx: object, sid: str,
+            refs: list[tuple[WrittenInstance, BlobRef]], source_sha: str, created: dt.datetime) -> NewSlide:
+    from lamina.formats.dicom_modules import SeriesContext
+
+    assert isinstance(ctx, SeriesContext)
+    identity = ctx.identity
+    rows = []
+    for written, ref in refs:
+        plan, image, ds = written.plan, written.plan.image, written.dataset
+        rows.append(InstanceRow(
+            sop_instance_uid=plan.sop_instance_uid, slide_id=sid, sop_class_uid=str(ds.SOPClassUID),
+            instance_number=plan.instance_number, flavor=image.flavor.value, level=plan.level,
+            rows=image.tile_size.height, columns=image.tile_size.width,
+            total_pixel_matrix_columns=image.size.width, total_pixel_matrix_rows=image.size.height,
+            number_of_frames=image.frame_count, samples_per_pixel=image.samples_per_pixel,
+            photometric_interpretation=plan.encoding.photometric_interpretation,
+            transfer_syntax_uid=plan.encoding.transfer_syntax.value,
+            pixel_spacing_mm=image.pixel_spacing.width if image.pixel_spacing else None,
+            lossy=written.lossy, blob_sha256=ref.sha256, bytes=ref.size,
+            frame_offsets=written.frame_offsets.astype("<u8").tobytes(),
+            frame_lengths=written.frame_lengths.astype("<u4").tobytes(),
+        ))
+    base = source.levels[0]
+    first = refs[0][0].dataset
+    slide = SlideRow(
+        id=sid, series_instance_uid=ctx.series_instance_uid, study_instance_uid=ctx.study_instance_uid,
+        container_id=ctx.container_id, specimen_id=identity.specimen_id, stain=identity.stain,
+        organ=identity.organ, diagnosis_code=identity.diagnosis_code, format=source.format_name,
+        source_path=str(candidate.path.absolute()), source_sha256=source_sha,
+        source_bytes=sum(member.stat().st_size for member in candidate.members),
+        levels=sum(1 for row in rows if row.level is not None), instances=len(rows),
+        bytes=sum(row.bytes for row in rows), identified=identity.identified,
+        lossy=any(row.lossy for row in rows if row.level == 0), width=base.size.width, height=base.size.height,
+        mpp=base.pixel_spacing.mpp if base.pixel_spacing else None, created_at=created,
+        patient_id=identity.patient_id, patient_name=identity.patient_name,
+        accession_number=identity.accession_number or None,
+    )
+    patient = (
+        PatientRecord(identity.patient_id, identity.patient_name, identity.birth_date, identity.sex)
+        if identity.patient_id else None
+    )
+    return NewSlide(slide, rows, patient, str(first.get("StudyDate", "")) or None,
+                    str(first.get("StudyTime", "")) or None)

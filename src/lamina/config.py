@@ -1,0 +1,101 @@
+"""Settings: frozen, read once from the environment and ``$LAMINA_HOME/lamina.toml``, passed in.
+
+Precedence: explicit arguments > environment variables > settings file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import ConfigurationError
+
+DEFAULT_HOME = "lamina-data"
+
+
+class Secret:
+    """A value that never prints: ``str()`` and ``repr()`` give ``'**********'``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the archive lives and how it behaves.
+
+    Parameters
+    ----------
+    home
+        The data folder (``$LAMINA_HOME``, default ``./lamina-data``).
+    database_url
+        The catalog; default a SQLite file in ``home``.
+    blob_url
+        The blob store; default the folder ``home/blobs``.
+    role
+        ``site`` (a lab) or ``archive`` (the shared archive).
+    verify_after_write
+        Re-read every stored object and check its SHA-256 before making a slide visible.
+    """
+
+    home: Path
+    database_url: str
+    blob_url: str
+    role: str = "site"
+    verify_after_write: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def blob_path(self) -> Path:
+        if not self.blob_url.startswith("file://"):
+            raise ConfigurationError(
+                f"LAMINA_BLOB_URL={self.blob_url!r}: only file:// folders are supported here; "
+                "use a folder path such as file:///var/lib/lamina/blobs"
+            )
+        return Path(self.blob_url[len("file://") :])
+
+    @classmethod
+    def load(cls, home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ) if env is None else env
+        root = Path(home or env.get("LAMINA_HOME") or DEFAULT_HOME).expanduser().absolute()
+        file_values: dict[str, Any] = {}
+        toml_path = root / "lamina.toml"
+        if toml_path.is_file():
+            try:
+                file_values = tomllib.loads(toml_path.read_text("utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"{toml_path}: not valid TOML ({exc}); fix or remove it") from exc
+        settings = cls(
+            home=root,
+            database_url=str(
+                env.get("LAMINA_DATABASE_URL")
+                or file_values.get("database_url")
+                or f"sqlite:///{root / 'catalog.sqlite'}"
+            ),
+            blob_url=str(
+                env.get("LAMINA_BLOB_URL") or file_values.get("blob_url") or f"file://{root / 'blobs'}"
+            ),
+            role=str(env.get("LAMINA_ROLE") or file_values.get("role") or "site"),
+        )
+        if settings.role not in ("site", "archive"):
+            raise ConfigurationError(
+                f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'"
+            )
+        return settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

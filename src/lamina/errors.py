@@ -1,0 +1,55 @@
+"""The one error hierarchy of lamina.
+
+``except LaminaError`` catches every error lamina raises on purpose. Each message names the
+file, field or parameter concerned and says how to fix it; callers print it as one line, with
+no traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LaminaError(Exception):
+    """Base of every error lamina raises on purpose."""
+
+
+class ConfigurationError(LaminaError):
+    """A setting is missing or wrong (environment, settings file or command-line option)."""
+
+
+class SourceError(LaminaError):
+    """A slide file cannot be ingested. ``path`` names the file, ``reason`` says why and how to fix."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class UnsupportedFormatError(SourceError):
+    """No reader recognises the file as a slide."""
+
+
+class CorruptSourceError(SourceError):
+    """The file looks like a supported format but is truncated or damaged."""
+
+
+class MissingMetadataError(SourceError):
+    """The file lacks something the DICOM output needs (pixel spacing, ...), and nothing gave it."""
+
+
+class ManifestError(LaminaError):
+    """The manifest file is malformed; the message names the file, row and field."""
+
+
+class StorageError(LaminaError):
+    """The blob store or the catalog failed (disk full, permissions, digest mismatch)."""
+
+
+class IntegrityError(StorageError):
+    """Stored bytes do not match their recorded SHA-256."""
+
+
+class NotFoundError(LaminaError):
+    """A slide, instance or object asked for does not exist."""

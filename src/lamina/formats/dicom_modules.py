@@ -1,0 +1,280 @@
+"""The attributes of a VL Whole Slide Microscopy Image instance, module by module (PS3.3 A.32.8).
+
+Each function fills one module; :func:`build_dataset` assembles them. Values come from the
+slide's identity, the scanner's metadata and the image; nothing about the patient is invented.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
+
+from lamina import __version__
+from lamina.formats.source import FrameEncoding, ImageFlavor, SlideMetadata, SourceImage
+from lamina.model.slide import SlideIdentity
+
+VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
+IMPLEMENTATION_CLASS_UID = "2.25.246817293655187412301979124577935315771"
+IMPLEMENTATION_VERSION = f"LAMINA_{__version__}"[:16]
+
+#: SNOMED CT codes of organs labs name most often (PrimaryAnatomicStructureSequence).
+ORGANS = {
+    "colon": ("71854001", "Colon"),
+    "rectum": ("34402009", "Rectum"),
+    "stomach": ("69695003", "Stomach"),
+    "kidney": ("64033007", "Kidney"),
+    "breast": ("76752008", "Breast"),
+    "lung": ("39607008", "Lung"),
+    "prostate": ("41216001", "Prostate"),
+    "skin": ("39937001", "Skin"),
+    "liver": ("10200004", "Liver"),
+    "lymph node": ("59441001", "Lymph node"),
+    "uterus": ("35039007", "Uterus"),
+    "thyroid": ("69748006", "Thyroid"),
+    "pancreas": ("15776009", "Pancreas"),
+    "bladder": ("89837001", "Urinary bladder"),
+}
+#: Substances of the usual stains (SNOMED CT), for the staining step of the specimen.
+STAIN_SUBSTANCES = {
+    "he": [("12710003", "hematoxylin stain"), ("36879007", "water soluble eosin stain")],
+    "h&e": [("12710003", "hematoxylin stain"), ("36879007", "water soluble eosin stain")],
+    "hes": [("12710003", "hematoxylin stain"), ("36879007", "water soluble eosin stain"),
+            ("33000006", "saffron stain")],
+}
+
+
+@dataclass(frozen=True)
+class SeriesContext:
+    """What every instance of one slide shares."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    dimension_organization_uid: str
+    specimen_uid: str
+    container_id: str
+    identity: SlideIdentity
+    metadata: SlideMetadata
+    created: dt.datetime
+
+
+def code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def file_meta(sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(VL_WSI)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    return meta
+
+
+def patient_study_series(ds: Dataset, ctx: SeriesContext) -> None:
+    ident = ctx.identity
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = ident.patient_name or ""
+    ds.PatientID = ident.patient_id or ""
+    ds.PatientBirthDate = ident.birth_date or ""
+    ds.PatientSex = ident.sex or ""
+    ds.StudyInstanceUID = ctx.study_instance_uid
+    acquired = ctx.metadata.acquisition_datetime or ctx.created
+    ds.StudyDate = acquired.strftime("%Y%m%d")
+    ds.StudyTime = acquired.strftime("%H%M%S")
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ident.accession_number or ""
+    ds.Modality = "SM"
+    ds.SeriesInstanceUID = ctx.series_instance_uid
+    ds.SeriesNumber = 1
+    ds.FrameOfReferenceUID = ctx.frame_of_reference_uid
+    ds.PositionReferenceIndicator = "SLIDE_CORNER"
+
+
+def equipment(ds: Dataset, meta: SlideMetadata) -> None:
+    # Enhanced General Equipment makes these type 1: "unknown" where the file does not say.
+    ds.Manufacturer = meta.manufacturer or "unknown"
+    ds.ManufacturerModelName = meta.model_name or "unknown"
+    ds.DeviceSerialNumber = meta.device_serial_number or "unknown"
+    ds.SoftwareVersions = [*meta.software_versions, f"lamina {__version__}"]
+
+
+def specimen(ds: Dataset, ctx: SeriesContext) -> None:
+    ident = ctx.identity
+    ds.ContainerIdentifier = ctx.container_id
+    ds.IssuerOfTheContainerIdentifierSequence = DicomSequence([])
+    ds.ContainerTypeCodeSequence = DicomSequence([code("433466003", "SCT", "Microscope slide")])
+    description = Dataset()
+    description.SpecimenIdentifier = ident.specimen_id or ctx.container_id
+    description.SpecimenUID = ctx.specimen_uid
+    description.IssuerOfTheSpecimenIdentifierSequence = DicomSequence([])
+    description.SpecimenPreparationSequence = DicomSequence(
+        [_staining_step(description.SpecimenIdentifier, ident.stain)] if ident.stain else []
+    )
+    organ = ORGANS.get((ident.organ or "").strip().lower())
+    if organ is not None:
+        description.PrimaryAnatomicStructureSequence = DicomSequence([code(organ[0], "SCT", organ[1])])
+    if ident.organ or ident.stain:
+        description.SpecimenShortDescription = " ".join(filter(None, [ident.organ, ident.stain]))[:64]
+    ds.SpecimenDescriptionSequence = DicomSequence([description])
+
+
+def _content_item(value_type: str, name: Dataset) -> Dataset:
+    item = Dataset()
+    item.ValueType = value_type
+    item.ConceptNameCodeSequence = DicomSequence([name])
+    return item
+
+
+def _staining_step(specimen_id: str, stain: str) -> Dataset:
+    """A specimen preparation step (TID 8001/8004): the staining, with its substances."""
+    items = []
+    ident = _content_item("TEXT", code("121041", "DCM", "Specimen Identifier"))
+    ident.TextValue = specimen_id
+    items.append(ident)
+    kind = _content_item("CODE", code("111701", "DCM", "Processing type"))
+    kind.ConceptCodeSequence = DicomSequence([code("127790008", "SCT", "Staining")])
+    items.append(kind)
+    substances = STAIN_SUBSTANCES.get(stain.strip().lower())
+    if substances:
+        for value, meaning in substances:
+            using = _content_item("CODE", code("424361007", "SCT", "Using substance"))
+            using.ConceptCodeSequence = DicomSequence([code(value, "SCT", meaning)])
+            items.append(using)
+    else:
+        using = _content_item("TEXT", code("424361007", "SCT", "Using substance"))
+        using.TextValue = stain[:1024]
+        items.append(using)
+    step = Dataset()
+    step.SpecimenPreparationStepContentItemSequence = DicomSequence(items)
+    return step
+
+
+def optical_path(ds: Dataset, meta: SlideMetadata, photometric: str) -> None:
+    path = Dataset()
+    path.OpticalPathIdentifier = "1"
+    path.IlluminationTypeCodeSequence = DicomSequence([code("111744", "DCM", "Brightfield illumination")])
+    path.IlluminationColorCodeSequence = DicomSequence([code("414298005", "SCT", "Full Spectrum")])
+    if photometric != "MONOCHROME2":
+        if meta.icc_profile:
+            path.ICCProfile = meta.icc_profile
+        else:
+            path.ColorSpace = "SRGB"
+    if meta.objective_power:
+        path.ObjectiveLensPower = f"{meta.objective_power:g}"
+    ds.NumberOfOpticalPaths = 1
+    ds.OpticalPathSequence = DicomSequence([path])
+
+
+def image(
+    ds: Dataset,
+    ctx: SeriesContext,
+    source: SourceImage,
+    encoding: FrameEncoding,
+    image_type: list[str],
+    instance_number: int,
+    lossy_ratio: float | None,
+) -> None:
+    created = ctx.created
+    acquired = ctx.metadata.acquisition_datetime or created
+    ds.ImageType = image_type
+    ds.InstanceNumber = instance_number
+    ds.ContentDate = created.strftime("%Y%m%d")
+    ds.ContentTime = created.strftime("%H%M%S")
+    ds.AcquisitionDateTime = acquired.strftime("%Y%m%d%H%M%S")
+    ds.SamplesPerPixel = source.samples_per_pixel
+    ds.PhotometricInterpretation = encoding.photometric_interpretation
+    if source.samples_per_pixel > 1:
+        ds.PlanarConfiguration = 0
+    ds.Rows = source.tile_size.height
+    ds.Columns = source.tile_size.width
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.NumberOfFrames = source.frame_count
+    ds.TotalPixelMatrixColumns = source.size.width
+    ds.TotalPixelMatrixRows = source.size.height
+    ds.TotalPixelMatrixFocalPlanes = 1
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = 0
+    origin.YOffsetInSlideCoordinateSystem = 0
+    ds.TotalPixelMatrixOriginSequence = DicomSequence([origin])
+    ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
+    ds.VolumetricProperties = "VOLUME"
+    ds.SpecimenLabelInImage = "NO" if source.flavor is ImageFlavor.VOLUME else "YES"
+    ds.BurnedInAnnotation = "NO" if source.flavor in (ImageFlavor.VOLUME, ImageFlavor.THUMBNAIL) else "YES"
+    ds.FocusMethod = "AUTO"
+    ds.ExtendedDepthOfField = "NO"
+    ds.AcquisitionContextSequence = DicomSequence([])
+    if lossy_ratio is not None:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = [f"{lossy_ratio:.2f}"[:16]]
+        ds.LossyImageCompressionMethod = [encoding.lossy_method or "ISO_10918_1"]
+    else:
+        ds.LossyImageCompression = "00"
+    _frames(ds, ctx, source, image_type)
+
+
+def _frames(ds: Dataset, ctx: SeriesContext, source: SourceImage, image_type: list[str]) -> None:
+    shared = Dataset()
+    spacing = source.pixel_spacing
+    if spacing is not None:
+        measures = Dataset()
+        measures.PixelSpacing = [f"{spacing.height:.10g}", f"{spacing.width:.10g}"]
+        measures.SliceThickness = "0.001"
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+        ds.ImagedVolumeWidth = spacing.width * source.size.width
+        ds.ImagedVolumeHeight = spacing.height * source.size.height
+        ds.ImagedVolumeDepth = 0.001
+    frame_type = Dataset()
+    frame_type.FrameType = image_type
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = DicomSequence([frame_type])
+    path_id = Dataset()
+    path_id.OpticalPathIdentifier = "1"
+    shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    ds.DimensionOrganizationType = "TILED_FULL"
+    organisation = Dataset()
+    organisation.DimensionOrganizationUID = ctx.dimension_organization_uid
+    ds.DimensionOrganizationSequence = DicomSequence([organisation])
+    indices = []
+    for keyword in ("ColumnPositionInTotalImagePixelMatrix", "RowPositionInTotalImagePixelMatrix"):
+        index = Dataset()
+        index.DimensionIndexPointer = keyword
+        index.FunctionalGroupPointer = "PlanePositionSlideSequence"
+        index.DimensionOrganizationUID = ctx.dimension_organization_uid
+        indices.append(index)
+    ds.DimensionIndexSequence = DicomSequence(indices)
+
+
+def build_dataset(
+    ctx: SeriesContext,
+    source: SourceImage,
+    encoding: FrameEncoding,
+    sop_instance_uid: str,
+    image_type: list[str],
+    instance_number: int,
+    lossy_ratio: float | None,
+) -> Dataset:
+    """A complete dataset for one instance, without Pixel Data."""
+    ds = Dataset()
+    ds.file_meta = file_meta(sop_instance_uid, encoding.transfer_syntax.value)
+    ds.SOPClassUID = VL_WSI
+    ds.SOPInstanceUID = sop_instance_uid
+    patient_study_series(ds, ctx)
+    equipment(ds, ctx.metadata)
+    specimen(ds, ctx)
+    optical_path(ds, ctx.metadata, encoding.photometric_interpretation)
+    image(ds, ctx, source, encoding, image_type, instance_number, lossy_ratio)
+    return ds

@@ -1,0 +1,246 @@
+"""Source slide -> DICOM WSI instances, streamed, with the frame index recorded.
+
+One series per scan; one instance per pyramid level (TILED_FULL) plus LABEL, OVERVIEW and
+THUMBNAIL. Frames a source hands over in a DICOM transfer syntax are copied byte for byte;
+anything else is decoded and re-encoded (losslessly when the pixels were never lossy).
+
+An instance is written in one pass: the dataset, an Extended Offset Table (the frame lengths
+are known before the frames are read), then the frames. The byte offset of every frame inside
+the written object is returned so that a tile can later be served by one ranged read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+
+from lamina.errors import StorageError
+from lamina.formats import codec
+from lamina.formats.dicom_modules import SeriesContext, build_dataset
+from lamina.formats.pyramid import GeneratedLevel, complete_pyramid
+from lamina.formats.source import FrameEncoding, ImageFlavor, SlideSource, SourceImage
+
+_ITEM = struct.Struct("<II")
+_ITEM_TAG = 0xE000FFFE
+_PIXEL_DATA_HEADER = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
+_EMPTY_BOT = _ITEM.pack(_ITEM_TAG, 0)
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_CHUNK = 4 << 20
+_SPOOL_IN_MEMORY = 64 << 20
+
+#: Attributes lamina computes for the frames it writes; never copied from a DICOM source.
+_CONTROLLED = {
+    "PixelData", "NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DimensionOrganizationType",
+    "PerFrameFunctionalGroupsSequence", "DimensionIndexSequence", "DimensionOrganizationSequence",
+    "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "LossyImageCompression",
+    "LossyImageCompressionRatio", "LossyImageCompressionMethod", "SOPInstanceUID",
+    "SpecificCharacterSet", "NumberOfOpticalPaths", "TotalPixelMatrixFocalPlanes",
+}
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | bytearray) -> object: ...
+
+
+@dataclass(frozen=True)
+class PlannedInstance:
+    """What will be written for one image, decided before anything is written."""
+
+    image: SourceImage
+    sop_instance_uid: str
+    image_type: list[str]
+    instance_number: int
+    level: int | None  # pyramid level index for VOLUME images
+    encoding: FrameEncoding
+    copy: bool  # frames copied as stored (True) or re-encoded (False)
+
+
+@dataclass(frozen=True)
+class WrittenInstance:
+    plan: PlannedInstance
+    size: int
+    frame_offsets: npt.NDArray[np.uint64]
+    frame_lengths: npt.NDArray[np.uint32]
+    dataset: Dataset
+    repairs: tuple[str, ...]
+
+    @property
+    def lossy(self) -> bool:
+        return str(self.dataset.get("LossyImageCompression", "00")) == "01"
+
+
+def _image_type(image: SourceImage, level: int | None) -> list[str]:
+    if image.dataset is not None and "ImageType" in image.dataset and not isinstance(image, GeneratedLevel):
+        return [str(value) for value in image.dataset.ImageType]
+    if image.flavor is ImageFlavor.VOLUME:
+        if level == 0:
+            return ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+        return ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+    if image.flavor is ImageFlavor.THUMBNAIL:
+        return ["DERIVED", "PRIMARY", "THUMBNAIL", "RESAMPLED"]
+    return ["ORIGINAL", "PRIMARY", image.flavor.value, "NONE"]
+
+
+def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedInstance]:
+    """Every instance the slide becomes: the full pyramid, then the associated images."""
+    images: list[tuple[SourceImage, int | None]] = [
+        (image, level) for level, image in enumerate(complete_pyramid(source.levels))
+    ]
+    images += [(image, None) for image in source.associated]
+    plans = []
+    for number, (image, level) in enumerate(images, start=1):
+        copy = image.encoding is not None
+        if copy:
+            assert image.encoding is not None
+            encoding = image.encoding
+        elif image.source_lossy:
+            encoding = codec.lossy_encoding(image.samples_per_pixel)
+        else:
+            encoding = codec.lossless_encoding(image.samples_per_pixel)
+        kept = image.dataset is not None and not isinstance(image, GeneratedLevel)
+        uid = str(image.dataset.SOPInstanceUID) if kept else new_uid()
+        plans.append(
+            PlannedInstance(image, uid, _image_type(image, level), number, level, encoding, copy)
+        )
+    return plans
+
+
+def _encoded_frames(image: SourceImage, encoding: FrameEncoding) -> Iterator[bytes]:
+    grid = image.grid
+    for row in range(grid.height):
+        for col in range(grid.width):
+            yield codec.encode(image.decode_tile(col, row), encoding)
+
+
+def _overlay(built: Dataset, original: Dataset) -> tuple[str, ...]:
+    """Keep the source's attributes over lamina's defaults; return what lamina had to add."""
+    repairs = tuple(
+        element.keyword for element in built if element.keyword and element.keyword not in original
+        and element.keyword not in _CONTROLLED
+    )
+    for element in original:
+        if element.keyword in _CONTROLLED or element.tag.group in (0x0002, 0x7FE0) or element.tag.is_private:
+            continue
+        if element.value in (None, "", b"") and element.keyword in built:
+            continue  # an empty type 2 value where lamina knows better
+        built[element.tag] = element
+    return repairs
+
+
+def write_instance(
+    plan: PlannedInstance, ctx: SeriesContext, sink: Sink, spool_dir: Path | None = None
+) -> WrittenInstance:
+    """Write one Part-10 object to ``sink`` and return where each frame landed in it."""
+    image = plan.image
+    lengths = image.frame_lengths() if plan.copy else None
+    spool = None
+    if lengths is None:
+        spool = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, dir=spool_dir)
+        frames = image.iter_frames() if plan.copy else _encoded_frames(image, plan.encoding)
+        collected = []
+        for frame in frames:
+            spool.write(frame)
+            collected.append(len(frame))
+        lengths = collected
+        spool.seek(0)
+    length_array = np.asarray(lengths, dtype=np.uint64)
+    padded = length_array + (length_array & 1)
+    raw = image.frame_count * image.tile_size.area * image.samples_per_pixel
+    total = int(length_array.sum())
+    lossy = image.source_lossy or plan.encoding.lossy_method is not None
+    ratio = raw / total if lossy and total else None
+    dataset = build_dataset(
+        ctx, image, plan.encoding, plan.sop_instance_uid, plan.image_type, plan.instance_number, ratio
+    )
+    repairs: tuple[str, ...] = ()
+    if image.dataset is not None and not isinstance(image, GeneratedLevel):
+        repairs = _overlay(dataset, image.dataset)
+    item_starts = np.concatenate(([0], np.cumsum(padded + 8)[:-1])).astype(np.uint64)
+    dataset.ExtendedOffsetTable = item_starts.astype("<u8").tobytes()
+    dataset.ExtendedOffsetTableLengths = padded.astype("<u8").tobytes()
+    header = io.BytesIO()
+    pydicom.dcmwrite(header, dataset, enforce_file_format=True)
+    head = header.getvalue() + _PIXEL_DATA_HEADER + _EMPTY_BOT
+    sink.write(head)
+    written = _stream_frames(
+        sink, iter_spool(spool, lengths) if spool is not None else image.iter_frames(), lengths
+    )
+    sink.write(_SEQ_DELIMITER)
+    if spool is not None:
+        spool.close()
+    offsets = (item_starts + np.uint64(len(head) + 8)).astype(np.uint64)
+    size = len(head) + written + len(_SEQ_DELIMITER)
+    return WrittenInstance(plan, size, offsets, length_array.astype(np.uint32), dataset, repairs)
+
+
+def iter_spool(spool: tempfile.SpooledTemporaryFile[bytes], lengths: Sequence[int]) -> Iterator[bytes]:
+    for length in lengths:
+        yield spool.read(length)
+
+
+def _stream_frames(sink: Sink, frames: Iterator[bytes], lengths: Sequence[int]) -> int:
+    """Write each frame as an item, in chunks of a few MB; check every length matches the plan."""
+    buffer = bytearray()
+    written = 0
+    count = 0
+    pack = _ITEM.pack
+    for frame, expected in zip(frames, lengths, strict=False):
+        size = len(frame)
+        if size != expected:
+            raise StorageError(f"frame {count + 1} is {size} bytes, {expected} were announced")
+        odd = size & 1
+        buffer += pack(_ITEM_TAG, size + odd)
+        buffer += frame
+        if odd:
+            buffer += b"\x00"
+        count += 1
+        if len(buffer) >= _CHUNK:
+            written += len(buffer)
+            sink.write(buffer)
+            buffer = bytearray()
+    if count != len(lengths):
+        raise StorageError(f"{count} frames read, {len(lengths)} expected")
+    if buffer:
+        written += len(buffer)
+        sink.write(buffer)
+    return written
+
+
+def series_context(
+    source: SlideSource,
+    identity_override: object,
+    new_uid: Callable[[], str],
+    container_id: str,
+    created: dt.datetime,
+) -> SeriesContext:
+    """UIDs kept from a DICOM source, otherwise made for this scan."""
+    from lamina.model.slide import SlideIdentity
+
+    meta = source.metadata
+    identity = meta.identity
+    if isinstance(identity_override, SlideIdentity):
+        identity = identity.merged(identity_override)
+    return SeriesContext(
+        study_instance_uid=meta.study_instance_uid or new_uid(),
+        series_instance_uid=meta.series_instance_uid or new_uid(),
+        frame_of_reference_uid=meta.frame_of_reference_uid or new_uid(),
+        dimension_organization_uid=new_uid(),
+        specimen_uid=new_uid(),
+        container_id=identity.container_id or container_id,
+        identity=identity,
+        metadata=meta,
+        created=created,
+    )

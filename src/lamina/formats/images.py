@@ -1,0 +1,175 @@
+"""Reusable :class:`SourceImage` implementations: TIFF tiles read as stored, and decoded pixels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+
+import numpy as np
+import tifffile
+
+from lamina.formats import codec
+from lamina.formats.source import FrameEncoding, ImageFlavor, Pixels, SourceImage, TransferSyntax
+from lamina.model.geometry import SizeMm, SizePx
+
+_JPEG = {7}
+_JPEG2000 = {33003, 33004, 33005, 34712}
+#: Read this many bytes at once when tiles are stored contiguously.
+_READ_CHUNK = 8 << 20
+
+
+class TiffTiledImage(SourceImage):
+    """A tiled TIFF page whose tiles are handed over as stored when DICOM can carry them."""
+
+    def __init__(
+        self,
+        tiff: tifffile.TiffFile,
+        page: tifffile.TiffPage,
+        flavor: ImageFlavor,
+        pixel_spacing: SizeMm | None,
+    ) -> None:
+        self._tiff = tiff
+        self._page = page
+        self._fd = tiff.filehandle.fileno()
+        self.flavor = flavor
+        self.size = SizePx(int(page.imagewidth), int(page.imagelength))
+        self.tile_size = SizePx(int(page.tilewidth), int(page.tilelength))
+        self.samples_per_pixel = int(page.samplesperpixel)
+        self.pixel_spacing = pixel_spacing
+        self._offsets: Sequence[int] = page.dataoffsets
+        self._counts: Sequence[int] = page.databytecounts
+        self._tables: bytes | None = page.jpegtables or None
+        self._mark_rgb = False
+        compression = int(page.compression)
+        self.encoding = None
+        self.source_lossy = compression in _JPEG or compression in _JPEG2000
+        first = self._first_tile()
+        if first is not None and compression in _JPEG:
+            info = codec.jpeg_info(codec.merge_jpeg_tables(self._tables, first, False))
+            rgb = info.rgb_coded or (
+                # A TIFF that says RGB and carries a 3-component JPEG without an Adobe marker
+                # stores R, G, B (TIFF TechNote 2); Aperio does this with component ids 1, 2, 3.
+                int(page.photometric) == 2 and len(info.components) == 3 and not info.subsampled
+            )
+            self._mark_rgb = rgb and info.adobe_transform is None
+            encoding = codec.jpeg_encoding(info)
+            if encoding is not None and rgb:
+                encoding = FrameEncoding(encoding.transfer_syntax, "RGB", encoding.lossy_method)
+            self.encoding = encoding
+        elif first is not None and compression in _JPEG2000:
+            self.encoding = codec.j2k_encoding(codec.j2k_info(first))
+            self.source_lossy = self.encoding.transfer_syntax is TransferSyntax.JPEG_2000
+
+    def _first_tile(self) -> bytes | None:
+        for offset, count in zip(self._offsets, self._counts, strict=True):
+            if count:
+                return os.pread(self._fd, min(count, 4096), offset)
+        return None
+
+    @cached_property
+    def _blank(self) -> bytes:
+        """The frame used where a sparse TIFF has no tile: white, in this image's encoding."""
+        assert self.encoding is not None
+        white = np.full((self.tile_size.height, self.tile_size.width, self.samples_per_pixel), 255, np.uint8)
+        if self.encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
+            return codec.encode(white, codec.lossy_encoding(self.samples_per_pixel))
+        return codec.encode(white, codec.lossless_encoding(self.samples_per_pixel))
+
+    def _wrap(self, raw: bytes) -> bytes:
+        if self._tables is not None or self._mark_rgb:
+            return codec.merge_jpeg_tables(self._tables, raw, self._mark_rgb)
+        return raw
+
+    def read_frame(self, index: int) -> bytes:
+        count = self._counts[index]
+        if not count:
+            return self._blank
+        return self._wrap(os.pread(self._fd, count, self._offsets[index]))
+
+    def frame_lengths(self) -> Sequence[int] | None:
+        if self.encoding is None or not all(self._counts):
+            return None
+        tables = self._tables if self.encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT else None
+        return [codec.merged_length(tables, count, self._mark_rgb) for count in self._counts]
+
+    def iter_frames(self) -> Iterator[bytes]:
+        """Read tiles in large sequential chunks when they lie in order in the file."""
+        offsets, counts = self._offsets, self._counts
+        index, total = 0, len(offsets)
+        while index < total:
+            start = offsets[index]
+            end = index
+            # gather the run of tiles stored back to back, up to the chunk size
+            while (
+                end + 1 < total
+                and counts[end]
+                and offsets[end + 1] == offsets[end] + counts[end]
+                and offsets[end + 1] + counts[end + 1] - start <= _READ_CHUNK
+            ):
+                end += 1
+            if not counts[index]:
+                yield self._blank
+                index += 1
+                continue
+            chunk = os.pread(self._fd, offsets[end] + counts[end] - start, start)
+            view = memoryview(chunk)
+            for i in range(index, end + 1):
+                lo = offsets[i] - start
+                yield self._wrap(bytes(view[lo : lo + counts[i]]))
+            index = end + 1
+
+    def decode_tile(self, col: int, row: int) -> Pixels:
+        index = row * self.grid.width + col
+        count = self._counts[index]
+        shape = (self.tile_size.height, self.tile_size.width, self.samples_per_pixel)
+        if not count:
+            return np.full(shape, 255, np.uint8)
+        raw = os.pread(self._fd, count, self._offsets[index])
+        pixels, _, _ = self._page.decode(raw, index, jpegtables=self._tables)
+        array = np.asarray(pixels, dtype=np.uint8).reshape(shape)
+        return array
+
+
+class DecodedImage(SourceImage):
+    """An image held as decoded pixels (associated images, stripped pages): one frame, or tiles."""
+
+    def __init__(
+        self,
+        pixels: Pixels,
+        flavor: ImageFlavor,
+        pixel_spacing: SizeMm | None,
+        source_lossy: bool,
+        tile_size: SizePx | None = None,
+    ) -> None:
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        self._pixels = np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
+        height, width, samples = self._pixels.shape
+        self.flavor = flavor
+        self.size = SizePx(width, height)
+        self.tile_size = tile_size or self.size
+        self.samples_per_pixel = samples
+        self.pixel_spacing = pixel_spacing
+        self.encoding = None
+        self.source_lossy = source_lossy
+
+    def decode_tile(self, col: int, row: int) -> Pixels:
+        tw, th = self.tile_size.width, self.tile_size.height
+        tile = self._pixels[row * th : (row + 1) * th, col * tw : (col + 1) * tw]
+        if tile.shape[:2] == (th, tw):
+            return tile
+        out = np.full((th, tw, self.samples_per_pixel), 255, np.uint8)
+        out[: tile.shape[0], : tile.shape[1]] = tile
+        return out
+
+    def decode_region(self) -> Pixels:
+        return self._pixels
+
+
+def read_page_pixels(page: tifffile.TiffPage) -> Pixels:
+    """Decode a whole (small) page to uint8 RGB or grey."""
+    array = np.asarray(page.asarray())
+    if array.dtype != np.uint8:
+        raise ValueError(f"{array.dtype} samples are not supported; lamina reads 8-bit slides")
+    return array

@@ -1,0 +1,85 @@
+"""What the TIFF-family readers share: opening a TIFF with a clear error, spacing, the pyramid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import tifffile
+
+from lamina.errors import CorruptSourceError, MissingMetadataError
+from lamina.formats.source import SourceOptions
+from lamina.model.geometry import SizeMm, SizePx
+
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def is_tiff(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) in TIFF_MAGICS
+    except OSError:
+        return False
+
+
+def open_tiff(path: Path) -> tifffile.TiffFile:
+    try:
+        tiff = tifffile.TiffFile(path)
+        _ = tiff.pages[0]
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError) as exc:
+        raise CorruptSourceError(path, f"not a readable TIFF ({exc}); is the file complete?") from exc
+    return tiff
+
+
+def check_tiles_inside(path: Path, tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
+    """A truncated file has tile offsets past its end: refuse it before writing anything."""
+    size = tiff.filehandle.size
+    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+        if count and offset + count > size:
+            raise CorruptSourceError(
+                path,
+                f"truncated: a tile of page {page.index} ends at byte {offset + count} "
+                f"but the file has {size} bytes; copy the file again from the scanner",
+            )
+
+
+def level_spacing(base: SizeMm, base_size: SizePx, size: SizePx) -> SizeMm:
+    """Spacing of a level from the base level's, by the ratio of sizes on each axis."""
+    return SizeMm(
+        base.width * base_size.width / size.width,
+        base.height * base_size.height / size.height,
+    )
+
+
+def require_spacing(path: Path, found: SizeMm | None, options: SourceOptions, where: str) -> SizeMm:
+    """The user's spacing wins; else the file's; else a clear error that says how to give it."""
+    if options.pixel_spacing is not None:
+        return options.pixel_spacing
+    if found is not None and found.width > 0 and found.height > 0:
+        return found
+    raise MissingMetadataError(
+        path,
+        f"no pixel spacing ({where}); give it with --mpp MICRONS (e.g. --mpp 0.25) "
+        "or an 'mpp' column in the manifest",
+    )
+
+
+def resolution_spacing(page: tifffile.TiffPage) -> SizeMm | None:
+    """Pixel spacing from XResolution/YResolution when the unit is a length."""
+    unit = int(page.tags.valueof("ResolutionUnit", 2))
+    per_mm = {3: 10.0, 2: 25.4}.get(unit)  # CENTIMETER, INCH
+    xres = page.tags.valueof("XResolution")
+    yres = page.tags.valueof("YResolution")
+    if per_mm is None or not xres or not yres:
+        return None
+    x = xres[0] / xres[1] if isinstance(xres, tuple) else float(xres)
+    y = yres[0] / yres[1] if isinstance(yres, tuple) else float(yres)
+    if x <= 0 or y <= 0:
+        return None
+    spacing = SizeMm(per_mm / x, per_mm / y)
+    # 72 or 96 dpi defaults from image editors are not a microscope's resolution
+    return None if spacing.width > 0.1 else spacing
+
+
+def sorted_levels(pages: Sequence[tifffile.TiffPage]) -> list[tifffile.TiffPage]:
+    return sorted(pages, key=lambda p: -int(p.imagewidth) * int(p.imagelength))
