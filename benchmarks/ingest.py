@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE_SVS = REPO.parent / "shared" / "testdata" / "aperio" / "CMU-1-Small-Region.svs"
 VENV_BIN = REPO / ".venv" / "bin"
 DEFAULT_WORK = Path("/tmp/lamina-bench")
-GENERATOR_VERSION = 2  # bump when the synthetic file changes, so cached copies are rebuilt
+GENERATOR_VERSION = 3  # bump when the synthetic file changes, so cached copies are rebuilt
 
 TILE = 240
 # The first 8 x 12 level-0 tiles of the source are all full tiles; their mosaic (1920 x 2880 px)
@@ -76,6 +76,8 @@ ASPECT = 46000 / 32914  # width / height of the scan CMU-1-Small-Region was cut 
 MPP = "0.499"
 RATIO_GOAL = 1.5
 RSS_GOAL = 500 * MB
+# Every peer copies the compressed tiles, so less output than this means a run did not finish.
+MIN_OUTPUT_SHARE = 0.5
 
 APERIO = "Aperio Image Library v11.2.1 "
 APERIO_FIELDS = (
@@ -389,7 +391,9 @@ def build_svs(path: Path, size_gb: float, source_path: Path = SOURCE_SVS) -> Non
     Page order is Aperio's: level 0, thumbnail, reduced levels, label, macro.
     """
     source = read_source(source_path)
-    width, height = base_size(source, size_gb * 1e9)
+    # The reduced levels add about 1/f² of level 0 each; leave room for them.
+    share = 1 + sum(1 / factor**2 for factor in DOWNSAMPLES)
+    width, height = base_size(source, size_gb * 1e9 / share)
     base = base_level(source, width, height)
     reduced = [reduced_level(source, base, factor) for factor in DOWNSAMPLES]
     estimate = sum(len(tile) for level in (base, *reduced) for tile in level.tiles)
@@ -571,7 +575,14 @@ def run_once(peer: Peer, source: Path, output: Path, log: Path, cold: bool) -> R
     flush = timed_sync()
     if measured.returncode != 0:
         return f"exit status {measured.returncode}: {log_tail(log)} (log: {log})"
-    return Run(measured.seconds, flush, measured.peak_rss, tree_size(output))
+    written = tree_size(output)
+    if written < source.stat().st_size * MIN_OUTPUT_SHARE:
+        return (
+            f"exit status 0 but only {megabytes(written)} MB written for a"
+            f" {megabytes(source.stat().st_size)} MB input: the tiles were not all stored"
+            f" (log: {log})"
+        )
+    return Run(measured.seconds, flush, measured.peak_rss, written)
 
 
 def benchmark(
@@ -813,9 +824,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = {name.strip() for name in arguments.only.split(",")}
         candidates = [peer for peer in candidates if peer.name in wanted]
     cold, cache = cache_mode(arguments.cache)
-    outcomes = benchmark(candidates, source, work, arguments.runs, cold, arguments.keep)
-    all_outcomes = _with_skipped(outcomes, peers(arguments.lamina, threads))
-    checks = goals(all_outcomes)
     report = {
         "machine": machine(),
         "versions": versions(arguments.lamina),
@@ -823,6 +831,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cache": cache,
         "runs": arguments.runs,
     }
+    outcomes = benchmark(candidates, source, work, arguments.runs, cold, arguments.keep)
+    checks = goals(_with_skipped(outcomes, peers(arguments.lamina, threads)))
     print(report_text(report, outcomes, checks))
     if arguments.json:
         print(json.dumps(report_json(report, outcomes, checks), indent=2))

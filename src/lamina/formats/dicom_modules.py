@@ -7,6 +7,7 @@ slide's identity, the scanner's metadata and the image; nothing about the patien
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -15,6 +16,7 @@ from pydicom.uid import UID
 
 from lamina import __version__
 from lamina.formats.source import FrameEncoding, ImageFlavor, SlideMetadata, SourceImage
+from lamina.model.geometry import SizeMm
 from lamina.model.slide import SlideIdentity
 
 VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -160,15 +162,37 @@ def _staining_step(specimen_id: str, stain: str) -> Dataset:
     return step
 
 
+@functools.cache
+def srgb_profile() -> bytes:
+    """An sRGB ICC profile, for colour images whose source carries none (PS3.3 C.8.12.5)."""
+    from PIL import ImageCms
+
+    return bytes(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+
+
+#: A glass slide is 76 x 26 mm (ISO 8037-1): the nominal spacing of label and overview images
+#: whose source gives none.
+SLIDE_MM = (76.0, 26.0)
+
+
+def nominal_spacing(source: SourceImage) -> SizeMm:
+    """Spacing of an associated image without one: overview spans the slide, label its end."""
+    width, height = source.size.width, source.size.height
+    if source.flavor is ImageFlavor.OVERVIEW:
+        mm = max(SLIDE_MM[0] / max(width, height), SLIDE_MM[1] / min(width, height))
+    else:
+        mm = SLIDE_MM[1] / max(width, height)
+    return SizeMm(mm, mm)
+
+
 def optical_path(ds: Dataset, meta: SlideMetadata, photometric: str) -> None:
     path = Dataset()
     path.OpticalPathIdentifier = "1"
     path.IlluminationTypeCodeSequence = DicomSequence([code("111744", "DCM", "Brightfield illumination")])
     path.IlluminationColorCodeSequence = DicomSequence([code("414298005", "SCT", "Full Spectrum")])
     if photometric != "MONOCHROME2":
-        if meta.icc_profile:
-            path.ICCProfile = meta.icc_profile
-        else:
+        path.ICCProfile = meta.icc_profile or srgb_profile()
+        if not meta.icc_profile:
             path.ColorSpace = "SRGB"
     if meta.objective_power:
         path.ObjectiveLensPower = f"{meta.objective_power:g}"
@@ -212,7 +236,11 @@ def image(
     ds.TotalPixelMatrixOriginSequence = DicomSequence([origin])
     ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
     ds.VolumetricProperties = "VOLUME"
-    ds.SpecimenLabelInImage = "NO" if source.flavor is ImageFlavor.VOLUME else "YES"
+    with_label = source.flavor in (ImageFlavor.LABEL, ImageFlavor.OVERVIEW)
+    ds.SpecimenLabelInImage = "YES" if with_label else "NO"
+    if source.flavor is ImageFlavor.LABEL:
+        ds.LabelText = ""
+        ds.BarcodeValue = ""
     ds.BurnedInAnnotation = "NO" if source.flavor in (ImageFlavor.VOLUME, ImageFlavor.THUMBNAIL) else "YES"
     ds.FocusMethod = "AUTO"
     ds.ExtendedDepthOfField = "NO"
@@ -228,7 +256,7 @@ def image(
 
 def _frames(ds: Dataset, ctx: SeriesContext, source: SourceImage, image_type: list[str]) -> None:
     shared = Dataset()
-    spacing = source.pixel_spacing
+    spacing = source.pixel_spacing or nominal_spacing(source)
     if spacing is not None:
         measures = Dataset()
         measures.PixelSpacing = [f"{spacing.height:.10g}", f"{spacing.width:.10g}"]

@@ -132,12 +132,33 @@ def _overlay(built: Dataset, original: Dataset) -> tuple[str, ...]:
         and element.keyword not in _CONTROLLED
     )
     for element in original:
+        if element.keyword == "SharedFunctionalGroupsSequence":
+            _merge_shared(built, element.value)
+            continue
+        if element.keyword == "ImagedVolumeDepth" and not element.value:
+            continue
         if element.keyword in _CONTROLLED or element.tag.group in (0x0002, 0x7FE0) or element.tag.is_private:
             continue
         if element.value in (None, "", b"") and element.keyword in built:
             continue  # an empty type 2 value where lamina knows better
         built[element.tag] = element
     return repairs
+
+
+def _merge_shared(built: Dataset, original: Sequence[Dataset]) -> None:
+    """The source's shared functional groups over lamina's, keeping lamina's where the source's
+    are missing or invalid (no WholeSlideMicroscopyImageFrameTypeSequence, zero SliceThickness)."""
+    if not original:
+        return
+    ours, theirs = built.SharedFunctionalGroupsSequence[0], original[0]
+    for element in theirs:
+        if element.keyword == "PixelMeasuresSequence" and element.value:
+            measures = element.value[0]
+            if "PixelSpacing" not in measures:
+                continue
+            if not measures.get("SliceThickness"):
+                measures.SliceThickness = ours.PixelMeasuresSequence[0].SliceThickness
+        ours[element.tag] = element
 
 
 def write_instance(

@@ -1,0 +1,30 @@
+"""The ``lamina`` command: one group, one module per sub-command."""
+
+from __future__ import annotations
+
+import click
+
+from lamina import __version__
+from lamina.cli.demo import demo
+from lamina.cli.export import export
+from lamina.cli.ingest import ingest
+from lamina.cli.sample import sample
+from lamina.cli.slides import slides
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lamina")
+@click.option("--home", type=click.Path(file_okay=False), envvar="LAMINA_HOME",
+              help="The data folder (default ./lamina-data, or $LAMINA_HOME).")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """lamina: pathology slides from any scanner, kept as standard DICOM WSI."""
+    ctx.obj = {"home": home}
+
+
+for command in (ingest, slides, export, sample, demo):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="lamina")

@@ -1,0 +1,33 @@
+"""``lamina demo``: a ready archive with sample slides, for a first look."""
+
+from __future__ import annotations
+
+import click
+
+from lamina.cli.common import console, handle_errors, open_archive
+
+
+@click.command()
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context) -> None:
+    """Write sample slides, ingest them with their manifest, and list the archive."""
+    from lamina.archive.discover import discover
+    from lamina.archive.ingest import Ingestor
+    from lamina.archive.manifest import load_manifest
+    from lamina.cli.slides import slides
+    from lamina.sample import write_samples
+
+    archive = open_archive(ctx)
+    folder = archive.settings.home / "samples"
+    if not (folder / "manifest.csv").exists():
+        console.print(f"writing sample slides into {folder} ...")
+        write_samples(folder)
+    manifest = load_manifest(folder / "manifest.csv")
+    ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
+    for candidate in discover([folder]):
+        result = ingestor.ingest(candidate, manifest)
+        state = result.status if result.ok else f"failed: {result.reason}"
+        console.print(f"{candidate.path.name:32} {result.format or '-':12} {state}", highlight=False)
+    archive.close()
+    ctx.invoke(slides)
