@@ -183,7 +183,7 @@ def decode(frame: bytes, encoding: FrameEncoding) -> npt.NDArray[np.uint8]:
     ts = encoding.transfer_syntax
     if ts is TransferSyntax.JPEG_BASELINE_8BIT:
         pixels = imagecodecs.jpeg8_decode(frame)
-    elif ts in (TransferSyntax.JPEG_2000, TransferSyntax.JPEG_2000_LOSSLESS):
+    elif ts in (TransferSyntax.JPEG_2000, TransferSyntax.JPEG_2000_LOSSLESS, TransferSyntax.HTJ2K_LOSSLESS):
         pixels = imagecodecs.jpeg2k_decode(frame)
     elif ts is TransferSyntax.JPEG_LS_LOSSLESS:
         pixels = imagecodecs.jpegls_decode(frame)

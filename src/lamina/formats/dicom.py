@@ -40,11 +40,16 @@ from lamina.model.slide import SlideIdentity
 
 VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+#: Frames in these transfer syntaxes are copied as stored: every WSI viewer decodes them.
 _COPIED = {
     "1.2.840.10008.1.2.4.50": TransferSyntax.JPEG_BASELINE_8BIT,
-    "1.2.840.10008.1.2.4.80": TransferSyntax.JPEG_LS_LOSSLESS,
     "1.2.840.10008.1.2.4.90": TransferSyntax.JPEG_2000_LOSSLESS,
     "1.2.840.10008.1.2.4.91": TransferSyntax.JPEG_2000,
+}
+#: Lossless encodings that OpenSlide and browsers do not read: decoded, re-encoded as
+#: JPEG 2000 lossless (pixel for pixel the same).
+_TRANSCODED = {
+    "1.2.840.10008.1.2.4.80": TransferSyntax.JPEG_LS_LOSSLESS,
     "1.2.840.10008.1.2.4.201": TransferSyntax.HTJ2K_LOSSLESS,
 }
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -90,6 +95,8 @@ class DicomImage(SourceImage):
         ts = str(dataset.file_meta.TransferSyntaxUID)
         self.source_lossy = ts in _LOSSY_TS or str(dataset.get("LossyImageCompression", "00")) == "01"
         self._order = self._tile_order()
+        self._native = ts in _NATIVE
+        self._stream = _COPIED.get(ts) or _TRANSCODED.get(ts)
         if ts in _COPIED:
             photometric = str(dataset.PhotometricInterpretation)
             if _COPIED[ts] is TransferSyntax.JPEG_BASELINE_8BIT:
@@ -161,8 +168,9 @@ class DicomImage(SourceImage):
         if frame is None:
             return np.full(shape, 255, np.uint8)
         data = read_span(self._fd, self._spans[frame])
-        if self.encoding is not None:
-            return codec.decode(data, self.encoding)
+        if not self._native:
+            assert self._stream is not None
+            return codec.decode(data, FrameEncoding(self._stream, str(self.dataset.PhotometricInterpretation)))
         array = np.frombuffer(data, np.uint8)
         if self.samples_per_pixel > 1 and int(self.dataset.get("PlanarConfiguration", 0)) == 1:
             return array.reshape(self.samples_per_pixel, shape[0], shape[1]).transpose(1, 2, 0).copy()
@@ -230,13 +238,13 @@ class DicomSource(SlideSource):
         if "PixelData" not in dataset and tell >= size:
             raise CorruptSourceError(path, "no Pixel Data: the file is truncated or holds no image")
         ts = str(dataset.file_meta.get("TransferSyntaxUID", ""))
-        if ts not in _COPIED and ts not in _NATIVE:
+        if ts not in _COPIED and ts not in _NATIVE and ts not in _TRANSCODED:
             raise UnsupportedFormatError(path, f"transfer syntax {ts} is not supported yet")
         frames = int(dataset.get("NumberOfFrames", 1))
         frame_size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel)
         try:
             spans = locate_frames(
-                fp, tell, frames, ts in _COPIED, ts != "1.2.840.10008.1.2", frame_size, size,
+                fp, tell, frames, ts not in _NATIVE, ts != "1.2.840.10008.1.2", frame_size, size,
                 _extended_offsets(dataset),
             )
         except ValueError as exc:

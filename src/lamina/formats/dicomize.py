@@ -125,19 +125,36 @@ def _encoded_frames(image: SourceImage, encoding: FrameEncoding) -> Iterator[byt
             yield codec.encode(image.decode_tile(col, row), encoding)
 
 
-def _overlay(built: Dataset, original: Dataset) -> tuple[str, ...]:
+#: What a generated level must not take from the level it was computed from.
+_OWN_TO_GENERATED = {
+    "ImageType", "SharedFunctionalGroupsSequence", "ImagedVolumeWidth", "ImagedVolumeHeight",
+    "InstanceNumber", "ContentDate", "ContentTime",
+}
+
+
+def _origin_dataset(image: SourceImage) -> Dataset | None:
+    """The DICOM source's dataset an image descends from (generated levels: their ancestor's)."""
+    while isinstance(image, GeneratedLevel):
+        image = image.parent
+    return image.dataset if isinstance(image.dataset, Dataset) else None
+
+
+def _overlay(built: Dataset, original: Dataset, generated: bool) -> tuple[str, ...]:
     """Keep the source's attributes over lamina's defaults; return what lamina had to add."""
-    repairs = tuple(
+    skip = _CONTROLLED | _OWN_TO_GENERATED if generated else _CONTROLLED
+    repairs = () if generated else tuple(
         element.keyword for element in built if element.keyword and element.keyword not in original
         and element.keyword not in _CONTROLLED
     )
     for element in original:
+        if element.keyword in skip:
+            continue
         if element.keyword == "SharedFunctionalGroupsSequence":
             _merge_shared(built, element.value)
             continue
         if element.keyword == "ImagedVolumeDepth" and not element.value:
             continue
-        if element.keyword in _CONTROLLED or element.tag.group in (0x0002, 0x7FE0) or element.tag.is_private:
+        if element.tag.group in (0x0002, 0x7FE0) or element.tag.is_private:
             continue
         if element.value in (None, "", b"") and element.keyword in built:
             continue  # an empty type 2 value where lamina knows better
@@ -187,8 +204,9 @@ def write_instance(
         ctx, image, plan.encoding, plan.sop_instance_uid, plan.image_type, plan.instance_number, ratio
     )
     repairs: tuple[str, ...] = ()
-    if image.dataset is not None and not isinstance(image, GeneratedLevel):
-        repairs = _overlay(dataset, image.dataset)
+    origin = _origin_dataset(image)
+    if origin is not None:
+        repairs = _overlay(dataset, origin, isinstance(image, GeneratedLevel))
     item_starts = np.concatenate(([0], np.cumsum(padded + 8)[:-1])).astype(np.uint64)
     dataset.ExtendedOffsetTable = item_starts.astype("<u8").tobytes()
     dataset.ExtendedOffsetTableLengths = padded.astype("<u8").tobytes()

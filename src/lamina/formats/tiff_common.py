@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,7 +45,16 @@ def check_tiles_inside(path: Path, tiff: tifffile.TiffFile, page: tifffile.TiffP
 
 
 def level_spacing(base: SizeMm, base_size: SizePx, size: SizePx) -> SizeMm:
-    """Spacing of a level from the base level's, by the ratio of sizes on each axis."""
+    """Spacing of a level from the base level's.
+
+    Scanners downsample by powers of two and round the level's size down, so the ratio of sizes
+    is slightly off (300 px -> 37 px is 8.1, not 8). The nominal power of two is the true
+    factor; it is used when the ratio is within 5 % of it, else the measured ratio.
+    """
+    ratio = base_size.width / size.width
+    nominal = 2.0 ** round(math.log2(ratio)) if ratio > 0 else ratio
+    if abs(ratio / nominal - 1) < 0.05 and abs(base_size.height / size.height / nominal - 1) < 0.05:
+        return base.scaled(nominal)
     return SizeMm(
         base.width * base_size.width / size.width,
         base.height * base_size.height / size.height,

@@ -164,9 +164,7 @@ def encode_tiles(
         Abbreviated JPEG streams, in TIFF tile order (row-major).
     """
     with ThreadPoolExecutor(_workers()) as pool:
-        streams = list(
-            pool.map(lambda block: encode_jpeg(block, quality, coding), _tiles(pixels, tile))
-        )
+        streams = list(pool.map(lambda block: encode_jpeg(block, quality, coding), _tiles(pixels, tile)))
     return _shared(streams, component_ids)
 
 

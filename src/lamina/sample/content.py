@@ -37,14 +37,11 @@ _GLASS = (196, 198, 204)
 _SLIDE = (226, 228, 232)
 
 
-def _noise(
-    rng: np.random.Generator, width: int, height: int, cell: int
-) -> NDArray[np.float32]:
+def _noise(rng: np.random.Generator, width: int, height: int, cell: int) -> NDArray[np.float32]:
     """Smooth value noise in [0, 1]: random values every ``cell`` pixels, upsampled."""
     grid = rng.random((height // cell + 2, width // cell + 2), dtype=np.float32)
     image = Image.fromarray(grid, mode="F").resize(
-        (width, height), Image.Resampling.BICUBIC, box=(0.5, 0.5, width / cell + 0.5,
-                                                         height / cell + 0.5)
+        (width, height), Image.Resampling.BICUBIC, box=(0.5, 0.5, width / cell + 0.5, height / cell + 0.5)
     )
     return np.array(image, dtype=np.float32)
 
@@ -197,11 +194,11 @@ def label_image(identity: Identity, size: tuple[int, int] = (387, 463)) -> Image
         identity.stain,
     )
     font_size = max(8, min(height // 14, int(width / 16)))
-    font = ImageFont.load_default(size=font_size)
     y = height // 20
     for number, line in enumerate(lines):
         size_here = font_size if number else max(6, font_size * 2 // 3)
-        draw.text((width // 20, y), line, fill=(0, 0, 0), font=font.font_variant(size=size_here))
+        font = ImageFont.load_default(size=size_here)
+        draw.text((width // 20, y), line, fill=(0, 0, 0), font=font)
         y += size_here + size_here // 2
     margin = width // 16
     top = y + height // 20

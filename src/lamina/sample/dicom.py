@@ -24,8 +24,8 @@ from PIL import Image as Pillow
 from pydicom.sr.coding import Code
 from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 from wsidicom import WsiDicom
-from wsidicom.conceptcode import SpecimenStainsCode
 from wsidicom.codec import Encoder, JpegSettings, LossyCompressionIsoStandard
+from wsidicom.conceptcode import SpecimenStainsCode
 from wsidicom.geometry import Point, PointMm, Size, SizeMm
 from wsidicom.graphical_annotations import AnnotationInstance
 from wsidicom.instance import ImageData, WsiDataset, WsiInstance
@@ -38,6 +38,7 @@ from wsidicom.metadata import (
     Label,
     LossyCompression,
     OpticalPath,
+    Overview,
     Patient,
     PatientSex,
     Pyramid,
@@ -52,23 +53,13 @@ from wsidicom.metadata.schema.dicom import WsiMetadataDicomSchema
 from wsidicom.source import Source
 
 from lamina.sample.content import BACKGROUND, SlideContent, pyramid
-from lamina.sample.identity import LAB_NAME, Identity
+from lamina.sample.identity import LAB_NAME, ORGAN_SNOMED, Identity
 
 __all__ = ["MPP", "TILE", "write_dicom_wsi"]
 
 TILE = 256
 MPP = 0.25
 QUALITY = 85
-_ORGANS = {
-    "Colon": "71854001",
-    "Kidney": "64033007",
-    "Breast": "76752008",
-    "Lung": "39607008",
-    "Prostate": "41216001",
-    "Skin": "39937001",
-    "Liver": "10200004",
-    "Stomach": "69695003",
-}
 _STAINS = {
     "HE": ("hematoxylin stain", "water soluble eosin stain"),
     "PAS": ("periodic acid Schiff stain",),
@@ -77,7 +68,7 @@ _STAINS = {
 _SCANNED = datetime.datetime(2026, 11, 28, 9, 14, 2)
 
 
-class _ArrayImageData(ImageData):
+class _ArrayImageData(ImageData):  # type: ignore[misc]  # wsidicom is untyped
     """One pyramid level held in memory as a numpy array, served tile by tile."""
 
     def __init__(self, pixels: NDArray[np.uint8], mpp: float) -> None:
@@ -127,10 +118,10 @@ class _ArrayImageData(ImageData):
         return Pillow.fromarray(np.ascontiguousarray(block))
 
     def get_encoded_tile(self, tile: Point, z: float, path: str) -> bytes:
-        return self.encoder.encode(self.get_decoded_tile(tile, z, path))
+        return bytes(self.encoder.encode(self.get_decoded_tile(tile, z, path)))
 
 
-class _MemorySource(Source):
+class _MemorySource(Source):  # type: ignore[misc]
     """wsidicom source of in-memory instances."""
 
     def __init__(
@@ -179,7 +170,7 @@ def _uids(seed: int, identity: Identity) -> Iterator[UID]:
 
 def _metadata(identity: Identity, uids: Iterator[UID]) -> WsiMetadata:
     year, month, day = (int(identity.birth_date[i:j]) for i, j in ((0, 4), (4, 6), (6, 8)))
-    organ = Code(_ORGANS.get(identity.organ, "91723000"), "SCT", identity.organ)
+    organ = Code(ORGAN_SNOMED.get(identity.organ, "91723000"), "SCT", identity.organ)
     sample = SlideSample(
         identifier=identity.specimen_id,
         anatomical_sites=[organ],
@@ -187,6 +178,7 @@ def _metadata(identity: Identity, uids: Iterator[UID]) -> WsiMetadata:
         short_description=f"{identity.organ}, {identity.stain}",
     )
     stains = _STAINS.get(identity.stain, ("hematoxylin stain",))
+    paths = [OpticalPath(identifier="0", description="Brightfield")]
     return WsiMetadata(
         study=Study(
             uid=next(uids),
@@ -215,13 +207,17 @@ def _metadata(identity: Identity, uids: Iterator[UID]) -> WsiMetadata:
             samples=[sample],
         ),
         pyramid=Pyramid(
+            uid=next(uids),
             image=Image(acquisition_datetime=_SCANNED),
-            optical_paths=[OpticalPath(identifier="0", description="Brightfield")],
+            optical_paths=paths,
         ),
         label=Label(
             text=f"{LAB_NAME} {identity.accession_number} {identity.specimen_id}",
             barcode=identity.specimen_id,
+            image=Image(acquisition_datetime=_SCANNED),
+            optical_paths=paths,
         ),
+        overview=Overview(image=Image(acquisition_datetime=_SCANNED), optical_paths=paths, contains_phi=True),
         frame_of_reference_uid=next(uids),
         dimension_organization_uids=[next(uids)],
     )
@@ -230,12 +226,33 @@ def _metadata(identity: Identity, uids: Iterator[UID]) -> WsiMetadata:
 def _instances(
     images: Sequence[ImageData], metadata: WsiMetadata, image_type: ImageType
 ) -> list[WsiInstance]:
-    dataset = WsiDataset(WsiMetadataDicomSchema().dump(metadata, image_type, True))
-    pyramid_index = image_type == ImageType.VOLUME
+    schema = WsiMetadataDicomSchema()
+    volume = image_type == ImageType.VOLUME
     return [
-        WsiInstance.create_instance(image, dataset, image_type, index if pyramid_index else None)
+        WsiInstance.create_instance(
+            image,
+            WsiDataset(schema.dump(metadata, image_type, True)),
+            image_type,
+            index if volume else None,
+        )
         for index, image in enumerate(images)
     ]
+
+
+def _pin_content_datetime(path: Path) -> None:
+    """Replace the save-time ContentDate/ContentTime wsidicom writes by fixed values.
+
+    The values are patched in place (same length, explicit VR little endian),
+    so the rest of the file stays exactly as wsidicom wrote it.
+    """
+    data = bytearray(path.read_bytes())
+    for tag, value in ((b"\x08\x00\x23\x00DA", b"20261128"), (b"\x08\x00\x33\x00TM", b"091402.000000")):
+        position = data.find(tag)
+        if position >= 0:
+            length = int.from_bytes(data[position + 6 : position + 8], "little")
+            start = position + 8
+            data[start : start + length] = value[:length].ljust(length)
+    path.write_bytes(bytes(data))
 
 
 def write_dicom_wsi(folder: Path, slide: SlideContent, identity: Identity, seed: int = 0) -> Path:
@@ -270,5 +287,7 @@ def write_dicom_wsi(folder: Path, slide: SlideContent, identity: Identity, seed:
         _instances([PillowImageData(slide.overview)], metadata, ImageType.OVERVIEW),
     )
     with WsiDicom(source) as wsi:
-        wsi.save(folder, uid_generator=lambda: next(uids), workers=2, offset_table="bot")
+        files = wsi.save(folder, uid_generator=lambda: next(uids), workers=2, offset_table="bot")
+    for file in files:
+        _pin_content_datetime(Path(str(file)))
     return folder

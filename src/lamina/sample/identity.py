@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-__all__ = ["LAB_NAME", "MANIFEST_FIELDS", "Identity", "make_identity"]
+__all__ = ["LAB_NAME", "MANIFEST_FIELDS", "ORGAN_SNOMED", "Identity", "make_identity"]
 
 LAB_NAME = "LABO LAMINA DEMO - ANAPATH"
 """Fictitious pathology laboratory printed on every label."""
@@ -44,17 +44,19 @@ _MALE = (
     "JACQUES", "PATRICK", "DANIEL", "NICOLAS", "LOUIS",
 )  # fmt: skip
 _STAINS = ("HE", "HE", "PAS", "Masson trichrome")
-# Organ with a plausible ICD-O-3 morphology code for a tumour of that organ.
+# Organ, a plausible ICD-O-3 morphology code for a tumour there, SNOMED CT code of the organ.
 _ORGANS = (
-    ("Colon", "8140/3"),  # adenocarcinoma NOS
-    ("Kidney", "8312/3"),  # renal cell carcinoma
-    ("Breast", "8500/3"),  # infiltrating duct carcinoma
-    ("Lung", "8070/3"),  # squamous cell carcinoma
-    ("Prostate", "8140/3"),
-    ("Skin", "8720/3"),  # malignant melanoma
-    ("Liver", "8170/3"),  # hepatocellular carcinoma
-    ("Stomach", "8490/3"),  # signet ring cell carcinoma
+    ("Colon", "8140/3", "71854001"),  # adenocarcinoma NOS
+    ("Kidney", "8312/3", "64033007"),  # renal cell carcinoma
+    ("Breast", "8500/3", "76752008"),  # infiltrating duct carcinoma
+    ("Lung", "8070/3", "39607008"),  # squamous cell carcinoma
+    ("Prostate", "8140/3", "41216001"),
+    ("Skin", "8720/3", "39937001"),  # malignant melanoma
+    ("Liver", "8170/3", "10200004"),  # hepatocellular carcinoma
+    ("Stomach", "8490/3", "69695003"),  # signet ring cell carcinoma
 )
+ORGAN_SNOMED: dict[str, str] = {organ: snomed for organ, _, snomed in _ORGANS}
+"""SNOMED CT concept of each organ an identity can have."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def make_identity(seed: int, index: int) -> Identity:
     case = 100 + index * 37 + rng.randint(0, 36)
     accession = f"S26-{case:05d}"
     block = rng.choice("ABC")
-    organ, code = _ORGANS[(seed + index) % len(_ORGANS)]
+    organ, code, _ = _ORGANS[(seed + index) % len(_ORGANS)]
     return Identity(
         patient_id=f"SYN{rng.randint(0, 9_999_999):07d}",
         patient_name=f"{rng.choice(_SURNAMES)}^{given}",

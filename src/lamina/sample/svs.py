@@ -97,9 +97,7 @@ def _properties(identity: Identity, width: int, height: int, seed: int) -> str:
     return "".join(f"|{key} = {value}" for key, value in fields)
 
 
-def _jpeg_page(
-    pixels: np.ndarray, description: str, *, tiled: bool, icc: bytes | None = None
-) -> Page:
+def _jpeg_page(pixels: np.ndarray, description: str, *, tiled: bool, icc: bytes | None = None) -> Page:
     height, width = pixels.shape[:2]
     if tiled:
         tables, segments = encode_tiles(pixels, TILE, QUALITY, "RGB", _COMPONENT_IDS)
@@ -186,9 +184,7 @@ def write_svs(path: Path, slide: SlideContent, identity: Identity, seed: int = 0
         )
     )
     macro = np.asarray(slide.overview.convert("RGB"))
-    macro_page = _jpeg_page(
-        macro, f"{APERIO_VERSION} \nmacro {macro.shape[1]}x{macro.shape[0]}", tiled=False
-    )
+    macro_page = _jpeg_page(macro, f"{APERIO_VERSION} \nmacro {macro.shape[1]}x{macro.shape[0]}", tiled=False)
     macro_page.tags[254] = (LONG, [9])
     pages.append(macro_page)
     write_tiff(path, pages)

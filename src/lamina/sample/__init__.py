@@ -1,0 +1,170 @@
+"""Synthetic but realistic whole-slide image files, for demos and tests.
+
+:func:`write_samples` writes one slide per requested format into a folder,
+each with its own fake patient and specimen, plus ``manifest.csv`` mapping
+every file to its identity::
+
+    from pathlib import Path
+    from lamina.sample import write_samples
+
+    samples = write_samples(Path("demo"))            # every format, 4096x3072
+    samples = write_samples(Path("t"), ["aperio_svs"], size=(1024, 768), seed=3)
+
+The formats imitate what the vendors' and third-party writers produce (see
+the modules :mod:`~lamina.sample.svs`, :mod:`~lamina.sample.tiff`,
+:mod:`~lamina.sample.dicom`, :mod:`~lamina.sample.ome`,
+:mod:`~lamina.sample.philips`). Output is deterministic for a given seed, and a
+format's slide does not depend on which other formats are written with it.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.sample.content import SlideContent, make_slide
+from lamina.sample.identity import MANIFEST_FIELDS, Identity, make_identity
+
+__all__ = ["MANIFEST_HEADER", "SAMPLE_FORMATS", "SampleFile", "write_samples"]
+
+SAMPLE_FORMATS: tuple[str, ...] = (
+    "aperio_svs",
+    "tiled_tiff",
+    "dicom_wsi",
+    "ome_tiff",
+    "philips_tiff",
+)
+"""Formats :func:`write_samples` can write, in the default order."""
+
+MANIFEST_HEADER: tuple[str, ...] = ("file", *MANIFEST_FIELDS)
+"""Header row of ``manifest.csv``."""
+
+_MIN_SIDE = 64
+
+
+@dataclass(frozen=True)
+class SampleFile:
+    """One written sample slide.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file, or the folder of a DICOM WSI series.
+    format : str
+        One of :data:`SAMPLE_FORMATS`.
+    identity : dict of str to str
+        The manifest columns (``patient_id`` ... ``diagnosis_code``).
+    """
+
+    path: Path
+    format: str
+    identity: dict[str, str]
+
+
+def _write_svs(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.svs import write_svs
+
+    return write_svs(dest / "aperio_svs.svs", slide, identity, seed)
+
+
+def _write_tiff(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.tiff import write_tiled_tiff
+
+    return write_tiled_tiff(dest / "tiled_tiff.tiff", slide)
+
+
+def _write_dicom(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.dicom import write_dicom_wsi
+
+    folder = dest / "dicom_wsi"
+    if folder.is_dir():
+        for stale in folder.glob("*.dcm"):
+            stale.unlink()
+    return write_dicom_wsi(folder, slide, identity, seed)
+
+
+def _write_ome(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.ome import write_ome_tiff
+
+    return write_ome_tiff(dest / "ome_tiff.ome.tiff", slide, identity)
+
+
+def _write_philips(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.philips import write_philips_tiff
+
+    return write_philips_tiff(dest / "philips_tiff.tiff", slide, identity)
+
+
+_WRITERS: dict[str, Callable[[Path, SlideContent, Identity, int], Path]] = {
+    "aperio_svs": _write_svs,
+    "tiled_tiff": _write_tiff,
+    "dicom_wsi": _write_dicom,
+    "ome_tiff": _write_ome,
+    "philips_tiff": _write_philips,
+}
+
+
+def _check(formats: Sequence[str] | None, size: tuple[int, int]) -> list[str]:
+    if isinstance(formats, str):
+        formats = [formats]
+    chosen = list(dict.fromkeys(SAMPLE_FORMATS if formats is None else formats))
+    for name in chosen:
+        if name not in _WRITERS:
+            valid = ", ".join(SAMPLE_FORMATS)
+            raise ValueError(f"unknown sample format {name!r}; valid formats: {valid}")
+    if len(size) != 2 or min(size) < _MIN_SIDE:
+        raise ValueError(f"size must be (width, height) of at least {_MIN_SIDE} px, got {size}")
+    return chosen
+
+
+def write_samples(
+    dest: Path,
+    formats: Sequence[str] | None = None,
+    *,
+    size: tuple[int, int] = (4096, 3072),
+    seed: int = 0,
+) -> list[SampleFile]:
+    """Write synthetic whole-slide images and their ``manifest.csv``.
+
+    Parameters
+    ----------
+    dest : pathlib.Path
+        Output folder, created if missing. Sample files of the same names are
+        overwritten.
+    formats : sequence of str, optional
+        Formats to write, from :data:`SAMPLE_FORMATS` (default: all of them).
+        Duplicates are written once.
+    size : tuple of int, optional
+        ``(width, height)`` of level 0, default 4096x3072.
+    seed : int, optional
+        Seed of the tissue pixels, the identities and the UIDs.
+
+    Returns
+    -------
+    list of SampleFile
+        One per format, in the requested order.
+
+    Raises
+    ------
+    ValueError
+        For an unknown format (the message lists the valid ones) or a size
+        smaller than 64 pixels.
+    """
+    chosen = _check(formats, size)
+    dest.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for name in chosen:
+        index = SAMPLE_FORMATS.index(name)
+        identity = make_identity(seed, index)
+        slide = make_slide(identity, size, seed * len(SAMPLE_FORMATS) + index)
+        path = _WRITERS[name](dest, slide, identity, seed)
+        samples.append(SampleFile(path, name, identity.as_dict()))
+    with (dest / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_HEADER)
+        for sample in samples:
+            row = [sample.path.name, *(sample.identity[key] for key in MANIFEST_FIELDS)]
+            writer.writerow(row)
+    return samples
