@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from lamina import __version__
@@ -20,6 +22,9 @@ from lamina.cli.slides import slides
 def cli(ctx: click.Context, home: str | None) -> None:
     """lamina: pathology slides from any scanner, kept as standard DICOM WSI."""
     ctx.obj = {"home": home}
+    # readers report damaged files through lamina's own errors; their log lines are noise here
+    for name in ("tifffile", "pydicom", "opentile", "wsidicom"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 for command in (ingest, slides, export, sample, demo):

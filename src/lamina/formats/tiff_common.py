@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,12 +25,41 @@ def is_tiff(path: Path) -> bool:
 
 
 def open_tiff(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF and check that every page's data lies inside the file (truncation)."""
     try:
         tiff = tifffile.TiffFile(path)
-        _ = tiff.pages[0]
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError) as exc:
+        pages = list(tiff.pages)
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError, struct.error) as exc:
         raise CorruptSourceError(path, f"not a readable TIFF ({exc}); is the file complete?") from exc
+    if not pages:
+        tiff.close()
+        raise CorruptSourceError(path, "the TIFF holds no image")
+    try:
+        for page in pages:
+            check_tiles_inside(path, tiff, page)
+        _check_ifd_chain_ends(path, tiff, pages[-1])
+    except CorruptSourceError:
+        tiff.close()
+        raise
     return tiff
+
+
+def _check_ifd_chain_ends(path: Path, tiff: tifffile.TiffFile, last: tifffile.TiffPage) -> None:
+    """tifffile stops quietly at an IFD pointer past the end; a complete file's chain ends at 0."""
+    handle = tiff.filehandle
+    big = tiff.is_bigtiff
+    order = tiff.byteorder
+    handle.seek(last.offset)
+    count_format, entry, pointer = (order + "Q", 20, order + "Q") if big else (order + "H", 12, order + "I")
+    (count,) = struct.unpack(count_format, handle.read(struct.calcsize(count_format)))
+    handle.seek(last.offset + struct.calcsize(count_format) + count * entry)
+    raw = handle.read(struct.calcsize(pointer))
+    following = struct.unpack(pointer, raw)[0] if len(raw) == struct.calcsize(pointer) else -1
+    if following != 0:
+        raise CorruptSourceError(
+            path, f"truncated: the TIFF's image directory chain points at byte {following} past "
+            f"the end ({handle.size} bytes); copy the file again from the scanner"
+        )
 
 
 def check_tiles_inside(path: Path, tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> None:

@@ -165,10 +165,17 @@ class FileBlobStore(BlobStore):
     def local_path(self, sha256: str) -> str | None:
         return str(self.path_for(sha256))
 
-    def sweep_tmp(self) -> int:
-        """Remove partial writes left by an interrupted process; return how many."""
+    def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Remove partial writes an interrupted process left, older than ``older_than_s``."""
+        import time
+
+        cutoff = time.time() - older_than_s
         removed = 0
         for part in self.tmp.glob("*.part"):
-            part.unlink(missing_ok=True)
-            removed += 1
+            try:
+                if older_than_s <= 0 or part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
         return removed

@@ -1,0 +1,137 @@
+"""The ingest transaction: duplicates, identity, studies, and bad input that loses nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from lamina.archive.archive import Archive
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
+from lamina.archive.manifest import load_manifest
+from tests.support import ingest_path, shared_file, single
+
+HEADER = "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code"
+
+
+def _stored(archive: Archive) -> set[str]:
+    return set(archive.store.iter_digests())
+
+
+def test_reingesting_the_same_file_is_a_duplicate_and_stores_nothing(archive: Archive, ingestor: Ingestor) -> None:
+    source = shared_file("aperio/CMU-1-Small-Region.svs")
+    first = ingest_path(ingestor, source)
+    before = _stored(archive)
+    second = ingest_path(ingestor, source)
+    assert first.status == "ingested"
+    assert second.status == "duplicate"
+    assert second.slide_id == first.slide_id
+    assert _stored(archive) == before
+    assert archive.catalog.count_slides() == 1
+    assert list(archive.store.tmp.iterdir()) == []  # type: ignore[attr-defined]
+
+
+def test_manifest_gives_identity_to_the_dicom_and_the_catalog(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    source = shared_file("aperio/CMU-1-Small-Region.svs")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        f"{HEADER}\nCMU-1-Small-Region.svs,P123,DUPONT^MARIE,1961-04-12,F,S26-00123,S26-00123-A1,HE,Colon,8140/3\n"
+    )
+    result = ingestor.ingest(single(source), load_manifest(manifest))
+    assert result.status == "ingested" and result.identified
+    slide = archive.catalog.slide(result.slide_id or "")
+    assert slide is not None
+    assert (slide.patient_id, slide.accession_number, slide.stain, slide.organ) == ("P123", "S26-00123", "HE", "Colon")
+    for row in archive.catalog.instances(slide.id):
+        ds = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "", stop_before_pixels=True)
+        assert ds.PatientID == "P123"
+        assert str(ds.PatientName) == "DUPONT^MARIE"
+        assert ds.PatientBirthDate == "19610412"
+        assert ds.AccessionNumber == "S26-00123"
+        assert ds.ContainerIdentifier == slide.container_id
+        assert ds.FrameOfReferenceUID == ds.FrameOfReferenceUID  # same on every instance, below
+        specimen = ds.SpecimenDescriptionSequence[0]
+        assert specimen.SpecimenIdentifier == "S26-00123-A1"
+        assert specimen.PrimaryAnatomicStructureSequence[0].CodeMeaning == "Colon"
+    uids = {
+        pydicom.dcmread(archive.store.local_path(r.blob_sha256) or "", stop_before_pixels=True).FrameOfReferenceUID
+        for r in archive.catalog.instances(slide.id)
+    }
+    assert len(uids) == 1
+
+
+def test_json_manifest_by_barcode_and_shared_study_per_case(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+    a = shared_file("dicom-wsi2dcm/jpeg.dicom")
+    b = shared_file("dicom-openslide-python")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps([
+        {"file": "jpeg.dicom", "patient_id": "P9", "accession_number": "S26-9"},
+        {"barcode": "SLIDE_1", "patient_id": "P9", "accession_number": "S26-9", "stain": "PAS"},
+    ]))
+    loaded = load_manifest(manifest)
+    results = [ingestor.ingest(c, loaded) for c in discover([a, b])]
+    assert [r.status for r in results] == ["ingested", "ingested"]
+    slides = {s.container_id: s for s in archive.catalog.slides()}
+    assert slides["SLIDE_1"].stain == "PAS"
+    assert all(s.patient_id == "P9" for s in slides.values())
+
+
+def test_slide_without_identity_is_stored_unidentified(archive: Archive, ingestor: Ingestor) -> None:
+    result = ingest_path(ingestor, shared_file("aperio/CMU-1-Small-Region.svs"))
+    assert result.status == "ingested" and not result.identified
+    row = archive.catalog.instances(result.slide_id or "")[0]
+    ds = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "", stop_before_pixels=True)
+    assert ds.PatientID == "" and str(ds.PatientName) == ""
+
+
+def test_manifest_mpp_lets_a_file_without_spacing_in(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+    source = shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,mpp\ntcga-cr-7395-01a-01-ts1.svs,0.2525\n")
+    result = ingestor.ingest(single(source), load_manifest(manifest))
+    assert result.status == "ingested", result.reason
+    slide = archive.catalog.slide(result.slide_id or "")
+    assert slide is not None and slide.mpp == pytest.approx(0.2525)
+
+
+def _bad_files(folder: Path) -> dict[str, Path]:
+    good = shared_file("aperio/CMU-1-Small-Region.svs").read_bytes()
+    files = {
+        "truncated.svs": good[: len(good) * 2 // 3],
+        "header-only.svs": good[:4096],
+        "empty.svs": b"",
+        "notes.svs": b"this is not a slide\n" * 50,
+        "corrupt-ifd.tif": b"II*\x00" + b"\xff" * 5000,
+    }
+    paths = {}
+    for name, data in files.items():
+        path = folder / name
+        path.write_bytes(data)
+        paths[name] = path
+    return paths
+
+
+def test_bad_inputs_fail_with_a_reason_and_store_nothing(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = _bad_files(folder)
+    shutil.copy(shared_file("aperio/CMU-1-Small-Region.svs"), folder / "good.svs")
+    results = {r.path.name: r for r in (ingestor.ingest(c) for c in discover([folder, tmp_path / "missing.svs"]))}
+    assert results["good.svs"].status == "ingested"
+    for name in [*bad, "missing.svs"]:
+        result = results[name]
+        assert result.status == "failed", name
+        assert result.reason and "\n" not in result.reason, name
+        assert "Traceback" not in result.reason
+    assert "truncated" in (results["truncated.svs"].reason or "")
+    assert "no such file" in (results["missing.svs"].reason or "")
+    slide = archive.catalog.slides()
+    assert len(slide) == 1
+    assert _stored(archive) == archive.catalog.referenced_blobs()
+    assert list(archive.store.tmp.iterdir()) == []  # type: ignore[attr-defined]
