@@ -221,8 +221,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     for row in rows:
         widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
     numeric = [
-        all(_looks_numeric(row[index]) for row in rows) and bool(rows)
-        for index in range(len(headers))
+        all(_looks_numeric(row[index]) for row in rows) and bool(rows) for index in range(len(headers))
     ]
 
     def line(cells: Sequence[str]) -> str:

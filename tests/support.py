@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,38 @@ def ingest_path(ingestor: Ingestor, path: Path, **options: object) -> IngestResu
 
 def single(path: Path) -> Candidate:
     return Candidate(path, (path,))
+
+
+def tiled_svs_from(source: Path, dest: Path, repeat: tuple[int, int]) -> Path:
+    """An Aperio-style SVS whose level 0 repeats ``source``'s level-0 JPEG tiles ``repeat`` times
+    across and down (no decoding): a larger real-JPEG slide for crash and memory tests."""
+    import numpy as np
+    import tifffile
+
+    with tifffile.TiffFile(source) as tiff:
+        page = tiff.pages[0]
+        handle = tiff.filehandle
+        tiles = []
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+            handle.seek(offset)
+            tiles.append(handle.read(count))
+        across = -(-page.imagewidth // page.tilewidth)
+        down = -(-page.imagelength // page.tilelength)
+        tables, tile = page.jpegtables, page.tilewidth
+        description = page.description
+
+    def ordered() -> Iterator[bytes]:
+        for row in range(down * repeat[1]):
+            for col in range(across * repeat[0]):
+                yield tiles[(row % down) * across + (col % across)]
+
+    width, height = across * repeat[0] * tile, down * repeat[1] * tile
+    header, _, rest = description.partition("|")
+    with tifffile.TiffWriter(dest) as out:
+        out.write(
+            ordered(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile),
+            compression="jpeg", photometric="rgb", subsampling=(2, 2), jpegtables=tables,
+            compressionargs={"outcolorspace": "RGB"}, metadata=None, software=False,
+            description=f"Aperio Image Library v11.2.1 \r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q=30|{rest}",
+        )
+    return dest

@@ -13,8 +13,9 @@ every file to its identity::
 The formats imitate what the vendors' and third-party writers produce (see
 the modules :mod:`~lamina.sample.svs`, :mod:`~lamina.sample.tiff`,
 :mod:`~lamina.sample.dicom`, :mod:`~lamina.sample.ome`,
-:mod:`~lamina.sample.philips`). Output is deterministic for a given seed, and a
-format's slide does not depend on which other formats are written with it.
+:mod:`~lamina.sample.philips`, :mod:`~lamina.sample.ndpi`). Output is
+deterministic for a given seed, and a format's slide does not depend on which
+other formats are written with it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SAMPLE_FORMATS: tuple[str, ...] = (
     "dicom_wsi",
     "ome_tiff",
     "philips_tiff",
+    "hamamatsu_ndpi",
 )
 """Formats :func:`write_samples` can write, in the default order."""
 
@@ -97,12 +99,19 @@ def _write_philips(dest: Path, slide: SlideContent, identity: Identity, seed: in
     return write_philips_tiff(dest / "philips_tiff.tiff", slide, identity)
 
 
+def _write_ndpi(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.ndpi import write_ndpi
+
+    return write_ndpi(dest / "hamamatsu_ndpi.ndpi", slide, identity)
+
+
 _WRITERS: dict[str, Callable[[Path, SlideContent, Identity, int], Path]] = {
     "aperio_svs": _write_svs,
     "tiled_tiff": _write_tiff,
     "dicom_wsi": _write_dicom,
     "ome_tiff": _write_ome,
     "philips_tiff": _write_philips,
+    "hamamatsu_ndpi": _write_ndpi,
 }
 
 

@@ -21,18 +21,20 @@ from numpy.typing import NDArray
 
 __all__ = [
     "ASCII",
+    "FLOAT",
     "LONG",
     "RATIONAL",
     "SHORT",
+    "SLONG",
     "UNDEFINED",
     "Page",
     "lzw_strips",
     "write_tiff",
 ]
 
-ASCII, SHORT, LONG, RATIONAL, UNDEFINED = 2, 3, 4, 5, 7
-TagValue = str | bytes | Sequence[int] | Sequence[tuple[int, int]]
-_SIZES = {ASCII: 1, SHORT: 2, LONG: 4, RATIONAL: 8, UNDEFINED: 1}
+ASCII, SHORT, LONG, RATIONAL, UNDEFINED, SLONG, FLOAT = 2, 3, 4, 5, 7, 9, 11
+TagValue = str | bytes | Sequence[int] | Sequence[float] | Sequence[tuple[int, int]]
+_FORMATS = {SHORT: "H", LONG: "I", SLONG: "i", FLOAT: "f"}
 _LIMIT = 2**32 - 1
 
 
@@ -115,12 +117,11 @@ def _encode(kind: int, value: TagValue) -> tuple[int, bytes]:
     if kind == RATIONAL:
         pairs = [item for item in value if isinstance(item, tuple)]
         return len(pairs), b"".join(struct.pack("<II", *pair) for pair in pairs)
-    numbers = [item for item in value if isinstance(item, int)]
-    code = "H" if kind == SHORT else "I"
-    return len(numbers), struct.pack(f"<{len(numbers)}{code}", *numbers)
+    numbers = [item for item in value if isinstance(item, int | float)]
+    return len(numbers), struct.pack(f"<{len(numbers)}{_FORMATS[kind]}", *numbers)
 
 
-def write_tiff(path: Path, pages: Sequence[Page]) -> None:
+def write_tiff(path: Path, pages: Sequence[Page], ndpi: bool = False) -> None:
     """Write a little-endian classic TIFF file.
 
     Parameters
@@ -129,14 +130,20 @@ def write_tiff(path: Path, pages: Sequence[Page]) -> None:
         Output file, overwritten.
     pages : sequence of Page
         The IFDs in order.
+    ndpi : bool, optional
+        Use Hamamatsu's NDPI layout: the header and every next-IFD pointer
+        are followed by the (zero) high 32 bits of a 64-bit offset, and each
+        IFD by the (zero) high 32 bits of its N value/offset fields. Plain
+        TIFF readers still read the file as classic TIFF.
 
     Raises
     ------
     ValueError
         If the file would exceed the 4 GiB classic-TIFF limit.
     """
+    high = 4 if ndpi else 0
     with path.open("wb") as fh:
-        fh.write(b"II*\0\0\0\0\0")
+        fh.write(b"II*\0\0\0\0\0" + b"\0" * high)
         next_pointer = 4
         for page in pages:
             offsets = []
@@ -146,7 +153,7 @@ def write_tiff(path: Path, pages: Sequence[Page]) -> None:
             fh.write(b"\0" * (fh.tell() % 2))
             ifd = fh.tell()
             entries = sorted(page.all_tags(offsets).items())
-            external = ifd + 2 + 12 * len(entries) + 4
+            external = ifd + 2 + 12 * len(entries) + 4 + high * (1 + len(entries))
             head = bytearray(struct.pack("<H", len(entries)))
             tail = bytearray()
             for code, (kind, value) in entries:
@@ -156,7 +163,7 @@ def write_tiff(path: Path, pages: Sequence[Page]) -> None:
                 else:
                     head += struct.pack("<HHII", code, kind, count, external + len(tail))
                     tail += data + b"\0" * (len(data) % 2)
-            head += b"\0\0\0\0"
+            head += b"\0\0\0\0" + b"\0" * high * (1 + len(entries))
             fh.write(head + tail)
             if fh.tell() > _LIMIT:
                 raise ValueError(f"{path}: classic TIFF cannot exceed 4 GiB")

@@ -12,20 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageCms, ImageDraw, ImageFont
 
 from lamina.sample.identity import LAB_NAME, Identity
-
-__all__ = [
-    "BACKGROUND",
-    "SlideContent",
-    "label_image",
-    "make_slide",
-    "overview_image",
-    "pyramid",
-    "thumbnail",
-    "tissue_image",
-]
 
 BACKGROUND = (240, 240, 240)
 """RGB of the empty glass in the scanned image."""
@@ -107,6 +96,21 @@ def tissue_image(width: int, height: int, seed: int = 0) -> NDArray[np.uint8]:
         half[..., channel] = pixel
     image = Image.fromarray(half).resize((width, height), Image.Resampling.BILINEAR)
     return np.array(image)
+
+
+def srgb_profile() -> bytes:
+    """Return a deterministic sRGB ICC profile (from LittleCMS, via Pillow).
+
+    The profile's creation date is pinned so that files are reproducible.
+
+    Returns
+    -------
+    bytes
+        The ICC profile.
+    """
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[24:36] = bytes.fromhex("07ea000b001c000900000000")  # 2026-11-28 09:00:00
+    return bytes(profile)
 
 
 def pyramid(pixels: NDArray[np.uint8], factor: int, min_size: int) -> list[NDArray[np.uint8]]:

@@ -52,7 +52,7 @@ from wsidicom.metadata import (
 from wsidicom.metadata.schema.dicom import WsiMetadataDicomSchema
 from wsidicom.source import Source
 
-from lamina.sample.content import BACKGROUND, SlideContent, pyramid
+from lamina.sample.content import BACKGROUND, SlideContent, pyramid, srgb_profile
 from lamina.sample.identity import LAB_NAME, ORGAN_SNOMED, Identity
 
 __all__ = ["MPP", "TILE", "write_dicom_wsi"]
@@ -105,7 +105,10 @@ class _ArrayImageData(ImageData):  # type: ignore[misc]  # wsidicom is untyped
 
     @property
     def lossy_compression(self) -> list[LossyCompression]:
-        return [LossyCompression(LossyCompressionIsoStandard.JPEG_LOSSY, 10.0)]
+        """JPEG, with the compression ratio of the central tile as the estimate."""
+        centre = Point(self.tiled_size.width // 2, self.tiled_size.height // 2)
+        ratio = TILE * TILE * 3 / len(self.get_encoded_tile(centre, 0.0, "0"))
+        return [LossyCompression(LossyCompressionIsoStandard.JPEG_LOSSY, round(ratio, 2))]
 
     def get_decoded_tile(self, tile_point: Point, z: float, path: str) -> Pillow.Image:
         top, left = tile_point.y * TILE, tile_point.x * TILE
@@ -178,7 +181,7 @@ def _metadata(identity: Identity, uids: Iterator[UID]) -> WsiMetadata:
         short_description=f"{identity.organ}, {identity.stain}",
     )
     stains = _STAINS.get(identity.stain, ("hematoxylin stain",))
-    paths = [OpticalPath(identifier="0", description="Brightfield")]
+    paths = [OpticalPath(identifier="0", description="Brightfield", icc_profile=srgb_profile())]
     return WsiMetadata(
         study=Study(
             uid=next(uids),

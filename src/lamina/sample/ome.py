@@ -9,12 +9,14 @@ Written with tifffile's OME writer:
 * OME image 1 ``label`` and OME image 2 ``macro``: one-strip JPEG images, the
   naming that opentile and QuPath use for associated images.
 
-The OME-XML sits in the ImageDescription of the first IFD; tifffile reports
+The OME-XML sits in the ImageDescription of the first IFD, with a UUID
+derived from the specimen ID (so the file is reproducible); tifffile reports
 ``is_ome`` and opentile opens the file with its OME-TIFF tiler.
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,12 @@ def write_ome_tiff(path: Path, slide: SlideContent, identity: Identity) -> Path:
             tile=(TILE, TILE),
             resolution=(per_cm, per_cm),
             resolutionunit="CENTIMETER",
-            metadata={"axes": "YXS", "Name": identity.specimen_id, **_physical(MPP)},
+            metadata={
+                "axes": "YXS",
+                "Name": identity.specimen_id,
+                "UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"lamina-sample:{identity.specimen_id}")),
+                **_physical(MPP),
+            },
             **jpeg,
         )
         for level in levels[1:]:

@@ -35,14 +35,14 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageCms
+from numpy.typing import NDArray
 
 from lamina.sample._jpeg import encode_strips, encode_tiles
 from lamina.sample._tiff import ASCII, LONG, SHORT, UNDEFINED, Page, lzw_strips, write_tiff
-from lamina.sample.content import SlideContent, pyramid, thumbnail
+from lamina.sample.content import SlideContent, pyramid, srgb_profile, thumbnail
 from lamina.sample.identity import Identity
 
-__all__ = ["APERIO_VERSION", "MPP", "TILE", "srgb_profile", "write_svs"]
+__all__ = ["APERIO_VERSION", "MPP", "TILE", "write_svs"]
 
 APERIO_VERSION = "Aperio Image Library v12.0.15"
 TILE = 240
@@ -52,21 +52,6 @@ _JPEG, _LZW = 7, 5
 _COMPONENT_IDS = b"\x00\x01\x02"
 _STRIP_ROWS = 16
 _THUMBNAIL_BOX = (1024, 768)
-
-
-def srgb_profile() -> bytes:
-    """Return a deterministic sRGB ICC profile (from LittleCMS, via Pillow).
-
-    The profile's creation date is pinned so that files are reproducible.
-
-    Returns
-    -------
-    bytes
-        The ICC profile.
-    """
-    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    profile[24:36] = bytes.fromhex("07ea000b001c000900000000")  # 2026-11-28 09:00:00
-    return bytes(profile)
 
 
 def _properties(identity: Identity, width: int, height: int, seed: int) -> str:
@@ -97,7 +82,7 @@ def _properties(identity: Identity, width: int, height: int, seed: int) -> str:
     return "".join(f"|{key} = {value}" for key, value in fields)
 
 
-def _jpeg_page(pixels: np.ndarray, description: str, *, tiled: bool, icc: bytes | None = None) -> Page:
+def _jpeg_page(pixels: NDArray[np.uint8], description: str, *, tiled: bool, icc: bytes | None = None) -> Page:
     height, width = pixels.shape[:2]
     if tiled:
         tables, segments = encode_tiles(pixels, TILE, QUALITY, "RGB", _COMPONENT_IDS)

@@ -1,0 +1,89 @@
+"""Crash safety: SIGKILL the ingest process at many points; the archive must stay consistent.
+
+Consistent means: every visible slide has all its objects, each matching its SHA-256; after the
+orphan sweep the blob store holds exactly what the catalog references; and running the
+interrupted ingest again completes it. The default run kills at a few points; the slow
+campaign (``scripts/test --slow``) at 200.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lamina.archive.archive import Archive
+from lamina.archive.sweep import sweep
+from lamina.config import Settings
+from tests.support import shared_file, tiled_svs_from
+
+
+@pytest.fixture(scope="module")
+def big_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("crash")
+    return tiled_svs_from(shared_file("aperio/CMU-1-Small-Region.svs"), folder / "big.svs", (3, 2))
+
+
+def _ingest(home: Path, slide: Path, kill_after: float | None) -> int | None:
+    env = {**os.environ, "LAMINA_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lamina", "ingest", str(slide)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    if kill_after is None:
+        return process.wait(timeout=300)
+    time.sleep(kill_after)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    return None
+
+
+def _check_consistent(home: Path) -> int:
+    archive = Archive.open(Settings.load(home, env={}))
+    try:
+        slides = archive.catalog.slides()
+        for slide in slides:
+            rows = archive.catalog.instances(slide.id)
+            assert len(rows) == slide.instances, f"slide {slide.id} misses instances"
+            for row in rows:
+                digest = hashlib.sha256()
+                for chunk in archive.store.open(row.blob_sha256):
+                    digest.update(chunk)
+                assert digest.hexdigest() == row.blob_sha256, f"object {row.blob_sha256} is damaged"
+        sweep(archive.catalog, archive.store, older_than_s=0)
+        assert set(archive.store.iter_digests()) == archive.catalog.referenced_blobs()
+        return len(slides)
+    finally:
+        archive.close()
+
+
+def _timed_run(home: Path, slide: Path) -> float:
+    started = time.perf_counter()
+    assert _ingest(home, slide, None) == 0
+    return time.perf_counter() - started
+
+
+def _campaign(tmp_path: Path, slide: Path, points: int) -> None:
+    duration = _timed_run(tmp_path / "reference", slide)
+    for index in range(points):
+        home = tmp_path / f"home-{index}"
+        # spread the kill points over the whole run, start-up included
+        _ingest(home, slide, duration * (index + 0.5) / points)
+        assert _check_consistent(home) in (0, 1)
+        assert _ingest(home, slide, None) == 0, "re-running the interrupted ingest must complete it"
+        assert _check_consistent(home) == 1
+
+
+def test_sigkill_during_ingest_leaves_a_consistent_archive(tmp_path: Path, big_slide: Path) -> None:
+    _campaign(tmp_path, big_slide, points=6)
+
+
+@pytest.mark.slow
+def test_sigkill_campaign_at_200_points(tmp_path: Path, big_slide: Path) -> None:
+    _campaign(tmp_path, big_slide, points=200)

@@ -1,0 +1,70 @@
+"""The ``lamina`` command as a user runs it: exit codes, tables, JSON, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import openslide
+from wsidicom import WsiDicom
+
+from tests.support import shared_file
+
+LAMINA = [sys.executable, "-m", "lamina"]
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LAMINA_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run([*LAMINA, *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_ingest_reports_each_file_and_exits_nonzero_when_one_fails(tmp_path: Path) -> None:
+    folder = tmp_path / "scanner"
+    folder.mkdir()
+    shutil.copy(shared_file("aperio/CMU-1-Small-Region.svs"), folder)
+    shutil.copy(shared_file("tiff-nonwsi/kidney-48-5.tif"), folder)
+    done = run(tmp_path / "home", "ingest", str(folder))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "kidney-48-5.tif: not a tiled pyramidal TIFF" in done.stdout
+    assert "CMU-1-Small-Region.svs" in done.stdout and "ingested" in done.stdout
+    again = run(tmp_path / "home", "ingest", "--json", str(folder / "CMU-1-Small-Region.svs"))
+    assert again.returncode == 0
+    (summary,) = json.loads(again.stdout)
+    assert summary["status"] == "duplicate"
+    assert {"path", "status", "slide_id", "format", "levels", "bytes", "seconds", "reason"} <= summary.keys()
+
+
+def test_slides_json_and_export_open_in_wsidicom_and_openslide(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert run(home, "ingest", str(shared_file("aperio/CMU-1-Small-Region.svs"))).returncode == 0
+    listed = run(home, "slides", "--json")
+    assert listed.returncode == 0
+    (slide,) = json.loads(listed.stdout)
+    for key in ("id", "container_id", "format", "levels", "instances", "study_uid", "series_uid", "bytes", "source"):
+        assert key in slide, key
+    assert slide["format"] == "aperio_svs" and slide["levels"] == 5 and slide["instances"] == 8
+    assert slide["identified"] is False
+    exported = run(home, "export", str(tmp_path / "out"), "--slide", slide["id"])
+    assert exported.returncode == 0, exported.stderr
+    folder = tmp_path / "out" / slide["id"]
+    assert len(list(folder.glob("*.dcm"))) == 8
+    assert len(WsiDicom.open(folder).levels) == 5
+    assert openslide.OpenSlide(sorted(folder.glob("*.dcm"))[0]).level_count == 5
+
+
+def test_errors_are_one_line_that_say_the_fix(tmp_path: Path) -> None:
+    bad_manifest = tmp_path / "m.csv"
+    bad_manifest.write_text("file,patient_id,colour\na.svs,P1,blue\n")
+    done = run(tmp_path / "home", "ingest", "--manifest", str(bad_manifest), str(tmp_path))
+    assert done.returncode == 2
+    assert "unknown column 'colour'" in done.stderr
+    assert "Traceback" not in done.stderr
+    missing = run(tmp_path / "home", "export", str(tmp_path / "x"), "--slide", "nope")
+    assert missing.returncode == 2 and "no slide 'nope'" in missing.stderr
+    no_mpp = run(tmp_path / "home", "ingest", str(shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")))
+    assert no_mpp.returncode == 1 and "--mpp" in no_mpp.stdout
