@@ -46,7 +46,6 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
-
 def ingest_path(ingestor: Ingestor, path: Path, **options: object) -> IngestResult:
     candidates = discover([path])
     assert len(candidates) == 1, candidates
@@ -81,12 +80,22 @@ def tiled_svs_from(source: Path, dest: Path, repeat: tuple[int, int]) -> Path:
                 yield tiles[(row % down) * across + (col % across)]
 
     width, height = across * repeat[0] * tile, down * repeat[1] * tile
-    header, _, rest = description.partition("|")
+    _, _, rest = description.partition("|")
     with tifffile.TiffWriter(dest) as out:
         out.write(
-            ordered(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile),
-            compression="jpeg", photometric="rgb", subsampling=(2, 2), jpegtables=tables,
-            compressionargs={"outcolorspace": "RGB"}, metadata=None, software=False,
-            description=f"Aperio Image Library v11.2.1 \r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q=30|{rest}",
+            ordered(),
+            shape=(height, width, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            compression="jpeg",
+            photometric="rgb",
+            subsampling=(2, 2),
+            jpegtables=tables,
+            compressionargs={"outcolorspace": "RGB"},
+            metadata=None,
+            software=False,
+            description=(
+                f"Aperio Image Library v11.2.1 \r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q=30|{rest}"
+            ),
         )
     return dest

@@ -92,9 +92,7 @@ class Settings:
             role=str(env.get("LAMINA_ROLE") or file_values.get("role") or "site"),
         )
         if settings.role not in ("site", "archive"):
-            raise ConfigurationError(
-                f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'"
-            )
+            raise ConfigurationError(f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'")
         return settings
 
     def with_(self, **changes: Any) -> Settings:

@@ -34,7 +34,9 @@ def _ingest(home: Path, slide: Path, kill_after: float | None) -> int | None:
     env = {**os.environ, "LAMINA_HOME": str(home)}
     process = subprocess.Popen(
         [sys.executable, "-m", "lamina", "ingest", str(slide)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     if kill_after is None:
         return process.wait(timeout=300)

@@ -22,7 +22,9 @@ def _stored(archive: Archive) -> set[str]:
     return set(archive.store.iter_digests())
 
 
-def test_reingesting_the_same_file_is_a_duplicate_and_stores_nothing(archive: Archive, ingestor: Ingestor) -> None:
+def test_reingesting_the_same_file_is_a_duplicate_and_stores_nothing(
+    archive: Archive, ingestor: Ingestor
+) -> None:
     source = shared_file("aperio/CMU-1-Small-Region.svs")
     first = ingest_path(ingestor, source)
     before = _stored(archive)
@@ -47,7 +49,12 @@ def test_manifest_gives_identity_to_the_dicom_and_the_catalog(
     assert result.status == "ingested" and result.identified
     slide = archive.catalog.slide(result.slide_id or "")
     assert slide is not None
-    assert (slide.patient_id, slide.accession_number, slide.stain, slide.organ) == ("P123", "S26-00123", "HE", "Colon")
+    assert (slide.patient_id, slide.accession_number, slide.stain, slide.organ) == (
+        "P123",
+        "S26-00123",
+        "HE",
+        "Colon",
+    )
     for row in archive.catalog.instances(slide.id):
         ds = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "", stop_before_pixels=True)
         assert ds.PatientID == "P123"
@@ -60,20 +67,28 @@ def test_manifest_gives_identity_to_the_dicom_and_the_catalog(
         assert specimen.SpecimenIdentifier == "S26-00123-A1"
         assert specimen.PrimaryAnatomicStructureSequence[0].CodeMeaning == "Colon"
     uids = {
-        pydicom.dcmread(archive.store.local_path(r.blob_sha256) or "", stop_before_pixels=True).FrameOfReferenceUID
+        pydicom.dcmread(
+            archive.store.local_path(r.blob_sha256) or "", stop_before_pixels=True
+        ).FrameOfReferenceUID
         for r in archive.catalog.instances(slide.id)
     }
     assert len(uids) == 1
 
 
-def test_json_manifest_by_barcode_and_shared_study_per_case(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+def test_json_manifest_by_barcode_and_shared_study_per_case(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
     a = shared_file("dicom-wsi2dcm/jpeg.dicom")
     b = shared_file("dicom-openslide-python")
     manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps([
-        {"file": "jpeg.dicom", "patient_id": "P9", "accession_number": "S26-9"},
-        {"barcode": "SLIDE_1", "patient_id": "P9", "accession_number": "S26-9", "stain": "PAS"},
-    ]))
+    manifest.write_text(
+        json.dumps(
+            [
+                {"file": "jpeg.dicom", "patient_id": "P9", "accession_number": "S26-9"},
+                {"barcode": "SLIDE_1", "patient_id": "P9", "accession_number": "S26-9", "stain": "PAS"},
+            ]
+        )
+    )
     loaded = load_manifest(manifest)
     results = [ingestor.ingest(c, loaded) for c in discover([a, b])]
     assert [r.status for r in results] == ["ingested", "ingested"]
@@ -90,7 +105,9 @@ def test_slide_without_identity_is_stored_unidentified(archive: Archive, ingesto
     assert ds.PatientID == "" and str(ds.PatientName) == ""
 
 
-def test_manifest_mpp_lets_a_file_without_spacing_in(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+def test_manifest_mpp_lets_a_file_without_spacing_in(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
     source = shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")
     manifest = tmp_path / "m.csv"
     manifest.write_text("file,mpp\ntcga-cr-7395-01a-01-ts1.svs,0.2525\n")
@@ -117,12 +134,16 @@ def _bad_files(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def test_bad_inputs_fail_with_a_reason_and_store_nothing(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+def test_bad_inputs_fail_with_a_reason_and_store_nothing(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     bad = _bad_files(folder)
     shutil.copy(shared_file("aperio/CMU-1-Small-Region.svs"), folder / "good.svs")
-    results = {r.path.name: r for r in (ingestor.ingest(c) for c in discover([folder, tmp_path / "missing.svs"]))}
+    results = {
+        r.path.name: r for r in (ingestor.ingest(c) for c in discover([folder, tmp_path / "missing.svs"]))
+    }
     assert results["good.svs"].status == "ingested"
     for name in [*bad, "missing.svs"]:
         result = results[name]

@@ -45,7 +45,17 @@ def test_slides_json_and_export_open_in_wsidicom_and_openslide(tmp_path: Path) -
     listed = run(home, "slides", "--json")
     assert listed.returncode == 0
     (slide,) = json.loads(listed.stdout)
-    for key in ("id", "container_id", "format", "levels", "instances", "study_uid", "series_uid", "bytes", "source"):
+    for key in (
+        "id",
+        "container_id",
+        "format",
+        "levels",
+        "instances",
+        "study_uid",
+        "series_uid",
+        "bytes",
+        "source",
+    ):
         assert key in slide, key
     assert slide["format"] == "aperio_svs" and slide["levels"] == 5 and slide["instances"] == 8
     assert slide["identified"] is False

@@ -30,11 +30,22 @@ class Expect:
 
 
 MATRIX = [
-    Expect("aperio/CMU-1-Small-Region.svs", "aperio_svs", levels=5,
-           flavors=("LABEL", "OVERVIEW", "THUMBNAIL"), size=(2220, 2967)),
+    Expect(
+        "aperio/CMU-1-Small-Region.svs",
+        "aperio_svs",
+        levels=5,
+        flavors=("LABEL", "OVERVIEW", "THUMBNAIL"),
+        size=(2220, 2967),
+    ),
     Expect("aperio/tcga-cr-7395-01a-01-ts1.svs", None, "no pixel spacing"),
-    Expect("aperio/tcga-cr-7395-01a-01-ts1.svs", "aperio_svs", mpp=0.25, levels=6,
-           flavors=("THUMBNAIL",), size=(4443, 3567)),
+    Expect(
+        "aperio/tcga-cr-7395-01a-01-ts1.svs",
+        "aperio_svs",
+        mpp=0.25,
+        levels=6,
+        flavors=("THUMBNAIL",),
+        size=(4443, 3567),
+    ),
     Expect("aperio-synthetic/small.svs", "aperio_svs", levels=1, flavors=("THUMBNAIL",), size=(16, 16)),
     Expect("aperio-synthetic/boxes.tiff", None, "no pixel spacing"),
     Expect("aperio-synthetic/boxes.tiff", "tiled_tiff", mpp=0.5, levels=4, size=(300, 250)),

@@ -67,7 +67,9 @@ def test_every_level0_tile_of_real_jpeg_svs_is_copied_and_decodes_identically(
     assert ds.PhotometricInterpretation == "RGB"
 
 
-def test_every_level0_tile_of_real_jpeg2000_svs_is_byte_identical(archive: Archive, ingestor: Ingestor) -> None:
+def test_every_level0_tile_of_real_jpeg2000_svs_is_byte_identical(
+    archive: Archive, ingestor: Ingestor
+) -> None:
     source = shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")
     result = ingest_path(ingestor, source, pixel_spacing=SizeMm.from_mpp(0.25))
     assert result.status == "ingested", result.reason
@@ -98,7 +100,9 @@ def test_dicom_input_frames_are_copied_byte_for_byte(archive: Archive, ingestor:
     assert ds.SeriesInstanceUID == original.SeriesInstanceUID
 
 
-def test_uncompressed_and_jpegls_inputs_are_reencoded_losslessly(archive: Archive, ingestor: Ingestor) -> None:
+def test_uncompressed_and_jpegls_inputs_are_reencoded_losslessly(
+    archive: Archive, ingestor: Ingestor
+) -> None:
     for name in ("dicom-wsi2dcm/raw.dicom", "dicom-highdicom/sm_image_jpegls.dcm"):
         source = shared_file(name)
         original = pydicom.dcmread(source)

@@ -33,14 +33,19 @@ class Archive:
         try:
             settings.home.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create the data folder {settings.home} ({exc.strerror}); set LAMINA_HOME to a writable folder") from exc
+            raise StorageError(
+                f"cannot create the data folder {settings.home} ({exc.strerror}); "
+                "set LAMINA_HOME to a writable folder"
+            ) from exc
         store = open_blobstore(settings.blob_url, settings.verify_after_write)
         return cls(settings, Catalog.open(settings.database_url), store)
 
     def close(self) -> None:
         self.catalog.close()
 
-    def export(self, dest: Path, slide_ids: list[str] | None = None, actor: str = "lamina") -> list[ExportedSlide]:
+    def export(
+        self, dest: Path, slide_ids: list[str] | None = None, actor: str = "lamina"
+    ) -> list[ExportedSlide]:
         """Copy each slide's instances as Part-10 files into ``dest/<slide id>/``, checking digests."""
         slides = self.catalog.slides() if not slide_ids else [self._slide(sid) for sid in slide_ids]
         exported = []
@@ -75,5 +80,8 @@ class Archive:
             os.fsync(out.fileno())
         if digest.hexdigest() != sha256:
             tmp.unlink()
-            raise IntegrityError(f"object {sha256} is corrupt in the blob store (read {digest.hexdigest()}); run 'lamina verify'")
+            raise IntegrityError(
+                f"object {sha256} is damaged in the blob store (it reads as {digest.hexdigest()}); "
+                "re-ingest the slide's source"
+            )
         shutil.move(tmp, target)

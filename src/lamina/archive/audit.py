@@ -19,7 +19,9 @@ from lamina.archive.catalog import tables as t
 GENESIS = "0" * 64
 
 
-def entry_hash(prev_hash: str, seq: int, at: dt.datetime, actor: str, action: str, entity: str, detail: str) -> str:
+def entry_hash(
+    prev_hash: str, seq: int, at: dt.datetime, actor: str, action: str, entity: str, detail: str
+) -> str:
     text = "|".join([prev_hash, str(seq), at.isoformat(), actor, action, entity, detail])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -34,7 +36,13 @@ def append(conn: Connection, actor: str, action: str, entity: str, detail: dict[
     text = json.dumps(detail, sort_keys=True, separators=(",", ":"))
     conn.execute(
         insert(t.audit_log).values(
-            seq=seq, at=at, actor=actor, action=action, entity=entity, detail=text, prev_hash=prev,
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            entity=entity,
+            detail=text,
+            prev_hash=prev,
             hash=entry_hash(prev, seq, at, actor, action, entity, text),
         )
     )

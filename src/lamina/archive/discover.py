@@ -51,7 +51,9 @@ def discover(paths: Iterable[Path]) -> list[Candidate]:
         for file in _walk(given):
             if file.is_file() and is_dicom(file):
                 try:
-                    header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                    header = pydicom.dcmread(
+                        file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]
+                    )
                     uid = str(header.get("SeriesInstanceUID", "")) or f"file:{file}"
                 except Exception:
                     uid = f"file:{file}"  # reported as failed when read

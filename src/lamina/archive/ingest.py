@@ -9,7 +9,6 @@ missing part.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lamina.archive.blobstore import BlobRef, BlobStore
-from lamina.archive.blobstore.filesystem import file_sha256
+import blake3
+
+from lamina.archive.blobstore import BlobRef, BlobStore, BlobWriter
 from lamina.archive.catalog import Catalog, InstanceRow, SlideRow
 from lamina.archive.catalog.catalog import NewSlide, PatientRecord
 from lamina.archive.discover import Candidate
@@ -26,11 +26,12 @@ from lamina.archive.manifest import Manifest
 from lamina.errors import LaminaError, SourceError, StorageError
 from lamina.formats.dicomize import WrittenInstance, plan_slide, series_context, write_instance
 from lamina.formats.registry import open_source
-from lamina.formats.source import SlideSource, SourceOptions
+from lamina.formats.source import Buffer, SlideSource, SourceImage, SourceOptions
 from lamina.model.geometry import SizeMm
 from lamina.model.ids import new_uid, slide_id
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
+_SOURCE_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -58,22 +59,39 @@ class IngestResult:
         return self.status in ("ingested", "duplicate")
 
 
-class _Duplicate(Exception):
+class _DuplicateError(Exception):
     def __init__(self, slide: SlideRow) -> None:
         self.slide = slide
 
 
+def file_blake3(path: Path) -> str:
+    digest = blake3.blake3()
+    with path.open("rb", buffering=0) as handle:
+        while chunk := handle.read(_SOURCE_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def source_digest(members: tuple[Path, ...]) -> str:
-    """SHA-256 of a one-file source; for several files, of their sorted digests."""
+    """The source's fingerprint: BLAKE3 of a one-file source; for several files, of their
+    sorted digests. BLAKE3 rather than SHA-256: it is as collision-resistant and five times
+    faster here, and this pass runs beside the conversion on a two-core machine."""
     if len(members) == 1:
-        return file_sha256(members[0])
-    digests = sorted(file_sha256(member) for member in members)
-    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+        return file_blake3(members[0])
+    digests = sorted(file_blake3(member) for member in members)
+    return blake3.blake3("\n".join(digests).encode()).hexdigest()
 
 
 class _ProgressSink:
-    def __init__(self, writer: object, progress: Progress | None, state: list[int], total: int,
-                 stop: threading.Event, duplicate: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        writer: BlobWriter,
+        progress: Progress | None,
+        state: list[int],
+        total: int,
+        stop: threading.Event,
+        duplicate: Callable[[], None],
+    ) -> None:
         self._writer = writer
         self._progress = progress
         self._state = state
@@ -82,10 +100,13 @@ class _ProgressSink:
         self._duplicate = duplicate
 
     def write(self, data: bytes | bytearray) -> None:
+        self.write_parts([data])
+
+    def write_parts(self, parts: list[Buffer]) -> None:
         if self._stop.is_set():
             self._duplicate()
-        self._writer.write(data)  # type: ignore[attr-defined]
-        self._state[0] += len(data)
+        self._writer.write_parts(parts)
+        self._state[0] += sum(len(part) for part in parts)
         if self._progress is not None:
             self._progress(self._state[0], self._total)
 
@@ -117,9 +138,13 @@ class Ingestor:
         result = IngestResult(candidate.path, "failed")
         try:
             self._ingest(candidate, manifest, options, progress, result)
-        except _Duplicate as dup:
+        except _DuplicateError as dup:
             result.status, result.slide_id = "duplicate", dup.slide.id
-            result.format, result.levels, result.instances = dup.slide.format, dup.slide.levels, dup.slide.instances
+            result.format, result.levels, result.instances = (
+                dup.slide.format,
+                dup.slide.levels,
+                dup.slide.instances,
+            )
             result.bytes, result.identified = dup.slide.bytes, dup.slide.identified
         except LaminaError as exc:
             result.status = "failed"
@@ -131,8 +156,14 @@ class Ingestor:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _ingest(self, candidate: Candidate, manifest: Manifest | None, options: IngestOptions,
-                progress: Progress | None, result: IngestResult) -> None:
+    def _ingest(
+        self,
+        candidate: Candidate,
+        manifest: Manifest | None,
+        options: IngestOptions,
+        progress: Progress | None,
+        result: IngestResult,
+    ) -> None:
         for member in candidate.members:
             if not member.is_file():
                 raise SourceError(member, "no such file (or not a regular file)")
@@ -145,13 +176,28 @@ class Ingestor:
                 result.format = source.format_name
                 if manifest and entry is None:
                     entry = manifest.lookup(candidate.path, source.metadata.identity.container_id)
-                self._convert(candidate, source, entry.identity if entry else None, options,
-                              progress, digest_future, result)
+                self._convert(
+                    candidate,
+                    source,
+                    entry.identity if entry else None,
+                    options,
+                    progress,
+                    digest_future,
+                    result,
+                )
             finally:
                 source.close()
 
-    def _convert(self, candidate: Candidate, source: SlideSource, identity: object, options: IngestOptions,
-                 progress: Progress | None, digest_future: Future[str], result: IngestResult) -> None:
+    def _convert(
+        self,
+        candidate: Candidate,
+        source: SlideSource,
+        identity: object,
+        options: IngestOptions,
+        progress: Progress | None,
+        digest_future: Future[str],
+        result: IngestResult,
+    ) -> None:
         created = self.clock()
         ctx = series_context(source, identity, new_uid, "", created)
         if ctx.identity.accession_number:
@@ -176,7 +222,7 @@ class Ingestor:
         digest_future.add_done_callback(check_duplicate)
 
         def raise_duplicate() -> None:
-            raise _Duplicate(duplicate[0])
+            raise _DuplicateError(duplicate[0])
 
         total = sum(_expected_bytes(plan.image) for plan in plans)
         state = [0]
@@ -214,15 +260,23 @@ class Ingestor:
         result.repairs = sorted({name for written, _ in refs for name in written.repairs})
 
 
-def _expected_bytes(image: object) -> int:
-    lengths = image.frame_lengths() if hasattr(image, "frame_lengths") else None  # type: ignore[attr-defined]
+def _expected_bytes(image: SourceImage) -> int:
+    """For the progress bar: exact when the frame lengths are known, else a tenth of the raw size."""
+    lengths = image.frame_lengths()
     if lengths is not None:
         return int(sum(lengths))
-    return int(image.frame_count * image.tile_size.area * image.samples_per_pixel // 10)  # type: ignore[attr-defined]
+    return image.frame_count * image.tile_size.area * image.samples_per_pixel // 10
 
 
-def _record(candidate: Candidate, source: SlideSource, ctx: object, sid: str,
-            refs: list[tuple[WrittenInstance, BlobRef]], source_sha: str, created: dt.datetime) -> NewSlide:
+def _record(
+    candidate: Candidate,
+    source: SlideSource,
+    ctx: object,
+    sid: str,
+    refs: list[tuple[WrittenInstance, BlobRef]],
+    source_sha: str,
+    created: dt.datetime,
+) -> NewSlide:
     from lamina.formats.dicom_modules import SeriesContext
 
     assert isinstance(ctx, SeriesContext)
@@ -230,37 +284,63 @@ def _record(candidate: Candidate, source: SlideSource, ctx: object, sid: str,
     rows = []
     for written, ref in refs:
         plan, image, ds = written.plan, written.plan.image, written.dataset
-        rows.append(InstanceRow(
-            sop_instance_uid=plan.sop_instance_uid, slide_id=sid, sop_class_uid=str(ds.SOPClassUID),
-            instance_number=plan.instance_number, flavor=image.flavor.value, level=plan.level,
-            rows=image.tile_size.height, columns=image.tile_size.width,
-            total_pixel_matrix_columns=image.size.width, total_pixel_matrix_rows=image.size.height,
-            number_of_frames=image.frame_count, samples_per_pixel=image.samples_per_pixel,
-            photometric_interpretation=plan.encoding.photometric_interpretation,
-            transfer_syntax_uid=plan.encoding.transfer_syntax.value,
-            pixel_spacing_mm=image.pixel_spacing.width if image.pixel_spacing else None,
-            lossy=written.lossy, blob_sha256=ref.sha256, bytes=ref.size,
-            frame_offsets=written.frame_offsets.astype("<u8").tobytes(),
-            frame_lengths=written.frame_lengths.astype("<u4").tobytes(),
-        ))
+        rows.append(
+            InstanceRow(
+                sop_instance_uid=plan.sop_instance_uid,
+                slide_id=sid,
+                sop_class_uid=str(ds.SOPClassUID),
+                instance_number=plan.instance_number,
+                flavor=image.flavor.value,
+                level=plan.level,
+                rows=image.tile_size.height,
+                columns=image.tile_size.width,
+                total_pixel_matrix_columns=image.size.width,
+                total_pixel_matrix_rows=image.size.height,
+                number_of_frames=image.frame_count,
+                samples_per_pixel=image.samples_per_pixel,
+                photometric_interpretation=plan.encoding.photometric_interpretation,
+                transfer_syntax_uid=plan.encoding.transfer_syntax.value,
+                pixel_spacing_mm=image.pixel_spacing.width if image.pixel_spacing else None,
+                lossy=written.lossy,
+                blob_sha256=ref.sha256,
+                bytes=ref.size,
+                frame_offsets=written.frame_offsets.astype("<u8").tobytes(),
+                frame_lengths=written.frame_lengths.astype("<u4").tobytes(),
+            )
+        )
     base = source.levels[0]
     first = refs[0][0].dataset
     slide = SlideRow(
-        id=sid, series_instance_uid=ctx.series_instance_uid, study_instance_uid=ctx.study_instance_uid,
-        container_id=ctx.container_id, specimen_id=identity.specimen_id, stain=identity.stain,
-        organ=identity.organ, diagnosis_code=identity.diagnosis_code, format=source.format_name,
-        source_path=str(candidate.path.absolute()), source_sha256=source_sha,
+        id=sid,
+        series_instance_uid=ctx.series_instance_uid,
+        study_instance_uid=ctx.study_instance_uid,
+        container_id=ctx.container_id,
+        specimen_id=identity.specimen_id,
+        stain=identity.stain,
+        organ=identity.organ,
+        diagnosis_code=identity.diagnosis_code,
+        format=source.format_name,
+        source_path=str(candidate.path.absolute()),
+        source_blake3=source_sha,
         source_bytes=sum(member.stat().st_size for member in candidate.members),
-        levels=sum(1 for row in rows if row.level is not None), instances=len(rows),
-        bytes=sum(row.bytes for row in rows), identified=identity.identified,
-        lossy=any(row.lossy for row in rows if row.level == 0), width=base.size.width, height=base.size.height,
-        mpp=base.pixel_spacing.mpp if base.pixel_spacing else None, created_at=created,
-        patient_id=identity.patient_id, patient_name=identity.patient_name,
+        levels=sum(1 for row in rows if row.level is not None),
+        instances=len(rows),
+        bytes=sum(row.bytes for row in rows),
+        identified=identity.identified,
+        lossy=any(row.lossy for row in rows if row.level == 0),
+        width=base.size.width,
+        height=base.size.height,
+        mpp=base.pixel_spacing.mpp if base.pixel_spacing else None,
+        created_at=created,
+        patient_id=identity.patient_id,
+        patient_name=identity.patient_name,
         accession_number=identity.accession_number or None,
     )
     patient = (
         PatientRecord(identity.patient_id, identity.patient_name, identity.birth_date, identity.sex)
-        if identity.patient_id else None
+        if identity.patient_id
+        else None
     )
-    return NewSlide(slide, rows, patient, str(first.get("StudyDate", "")) or None,
-                    str(first.get("StudyTime", "")) or None)
+    return NewSlide(
+        slide, rows, patient, str(first.get("StudyDate", "")) or None, str(first.get("StudyTime", "")) or None
+    )

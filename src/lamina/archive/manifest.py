@@ -19,13 +19,28 @@ from lamina.model.geometry import SizeMm
 from lamina.model.slide import SlideIdentity, normalise_date, normalise_sex
 
 IDENTITY_KEYS = (
-    "patient_id", "patient_name", "birth_date", "sex", "accession_number",
-    "specimen_id", "stain", "organ", "diagnosis_code",
+    "patient_id",
+    "patient_name",
+    "birth_date",
+    "sex",
+    "accession_number",
+    "specimen_id",
+    "stain",
+    "organ",
+    "diagnosis_code",
 )
 KEYS = ("file", "barcode", *IDENTITY_KEYS, "mpp")
 MAX_BYTES = 64 << 20
-_LIMITS = {"patient_id": 64, "patient_name": 320, "accession_number": 16, "specimen_id": 64,
-           "barcode": 64, "stain": 64, "organ": 64, "diagnosis_code": 64}
+_LIMITS = {
+    "patient_id": 64,
+    "patient_name": 320,
+    "accession_number": 16,
+    "specimen_id": 64,
+    "barcode": 64,
+    "stain": 64,
+    "organ": 64,
+    "diagnosis_code": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -55,11 +70,15 @@ def load_manifest(path: Path) -> Manifest:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from exc
     if size > MAX_BYTES:
-        raise ManifestError(f"{path}: {size} bytes is over the {MAX_BYTES >> 20} MiB limit for a manifest; split it")
+        raise ManifestError(
+            f"{path}: {size} bytes is over the {MAX_BYTES >> 20} MiB limit for a manifest; split it"
+        )
     try:
         text = path.read_text("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+        raise ManifestError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from exc
     if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -101,7 +120,9 @@ def _entry(path: Path, number: int, row: dict[str, Any]) -> tuple[ManifestEntry,
         if values.get("birth_date"):
             values["birth_date"] = normalise_date(values["birth_date"])
     except ValueError as exc:
-        raise ManifestError(f"{where}: birth_date {values['birth_date']!r} is not a date (use YYYY-MM-DD)") from exc
+        raise ManifestError(
+            f"{where}: birth_date {values['birth_date']!r} is not a date (use YYYY-MM-DD)"
+        ) from exc
     try:
         if values.get("sex"):
             values["sex"] = normalise_sex(values["sex"])

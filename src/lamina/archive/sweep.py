@@ -16,7 +16,9 @@ class SweepReport:
     removed: bool
 
 
-def sweep(catalog: Catalog, store: BlobStore, older_than_s: float = 3600.0, dry_run: bool = False) -> SweepReport:
+def sweep(
+    catalog: Catalog, store: BlobStore, older_than_s: float = 3600.0, dry_run: bool = False
+) -> SweepReport:
     """Objects referenced by no instance, older than ``older_than_s`` (so that an ingest still in
     progress elsewhere keeps its objects), are orphans; removed unless ``dry_run``."""
     referenced = catalog.referenced_blobs()

@@ -16,8 +16,12 @@ from lamina.cli.slides import slides
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lamina")
-@click.option("--home", type=click.Path(file_okay=False), envvar="LAMINA_HOME",
-              help="The data folder (default ./lamina-data, or $LAMINA_HOME).")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="LAMINA_HOME",
+    help="The data folder (default ./lamina-data, or $LAMINA_HOME).",
+)
 @click.pass_context
 def cli(ctx: click.Context, home: str | None) -> None:
     """lamina: pathology slides from any scanner, kept as standard DICOM WSI."""

@@ -8,11 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lamina.archive.discover import discover
-from lamina.archive.ingest import IngestOptions, IngestResult, Ingestor
+from lamina.archive.ingest import IngestOptions, Ingestor, IngestResult
 from lamina.archive.manifest import load_manifest
 from lamina.cli.common import console, handle_errors, human_bytes, open_archive
 from lamina.model.geometry import SizeMm
@@ -20,13 +20,20 @@ from lamina.model.geometry import SizeMm
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV or JSON: identity (patient, case, specimen, stain, organ) per file or barcode.")
-@click.option("--mpp", type=click.FloatRange(0.01, 100), help="Micrometres per pixel, for files that lack it.")
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV or JSON: identity (patient, case, specimen, stain, organ) per file or barcode.",
+)
+@click.option(
+    "--mpp", type=click.FloatRange(0.01, 100), help="Micrometres per pixel, for files that lack it."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handle_errors
-def ingest(ctx: click.Context, paths: tuple[Path, ...], manifest: Path | None, mpp: float | None, as_json: bool) -> None:
+def ingest(
+    ctx: click.Context, paths: tuple[Path, ...], manifest: Path | None, mpp: float | None, as_json: bool
+) -> None:
     """Ingest slide files or folders (recursively) as DICOM WSI.
 
     Exit status 0 only if every slide was ingested or was an exact duplicate.
@@ -38,12 +45,19 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], manifest: Path | None, m
     results: list[IngestResult] = []
     candidates = discover(paths)
     show = not as_json and sys.stderr.isatty()
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=not show) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not show,
+    ) as bar:
         for candidate in candidates:
             task = bar.add_task(candidate.path.name[:40], total=None)
 
-            def update(done: int, total: int, task: int = task) -> None:
+            def update(done: int, total: int, task: TaskID = task) -> None:
                 bar.update(task, completed=done, total=max(total, done))
 
             result = ingestor.ingest(candidate, loaded, options, update)
@@ -71,7 +85,9 @@ def _line(result: IngestResult) -> None:
     if result.status == "failed":
         console.print(f"[red]failed[/] {result.path}: {result.reason}", highlight=False, soft_wrap=True)
     elif result.repairs:
-        console.print(f"[yellow]repaired[/] {result.path}: added {', '.join(result.repairs)}", highlight=False)
+        console.print(
+            f"[yellow]repaired[/] {result.path}: added {', '.join(result.repairs)}", highlight=False
+        )
 
 
 def _table(results: list[IngestResult]) -> Table:
@@ -81,6 +97,13 @@ def _table(results: list[IngestResult]) -> Table:
     for r in results:
         colour = {"ingested": "green", "duplicate": "cyan"}.get(r.status, "red")
         status = r.status if r.status != "ingested" or r.identified else "ingested (unidentified)"
-        table.add_row(r.slide_id or "-", r.path.name, r.format or "-", str(r.levels or "-"),
-                      human_bytes(r.bytes) if r.bytes else "-", f"{r.seconds:.2f} s", f"[{colour}]{status}[/]")
+        table.add_row(
+            r.slide_id or "-",
+            r.path.name,
+            r.format or "-",
+            str(r.levels or "-"),
+            human_bytes(r.bytes) if r.bytes else "-",
+            f"{r.seconds:.2f} s",
+            f"[{colour}]{status}[/]",
+        )
     return table

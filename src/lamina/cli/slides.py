@@ -20,22 +20,51 @@ def slides(ctx: click.Context, as_json: bool) -> None:
     rows = archive.catalog.slides()
     archive.close()
     if as_json:
-        click.echo(json.dumps([
-            {
-                "id": s.id, "container_id": s.container_id, "format": s.format, "levels": s.levels,
-                "instances": s.instances, "study_uid": s.study_instance_uid, "series_uid": s.series_instance_uid,
-                "bytes": s.bytes, "source": s.source_path, "source_sha256": s.source_sha256,
-                "identified": s.identified, "patient_id": s.patient_id, "accession_number": s.accession_number,
-                "specimen_id": s.specimen_id, "stain": s.stain, "organ": s.organ, "width": s.width,
-                "height": s.height, "mpp": s.mpp, "lossy": s.lossy, "created_at": s.created_at.isoformat(),
-            }
-            for s in rows
-        ], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": s.id,
+                        "container_id": s.container_id,
+                        "format": s.format,
+                        "levels": s.levels,
+                        "instances": s.instances,
+                        "study_uid": s.study_instance_uid,
+                        "series_uid": s.series_instance_uid,
+                        "bytes": s.bytes,
+                        "source": s.source_path,
+                        "source_blake3": s.source_blake3,
+                        "identified": s.identified,
+                        "patient_id": s.patient_id,
+                        "accession_number": s.accession_number,
+                        "specimen_id": s.specimen_id,
+                        "stain": s.stain,
+                        "organ": s.organ,
+                        "width": s.width,
+                        "height": s.height,
+                        "mpp": s.mpp,
+                        "lossy": s.lossy,
+                        "created_at": s.created_at.isoformat(),
+                    }
+                    for s in rows
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title=f"{len(rows)} slide(s) in {archive.settings.home}")
     for column in ("slide", "barcode", "patient", "case", "stain", "format", "size (px)", "levels", "stored"):
         table.add_column(column)
     for s in rows:
-        table.add_row(s.id, s.container_id, s.patient_id or "[yellow]unidentified[/]", s.accession_number or "-",
-                      s.stain or "-", s.format, f"{s.width}x{s.height}", str(s.levels), human_bytes(s.bytes))
+        table.add_row(
+            s.id,
+            s.container_id,
+            s.patient_id or "[yellow]unidentified[/]",
+            s.accession_number or "-",
+            s.stain or "-",
+            s.format,
+            f"{s.width}x{s.height}",
+            str(s.levels),
+            human_bytes(s.bytes),
+        )
     console.print(table)

@@ -169,9 +169,7 @@ def encode(pixels: npt.NDArray[np.uint8], encoding: FrameEncoding) -> bytes:
     data = np.ascontiguousarray(pixels if pixels.shape[-1] != 1 else pixels[..., 0])
     if encoding.transfer_syntax is TransferSyntax.JPEG_2000_LOSSLESS:
         return bytes(
-            imagecodecs.jpeg2k_encode(
-                data, level=0, codecformat="J2K", reversible=True, mct=data.ndim == 3
-            )
+            imagecodecs.jpeg2k_encode(data, level=0, codecformat="J2K", reversible=True, mct=data.ndim == 3)
         )
     if encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
         return bytes(imagecodecs.jpeg8_encode(data, level=JPEG_QUALITY, subsampling=(2, 2)))

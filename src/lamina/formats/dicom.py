@@ -102,8 +102,9 @@ class DicomImage(SourceImage):
             if _COPIED[ts] is TransferSyntax.JPEG_BASELINE_8BIT:
                 photometric = self._jpeg_photometric(photometric)
             self.encoding: FrameEncoding | None = FrameEncoding(
-                _COPIED[ts], photometric, "ISO_10918_1" if ts.endswith(".50") else
-                ("ISO_15444_1" if ts.endswith(".91") else None)
+                _COPIED[ts],
+                photometric,
+                "ISO_10918_1" if ts.endswith(".50") else ("ISO_15444_1" if ts.endswith(".91") else None),
             )
         else:
             self.encoding = None
@@ -134,7 +135,9 @@ class DicomImage(SourceImage):
         order: list[int | None] = [None] * grid.area
         per_frame = self.dataset.get("PerFrameFunctionalGroupsSequence")
         if per_frame is None or len(per_frame) != count:
-            raise CorruptSourceError(self.path, "TILED_SPARSE without a PerFrameFunctionalGroupsSequence item per frame")
+            raise CorruptSourceError(
+                self.path, "TILED_SPARSE without a PerFrameFunctionalGroupsSequence item per frame"
+            )
         for index, item in enumerate(per_frame):
             position = item.PlanePositionSlideSequence[0]
             col = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // self.tile_size.width
@@ -170,7 +173,9 @@ class DicomImage(SourceImage):
         data = read_span(self._fd, self._spans[frame])
         if not self._native:
             assert self._stream is not None
-            return codec.decode(data, FrameEncoding(self._stream, str(self.dataset.PhotometricInterpretation)))
+            return codec.decode(
+                data, FrameEncoding(self._stream, str(self.dataset.PhotometricInterpretation))
+            )
         array = np.frombuffer(data, np.uint8)
         if self.samples_per_pixel > 1 and int(self.dataset.get("PlanarConfiguration", 0)) == 1:
             return array.reshape(self.samples_per_pixel, shape[0], shape[1]).transpose(1, 2, 0).copy()
@@ -225,16 +230,28 @@ class DicomSource(SlideSource):
         image_type = dataset.get("ImageType")
         if not image_type or len(image_type) < 3:
             raise CorruptSourceError(
-                path, "ImageType (0008,0008) is missing or has fewer than 3 values: cannot tell a "
-                "pyramid level from a label or overview; set it at the source (e.g. ORIGINAL\\PRIMARY\\VOLUME\\NONE)"
+                path,
+                "ImageType (0008,0008) is missing or has fewer than 3 values: cannot tell a "
+                "pyramid level from a label or overview; set it at the source "
+                "(e.g. ORIGINAL\\PRIMARY\\VOLUME\\NONE)",
             )
         if str(image_type[2]).upper() not in ImageFlavor.__members__:
-            raise CorruptSourceError(path, f"ImageType value 3 {image_type[2]!r} is not VOLUME, LABEL, OVERVIEW or THUMBNAIL")
-        for keyword in ("Rows", "Columns", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "SamplesPerPixel"):
+            raise CorruptSourceError(
+                path, f"ImageType value 3 {image_type[2]!r} is not VOLUME, LABEL, OVERVIEW or THUMBNAIL"
+            )
+        for keyword in (
+            "Rows",
+            "Columns",
+            "TotalPixelMatrixColumns",
+            "TotalPixelMatrixRows",
+            "SamplesPerPixel",
+        ):
             if dataset.get(keyword) in (None, "", 0):
                 raise CorruptSourceError(path, f"{keyword} is missing")
         if int(dataset.get("BitsAllocated", 8)) != 8:
-            raise UnsupportedFormatError(path, f"BitsAllocated {dataset.BitsAllocated}: lamina reads 8-bit slides")
+            raise UnsupportedFormatError(
+                path, f"BitsAllocated {dataset.BitsAllocated}: lamina reads 8-bit slides"
+            )
         if "PixelData" not in dataset and tell >= size:
             raise CorruptSourceError(path, "no Pixel Data: the file is truncated or holds no image")
         ts = str(dataset.file_meta.get("TransferSyntaxUID", ""))
@@ -244,7 +261,13 @@ class DicomSource(SlideSource):
         frame_size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel)
         try:
             spans = locate_frames(
-                fp, tell, frames, ts not in _NATIVE, ts != "1.2.840.10008.1.2", frame_size, size,
+                fp,
+                tell,
+                frames,
+                ts not in _NATIVE,
+                ts != "1.2.840.10008.1.2",
+                frame_size,
+                size,
                 _extended_offsets(dataset),
             )
         except ValueError as exc:
@@ -275,7 +298,16 @@ class DicomSource(SlideSource):
             manufacturer=str(ds.get("Manufacturer", "")) or None,
             model_name=str(ds.get("ManufacturerModelName", "")) or None,
             device_serial_number=str(ds.get("DeviceSerialNumber", "")) or None,
-            software_versions=tuple(str(v) for v in (versions if isinstance(versions, Sequence) and not isinstance(versions, str) else [versions] if versions else [])),
+            software_versions=tuple(
+                str(v)
+                for v in (
+                    versions
+                    if isinstance(versions, Sequence) and not isinstance(versions, str)
+                    else [versions]
+                    if versions
+                    else []
+                )
+            ),
             icc_profile=_icc(ds),
             identity=SlideIdentity(
                 patient_id=str(ds.get("PatientID", "")) or None,
@@ -313,15 +345,17 @@ def _extended_offsets(dataset: Dataset) -> list[int] | None:
 def _dataset_spacing(dataset: Dataset) -> SizeMm | None:
     shared = dataset.get("SharedFunctionalGroupsSequence")
     try:
-        spacing = shared[0].PixelMeasuresSequence[0].PixelSpacing  # type: ignore[index]
+        spacing = shared[0].PixelMeasuresSequence[0].PixelSpacing
         row, column = float(spacing[0]), float(spacing[1])
         return SizeMm(column, row)
     except (AttributeError, IndexError, TypeError, ValueError, KeyError):
         pass
     width, height = dataset.get("ImagedVolumeWidth"), dataset.get("ImagedVolumeHeight")
     if width and height:
-        return SizeMm(float(width) / int(dataset.TotalPixelMatrixColumns),
-                      float(height) / int(dataset.TotalPixelMatrixRows))
+        return SizeMm(
+            float(width) / int(dataset.TotalPixelMatrixColumns),
+            float(height) / int(dataset.TotalPixelMatrixRows),
+        )
     return None
 
 

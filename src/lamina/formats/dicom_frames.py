@@ -37,10 +37,7 @@ def locate_frames(
     """
     fp.seek(pixel_data_tell)
     header = fp.read(12 if explicit_vr else 8)
-    if explicit_vr:
-        length = struct.unpack("<I", header[8:12])[0]
-    else:
-        length = struct.unpack("<I", header[4:8])[0]
+    length = struct.unpack("<I", header[8:12] if explicit_vr else header[4:8])[0]
     start = pixel_data_tell + len(header)
     if not encapsulated:
         if start + number_of_frames * frame_size > file_size:

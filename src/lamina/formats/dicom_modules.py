@@ -44,8 +44,11 @@ ORGANS = {
 STAIN_SUBSTANCES = {
     "he": [("12710003", "hematoxylin stain"), ("36879007", "water soluble eosin stain")],
     "h&e": [("12710003", "hematoxylin stain"), ("36879007", "water soluble eosin stain")],
-    "hes": [("12710003", "hematoxylin stain"), ("36879007", "water soluble eosin stain"),
-            ("33000006", "saffron stain")],
+    "hes": [
+        ("12710003", "hematoxylin stain"),
+        ("36879007", "water soluble eosin stain"),
+        ("33000006", "saffron stain"),
+    ],
 }
 
 

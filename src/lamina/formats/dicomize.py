@@ -29,7 +29,7 @@ from lamina.errors import StorageError
 from lamina.formats import codec
 from lamina.formats.dicom_modules import SeriesContext, build_dataset
 from lamina.formats.pyramid import GeneratedLevel, complete_pyramid
-from lamina.formats.source import FrameEncoding, ImageFlavor, SlideSource, SourceImage
+from lamina.formats.source import Buffer, FrameEncoding, ImageFlavor, SlideSource, SourceImage
 
 _ITEM = struct.Struct("<II")
 _ITEM_TAG = 0xE000FFFE
@@ -41,18 +41,40 @@ _SPOOL_IN_MEMORY = 64 << 20
 
 #: Attributes lamina computes for the frames it writes; never copied from a DICOM source.
 _CONTROLLED = {
-    "PixelData", "NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
-    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
-    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DimensionOrganizationType",
-    "PerFrameFunctionalGroupsSequence", "DimensionIndexSequence", "DimensionOrganizationSequence",
-    "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "LossyImageCompression",
-    "LossyImageCompressionRatio", "LossyImageCompressionMethod", "SOPInstanceUID",
-    "SpecificCharacterSet", "NumberOfOpticalPaths", "TotalPixelMatrixFocalPlanes",
+    "PixelData",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "DimensionOrganizationType",
+    "PerFrameFunctionalGroupsSequence",
+    "DimensionIndexSequence",
+    "DimensionOrganizationSequence",
+    "TotalPixelMatrixColumns",
+    "TotalPixelMatrixRows",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+    "SOPInstanceUID",
+    "SpecificCharacterSet",
+    "NumberOfOpticalPaths",
+    "TotalPixelMatrixFocalPlanes",
 }
 
 
 class Sink(Protocol):
     def write(self, data: bytes | bytearray) -> object: ...
+
+    def write_parts(self, parts: list[Buffer]) -> object:
+        """Write the concatenation of ``parts`` (buffers stay untouched until written)."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +134,7 @@ def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedI
             encoding = codec.lossless_encoding(image.samples_per_pixel)
         kept = image.dataset is not None and not isinstance(image, GeneratedLevel)
         uid = str(image.dataset.SOPInstanceUID) if kept else new_uid()
-        plans.append(
-            PlannedInstance(image, uid, _image_type(image, level), number, level, encoding, copy)
-        )
+        plans.append(PlannedInstance(image, uid, _image_type(image, level), number, level, encoding, copy))
     return plans
 
 
@@ -127,8 +147,13 @@ def _encoded_frames(image: SourceImage, encoding: FrameEncoding) -> Iterator[byt
 
 #: What a generated level must not take from the level it was computed from.
 _OWN_TO_GENERATED = {
-    "ImageType", "SharedFunctionalGroupsSequence", "ImagedVolumeWidth", "ImagedVolumeHeight",
-    "InstanceNumber", "ContentDate", "ContentTime",
+    "ImageType",
+    "SharedFunctionalGroupsSequence",
+    "ImagedVolumeWidth",
+    "ImagedVolumeHeight",
+    "InstanceNumber",
+    "ContentDate",
+    "ContentTime",
 }
 
 
@@ -142,9 +167,14 @@ def _origin_dataset(image: SourceImage) -> Dataset | None:
 def _overlay(built: Dataset, original: Dataset, generated: bool) -> tuple[str, ...]:
     """Keep the source's attributes over lamina's defaults; return what lamina had to add."""
     skip = _CONTROLLED | _OWN_TO_GENERATED if generated else _CONTROLLED
-    repairs = () if generated else tuple(
-        element.keyword for element in built if element.keyword and element.keyword not in original
-        and element.keyword not in _CONTROLLED
+    repairs = (
+        ()
+        if generated
+        else tuple(
+            element.keyword
+            for element in built
+            if element.keyword and element.keyword not in original and element.keyword not in _CONTROLLED
+        )
     )
     for element in original:
         if element.keyword in skip:
@@ -186,7 +216,7 @@ def write_instance(
     lengths = image.frame_lengths() if plan.copy else None
     spool = None
     if lengths is None:
-        spool = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, dir=spool_dir)
+        spool = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, dir=str(spool_dir) if spool_dir else None)  # noqa: SIM115 - closed below
         frames = image.iter_frames() if plan.copy else _encoded_frames(image, plan.encoding)
         collected = []
         for frame in frames:
@@ -215,7 +245,7 @@ def write_instance(
     head = header.getvalue() + _PIXEL_DATA_HEADER + _EMPTY_BOT
     sink.write(head)
     written = _stream_frames(
-        sink, iter_spool(spool, lengths) if spool is not None else image.iter_frames(), lengths
+        sink, iter_spool(spool, lengths) if spool is not None else image.iter_frame_parts(), lengths
     )
     sink.write(_SEQ_DELIMITER)
     if spool is not None:
@@ -225,36 +255,39 @@ def write_instance(
     return WrittenInstance(plan, size, offsets, length_array.astype(np.uint32), dataset, repairs)
 
 
-def iter_spool(spool: tempfile.SpooledTemporaryFile[bytes], lengths: Sequence[int]) -> Iterator[bytes]:
+def iter_spool(
+    spool: tempfile.SpooledTemporaryFile[bytes], lengths: Sequence[int]
+) -> Iterator[Sequence[Buffer]]:
     for length in lengths:
-        yield spool.read(length)
+        yield (spool.read(length),)
 
 
-def _stream_frames(sink: Sink, frames: Iterator[bytes], lengths: Sequence[int]) -> int:
-    """Write each frame as an item, in chunks of a few MB; check every length matches the plan."""
-    buffer = bytearray()
-    written = 0
-    count = 0
+def _stream_frames(sink: Sink, frames: Iterator[Sequence[Buffer]], lengths: Sequence[int]) -> int:
+    """Write each frame as an item, in batches of a few MB of buffers (no copy in Python);
+    check that every frame has the length announced in the offset table."""
+    batch: list[Buffer] = []
+    pending = written = count = 0
     pack = _ITEM.pack
-    for frame, expected in zip(frames, lengths, strict=False):
-        size = len(frame)
+    for parts, expected in zip(frames, lengths, strict=False):
+        size = sum(len(part) for part in parts)
         if size != expected:
             raise StorageError(f"frame {count + 1} is {size} bytes, {expected} were announced")
         odd = size & 1
-        buffer += pack(_ITEM_TAG, size + odd)
-        buffer += frame
+        batch.append(pack(_ITEM_TAG, size + odd))
+        batch.extend(parts)
         if odd:
-            buffer += b"\x00"
+            batch.append(b"\x00")
         count += 1
-        if len(buffer) >= _CHUNK:
-            written += len(buffer)
-            sink.write(buffer)
-            buffer = bytearray()
+        pending += 8 + size + odd
+        if pending >= _CHUNK:
+            sink.write_parts(batch)
+            written += pending
+            batch, pending = [], 0
     if count != len(lengths):
         raise StorageError(f"{count} frames read, {len(lengths)} expected")
-    if buffer:
-        written += len(buffer)
-        sink.write(buffer)
+    if batch:
+        sink.write_parts(batch)
+        written += pending
     return written
 
 

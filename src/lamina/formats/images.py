@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 from lamina.formats import codec
-from lamina.formats.source import FrameEncoding, ImageFlavor, Pixels, SourceImage, TransferSyntax
+from lamina.formats.source import Buffer, FrameEncoding, ImageFlavor, Pixels, SourceImage, TransferSyntax
 from lamina.model.geometry import SizeMm, SizePx
 
 _JPEG = {7}
@@ -94,29 +94,36 @@ class TiffTiledImage(SourceImage):
         return [codec.merged_length(tables, count, self._mark_rgb) for count in self._counts]
 
     def iter_frames(self) -> Iterator[bytes]:
-        """Read tiles in large sequential chunks when they lie in order in the file."""
+        for parts in self.iter_frame_parts():
+            yield bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def iter_frame_parts(self) -> Iterator[Sequence[Buffer]]:
+        """Read tiles in large sequential chunks when they lie in order in the file, and hand
+        each one over as (shared JPEG header, view of the tile) without copying it."""
         offsets, counts = self._offsets, self._counts
         index, total = 0, len(offsets)
+        head = None
+        if self._tables is not None or self._mark_rgb:
+            head = codec.merge_jpeg_tables(self._tables, codec.SOI, self._mark_rgb)
         while index < total:
-            start = offsets[index]
-            end = index
+            if not counts[index]:
+                yield (self._blank,)
+                index += 1
+                continue
+            start, end = offsets[index], index
             # gather the run of tiles stored back to back, up to the chunk size
             while (
                 end + 1 < total
-                and counts[end]
+                and counts[end + 1]
                 and offsets[end + 1] == offsets[end] + counts[end]
                 and offsets[end + 1] + counts[end + 1] - start <= _READ_CHUNK
             ):
                 end += 1
-            if not counts[index]:
-                yield self._blank
-                index += 1
-                continue
-            chunk = os.pread(self._fd, offsets[end] + counts[end] - start, start)
-            view = memoryview(chunk)
+            view = memoryview(os.pread(self._fd, offsets[end] + counts[end] - start, start))
             for i in range(index, end + 1):
                 lo = offsets[i] - start
-                yield self._wrap(bytes(view[lo : lo + counts[i]]))
+                tile = view[lo : lo + counts[i]]
+                yield (tile,) if head is None else (head, tile[2:])
             index = end + 1
 
     def decode_tile(self, col: int, row: int) -> Pixels:

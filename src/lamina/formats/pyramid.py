@@ -33,9 +33,7 @@ class GeneratedLevel(SourceImage):
         self.size = SizePx(-(-parent.size.width // 2), -(-parent.size.height // 2))
         self.tile_size = parent.tile_size
         self.samples_per_pixel = parent.samples_per_pixel
-        self.pixel_spacing = (
-            None if parent.pixel_spacing is None else parent.pixel_spacing.scaled(2.0)
-        )
+        self.pixel_spacing = None if parent.pixel_spacing is None else parent.pixel_spacing.scaled(2.0)
         self.encoding = None
         self.source_lossy = parent.source_lossy
         self._band_row: int | None = None

@@ -32,6 +32,10 @@ Optional speed-ups of an image
 ``iter_frames()``
     The encoded frames in TILED_FULL order (row by row). Only meaningful when ``encoding`` is
     not ``None``; the default reads them one at a time through ``read_frame``.
+``iter_frame_parts()``
+    The same frames, each as a few buffers whose concatenation is the frame (a shared JPEG
+    header, then a view of the tile as read): lets the writer hash and ``writev`` them with no
+    copy in Python. The default wraps ``iter_frames``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from lamina.model.geometry import SizeMm, SizePx
 from lamina.model.slide import SlideIdentity
 
 Pixels = npt.NDArray[np.uint8]
+Buffer = bytes | bytearray | memoryview
 
 
 class ImageFlavor(StrEnum):
@@ -148,6 +153,10 @@ class SourceImage(ABC):
     def iter_frames(self) -> Iterator[bytes]:
         for index in range(self.frame_count):
             yield self.read_frame(index)
+
+    def iter_frame_parts(self) -> Iterator[Sequence[Buffer]]:
+        for frame in self.iter_frames():
+            yield (frame,)
 
     @abstractmethod
     def decode_tile(self, col: int, row: int) -> Pixels:

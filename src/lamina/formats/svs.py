@@ -29,6 +29,7 @@ from lamina.formats.tiff_common import (
     is_tiff,
     level_spacing,
     open_tiff,
+    pages_of,
     require_spacing,
 )
 from lamina.model.geometry import SizeMm, SizePx
@@ -57,14 +58,15 @@ class SvsSource(SlideSource):
             return False
         try:
             with tifffile.TiffFile(path) as tiff:
-                return bool(tiff.pages[0].description.startswith("Aperio"))
+                return bool(pages_of(tiff)[0].description.startswith("Aperio"))
         except Exception:
+            # a damaged SVS is still an SVS: claim it, so its error says what is wrong with it
             return path.suffix.lower() == ".svs"
 
     def __init__(self, path: Path, options: SourceOptions) -> None:
         super().__init__(path, options)
         self._tiff = open_tiff(path)
-        pages = list(self._tiff.pages)
+        pages = self._pages = pages_of(self._tiff)
         base = pages[0]
         if not base.is_tiled:
             raise CorruptSourceError(path, "the first page of an SVS must be tiled")
@@ -114,7 +116,7 @@ class SvsSource(SlideSource):
     @cached_property
     def metadata(self) -> SlideMetadata:
         values = self._values
-        header = self._tiff.pages[0].description.split("\n", 1)[0].strip()
+        header = self._pages[0].description.split("\n", 1)[0].strip()
         software = tuple(filter(None, [header.split("\r")[0].strip()]))
         return SlideMetadata(
             manufacturer="Aperio",
@@ -123,7 +125,7 @@ class SvsSource(SlideSource):
             software_versions=software,
             acquisition_datetime=_acquired(values.get("Date"), values.get("Time")),
             objective_power=_float(values.get("AppMag")),
-            icc_profile=self._tiff.pages[0].iccprofile or None,
+            icc_profile=self._pages[0].iccprofile or None,
             description=header,
             identity=SlideIdentity(container_id=values.get("Barcode") or None),
         )

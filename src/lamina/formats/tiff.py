@@ -22,13 +22,18 @@ from lamina.formats.tiff_common import (
     is_tiff,
     level_spacing,
     open_tiff,
+    pages_of,
     require_spacing,
     resolution_spacing,
 )
 from lamina.model.geometry import SizeMm, SizePx
 
-_ASSOCIATED = {"label": ImageFlavor.LABEL, "macro": ImageFlavor.OVERVIEW, "overview": ImageFlavor.OVERVIEW,
-               "thumbnail": ImageFlavor.THUMBNAIL}
+_ASSOCIATED = {
+    "label": ImageFlavor.LABEL,
+    "macro": ImageFlavor.OVERVIEW,
+    "overview": ImageFlavor.OVERVIEW,
+    "thumbnail": ImageFlavor.THUMBNAIL,
+}
 #: Formats of the TIFF family that other readers (or a later release) handle.
 _OTHER_VENDORS = {
     "is_svs": "Aperio SVS",
@@ -110,7 +115,7 @@ class TiledTiffSource(SlideSource):
 
     @cached_property
     def metadata(self) -> SlideMetadata:
-        page = self._tiff.pages[0]
+        page = pages_of(self._tiff)[0]
         software = page.tags.valueof("Software")
         return SlideMetadata(
             manufacturer=page.tags.valueof("Make") or None,

@@ -24,11 +24,16 @@ def is_tiff(path: Path) -> bool:
         return False
 
 
+def pages_of(tiff: tifffile.TiffFile) -> list[tifffile.TiffPage]:
+    """The top-level pages (tifffile hands over pages, not frames, unless told otherwise)."""
+    return [page for page in tiff.pages if isinstance(page, tifffile.TiffPage)]
+
+
 def open_tiff(path: Path) -> tifffile.TiffFile:
     """Open a TIFF and check that every page's data lies inside the file (truncation)."""
     try:
         tiff = tifffile.TiffFile(path)
-        pages = list(tiff.pages)
+        pages = pages_of(tiff)
     except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError, struct.error) as exc:
         raise CorruptSourceError(path, f"not a readable TIFF ({exc}); is the file complete?") from exc
     if not pages:
@@ -57,8 +62,9 @@ def _check_ifd_chain_ends(path: Path, tiff: tifffile.TiffFile, last: tifffile.Ti
     following = struct.unpack(pointer, raw)[0] if len(raw) == struct.calcsize(pointer) else -1
     if following != 0:
         raise CorruptSourceError(
-            path, f"truncated: the TIFF's image directory chain points at byte {following} past "
-            f"the end ({handle.size} bytes); copy the file again from the scanner"
+            path,
+            f"truncated: the TIFF's image directory chain points at byte {following} past "
+            f"the end ({handle.size} bytes); copy the file again from the scanner",
         )
 
 

@@ -23,6 +23,10 @@ class BlobWriter(ABC):
     @abstractmethod
     def write(self, data: bytes | bytearray) -> None: ...
 
+    def write_parts(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        """Write the concatenation of ``parts``; stores that can, write them without joining."""
+        self.write(b"".join(parts))
+
     @abstractmethod
     def commit(self) -> BlobRef: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,8 +38,8 @@ class InstanceRow:
     lossy: bool
     blob_sha256: str
     bytes: int
-    frame_offsets: bytes
-    frame_lengths: bytes
+    frame_offsets: builtins.bytes
+    frame_lengths: builtins.bytes
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class SlideRow:
     diagnosis_code: str | None
     format: str
     source_path: str
-    source_sha256: str
+    source_blake3: str
     source_bytes: int
     levels: int
     instances: int
@@ -111,7 +112,9 @@ class Catalog:
         try:
             engine = create_engine(url, future=True)
         except Exception as exc:  # bad URL or missing driver
-            raise ConfigurationError(f"catalog URL cannot be used ({type(exc).__name__}); check LAMINA_DATABASE_URL") from exc
+            raise ConfigurationError(
+                f"catalog URL cannot be used ({type(exc).__name__}); check LAMINA_DATABASE_URL"
+            ) from exc
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         catalog = cls(engine)
@@ -131,7 +134,9 @@ class Catalog:
                         f"({t.SCHEMA_VERSION}); upgrade lamina"
                     )
         except OperationalError as exc:
-            raise StorageError(f"cannot open the catalog {self.engine.url.render_as_string(hide_password=True)}: {exc.orig}") from exc
+            raise StorageError(
+                f"cannot open the catalog {self.engine.url.render_as_string(hide_password=True)}: {exc.orig}"
+            ) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -143,17 +148,21 @@ class Catalog:
 
     # -- reads -------------------------------------------------------------------------------
     def _slide_query(self) -> Any:
-        return (
-            select(t.slides, t.patients.c.patient_id, t.patients.c.patient_name, t.studies.c.accession_number)
-            .select_from(
-                t.slides.join(t.studies, t.slides.c.study_instance_uid == t.studies.c.study_instance_uid)
-                .outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk)
-            )
+        return select(
+            t.slides, t.patients.c.patient_id, t.patients.c.patient_name, t.studies.c.accession_number
+        ).select_from(
+            t.slides.join(
+                t.studies, t.slides.c.study_instance_uid == t.studies.c.study_instance_uid
+            ).outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk)
         )
 
-    def slide_by_source(self, source_sha256: str) -> SlideRow | None:
+    def slide_by_source(self, source_blake3: str) -> SlideRow | None:
         with self.engine.connect() as conn:
-            row = conn.execute(self._slide_query().where(t.slides.c.source_sha256 == source_sha256)).mappings().first()
+            row = (
+                conn.execute(self._slide_query().where(t.slides.c.source_blake3 == source_blake3))
+                .mappings()
+                .first()
+            )
         return None if row is None else _row(SlideRow, row)
 
     def slide(self, slide_id: str) -> SlideRow | None:
@@ -167,7 +176,11 @@ class Catalog:
             return [_row(SlideRow, row) for row in rows]
 
     def instances(self, slide_id: str) -> list[InstanceRow]:
-        query = select(t.instances).where(t.instances.c.slide_id == slide_id).order_by(t.instances.c.instance_number)
+        query = (
+            select(t.instances)
+            .where(t.instances.c.slide_id == slide_id)
+            .order_by(t.instances.c.instance_number)
+        )
         with self.engine.connect() as conn:
             return [_row(InstanceRow, row) for row in conn.execute(query).mappings()]
 
@@ -190,7 +203,9 @@ class Catalog:
 
     def sop_instance_exists(self, uids: Sequence[str]) -> list[str]:
         with self.engine.connect() as conn:
-            query = select(t.instances.c.sop_instance_uid).where(t.instances.c.sop_instance_uid.in_(list(uids)))
+            query = select(t.instances.c.sop_instance_uid).where(
+                t.instances.c.sop_instance_uid.in_(list(uids))
+            )
             return [row[0] for row in conn.execute(query)]
 
     def count_slides(self) -> int:
@@ -227,9 +242,15 @@ class Catalog:
                     [{f.name: getattr(row, f.name) for f in fields(InstanceRow)} for row in new.instances],
                 )
                 audit.append(
-                    conn, actor, "ingest", f"slide/{slide.id}",
-                    {"source": slide.source_path, "source_sha256": slide.source_sha256,
-                     "instances": [row.blob_sha256 for row in new.instances]},
+                    conn,
+                    actor,
+                    "ingest",
+                    f"slide/{slide.id}",
+                    {
+                        "source": slide.source_path,
+                        "source_blake3": slide.source_blake3,
+                        "instances": [row.blob_sha256 for row in new.instances],
+                    },
                 )
         except SqlIntegrityError as exc:
             raise StorageError(f"slide {slide.id} conflicts with the catalog: {exc.orig}") from exc
@@ -238,14 +259,21 @@ class Catalog:
         if patient is None:
             return None
         found = conn.execute(
-            select(t.patients.c.pk).where(t.patients.c.patient_id == patient.patient_id, t.patients.c.issuer == "")
+            select(t.patients.c.pk).where(
+                t.patients.c.patient_id == patient.patient_id, t.patients.c.issuer == ""
+            )
         ).scalar()
         if found is not None:
             return int(found)
         result = conn.execute(
             insert(t.patients).values(
-                patient_id=patient.patient_id, issuer="", patient_name=patient.patient_name,
-                birth_date=patient.birth_date, sex=patient.sex,
+                patient_id=patient.patient_id,
+                issuer="",
+                patient_name=patient.patient_name,
+                birth_date=patient.birth_date,
+                sex=patient.sex,
             )
         )
-        return int(result.inserted_primary_key[0])
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])

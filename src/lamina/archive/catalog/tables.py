@@ -66,7 +66,7 @@ slides = Table(
     Column("diagnosis_code", String(64)),
     Column("format", String(32), nullable=False),
     Column("source_path", Text, nullable=False),
-    Column("source_sha256", String(64), nullable=False, unique=True),
+    Column("source_blake3", String(64), nullable=False, unique=True),
     Column("source_bytes", BigInteger, nullable=False),
     Column("levels", Integer, nullable=False),
     Column("instances", Integer, nullable=False),
