@@ -24,7 +24,14 @@ from lamina.archive.catalog.catalog import NewSlide, PatientRecord
 from lamina.archive.discover import Candidate
 from lamina.archive.manifest import Manifest
 from lamina.errors import LaminaError, SourceError, StorageError
-from lamina.formats.dicomize import WrittenInstance, plan_slide, series_context, write_instance
+from lamina.formats.dicomize import (
+    PlannedInstance,
+    WrittenInstance,
+    plan_slide,
+    series_context,
+    write_instance,
+)
+from lamina.formats.pyramid import GeneratedLevel, WrittenLevel
 from lamina.formats.registry import open_source
 from lamina.formats.source import Buffer, SlideSource, SourceImage, SourceOptions
 from lamina.model.geometry import SizeMm
@@ -156,6 +163,14 @@ class Ingestor:
         result.seconds = time.perf_counter() - started
         return result
 
+    def _feed_next_level(self, plans: list[PlannedInstance], written: WrittenInstance, ref: BlobRef) -> None:
+        """A generated level is computed from the frames just written for the level above."""
+        for plan in plans:
+            image = plan.image
+            if isinstance(image, GeneratedLevel) and image.parent is written.plan.image:
+                reader = _frame_reader(self.store, written, ref)
+                image.parent = WrittenLevel(written.plan.image, written.plan.encoding, reader)
+
     def _ingest(
         self,
         candidate: Candidate,
@@ -242,6 +257,7 @@ class Ingestor:
                     written = write_instance(plan, ctx, sink, self.spool_dir)
                     ref = writer.commit()
                 refs.append((written, ref))
+                self._feed_next_level(plans, written, ref)
             source_sha = digest_future.result()
             if stop.is_set():
                 raise_duplicate()
@@ -258,6 +274,15 @@ class Ingestor:
         result.bytes = sum(ref.size for _, ref in refs)
         result.identified = ctx.identity.identified
         result.repairs = sorted({name for written, _ in refs for name in written.repairs})
+
+
+def _frame_reader(store: BlobStore, written: WrittenInstance, ref: BlobRef) -> Callable[[int], bytes]:
+    offsets, lengths = written.frame_offsets, written.frame_lengths
+
+    def read(index: int) -> bytes:
+        return store.read_range(ref.sha256, int(offsets[index]), int(lengths[index]))
+
+    return read
 
 
 def _expected_bytes(image: SourceImage) -> int:

@@ -6,11 +6,12 @@ memory stays bounded by the width of that level, never by its area.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lamina.formats.source import ImageFlavor, Pixels, SourceImage
+from lamina.formats import codec
+from lamina.formats.source import FrameEncoding, ImageFlavor, Pixels, SourceImage
 from lamina.model.geometry import SizePx
 
 
@@ -76,3 +77,32 @@ def complete_pyramid(levels: Sequence[SourceImage]) -> list[SourceImage]:
         smallest = GeneratedLevel(smallest)
         result.append(smallest)
     return result
+
+
+class WrittenLevel(SourceImage):
+    """A level already written as DICOM frames, read back to compute the next level down.
+
+    Each generated level is computed from the one above it once that one is written, so a
+    single-level source is decoded once, not once per generated level.
+    """
+
+    def __init__(self, level: SourceImage, encoding: FrameEncoding, read: Callable[[int], bytes]) -> None:
+        self.flavor = level.flavor
+        self.size = level.size
+        self.tile_size = level.tile_size
+        self.samples_per_pixel = level.samples_per_pixel
+        self.pixel_spacing = level.pixel_spacing
+        self.encoding = encoding
+        self.source_lossy = level.source_lossy
+        # a DICOM source's attributes travel down to the levels generated from it
+        origin = level
+        while isinstance(origin, GeneratedLevel):
+            origin = origin.parent
+        self.dataset = origin.dataset
+        self._read = read
+
+    def read_frame(self, index: int) -> bytes:
+        return self._read(index)
+
+    def decode_tile(self, col: int, row: int) -> Pixels:
+        return codec.decode(self._read(row * self.grid.width + col), self.encoding or codec.lossy_encoding(3))

@@ -1,0 +1,40 @@
+"""Memory stays bounded by the width of a level, never by the size of the slide.
+
+The slide here has a single large level, the worst case: every lower level is generated, and
+the source is decoded band by band. (The 1.5 GB figure is measured by benchmarks/ingest.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.support import shared_file, tiled_svs_from
+
+LIMIT_MB = 500
+
+
+def _peak_rss_mb(command: list[str], env: dict[str, str]) -> tuple[int, float]:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    watched = psutil.Process(process.pid)
+    peak = 0
+    while process.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.01)
+    return process.wait(), peak / 1e6
+
+
+def test_ingest_of_a_large_single_level_slide_stays_under_500_mb(tmp_path: Path) -> None:
+    slide = tiled_svs_from(shared_file("aperio/CMU-1-Small-Region.svs"), tmp_path / "wide.svs", (6, 3))
+    env = {**os.environ, "LAMINA_HOME": str(tmp_path / "home")}
+    code, peak = _peak_rss_mb([sys.executable, "-m", "lamina", "ingest", str(slide)], env)
+    assert code == 0
+    assert peak < LIMIT_MB, f"peak RSS {peak:.0f} MB"
