@@ -16,6 +16,17 @@ from lamina.errors import ConfigurationError
 DEFAULT_HOME = "lamina-data"
 
 
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"verify_after_write={value!r}: use true or false")
+
+
 class Secret:
     """A value that never prints: ``str()`` and ``repr()`` give ``'**********'``."""
 
@@ -49,7 +60,9 @@ class Settings:
     role
         ``site`` (a lab) or ``archive`` (the shared archive).
     verify_after_write
-        Re-read every stored object and check its SHA-256 before making a slide visible.
+        Read every stored object back and check it against the bytes written (XXH3-128 of
+        both) before making a slide visible. ``LAMINA_VERIFY_AFTER_WRITE=0`` or
+        ``verify_after_write = false`` in lamina.toml turns it off (not recommended).
     """
 
     home: Path
@@ -90,6 +103,9 @@ class Settings:
                 env.get("LAMINA_BLOB_URL") or file_values.get("blob_url") or f"file://{root / 'blobs'}"
             ),
             role=str(env.get("LAMINA_ROLE") or file_values.get("role") or "site"),
+            verify_after_write=_flag(
+                env.get("LAMINA_VERIFY_AFTER_WRITE", file_values.get("verify_after_write", True))
+            ),
         )
         if settings.role not in ("site", "archive"):
             raise ConfigurationError(f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'")

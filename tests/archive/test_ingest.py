@@ -13,6 +13,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.archive.manifest import load_manifest
+from lamina.model.geometry import SizeMm
 from tests.support import ingest_path, shared_file, single
 
 HEADER = "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code"
@@ -156,3 +157,40 @@ def test_bad_inputs_fail_with_a_reason_and_store_nothing(
     assert len(slide) == 1
     assert _stored(archive) == archive.catalog.referenced_blobs()
     assert list(archive.store.tmp.iterdir()) == []  # type: ignore[attr-defined]
+
+
+def test_16_bit_tiff_is_refused_not_truncated(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+    import numpy as np
+    import tifffile
+
+    path = tmp_path / "deep.tif"
+    data = (np.arange(512 * 512 * 3, dtype=np.uint32) % 65536).astype(np.uint16).reshape(512, 512, 3)
+    tifffile.imwrite(
+        path, data, tile=(256, 256), photometric="rgb", resolution=(40000, 40000), resolutionunit="CENTIMETER"
+    )
+    result = ingest_path(ingestor, path)
+    assert result.status == "failed"
+    assert "16-bit samples" in (result.reason or "")
+    assert _stored(archive) == set()
+
+
+def test_the_files_own_spacing_wins_over_a_given_one(archive: Archive, ingestor: Ingestor) -> None:
+    result = ingest_path(
+        ingestor, shared_file("aperio/CMU-1-Small-Region.svs"), pixel_spacing=SizeMm.from_mpp(0.3)
+    )
+    slide = archive.catalog.slide(result.slide_id or "")
+    assert slide is not None and slide.mpp == pytest.approx(0.499)
+
+
+def test_a_damaged_member_of_a_dicom_series_is_named(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    folder = tmp_path / "series"
+    shutil.copytree(shared_file("dicom-openslide-python"), folder)
+    member = folder / "boxes_1.dcm"
+    member.write_bytes(member.read_bytes()[:-40])
+    (candidate,) = discover([folder])
+    result = ingestor.ingest(candidate)
+    assert result.status == "failed"
+    assert (result.reason or "").startswith("boxes_1.dcm: ")
+    assert "truncated" in (result.reason or "")

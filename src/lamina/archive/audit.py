@@ -2,6 +2,8 @@
 
 ``hash = SHA-256(prev_hash | seq | at | actor | action | entity | detail)``; editing, removing,
 inserting or reordering an entry breaks the chain at that entry, which :func:`verify` names.
+Cutting entries off the end leaves a shorter chain that still verifies: that is found only by
+comparing the head with a copy kept elsewhere (an anchor), which a later release adds.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from lamina.archive.catalog.catalog import NewSlide, PatientRecord
 from lamina.archive.discover import Candidate
 from lamina.archive.manifest import Manifest
 from lamina.errors import LaminaError, SourceError, StorageError
+from lamina.formats.dicom_modules import SeriesContext
 from lamina.formats.dicomize import (
     PlannedInstance,
     WrittenInstance,
@@ -36,6 +37,7 @@ from lamina.formats.registry import open_source
 from lamina.formats.source import Buffer, SlideSource, SourceImage, SourceOptions
 from lamina.model.geometry import SizeMm
 from lamina.model.ids import new_uid, slide_id
+from lamina.model.slide import SlideIdentity
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
 _SOURCE_CHUNK = 8 << 20
@@ -71,21 +73,27 @@ class _DuplicateError(Exception):
         self.slide = slide
 
 
-def file_blake3(path: Path) -> str:
+class _CancelledError(Exception):
+    pass
+
+
+def file_blake3(path: Path, cancelled: threading.Event | None = None) -> str:
     digest = blake3.blake3()
     with path.open("rb", buffering=0) as handle:
         while chunk := handle.read(_SOURCE_CHUNK):
+            if cancelled is not None and cancelled.is_set():
+                raise _CancelledError
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def source_digest(members: tuple[Path, ...]) -> str:
+def source_digest(members: tuple[Path, ...], cancelled: threading.Event | None = None) -> str:
     """The source's fingerprint: BLAKE3 of a one-file source; for several files, of their
     sorted digests. BLAKE3 rather than SHA-256: it is as collision-resistant and five times
     faster here, and this pass runs beside the conversion on a two-core machine."""
     if len(members) == 1:
-        return file_blake3(members[0])
-    digests = sorted(file_blake3(member) for member in members)
+        return file_blake3(members[0], cancelled)
+    digests = sorted(file_blake3(member, cancelled) for member in members)
     return blake3.blake3("\n".join(digests).encode()).hexdigest()
 
 
@@ -153,13 +161,18 @@ class Ingestor:
                 dup.slide.instances,
             )
             result.bytes, result.identified = dup.slide.bytes, dup.slide.identified
+        except SourceError as exc:
+            result.status = "failed"
+            # a multi-file slide names the member at fault
+            where = "" if exc.path == candidate.path else f"{exc.path.name}: "
+            result.reason = where + exc.reason
         except LaminaError as exc:
             result.status = "failed"
-            result.reason = exc.reason if isinstance(exc, SourceError) else str(exc)
-        except (OSError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+            result.reason = str(exc)
+        except Exception as exc:  # a reader library's own error on a damaged file: the batch goes on
             result.status = "failed"
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            result.reason = f"unreadable ({type(exc).__name__}: {detail}); the file may be corrupt"
+            result.reason = f"unreadable ({type(exc).__name__}: {detail}); the file may be damaged"
         result.seconds = time.perf_counter() - started
         return result
 
@@ -184,9 +197,14 @@ class Ingestor:
                 raise SourceError(member, "no such file (or not a regular file)")
         entry = manifest.lookup(candidate.path, None) if manifest else None
         spacing = options.pixel_spacing or (entry.pixel_spacing if entry else None)
+        cancelled = threading.Event()
         with ThreadPoolExecutor(1, thread_name_prefix="source-hash") as pool:
-            digest_future = pool.submit(source_digest, candidate.members)
-            source = open_source(candidate.path, SourceOptions(spacing, candidate.members))
+            digest_future = pool.submit(source_digest, candidate.members, cancelled)
+            try:
+                source = open_source(candidate.path, SourceOptions(spacing, candidate.members))
+            except BaseException:
+                cancelled.set()  # no need to finish fingerprinting a file that is refused
+                raise
             try:
                 result.format = source.format_name
                 if manifest and entry is None:
@@ -200,6 +218,9 @@ class Ingestor:
                     digest_future,
                     result,
                 )
+            except BaseException:
+                cancelled.set()
+                raise
             finally:
                 source.close()
 
@@ -207,7 +228,7 @@ class Ingestor:
         self,
         candidate: Candidate,
         source: SlideSource,
-        identity: object,
+        identity: SlideIdentity | None,
         options: IngestOptions,
         progress: Progress | None,
         digest_future: Future[str],
@@ -296,15 +317,12 @@ def _expected_bytes(image: SourceImage) -> int:
 def _record(
     candidate: Candidate,
     source: SlideSource,
-    ctx: object,
+    ctx: SeriesContext,
     sid: str,
     refs: list[tuple[WrittenInstance, BlobRef]],
     source_sha: str,
     created: dt.datetime,
 ) -> NewSlide:
-    from lamina.formats.dicom_modules import SeriesContext
-
-    assert isinstance(ctx, SeriesContext)
     identity = ctx.identity
     rows = []
     for written, ref in refs:

@@ -129,6 +129,10 @@ def _entry(path: Path, number: int, row: dict[str, Any]) -> tuple[ManifestEntry,
     except ValueError as exc:
         raise ManifestError(f"{where}: sex {values['sex']!r} {exc}") from exc
     spacing = None
+    if values.get("mpp") and not file:
+        raise ManifestError(
+            f"{where}: 'mpp' needs a 'file' value: the spacing must be known before the file is opened"
+        )
     if values.get("mpp"):
         try:
             mpp = float(values["mpp"])

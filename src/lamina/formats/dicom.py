@@ -81,7 +81,7 @@ def check_uid(path: Path, keyword: str, value: Any) -> str:
 class DicomImage(SourceImage):
     """One VL WSI instance of another system, read frame by frame from its file."""
 
-    def __init__(self, path: Path, dataset: Dataset, spans: list[FrameSpan], spacing: SizeMm) -> None:
+    def __init__(self, path: Path, dataset: Dataset, spans: list[FrameSpan], spacing: SizeMm | None) -> None:
         self.path = path
         self.dataset = dataset
         self._spans = spans
@@ -94,6 +94,8 @@ class DicomImage(SourceImage):
         self.pixel_spacing = spacing
         ts = str(dataset.file_meta.TransferSyntaxUID)
         self.source_lossy = ts in _LOSSY_TS or str(dataset.get("LossyImageCompression", "00")) == "01"
+        if self.source_lossy and ts not in _LOSSY_TS:
+            self.lossy_method, self.lossy_ratio = _lossy_history(dataset)
         self._order = self._tile_order()
         self._native = ts in _NATIVE
         self._stream = _COPIED.get(ts) or _TRANSCODED.get(ts)
@@ -273,7 +275,9 @@ class DicomSource(SlideSource):
         except ValueError as exc:
             raise CorruptSourceError(path, str(exc)) from exc
         found = _dataset_spacing(dataset)
-        spacing = require_spacing(path, found, self.options, "no PixelMeasuresSequence")
+        spacing: SizeMm | None = found
+        if str(image_type[2]).upper() == ImageFlavor.VOLUME:
+            spacing = require_spacing(path, found, self.options, "no PixelMeasuresSequence")
         return DicomImage(path, dataset, spans, spacing)
 
     @property
@@ -333,6 +337,20 @@ def struct_error() -> type[Exception]:
     import struct
 
     return struct.error
+
+
+def _lossy_history(dataset: Dataset) -> tuple[str | None, float | None]:
+    """The first lossy compression a DICOM image records (LossyImageCompressionMethod/Ratio)."""
+    methods = dataset.get("LossyImageCompressionMethod")
+    ratios = dataset.get("LossyImageCompressionRatio")
+    method = str(
+        methods[0] if isinstance(methods, Sequence) and not isinstance(methods, str) else methods or ""
+    )
+    try:
+        ratio = float(ratios[0] if isinstance(ratios, Sequence) and not isinstance(ratios, str) else ratios)
+    except (TypeError, ValueError, IndexError):
+        ratio = None
+    return method or None, ratio
 
 
 def _extended_offsets(dataset: Dataset) -> list[int] | None:

@@ -210,7 +210,7 @@ def image(
     encoding: FrameEncoding,
     image_type: list[str],
     instance_number: int,
-    lossy_ratio: float | None,
+    lossy: tuple[str, float | None] | None,
 ) -> None:
     created = ctx.created
     acquired = ctx.metadata.acquisition_datetime or created
@@ -248,10 +248,12 @@ def image(
     ds.FocusMethod = "AUTO"
     ds.ExtendedDepthOfField = "NO"
     ds.AcquisitionContextSequence = DicomSequence([])
-    if lossy_ratio is not None:
+    if lossy is not None:
+        method, ratio = lossy
         ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = [f"{lossy_ratio:.2f}"[:16]]
-        ds.LossyImageCompressionMethod = [encoding.lossy_method or "ISO_10918_1"]
+        if ratio is not None:
+            ds.LossyImageCompressionRatio = [f"{ratio:.2f}"[:16]]
+        ds.LossyImageCompressionMethod = [method]
     else:
         ds.LossyImageCompression = "00"
     _frames(ds, ctx, source, image_type)
@@ -296,7 +298,7 @@ def build_dataset(
     sop_instance_uid: str,
     image_type: list[str],
     instance_number: int,
-    lossy_ratio: float | None,
+    lossy: tuple[str, float | None] | None,
 ) -> Dataset:
     """A complete dataset for one instance, without Pixel Data."""
     ds = Dataset()
@@ -307,5 +309,5 @@ def build_dataset(
     equipment(ds, ctx.metadata)
     specimen(ds, ctx)
     optical_path(ds, ctx.metadata, encoding.photometric_interpretation)
-    image(ds, ctx, source, encoding, image_type, instance_number, lossy_ratio)
+    image(ds, ctx, source, encoding, image_type, instance_number, lossy)
     return ds

@@ -30,6 +30,8 @@ from lamina.formats import codec
 from lamina.formats.dicom_modules import SeriesContext, build_dataset
 from lamina.formats.pyramid import GeneratedLevel, complete_pyramid
 from lamina.formats.source import Buffer, FrameEncoding, ImageFlavor, SlideSource, SourceImage
+from lamina.model.geometry import SizeMm
+from lamina.model.slide import SlideIdentity
 
 _ITEM = struct.Struct("<II")
 _ITEM_TAG = 0xE000FFFE
@@ -121,14 +123,24 @@ def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedI
     images: list[tuple[SourceImage, int | None]] = [
         (image, level) for level, image in enumerate(complete_pyramid(source.levels))
     ]
-    images += [(image, None) for image in source.associated]
+    base = images[0][0]
+    for image in source.associated:
+        if image.flavor is ImageFlavor.THUMBNAIL and image.pixel_spacing is None and base.pixel_spacing:
+            # a thumbnail shows the whole base level: its spacing follows from the sizes
+            image.pixel_spacing = SizeMm(
+                base.pixel_spacing.width * base.size.width / image.size.width,
+                base.pixel_spacing.height * base.size.height / image.size.height,
+            )
+        images.append((image, None))
     plans = []
     for number, (image, level) in enumerate(images, start=1):
         copy = image.encoding is not None
         if copy:
             assert image.encoding is not None
             encoding = image.encoding
-        elif image.source_lossy:
+        elif image.source_lossy and (isinstance(image, GeneratedLevel) or image.lossy_ratio is None):
+            # computed pixels of a lossy slide (JPEG keeps the pyramid's size in proportion), or
+            # lossy pixels whose compression ratio is unknown (DICOM needs one: ours is known)
             encoding = codec.lossy_encoding(image.samples_per_pixel)
         else:
             encoding = codec.lossless_encoding(image.samples_per_pixel)
@@ -228,10 +240,15 @@ def write_instance(
     padded = length_array + (length_array & 1)
     raw = image.frame_count * image.tile_size.area * image.samples_per_pixel
     total = int(length_array.sum())
-    lossy = image.source_lossy or plan.encoding.lossy_method is not None
-    ratio = raw / total if lossy and total else None
+    lossy: tuple[str, float | None] | None = None
+    if plan.encoding.lossy_method is not None:
+        # these frames are lossy: the ratio is theirs
+        lossy = (plan.encoding.lossy_method, raw / total if total else None)
+    elif image.source_lossy:
+        # stored losslessly, but the pixels went through a lossy compression before
+        lossy = (image.lossy_method or "ISO_10918_1", image.lossy_ratio)
     dataset = build_dataset(
-        ctx, image, plan.encoding, plan.sop_instance_uid, plan.image_type, plan.instance_number, ratio
+        ctx, image, plan.encoding, plan.sop_instance_uid, plan.image_type, plan.instance_number, lossy
     )
     repairs: tuple[str, ...] = ()
     origin = _origin_dataset(image)
@@ -293,17 +310,15 @@ def _stream_frames(sink: Sink, frames: Iterator[Sequence[Buffer]], lengths: Sequ
 
 def series_context(
     source: SlideSource,
-    identity_override: object,
+    identity_override: SlideIdentity | None,
     new_uid: Callable[[], str],
     container_id: str,
     created: dt.datetime,
 ) -> SeriesContext:
     """UIDs kept from a DICOM source, otherwise made for this scan."""
-    from lamina.model.slide import SlideIdentity
-
     meta = source.metadata
     identity = meta.identity
-    if isinstance(identity_override, SlideIdentity):
+    if identity_override is not None:
         identity = identity.merged(identity_override)
     return SeriesContext(
         study_instance_uid=meta.study_instance_uid or new_uid(),

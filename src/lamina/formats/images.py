@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from lamina.errors import UnsupportedFormatError
 from lamina.formats import codec
 from lamina.formats.source import Buffer, FrameEncoding, ImageFlavor, Pixels, SourceImage, TransferSyntax
 from lamina.model.geometry import SizeMm, SizePx
@@ -180,3 +182,25 @@ def read_page_pixels(page: tifffile.TiffPage) -> Pixels:
     if array.dtype != np.uint8:
         raise ValueError(f"{array.dtype} samples are not supported; lamina reads 8-bit slides")
     return array
+
+
+_LOSSY_METHODS = {7: "ISO_10918_1", 33003: "ISO_15444_1", 33005: "ISO_15444_1", 34712: "ISO_15444_1"}
+
+
+def decoded_page(page: tifffile.TiffPage, flavor: ImageFlavor) -> DecodedImage:
+    """A small page (label, macro, thumbnail) decoded, with what its compression did to it."""
+    image = DecodedImage(read_page_pixels(page), flavor, None, int(page.compression) in _LOSSY_METHODS)
+    if image.source_lossy:
+        stored = sum(page.databytecounts)
+        image.lossy_method = _LOSSY_METHODS[int(page.compression)]
+        image.lossy_ratio = image.size.area * image.samples_per_pixel / stored if stored else None
+    return image
+
+
+def require_8bit(path: Path, page: tifffile.TiffPage) -> None:
+    """lamina keeps 8-bit brightfield slides; anything else is refused rather than truncated."""
+    bits = page.bitspersample
+    if bits != 8:
+        raise UnsupportedFormatError(
+            path, f"{bits}-bit samples (page {page.index}): lamina reads 8-bit brightfield slides"
+        )

@@ -1,7 +1,7 @@
 """Complete a pyramid: generate levels below the smallest one until a level fits in one tile.
 
-Generated levels are computed tile by tile from a band of two tile rows of the level above, so
-memory stays bounded by the width of that level, never by its area.
+Each tile of a generated level is computed from the 2x2 tiles of the level above that it
+covers, so memory is a few tiles whatever the size or width of the slide.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from lamina.model.geometry import SizePx
 
 
 def downsample2(pixels: Pixels) -> Pixels:
-    """Halve both axes by averaging 2x2 blocks (odd edges are repeated)."""
+    """Halve both axes by averaging 2x2 blocks (an odd last row or column is repeated)."""
     height, width = pixels.shape[:2]
     if height % 2 or width % 2:
         pixels = np.pad(pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-    wide = pixels.astype(np.uint16)
-    summed = wide[0::2, 0::2] + wide[1::2, 0::2] + wide[0::2, 1::2] + wide[1::2, 1::2]
-    return ((summed + 2) >> 2).astype(np.uint8)
+    summed = pixels[0::2, 0::2].astype(np.uint16)
+    summed += pixels[1::2, 0::2]
+    summed += pixels[0::2, 1::2]
+    summed += pixels[1::2, 1::2]
+    summed += 2
+    return (summed >> 2).astype(np.uint8)
 
 
 class GeneratedLevel(SourceImage):
@@ -37,35 +40,25 @@ class GeneratedLevel(SourceImage):
         self.pixel_spacing = None if parent.pixel_spacing is None else parent.pixel_spacing.scaled(2.0)
         self.encoding = None
         self.source_lossy = parent.source_lossy
-        self._band_row: int | None = None
-        self._band: Pixels | None = None
-
-    def _band_for(self, row: int) -> Pixels:
-        """The downsampled pixels of output tile row ``row`` (parent rows 2*row and 2*row+1)."""
-        if self._band_row != row or self._band is None:
-            parent = self.parent
-            grid = parent.grid
-            rows = [r for r in (2 * row, 2 * row + 1) if r < grid.height]
-            strips = [
-                np.concatenate([parent.decode_tile(col, r) for col in range(grid.width)], axis=1)
-                for r in rows
-            ]
-            band = np.concatenate(strips, axis=0)
-            # crop to the parent's real size so padding never bleeds into the edge
-            top = rows[0] * parent.tile_size.height
-            band = band[: max(1, parent.size.height - top), : parent.size.width]
-            self._band = downsample2(band)
-            self._band_row = row
-        return self._band
 
     def decode_tile(self, col: int, row: int) -> Pixels:
-        band = self._band_for(row)
+        parent = self.parent
         tw, th = self.tile_size.width, self.tile_size.height
-        tile = band[:th, col * tw : (col + 1) * tw]
-        if tile.shape[:2] == (th, tw):
-            return np.ascontiguousarray(tile)
+        grid = parent.grid
+        block = np.full((2 * th, 2 * tw, self.samples_per_pixel), 255, np.uint8)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                pcol, prow = 2 * col + dx, 2 * row + dy
+                if pcol < grid.width and prow < grid.height:
+                    block[dy * th : (dy + 1) * th, dx * tw : (dx + 1) * tw] = parent.decode_tile(pcol, prow)
+        # only the parent's real pixels count: its edge tiles are padded
+        high = min(2 * th, parent.size.height - 2 * row * th)
+        wide = min(2 * tw, parent.size.width - 2 * col * tw)
+        small = downsample2(block[:high, :wide])
+        if small.shape[:2] == (th, tw):
+            return small
         out = np.full((th, tw, self.samples_per_pixel), 255, np.uint8)
-        out[: tile.shape[0], : tile.shape[1]] = tile
+        out[: small.shape[0], : small.shape[1]] = small
         return out
 
 

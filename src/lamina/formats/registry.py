@@ -21,10 +21,23 @@ def available_formats() -> tuple[type[SlideSource], ...]:
         found[cls.format_name] = cls
     if not found:  # running from a source tree that was never installed
         from lamina.formats.dicom import DicomSource
+        from lamina.formats.histech import HistechSource
+        from lamina.formats.ndpi import NdpiSource
+        from lamina.formats.ome import OmeTiffSource
+        from lamina.formats.philips import PhilipsSource
         from lamina.formats.svs import SvsSource
         from lamina.formats.tiff import TiledTiffSource
 
-        found = {cls.format_name: cls for cls in (SvsSource, DicomSource, TiledTiffSource)}
+        readers = (
+            SvsSource,
+            DicomSource,
+            NdpiSource,
+            PhilipsSource,
+            HistechSource,
+            OmeTiffSource,
+            TiledTiffSource,
+        )
+        found = {cls.format_name: cls for cls in readers}
     return tuple(sorted(found.values(), key=lambda cls: -cls.priority))
 
 

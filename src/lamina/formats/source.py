@@ -131,6 +131,10 @@ class SourceImage(ABC):
     encoding: FrameEncoding | None
     #: Whether the pixels already went through lossy compression (JPEG, lossy JPEG 2000).
     source_lossy: bool
+    #: For a lossy source handed over decoded: how it was compressed (DICOM's
+    #: LossyImageCompressionMethod and ratio), when known.
+    lossy_method: str | None = None
+    lossy_ratio: float | None = None
     #: Per-image DICOM attributes kept from a DICOM source (``None`` for other formats).
     dataset: Any = None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import tifffile
 
 from lamina.errors import CorruptSourceError
-from lamina.formats.images import DecodedImage, TiffTiledImage, read_page_pixels
+from lamina.formats.images import TiffTiledImage, decoded_page, require_8bit
 from lamina.formats.source import (
     ImageFlavor,
     SlideMetadata,
@@ -78,6 +78,7 @@ class SvsSource(SlideSource):
         self._levels: list[SourceImage] = []
         self._associated: list[SourceImage] = []
         for index, page in enumerate(pages):
+            require_8bit(path, page)
             description = page.description or ""
             if index and _associated_name(description):
                 self._associated.append(self._decoded(page, description))
@@ -99,11 +100,9 @@ class SvsSource(SlideSource):
             name or "", ImageFlavor.THUMBNAIL
         )
         try:
-            pixels = read_page_pixels(page)
+            return decoded_page(page, flavor)
         except Exception as exc:
             raise CorruptSourceError(self.path, f"{flavor.lower()} image unreadable ({exc})") from exc
-        lossy = int(page.compression) in (7, 33003, 33005, 34712)
-        return DecodedImage(pixels, flavor, None, lossy)
 
     @property
     def levels(self) -> Sequence[SourceImage]:

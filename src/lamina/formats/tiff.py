@@ -15,7 +15,7 @@ from pathlib import Path
 import tifffile
 
 from lamina.errors import UnsupportedFormatError
-from lamina.formats.images import DecodedImage, TiffTiledImage, read_page_pixels
+from lamina.formats.images import TiffTiledImage, decoded_page, require_8bit
 from lamina.formats.source import ImageFlavor, SlideMetadata, SlideSource, SourceImage, SourceOptions
 from lamina.formats.tiff_common import (
     check_tiles_inside,
@@ -34,11 +34,10 @@ _ASSOCIATED = {
     "overview": ImageFlavor.OVERVIEW,
     "thumbnail": ImageFlavor.THUMBNAIL,
 }
-#: Formats of the TIFF family that other readers (or a later release) handle.
+#: TIFF-family formats with their own layout that this reader must not misread as a plain
+#: pyramid: the ones lamina reads are claimed first by their own readers; the others are
+#: refused until a reader for them exists.
 _OTHER_VENDORS = {
-    "is_svs": "Aperio SVS",
-    "is_ndpi": "Hamamatsu NDPI",
-    "is_philips": "Philips TIFF",
     "is_qpi": "PerkinElmer QPTIFF",
     "is_scn": "Leica SCN",
     "is_bif": "Roche BIF",
@@ -47,7 +46,7 @@ _OTHER_VENDORS = {
 
 class TiledTiffSource(SlideSource):
     format_name = "tiled_tiff"
-    display_name = "Tiled pyramidal TIFF / OME-TIFF"
+    display_name = "tiled pyramidal TIFF"
     priority = 10
 
     @classmethod
@@ -70,6 +69,7 @@ class TiledTiffSource(SlideSource):
             )
         levels = [level.keyframe for level in series.levels]
         base = levels[0]
+        require_8bit(path, base)
         if not base.is_tiled:
             raise UnsupportedFormatError(
                 path,
@@ -94,9 +94,7 @@ class TiledTiffSource(SlideSource):
         for other in tiff.series[1:]:
             flavor = _ASSOCIATED.get((other.name or "").lower())
             if flavor is not None:
-                page = other.keyframe
-                lossy = int(page.compression) in (7, 33003, 33005, 34712)
-                self._associated.append(DecodedImage(read_page_pixels(page), flavor, None, lossy))
+                self._associated.append(decoded_page(other.keyframe, flavor))
 
     def _file_spacing(self, base: tifffile.TiffPage) -> SizeMm | None:
         if self._tiff.is_ome and self._tiff.ome_metadata:

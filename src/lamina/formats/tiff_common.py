@@ -98,11 +98,14 @@ def level_spacing(base: SizeMm, base_size: SizePx, size: SizePx) -> SizeMm:
 
 
 def require_spacing(path: Path, found: SizeMm | None, options: SourceOptions, where: str) -> SizeMm:
-    """The user's spacing wins; else the file's; else a clear error that says how to give it."""
-    if options.pixel_spacing is not None:
-        return options.pixel_spacing
+    """The file's spacing; else the one the user gave (--mpp, manifest); else a clear error.
+
+    A file's own spacing is never overridden: the user's value is for files that lack one.
+    """
     if found is not None and found.width > 0 and found.height > 0:
         return found
+    if options.pixel_spacing is not None:
+        return options.pixel_spacing
     raise MissingMetadataError(
         path,
         f"no pixel spacing ({where}); give it with --mpp MICRONS (e.g. --mpp 0.25) "

@@ -13,7 +13,8 @@ every file to its identity::
 The formats imitate what the vendors' and third-party writers produce (see
 the modules :mod:`~lamina.sample.svs`, :mod:`~lamina.sample.tiff`,
 :mod:`~lamina.sample.dicom`, :mod:`~lamina.sample.ome`,
-:mod:`~lamina.sample.philips`, :mod:`~lamina.sample.ndpi`). Output is
+:mod:`~lamina.sample.philips`, :mod:`~lamina.sample.ndpi`,
+:mod:`~lamina.sample.histech`). Output is
 deterministic for a given seed, and a format's slide does not depend on which
 other formats are written with it.
 """
@@ -37,6 +38,7 @@ SAMPLE_FORMATS: tuple[str, ...] = (
     "ome_tiff",
     "philips_tiff",
     "hamamatsu_ndpi",
+    "histech_tiff",
 )
 """Formats :func:`write_samples` can write, in the default order."""
 
@@ -105,6 +107,12 @@ def _write_ndpi(dest: Path, slide: SlideContent, identity: Identity, seed: int) 
     return write_ndpi(dest / "hamamatsu_ndpi.ndpi", slide, identity)
 
 
+def _write_histech(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.histech import write_histech_tiff
+
+    return write_histech_tiff(dest / "histech_tiff.tiff", slide)
+
+
 _WRITERS: dict[str, Callable[[Path, SlideContent, Identity, int], Path]] = {
     "aperio_svs": _write_svs,
     "tiled_tiff": _write_tiff,
@@ -112,6 +120,7 @@ _WRITERS: dict[str, Callable[[Path, SlideContent, Identity, int], Path]] = {
     "ome_tiff": _write_ome,
     "philips_tiff": _write_philips,
     "hamamatsu_ndpi": _write_ndpi,
+    "histech_tiff": _write_histech,
 }
 
 

@@ -1,0 +1,69 @@
+"""The lab's manifest: identity per file or barcode, with errors that name the row and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lamina.archive.manifest import load_manifest
+from lamina.errors import ManifestError
+
+
+def _write(tmp_path: Path, text: str, name: str = "m.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, "utf-8")
+    return path
+
+
+def test_csv_rows_become_identities(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "file,barcode,patient_id,patient_name,birth_date,sex,accession_number,stain,organ,mpp\n"
+        "a.svs,,P1,MARTIN^JEANNE,1950-02-03,female,S26-1,HE,Colon,0.25\n"
+        ",BC-9,P2,,19700101,M,S26-2,,,\n",
+    )
+    manifest = load_manifest(path)
+    first = manifest.lookup(Path("/x/a.svs"), None)
+    assert first is not None
+    assert first.identity.birth_date == "19500203"
+    assert first.identity.sex == "F"
+    assert first.pixel_spacing is not None and first.pixel_spacing.mpp == pytest.approx(0.25)
+    second = manifest.lookup(Path("/x/other.svs"), "BC-9")
+    assert second is not None and second.identity.container_id == "BC-9"
+    assert manifest.lookup(Path("/x/none.svs"), None) is None
+
+
+def test_json_manifest(tmp_path: Path) -> None:
+    path = _write(tmp_path, json.dumps([{"file": "b.svs", "patient_id": "P3"}]), "m.json")
+    entry = load_manifest(path).lookup(Path("b.svs"), None)
+    assert entry is not None and entry.identity.patient_id == "P3"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,patient_id,colour\na.svs,P1,blue\n", "row 2: unknown column 'colour'"),
+        ("file,birth_date\na.svs,31/02/1950\n", "row 2: birth_date '31/02/1950' is not a date"),
+        ("file,sex\na.svs,X\n", "row 2: sex 'X' must be M, F or O"),
+        ("patient_id\nP1\n", "row 2: needs a 'file' or a 'barcode'"),
+        ("file\na.svs\na.svs\n", "row 3: file 'a.svs' appears twice"),
+        ("barcode,mpp\nBC,0.25\n", "row 2: 'mpp' needs a 'file' value"),
+        ("file,mpp\na.svs,fast\n", "row 2: mpp 'fast' is not a number"),
+        ("file,mpp\na.svs,1000\n", "row 2: mpp 1000.0 is outside"),
+        ("file,accession_number\na.svs,S26-0000000000000001\n", "row 2: accession_number is longer than 16"),
+        ("", "the CSV has no header row"),
+    ],
+)
+def test_bad_manifest_names_the_row_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path)
+    assert message in str(raised.value)
+    assert str(path) in str(raised.value)
+
+
+def test_json_that_is_not_a_list_of_objects(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="must be a list of objects"):
+        load_manifest(_write(tmp_path, '{"file": "a.svs"}', "m.json"))
