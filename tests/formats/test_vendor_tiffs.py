@@ -28,6 +28,7 @@ from wsidicom import WsiDicom
 
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
+from lamina.errors import UnsupportedFormatError
 from lamina.formats.codec import jpeg_info
 from lamina.formats.registry import detect_format, open_source
 from lamina.sample import SampleFile, write_samples
@@ -83,6 +84,13 @@ def test_each_reader_claims_only_its_own_sample(case: Case, samples: dict[str, S
         assert (claimed == case.format) == (other.format == case.format), (other.format, claimed)
 
 
+def test_a_file_named_ndpi_that_is_no_tiff_is_not_claimed(tmp_path: Path) -> None:
+    fake = tmp_path / "scan.ndpi"
+    fake.write_bytes(b"not a slide")
+    with pytest.raises(UnsupportedFormatError, match="not a slide format"):
+        detect_format(fake)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.format)
 def test_metadata_is_read_from_the_file(case: Case, samples: dict[str, SampleFile]) -> None:
     sample = samples[case.format]
@@ -100,7 +108,9 @@ def test_metadata_is_read_from_the_file(case: Case, samples: dict[str, SampleFil
             assert level.pixel_spacing.width == pytest.approx(base.pixel_spacing.width * factor, rel=0.01)
     if case.format == "hamamatsu_ndpi":
         assert (meta.model_name, meta.device_serial_number, meta.objective_power) == (
-            "C13210", "C13210-01234", 40.0,
+            "C13210",
+            "C13210-01234",
+            40.0,
         )
     if case.format == "philips_tiff":
         assert (meta.model_name, meta.device_serial_number) == ("UFS Scanner", "FMT0417")
@@ -129,6 +139,13 @@ def test_ingest_is_conformant_and_opens_in_wsidicom_and_openslide(
     assert ds.Manufacturer == case.manufacturer
     assert ds.PhotometricInterpretation == case.photometric
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    if case.barcode:
+        assert ds.ContainerIdentifier == samples[case.format].identity["specimen_id"]
+    for row in rows:
+        if row.flavor != "VOLUME":  # decoded JPEG, kept losslessly with its lossy history
+            other = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "", stop_before_pixels=True)
+            assert other.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90", row.flavor
+            assert (other.LossyImageCompression, other.LossyImageCompressionMethod) == ("01", "ISO_10918_1")
     exported = archive.export(tmp_path / "export", [result.slide_id or ""])[0]
     sizes = [(r.total_pixel_matrix_columns, r.total_pixel_matrix_rows) for r in levels]
     wsi = WsiDicom.open(exported.folder)
@@ -226,7 +243,11 @@ def test_philips_label_and_macro_kept_only_in_the_xml_are_read_from_it(
 @pytest.mark.parametrize("keep", [0.5, 0.9], ids=["half", "tail-cut"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.format)
 def test_truncated_copy_is_refused_with_one_line_and_nothing_stored(
-    case: Case, keep: float, samples: dict[str, SampleFile], archive: Archive, ingestor: Ingestor,
+    case: Case,
+    keep: float,
+    samples: dict[str, SampleFile],
+    archive: Archive,
+    ingestor: Ingestor,
     tmp_path: Path,
 ) -> None:
     # Arrange

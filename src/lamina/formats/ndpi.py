@@ -13,13 +13,16 @@ comes from XResolution/YResolution (pixels per centimetre).
 from __future__ import annotations
 
 import dataclasses
+import struct
 from pathlib import Path
 from typing import Any
 
 import tifffile
 
+from lamina.errors import CorruptSourceError
 from lamina.formats.opentile_base import OpenTileSource, sniff_tiff
-from lamina.formats.source import SlideMetadata
+from lamina.formats.source import SlideMetadata, SourceOptions
+from lamina.formats.tiff_common import is_tiff
 from lamina.model.slide import SlideIdentity
 
 
@@ -31,12 +34,16 @@ class NdpiSource(OpenTileSource):
     spacing_location = "no XResolution/YResolution in centimetres"
     tile_request = 512
 
+    def __init__(self, path: Path, options: SourceOptions) -> None:
+        check_first_directory(path)  # claimed by name when no page could be read: say why
+        super().__init__(path, options)
+
     @classmethod
     def detect(cls, path: Path) -> bool:
         found = sniff_tiff(path, lambda tiff: bool(tiff.is_ndpi))
         if found is None:
             # a truncated NDPI may not open at all: claim it by name to report the damage
-            return path.suffix.lower() == ".ndpi"
+            return path.suffix.lower() == ".ndpi" and is_tiff(path)
         return found
 
     def opentile_labels(self, tiler: Any) -> list[Any]:
@@ -51,4 +58,20 @@ class NdpiSource(OpenTileSource):
             meta,
             manufacturer=meta.manufacturer or "Hamamatsu",
             identity=SlideIdentity(container_id=label or None),
+        )
+
+
+def check_first_directory(path: Path) -> None:
+    """Refuse a file cut before its first image directory (tifffile then just finds no page)."""
+    with path.open("rb") as fh:
+        head, size = fh.read(16), fh.seek(0, 2)
+    big, order = head[2:4] in (b"+\x00", b"\x00+"), "<" if head[:2] == b"II" else ">"
+    field = head[8:16] if big else head[4:8]
+    complete = len(field) == (8 if big else 4)
+    first = struct.unpack(order + ("Q" if big else "I"), field)[0] if complete else size
+    if first >= size:
+        raise CorruptSourceError(
+            path,
+            f"truncated: the first image directory is at byte {first} but the file has {size} bytes; "
+            "copy the file again from the scanner",
         )

@@ -11,7 +11,6 @@ decoded, being small. A vendor reader is a small subclass of :class:`OpenTileSou
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +40,8 @@ _JPEG2000 = {33003, 33004, 33005, 34712}
 _LOSSY = {_JPEG, 33003, 33005, 34712}
 _RGB = 2  # TIFF PhotometricInterpretation
 _DAMAGED = "the file is damaged or truncated: copy it again from the scanner"
+_CONVERT = "convert it to DICOM with the vendor's software"
+_TURBO = "install it (apt install libturbojpeg0, brew install jpeg-turbo) and retry"
 
 
 def _describe(exc: BaseException) -> str:
@@ -66,18 +67,10 @@ def open_tiler(path: Path, tile_size: int, expected: str, name: str) -> Any:
     try:
         tiler = OpenTile.open(path, tile_size)
     except NotImplementedError as exc:
-        raise UnsupportedFormatError(
-            path,
-            f"opentile cannot read this {name} file ({_describe(exc)}); "
-            "convert it with the vendor's software to DICOM",
-        ) from exc
+        raise UnsupportedFormatError(path, f"opentile cannot read it ({_describe(exc)}); {_CONVERT}") from exc
     except Exception as exc:
-        if "turbojpeg" in str(exc).lower():  # the shared library is missing, not the file damaged
-            raise SourceError(
-                path,
-                f"reading {name} needs libjpeg-turbo ({_describe(exc)}); install it "
-                "(apt install libturbojpeg0, brew install jpeg-turbo) and retry",
-            ) from exc
+        if "turbojpeg" in str(exc).lower():  # a missing library, not a damaged file
+            raise SourceError(path, f"{name} needs libjpeg-turbo ({_describe(exc)}); {_TURBO}") from exc
         raise CorruptSourceError(path, f"opentile cannot open it ({_describe(exc)}); {_DAMAGED}") from exc
     found = tiler.format.value
     if found != expected:
@@ -173,16 +166,23 @@ def decoded_associated(path: Path, image: Any, flavor: ImageFlavor) -> DecodedIm
     """A label, overview or thumbnail from opentile, decoded whole (they are small)."""
     width, height = int(image.image_size.width), int(image.image_size.height)
     across, down = int(image.tiled_size.width), int(image.tiled_size.height)
+    rows = [[(col, row) for col in range(across)] for row in range(down)]
     with reading(path, f"the {flavor.lower()} image"):
-        pixels = np.concatenate(
-            [
-                np.concatenate([_uint8(image.get_decoded_tile((col, row))) for col in range(across)], axis=1)
-                for row in range(down)
-            ]
-        )
+        tiles = [[_uint8(image.get_decoded_tile(at)) for at in row] for row in rows]
+        pixels = np.concatenate([np.concatenate(row, axis=1) for row in tiles])
         if pixels.shape[0] < height or pixels.shape[1] < width:
             raise ValueError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, not {width}x{height}")
-    return DecodedImage(pixels[:height, :width], flavor, None, int(image.compression) in _LOSSY)
+        stored = sum(len(image.get_tile(at)) for row in rows for at in row)
+    return lossy_decoded(pixels[:height, :width], flavor, int(image.compression), stored)
+
+
+def lossy_decoded(pixels: Pixels, flavor: ImageFlavor, compression: int, stored: int) -> DecodedImage:
+    """Decoded pixels, with what their compression did to them (DICOM records it on re-encoding)."""
+    image = DecodedImage(pixels, flavor, None, compression in _LOSSY)
+    if image.source_lossy:
+        image.lossy_method = "ISO_10918_1" if compression == _JPEG else "ISO_15444_1"
+        image.lossy_ratio = pixels.size / stored if stored else None
+    return image
 
 
 class OpenTileSource(SlideSource):
@@ -199,7 +199,6 @@ class OpenTileSource(SlideSource):
         super().__init__(path, options)
         # tifffile first: it refuses a truncated file (tiles or IFDs past the end) with a
         # clear reason, where opentile would fail later, tile by tile.
-        check_first_directory(path)
         tiff = open_tiff(path)
         try:
             self._tiler = open_tiler(path, self.tile_request, self.opentile_format, self.display_name)
@@ -222,6 +221,9 @@ class OpenTileSource(SlideSource):
             file_spacing = SizeMm(float(spacing.width), float(spacing.height)) if spacing else None
         if not found:
             raise CorruptSourceError(self.path, f"opentile finds no pyramid level; {_DAMAGED}")
+        bits = {int(lv.bit_depth) for lv in found} - {8}
+        if bits:
+            raise UnsupportedFormatError(self.path, f"{bits.pop()}-bit samples: lamina reads 8-bit slides")
         if len(sizes) != len(found):
             raise UnsupportedFormatError(
                 self.path,
@@ -295,17 +297,3 @@ def sniff_tiff(path: Path, check: Callable[[tifffile.TiffFile], bool]) -> bool |
             return bool(check(tiff))
     except Exception:
         return None
-
-
-def check_first_directory(path: Path) -> None:
-    """Refuse a file cut before its first image directory (tifffile then just finds no page)."""
-    with path.open("rb") as fh:
-        head, size = fh.read(16), fh.seek(0, 2)
-    big, order = head[2:4] in (b"+\x00", b"\x00+"), "<" if head[:2] == b"II" else ">"
-    first = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
-    if first >= size:
-        raise CorruptSourceError(
-            path,
-            f"truncated: the first image directory is at byte {first} but the "
-            f"file has {size} bytes; copy the file again from the scanner",
-        )

@@ -23,11 +23,11 @@ import numpy as np
 import tifffile
 
 from lamina.errors import CorruptSourceError
-from lamina.formats.images import DecodedImage
-from lamina.formats.opentile_base import OpenTileSource, sniff_tiff
+from lamina.formats.opentile_base import OpenTileSource, lossy_decoded, sniff_tiff
 from lamina.formats.source import ImageFlavor, SlideMetadata, SourceImage
 from lamina.model.slide import SlideIdentity
 
+_JPEG = 7
 _XML_IMAGES = {"LABELIMAGE": ImageFlavor.LABEL, "MACROIMAGE": ImageFlavor.OVERVIEW}
 
 
@@ -69,14 +69,15 @@ class PhilipsSource(OpenTileSource):
             if flavor is None or not data or any(image.flavor is flavor for image in images):
                 continue
             try:
-                pixels = np.asarray(imagecodecs.jpeg8_decode(base64.b64decode(data)), np.uint8)
+                jpeg = base64.b64decode(data)
+                pixels = np.asarray(imagecodecs.jpeg8_decode(jpeg), np.uint8)
             except (ValueError, binascii.Error, imagecodecs.JpegError) as exc:
                 raise CorruptSourceError(
                     self.path,
                     f"the {flavor.lower()} image in the Philips XML is not a readable "
                     f"base64 JPEG ({exc}); the file is damaged: copy it again from the scanner",
                 ) from exc
-            images.append(DecodedImage(pixels, flavor, None, True))
+            images.append(lossy_decoded(pixels, flavor, _JPEG, len(jpeg)))
         return images
 
 
