@@ -79,9 +79,8 @@ def _campaign(tmp_path: Path, slide: Path, points: int) -> None:
         assert slides in (0, 1)
         interrupted += leftovers > 0
         again = _ingest(home, slide, None)
-        assert again is not None and again.returncode == 0, (
-            "re-running the interrupted ingest must complete it"
-        )
+        assert again is not None
+        assert again.returncode == 0, f"re-running the interrupted ingest must finish it: {again.stdout}"
         assert _check_consistent(home)[0] == 1
     # the campaign must have hit the window where objects exist but the slide is not yet visible
     assert interrupted > 0
