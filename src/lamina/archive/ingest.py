@@ -40,7 +40,7 @@ from lamina.model.ids import new_uid, slide_id
 from lamina.model.slide import SlideIdentity
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
-_SOURCE_CHUNK = 8 << 20
+_SOURCE_WINDOW = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,16 @@ class _CancelledError(Exception):
 
 
 def file_blake3(path: Path, cancelled: threading.Event | None = None) -> str:
-    digest = blake3.blake3()
+    """BLAKE3 of a file, hashed through a sliding memory map: no copy of the file into Python,
+    and never more than one window of it mapped."""
+    digest = blake3.blake3(max_threads=1)
+    buffer = bytearray(_SOURCE_WINDOW)
+    view = memoryview(buffer)
     with path.open("rb", buffering=0) as handle:
-        while chunk := handle.read(_SOURCE_CHUNK):
+        while read := handle.readinto(buffer):
             if cancelled is not None and cancelled.is_set():
                 raise _CancelledError
-            digest.update(chunk)
+            digest.update(view[:read])
     return digest.hexdigest()
 
 
@@ -115,13 +119,13 @@ class _ProgressSink:
         self._duplicate = duplicate
 
     def write(self, data: bytes | bytearray) -> None:
-        self.write_parts([data])
+        self.write_parts([data], len(data))
 
-    def write_parts(self, parts: list[Buffer]) -> None:
+    def write_parts(self, parts: list[Buffer], size: int) -> None:
         if self._stop.is_set():
             self._duplicate()
-        self._writer.write_parts(parts)
-        self._state[0] += sum(len(part) for part in parts)
+        self._writer.write_parts(parts, size)
+        self._state[0] += size
         if self._progress is not None:
             self._progress(self._state[0], self._total)
 

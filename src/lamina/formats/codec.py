@@ -8,6 +8,7 @@ DICOM frames (LZW, Deflate, uncompressed), and for generated pyramid levels.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ EOI = b"\xff\xd9"
 #: Adobe APP14 segment with transform 0: the components are R, G, B (no colour transform).
 ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 JPEG_QUALITY = 90
+_THREADS = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,9 @@ def encode(pixels: npt.NDArray[np.uint8], encoding: FrameEncoding) -> bytes:
     data = np.ascontiguousarray(pixels if pixels.shape[-1] != 1 else pixels[..., 0])
     if encoding.transfer_syntax is TransferSyntax.JPEG_2000_LOSSLESS:
         return bytes(
-            imagecodecs.jpeg2k_encode(data, level=0, codecformat="J2K", reversible=True, mct=data.ndim == 3)
+            imagecodecs.jpeg2k_encode(
+                data, level=0, codecformat="J2K", reversible=True, mct=data.ndim == 3, numthreads=_THREADS
+            )
         )
     if encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
         return bytes(imagecodecs.jpeg8_encode(data, level=JPEG_QUALITY, subsampling=(2, 2)))

@@ -73,10 +73,9 @@ _CONTROLLED = {
 
 
 class Sink(Protocol):
-    def write(self, data: bytes | bytearray) -> object: ...
-
-    def write_parts(self, parts: list[Buffer]) -> object:
-        """Write the concatenation of ``parts`` (buffers stay untouched until written)."""
+    def write_parts(self, parts: list[Buffer], size: int) -> object:
+        """Write the concatenation of ``parts`` (``size`` bytes in all; buffers stay untouched
+        until written)."""
 
 
 @dataclass(frozen=True)
@@ -260,11 +259,11 @@ def write_instance(
     header = io.BytesIO()
     pydicom.dcmwrite(header, dataset, enforce_file_format=True)
     head = header.getvalue() + _PIXEL_DATA_HEADER + _EMPTY_BOT
-    sink.write(head)
+    sink.write_parts([head], len(head))
     written = _stream_frames(
         sink, iter_spool(spool, lengths) if spool is not None else image.iter_frame_parts(), lengths
     )
-    sink.write(_SEQ_DELIMITER)
+    sink.write_parts([_SEQ_DELIMITER], len(_SEQ_DELIMITER))
     if spool is not None:
         spool.close()
     offsets = (item_starts + np.uint64(len(head) + 8)).astype(np.uint64)
@@ -286,7 +285,7 @@ def _stream_frames(sink: Sink, frames: Iterator[Sequence[Buffer]], lengths: Sequ
     pending = written = count = 0
     pack = _ITEM.pack
     for parts, expected in zip(frames, lengths, strict=False):
-        size = sum(len(part) for part in parts)
+        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
         if size != expected:
             raise StorageError(f"frame {count + 1} is {size} bytes, {expected} were announced")
         odd = size & 1
@@ -297,13 +296,13 @@ def _stream_frames(sink: Sink, frames: Iterator[Sequence[Buffer]], lengths: Sequ
         count += 1
         pending += 8 + size + odd
         if pending >= _CHUNK:
-            sink.write_parts(batch)
+            sink.write_parts(batch, pending)
             written += pending
             batch, pending = [], 0
     if count != len(lengths):
         raise StorageError(f"{count} frames read, {len(lengths)} expected")
     if batch:
-        sink.write_parts(batch)
+        sink.write_parts(batch, pending)
         written += pending
     return written
 

@@ -23,8 +23,9 @@ class BlobWriter(ABC):
     @abstractmethod
     def write(self, data: bytes | bytearray) -> None: ...
 
-    def write_parts(self, parts: list[bytes | bytearray | memoryview]) -> None:
-        """Write the concatenation of ``parts``; stores that can, write them without joining."""
+    def write_parts(self, parts: list[bytes | bytearray | memoryview], size: int) -> None:
+        """Write the concatenation of ``parts`` (``size`` bytes); stores that can, write them
+        without joining."""
         self.write(b"".join(parts))
 
     @abstractmethod

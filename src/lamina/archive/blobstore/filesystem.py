@@ -66,11 +66,11 @@ def _sync_file_range() -> Callable[[int, int, int], None]:
 start_writeback = _sync_file_range()
 
 
-def _write_all(fd: int, parts: Parts) -> None:
+def _write_all(fd: int, parts: Parts, size: int) -> None:
     """``writev`` the parts, IOV_MAX at a time, finishing any short write."""
     for start in range(0, len(parts), _IOV_MAX):
         group = parts[start : start + _IOV_MAX]
-        expected = sum(len(part) for part in group)
+        expected = size if len(parts) <= _IOV_MAX else sum(map(len, group))
         done = os.writev(fd, group)
         if done < expected:
             rest = memoryview(b"".join(group))[done:]
@@ -130,8 +130,9 @@ class _Verifier:
 
 
 class _FileWriter(BlobWriter):
-    """Hashes and writes on a background thread; a second thread re-reads and re-hashes what
-    was written, so that verification overlaps the writing instead of following it."""
+    """Writes on one background thread and hashes on another, so that SHA-256 and the copy into
+    the page cache run side by side; a third re-reads what was written (``_Verifier``), so that
+    verification overlaps the writing instead of following it."""
 
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
@@ -139,47 +140,54 @@ class _FileWriter(BlobWriter):
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._hash = hashlib.sha256()
         self._size = 0
-        self._queue: queue.Queue[Parts | None] = queue.Queue(_QUEUE_DEPTH)
+        self._queue: queue.Queue[tuple[Parts, int] | None] = queue.Queue(_QUEUE_DEPTH)
         self._error: BaseException | None = None
         self._verifier = _Verifier(self._tmp) if store.verify_after_write else None
+        self._hash_queue: queue.Queue[Parts | None] = queue.Queue(_QUEUE_DEPTH)
+        self._hasher = threading.Thread(target=self._digest, name="blob-hasher", daemon=True)
+        self._hasher.start()
         self._thread = threading.Thread(target=self._drain, name="blob-writer", daemon=True)
         self._thread.start()
         self._done = False
 
     def _drain(self) -> None:
         offset = 0
-        while (parts := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                length = 0
-                verifier = self._verifier
-                for part in parts:
-                    self._hash.update(part)
-                    if verifier is not None:
-                        verifier.sent(part)
-                    length += len(part)
-                _write_all(self._fd, parts)
-                start_writeback(self._fd, offset, length)
+        while (item := self._queue.get()) is not None:
+            parts, length = item
+            if self._error is None:
+                try:
+                    _write_all(self._fd, parts, length)
+                    start_writeback(self._fd, offset, length)
+                    if self._verifier is not None:
+                        self._verifier.written(offset, length)
+                    offset += length
+                except BaseException as exc:  # reported by commit()
+                    self._error = exc
+            self._hash_queue.put(parts)
+        self._hash_queue.put(None)
+
+    def _digest(self) -> None:
+        verifier = self._verifier
+        while (parts := self._hash_queue.get()) is not None:
+            for part in parts:
+                self._hash.update(part)
                 if verifier is not None:
-                    verifier.written(offset, length)
-                offset += length
-            except BaseException as exc:  # reported by commit()
-                self._error = exc
+                    verifier.sent(part)
 
     def write(self, data: bytes | bytearray) -> None:
-        self.write_parts([data])
+        self.write_parts([data], len(data))
 
-    def write_parts(self, parts: Parts) -> None:
+    def write_parts(self, parts: Parts, size: int) -> None:
         if self._error is not None:
             raise StorageError(f"writing {self._tmp} failed: {self._error}")
-        self._size += sum(len(part) for part in parts)
-        self._queue.put(parts)
+        self._size += size
+        self._queue.put((parts, size))
 
     def _finish_thread(self) -> None:
         if not self._done:
             self._queue.put(None)
             self._thread.join()
+            self._hasher.join()
             self._done = True
 
     def commit(self) -> BlobRef:
