@@ -194,3 +194,14 @@ def test_a_damaged_member_of_a_dicom_series_is_named(
     assert result.status == "failed"
     assert (result.reason or "").startswith("boxes_1.dcm: ")
     assert "truncated" in (result.reason or "")
+
+
+def test_catalog_records_the_sources_fingerprint(archive: Archive, ingestor: Ingestor) -> None:
+    import blake3
+
+    source = shared_file("aperio/CMU-1-Small-Region.svs")
+    result = ingest_path(ingestor, source)
+    slide = archive.catalog.slide(result.slide_id or "")
+    assert slide is not None
+    assert slide.source_blake3 == blake3.blake3(source.read_bytes()).hexdigest()
+    assert slide.source_bytes == source.stat().st_size

@@ -9,19 +9,16 @@ missing part.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import blake3
 
 from lamina.archive.blobstore import BlobRef, BlobStore, BlobWriter
 from lamina.archive.catalog import Catalog, InstanceRow, SlideRow
 from lamina.archive.catalog.catalog import NewSlide, PatientRecord
 from lamina.archive.discover import Candidate
+from lamina.archive.fingerprint import SourceFingerprint, full_digest, source_head
 from lamina.archive.manifest import Manifest
 from lamina.errors import LaminaError, SourceError, StorageError
 from lamina.formats.dicom_modules import SeriesContext
@@ -40,7 +37,6 @@ from lamina.model.ids import new_uid, slide_id
 from lamina.model.slide import SlideIdentity
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
-_SOURCE_WINDOW = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -73,32 +69,15 @@ class _DuplicateError(Exception):
         self.slide = slide
 
 
-class _CancelledError(Exception):
-    pass
+@dataclass
+class _SourceKey:
+    """What identifies the source: its size, the BLAKE3 of its head, and its full fingerprint
+    (known up front, or computed from the conversion's reads by ``fingerprint``)."""
 
-
-def file_blake3(path: Path, cancelled: threading.Event | None = None) -> str:
-    """BLAKE3 of a file, hashed through a sliding memory map: no copy of the file into Python,
-    and never more than one window of it mapped."""
-    digest = blake3.blake3(max_threads=1)
-    buffer = bytearray(_SOURCE_WINDOW)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while read := handle.readinto(buffer):
-            if cancelled is not None and cancelled.is_set():
-                raise _CancelledError
-            digest.update(view[:read])
-    return digest.hexdigest()
-
-
-def source_digest(members: tuple[Path, ...], cancelled: threading.Event | None = None) -> str:
-    """The source's fingerprint: BLAKE3 of a one-file source; for several files, of their
-    sorted digests. BLAKE3 rather than SHA-256: it is as collision-resistant and five times
-    faster here, and this pass runs beside the conversion on a two-core machine."""
-    if len(members) == 1:
-        return file_blake3(members[0], cancelled)
-    digests = sorted(file_blake3(member, cancelled) for member in members)
-    return blake3.blake3("\n".join(digests).encode()).hexdigest()
+    size: int
+    head: str
+    digest: str | None
+    fingerprint: SourceFingerprint | None
 
 
 class _ProgressSink:
@@ -108,22 +87,16 @@ class _ProgressSink:
         progress: Progress | None,
         state: list[int],
         total: int,
-        stop: threading.Event,
-        duplicate: Callable[[], None],
     ) -> None:
         self._writer = writer
         self._progress = progress
         self._state = state
         self._total = total
-        self._stop = stop
-        self._duplicate = duplicate
 
     def write(self, data: bytes | bytearray) -> None:
         self.write_parts([data], len(data))
 
     def write_parts(self, parts: list[Buffer], size: int) -> None:
-        if self._stop.is_set():
-            self._duplicate()
         self._writer.write_parts(parts, size)
         self._state[0] += size
         if self._progress is not None:
@@ -201,32 +174,40 @@ class Ingestor:
                 raise SourceError(member, "no such file (or not a regular file)")
         entry = manifest.lookup(candidate.path, None) if manifest else None
         spacing = options.pixel_spacing or (entry.pixel_spacing if entry else None)
-        cancelled = threading.Event()
-        with ThreadPoolExecutor(1, thread_name_prefix="source-hash") as pool:
-            digest_future = pool.submit(source_digest, candidate.members, cancelled)
-            try:
-                source = open_source(candidate.path, SourceOptions(spacing, candidate.members))
-            except BaseException:
-                cancelled.set()  # no need to finish fingerprinting a file that is refused
-                raise
-            try:
-                result.format = source.format_name
-                if manifest and entry is None:
-                    entry = manifest.lookup(candidate.path, source.metadata.identity.container_id)
-                self._convert(
-                    candidate,
-                    source,
-                    entry.identity if entry else None,
-                    options,
-                    progress,
-                    digest_future,
-                    result,
-                )
-            except BaseException:
-                cancelled.set()
-                raise
-            finally:
-                source.close()
+        size = sum(member.stat().st_size for member in candidate.members)
+        head = source_head(candidate.members)
+        digest: str | None = None
+        known = self.catalog.slides_by_head(size, head)
+        if known:
+            # the same size and first MiB as a stored slide: settle it before converting anything
+            digest = full_digest(candidate.members)
+            for slide in known:
+                if slide.source_blake3 == digest:
+                    raise _DuplicateError(slide)
+        source = open_source(candidate.path, SourceOptions(spacing, candidate.members))
+        fingerprint = None
+        try:
+            result.format = source.format_name
+            if manifest and entry is None:
+                entry = manifest.lookup(candidate.path, source.metadata.identity.container_id)
+            if digest is None:
+                fingerprint = SourceFingerprint(candidate.members)
+                source.observe_reads(fingerprint.offer)
+            self._convert(
+                candidate,
+                source,
+                entry.identity if entry else None,
+                options,
+                progress,
+                _SourceKey(size, head, digest, fingerprint),
+                result,
+            )
+        except BaseException:
+            if fingerprint is not None:
+                fingerprint.abandon()
+            raise
+        finally:
+            source.close()
 
     def _convert(
         self,
@@ -235,7 +216,7 @@ class Ingestor:
         identity: SlideIdentity | None,
         options: IngestOptions,
         progress: Progress | None,
-        digest_future: Future[str],
+        key: _SourceKey,
         result: IngestResult,
     ) -> None:
         created = self.clock()
@@ -249,44 +230,31 @@ class Ingestor:
             ctx = replace(ctx, container_id=sid)
         plans = plan_slide(source, new_uid)
         taken = self.catalog.sop_instance_exists([plan.sop_instance_uid for plan in plans])
-        stop = threading.Event()
-        duplicate: list[SlideRow] = []
-
-        def check_duplicate(future: Future[str]) -> None:
-            if future.exception() is None:
-                found = self.catalog.slide_by_source(future.result())
-                if found is not None:
-                    duplicate.append(found)
-                    stop.set()
-
-        digest_future.add_done_callback(check_duplicate)
-
-        def raise_duplicate() -> None:
-            raise _DuplicateError(duplicate[0])
-
+        if taken:
+            raise StorageError(
+                f"SOP instance {taken[0]} is already in the archive with other content; "
+                "the source system reused a UID"
+            )
         total = sum(_expected_bytes(plan.image) for plan in plans)
         state = [0]
         refs: list[tuple[WrittenInstance, BlobRef]] = []
         try:
             for plan in plans:
-                if plan.sop_instance_uid in taken and not stop.is_set():
-                    digest_future.result()
-                    if stop.is_set():
-                        raise_duplicate()
-                    raise StorageError(
-                        f"SOP instance {plan.sop_instance_uid} is already in the archive with other "
-                        "content; the source system reused a UID"
-                    )
                 with self.store.writer() as writer:
-                    sink = _ProgressSink(writer, progress, state, total, stop, raise_duplicate)
+                    sink = _ProgressSink(writer, progress, state, total)
                     written = write_instance(plan, ctx, sink, self.spool_dir)
                     ref = writer.commit()
                 refs.append((written, ref))
                 self._feed_next_level(plans, written, ref)
-            source_sha = digest_future.result()
-            if stop.is_set():
-                raise_duplicate()
-            record = _record(candidate, source, ctx, sid, refs, source_sha, created)
+            if key.digest is not None:
+                digest = key.digest
+            else:
+                assert key.fingerprint is not None
+                digest = key.fingerprint.finish()
+            found = self.catalog.slide_by_source(digest)
+            if found is not None:  # ingested meanwhile by another process
+                raise _DuplicateError(found)
+            record = _record(candidate, source, ctx, sid, refs, replace(key, digest=digest), created)
             self.catalog.add_slide(record, options.actor)
         except BaseException:
             for _, ref in refs:
@@ -324,7 +292,7 @@ def _record(
     ctx: SeriesContext,
     sid: str,
     refs: list[tuple[WrittenInstance, BlobRef]],
-    source_sha: str,
+    key: _SourceKey,
     created: dt.datetime,
 ) -> NewSlide:
     identity = ctx.identity
@@ -368,8 +336,9 @@ def _record(
         diagnosis_code=identity.diagnosis_code,
         format=source.format_name,
         source_path=str(candidate.path.absolute()),
-        source_blake3=source_sha,
-        source_bytes=sum(member.stat().st_size for member in candidate.members),
+        source_blake3=key.digest or "",
+        source_head=key.head,
+        source_bytes=key.size,
         levels=sum(1 for row in rows if row.level is not None),
         instances=len(rows),
         bytes=sum(row.bytes for row in rows),

@@ -159,7 +159,13 @@ class DicomImage(SourceImage):
 
     def read_frame(self, index: int) -> bytes:
         frame = self._order[index]
-        return self._blank if frame is None else read_span(self._fd, self._spans[frame])
+        if frame is None:
+            return self._blank
+        span = self._spans[frame]
+        data = read_span(self._fd, span)
+        if self.read_observer is not None and len(span.fragments) == 1:
+            self.read_observer(self.path, span.fragments[0][0], data)
+        return data
 
     def frame_lengths(self) -> Sequence[int] | None:
         if self.encoding is None or any(frame is None for frame in self._order):

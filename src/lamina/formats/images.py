@@ -34,6 +34,7 @@ class TiffTiledImage(SourceImage):
         self._tiff = tiff
         self._page = page
         self._fd = tiff.filehandle.fileno()
+        self._path = Path(tiff.filehandle.path)
         self.flavor = flavor
         self.size = SizePx(int(page.imagewidth), int(page.imagelength))
         self.tile_size = SizePx(int(page.tilewidth), int(page.tilelength))
@@ -121,7 +122,10 @@ class TiffTiledImage(SourceImage):
                 and offsets[end + 1] + counts[end + 1] - start <= _READ_CHUNK
             ):
                 end += 1
-            view = memoryview(os.pread(self._fd, offsets[end] + counts[end] - start, start))
+            chunk = os.pread(self._fd, offsets[end] + counts[end] - start, start)
+            if self.read_observer is not None:
+                self.read_observer(self._path, start, chunk)
+            view = memoryview(chunk)
             for i in range(index, end + 1):
                 lo = offsets[i] - start
                 tile = view[lo : lo + counts[i]]

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -55,6 +55,7 @@ from lamina.model.geometry import SizeMm, SizePx
 from lamina.model.slide import SlideIdentity
 
 Pixels = npt.NDArray[np.uint8]
+ReadObserver = Callable[[Path, int, bytes], None]
 Buffer = bytes | bytearray | memoryview
 
 
@@ -137,6 +138,9 @@ class SourceImage(ABC):
     lossy_ratio: float | None = None
     #: Per-image DICOM attributes kept from a DICOM source (``None`` for other formats).
     dataset: Any = None
+    #: Told of the bytes an image reads from its file, ``(path, offset, data)``, so that the
+    #: source's fingerprint is computed without reading the file a second time (optional).
+    read_observer: ReadObserver | None = None
 
     @property
     def grid(self) -> SizePx:
@@ -210,6 +214,11 @@ class SlideSource(ABC):
     @property
     def files(self) -> Sequence[Path]:
         return [self.path]
+
+    def observe_reads(self, observer: ReadObserver) -> None:
+        """Tell ``observer`` of the bytes the images read (see ``SourceImage.read_observer``)."""
+        for image in [*self.levels, *self.associated]:
+            image.read_observer = observer
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""

@@ -55,6 +55,7 @@ class SlideRow:
     format: str
     source_path: str
     source_blake3: str
+    source_head: str
     source_bytes: int
     levels: int
     instances: int
@@ -164,6 +165,14 @@ class Catalog:
                 .first()
             )
         return None if row is None else _row(SlideRow, row)
+
+    def slides_by_head(self, source_bytes: int, source_head: str) -> list[SlideRow]:
+        """Slides whose source had this size and first MiB: the only possible duplicates."""
+        query = self._slide_query().where(
+            t.slides.c.source_bytes == source_bytes, t.slides.c.source_head == source_head
+        )
+        with self.engine.connect() as conn:
+            return [_row(SlideRow, row) for row in conn.execute(query).mappings()]
 
     def slide(self, slide_id: str) -> SlideRow | None:
         with self.engine.connect() as conn:

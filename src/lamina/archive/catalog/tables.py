@@ -67,6 +67,8 @@ slides = Table(
     Column("format", String(32), nullable=False),
     Column("source_path", Text, nullable=False),
     Column("source_blake3", String(64), nullable=False, unique=True),
+    # BLAKE3 of the sizes and first MiB of the source files: finds possible duplicates cheaply
+    Column("source_head", String(64), nullable=False),
     Column("source_bytes", BigInteger, nullable=False),
     Column("levels", Integer, nullable=False),
     Column("instances", Integer, nullable=False),
@@ -79,6 +81,7 @@ slides = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_slides_study", "study_instance_uid"),
     Index("ix_slides_container", "container_id"),
+    Index("ix_slides_source_head", "source_bytes", "source_head"),
 )
 
 instances = Table(
