@@ -19,6 +19,13 @@ _JPEG = {7}
 _JPEG2000 = {33003, 33004, 33005, 34712}
 #: Read this many bytes at once when tiles are stored contiguously.
 _READ_CHUNK = 8 << 20
+#: How far ahead of the reads the kernel is asked to fetch from disk.
+_PREFETCH = 32 << 20
+
+
+def _prefetch(fd: int, offset: int, length: int) -> None:
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
 
 
 class TiffTiledImage(SourceImage):
@@ -122,7 +129,10 @@ class TiffTiledImage(SourceImage):
                 and offsets[end + 1] + counts[end + 1] - start <= _READ_CHUNK
             ):
                 end += 1
-            chunk = os.pread(self._fd, offsets[end] + counts[end] - start, start)
+            length = offsets[end] + counts[end] - start
+            # ask the kernel to read ahead the chunks that follow while this one is processed
+            _prefetch(self._fd, start + length, _PREFETCH)
+            chunk = os.pread(self._fd, length, start)
             if self.read_observer is not None:
                 self.read_observer(self._path, start, chunk)
             view = memoryview(chunk)
