@@ -24,6 +24,13 @@ class Candidate:
     path: Path
     members: tuple[Path, ...]
 
+    @property
+    def name(self) -> str:
+        """What a person calls it: the file's name, or the folder of a multi-file slide."""
+        if len(self.members) > 1 and len({member.parent for member in self.members}) == 1:
+            return f"{self.members[0].parent.name}/"
+        return self.path.name
+
 
 def _walk(path: Path) -> Iterable[Path]:
     if path.is_dir():

@@ -30,7 +30,7 @@ from lamina.formats.dicomize import (
     write_instance,
 )
 from lamina.formats.pyramid import GeneratedLevel, WrittenLevel
-from lamina.formats.registry import open_source
+from lamina.formats.registry import detect_format
 from lamina.formats.source import Buffer, SlideSource, SourceImage, SourceOptions
 from lamina.model.geometry import SizeMm
 from lamina.model.ids import new_uid, slide_id
@@ -49,6 +49,7 @@ class IngestOptions:
 class IngestResult:
     path: Path
     status: str  # ingested, duplicate, failed
+    name: str = ""  # the file's name, or a multi-file slide's folder
     slide_id: str | None = None
     format: str | None = None
     levels: int = 0
@@ -127,7 +128,7 @@ class Ingestor:
     ) -> IngestResult:
         options = options or IngestOptions()
         started = time.perf_counter()
-        result = IngestResult(candidate.path, "failed")
+        result = IngestResult(candidate.path, "failed", candidate.name)
         try:
             self._ingest(candidate, manifest, options, progress, result)
         except _DuplicateError as dup:
@@ -184,10 +185,11 @@ class Ingestor:
             for slide in known:
                 if slide.source_blake3 == digest:
                     raise _DuplicateError(slide)
-        source = open_source(candidate.path, SourceOptions(spacing, candidate.members))
+        reader = detect_format(candidate.path)
+        result.format = reader.format_name
+        source = reader(candidate.path, SourceOptions(spacing, candidate.members))
         fingerprint = None
         try:
-            result.format = source.format_name
             if manifest and entry is None:
                 entry = manifest.lookup(candidate.path, source.metadata.identity.container_id)
             if digest is None:

@@ -28,6 +28,6 @@ def demo(ctx: click.Context) -> None:
     for candidate in discover([folder]):
         result = ingestor.ingest(candidate, manifest)
         state = result.status if result.ok else f"failed: {result.reason}"
-        console.print(f"{candidate.path.name:32} {result.format or '-':12} {state}", highlight=False)
+        console.print(f"{candidate.name:32} {result.format or '-':15} {state}", highlight=False)
     archive.close()
     ctx.invoke(slides)

@@ -55,7 +55,7 @@ def ingest(
         disable=not show,
     ) as bar:
         for candidate in candidates:
-            task = bar.add_task(candidate.path.name[:40], total=None)
+            task = bar.add_task(candidate.name[:40], total=None)
 
             def update(done: int, total: int, task: TaskID = task) -> None:
                 bar.update(task, completed=done, total=max(total, done))
@@ -99,7 +99,7 @@ def _table(results: list[IngestResult]) -> Table:
         status = r.status if r.status != "ingested" or r.identified else "ingested (unidentified)"
         table.add_row(
             r.slide_id or "-",
-            r.path.name,
+            r.name,
             r.format or "-",
             str(r.levels or "-"),
             human_bytes(r.bytes) if r.bytes else "-",
