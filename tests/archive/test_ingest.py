@@ -205,3 +205,17 @@ def test_catalog_records_the_sources_fingerprint(archive: Archive, ingestor: Ing
     assert slide is not None
     assert slide.source_blake3 == blake3.blake3(source.read_bytes()).hexdigest()
     assert slide.source_bytes == source.stat().st_size
+
+
+def test_an_mrxs_slide_is_one_candidate_refused_with_its_name(ingestor: Ingestor, tmp_path: Path) -> None:
+    scanner = tmp_path / "scanner"
+    (scanner / "scan").mkdir(parents=True)
+    (scanner / "scan.mrxs").write_text("[GENERAL]\nSLIDE_VERSION=01.02\n")
+    for name in ("Slidedat.ini", "Data0000.dat", "Index.dat"):
+        (scanner / "scan" / name).write_bytes(b"\x00" * 64)
+    candidates = discover([scanner])
+    assert [c.path.name for c in candidates] == ["scan.mrxs"]
+    assert len(candidates[0].members) == 4
+    result = ingestor.ingest(candidates[0])
+    assert result.status == "failed"
+    assert result.reason == "3DHistech MRXS files are not supported yet"

@@ -32,10 +32,21 @@ class Candidate:
         return self.path.name
 
 
+def _mrxs_folder(path: Path) -> Path | None:
+    """An MRXS slide is ``NAME.mrxs`` and the folder ``NAME`` beside it."""
+    folder = path.with_suffix("")
+    return folder if path.suffix.lower() == ".mrxs" and folder.is_dir() else None
+
+
 def _walk(path: Path) -> Iterable[Path]:
     if path.is_dir():
         for root, dirs, files in os.walk(path):
-            dirs.sort()
+            # an MRXS slide's data folder belongs to its .mrxs file, not to the walk
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if not (Path(root) / f"{d}.mrxs").exists() and not (Path(root) / f"{d}.MRXS").exists()
+            )
             for name in sorted(files):
                 if name in _IGNORED or name.startswith("."):
                     continue
@@ -56,7 +67,11 @@ def discover(paths: Iterable[Path]) -> list[Candidate]:
     series: dict[str, list[Path]] = defaultdict(list)
     for given in paths:
         for file in _walk(given):
-            if file.is_file() and is_dicom(file):
+            folder = _mrxs_folder(file)
+            if folder is not None:
+                data = sorted(p for p in folder.rglob("*") if p.is_file())
+                singles.append(Candidate(file, (file, *data)))
+            elif file.is_file() and is_dicom(file):
                 try:
                     header = pydicom.dcmread(
                         file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]

@@ -41,10 +41,26 @@ def available_formats() -> tuple[type[SlideSource], ...]:
     return tuple(sorted(found.values(), key=lambda cls: -cls.priority))
 
 
+#: Scanner formats a later release reads, recognised by their extension so that the refusal says
+#: what the file is rather than "not a slide".
+NOT_YET = {
+    ".mrxs": "3DHistech MRXS",
+    ".bif": "Roche BIF",
+    ".scn": "Leica SCN",
+    ".vsi": "Evident VSI",
+    ".isyntax": "Philips iSyntax",
+    ".czi": "Zeiss CZI",
+    ".qptiff": "PerkinElmer QPTIFF",
+}
+
+
 def detect_format(path: Path) -> type[SlideSource]:
     for cls in available_formats():
         if cls.detect(path):
             return cls
+    vendor = NOT_YET.get(path.suffix.lower())
+    if vendor is not None:
+        raise UnsupportedFormatError(path, f"{vendor} files are not supported yet")
     names = ", ".join(cls.display_name for cls in available_formats())
     raise UnsupportedFormatError(path, f"not a slide format lamina reads ({names})")
 
