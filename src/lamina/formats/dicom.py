@@ -290,14 +290,6 @@ class DicomSource(SlideSource):
     def files(self) -> Sequence[Path]:
         return self._files
 
-    @property
-    def levels(self) -> Sequence[SourceImage]:
-        return self._levels
-
-    @property
-    def associated(self) -> Sequence[SourceImage]:
-        return self._associated
-
     @cached_property
     def metadata(self) -> SlideMetadata:
         ds = self._levels[0].dataset

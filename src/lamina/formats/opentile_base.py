@@ -274,14 +274,6 @@ class OpenTileSource(SlideSource):
         )
 
     @property
-    def levels(self) -> Sequence[SourceImage]:
-        return self._levels
-
-    @property
-    def associated(self) -> Sequence[SourceImage]:
-        return self._associated
-
-    @property
     def metadata(self) -> SlideMetadata:
         return self._metadata
 

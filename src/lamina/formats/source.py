@@ -193,6 +193,9 @@ class SlideSource(ABC):
     def __init__(self, path: Path, options: SourceOptions) -> None:
         self.path = path
         self.options = options
+        #: Filled by the reader: the VOLUME images (largest first) and the associated images.
+        self._levels: list[SourceImage] = []
+        self._associated: list[SourceImage] = []
 
     @classmethod
     @abstractmethod
@@ -200,12 +203,12 @@ class SlideSource(ABC):
         """Cheap check: does this reader claim ``path``?"""
 
     @property
-    @abstractmethod
-    def levels(self) -> Sequence[SourceImage]: ...
+    def levels(self) -> Sequence[SourceImage]:
+        return self._levels
 
     @property
-    @abstractmethod
-    def associated(self) -> Sequence[SourceImage]: ...
+    def associated(self) -> Sequence[SourceImage]:
+        return self._associated
 
     @property
     @abstractmethod

@@ -9,7 +9,6 @@ Date, Time, ...).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -75,8 +74,8 @@ class SvsSource(SlideSource):
         found = SizeMm.from_mpp(float(mpp)) if mpp else None
         base_size = SizePx(int(base.imagewidth), int(base.imagelength))
         spacing = require_spacing(path, found, options, "its ImageDescription has no MPP")
-        self._levels: list[SourceImage] = []
-        self._associated: list[SourceImage] = []
+        self._levels = []
+        self._associated = []
         for index, page in enumerate(pages):
             require_8bit(path, page)
             description = page.description or ""
@@ -103,14 +102,6 @@ class SvsSource(SlideSource):
             return decoded_page(page, flavor)
         except Exception as exc:
             raise CorruptSourceError(self.path, f"{flavor.lower()} image unreadable ({exc})") from exc
-
-    @property
-    def levels(self) -> Sequence[SourceImage]:
-        return self._levels
-
-    @property
-    def associated(self) -> Sequence[SourceImage]:
-        return self._associated
 
     @cached_property
     def metadata(self) -> SlideMetadata:

@@ -8,7 +8,6 @@ focal planes or fluorescence channels, or has no pixel spacing is refused with t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import tifffile
 
 from lamina.errors import UnsupportedFormatError
 from lamina.formats.images import TiffTiledImage, decoded_page, require_8bit
-from lamina.formats.source import ImageFlavor, SlideMetadata, SlideSource, SourceImage, SourceOptions
+from lamina.formats.source import ImageFlavor, SlideMetadata, SlideSource, SourceOptions
 from lamina.formats.tiff_common import (
     check_tiles_inside,
     is_tiff,
@@ -80,7 +79,7 @@ class TiledTiffSource(SlideSource):
             path, self._file_spacing(base), options, "no OME PhysicalSize nor resolution tags"
         )
         base_size = SizePx(int(base.imagewidth), int(base.imagelength))
-        self._levels: list[SourceImage] = []
+        self._levels = []
         for page in levels:
             if not page.is_tiled:
                 continue
@@ -90,7 +89,7 @@ class TiledTiffSource(SlideSource):
                 TiffTiledImage(tiff, page, ImageFlavor.VOLUME, level_spacing(spacing, base_size, size))
             )
         self._levels.sort(key=lambda image: -image.size.area)
-        self._associated: list[SourceImage] = []
+        self._associated = []
         for other in tiff.series[1:]:
             flavor = _ASSOCIATED.get((other.name or "").lower())
             if flavor is not None:
@@ -102,14 +101,6 @@ class TiledTiffSource(SlideSource):
             if spacing is not None:
                 return spacing
         return resolution_spacing(base)
-
-    @property
-    def levels(self) -> Sequence[SourceImage]:
-        return self._levels
-
-    @property
-    def associated(self) -> Sequence[SourceImage]:
-        return self._associated
 
     @cached_property
     def metadata(self) -> SlideMetadata:
