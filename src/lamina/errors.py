@@ -53,3 +53,19 @@ class IntegrityError(StorageError):
 
 class NotFoundError(LaminaError):
     """A slide, instance or object asked for does not exist."""
+
+
+class RequestError(LaminaError):
+    """A request's parameter is malformed. ``parameter`` names it; the message says what is expected."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        self.parameter = parameter
+        super().__init__(f"{parameter}: {message}")
+
+
+class NotAcceptableError(LaminaError):
+    """None of the media types or transfer syntaxes the client accepts can be produced."""
+
+
+class PayloadTooLargeError(LaminaError):
+    """An upload or a decoded image is over the configured limit."""

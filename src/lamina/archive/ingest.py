@@ -32,6 +32,7 @@ from lamina.formats.dicomize import (
 from lamina.formats.pyramid import GeneratedLevel, WrittenLevel
 from lamina.formats.registry import detect_format
 from lamina.formats.source import Buffer, SlideSource, SourceImage, SourceOptions
+from lamina.mapping import dicom_json
 from lamina.model.geometry import SizeMm
 from lamina.model.ids import new_uid, slide_id
 from lamina.model.slide import SlideIdentity
@@ -323,6 +324,9 @@ def _record(
                 bytes=ref.size,
                 frame_offsets=written.frame_offsets.astype("<u8").tobytes(),
                 frame_lengths=written.frame_lengths.astype("<u4").tobytes(),
+                series_instance_uid=ctx.series_instance_uid,
+                study_instance_uid=ctx.study_instance_uid,
+                metadata=dicom_json.pack(dicom_json.to_json(written.dataset)),
             )
         )
     base = source.levels[0]

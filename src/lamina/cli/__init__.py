@@ -11,6 +11,7 @@ from lamina.cli.demo import demo
 from lamina.cli.export import export
 from lamina.cli.ingest import ingest
 from lamina.cli.sample import sample
+from lamina.cli.serve import serve
 from lamina.cli.slides import slides
 
 
@@ -31,7 +32,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, sample, demo):
+for command in (ingest, slides, export, sample, demo, serve):
     cli.add_command(command)
 
 

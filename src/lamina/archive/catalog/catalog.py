@@ -22,6 +22,8 @@ from lamina.errors import ConfigurationError, StorageError
 class InstanceRow:
     sop_instance_uid: str
     slide_id: str
+    series_instance_uid: str
+    study_instance_uid: str
     sop_class_uid: str
     instance_number: int
     flavor: str
@@ -40,6 +42,7 @@ class InstanceRow:
     bytes: int
     frame_offsets: builtins.bytes
     frame_lengths: builtins.bytes
+    metadata: builtins.bytes
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,11 @@ class Catalog:
                         f"the catalog has schema version {version}, newer than this lamina "
                         f"({t.SCHEMA_VERSION}); upgrade lamina"
                     )
+                elif version < t.SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"the catalog has schema version {version} of a development release; "
+                        "export its slides with that release and ingest them into a new LAMINA_HOME"
+                    )
         except OperationalError as exc:
             raise StorageError(
                 f"cannot open the catalog {self.engine.url.render_as_string(hide_password=True)}: {exc.orig}"
@@ -193,6 +201,21 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_row(InstanceRow, row) for row in conn.execute(query).mappings()]
 
+    def instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        query = select(t.instances).where(t.instances.c.sop_instance_uid == sop_instance_uid)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _row(InstanceRow, row)
+
+    def instances_in(self, study: str, series: str | None = None) -> list[InstanceRow]:
+        """A study's or a series' instances, in series then instance-number order."""
+        query = select(t.instances).where(t.instances.c.study_instance_uid == study)
+        if series is not None:
+            query = query.where(t.instances.c.series_instance_uid == series)
+        query = query.order_by(t.instances.c.series_instance_uid, t.instances.c.instance_number)
+        with self.engine.connect() as conn:
+            return [_row(InstanceRow, row) for row in conn.execute(query).mappings()]
+
     def study_for_accession(self, accession_number: str, patient_id: str | None) -> str | None:
         """The study already holding this case, so that all slides of a case share one study."""
         query = (
@@ -244,6 +267,15 @@ class Catalog:
                             created_at=slide.created_at,
                         )
                     )
+                conn.execute(
+                    insert(t.series).values(
+                        series_instance_uid=slide.series_instance_uid,
+                        study_instance_uid=slide.study_instance_uid,
+                        modality="SM",
+                        series_number=1,
+                        created_at=slide.created_at,
+                    )
+                )
                 values = {column.name: getattr(slide, column.name) for column in t.slides.columns}
                 conn.execute(insert(t.slides).values(**values))
                 conn.execute(

@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 metadata = MetaData()
 
 schema_info = Table(
@@ -51,6 +51,17 @@ studies = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_studies_accession", "accession_number"),
     Index("ix_studies_patient", "patient_pk"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("series_instance_uid", String(64), primary_key=True),
+    Column("study_instance_uid", String(64), ForeignKey("studies.study_instance_uid"), nullable=False),
+    Column("modality", String(16), nullable=False),
+    Column("series_number", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_series_study", "study_instance_uid"),
 )
 
 slides = Table(
@@ -89,6 +100,8 @@ instances = Table(
     metadata,
     Column("sop_instance_uid", String(64), primary_key=True),
     Column("slide_id", String(16), ForeignKey("slides.id"), nullable=False),
+    Column("series_instance_uid", String(64), ForeignKey("series.series_instance_uid"), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
     Column("sop_class_uid", String(64), nullable=False),
     Column("instance_number", Integer, nullable=False),
     Column("flavor", String(16), nullable=False),
@@ -108,7 +121,11 @@ instances = Table(
     # frame index: little-endian uint64 offsets and uint32 lengths of each frame in the object
     Column("frame_offsets", LargeBinary, nullable=False),
     Column("frame_lengths", LargeBinary, nullable=False),
+    # the instance's header as DICOM JSON (zlib), bulk data as relative "bulkdata/..." URIs
+    Column("metadata", LargeBinary, nullable=False),
     Index("ix_instances_slide", "slide_id"),
+    Index("ix_instances_series", "series_instance_uid"),
+    Index("ix_instances_study", "study_instance_uid"),
     Index("ix_instances_blob", "blob_sha256"),
 )
 

@@ -1,0 +1,60 @@
+"""``create_app(settings)``: the ASGI application, with an explicit route list and a lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from lamina import __version__
+from lamina.api import dicomweb
+from lamina.api.problems import handle_lamina_error
+from lamina.archive.archive import Archive
+from lamina.config import Settings
+from lamina.errors import LaminaError
+
+
+async def health(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    return JSONResponse({"status": "ok", "version": __version__, "slides": archive.catalog.count_slides()})
+
+
+def create_app(settings: Settings, archive: Archive | None = None) -> Starlette:
+    """The application serving the archive of ``settings`` (or the given open ``archive``)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        opened = archive or Archive.open(settings)
+        app.state.archive = opened
+        app.state.index = dicomweb.InstanceIndex(opened)
+        try:
+            yield
+        finally:
+            if archive is None:
+                opened.close()
+
+    routes = [
+        Route("/healthz", health),
+        Mount("/dicomweb", routes=dicomweb.routes()),
+    ]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=["*"],
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Content-Type", "Content-Length", "Warning"],
+        )
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={LaminaError: handle_lamina_error},
+    )

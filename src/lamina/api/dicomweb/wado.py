@@ -1,0 +1,198 @@
+"""WADO-RS (PS3.18 10.4): metadata, frames, instances.
+
+A frame is served from the frame index by one ranged read of the stored object: no DICOM
+parsing and no decoding unless the client asks for another transfer syntax. Metadata is the
+DICOM JSON stored at ingest, with its bulk data URIs made absolute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from lamina.api.dicomweb import multipart
+from lamina.api.dicomweb.accept import MediaRange, parse_accept
+from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
+from lamina.archive.archive import Archive
+from lamina.archive.catalog import InstanceRow
+from lamina.errors import NotAcceptableError, NotFoundError, PayloadTooLargeError, RequestError
+from lamina.formats import codec
+from lamina.formats.source import FrameEncoding, TransferSyntax
+from lamina.mapping import dicom_json
+
+DICOM_JSON = "application/dicom+json"
+EXPLICIT_LE = TransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN.value
+JPEG_BASELINE = TransferSyntax.JPEG_BASELINE_8BIT.value
+_J2K = {TransferSyntax.JPEG_2000.value, TransferSyntax.JPEG_2000_LOSSLESS.value}
+#: Decoded size above which a frame is not transcoded (no decompression bombs).
+MAX_DECODED_BYTES = 64 << 20
+_MAX_FRAMES_PER_REQUEST = 4096
+_CHUNK = 1 << 20
+
+
+def dicomweb_base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicomweb"
+
+
+def instance_url(base: str, row: InstanceRow) -> str:
+    series = f"{base}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
+    return f"{series}/instances/{row.sop_instance_uid}"
+
+
+def _metadata_response(request: Request, rows: list[InstanceRow]) -> Response:
+    if not rows:
+        raise NotFoundError("no such study or series in this archive")
+    base = dicomweb_base(request)
+    items = [dicom_json.absolute(dicom_json.unpack(row.metadata), instance_url(base, row)) for row in rows]
+    return Response(b"[" + b",".join(items) + b"]", media_type=DICOM_JSON)
+
+
+async def study_metadata(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    return _metadata_response(request, archive.catalog.instances_in(request.path_params["study"]))
+
+
+async def series_metadata(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    params = request.path_params
+    return _metadata_response(request, archive.catalog.instances_in(params["study"], params["series"]))
+
+
+async def instance_metadata(request: Request) -> Response:
+    index: InstanceIndex = request.app.state.index
+    params = request.path_params
+    found = index.get(params["study"], params["series"], params["instance"])
+    return _metadata_response(request, [found.row])
+
+
+def parse_frame_numbers(text: str, count: int) -> list[int]:
+    """``1,3,5`` -> [1, 3, 5]; 400 when malformed, 404 when out of range."""
+    try:
+        numbers = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError as exc:
+        raise RequestError("frames", f"{text!r} is not a comma-separated list of frame numbers") from exc
+    if not numbers:
+        raise RequestError("frames", "give at least one frame number")
+    if len(numbers) > _MAX_FRAMES_PER_REQUEST:
+        raise RequestError("frames", f"at most {_MAX_FRAMES_PER_REQUEST} frames per request")
+    bad = [number for number in numbers if not 1 <= number <= count]
+    if bad:
+        raise NotFoundError(f"frame {bad[0]} does not exist: the instance has frames 1 to {count}")
+    return numbers
+
+
+def choose_frame_output(ranges: list[MediaRange], stored: str) -> tuple[str, str | None]:
+    """(part Content-Type, transfer syntax to transcode to, or None to send the stored bytes)."""
+    for wanted in ranges:
+        part, syntax = wanted.part_type, wanted.transfer_syntax
+        if part in ("*/*", "multipart/related") or wanted.media_type == "*/*":
+            return f"application/octet-stream; transfer-syntax={stored}", None
+        if part == "application/octet-stream":
+            if syntax in ("*", stored):
+                return f"application/octet-stream; transfer-syntax={stored}", None
+            if syntax in (None, EXPLICIT_LE):
+                return f"application/octet-stream; transfer-syntax={EXPLICIT_LE}", EXPLICIT_LE
+            if syntax == JPEG_BASELINE:
+                return f"application/octet-stream; transfer-syntax={JPEG_BASELINE}", JPEG_BASELINE
+        elif part == "image/jpeg" and syntax in (None, "*", JPEG_BASELINE):
+            target = None if stored == JPEG_BASELINE else JPEG_BASELINE
+            return f"image/jpeg; transfer-syntax={JPEG_BASELINE}", target
+        elif part in ("image/jp2", "image/jpx") and stored in _J2K and syntax in (None, "*", stored):
+            return f"{part}; transfer-syntax={stored}", None
+    raise NotAcceptableError(
+        f"frames of this instance are stored as {stored}; ask for it (transfer-syntax=*), "
+        f"for {EXPLICIT_LE} or for {JPEG_BASELINE}"
+    )
+
+
+def _transcode(found: IndexedInstance, data: bytes, target: str) -> bytes:
+    row = found.row
+    decoded = row.rows * row.columns * row.samples_per_pixel
+    if decoded > MAX_DECODED_BYTES:
+        raise PayloadTooLargeError(
+            f"a frame of {decoded} bytes decoded is over the {MAX_DECODED_BYTES} limit"
+        )
+    pixels = codec.decode(
+        data, FrameEncoding(TransferSyntax(row.transfer_syntax_uid), row.photometric_interpretation)
+    )
+    if target == EXPLICIT_LE:
+        return np.ascontiguousarray(pixels).tobytes()
+    return codec.encode(pixels, codec.lossy_encoding(row.samples_per_pixel))
+
+
+def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) -> list[bytes]:
+    if found.path is not None:
+        fd = os.open(found.path, os.O_RDONLY)
+        try:
+            return [os.pread(fd, length, offset) for offset, length in map(found.frame_span, numbers)]
+        finally:
+            os.close(fd)
+    return [archive.store.read_range(found.row.blob_sha256, *found.frame_span(number)) for number in numbers]
+
+
+async def frames(request: Request) -> Response:
+    index: InstanceIndex = request.app.state.index
+    params = request.path_params
+    found = index.get(params["study"], params["series"], params["instance"])
+    numbers = parse_frame_numbers(params["frames"], found.row.number_of_frames)
+    part_type, target = choose_frame_output(
+        parse_accept(request.headers.get("accept")), found.transfer_syntax_uid
+    )
+    data = read_frames(found, numbers, request.app.state.archive)
+    if target is not None:
+        data = [_transcode(found, frame, target) for frame in data]
+    boundary = multipart.boundary()
+    media_type = part_type.split(";", 1)[0]
+    return Response(
+        multipart.body(((part_type, frame) for frame in data), boundary),
+        headers={"Content-Type": multipart.content_type(media_type, boundary)},
+    )
+
+
+def _file_chunks(archive: Archive, row: InstanceRow) -> Iterator[bytes]:
+    yield from archive.store.open(row.blob_sha256)
+
+
+def _retrieve(request: Request, rows: list[InstanceRow]) -> Response:
+    if not rows:
+        raise NotFoundError("no such study, series or instance in this archive")
+    for wanted in parse_accept(request.headers.get("accept")):
+        if wanted.media_type == "*/*" or wanted.part_type in ("application/dicom", "*/*"):
+            if wanted.transfer_syntax not in (None, "*") and any(
+                row.transfer_syntax_uid != wanted.transfer_syntax for row in rows
+            ):
+                continue
+            break
+    else:
+        raise NotAcceptableError('instances are sent as multipart/related; type="application/dicom"')
+    archive: Archive = request.app.state.archive
+    boundary = multipart.boundary()
+    parts = (
+        (f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", _file_chunks(archive, row))
+        for row in rows
+    )
+    return StreamingResponse(
+        multipart.stream(parts, boundary),
+        headers={"Content-Type": multipart.content_type("application/dicom", boundary)},
+    )
+
+
+async def retrieve_study(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    return _retrieve(request, archive.catalog.instances_in(request.path_params["study"]))
+
+
+async def retrieve_series(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    params = request.path_params
+    return _retrieve(request, archive.catalog.instances_in(params["study"], params["series"]))
+
+
+async def retrieve_instance(request: Request) -> Response:
+    index: InstanceIndex = request.app.state.index
+    params = request.path_params
+    return _retrieve(request, [index.get(params["study"], params["series"], params["instance"]).row])

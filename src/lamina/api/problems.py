@@ -1,0 +1,43 @@
+"""The one table from domain errors to HTTP answers (RFC 9457 problem details)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from lamina.errors import (
+    ConfigurationError,
+    IntegrityError,
+    LaminaError,
+    NotAcceptableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    StorageError,
+)
+
+STATUS: list[tuple[type[LaminaError], int, str]] = [
+    (RequestError, 400, "Bad request"),
+    (NotFoundError, 404, "Not found"),
+    (NotAcceptableError, 406, "Not acceptable"),
+    (PayloadTooLargeError, 413, "Payload too large"),
+    (IntegrityError, 500, "Stored object damaged"),
+    (StorageError, 503, "Storage unavailable"),
+    (ConfigurationError, 500, "Server misconfigured"),
+    (LaminaError, 500, "Server error"),
+]
+
+
+def problem(status: int, title: str, detail: str) -> Response:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+async def handle_lamina_error(request: Request, exc: Exception) -> Response:
+    for cls, status, title in STATUS:
+        if isinstance(exc, cls):
+            return problem(status, title, str(exc))
+    return problem(500, "Server error", "unexpected error")
