@@ -1,0 +1,157 @@
+"""WADO-RS as a real client sees it: dicomweb-client against a running lamina server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+import uvicorn
+from dicomweb_client.api import DICOMwebClient
+from pydicom.encaps import generate_frames
+
+from lamina.api import create_app
+from lamina.archive.archive import Archive
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
+from lamina.config import Settings
+from tests.support import shared_file
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def wado_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Archive, str]]:
+    home = tmp_path_factory.mktemp("wado") / "lamina-data"
+    archive = Archive.open(Settings.load(home, env={}))
+    (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
+    result = Ingestor(archive.catalog, archive.store).ingest(candidate)
+    assert result.status == "ingested", result.reason
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(archive.settings, archive), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/dicomweb", archive, result.slide_id or ""
+    server.should_exit = True
+    thread.join(timeout=10)
+    archive.close()
+
+
+def _level0(archive: Archive, slide_id: str) -> tuple[pydicom.Dataset, list[bytes]]:
+    row = next(r for r in archive.catalog.instances(slide_id) if r.level == 0)
+    ds = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "")
+    return ds, [f for f in generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))]
+
+
+def test_metadata_at_every_level_with_absolute_bulk_data(wado_server: tuple[str, Archive, str]) -> None:
+    base, archive, slide_id = wado_server
+    ds, _ = _level0(archive, slide_id)
+    client = DICOMwebClient(base)
+    series = client.retrieve_series_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    assert len(series) == archive.catalog.slide(slide_id).instances  # type: ignore[union-attr]
+    study = client.retrieve_study_metadata(ds.StudyInstanceUID)
+    assert len(study) == len(series)
+    instance = client.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert instance["00080018"]["Value"] == [ds.SOPInstanceUID]
+    assert instance["00480007"]["Value"] == [ds.TotalPixelMatrixRows]
+    uri = instance["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/")
+
+
+def test_frames_are_the_stored_bytes(wado_server: tuple[str, Archive, str]) -> None:
+    base, archive, slide_id = wado_server
+    ds, stored = _level0(archive, slide_id)
+    client = DICOMwebClient(base)
+    frames = client.retrieve_instance_frames(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        [1, 2, 130],
+        media_types=(("application/octet-stream", "*"),),
+    )
+    assert [f.rstrip(b"\x00") for f in frames] == [stored[i].rstrip(b"\x00") for i in (0, 1, 129)]
+
+
+def test_frames_transcoded_to_uncompressed_on_request(wado_server: tuple[str, Archive, str]) -> None:
+    base, archive, slide_id = wado_server
+    ds, stored = _level0(archive, slide_id)
+    client = DICOMwebClient(base)
+    (raw,) = client.retrieve_instance_frames(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        [5],
+        media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),),
+    )
+    expected = imagecodecs.jpeg8_decode(stored[4])
+    assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(expected.shape), expected)
+
+
+def test_instance_retrieval_gives_the_stored_object(wado_server: tuple[str, Archive, str]) -> None:
+    base, archive, slide_id = wado_server
+    ds, _ = _level0(archive, slide_id)
+    retrieved = DICOMwebClient(base).retrieve_instance(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    assert retrieved.SOPInstanceUID == ds.SOPInstanceUID
+    assert retrieved.PixelData == ds.PixelData
+
+
+@pytest.mark.parametrize(
+    ("suffix", "headers", "status", "words"),
+    [
+        ("/frames/999", {}, 404, "frame 999 does not exist"),
+        ("/frames/1,x", {}, 400, "frames"),
+        (
+            "/frames/1",
+            {
+                "Accept": 'multipart/related; type="application/octet-stream"; '
+                "transfer-syntax=1.2.840.10008.1.2.4.80"
+            },
+            406,
+            "transfer-syntax=*",
+        ),
+    ],
+)
+def test_bad_frame_requests(
+    wado_server: tuple[str, Archive, str], suffix: str, headers: dict[str, str], status: int, words: str
+) -> None:
+    base, archive, slide_id = wado_server
+    ds, _ = _level0(archive, slide_id)
+    series = f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    url = f"{series}/instances/{ds.SOPInstanceUID}{suffix}"
+    answer = httpx.get(url, headers=headers)
+    assert answer.status_code == status
+    assert words in answer.json()["detail"]
+
+
+def test_unknown_uids_are_404(wado_server: tuple[str, Archive, str]) -> None:
+    base, _, _ = wado_server
+    assert httpx.get(f"{base}/studies/1.2.3/metadata").status_code == 404
+    assert httpx.get(f"{base}/studies/1.2.3/series/4.5/instances/6.7/frames/1").status_code == 404
+
+
+def test_cors_preflight(wado_server: tuple[str, Archive, str]) -> None:
+    base, _, _ = wado_server
+    answer = httpx.options(
+        f"{base}/studies/1/metadata",
+        headers={"Origin": "http://viewer.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] in ("*", "http://viewer.example")
