@@ -59,6 +59,9 @@ class Settings:
         The blob store; default the folder ``home/blobs``.
     role
         ``site`` (a lab) or ``archive`` (the shared archive).
+    public_url
+        The server's address as clients see it (``LAMINA_PUBLIC_URL``, e.g. behind a reverse
+        proxy); absolute URLs in DICOMweb answers start with it.
     verify_after_write
         Read every stored object back and check it against the bytes written (XXH3-128 of
         both) before making a slide visible. ``LAMINA_VERIFY_AFTER_WRITE=0`` or
@@ -70,6 +73,7 @@ class Settings:
     blob_url: str
     role: str = "site"
     verify_after_write: bool = True
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -103,6 +107,7 @@ class Settings:
                 env.get("LAMINA_BLOB_URL") or file_values.get("blob_url") or f"file://{root / 'blobs'}"
             ),
             role=str(env.get("LAMINA_ROLE") or file_values.get("role") or "site"),
+            public_url=env.get("LAMINA_PUBLIC_URL") or file_values.get("public_url") or None,
             verify_after_write=_flag(
                 env.get("LAMINA_VERIFY_AFTER_WRITE", file_values.get("verify_after_write", True))
             ),

@@ -35,7 +35,22 @@ _CHUNK = 1 << 20
 
 
 def dicomweb_base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicomweb"
+    """The absolute URL of the DICOMweb root: ``LAMINA_PUBLIC_URL`` when set (behind a reverse
+    proxy), else as the client addressed this server. Some clients (dicomweb-client) send a Host
+    header without the port: the port the connection came in on is added back."""
+    archive: Archive = request.app.state.archive
+    public = archive.settings.public_url
+    if public:
+        return public.rstrip("/") + "/dicomweb"
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    if not root.endswith("/dicomweb"):
+        root += "/dicomweb"
+    netloc = request.url.netloc
+    server = request.scope.get("server")
+    default = {"http": 80, "https": 443}.get(request.url.scheme)
+    if ":" not in netloc.rsplit("]", 1)[-1] and server and server[1] != default:
+        netloc = f"{netloc}:{server[1]}"
+    return f"{request.url.scheme}://{netloc}{root}"
 
 
 def instance_url(base: str, row: InstanceRow) -> str:
