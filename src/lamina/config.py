@@ -62,6 +62,8 @@ class Settings:
     public_url
         The server's address as clients see it (``LAMINA_PUBLIC_URL``, e.g. behind a reverse
         proxy); absolute URLs in DICOMweb answers start with it.
+    max_upload_bytes
+        The largest STOW-RS request body accepted (``LAMINA_MAX_UPLOAD_BYTES``, default 4 GiB).
     verify_after_write
         Read every stored object back and check it against the bytes written (XXH3-128 of
         both) before making a slide visible. ``LAMINA_VERIFY_AFTER_WRITE=0`` or
@@ -74,6 +76,7 @@ class Settings:
     role: str = "site"
     verify_after_write: bool = True
     public_url: str | None = None
+    max_upload_bytes: int = 4 << 30
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -108,6 +111,9 @@ class Settings:
             ),
             role=str(env.get("LAMINA_ROLE") or file_values.get("role") or "site"),
             public_url=env.get("LAMINA_PUBLIC_URL") or file_values.get("public_url") or None,
+            max_upload_bytes=int(
+                env.get("LAMINA_MAX_UPLOAD_BYTES") or file_values.get("max_upload_bytes") or 4 << 30
+            ),
             verify_after_write=_flag(
                 env.get("LAMINA_VERIFY_AFTER_WRITE", file_values.get("verify_after_write", True))
             ),

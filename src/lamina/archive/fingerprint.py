@@ -38,14 +38,15 @@ def _combine(digests: Sequence[str]) -> str:
 
 
 def source_head(members: Sequence[Path]) -> str:
-    """Sizes and the BLAKE3 of each file's first MiB: equal for any two identical sources."""
+    """Sizes and the BLAKE3 of each file's first MiB: equal for any two identical sources, whatever
+    the files are called (a series posted twice is spooled under other names)."""
     parts = []
-    for member in sorted(members):
+    for member in members:
         with member.open("rb", buffering=0) as handle:
             head = handle.read(_HEAD)
             size = os.fstat(handle.fileno()).st_size
         parts.append(f"{size}:{blake3.blake3(head).hexdigest()}")
-    return blake3.blake3("\n".join(parts).encode()).hexdigest()
+    return blake3.blake3("\n".join(sorted(parts)).encode()).hexdigest()
 
 
 def _hash_range(digest: blake3.blake3, fd: int, start: int, end: int, buffer: memoryview) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from lamina.api.dicomweb import wado
+from lamina.api.dicomweb import stow, wado
 from lamina.api.dicomweb.index import InstanceIndex
 
 __all__ = ["InstanceIndex", "routes"]
@@ -16,6 +16,8 @@ _INSTANCE = _SERIES + "/instances/{instance}"
 
 def routes() -> list[BaseRoute]:
     return [
+        Route("/studies", stow.store, methods=["POST"]),
+        Route(_STUDY, stow.store, methods=["POST"]),
         Route(_STUDY + "/metadata", wado.study_metadata),
         Route(_SERIES + "/metadata", wado.series_metadata),
         Route(_INSTANCE + "/metadata", wado.instance_metadata),

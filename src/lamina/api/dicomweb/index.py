@@ -43,6 +43,11 @@ class InstanceIndex:
         self._cache: OrderedDict[str, IndexedInstance] = OrderedDict()
         self._lock = threading.Lock()
 
+    def forget(self, sop: str) -> None:
+        """Drop a cached instance (it was just stored again or replaced)."""
+        with self._lock:
+            self._cache.pop(sop, None)
+
     def get(self, study: str, series: str, sop: str) -> IndexedInstance:
         with self._lock:
             found = self._cache.get(sop)

@@ -1,0 +1,129 @@
+"""STOW-RS: a slide posted by a real client is stored through the ingest path."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+import uvicorn
+from dicomweb_client.api import DICOMwebClient
+
+from lamina.api import create_app
+from lamina.archive.archive import Archive
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
+from lamina.config import Settings
+from tests.support import shared_file
+
+
+def _serve(archive: Archive) -> tuple[uvicorn.Server, threading.Thread, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(archive.settings, archive), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}/dicomweb"
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> list[Path]:
+    source = Archive.open(Settings.load(tmp_path / "source", env={}))
+    (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
+    result = Ingestor(source.catalog, source.store).ingest(candidate)
+    files = source.export(tmp_path / "export", [result.slide_id or ""])[0].files
+    source.close()
+    return files
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[tuple[str, Archive]]:
+    settings = Settings.load(tmp_path / "target", env={}).with_(max_upload_bytes=64 << 20)
+    archive = Archive.open(settings)
+    server, thread, base = _serve(archive)
+    yield base, archive
+    server.should_exit = True
+    thread.join(timeout=10)
+    archive.close()
+
+
+def test_a_slide_posted_by_dicomweb_client_is_stored_whole(
+    exported: list[Path], target: tuple[str, Archive]
+) -> None:
+    base, archive = target
+    datasets = [pydicom.dcmread(path) for path in exported]
+    answer = DICOMwebClient(base).store_instances(datasets)
+    stored = answer.ReferencedSOPSequence
+    assert {item.ReferencedSOPInstanceUID for item in stored} == {ds.SOPInstanceUID for ds in datasets}
+    assert "FailedSOPSequence" not in answer
+    (slide,) = archive.catalog.slides()
+    assert slide.series_instance_uid == datasets[0].SeriesInstanceUID
+    assert slide.instances == len(datasets)
+    # posting again is idempotent: the same slide, nothing new
+    DICOMwebClient(base).store_instances(datasets)
+    assert len(archive.catalog.slides()) == 1
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "xyz") -> bytes:
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: {kind}\r\n\r\n".encode() + data + b"\r\n" for kind, data in parts
+    )
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def test_bad_parts_are_reported_and_the_rest_stored(
+    exported: list[Path], target: tuple[str, Archive]
+) -> None:
+    base, archive = target
+    good = [("application/dicom", path.read_bytes()) for path in exported]
+    body = _multipart([*good, ("application/dicom", b"not dicom at all"), ("text/plain", b"hello")])
+    answer = httpx.post(
+        f"{base}/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+        timeout=120,
+    )
+    assert answer.status_code == 202
+    assert answer.headers["content-type"] == "application/dicom+json"
+    data = answer.json()
+    assert len(data["00081199"]["Value"]) == len(exported)
+    reasons = [item["00081197"]["Value"][0] for item in data["00081198"]["Value"]]
+    assert reasons == [0xC000, 0xC000]
+    assert len(archive.catalog.slides()) == 1
+
+
+def test_all_failed_is_409_and_stores_nothing(target: tuple[str, Archive]) -> None:
+    base, archive = target
+    answer = httpx.post(
+        f"{base}/studies",
+        content=_multipart([("application/dicom", b"junk")]),
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+    )
+    assert answer.status_code == 409
+    assert archive.catalog.slides() == []
+    assert list(archive.store.iter_digests()) == []
+
+
+def test_over_the_limit_is_413_and_a_missing_boundary_400(target: tuple[str, Archive]) -> None:
+    base, _ = target
+    big = httpx.post(
+        f"{base}/studies",
+        content=_multipart([("application/dicom", b"\x00" * (65 << 20))]),
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+        timeout=120,
+    )
+    assert big.status_code == 413
+    bad = httpx.post(f"{base}/studies", content=b"x", headers={"Content-Type": "multipart/related"})
+    assert bad.status_code == 400 and "boundary" in bad.json()["detail"]
