@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +18,7 @@ from lamina.errors import NotFoundError
 _CACHED = 4096
 
 
-@dataclass(frozen=True)
+@dataclass
 class IndexedInstance:
     """An instance ready to serve: where its object is and where each frame lies in it."""
 
@@ -24,14 +26,32 @@ class IndexedInstance:
     path: str | None  # the object's file, when the store has one
     offsets: npt.NDArray[np.uint64]
     lengths: npt.NDArray[np.uint32]
+    _fd: list[int] = field(default_factory=lambda: [-1], compare=False, repr=False)
 
     @property
     def transfer_syntax_uid(self) -> str:
         return self.row.transfer_syntax_uid
 
+    def fd(self) -> int | None:
+        """A descriptor kept open on the object's file while the instance is cached."""
+        if self.path is None:
+            return None
+        if self._fd[0] < 0:
+            self._fd[0] = os.open(self.path, os.O_RDONLY)
+        return self._fd[0]
+
+    def close(self) -> None:
+        if self._fd[0] >= 0:
+            os.close(self._fd[0])
+            self._fd[0] = -1
+
     def frame_span(self, number: int) -> tuple[int, int]:
         """(offset, length) of frame ``number`` (1-based)."""
-        return int(self.offsets[number - 1]), int(self.lengths[number - 1])
+        return self._spans[number - 1]
+
+    @functools.cached_property
+    def _spans(self) -> list[tuple[int, int]]:
+        return list(zip(self.offsets.tolist(), self.lengths.tolist(), strict=True))
 
 
 class InstanceIndex:
@@ -46,7 +66,9 @@ class InstanceIndex:
     def forget(self, sop: str) -> None:
         """Drop a cached instance (it was just stored again or replaced)."""
         with self._lock:
-            self._cache.pop(sop, None)
+            dropped = self._cache.pop(sop, None)
+        if dropped is not None:
+            dropped.close()
 
     def get(self, study: str, series: str, sop: str) -> IndexedInstance:
         with self._lock:
@@ -66,7 +88,7 @@ class InstanceIndex:
             with self._lock:
                 self._cache[sop] = found
                 if len(self._cache) > self._size:
-                    self._cache.popitem(last=False)
+                    self._cache.popitem(last=False)[1].close()
         if found.row.study_instance_uid != study or found.row.series_instance_uid != series:
             raise NotFoundError(f"instance {sop} is not in series {series} of study {study}")
         return found

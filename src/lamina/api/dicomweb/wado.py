@@ -7,6 +7,7 @@ DICOM JSON stored at ingest, with its bulk data URIs made absolute.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 
@@ -140,13 +141,16 @@ def _transcode(found: IndexedInstance, data: bytes, target: str) -> bytes:
 
 
 def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) -> list[bytes]:
-    if found.path is not None:
-        fd = os.open(found.path, os.O_RDONLY)
-        try:
-            return [os.pread(fd, length, offset) for offset, length in map(found.frame_span, numbers)]
-        finally:
-            os.close(fd)
+    fd = found.fd()
+    if fd is not None:
+        return [os.pread(fd, length, offset) for offset, length in map(found.frame_span, numbers)]
     return [archive.store.read_range(found.row.blob_sha256, *found.frame_span(number)) for number in numbers]
+
+
+@functools.lru_cache(maxsize=256)
+def _negotiated(accept: str | None, stored: str) -> tuple[str, str | None]:
+    """Clients send the same few Accept headers over and over: parse each once."""
+    return choose_frame_output(parse_accept(accept), stored)
 
 
 async def frames(request: Request) -> Response:
@@ -154,9 +158,7 @@ async def frames(request: Request) -> Response:
     params = request.path_params
     found = index.get(params["study"], params["series"], params["instance"])
     numbers = parse_frame_numbers(params["frames"], found.row.number_of_frames)
-    part_type, target = choose_frame_output(
-        parse_accept(request.headers.get("accept")), found.transfer_syntax_uid
-    )
+    part_type, target = _negotiated(request.headers.get("accept"), found.transfer_syntax_uid)
     data = read_frames(found, numbers, request.app.state.archive)
     if target is not None:
         data = [_transcode(found, frame, target) for frame in data]
