@@ -86,6 +86,14 @@ def test_frames_are_the_stored_bytes(wado_server: tuple[str, Archive, str]) -> N
         media_types=(("application/octet-stream", "*"),),
     )
     assert [f.rstrip(b"\x00") for f in frames] == [stored[i].rstrip(b"\x00") for i in (0, 1, 129)]
+    (single,) = client.retrieve_instance_frames(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        [7],
+        media_types=(("application/octet-stream", "*"),),
+    )
+    assert single.rstrip(b"\x00") == stored[6].rstrip(b"\x00")
 
 
 def test_frames_transcoded_to_uncompressed_on_request(wado_server: tuple[str, Archive, str]) -> None:

@@ -11,9 +11,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from lamina import __version__
 from lamina.api import dicomweb
+from lamina.api.dicomweb.fastpath import FramesFastPath
 from lamina.api.problems import handle_lamina_error
 from lamina.archive.archive import Archive
 from lamina.config import Settings
@@ -25,7 +27,7 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__, "slides": archive.catalog.count_slides()})
 
 
-def create_app(settings: Settings, archive: Archive | None = None) -> Starlette:
+def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
     """The application serving the archive of ``settings`` (or the given open ``archive``)."""
 
     @contextlib.asynccontextmanager
@@ -52,9 +54,22 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Starlette:
             expose_headers=["Content-Type", "Content-Length", "Warning"],
         )
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={LaminaError: handle_lamina_error},
     )
+    return _FastApp(app)
+
+
+class _FastApp:
+    """The Starlette application behind the frames fast path (``dicomweb.fastpath``)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.starlette = app
+        self.state = app.state
+        self._call = FramesFastPath(app, app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._call(scope, receive, send)

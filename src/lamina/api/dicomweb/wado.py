@@ -148,7 +148,7 @@ def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) ->
 
 
 @functools.lru_cache(maxsize=256)
-def _negotiated(accept: str | None, stored: str) -> tuple[str, str | None]:
+def negotiated_frames(accept: str | None, stored: str) -> tuple[str, str | None]:
     """Clients send the same few Accept headers over and over: parse each once."""
     return choose_frame_output(parse_accept(accept), stored)
 
@@ -158,7 +158,7 @@ async def frames(request: Request) -> Response:
     params = request.path_params
     found = index.get(params["study"], params["series"], params["instance"])
     numbers = parse_frame_numbers(params["frames"], found.row.number_of_frames)
-    part_type, target = _negotiated(request.headers.get("accept"), found.transfer_syntax_uid)
+    part_type, target = negotiated_frames(request.headers.get("accept"), found.transfer_syntax_uid)
     data = read_frames(found, numbers, request.app.state.archive)
     if target is not None:
         data = [_transcode(found, frame, target) for frame in data]

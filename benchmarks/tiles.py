@@ -1,0 +1,510 @@
+"""Tile-serving benchmark: lamina's DICOMweb frames against Orthanc and a bare ASGI floor.
+
+Usage::
+
+    .venv/bin/python benchmarks/tiles.py [--size-gb 0.3] [--seconds 10] [--connections 1,4,16]
+        [--work DIR] [--json] [--only PEER,...] [--metadata-gb 1.5]
+
+One Aperio-like slide (real JPEG tiles, all levels; see ``_svs.py``) is ingested by lamina and
+its DICOM export is uploaded to Orthanc (Debian ``orthanc`` with ``orthanc-dicomweb``), started
+on loopback by this script. The same load generator (``wrk`` with a Lua script cycling over a
+fixed list of random frames of every level, ``transfer-syntax=*``) then drives, at each
+connection count, for a fixed time:
+
+- ``lamina``: ``GET /dicomweb/studies/../frames/N`` (``lamina serve``);
+- ``orthanc-dicomweb``: the same DICOMweb route of Orthanc's plug-in;
+- ``orthanc-raw``: Orthanc's own REST route ``/instances/{id}/frames/{N-1}/raw``;
+- ``bare-asgi``: a few lines of uvicorn answering each request with one ``pread`` of the frame:
+  the floor of what Python serves here.
+
+It prints frames/s, p50/p99 latency and the server's peak RSS for each, the ratios, and the time
+to fetch the metadata of a level of about 100,000 frames (``--metadata-gb``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from _common import format_table, machine, median
+from _svs import ensure_svs
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+DEFAULT_WORK = Path("/tmp/lamina-bench")
+ORTHANC = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+SAMPLE_FRAMES = 5000
+RSS_GOAL = 300_000_000
+
+
+@dataclass(frozen=True)
+class Frame:
+    study: str
+    series: str
+    sop: str
+    number: int  # 1-based
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass
+class Load:
+    peer: str
+    connections: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {seconds} s")
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of a process tree, sampled every 20 ms until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.02):
+            try:
+                processes = [self.process, *self.process.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in processes))
+            except psutil.NoSuchProcess:
+                return
+
+
+def ingest(home: Path, slide: Path) -> None:
+    env = {**os.environ, "LAMINA_HOME": str(home)}
+    if not (home / "catalog.sqlite").exists():
+        subprocess.run(
+            [str(VENV_BIN / "lamina"), "ingest", str(slide)], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+
+
+def lamina_frames(home: Path) -> list[Frame]:
+    sys.path.insert(0, str(REPO / "src"))
+    import numpy as np
+
+    from lamina.archive.archive import Archive
+    from lamina.config import Settings
+
+    archive = Archive.open(Settings.load(home, env={}))
+    frames = []
+    for slide in archive.catalog.slides():
+        for row in archive.catalog.instances(slide.id):
+            if row.level is None:
+                continue
+            path = archive.store.local_path(row.blob_sha256) or ""
+            offsets = np.frombuffer(row.frame_offsets, "<u8")
+            lengths = np.frombuffer(row.frame_lengths, "<u4")
+            for index in range(row.number_of_frames):
+                frames.append(
+                    Frame(
+                        row.study_instance_uid,
+                        row.series_instance_uid,
+                        row.sop_instance_uid,
+                        index + 1,
+                        path,
+                        int(offsets[index]),
+                        int(lengths[index]),
+                    )
+                )
+    archive.close()
+    return frames
+
+
+def export(home: Path, dest: Path) -> list[Path]:
+    if not dest.exists():
+        env = {**os.environ, "LAMINA_HOME": str(home)}
+        subprocess.run(
+            [str(VENV_BIN / "lamina"), "export", str(dest)], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+    return sorted(dest.rglob("*.dcm"))
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def start_lamina(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LAMINA_HOME": str(home)}
+    process = subprocess.Popen(
+        [str(VENV_BIN / "lamina"), "serve", "--port", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return process
+
+
+BARE_APP = textwrap.dedent("""
+    import json, os, sys
+    import uvicorn
+    frames = json.load(open(sys.argv[1]))
+    fds = {}
+    spans = []
+    for path, offset, length in frames:
+        if path not in fds:
+            fds[path] = os.open(path, os.O_RDONLY)
+        spans.append((fds[path], offset, length))
+
+    async def app(scope, receive, send):
+        index = int(scope["path"].rsplit("/", 1)[1])
+        fd, offset, length = spans[index]
+        body = os.pread(fd, length, offset)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+""")
+
+
+def start_bare(work: Path, frames: Sequence[Frame], port: int, log: Path) -> subprocess.Popen[bytes]:
+    script, table = work / "bare_asgi.py", work / "bare-frames.json"
+    script.write_text(BARE_APP)
+    table.write_text(json.dumps([[f.path, f.offset, f.length] for f in frames]))
+    process = subprocess.Popen(
+        [str(VENV_BIN / "python"), str(script), str(table), str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_http(f"http://127.0.0.1:{port}/f/0")
+    return process
+
+
+def start_orthanc(work: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    storage = work / "orthanc-db"
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "HttpPort": port,
+        "DicomPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "HttpThreadsCount": 50,
+        "StorageCompression": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    path = work / "orthanc.json"
+    path.write_text(json.dumps(config))
+    process = subprocess.Popen([str(ORTHANC), str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/system")
+    return process
+
+
+def upload_to_orthanc(port: int, files: Sequence[Path]) -> dict[str, str]:
+    """SOP Instance UID -> Orthanc instance id."""
+    ids = {}
+    with httpx.Client(timeout=600) as client:
+        for file in files:
+            answer = client.post(f"http://127.0.0.1:{port}/instances", content=file.read_bytes())
+            answer.raise_for_status()
+            orthanc_id = answer.json()["ID"]
+            tags = client.get(f"http://127.0.0.1:{port}/instances/{orthanc_id}/simplified-tags").json()
+            ids[tags["SOPInstanceUID"]] = orthanc_id
+    return ids
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+LUA = textwrap.dedent("""
+    local urls = {}
+    for line in io.lines("%s") do urls[#urls + 1] = line end
+    local i = 0
+    request = function()
+      i = i + 1
+      return wrk.format("GET", urls[(i %% #urls) + 1], {["Accept"] = '%s'})
+    end
+""")
+
+
+def _milliseconds(text: str) -> float:
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(peer: str, base: str, urls: Sequence[str], connections: int, seconds: int, work: Path) -> Load:
+    listing = work / f"urls-{peer}.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    script = work / f"load-{peer}.lua"
+    script.write_text(LUA % (listing, ACCEPT))
+    done = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            "-s",
+            str(script),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = done.stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _milliseconds(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    errors_match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors:.*?timeout (\d+)", out)
+    errors = int(errors_match.group(1)) if errors_match else 0
+    errors += int(socket_errors.group(1)) if socket_errors else 0
+    return Load(peer, connections, rate, p50, p99, errors)
+
+
+def metadata_seconds(home: Path, port: int, repeats: int = 5) -> tuple[int, float]:
+    """(frames of the largest level, median seconds to fetch its instance metadata)."""
+    frames = lamina_frames(home)
+    largest = max(
+        {(f.study, f.series, f.sop) for f in frames},
+        key=lambda key: sum(1 for f in frames if f.sop == key[2]),
+    )
+    count = sum(1 for f in frames if f.sop == largest[2])
+    url = (
+        f"http://127.0.0.1:{port}/dicomweb/studies/{largest[0]}/series/{largest[1]}"
+        f"/instances/{largest[2]}/metadata"
+    )
+    times = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            client.get(url).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return count, median(times)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=0.3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", default="1,4,16")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--only", default="lamina,orthanc-dicomweb,orthanc-raw,bare-asgi")
+    parser.add_argument("--metadata-gb", type=float, default=1.5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 2
+    peers = args.only.split(",")
+    connections = [int(c) for c in args.connections.split(",")]
+    work = args.work / "tiles"
+    work.mkdir(parents=True, exist_ok=True)
+    slide = ensure_svs(args.work, args.size_gb)
+    home = work / f"lamina-{args.size_gb:g}gb"
+    ingest(home, slide)
+    frames = lamina_frames(home)
+    sample = random.Random(7).sample(frames, min(SAMPLE_FRAMES, len(frames)))
+    results: list[Load] = []
+    rss: dict[str, int] = {}
+
+    def drive(peer: str, process: subprocess.Popen[bytes], base: str, urls: list[str]) -> None:
+        sampler = RssSampler(process.pid)
+        sampler.start()
+        for count in connections:
+            results.append(run_wrk(peer, base, urls, count, args.seconds, work))
+            print(f"{peer} c={count}: {results[-1].requests_per_s:.0f}/s", file=sys.stderr, flush=True)
+        sampler.stopped.set()
+        sampler.join()
+        rss[peer] = sampler.peak
+
+    if "lamina" in peers:
+        port = free_port()
+        process = start_lamina(home, port, work / "lamina.log")
+        try:
+            urls = [
+                f"/dicomweb/studies/{f.study}/series/{f.series}/instances/{f.sop}/frames/{f.number}"
+                for f in sample
+            ]
+            drive("lamina", process, f"http://127.0.0.1:{port}", urls)
+        finally:
+            stop(process)
+    if "bare-asgi" in peers:
+        port = free_port()
+        process = start_bare(work, sample, port, work / "bare.log")
+        try:
+            drive("bare-asgi", process, f"http://127.0.0.1:{port}", [f"/f/{i}" for i in range(len(sample))])
+        finally:
+            stop(process)
+    if {"orthanc-dicomweb", "orthanc-raw"} & set(peers):
+        shutil.rmtree(work / "orthanc-db", ignore_errors=True)
+        port = free_port()
+        process = start_orthanc(work, port, work / "orthanc.log")
+        try:
+            ids = upload_to_orthanc(port, export(home, work / f"export-{args.size_gb:g}gb"))
+            if "orthanc-raw" in peers:
+                urls = [f"/instances/{ids[f.sop]}/frames/{f.number - 1}/raw" for f in sample]
+                drive("orthanc-raw", process, f"http://127.0.0.1:{port}", urls)
+            if "orthanc-dicomweb" in peers:
+                urls = [
+                    f"/dicom-web/studies/{f.study}/series/{f.series}/instances/{f.sop}/frames/{f.number}"
+                    for f in sample
+                ]
+                drive("orthanc-dicomweb", process, f"http://127.0.0.1:{port}", urls)
+        finally:
+            stop(process)
+    metadata: tuple[int, float] | None = None
+    if "lamina" in peers and args.metadata_gb:
+        big_home = work / f"lamina-{args.metadata_gb:g}gb"
+        ingest(big_home, ensure_svs(args.work, args.metadata_gb))
+        port = free_port()
+        process = start_lamina(big_home, port, work / "lamina-metadata.log")
+        try:
+            metadata = metadata_seconds(big_home, port)
+        finally:
+            stop(process)
+    report(results, rss, metadata, len(frames), connections)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "loads": [vars(r) for r in results],
+                    "peak_rss": rss,
+                    "metadata": metadata,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _rate(results: Sequence[Load], peer: str, connections: int) -> Load | None:
+    return next((r for r in results if r.peer == peer and r.connections == connections), None)
+
+
+def report(
+    results: Sequence[Load],
+    rss: dict[str, int],
+    metadata: tuple[int, float] | None,
+    frames: int,
+    connections: Sequence[int],
+) -> None:
+    rows = [
+        [
+            r.peer,
+            str(r.connections),
+            f"{r.requests_per_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            str(r.errors),
+            f"{rss.get(r.peer, 0) / 1e6:,.0f}",
+        ]
+        for r in results
+    ]
+    print(f"slide: {frames} frames over all levels; machine: {machine()}")
+    print(format_table(["peer", "conns", "frames/s", "p50 ms", "p99 ms", "errors", "peak RSS MB"], rows))
+    top = max(connections)
+    lamina, raw, bare = (
+        _rate(results, "lamina", top),
+        _rate(results, "orthanc-raw", top),
+        _rate(results, "bare-asgi", top),
+    )
+    dicomweb = _rate(results, "orthanc-dicomweb", top)
+    goals: list[list[str]] = []
+
+    def goal(name: str, target: str, value: float | None, shown: str, ok: bool) -> None:
+        goals.append(
+            [
+                name,
+                target,
+                shown if value is not None else "n/a",
+                ("PASS" if ok else "FAIL") if value is not None else "n/a",
+            ]
+        )
+
+    if lamina and raw:
+        ratio = lamina.requests_per_s / raw.requests_per_s
+        goal(f"lamina / Orthanc raw REST at {top}", ">= 1.5x", ratio, f"{ratio:.2f}x", ratio >= 1.5)
+    if lamina and dicomweb:
+        ratio = lamina.requests_per_s / max(dicomweb.requests_per_s, 0.01)
+        goal(f"lamina / Orthanc DICOMweb at {top}", "(info)", ratio, f"{ratio:,.0f}x", True)
+    if lamina and bare:
+        share = lamina.requests_per_s / bare.requests_per_s
+        goal(f"lamina / bare ASGI at {top}", ">= 60 %", share, f"{share:.0%}", share >= 0.6)
+    if lamina:
+        goal(
+            f"lamina p99 at {top}", "<= 10 ms", lamina.p99_ms, f"{lamina.p99_ms:.2f} ms", lamina.p99_ms <= 10
+        )
+    if "lamina" in rss:
+        goal(
+            "lamina server peak RSS",
+            "< 300 MB",
+            rss["lamina"],
+            f"{rss['lamina'] / 1e6:.0f} MB",
+            rss["lamina"] < RSS_GOAL,
+        )
+    if metadata:
+        goal(
+            f"metadata of a {metadata[0]:,}-frame level",
+            "< 1 s",
+            metadata[1],
+            f"{metadata[1] * 1000:.0f} ms",
+            metadata[1] < 1,
+        )
+    print()
+    print(format_table(["goal", "target", "measured", "result"], goals))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
