@@ -62,6 +62,9 @@ class Settings:
     public_url
         The server's address as clients see it (``LAMINA_PUBLIC_URL``, e.g. behind a reverse
         proxy); absolute URLs in DICOMweb answers start with it.
+    viewer_vendor_dir
+        Where the viewer's OpenSeadragon build is (``LAMINA_VIEWER_VENDOR``); default the
+        checkout's ``node_modules``, which ``scripts/install`` fills from npm.
     max_upload_bytes
         The largest STOW-RS request body accepted (``LAMINA_MAX_UPLOAD_BYTES``, default 4 GiB).
     verify_after_write
@@ -77,6 +80,7 @@ class Settings:
     verify_after_write: bool = True
     public_url: str | None = None
     max_upload_bytes: int = 4 << 30
+    viewer_vendor_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -111,6 +115,9 @@ class Settings:
             ),
             role=str(env.get("LAMINA_ROLE") or file_values.get("role") or "site"),
             public_url=env.get("LAMINA_PUBLIC_URL") or file_values.get("public_url") or None,
+            viewer_vendor_dir=Path(vendor)
+            if (vendor := env.get("LAMINA_VIEWER_VENDOR") or file_values.get("viewer_vendor_dir"))
+            else None,
             max_upload_bytes=int(
                 env.get("LAMINA_MAX_UPLOAD_BYTES") or file_values.get("max_upload_bytes") or 4 << 30
             ),

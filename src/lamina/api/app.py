@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from lamina import __version__
+from lamina import __version__, viewer
 from lamina.api import dicomweb
 from lamina.api.dicomweb.fastpath import FramesFastPath
 from lamina.api.problems import handle_lamina_error
@@ -44,6 +44,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
     routes = [
         Route("/healthz", health),
         Mount("/dicomweb", routes=dicomweb.routes()),
+        # the viewer's mount at / takes every other path: it comes last
+        *viewer.routes(openseadragon_dir=settings.viewer_vendor_dir),
     ]
     middleware = [
         Middleware(

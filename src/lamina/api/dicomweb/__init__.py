@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from lamina.api.dicomweb import stow, wado
+from lamina.api.dicomweb import rendered, stow, wado
 from lamina.api.dicomweb.index import InstanceIndex
 
 __all__ = ["InstanceIndex", "routes"]
@@ -22,6 +22,7 @@ def routes() -> list[BaseRoute]:
         Route(_SERIES + "/metadata", wado.series_metadata),
         Route(_INSTANCE + "/metadata", wado.instance_metadata),
         Route(_INSTANCE + "/frames/{frames}", wado.frames),
+        *rendered.routes(),
         Route(_INSTANCE, wado.retrieve_instance),
         Route(_SERIES, wado.retrieve_series),
         Route(_STUDY, wado.retrieve_study),

@@ -206,7 +206,7 @@ class Renderer:
             return _image(data, JPEG, _CACHE_INSTANCE)
         region = _clip(options.viewport, row.columns, row.rows)
         self._check_size(region[2], region[3], "the frame")
-        pixels = self._decode(found, data)
+        pixels = self.decode(found, data)
         sx, sy, sw, sh = region
         return self._encode(pixels[sy : sy + sh, sx : sx + sw], options, _CACHE_INSTANCE)
 
@@ -324,7 +324,7 @@ class Renderer:
         frames = wado.read_frames(found, [line * across + col + 1 for col, line in tiles], archive)
         canvas = np.full((sh, sw, row.samples_per_pixel), 255, dtype=np.uint8)
         for (col, line), data in zip(tiles, frames, strict=True):
-            pixels = self._decode(found, data)
+            pixels = self.decode(found, data)
             left, top = col * row.columns - sx, line * row.rows - sy
             # the part of this tile inside the region, in tile and in canvas coordinates
             x0, y0 = max(0, -left), max(0, -top)
@@ -333,7 +333,8 @@ class Renderer:
                 canvas[top + y0 : top + y1, left + x0 : left + x1] = pixels[y0:y1, x0:x1]
         return self._encode(canvas, options, cache)
 
-    def _decode(self, found: IndexedInstance, data: bytes) -> Pixels:
+    def decode(self, found: IndexedInstance, data: bytes) -> Pixels:
+        """One stored frame as RGB (or grey) pixels; 413 before decoding when it is over the limit."""
         row = found.row
         syntax = row.transfer_syntax_uid
         if syntax == TransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN.value:

@@ -1,0 +1,213 @@
+// Deep zoom of one DICOM WSI pyramid with OpenSeadragon, its scale bar and magnification,
+// and the link that keeps two of them on the same place of the slide.
+
+/* global OpenSeadragon */
+
+// Objective magnification of 1 µm per screen pixel: 40x is about 0.25 µm per pixel.
+const MICRONS_AT_1X = 10;
+export const MAGNIFICATIONS = [5, 10, 20, 40];
+
+// An OpenSeadragon tile source reading the DICOM pyramid directly: one OpenSeadragon level per
+// VOLUME instance, frames in TILED_FULL (row-major) order, each tile a rendered frame.
+// Edge frames are padded to the full tile size; OpenSeadragon draws only their part inside
+// the image (the tile's source bounds), so nothing is stretched.
+export function dicomTileSource(levels) {
+  const ladder = [...levels].sort((a, b) => a.width - b.width);  // OpenSeadragon level 0 = smallest
+  const full = ladder[ladder.length - 1];
+  const at = (level) => ladder[Math.max(0, Math.min(ladder.length - 1, level))];
+  const across = (image) => Math.ceil(image.width / image.tileWidth);
+  return new OpenSeadragon.TileSource({
+    width: full.width,
+    height: full.height,
+    tileWidth: full.tileWidth,
+    tileHeight: full.tileHeight,
+    tileOverlap: 0,
+    minLevel: 0,
+    maxLevel: ladder.length - 1,
+    getLevelScale: (level) => at(level).width / full.width,
+    getNumTiles: (level) => {
+      const image = at(level);
+      return new OpenSeadragon.Point(across(image), Math.ceil(image.height / image.tileHeight));
+    },
+    getTileWidth: (level) => at(level).tileWidth,
+    getTileHeight: (level) => at(level).tileHeight,
+    getTileUrl: (level, x, y) => {
+      const image = at(level);
+      return `${image.url}/frames/${y * across(image) + x + 1}/rendered`;
+    },
+  });
+}
+
+function niceLength(maxMicrons) {
+  // the largest 1, 2 or 5 x 10^k micrometres not over maxMicrons
+  const power = 10 ** Math.floor(Math.log10(maxMicrons));
+  for (const step of [5, 2, 1]) {
+    if (step * power <= maxMicrons) return step * power;
+  }
+  return power;
+}
+
+function lengthText(microns) {
+  return microns >= 1000 ? `${microns / 1000} mm` : `${microns} µm`;
+}
+
+export class SlideViewer {
+  // element: where the viewer goes; slide: from dicomweb.readSlide.
+  constructor(element, slide, { onChange = () => {} } = {}) {
+    this.slide = slide;
+    this.element = element;
+    this.onChange = onChange;
+    // micrometres per pixel of the largest level; without it, magnification is unknown
+    this.mpp = slide.mpp ? slide.mpp[0] : null;
+    this.osd = OpenSeadragon({
+      element,
+      tileSources: dicomTileSource(slide.levels),
+      prefixUrl: 'vendor/openseadragon/images/',
+      showNavigationControl: false,
+      showNavigator: true,
+      navigatorPosition: 'TOP_RIGHT',
+      navigatorAutoFade: false,
+      animationTime: 0.4,
+      blendTime: 0.1,
+      springStiffness: 9,
+      // beyond the scan's own resolution by up to 4x (digital zoom), like a 40x view of a 20x scan
+      maxZoomPixelRatio: 4,
+      minZoomImageRatio: 0.8,
+      visibilityRatio: 0.3,
+      immediateRender: false,
+      imageLoaderLimit: 8,
+      timeout: 30000,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+    });
+    this.scaleBar = document.createElement('div');
+    this.scaleBar.className = 'scale-bar';
+    this.scaleBar.innerHTML = '<span class="scale-bar-line"></span><span class="scale-bar-text"></span>';
+    this.readout = document.createElement('div');
+    this.readout.className = 'magnification-readout';
+    element.append(this.scaleBar, this.readout);
+    this.osd.addHandler('viewport-change', () => this.changed());
+    this.osd.addHandler('open', () => this.changed());
+    this.osd.addHandler('resize', () => this.changed());
+  }
+
+  // Screen pixels per pixel of the largest level.
+  imageZoom() {
+    return this.osd.viewport.viewportToImageZoom(this.osd.viewport.getZoom(true));
+  }
+
+  // Micrometres per screen pixel, or null when the slide has no pixel spacing.
+  micronsPerScreenPixel() {
+    return this.mpp ? this.mpp / this.imageZoom() : null;
+  }
+
+  magnification() {
+    const microns = this.micronsPerScreenPixel();
+    return microns ? MICRONS_AT_1X / microns : null;
+  }
+
+  goToMagnification(magnification, immediately = false) {
+    if (!this.mpp) return;
+    const imageZoom = (this.mpp * magnification) / MICRONS_AT_1X;
+    this.osd.viewport.zoomTo(this.osd.viewport.imageToViewportZoom(imageZoom), null, immediately);
+  }
+
+  home() {
+    this.osd.viewport.goHome();
+  }
+
+  // The centre of the view in micrometres from the slide's top-left corner (pixels without spacing).
+  centerMicrons() {
+    const centre = this.osd.viewport.viewportToImageCoordinates(this.osd.viewport.getCenter(true));
+    const mpp = this.mpp || 1;
+    return { x: centre.x * mpp, y: centre.y * mpp };
+  }
+
+  // Show the place at `microns` (centre) with `micronsPerPixel` on screen, at once.
+  showAt(microns, micronsPerPixel) {
+    const mpp = this.mpp || 1;
+    const viewport = this.osd.viewport;
+    viewport.zoomTo(viewport.imageToViewportZoom(mpp / micronsPerPixel), null, true);
+    viewport.panTo(viewport.imageToViewportCoordinates(microns.x / mpp, microns.y / mpp), true);
+  }
+
+  changed() {
+    this.drawScaleBar();
+    this.onChange(this);
+  }
+
+  drawScaleBar() {
+    const microns = this.micronsPerScreenPixel();
+    if (!microns || !Number.isFinite(microns)) {
+      this.scaleBar.hidden = true;
+      this.readout.textContent = 'no pixel spacing';
+      return;
+    }
+    this.scaleBar.hidden = false;
+    const length = niceLength(microns * 160);
+    this.scaleBar.querySelector('.scale-bar-line').style.width = `${Math.round(length / microns)}px`;
+    this.scaleBar.querySelector('.scale-bar-text').textContent = lengthText(length);
+    const magnification = MICRONS_AT_1X / microns;
+    this.readout.textContent = `${magnification >= 10 ? magnification.toFixed(0) : magnification.toFixed(1)}×`;
+  }
+
+  destroy() {
+    this.osd.destroy();
+    this.element.replaceChildren();
+  }
+}
+
+// Keeps viewers at the same magnification and moving together, in micrometres on the slides:
+// the offset between their centres when they were linked stays, so a pathologist aligns two
+// sections by hand, links them, and pans both from there. The viewer the user last touched
+// leads; the others follow it frame by frame, so an animated zoom stays smooth in all of them.
+export class ViewerLink {
+  constructor(viewers) {
+    this.viewers = viewers;
+    this.linked = false;
+    this.leader = viewers[0];
+    for (const viewer of viewers) {
+      for (const event of ['canvas-enter', 'canvas-press', 'canvas-scroll', 'canvas-key']) {
+        viewer.osd.addHandler(event, () => this.lead(viewer));
+      }
+      viewer.osd.addHandler('viewport-change', () => {
+        if (viewer === this.leader) this.follow();
+      });
+    }
+  }
+
+  lead(viewer) {
+    this.leader = viewer;
+  }
+
+  // Micrometres per screen pixel (image pixels per screen pixel for a slide without spacing).
+  scale(viewer) {
+    return viewer.micronsPerScreenPixel() || 1 / viewer.imageZoom();
+  }
+
+  link() {
+    const centre = this.leader.centerMicrons();
+    this.offsets = new Map(this.viewers.map((viewer) => {
+      const there = viewer.centerMicrons();
+      return [viewer, { x: there.x - centre.x, y: there.y - centre.y }];
+    }));
+    this.linked = true;
+    this.follow();
+  }
+
+  unlink() {
+    this.linked = false;
+  }
+
+  follow() {
+    if (!this.linked) return;
+    const leader = this.leader;
+    const base = this.offsets.get(leader);
+    const centre = leader.centerMicrons();
+    const scale = this.scale(leader);
+    for (const viewer of this.viewers) {
+      if (viewer === leader) continue;
+      const offset = this.offsets.get(viewer);
+      viewer.showAt({ x: centre.x - base.x + offset.x, y: centre.y - base.y + offset.y }, scale);
+    }
+  }
+}
