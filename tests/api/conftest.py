@@ -1,0 +1,106 @@
+"""Fixtures for the HTTP API: a real uvicorn server on loopback over an archive of sample slides.
+
+The archive and the server are built once per test session (the ingest takes seconds); tests
+read from them and must not change them.
+"""
+
+from __future__ import annotations
+
+import csv
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from lamina.api.app import create_app
+from lamina.api.dicomweb import qido
+from lamina.archive.archive import Archive
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
+from lamina.archive.manifest import load_manifest
+from lamina.config import Settings
+from lamina.sample import write_samples
+
+#: The sample formats ingested; the first two are two slides of one case, hence one study.
+SERVED_FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi", "ome_tiff")
+_SAME_CASE = ("patient_id", "patient_name", "birth_date", "sex", "accession_number")
+
+
+class ServedArchive(NamedTuple):
+    base_url: str  # http://127.0.0.1:PORT/dicomweb
+    archive: Archive
+    slide_ids: list[str]  # in SERVED_FORMATS order
+
+
+def _one_case(manifest: Path) -> None:
+    """Give the tiled TIFF the patient and case of the SVS, as a second slide (another stain)."""
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    svs, tiff = rows[0], rows[1]
+    tiff.update({key: svs[key] for key in _SAME_CASE})
+    tiff.update(stain="PAS", specimen_id=f"{svs['accession_number']}-B1")
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _ingest(settings: Settings, folder: Path) -> tuple[Archive, list[str]]:
+    samples = write_samples(folder, list(SERVED_FORMATS), size=(1024, 768))
+    _one_case(folder / "manifest.csv")
+    manifest = load_manifest(folder / "manifest.csv")
+    archive = Archive.open(settings)
+    ingestor = Ingestor(archive.catalog, archive.store, spool_dir=settings.home)
+    slide_ids = []
+    for sample in samples:
+        (candidate,) = discover([sample.path])
+        result = ingestor.ingest(candidate, manifest)
+        assert result.status == "ingested", result.reason
+        slide_ids.append(result.slide_id or "")
+    return archive, slide_ids
+
+
+def _with_qido(app: Any) -> Any:
+    """Mount the QIDO-RS routes under /dicomweb when create_app does not have them yet."""
+    starlette: Starlette = getattr(app, "starlette", app)  # create_app may wrap its Starlette
+    for route in starlette.router.routes:
+        if isinstance(route, Mount) and route.path == "/dicomweb":
+            endpoints = {getattr(inner, "endpoint", None) for inner in route.routes}
+            if qido.search_studies not in endpoints:
+                route.routes[:0] = qido.routes()
+    return app
+
+
+@pytest.fixture(scope="session")
+def served_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedArchive]:
+    """(base URL, archive, slide ids) of a running server; see SERVED_FORMATS for what is in it."""
+    root = tmp_path_factory.mktemp("served")
+    settings = Settings.load(root / "lamina-data", env={})
+    archive, slide_ids = _ingest(settings, root / "samples")
+    app = _with_qido(create_app(settings, archive))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    # uvicorn leaves signal handling alone outside the main thread
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.02)
+    try:
+        yield ServedArchive(f"http://127.0.0.1:{port}/dicomweb", archive, slide_ids)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        archive.close()
