@@ -21,14 +21,22 @@ def _is_loopback(host: str) -> bool:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--dimse-port", type=click.IntRange(1, 65535), help="Also serve DIMSE (C-ECHO, C-STORE, C-FIND)."
+)
+@click.option("--ae-title", default="LAMINA", show_default=True, help="The DIMSE application entity title.")
 @click.pass_context
 @handle_errors
-def serve(ctx: click.Context, host: str, port: int) -> None:
-    """Serve the archive over DICOMweb (/dicomweb) with the viewer at /."""
+def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_title: str) -> None:
+    """Serve the archive over DICOMweb (/dicomweb) with the viewer at /, and DIMSE if asked."""
+    import logging
+
     import uvicorn
 
     from lamina.api import create_app
+    from lamina.archive.archive import Archive
     from lamina.config import Settings
+    from lamina.dimse import DimseServer
 
     if not _is_loopback(host):
         err_console.print(
@@ -37,4 +45,20 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
             highlight=False,
         )
     settings = Settings.load((ctx.find_root().obj or {}).get("home"))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    archive = Archive.open(settings)
+    dimse = DimseServer(archive, ae_title=ae_title, host=host, port=dimse_port) if dimse_port else None
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("lamina.dimse").setLevel(logging.INFO)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if dimse is not None:
+        dimse.start()
+        err_console.print(f"DIMSE: {ae_title} on {host}:{dimse.port}", highlight=False)
+    err_console.print(f"lamina: viewer and DICOMweb on http://{host}:{port}/", highlight=False)
+    try:
+        uvicorn.run(
+            create_app(settings, archive), host=host, port=port, log_level="warning", access_log=False
+        )
+    finally:
+        if dimse is not None:
+            dimse.stop()
+        archive.close()

@@ -1,0 +1,32 @@
+"""The DIMSE status values lamina answers with, named as in PS3.4 and PS3.7.
+
+A failure goes out as a status dataset with an ``ErrorComment`` (at most 64 characters) that
+says why, so that the peer's log names the cause.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+#: PS3.7 C.5.20: a storage SOP class lamina does not keep.
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: PS3.4 B.2.3 / C.4.1.1.4: disk full, spool unwritable, a dataset or an answer over a limit.
+OUT_OF_RESOURCES = 0xA700
+#: PS3.4 B.2.3: the data set is not what its SOP class says (C-STORE); for C-FIND: the
+#: identifier does not match the information model.
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+#: PS3.4 B.2.3: the data set cannot be parsed.
+CANNOT_UNDERSTAND = 0xC000
+
+_COMMENT_LENGTH = 64
+
+
+def failure(code: int, comment: str) -> Dataset:
+    """A status dataset: ``Status`` and an ``ErrorComment`` cut to the 64 characters LO allows."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:_COMMENT_LENGTH]
+    return status
