@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from lamina.api.dicomweb import rendered, stow, wado
+from lamina.api.dicomweb import qido, rendered, stow, wado
 from lamina.api.dicomweb.index import InstanceIndex
 
 __all__ = ["InstanceIndex", "routes"]
@@ -16,6 +16,7 @@ _INSTANCE = _SERIES + "/instances/{instance}"
 
 def routes() -> list[BaseRoute]:
     return [
+        *qido.routes(),
         Route("/studies", stow.store, methods=["POST"]),
         Route(_STUDY, stow.store, methods=["POST"]),
         Route(_STUDY + "/metadata", wado.study_metadata),
