@@ -12,6 +12,7 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
+import tifffile
 import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from pydicom.encaps import generate_frames
@@ -19,8 +20,9 @@ from pydicom.encaps import generate_frames
 from lamina.api import create_app
 from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
-from lamina.archive.ingest import Ingestor
+from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.config import Settings
+from lamina.model.geometry import SizeMm
 from tests.support import shared_file
 
 
@@ -163,3 +165,25 @@ def test_cors_preflight(wado_server: tuple[str, Archive, str]) -> None:
     )
     assert answer.status_code == 200
     assert answer.headers["access-control-allow-origin"] in ("*", "http://viewer.example")
+
+
+def test_bulk_data_uris_answer_with_the_values(wado_server: tuple[str, Archive, str]) -> None:
+    base, archive, slide_id = wado_server
+    client = DICOMwebClient(base)
+    # Pixel Data of the smallest level: its frames
+    levels = [r for r in archive.catalog.instances(slide_id) if r.level is not None]
+    row = max(levels, key=lambda r: r.level or 0)
+    uids = (row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+    (pixels,) = client.retrieve_bulkdata(client.retrieve_instance_metadata(*uids)["7FE00010"]["BulkDataURI"])
+    (frame,) = client.retrieve_instance_frames(*uids, [1], media_types=(("application/octet-stream", "*"),))
+    assert pixels == frame
+    # an ICC profile too large to inline (the TCGA scan's, 3,144 bytes)
+    source = shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")
+    (candidate,) = discover([source])
+    options = IngestOptions(SizeMm.from_mpp(0.25))
+    result = Ingestor(archive.catalog, archive.store).ingest(candidate, options=options)
+    tcga = next(r for r in archive.catalog.instances(result.slide_id or "") if r.level == 0)
+    uids = (tcga.study_instance_uid, tcga.series_instance_uid, tcga.sop_instance_uid)
+    uri = client.retrieve_instance_metadata(*uids)["00480105"]["Value"][0]["00282000"]["BulkDataURI"]
+    (icc,) = client.retrieve_bulkdata(uri)
+    assert icc == tifffile.TiffFile(source).pages[0].iccprofile

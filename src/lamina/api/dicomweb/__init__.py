@@ -23,6 +23,7 @@ def routes() -> list[BaseRoute]:
         Route(_SERIES + "/metadata", wado.series_metadata),
         Route(_INSTANCE + "/metadata", wado.instance_metadata),
         Route(_INSTANCE + "/frames/{frames}", wado.frames),
+        Route(_INSTANCE + "/bulkdata/{path:path}", wado.bulkdata),
         *rendered.routes(),
         Route(_INSTANCE, wado.retrieve_instance),
         Route(_SERIES, wado.retrieve_series),

@@ -10,8 +10,11 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
+import pydicom
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -213,3 +216,44 @@ async def retrieve_instance(request: Request) -> Response:
     index: InstanceIndex = request.app.state.index
     params = request.path_params
     return _retrieve(request, [index.get(params["study"], params["series"], params["instance"]).row])
+
+
+def _element_at(dataset: pydicom.Dataset, path: str) -> bytes:
+    """The value of the element at a bulk data path (``00480105/0/00282000``) as bytes."""
+    node: Any = dataset
+    pieces = path.split("/")
+    try:
+        for index in range(0, len(pieces) - 1, 2):
+            node = node[int(pieces[index], 16)].value[int(pieces[index + 1])]
+        element = node[int(pieces[-1], 16)]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise NotFoundError(f"no bulk data at {path!r} in this instance") from exc
+    value = element.value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise NotFoundError(f"the element at {path!r} is not bulk data")
+
+
+async def bulkdata(request: Request) -> Response:
+    """Bulk data by the URIs the metadata gives: Pixel Data as the frames, else the element's value."""
+    index: InstanceIndex = request.app.state.index
+    params = request.path_params
+    found = index.get(params["study"], params["series"], params["instance"])
+    path = params["path"].strip("/").upper()
+    archive: Archive = request.app.state.archive
+    if path == "7FE00010":
+        numbers = list(range(1, found.row.number_of_frames + 1))
+        if len(numbers) > _MAX_FRAMES_PER_REQUEST:
+            raise RequestError("bulkdata", "the pixel data is too large for one answer; ask for frames")
+        data = read_frames(found, numbers, archive)
+        part = f"application/octet-stream; transfer-syntax={found.transfer_syntax_uid}"
+    else:
+        local = found.path or ""
+        dataset = await run_in_threadpool(pydicom.dcmread, local, stop_before_pixels=True)
+        data = [_element_at(dataset, path)]
+        part = "application/octet-stream"
+    boundary = multipart.boundary()
+    return Response(
+        multipart.body(((part, item) for item in data), boundary),
+        headers={"Content-Type": multipart.content_type("application/octet-stream", boundary)},
+    )
