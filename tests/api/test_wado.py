@@ -187,3 +187,13 @@ def test_bulk_data_uris_answer_with_the_values(wado_server: tuple[str, Archive, 
     uri = client.retrieve_instance_metadata(*uids)["00480105"]["Value"][0]["00282000"]["BulkDataURI"]
     (icc,) = client.retrieve_bulkdata(uri)
     assert icc == tifffile.TiffFile(source).pages[0].iccprofile
+
+
+def test_openapi_describes_the_own_routes(wado_server: tuple[str, Archive, str]) -> None:
+    base, _, _ = wado_server
+    root = base.removesuffix("/dicomweb")
+    spec = httpx.get(f"{root}/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert "/healthz" in spec["paths"]
+    health = httpx.get(f"{root}/healthz").json()
+    assert health["status"] == "ok" and health["slides"] >= 1

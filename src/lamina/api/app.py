@@ -27,6 +27,48 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__, "slides": archive.catalog.count_slides()})
 
 
+OPENAPI = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "lamina",
+        "version": __version__,
+        "description": "lamina's own routes. DICOMweb (QIDO-RS, WADO-RS, STOW-RS) is under /dicomweb "
+        "as DICOM PS3.18 defines it; the viewer is served at /.",
+    },
+    "paths": {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the server answers and its catalog is readable",
+                "responses": {
+                    "200": {
+                        "description": "status, version and number of slides",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {"type": "string"},
+                                        "version": {"type": "string"},
+                                        "slides": {"type": "integer"},
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI"}}}
+        },
+    },
+}
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
+
+
 def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
     """The application serving the archive of ``settings`` (or the given open ``archive``)."""
 
@@ -43,6 +85,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
 
     routes = [
         Route("/healthz", health),
+        Route("/openapi.json", openapi),
         Mount("/dicomweb", routes=dicomweb.routes()),
         # the viewer's mount at / takes every other path: it comes last
         *viewer.routes(openseadragon_dir=settings.viewer_vendor_dir),
