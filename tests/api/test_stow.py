@@ -127,3 +127,78 @@ def test_over_the_limit_is_413_and_a_missing_boundary_400(target: tuple[str, Arc
     assert big.status_code == 413
     bad = httpx.post(f"{base}/studies", content=b"x", headers={"Content-Type": "multipart/related"})
     assert bad.status_code == 400 and "boundary" in bad.json()["detail"]
+
+
+def _annotations(slide_level: pydicom.Dataset) -> pydicom.Dataset:
+    """Microscopy Bulk Simple Annotations (highdicom) on the slide, as an AI tool would post them."""
+    import highdicom as hd
+    import numpy as np
+    from highdicom.ann import (
+        AnnotationCoordinateTypeValues,
+        AnnotationGroup,
+        AnnotationGroupGenerationTypeValues,
+        GraphicTypeValues,
+        MicroscopyBulkSimpleAnnotations,
+    )
+    from pydicom.sr.codedict import codes
+
+    group = AnnotationGroup(
+        number=1,
+        uid=hd.UID(),
+        label="nuclei",
+        annotated_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        annotated_property_type=codes.SCT.Nucleus,
+        graphic_type=GraphicTypeValues.POINT,
+        graphic_data=[np.array([[10.0, 20.0]]), np.array([[30.0, 40.0]])],
+        algorithm_type=AnnotationGroupGenerationTypeValues.MANUAL,
+    )
+    return MicroscopyBulkSimpleAnnotations(
+        source_images=[slide_level],
+        annotation_coordinate_type=AnnotationCoordinateTypeValues.SCOORD,
+        annotation_groups=[group],
+        series_instance_uid=hd.UID(),
+        series_number=20,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="lamina tests",
+        manufacturer_model_name="tests",
+        software_versions="1",
+        device_serial_number="1",
+    )
+
+
+def test_annotations_are_stored_beside_the_slide(exported: list[Path], target: tuple[str, Archive]) -> None:
+    base, archive = target
+    client = DICOMwebClient(base)
+    slide = [pydicom.dcmread(path) for path in exported]
+    client.store_instances(slide)
+    annotations = _annotations(slide[0])
+    answer = client.store_instances([annotations])
+    assert answer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == annotations.SOPInstanceUID
+    found = client.search_for_series(slide[0].StudyInstanceUID, search_filters={"Modality": "ANN"})
+    assert [item["0020000E"]["Value"][0] for item in found] == [annotations.SeriesInstanceUID]
+    back = client.retrieve_instance(
+        annotations.StudyInstanceUID, annotations.SeriesInstanceUID, annotations.SOPInstanceUID
+    )
+    assert back.AnnotationGroupSequence[0].AnnotationGroupLabel == "nuclei"
+    metadata = client.retrieve_series_metadata(annotations.StudyInstanceUID, annotations.SeriesInstanceUID)
+    assert metadata[0]["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.91.1"]
+    # the same object again is a success and stores nothing; other content under its UID is refused
+    before = set(archive.store.iter_digests())
+    client.store_instances([annotations])
+    assert set(archive.store.iter_digests()) == before
+    annotations.ContentLabel = "CHANGED"
+    answer = httpx.post(
+        f"{base}/studies",
+        content=_multipart([("application/dicom", _encode(annotations))]),
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+    )
+    assert answer.status_code == 409
+
+
+def _encode(dataset: pydicom.Dataset) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -3,7 +3,9 @@ path as ``lamina ingest`` (validated, content-addressed, atomic, frame index bui
 
 The body streams to files (never into memory); the instances are grouped by series and each
 series is ingested as one slide. Parts that are not DICOM, not a supported SOP class, or of
-another study than the URL's are reported failed; the others are stored.
+another study than the URL's are reported failed; the others are stored. Slides (VL WSI) go
+through the ingest path; annotations, reports, segmentations, parametric maps, key objects and
+presentation states (``objects.STORABLE``) are kept as they are, beside them.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from lamina.api.dicomweb.upload import Part, boundary_of, spool_parts
 from lamina.api.dicomweb.wado import DICOM_JSON, dicomweb_base
 from lamina.archive.archive import Archive
 from lamina.archive.discover import Candidate
-from lamina.archive.ingest import Ingestor
-from lamina.errors import PayloadTooLargeError
+from lamina.archive.ingest import IngestOptions, Ingestor
+from lamina.archive.objects import STORABLE, store_object
+from lamina.errors import LaminaError, PayloadTooLargeError
 from lamina.formats.dicom import VL_WSI
 
 #: PS3.18 Table 10.5.3-2 / PS3.4 failure reasons used here.
@@ -65,17 +68,19 @@ def _read_part(part: Part, study: str | None) -> tuple[_Outcome, Path | None]:
     )
     if study and outcome.study != study:
         outcome.failure, outcome.reason = DOES_NOT_MATCH, f"StudyInstanceUID is not {study}"
-    elif outcome.sop_class != VL_WSI:
+    elif outcome.sop_class != VL_WSI and outcome.sop_class not in STORABLE:
         outcome.failure, outcome.reason = (
             SOP_CLASS_NOT_SUPPORTED,
-            f"SOP class {outcome.sop_class} is not stored yet",
+            f"SOP class {outcome.sop_class} is not stored",
         )
     elif not outcome.series or not outcome.sop_instance:
         outcome.failure, outcome.reason = CANNOT_UNDERSTAND, "no SeriesInstanceUID or SOPInstanceUID"
     return outcome, None if outcome.failure else part.path
 
 
-def store_parts(archive: Archive, parts: list[Part], study: str | None) -> list[_Outcome]:
+def store_parts(
+    archive: Archive, parts: list[Part], study: str | None, actor: str = "dicomweb"
+) -> list[_Outcome]:
     """Read, group by series, ingest each series; one outcome per part."""
     outcomes: list[_Outcome] = []
     series: dict[str, list[tuple[_Outcome, Path]]] = defaultdict(list)
@@ -85,9 +90,17 @@ def store_parts(archive: Archive, parts: list[Part], study: str | None) -> list[
         if path is not None:
             series[outcome.series].append((outcome, path))
     ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
-    for members in series.values():
+    for key in list(series):
+        objects = [(outcome, path) for outcome, path in series[key] if outcome.sop_class != VL_WSI]
+        series[key] = [(outcome, path) for outcome, path in series[key] if outcome.sop_class == VL_WSI]
+        for outcome, path in objects:
+            try:
+                store_object(archive.catalog, archive.store, path, actor)
+            except LaminaError as exc:
+                outcome.failure, outcome.reason = PROCESSING_FAILURE, str(exc)
+    for members in (members for members in series.values() if members):
         files = tuple(sorted(path for _, path in members))
-        result = ingestor.ingest(Candidate(files[0], files))
+        result = ingestor.ingest(Candidate(files[0], files), options=IngestOptions(actor=actor))
         if not result.ok:
             for outcome, _ in members:
                 outcome.failure, outcome.reason = PROCESSING_FAILURE, result.reason or "not stored"

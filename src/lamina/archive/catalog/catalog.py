@@ -21,7 +21,7 @@ from lamina.errors import ConfigurationError, StorageError
 @dataclass(frozen=True)
 class InstanceRow:
     sop_instance_uid: str
-    slide_id: str
+    slide_id: str | None
     series_instance_uid: str
     study_instance_uid: str
     sop_class_uid: str
@@ -250,7 +250,7 @@ class Catalog:
         slide = new.slide
         try:
             with self.engine.begin() as conn:
-                patient_pk = self._patient(conn, new.patient)
+                patient_pk = self.upsert_patient(conn, new.patient)
                 known = conn.execute(
                     select(t.studies.c.study_instance_uid).where(
                         t.studies.c.study_instance_uid == slide.study_instance_uid
@@ -296,7 +296,8 @@ class Catalog:
         except SqlIntegrityError as exc:
             raise StorageError(f"slide {slide.id} conflicts with the catalog: {exc.orig}") from exc
 
-    def _patient(self, conn: Connection, patient: PatientRecord | None) -> int | None:
+    def upsert_patient(self, conn: Connection, patient: PatientRecord | None) -> int | None:
+        """The patient's key, inserting the patient the first time (inside the caller's transaction)."""
         if patient is None:
             return None
         found = conn.execute(

@@ -315,7 +315,7 @@ def instances_query(criteria: Sequence[Criterion]) -> Select[Any]:
     source = t.instances.join(
         t.series, t.instances.c.series_instance_uid == t.series.c.series_instance_uid
     ).join(t.studies, t.series.c.study_instance_uid == t.studies.c.study_instance_uid)
-    source = source.outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk).join(
+    source = source.outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk).outerjoin(
         t.slides, t.instances.c.slide_id == t.slides.c.id
     )
     conditions = [_condition(criterion, Level.INSTANCE) for criterion in criteria]

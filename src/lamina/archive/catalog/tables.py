@@ -99,7 +99,8 @@ instances = Table(
     "instances",
     metadata,
     Column("sop_instance_uid", String(64), primary_key=True),
-    Column("slide_id", String(16), ForeignKey("slides.id"), nullable=False),
+    # the slide an instance belongs to; none for annotations, reports and other objects
+    Column("slide_id", String(16), ForeignKey("slides.id"), nullable=True),
     Column("series_instance_uid", String(64), ForeignKey("series.series_instance_uid"), nullable=False),
     Column("study_instance_uid", String(64), nullable=False),
     Column("sop_class_uid", String(64), nullable=False),

@@ -1,0 +1,210 @@
+"""DICOM objects that are not slides, stored as they come: annotations, structured reports,
+segmentations, parametric maps, key object selections, presentation states.
+
+They arrive by STOW-RS (and later DIMSE) beside the slides they refer to. Each is kept byte for
+byte, content-addressed like everything else, with its DICOM JSON and, when it has pixel data,
+its frame index; one catalog transaction per object makes it visible, with an audit entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import insert, select
+
+from lamina.archive import audit
+from lamina.archive.blobstore import BlobStore
+from lamina.archive.catalog import Catalog
+from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.catalog import PatientRecord
+from lamina.errors import CorruptSourceError, StorageError
+from lamina.formats.dicom import check_uid
+from lamina.formats.dicom_frames import locate_frames
+from lamina.mapping import dicom_json
+
+#: SOP classes stored as they are (PS3.4 B.5), beside the slides.
+STORABLE = {
+    "1.2.840.10008.5.1.4.1.1.91.1": "Microscopy Bulk Simple Annotations",
+    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
+    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
+    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+    "1.2.840.10008.5.1.4.1.1.30": "Parametric Map",
+    "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection",
+    "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.11.2": "Color Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.11.4": "Blending Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.11.8": "Advanced Blending Presentation State",
+}
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    sop_instance_uid: str
+    duplicate: bool
+
+
+def _frame_index(path: Path, ds: Dataset, tell: int, size: int) -> tuple[bytes, bytes, int]:
+    """Offsets and lengths of the frames in the file (empty when there is no pixel data)."""
+    if tell >= size:
+        return b"", b"", 0
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    frame_size = (
+        int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+    )
+    with path.open("rb") as fp:
+        try:
+            spans = locate_frames(
+                fp, tell, frames, ts not in _NATIVE, ts != "1.2.840.10008.1.2", frame_size, size
+            )
+        except ValueError as exc:
+            raise CorruptSourceError(path, str(exc)) from exc
+    if any(len(span.fragments) != 1 for span in spans) or (bits == 1 and ts in _NATIVE):
+        return b"", b"", frames  # frames the index cannot point at with one range: whole object only
+    offsets = np.array([span.fragments[0][0] for span in spans], "<u8")
+    lengths = np.array([span.fragments[0][1] for span in spans], "<u4")
+    return offsets.tobytes(), lengths.tobytes(), frames
+
+
+def read_object(path: Path) -> tuple[Dataset, int, int]:
+    """The object's header, the position of its Pixel Data, its size; a clear error otherwise."""
+    try:
+        with path.open("rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            tell, size = fp.tell(), path.stat().st_size
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise CorruptSourceError(path, f"not a readable DICOM file ({exc})") from exc
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in STORABLE:
+        raise CorruptSourceError(path, f"SOP class {sop_class or '(none)'} is not stored by this archive")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        check_uid(path, keyword, ds.get(keyword))
+    return ds, tell, size
+
+
+def store_object(catalog: Catalog, store: BlobStore, path: Path, actor: str) -> StoredObject:
+    """Store one object and make it visible; the same object again is a duplicate."""
+    ds, tell, size = read_object(path)
+    sop = str(ds.SOPInstanceUID)
+    offsets, lengths, frames = _frame_index(path, ds, tell, size)
+    with store.writer() as writer, path.open("rb") as source:
+        while chunk := source.read(_CHUNK):
+            writer.write(chunk)
+        ref = writer.commit()
+    known = catalog.instance(sop)
+    if known is not None:
+        if known.blob_sha256 == ref.sha256:
+            return StoredObject(sop, duplicate=True)
+        if ref.created:
+            store.delete(ref.sha256)
+        raise StorageError(f"{path}: SOP instance {sop} is already stored with other content")
+    try:
+        _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor)
+    except BaseException:
+        if ref.created:
+            store.delete(ref.sha256)
+        raise
+    return StoredObject(sop, duplicate=False)
+
+
+def _insert(
+    catalog: Catalog,
+    ds: Dataset,
+    sha256: str,
+    size: int,
+    offsets: bytes,
+    lengths: bytes,
+    frames: int,
+    actor: str,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    metadata = dicom_json.pack(dicom_json.to_json(ds, with_pixel_data="PixelData" in ds or frames > 0))
+    with catalog.begin() as conn:
+        if (
+            conn.execute(
+                select(t.studies.c.study_instance_uid).where(t.studies.c.study_instance_uid == study)
+            ).first()
+            is None
+        ):
+            patient_id = str(ds.get("PatientID", "") or "")
+            record = (
+                PatientRecord(
+                    patient_id,
+                    str(ds.get("PatientName", "")) or None,
+                    str(ds.get("PatientBirthDate", "")) or None,
+                    str(ds.get("PatientSex", "")) or None,
+                )
+                if patient_id
+                else None
+            )
+            patient_pk = catalog.upsert_patient(conn, record)
+            conn.execute(
+                insert(t.studies).values(
+                    study_instance_uid=study,
+                    patient_pk=patient_pk,
+                    accession_number=str(ds.get("AccessionNumber", "")) or None,
+                    study_date=str(ds.get("StudyDate", "")) or None,
+                    study_time=str(ds.get("StudyTime", "")) or None,
+                    created_at=now,
+                )
+            )
+        if (
+            conn.execute(
+                select(t.series.c.series_instance_uid).where(t.series.c.series_instance_uid == series)
+            ).first()
+            is None
+        ):
+            conn.execute(
+                insert(t.series).values(
+                    series_instance_uid=series,
+                    study_instance_uid=study,
+                    modality=str(ds.get("Modality", "OT") or "OT"),
+                    series_number=int(ds.get("SeriesNumber", 0) or 0) or None,
+                    created_at=now,
+                )
+            )
+        conn.execute(
+            insert(t.instances).values(
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                slide_id=None,
+                series_instance_uid=series,
+                study_instance_uid=study,
+                sop_class_uid=str(ds.SOPClassUID),
+                instance_number=int(ds.get("InstanceNumber", 1) or 1),
+                flavor="",
+                level=None,
+                rows=int(ds.get("Rows", 0) or 0),
+                columns=int(ds.get("Columns", 0) or 0),
+                total_pixel_matrix_columns=int(ds.get("TotalPixelMatrixColumns", 0) or 0),
+                total_pixel_matrix_rows=int(ds.get("TotalPixelMatrixRows", 0) or 0),
+                number_of_frames=frames,
+                samples_per_pixel=int(ds.get("SamplesPerPixel", 0) or 0),
+                photometric_interpretation=str(ds.get("PhotometricInterpretation", "")),
+                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                pixel_spacing_mm=None,
+                lossy=str(ds.get("LossyImageCompression", "00")) == "01",
+                blob_sha256=sha256,
+                bytes=size,
+                frame_offsets=offsets,
+                frame_lengths=lengths,
+                metadata=metadata,
+            )
+        )
+        audit.append(
+            conn,
+            actor,
+            "store",
+            f"instance/{ds.SOPInstanceUID}",
+            {"sop_class": str(ds.SOPClassUID), "series": series, "object": sha256},
+        )
