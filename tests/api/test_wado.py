@@ -197,3 +197,19 @@ def test_openapi_describes_the_own_routes(wado_server: tuple[str, Archive, str])
     assert "/healthz" in spec["paths"]
     health = httpx.get(f"{root}/healthz").json()
     assert health["status"] == "ok" and health["slides"] >= 1
+
+
+def test_rendered_through_dicomweb_client(wado_server: tuple[str, Archive, str]) -> None:
+    base, archive, slide_id = wado_server
+    client = DICOMwebClient(base)
+    rows = archive.catalog.instances(slide_id)
+    label = next(r for r in rows if r.flavor == "LABEL")
+    uids = (label.study_instance_uid, label.series_instance_uid)
+    image = client.retrieve_instance_rendered(*uids, label.sop_instance_uid, media_types=("image/png",))
+    decoded = imagecodecs.png_decode(image)
+    assert decoded.shape[:2] == (label.total_pixel_matrix_rows, label.total_pixel_matrix_columns)
+    # a whole slide series rendered, each instance scaled into the viewport
+    answer = httpx.get(f"{base}/studies/{uids[0]}/series/{uids[1]}/rendered", params={"viewport": "128,128"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith('multipart/related; type="image/jpeg"')
+    assert answer.content.count(b"Content-Type: image/jpeg") == len(rows)

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lamina.api.dicomweb import wado
+from lamina.api.dicomweb import multipart, wado
 from lamina.api.dicomweb.accept import parse_accept
 from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
 from lamina.archive.archive import Archive
@@ -191,6 +191,8 @@ class Renderer:
             Route(instance + "/thumbnail", self.instance_thumbnail),
             Route(series + "/thumbnail", self.series_thumbnail),
             Route(study + "/thumbnail", self.study_thumbnail),
+            Route(series + "/rendered", self.series_rendered),
+            Route(study + "/rendered", self.study_rendered),
         ]
 
     # -- endpoints --------------------------------------------------------------------------------
@@ -240,6 +242,40 @@ class Renderer:
         # the study's first series (catalog order) stands for the study
         first = rows[0].series_instance_uid
         return self._thumbnail(request, [row for row in rows if row.series_instance_uid == first])
+
+    def series_rendered(self, request: Request) -> Response:
+        archive: Archive = request.app.state.archive
+        params = request.path_params
+        return self._render_all(request, archive.catalog.instances_in(params["study"], params["series"]))
+
+    def study_rendered(self, request: Request) -> Response:
+        archive: Archive = request.app.state.archive
+        return self._render_all(request, archive.catalog.instances_in(request.path_params["study"]))
+
+    def _render_all(self, request: Request, rows: list[InstanceRow]) -> Response:
+        """Every image instance rendered, as one multipart/related answer (PS3.18 10.4.1.1.3).
+
+        Slide levels are large: without a ``viewport`` a level over the size limit is refused
+        (413), so ask with e.g. ``viewport=1024,1024``.
+        """
+        pictures = [row for row in rows if row.number_of_frames > 0 and row.rows > 0]
+        if not pictures:
+            raise NotFoundError("no such study or series with images in this archive")
+        options = render_options(request)
+        index: InstanceIndex = request.app.state.index
+        parts = []
+        for row in pictures:
+            found = index.get(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+            answer = self._render_instance(found, options, request.app.state.archive, _CACHE_GROUP)
+            parts.append((str(answer.media_type or options.media_type), bytes(answer.body)))
+        boundary = multipart.boundary()
+        return Response(
+            multipart.body(parts, boundary),
+            headers={
+                "Content-Type": multipart.content_type(options.media_type, boundary),
+                "Cache-Control": _CACHE_GROUP,
+            },
+        )
 
     # -- the work ---------------------------------------------------------------------------------
     def _default_viewport(self) -> Viewport:
