@@ -12,15 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pytest
 import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from lamina.api.app import create_app
-from lamina.api.dicomweb import qido
 from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
@@ -67,24 +64,13 @@ def _ingest(settings: Settings, folder: Path) -> tuple[Archive, list[str]]:
     return archive, slide_ids
 
 
-def _with_qido(app: Any) -> Any:
-    """Mount the QIDO-RS routes under /dicomweb when create_app does not have them yet."""
-    starlette: Starlette = getattr(app, "starlette", app)  # create_app may wrap its Starlette
-    for route in starlette.router.routes:
-        if isinstance(route, Mount) and route.path == "/dicomweb":
-            endpoints = {getattr(inner, "endpoint", None) for inner in route.routes}
-            if qido.search_studies not in endpoints:
-                route.routes[:0] = qido.routes()
-    return app
-
-
 @pytest.fixture(scope="session")
 def served_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedArchive]:
     """(base URL, archive, slide ids) of a running server; see SERVED_FORMATS for what is in it."""
     root = tmp_path_factory.mktemp("served")
     settings = Settings.load(root / "lamina-data", env={})
     archive, slide_ids = _ingest(settings, root / "samples")
-    app = _with_qido(create_app(settings, archive))
+    app = create_app(settings, archive)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -50,6 +50,8 @@ studies = Table(
     Column("study_time", String(14)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_studies_accession", "accession_number"),
+    # QIDO's stable order (newest first): a page of /studies reads this index backwards
+    Index("ix_studies_date", "study_date", "study_time", "study_instance_uid"),
     Index("ix_studies_patient", "patient_pk"),
 )
 
