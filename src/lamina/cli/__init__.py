@@ -13,6 +13,7 @@ from lamina.cli.ingest import ingest
 from lamina.cli.sample import sample
 from lamina.cli.serve import serve
 from lamina.cli.slides import slides
+from lamina.cli.verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +33,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, sample, demo, serve):
+for command in (ingest, slides, export, sample, demo, serve, verify):
     cli.add_command(command)
 
 

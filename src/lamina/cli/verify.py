@@ -1,0 +1,91 @@
+"""``lamina verify``: re-read every stored object and check it against its SHA-256."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lamina.archive.fixity import FixityReport
+from lamina.archive.fixity import verify as run_fixity
+from lamina.cli.common import console, handle_errors, human_bytes, open_archive
+
+
+def _summary(report: FixityReport, home: str) -> Table:
+    table = Table(title=f"fixity of {home}", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    rate = report.bytes / report.seconds if report.seconds > 0 else 0.0
+    table.add_row("objects checked", str(report.checked))
+    table.add_row("bytes read", human_bytes(report.bytes))
+    table.add_row("missing", f"[bold red]{len(report.missing)}[/]" if report.missing else "0")
+    table.add_row("corrupt", f"[bold red]{len(report.corrupt)}[/]" if report.corrupt else "0")
+    table.add_row("orphaned", f"[yellow]{len(report.orphaned)}[/]" if report.orphaned else "0")
+    table.add_row("seconds", f"{report.seconds:.1f}")
+    table.add_row("read rate", f"{human_bytes(int(rate))}/s")
+    return table
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Objects read and hashed in parallel.",
+)
+@click.option(
+    "--limit-mb-per-s",
+    "limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Read at most this many MB (10^6 bytes) per second, all workers together.",
+)
+@click.pass_context
+@handle_errors
+def verify(ctx: click.Context, as_json: bool, workers: int, limit: float | None) -> None:
+    """Re-read every stored object, recompute its SHA-256, and report missing, corrupt and
+    orphaned objects. Exits 1 when anything is missing or corrupt."""
+    archive = open_archive(ctx)
+    max_bytes = None if limit is None else max(1, int(limit * 1_000_000))
+    show = not as_json and sys.stderr.isatty()
+    try:
+        with Progress(
+            TextColumn("verifying"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not show,
+        ) as bar:
+            task = bar.add_task("verify", total=None)
+
+            def update(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = run_fixity(
+                archive.catalog, archive.store, workers=workers, max_bytes_per_s=max_bytes, progress=update
+            )
+    finally:
+        archive.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for row in report.problems():
+            colour = "red" if row["problem"] == "missing" else "magenta"
+            console.print(
+                f"{row['slide_id'] or '-'}  {row['sop_instance_uid']}  {row['sha256']}  "
+                f"[bold {colour}]{row['problem']}[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for digest in report.orphaned:
+            console.print(f"-  -  {digest}  [yellow]orphaned[/]", highlight=False, soft_wrap=True)
+        console.print(_summary(report, str(archive.settings.home)))
+    if not report.ok:
+        sys.exit(1)
