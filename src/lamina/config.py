@@ -83,15 +83,6 @@ class Settings:
     viewer_vendor_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
-    def blob_path(self) -> Path:
-        if not self.blob_url.startswith("file://"):
-            raise ConfigurationError(
-                f"LAMINA_BLOB_URL={self.blob_url!r}: only file:// folders are supported here; "
-                "use a folder path such as file:///var/lib/lamina/blobs"
-            )
-        return Path(self.blob_url[len("file://") :])
-
     @classmethod
     def load(cls, home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ) if env is None else env

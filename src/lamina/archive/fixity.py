@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -28,6 +27,7 @@ from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.sweep import find_orphans
 from lamina.errors import NotFoundError
 
 __all__ = [
@@ -323,24 +323,8 @@ def _referenced(catalog: Catalog) -> tuple[dict[str, list[Reference]], dict[str,
 
 
 def _orphans(catalog: Catalog, store: BlobStore, grace_s: float) -> list[str]:
-    """Stored objects no instance references, older than ``grace_s`` (as :mod:`lamina.archive.sweep`)."""
-    cutoff = time.time() - grace_s
-    referenced = catalog.referenced_blobs()
-    found = []
-    for digest in store.iter_digests():
-        if digest in referenced:
-            continue
-        path = store.local_path(digest)
-        if path is not None and grace_s > 0:
-            try:
-                if Path(path).stat().st_mtime > cutoff:
-                    continue
-            except FileNotFoundError:  # swept or deleted while we listed
-                continue
-        found.append(digest)
-    # an ingest may have committed while we listed: what it references now is not an orphan
-    referenced = catalog.referenced_blobs()
-    return sorted(digest for digest in found if digest not in referenced)
+    """Stored objects no instance references, older than ``grace_s`` (as the sweep finds them)."""
+    return sorted(find_orphans(catalog, store, grace_s))
 
 
 def verify(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from lamina.archive.blobstore import BlobStore, FileBlobStore
+from lamina.archive.blobstore import BlobStore
 from lamina.archive.catalog import Catalog
 
 
@@ -16,31 +16,35 @@ class SweepReport:
     removed: bool
 
 
-def sweep(
-    catalog: Catalog, store: BlobStore, older_than_s: float = 3600.0, dry_run: bool = False
-) -> SweepReport:
-    """Objects referenced by no instance, older than ``older_than_s`` (so that an ingest still in
-    progress elsewhere keeps its objects), are orphans; removed unless ``dry_run``."""
+def find_orphans(catalog: Catalog, store: BlobStore, older_than_s: float = 3600.0) -> list[str]:
+    """Objects no instance references, written more than ``older_than_s`` ago (an ingest still in
+    progress elsewhere keeps its objects: an object of unknown age is never an orphan)."""
     referenced = catalog.referenced_blobs()
     cutoff = time.time() - older_than_s
-    orphans = []
+    found = []
     for digest in store.iter_digests():
         if digest in referenced:
             continue
-        path = store.local_path(digest)
-        if path is not None and older_than_s > 0:
-            from pathlib import Path
-
-            if Path(path).stat().st_mtime > cutoff:
+        if older_than_s > 0:
+            written = store.modified_at(digest)
+            if written is None or written > cutoff:
                 continue
-        orphans.append(digest)
+        found.append(digest)
+    # a slide may have committed while we listed: what it references now is not an orphan
+    referenced = catalog.referenced_blobs()
+    return [digest for digest in found if digest not in referenced]
+
+
+def sweep(
+    catalog: Catalog, store: BlobStore, older_than_s: float = 3600.0, dry_run: bool = False
+) -> SweepReport:
+    """Remove the orphans (:func:`find_orphans`) and old partial writes, unless ``dry_run``."""
+    orphans = find_orphans(catalog, store, older_than_s)
     partial = 0
     if not dry_run:
-        # re-check against the catalog: a slide may have committed while we listed
         referenced = catalog.referenced_blobs()
         for digest in orphans:
             if digest not in referenced:
                 store.delete(digest)
-        if isinstance(store, FileBlobStore):
-            partial = store.sweep_tmp(older_than_s)
+        partial = store.sweep_tmp(older_than_s)
     return SweepReport(orphans, partial, not dry_run)

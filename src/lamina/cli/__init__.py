@@ -7,6 +7,7 @@ import logging
 import click
 
 from lamina import __version__
+from lamina.cli.audit import audit
 from lamina.cli.demo import demo
 from lamina.cli.export import export
 from lamina.cli.ingest import ingest
@@ -33,7 +34,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, sample, demo, serve, verify):
+for command in (ingest, slides, export, sample, demo, serve, verify, audit):
     cli.add_command(command)
 
 

@@ -19,4 +19,13 @@ def open_blobstore(url: str, verify_after_write: bool = True) -> BlobStore:
         from pathlib import Path
 
         return FileBlobStore(Path(url[len("file://") :]), verify_after_write=verify_after_write)
-    raise ConfigurationError(f"blob store URL {url!r}: only file:// is supported by this version")
+    if url.startswith("s3://"):
+        import os
+
+        from lamina.archive.blobstore.s3 import S3BlobStore
+
+        return S3BlobStore.from_url(url, os.environ, verify_after_write=verify_after_write)
+    raise ConfigurationError(
+        f"blob store URL {url!r}: use file:///path/to/folder or s3://bucket/prefix "
+        "(with AWS_ENDPOINT_URL and the AWS_* credentials)"
+    )

@@ -65,6 +65,14 @@ class BlobStore(ABC):
     @abstractmethod
     def iter_digests(self) -> Iterator[str]: ...
 
+    def modified_at(self, sha256: str) -> float | None:
+        """When the object was written (POSIX time), or None when it is gone or unknown."""
+        return None
+
+    def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Remove partial writes an interrupted process left, older than ``older_than_s``."""
+        return 0
+
     def local_path(self, sha256: str) -> str | None:
         """A filesystem path to the object when the store has one (export uses it to copy fast)."""
         return None

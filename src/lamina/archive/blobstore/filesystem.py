@@ -291,6 +291,12 @@ class FileBlobStore(BlobStore):
             if len(path.name) == 64:
                 yield path.name
 
+    def modified_at(self, sha256: str) -> float | None:
+        try:
+            return self.path_for(sha256).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def local_path(self, sha256: str) -> str | None:
         return str(self.path_for(sha256))
 

