@@ -213,3 +213,16 @@ def test_rendered_through_dicomweb_client(wado_server: tuple[str, Archive, str])
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith('multipart/related; type="image/jpeg"')
     assert answer.content.count(b"Content-Type: image/jpeg") == len(rows)
+
+
+def test_opening_a_slide_is_audited(wado_server: tuple[str, Archive, str]) -> None:
+    from lamina.archive import audit
+
+    base, archive, slide_id = wado_server
+    slide = archive.catalog.slide(slide_id)
+    assert slide is not None
+    httpx.get(f"{base}/studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}/metadata")
+    with archive.catalog.begin() as conn:
+        reads = [entry for entry in audit.entries(conn, action="read") if entry.entity == f"slide/{slide_id}"]
+        assert reads and reads[-1].detail["client"] == "127.0.0.1"
+        assert audit.verify(conn).first_bad is None

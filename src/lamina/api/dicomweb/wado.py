@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from lamina.api.dicomweb import multipart
 from lamina.api.dicomweb.accept import MediaRange, parse_accept
 from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
+from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
 from lamina.errors import NotAcceptableError, NotFoundError, PayloadTooLargeError, RequestError
@@ -76,9 +77,22 @@ async def study_metadata(request: Request) -> Response:
 
 
 async def series_metadata(request: Request) -> Response:
+    """A series' metadata: what a viewer asks for when it opens a slide, so the opening is audited
+    (not every tile)."""
     archive: Archive = request.app.state.archive
     params = request.path_params
-    return _metadata_response(request, archive.catalog.instances_in(params["study"], params["series"]))
+    rows = archive.catalog.instances_in(params["study"], params["series"])
+    answer = _metadata_response(request, rows)
+    client = request.client.host if request.client else "unknown"
+    slide = next((row.slide_id for row in rows if row.slide_id), None)
+    entity = f"slide/{slide}" if slide else f"series/{params['series']}"
+    await run_in_threadpool(_audit_read, archive, entity, client)
+    return answer
+
+
+def _audit_read(archive: Archive, entity: str, client: str) -> None:
+    with archive.catalog.begin() as conn:
+        audit.append(conn, "dicomweb", "read", entity, {"client": client})
 
 
 async def instance_metadata(request: Request) -> Response:
