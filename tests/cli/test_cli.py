@@ -78,3 +78,36 @@ def test_errors_are_one_line_that_say_the_fix(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no slide 'nope'" in missing.stderr
     no_mpp = run(tmp_path / "home", "ingest", str(shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")))
     assert no_mpp.returncode == 1 and "--mpp" in no_mpp.stdout
+
+
+def test_unreachable_catalog_or_store_says_what_without_secrets(tmp_path: Path) -> None:
+    env = {**os.environ, "LAMINA_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    catalog = subprocess.run(
+        [*LAMINA, "slides"],
+        env={**env, "LAMINA_DATABASE_URL": "postgresql+psycopg://bob:s3cret@127.0.0.1:1/lamina"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert catalog.returncode == 2
+    assert "127.0.0.1:1" in catalog.stderr and "LAMINA_DATABASE_URL" in catalog.stderr
+    assert "s3cret" not in catalog.stderr + catalog.stdout
+    store = subprocess.run(
+        [*LAMINA, "slides"],
+        env={
+            **env,
+            "LAMINA_BLOB_URL": "s3://bucket/prefix",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
+            "AWS_ACCESS_KEY_ID": "key",
+            "AWS_SECRET_ACCESS_KEY": "topsecret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert store.returncode == 2
+    assert "http://127.0.0.1:1" in store.stderr and "AWS_ENDPOINT_URL" in store.stderr
+    assert "topsecret" not in store.stderr + store.stdout

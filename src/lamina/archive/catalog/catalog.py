@@ -143,8 +143,13 @@ class Catalog:
                         "export its slides with that release and ingest them into a new LAMINA_HOME"
                     )
         except OperationalError as exc:
+            reason = (
+                str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+            )
+            where = self.engine.url.render_as_string(hide_password=True)
             raise StorageError(
-                f"cannot open the catalog {self.engine.url.render_as_string(hide_password=True)}: {exc.orig}"
+                f"cannot open the catalog {where} ({reason}); check LAMINA_DATABASE_URL and that the "
+                "database server is running"
             ) from exc
 
     def close(self) -> None:
