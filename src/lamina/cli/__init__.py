@@ -15,6 +15,7 @@ from lamina.cli.sample import sample
 from lamina.cli.serve import serve
 from lamina.cli.slides import slides
 from lamina.cli.verify import verify
+from lamina.cli.watch import watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +35,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, sample, demo, serve, verify, audit):
+for command in (ingest, slides, export, sample, demo, serve, verify, audit, watch):
     cli.add_command(command)
 
 
