@@ -10,7 +10,8 @@ const config = JSON.parse(await new Promise((resolve) => {
   process.stdin.on('end', () => resolve(text));
 }));
 
-const WAIT = 30000;
+// generous: on a loaded 2-core CI machine a first deep-zoom draw can take tens of seconds
+const WAIT = 90000;
 
 // Share of "stained" pixels (clearly coloured, as H&E is) and number of distinct colours of the
 // largest canvas in `selector`: a blank or grey canvas has neither.

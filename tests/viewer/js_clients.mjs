@@ -19,7 +19,7 @@ const config = JSON.parse(await new Promise((resolve) => {
   process.stdin.on('end', () => resolve(text));
 }));
 
-const WAIT = 20000;
+const WAIT = 60000;  // generous for a loaded 2-core CI machine
 
 const context = await chromium.launchPersistentContext(config.profile, {
   executablePath: config.chromium,

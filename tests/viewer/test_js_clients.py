@@ -153,7 +153,7 @@ def _drive(served: Served, tmp_path: Path, mode: str, **config: Any) -> dict[str
         ),
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=240,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-4000:] + run.stdout[-4000:]

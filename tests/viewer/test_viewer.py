@@ -404,7 +404,7 @@ def test_worklist_search_slide_zoom_and_side_by_side(served: Served, tmp_path: P
         ),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-4000:] + run.stdout[-4000:]
