@@ -32,7 +32,14 @@ def entry_hash(
 
 
 def append(conn: Connection, actor: str, action: str, entity: str, detail: dict[str, Any]) -> int:
-    """Append an entry inside the caller's transaction; return its sequence number."""
+    """Append an entry inside the caller's transaction; return its sequence number.
+
+    The caller's transaction must be a write transaction (``Catalog.begin``): on SQLite it holds
+    the write lock from its start; on PostgreSQL the table is locked here until it commits, so
+    two appenders never chain to the same entry.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
     last = conn.execute(
         select(t.audit_log.c.seq, t.audit_log.c.hash).order_by(t.audit_log.c.seq.desc()).limit(1)
     ).first()

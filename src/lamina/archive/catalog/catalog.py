@@ -99,6 +99,9 @@ def _row(cls: type[Any], mapping: Any) -> Any:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # lamina issues BEGIN itself (see _sqlite_begin): the driver's own implicit transactions start
+    # only at the first write, so a read before it would not be part of the transaction
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
@@ -107,9 +110,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_WRITE = "lamina_write"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Write transactions take SQLite's write lock at BEGIN (IMMEDIATE): what they read (the last
+    audit entry, a study already there) cannot change before they write."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
 class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: the engine for write transactions (BEGIN IMMEDIATE on SQLite)
+        self.writer = engine.execution_options(**{_WRITE: True})
 
     @classmethod
     def open(cls, url: str) -> Catalog:
@@ -121,6 +135,7 @@ class Catalog:
             ) from exc
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
         catalog = cls(engine)
         catalog.migrate()
         return catalog
@@ -128,7 +143,7 @@ class Catalog:
     def migrate(self) -> None:
         try:
             t.metadata.create_all(self.engine)
-            with self.engine.begin() as conn:
+            with self.writer.begin() as conn:
                 version = conn.execute(select(t.schema_info.c.version)).scalar()
                 if version is None:
                     conn.execute(insert(t.schema_info).values(version=t.SCHEMA_VERSION))
@@ -157,7 +172,8 @@ class Catalog:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction (serialised with the other writers on SQLite)."""
+        with self.writer.begin() as conn:
             yield conn
 
     # -- reads -------------------------------------------------------------------------------
@@ -254,7 +270,7 @@ class Catalog:
         """Patient, study, slide, instances and the audit entry, in one transaction."""
         slide = new.slide
         try:
-            with self.engine.begin() as conn:
+            with self.writer.begin() as conn:
                 patient_pk = self.upsert_patient(conn, new.patient)
                 known = conn.execute(
                     select(t.studies.c.study_instance_uid).where(
