@@ -71,6 +71,10 @@ class Settings:
         Read every stored object back and check it against the bytes written (XXH3-128 of
         both) before making a slide visible. ``LAMINA_VERIFY_AFTER_WRITE=0`` or
         ``verify_after_write = false`` in lamina.toml turns it off (not recommended).
+    replica_url
+        An optional second blob store (``LAMINA_REPLICA_URL``, ``replica_url`` in lamina.toml;
+        ``file://`` or ``s3://`` like ``blob_url``): every object is also written there at
+        ingest, and ``lamina verify --repair`` restores damaged objects from it.
     """
 
     home: Path
@@ -81,6 +85,7 @@ class Settings:
     public_url: str | None = None
     max_upload_bytes: int = 4 << 30
     viewer_vendor_dir: Path | None = None
+    replica_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -115,6 +120,9 @@ class Settings:
             verify_after_write=_flag(
                 env.get("LAMINA_VERIFY_AFTER_WRITE", file_values.get("verify_after_write", True))
             ),
+            replica_url=str(replica)
+            if (replica := env.get("LAMINA_REPLICA_URL") or file_values.get("replica_url"))
+            else None,
         )
         if settings.role not in ("site", "archive"):
             raise ConfigurationError(f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore, open_blobstore
+from lamina.archive.blobstore.replicated import ReplicatedBlobStore
 from lamina.archive.catalog import Catalog, SlideRow
 from lamina.config import Settings
-from lamina.errors import IntegrityError, NotFoundError, StorageError
+from lamina.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class Archive:
                 "set LAMINA_HOME to a writable folder"
             ) from exc
         store = open_blobstore(settings.blob_url, settings.verify_after_write)
+        if settings.replica_url:
+            if settings.replica_url.rstrip("/") == settings.blob_url.rstrip("/"):
+                raise ConfigurationError(
+                    f"LAMINA_REPLICA_URL={settings.replica_url!r} is the blob store itself; "
+                    "point it at another folder or bucket"
+                )
+            replica = open_blobstore(settings.replica_url, settings.verify_after_write)
+            store = ReplicatedBlobStore(store, replica)
         return cls(settings, Catalog.open(settings.database_url), store)
 
     def close(self) -> None:
