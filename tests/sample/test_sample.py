@@ -4,8 +4,6 @@ reader that must accept it (OpenSlide, tifffile, opentile, wsidicom, dciodvfy)."
 from __future__ import annotations
 
 import csv
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -190,13 +188,12 @@ def test_dicom_wsi_opens_in_wsidicom(samples: dict[str, SampleFile]) -> None:
             assert dataset.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy is not installed")
 def test_dicom_wsi_passes_dciodvfy(samples: dict[str, SampleFile]) -> None:
+    # dciodvfy_errors fails under CI when the tool is missing, and skips with a message elsewhere
+    from tests.support import dciodvfy_errors
+
     for file in sorted(samples["dicom_wsi"].path.glob("*.dcm")):
-        result = subprocess.run(["dciodvfy", str(file)], capture_output=True, text=True, check=False)
-        output = result.stdout + result.stderr
-        errors = [line for line in output.splitlines() if line.startswith("Error")]
-        assert errors == [], f"{file.name}: {errors}"
+        assert dciodvfy_errors(file) == [], file.name
 
 
 def test_dicom_wsi_opens_in_openslide(samples: dict[str, SampleFile]) -> None:

@@ -152,7 +152,7 @@ class SourceImage(ABC):
 
     def read_frame(self, index: int) -> bytes:
         """The encoded frame ``index`` (row-major). Only when ``encoding`` is not ``None``."""
-        raise NotImplementedError(f"{type(self).__name__} hands over decoded tiles only")
+        raise TypeError(f"{type(self).__name__} hands over decoded tiles only (its encoding is None)")
 
     def frame_lengths(self) -> Sequence[int] | None:
         """Lengths of the encoded frames, when known without reading them (optional)."""
