@@ -11,22 +11,14 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+from lamina.archive.manifest import IDENTITY_KEYS
+
 __all__ = ["LAB_NAME", "MANIFEST_FIELDS", "ORGAN_SNOMED", "Identity", "make_identity"]
 
 LAB_NAME = "LABO LAMINA DEMO - ANAPATH"
 """Fictitious pathology laboratory printed on every label."""
 
-MANIFEST_FIELDS: tuple[str, ...] = (
-    "patient_id",
-    "patient_name",
-    "birth_date",
-    "sex",
-    "accession_number",
-    "specimen_id",
-    "stain",
-    "organ",
-    "diagnosis_code",
-)
+MANIFEST_FIELDS: tuple[str, ...] = IDENTITY_KEYS
 """Identity columns of ``manifest.csv``, after the ``file`` column."""
 
 _SURNAMES = (
