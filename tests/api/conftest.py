@@ -7,15 +7,11 @@ read from them and must not change them.
 from __future__ import annotations
 
 import csv
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-import uvicorn
 
 from lamina.api.app import create_app
 from lamina.archive.archive import Archive
@@ -24,6 +20,7 @@ from lamina.archive.ingest import Ingestor
 from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
 from lamina.sample import write_samples
+from tests.support import serving
 
 #: The sample formats ingested; the first two are two slides of one case, hence one study.
 SERVED_FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi", "ome_tiff")
@@ -71,22 +68,8 @@ def served_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedA
     settings = Settings.load(root / "lamina-data", env={})
     archive, slide_ids = _ingest(settings, root / "samples")
     app = create_app(settings, archive)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    # uvicorn leaves signal handling alone outside the main thread
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.02)
     try:
-        yield ServedArchive(f"http://127.0.0.1:{port}/dicomweb", archive, slide_ids)
+        with serving(app) as port:
+            yield ServedArchive(f"http://127.0.0.1:{port}/dicomweb", archive, slide_ids)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
         archive.close()

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
-import uvicorn
 from dicomweb_client.api import DICOMwebClient
 
 from lamina.api import create_app
@@ -19,23 +15,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
-from tests.support import shared_file
-
-
-def _serve(archive: Archive) -> tuple[uvicorn.Server, threading.Thread, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(archive.settings, archive), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}/dicomweb"
+from tests.support import serving, shared_file
 
 
 @pytest.fixture
@@ -52,11 +32,11 @@ def exported(tmp_path: Path) -> list[Path]:
 def target(tmp_path: Path) -> Iterator[tuple[str, Archive]]:
     settings = Settings.load(tmp_path / "target", env={}).with_(max_upload_bytes=64 << 20)
     archive = Archive.open(settings)
-    server, thread, base = _serve(archive)
-    yield base, archive
-    server.should_exit = True
-    thread.join(timeout=10)
-    archive.close()
+    try:
+        with serving(create_app(archive.settings, archive)) as port:
+            yield f"http://127.0.0.1:{port}/dicomweb", archive
+    finally:
+        archive.close()
 
 
 def test_a_slide_posted_by_dicomweb_client_is_stored_whole(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
-import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from pydicom.encaps import generate_frames
 
@@ -23,13 +19,7 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.config import Settings
 from lamina.model.geometry import SizeMm
-from tests.support import shared_file
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import serving, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +29,11 @@ def wado_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
     result = Ingestor(archive.catalog, archive.store).ingest(candidate)
     assert result.status == "ingested", result.reason
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(archive.settings, archive), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/dicomweb", archive, result.slide_id or ""
-    server.should_exit = True
-    thread.join(timeout=10)
-    archive.close()
+    try:
+        with serving(create_app(archive.settings, archive)) as port:
+            yield f"http://127.0.0.1:{port}/dicomweb", archive, result.slide_id or ""
+    finally:
+        archive.close()
 
 
 def _level0(archive: Archive, slide_id: str) -> tuple[pydicom.Dataset, list[bytes]]:

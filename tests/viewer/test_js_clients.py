@@ -13,11 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +22,6 @@ from typing import Any, NamedTuple
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -44,7 +40,7 @@ from lamina.config import Settings
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.sample import write_samples
-from tests.support import REPO, need, tool
+from tests.support import REPO, need, serving, tool
 
 FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi", "ome_tiff")
 _MODULES = REPO / "node_modules"
@@ -112,22 +108,10 @@ def served() -> Iterator[Served]:
             test_routes.append(Mount("/_js/dicom-microscopy-viewer", StaticFiles(directory=_VIEWER)))
         app.starlette.router.routes[:0] = test_routes
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
         try:
-            yield Served(port, archive, slides)
+            with serving(app) as port:
+                yield Served(port, archive, slides)
         finally:
-            server.should_exit = True
-            thread.join(timeout=30)
-            sock.close()
             archive.close()
 
 
