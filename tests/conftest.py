@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
+from tests.s3server import S3Server, start_s3_server
 from tests.support import need
 
 POSTGRES_URL = os.environ.get(
@@ -77,3 +78,9 @@ def archive(settings: Settings) -> Iterator[Archive]:
 @pytest.fixture
 def ingestor(archive: Archive) -> Ingestor:
     return Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS on loopback for the whole session (fails under CI when ``weed`` is missing)."""
+    yield from start_s3_server(tmp_path_factory)

@@ -27,6 +27,27 @@ def _flag(value: object) -> bool:
     raise ConfigurationError(f"verify_after_write={value!r}: use true or false")
 
 
+_S3_KEYS = {
+    "AWS_ENDPOINT_URL": "endpoint_url",
+    "AWS_ACCESS_KEY_ID": "access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "secret_access_key",
+    "AWS_SESSION_TOKEN": "session_token",
+    "AWS_DEFAULT_REGION": "region",
+}
+
+
+def _s3_settings(env: dict[str, str], table: object) -> dict[str, str]:
+    """The S3 connection as the AWS_* variables boto3 knows, environment first, then lamina.toml."""
+    if not isinstance(table, dict):
+        raise ConfigurationError("lamina.toml: [s3] must be a table (endpoint_url, access_key_id, ...)")
+    found = {}
+    for variable, key in _S3_KEYS.items():
+        value = env.get(variable) or table.get(key)
+        if value:
+            found[variable] = str(value)
+    return found
+
+
 class Secret:
     """A value that never prints: ``str()`` and ``repr()`` give ``'**********'``."""
 
@@ -75,6 +96,11 @@ class Settings:
         An optional second blob store (``LAMINA_REPLICA_URL``, ``replica_url`` in lamina.toml;
         ``file://`` or ``s3://`` like ``blob_url``): every object is also written there at
         ingest, and ``lamina verify --repair`` restores damaged objects from it.
+    s3
+        Where an ``s3://`` store is and how to sign in: the standard variables
+        ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+        ``AWS_DEFAULT_REGION``, else the ``[s3]`` table of lamina.toml (``endpoint_url``,
+        ``access_key_id``, ``secret_access_key``, ``region``). Never printed.
     """
 
     home: Path
@@ -86,6 +112,7 @@ class Settings:
     max_upload_bytes: int = 4 << 30
     viewer_vendor_dir: Path | None = None
     replica_url: str | None = None
+    s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -123,6 +150,7 @@ class Settings:
             replica_url=str(replica)
             if (replica := env.get("LAMINA_REPLICA_URL") or file_values.get("replica_url"))
             else None,
+            s3=_s3_settings(env, file_values.get("s3", {})),
         )
         if settings.role not in ("site", "archive"):
             raise ConfigurationError(f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'")

@@ -38,14 +38,14 @@ class Archive:
                 f"cannot create the data folder {settings.home} ({exc.strerror}); "
                 "set LAMINA_HOME to a writable folder"
             ) from exc
-        store = open_blobstore(settings.blob_url, settings.verify_after_write)
+        store = open_blobstore(settings.blob_url, settings.verify_after_write, settings.s3)
         if settings.replica_url:
             if settings.replica_url.rstrip("/") == settings.blob_url.rstrip("/"):
                 raise ConfigurationError(
                     f"LAMINA_REPLICA_URL={settings.replica_url!r} is the blob store itself; "
                     "point it at another folder or bucket"
                 )
-            replica = open_blobstore(settings.replica_url, settings.verify_after_write)
+            replica = open_blobstore(settings.replica_url, settings.verify_after_write, settings.s3)
             store = ReplicatedBlobStore(store, replica)
         return cls(settings, Catalog.open(settings.database_url), store)
 

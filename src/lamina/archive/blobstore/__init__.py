@@ -6,13 +6,19 @@ is referenced by nothing (a crash between the write and the catalog transaction)
 that :meth:`BlobStore.iter_digests` lets a sweep find.
 """
 
+from collections.abc import Mapping
+
 from lamina.archive.blobstore.base import BlobRef, BlobStore, BlobWriter
 from lamina.archive.blobstore.filesystem import FileBlobStore
 
 __all__ = ["BlobRef", "BlobStore", "BlobWriter", "FileBlobStore", "open_blobstore"]
 
 
-def open_blobstore(url: str, verify_after_write: bool = True) -> BlobStore:
+def open_blobstore(
+    url: str, verify_after_write: bool = True, s3_env: Mapping[str, str] | None = None
+) -> BlobStore:
+    """The store at ``url``; an ``s3://`` one reached with ``s3_env`` (the AWS_* settings, default
+    the environment)."""
     from lamina.errors import ConfigurationError
 
     if url.startswith("file://"):
@@ -24,7 +30,8 @@ def open_blobstore(url: str, verify_after_write: bool = True) -> BlobStore:
 
         from lamina.archive.blobstore.s3 import S3BlobStore
 
-        return S3BlobStore.from_url(url, os.environ, verify_after_write=verify_after_write)
+        env = os.environ if s3_env is None else s3_env
+        return S3BlobStore.from_url(url, env, verify_after_write=verify_after_write)
     raise ConfigurationError(
         f"blob store URL {url!r}: use file:///path/to/folder or s3://bucket/prefix "
         "(with AWS_ENDPOINT_URL and the AWS_* credentials)"

@@ -69,6 +69,8 @@ class SlideRow:
     height: int
     mpp: float | None
     created_at: dt.datetime
+    tenant: str = ""
+    retain_until: dt.datetime | None = None
     patient_id: str | None = None
     patient_name: str | None = None
     accession_number: str | None = None
@@ -286,6 +288,7 @@ class Catalog:
                             study_date=new.study_date,
                             study_time=new.study_time,
                             created_at=slide.created_at,
+                            tenant=slide.tenant,
                         )
                     )
                 conn.execute(

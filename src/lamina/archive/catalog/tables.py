@@ -49,6 +49,8 @@ studies = Table(
     Column("study_date", String(8)),
     Column("study_time", String(14)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the lab (site) that owns the case; "" until tenants are configured
+    Column("tenant", String(64), nullable=False, server_default=""),
     Index("ix_studies_accession", "accession_number"),
     # QIDO's stable order (newest first): a page of /studies reads this index backwards
     Index("ix_studies_date", "study_date", "study_time", "study_instance_uid"),
@@ -92,7 +94,12 @@ slides = Table(
     Column("height", Integer, nullable=False),
     Column("mpp", Float),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("tenant", String(64), nullable=False, server_default=""),
+    # when the care retention of the slide ends (None: not set yet, or kept)
+    Column("retain_until", DateTime(timezone=True)),
     Index("ix_slides_study", "study_instance_uid"),
+    Index("ix_slides_retain_until", "retain_until"),
+    Index("ix_slides_tenant", "tenant", "created_at"),
     Index("ix_slides_container", "container_id"),
     Index("ix_slides_source_head", "source_bytes", "source_head"),
 )
