@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 
 from lamina.archive import audit
+from lamina.archive.catalog import migrations
 from lamina.archive.catalog import tables as t
 from lamina.errors import ConfigurationError, StorageError
 
@@ -113,6 +114,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 _WRITE = "lamina_write"
+#: the PostgreSQL advisory lock key that serialises migrations (ASCII "lamina\0\1")
+_MIGRATION_LOCK = 0x6C616D696E610001
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -143,22 +146,13 @@ class Catalog:
         return catalog
 
     def migrate(self) -> None:
+        """Bring the catalog to this release's schema (Alembic, ``migrations/``), at most one
+        process at a time: PostgreSQL by an advisory lock, SQLite by its write lock."""
         try:
-            t.metadata.create_all(self.engine)
             with self.writer.begin() as conn:
-                version = conn.execute(select(t.schema_info.c.version)).scalar()
-                if version is None:
-                    conn.execute(insert(t.schema_info).values(version=t.SCHEMA_VERSION))
-                elif version > t.SCHEMA_VERSION:
-                    raise ConfigurationError(
-                        f"the catalog has schema version {version}, newer than this lamina "
-                        f"({t.SCHEMA_VERSION}); upgrade lamina"
-                    )
-                elif version < t.SCHEMA_VERSION:
-                    raise ConfigurationError(
-                        f"the catalog has schema version {version} of a development release; "
-                        "export its slides with that release and ingest them into a new LAMINA_HOME"
-                    )
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+                migrations.upgrade(conn)
         except OperationalError as exc:
             reason = (
                 str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__

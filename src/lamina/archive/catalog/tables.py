@@ -1,4 +1,7 @@
-"""Tables of the catalog (SQLAlchemy Core; the same definitions serve SQLite and PostgreSQL)."""
+"""Tables of the catalog (SQLAlchemy Core; the same definitions serve SQLite and PostgreSQL).
+
+Any change here comes with a migration in ``migrations/versions/`` (``tests/archive/
+test_migrations.py`` fails when the two disagree)."""
 
 from __future__ import annotations
 
@@ -19,14 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 2
 metadata = MetaData()
-
-schema_info = Table(
-    "schema_info",
-    metadata,
-    Column("version", Integer, nullable=False),
-)
 
 patients = Table(
     "patients",
