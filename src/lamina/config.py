@@ -48,6 +48,46 @@ def _s3_settings(env: dict[str, str], table: object) -> dict[str, str]:
     return found
 
 
+def _number(
+    env: dict[str, str], file_values: dict[str, Any], key: str, default: float, kind: type[Any]
+) -> Any:
+    raw = env.get(f"LAMINA_{key.upper()}") or file_values.get(key)
+    if raw is None or raw == "":
+        return kind(default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"LAMINA_{key.upper()}={raw!r} (or {key} in lamina.toml): expected a number"
+        ) from None
+    if value < 0:
+        raise ConfigurationError(f"LAMINA_{key.upper()}={raw!r}: must not be negative")
+    return value
+
+
+def _cron(raw: object) -> str | None:
+    if raw is None:
+        return "30 2 * * *"
+    text = str(raw).strip()
+    if text.lower() in ("", "off", "none", "never"):
+        return None
+    from croniter import croniter
+
+    if not croniter.is_valid(text):
+        raise ConfigurationError(f"LAMINA_VERIFY_CRON={text!r}: not a cron line (e.g. '30 2 * * *')")
+    return text
+
+
+def _folders(env_value: str | None, file_value: object) -> tuple[Path, ...]:
+    if env_value:
+        return tuple(Path(part).expanduser().absolute() for part in env_value.split(os.pathsep) if part)
+    if file_value is None:
+        return ()
+    if not isinstance(file_value, list):
+        raise ConfigurationError("lamina.toml: watch must be a list of folders")
+    return tuple(Path(str(part)).expanduser().absolute() for part in file_value)
+
+
 class Secret:
     """A value that never prints: ``str()`` and ``repr()`` give ``'**********'``."""
 
@@ -96,6 +136,20 @@ class Settings:
         An optional second blob store (``LAMINA_REPLICA_URL``, ``replica_url`` in lamina.toml;
         ``file://`` or ``s3://`` like ``blob_url``): every object is also written there at
         ingest, and ``lamina verify --repair`` restores damaged objects from it.
+    workers
+        Job workers that ``lamina serve`` runs in its own process (``LAMINA_WORKERS``, default
+        1; 0 leaves the jobs to ``lamina worker`` processes, PostgreSQL catalog only).
+    stow_wait_s
+        How long a STOW-RS request waits for its queued job before answering 202
+        (``LAMINA_STOW_WAIT_S``, default 600).
+    verify_cron
+        When the server re-verifies every stored object (``LAMINA_VERIFY_CRON``, a cron line,
+        default ``30 2 * * *``; ``off`` for never), read at ``verify_limit_mb_s``
+        (``LAMINA_VERIFY_LIMIT_MB_S``, default 50 MB/s) so that serving keeps its bandwidth.
+    watch
+        Folders the server watches for new slides (``LAMINA_WATCH``, separated by
+        ``os.pathsep``; ``watch = [...]`` in lamina.toml), complete after ``watch_stable_s``
+        seconds without change (``LAMINA_WATCH_STABLE_S``, default 5).
     s3
         Where an ``s3://`` store is and how to sign in: the standard variables
         ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
@@ -112,6 +166,12 @@ class Settings:
     max_upload_bytes: int = 4 << 30
     viewer_vendor_dir: Path | None = None
     replica_url: str | None = None
+    workers: int = 1
+    stow_wait_s: float = 600.0
+    verify_cron: str | None = "30 2 * * *"
+    verify_limit_mb_s: float = 50.0
+    watch: tuple[Path, ...] = ()
+    watch_stable_s: float = 5.0
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -150,6 +210,12 @@ class Settings:
             replica_url=str(replica)
             if (replica := env.get("LAMINA_REPLICA_URL") or file_values.get("replica_url"))
             else None,
+            workers=_number(env, file_values, "workers", 1, int),
+            stow_wait_s=_number(env, file_values, "stow_wait_s", 600.0, float),
+            verify_cron=_cron(env.get("LAMINA_VERIFY_CRON") or file_values.get("verify_cron")),
+            verify_limit_mb_s=_number(env, file_values, "verify_limit_mb_s", 50.0, float),
+            watch=_folders(env.get("LAMINA_WATCH"), file_values.get("watch")),
+            watch_stable_s=_number(env, file_values, "watch_stable_s", 5.0, float),
             s3=_s3_settings(env, file_values.get("s3", {})),
         )
         if settings.role not in ("site", "archive"):

@@ -47,6 +47,11 @@ class StorageError(LaminaError):
     """The blob store or the catalog failed (disk full, permissions, digest mismatch)."""
 
 
+class UnavailableError(StorageError):
+    """A service that may come back (an S3 endpoint down, throttling, a 5xx): the work is retried
+    later rather than reported as failed at once."""
+
+
 class IntegrityError(StorageError):
     """Stored bytes do not match their recorded SHA-256."""
 

@@ -77,9 +77,15 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         opened = archive or Archive.open(settings)
         app.state.archive = opened
         app.state.index = dicomweb.InstanceIndex(opened)
+        from lamina.jobs.runtime import Jobs
+
+        jobs = Jobs(opened)
+        app.state.jobs = jobs if jobs.queued else None
+        jobs.start()
         try:
             yield
         finally:
+            jobs.close()
             if archive is None:
                 opened.close()
 

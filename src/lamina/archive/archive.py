@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +17,11 @@ from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore, open_blobstore
 from lamina.archive.blobstore.replicated import ReplicatedBlobStore
 from lamina.archive.catalog import Catalog, SlideRow
+from lamina.archive.delete import DeletedSlide, delete_slide
 from lamina.config import Settings
 from lamina.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
+
+log = logging.getLogger("lamina.archive")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,39 @@ class Archive:
         self.settings = settings
         self.catalog = catalog
         self.store = store
+        #: called with the digest of an object found damaged at read time, to queue its repair;
+        #: by default the repair runs in a thread of this process
+        self.on_damaged: Callable[[str], None] = self._repair_in_thread
+        self._damaged_seen: dict[str, float] = {}
+        self._damaged_lock = threading.Lock()
+
+    @functools.cached_property
+    def spool(self) -> BlobStore:
+        """Where uploads wait for their job (STOW-RS through the queue): ``<blob store>/spool``,
+        beside the objects but never listed, verified or swept with them."""
+        url = self.settings.blob_url.rstrip("/") + "/spool"
+        return open_blobstore(url, self.settings.verify_after_write, self.settings.s3)
+
+    def damaged(self, sha256: str, where: str, actor: str = "lamina") -> None:
+        """An object read back wrong (missing, short, or not its SHA-256): audit it and queue its
+        repair, once per object every ten minutes however many reads hit it."""
+        now = time.monotonic()
+        with self._damaged_lock:
+            last = self._damaged_seen.get(sha256)
+            if last is not None and now - last < 600:
+                return
+            self._damaged_seen[sha256] = now
+        with self.catalog.begin() as conn:
+            audit.append(conn, actor, "damaged", f"blob/{sha256}", {"found_by": where})
+        try:
+            self.on_damaged(sha256)
+        except Exception as exc:  # the audit entry stays; lamina verify finds it again
+            log.warning("repair of %s not queued: %s", sha256, exc)
+
+    def _repair_in_thread(self, sha256: str) -> None:
+        from lamina.jobs.tasks import repair_object
+
+        threading.Thread(target=repair_object, args=(self, sha256), daemon=True).start()
 
     @classmethod
     def open(cls, settings: Settings) -> Archive:
@@ -72,6 +113,11 @@ class Archive:
             exported.append(ExportedSlide(slide, folder, files))
         return exported
 
+    def delete_slide(self, slide_id: str, actor: str, reason: str) -> DeletedSlide:
+        """Delete a slide: one catalog transaction with its audit entry, then the objects nothing
+        references any more (see :mod:`lamina.archive.delete`). ``reason`` is kept in the audit log."""
+        return delete_slide(self.catalog, self.store, slide_id, actor, reason, where=str(self.settings.home))
+
     def _slide(self, slide_id: str) -> SlideRow:
         slide = self.catalog.slide(slide_id)
         if slide is None:
@@ -89,8 +135,10 @@ class Archive:
             os.fsync(out.fileno())
         if digest.hexdigest() != sha256:
             tmp.unlink()
+            self.damaged(sha256, "export")
             raise IntegrityError(
                 f"object {sha256} is damaged in the blob store (it reads as {digest.hexdigest()}); "
+                "its repair from the replica has been queued ('lamina verify --repair'), or "
                 "re-ingest the slide's source"
             )
         shutil.move(tmp, target)

@@ -414,3 +414,37 @@ def verify(
             },
         )
     return report
+
+
+def verify_one(catalog: Catalog, store: BlobStore, sha256: str) -> FixityReport:
+    """Re-hash one referenced object (a damage reported at read time, before its repair); an
+    object no instance references is reported checked and fine (nothing to repair)."""
+    started = time.perf_counter()
+    query = select(t.instances.c.slide_id, t.instances.c.sop_instance_uid, t.instances.c.bytes).where(
+        t.instances.c.blob_sha256 == sha256
+    )
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    if not rows:
+        return FixityReport(0, 0, [], [], [], time.perf_counter() - started)
+    refs = sorted(
+        (Reference(slide, str(uid)) for slide, uid, _ in rows),
+        key=lambda r: (r.slide_id or "", r.sop_instance_uid),
+    )
+    shared = _Shared(
+        work=iter([sha256]),
+        expected={sha256: int(rows[0][2])},
+        references={sha256: refs},
+        bucket=None,
+        progress=None,
+        total=int(rows[0][2]),
+    )
+    _check_one(store, sha256, shared)
+    return FixityReport(
+        checked=shared.checked,
+        bytes=shared.done,
+        missing=shared.missing,
+        corrupt=shared.corrupt,
+        orphaned=[],
+        seconds=time.perf_counter() - started,
+    )

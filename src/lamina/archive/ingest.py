@@ -20,7 +20,7 @@ from lamina.archive.catalog.catalog import NewSlide, PatientRecord
 from lamina.archive.discover import Candidate
 from lamina.archive.fingerprint import SourceFingerprint, full_digest, source_head
 from lamina.archive.manifest import Manifest
-from lamina.errors import LaminaError, SourceError, StorageError
+from lamina.errors import LaminaError, SourceError, StorageError, UnavailableError
 from lamina.formats.dicom_modules import SeriesContext
 from lamina.formats.dicomize import (
     PlannedInstance,
@@ -60,6 +60,8 @@ class IngestResult:
     identified: bool = False
     reason: str | None = None
     repairs: list[str] = field(default_factory=list)
+    #: the failure came from a service that may come back (S3, the database): retry later
+    retryable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -148,6 +150,7 @@ class Ingestor:
         except LaminaError as exc:
             result.status = "failed"
             result.reason = str(exc)
+            result.retryable = isinstance(exc, UnavailableError)
         except Exception as exc:  # a reader library's own error on a damaged file: the batch goes on
             result.status = "failed"
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""

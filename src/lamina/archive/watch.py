@@ -50,6 +50,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.discover import _IGNORED, _IGNORED_SUFFIXES, Candidate, discover
 from lamina.archive.ingest import IngestOptions, Ingestor, IngestResult
 from lamina.archive.manifest import Manifest
+from lamina.errors import UnavailableError
 
 DONE = "done"
 FAILED = "failed"
@@ -66,7 +67,7 @@ class _Seen:
 
 
 @dataclass(frozen=True)
-class _Claim:
+class Claim:
     path: Path
     token: str
 
@@ -85,6 +86,7 @@ class Watcher:
         options: IngestOptions | None = None,
         claim_timeout_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        submit: Callable[[Candidate, Signature, Claim], None] | None = None,
     ) -> None:
         self.archive = archive
         self.folder = Path(folder).absolute()
@@ -94,6 +96,8 @@ class Watcher:
         self.options = options or IngestOptions(actor="lamina-watch")
         self.claim_timeout_s = claim_timeout_s
         self.clock = clock
+        #: hands a claimed unit to the job queue instead of ingesting it here
+        self.submit = submit
         self.host = socket.gethostname()
         self.ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
         self._seen: dict[str, _Seen] = {}
@@ -190,12 +194,36 @@ class Watcher:
         claim = self._claim(candidate)
         if claim is None:
             return None  # another watcher has it
+        if self.submit is not None:
+            # queued: a worker ingests, moves and releases (Watcher.process); the claim held by
+            # this live process keeps the next scans from submitting the unit again
+            try:
+                self.submit(candidate, signature, claim)
+            except BaseException:
+                self._release(claim)
+                raise
+            return None
+        return self.process(candidate, signature, claim)
+
+    def process(
+        self, candidate: Candidate, signature: Signature, claim: Claim, *, final: bool = True
+    ) -> IngestResult | None:
+        """Ingest a claimed unit, move it to done/ or failed/, release the claim. With ``final``
+        off, a failure of a service that may come back raises UnavailableError (the job is
+        retried, the unit stays claimed where it is)."""
+        record = _read_claim(claim.path)
+        if record is None or record.get("token") != claim.token:
+            return None  # the claim was taken over: the new holder handles the unit
+        release = True
         try:
             # won the claim: the unit may have been handled (and moved) by the previous holder
             if _signature(candidate) != signature:
                 return None
             markers = self._markers(candidate)
             result = self.ingestor.ingest(candidate, self.manifest, self.options)
+            if result.retryable and not final:
+                release = False
+                raise UnavailableError(result.reason or "a storage service is unavailable")
             visible = result.ok and result.slide_id is not None
             if visible and self.archive.catalog.slide(result.slide_id or "") is None:
                 visible = False
@@ -203,7 +231,8 @@ class Watcher:
             self._move(candidate, markers, DONE if visible else FAILED, None if visible else result)
             return result
         finally:
-            self._release(claim)
+            if release:
+                self._release(claim)
 
     def _move(self, candidate: Candidate, markers: list[Path], to: str, failed: IngestResult | None) -> None:
         roots = _roots(candidate, self.folder)
@@ -234,7 +263,7 @@ class Watcher:
         relative = candidate.path.relative_to(self.folder)
         return self.folder / CLAIMS / relative.parent / (relative.name + ".claim")
 
-    def _claim(self, candidate: Candidate) -> _Claim | None:
+    def _claim(self, candidate: Candidate) -> Claim | None:
         path = self._claim_path(candidate)
         path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
@@ -255,7 +284,7 @@ class Watcher:
                 json.dump(record, out)
                 out.flush()
                 os.fsync(out.fileno())
-            return _Claim(path, token)
+            return Claim(path, token)
         return None
 
     def _is_stale(self, record: dict[str, object] | None, path: Path) -> bool:
@@ -291,7 +320,7 @@ class Watcher:
         private.unlink(missing_ok=True)
         return True
 
-    def _release(self, claim: _Claim) -> None:
+    def _release(self, claim: Claim) -> None:
         record = _read_claim(claim.path)
         if record is not None and record.get("token") == claim.token:
             claim.path.unlink(missing_ok=True)

@@ -9,10 +9,13 @@ from types import FrameType
 
 import click
 
+from lamina.archive.archive import Archive
+from lamina.archive.discover import Candidate
 from lamina.archive.ingest import IngestResult
 from lamina.archive.manifest import load_manifest
-from lamina.archive.watch import DONE, FAILED, Watcher
+from lamina.archive.watch import CLAIMS, DONE, FAILED, Claim, Signature, Watcher
 from lamina.cli.common import console, err_console, handle_errors, open_archive
+from lamina.jobs.queue import queued
 
 
 @click.command()
@@ -57,9 +60,12 @@ def watch(
     """
     loaded = load_manifest(manifest) if manifest else None
     archive = open_archive(ctx)
-    watcher = Watcher(archive, folder, stable_seconds, done_marker, loaded)
     stop = threading.Event()
     failures = 0
+    queue = _Queue(archive, folder, manifest) if queued(archive.settings) else None
+    watcher = Watcher(
+        archive, folder, stable_seconds, done_marker, loaded, submit=queue.submit if queue else None
+    )
 
     def report(result: IngestResult) -> None:
         nonlocal failures
@@ -91,9 +97,11 @@ def watch(
             while not stop.is_set():
                 for result in watcher.scan_once():
                     report(result)
-                if watcher.pending == 0:
+                if watcher.pending == 0 and (queue is None or not queue.in_flight(watcher.folder)):
                     break
                 stop.wait(min(interval, max(stable_seconds / 4, 0.05)))
+            if queue is not None:
+                failures += queue.failed(watcher.folder)
         else:
             err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
             watcher.run(stop, interval, report)
@@ -102,6 +110,8 @@ def watch(
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+        if queue is not None:
+            queue.close()
         archive.close()
     if once and failures:
         raise SystemExit(1)
@@ -112,3 +122,44 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path.absolute().relative_to(folder))
     except ValueError:
         return str(path)
+
+
+class _Queue:
+    """Watching with a PostgreSQL catalog: each complete unit becomes a queued job, run by this
+    process's own workers (``LAMINA_WORKERS``, default 1) or by ``lamina worker`` processes."""
+
+    def __init__(self, archive: Archive, folder: Path, manifest: Path | None) -> None:
+        from lamina.jobs import tasks
+        from lamina.jobs.queue import Worker, make_app
+
+        self.app = make_app(archive.settings)
+        self.app.open()
+        tasks.bind(archive)
+        self._defer = tasks.watched_submitter(self.app, folder.absolute(), manifest)
+        self._failed_before: set[Path] | None = None
+        self.worker = Worker(make_app(archive.settings), archive.settings.workers)
+        if archive.settings.workers > 0:
+            self.worker.start()
+
+    def submit(self, candidate: Candidate, signature: Signature, claim: Claim) -> None:
+        self._defer(candidate, signature, claim)
+        console.print(f"[cyan]queued[/] {candidate.name}", highlight=False, soft_wrap=True)
+
+    def in_flight(self, folder: Path) -> bool:
+        """Units claimed and not yet moved: their jobs are still to run."""
+        if self._failed_before is None:
+            self._failed_before = set(_reasons(folder))
+        claims = folder / CLAIMS
+        return claims.is_dir() and any(path.is_file() for path in claims.rglob("*.claim"))
+
+    def failed(self, folder: Path) -> int:
+        return len(set(_reasons(folder)) - (self._failed_before or set()))
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.app.close()
+
+
+def _reasons(folder: Path) -> list[Path]:
+    failed = folder / FAILED
+    return list(failed.rglob("*.reason.txt")) if failed.is_dir() else []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lamina.api.dicomweb.upload import Part, boundary_of, spool_parts
+
+__all__ = ["Outcome", "Part", "check_parts", "store", "store_parts"]
 from lamina.api.dicomweb.wado import DICOM_JSON, dicomweb_base
 from lamina.archive.archive import Archive
 from lamina.archive.discover import Candidate
 from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.archive.objects import STORABLE, store_object
-from lamina.errors import LaminaError, PayloadTooLargeError
+from lamina.errors import LaminaError, PayloadTooLargeError, UnavailableError
 from lamina.formats.dicom import VL_WSI
 
 #: PS3.18 Table 10.5.3-2 / PS3.4 failure reasons used here.
@@ -41,7 +43,7 @@ CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     sop_class: str
     sop_instance: str
     study: str
@@ -49,18 +51,21 @@ class _Outcome:
     failure: int | None = None
     reason: str = ""
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-def _read_part(part: Part, study: str | None) -> tuple[_Outcome, Path | None]:
+
+def _read_part(part: Part, study: str | None) -> tuple[Outcome, Path | None]:
     media = part.content_type.split(";", 1)[0].strip().lower()
     if media != "application/dicom":
-        return _Outcome(
+        return Outcome(
             "", "", "", "", CANNOT_UNDERSTAND, f"part of type {media} is not application/dicom"
         ), None
     try:
         ds = pydicom.dcmread(part.path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        return _Outcome("", "", "", "", CANNOT_UNDERSTAND, f"not a DICOM file ({exc})"), None
-    outcome = _Outcome(
+        return Outcome("", "", "", "", CANNOT_UNDERSTAND, f"not a DICOM file ({exc})"), None
+    outcome = Outcome(
         str(ds.get("SOPClassUID", "")),
         str(ds.get("SOPInstanceUID", "")),
         str(ds.get("StudyInstanceUID", "")),
@@ -79,11 +84,13 @@ def _read_part(part: Part, study: str | None) -> tuple[_Outcome, Path | None]:
 
 
 def store_parts(
-    archive: Archive, parts: list[Part], study: str | None, actor: str = "dicomweb"
-) -> list[_Outcome]:
-    """Read, group by series, ingest each series; one outcome per part."""
-    outcomes: list[_Outcome] = []
-    series: dict[str, list[tuple[_Outcome, Path]]] = defaultdict(list)
+    archive: Archive, parts: list[Part], study: str | None, actor: str = "dicomweb", *, final: bool = True
+) -> list[Outcome]:
+    """Read, group by series, ingest each series; one outcome per part. Unless ``final``, a
+    failure of a service that may come back raises UnavailableError (the job is retried; what
+    was stored is found again as duplicates)."""
+    outcomes: list[Outcome] = []
+    series: dict[str, list[tuple[Outcome, Path]]] = defaultdict(list)
     for part in parts:
         outcome, path = _read_part(part, study)
         outcomes.append(outcome)
@@ -96,11 +103,17 @@ def store_parts(
         for outcome, path in objects:
             try:
                 store_object(archive.catalog, archive.store, path, actor)
+            except UnavailableError:
+                if not final:
+                    raise
+                outcome.failure, outcome.reason = PROCESSING_FAILURE, "storage unavailable; send again"
             except LaminaError as exc:
                 outcome.failure, outcome.reason = PROCESSING_FAILURE, str(exc)
     for members in (members for members in series.values() if members):
         files = tuple(sorted(path for _, path in members))
         result = ingestor.ingest(Candidate(files[0], files), options=IngestOptions(actor=actor))
+        if result.retryable and not final:
+            raise UnavailableError(result.reason or "a storage service is unavailable")
         if not result.ok:
             for outcome, _ in members:
                 outcome.failure, outcome.reason = PROCESSING_FAILURE, result.reason or "not stored"
@@ -111,7 +124,7 @@ def _sequence(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"vr": "SQ", "Value": items}
 
 
-def _response(base: str, outcomes: list[_Outcome]) -> Response:
+def _response(base: str, outcomes: list[Outcome]) -> Response:
     stored, failed = [], []
     for item in outcomes:
         entry: dict[str, Any] = {
@@ -144,14 +157,38 @@ async def store(request: Request) -> Response:
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"the upload of {declared} bytes is over the {limit} byte limit")
     boundary = boundary_of(request.headers.get("content-type", ""))
+    study = request.path_params.get("study")
     folder = archive.settings.home / "incoming" / f"stow-{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
     try:
         parts = await spool_parts(request.stream(), boundary, folder, limit)
-        outcomes = await run_in_threadpool(store_parts, archive, parts, request.path_params.get("study"))
+        queue = getattr(request.app.state, "jobs", None)
+        if queue is None:  # embedded: the in-process runner
+            outcomes = await run_in_threadpool(store_parts, archive, parts, study)
+        else:
+            outcomes = await queue.store(parts, study)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if outcomes is None:  # still running after stow_wait_s
+        return Response(
+            orjson.dumps({}),
+            status_code=202,
+            media_type=DICOM_JSON,
+            headers={"Warning": '299 lamina "accepted; the instances are still being stored"'},
+        )
     for outcome in outcomes:
         if outcome.failure is None:
             request.app.state.index.forget(outcome.sop_instance)
     return _response(dicomweb_base(request), outcomes)
+
+
+def check_parts(parts: list[Part], study: str | None) -> tuple[list[Outcome], list[Part]]:
+    """The outcome of each part that fails before storing, and the parts to store."""
+    early, keep = [], []
+    for part in parts:
+        outcome, path = _read_part(part, study)
+        if path is None:
+            early.append(outcome)
+        else:
+            keep.append(part)
+    return early, keep

@@ -8,6 +8,7 @@ DICOM JSON stored at ingest, with its bulk data URIs made absolute.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +25,13 @@ from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
 from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
-from lamina.errors import NotAcceptableError, NotFoundError, PayloadTooLargeError, RequestError
+from lamina.errors import (
+    IntegrityError,
+    NotAcceptableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+)
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.mapping import dicom_json
@@ -158,10 +165,26 @@ def _transcode(found: IndexedInstance, data: bytes, target: str) -> bytes:
 
 
 def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) -> list[bytes]:
+    """The frames' stored bytes; an object that is gone or shorter than its frame index is
+    reported damaged (audited, repair queued) and the request fails."""
+    sha256 = found.row.blob_sha256
+    spans = [found.frame_span(number) for number in numbers]
     fd = found.fd()
-    if fd is not None:
-        return [os.pread(fd, length, offset) for offset, length in map(found.frame_span, numbers)]
-    return [archive.store.read_range(found.row.blob_sha256, *found.frame_span(number)) for number in numbers]
+    try:
+        if fd is not None:
+            data = [os.pread(fd, length, offset) for offset, length in spans]
+        else:
+            data = [archive.store.read_range(sha256, offset, length) for offset, length in spans]
+    except (NotFoundError, FileNotFoundError):
+        data = []
+    short = any(len(got) != length for got, (_, length) in zip(data, spans, strict=False))
+    if len(data) != len(spans) or short:
+        archive.damaged(sha256, f"frames of {found.row.sop_instance_uid}", "dicomweb")
+        raise IntegrityError(
+            f"the stored object of instance {found.row.sop_instance_uid} is damaged; "
+            "its repair has been queued"
+        )
+    return data
 
 
 @functools.lru_cache(maxsize=256)
@@ -188,7 +211,19 @@ async def frames(request: Request) -> Response:
 
 
 def _file_chunks(archive: Archive, row: InstanceRow) -> Iterator[bytes]:
-    yield from archive.store.open(row.blob_sha256)
+    """The object's bytes, hashed on the way: a mismatch at the end is reported damaged and
+    the response is cut short (the client sees a broken transfer, never a silent bad copy)."""
+    digest = hashlib.sha256()
+    try:
+        for chunk in archive.store.open(row.blob_sha256):
+            digest.update(chunk)
+            yield chunk
+    except (NotFoundError, FileNotFoundError):
+        archive.damaged(row.blob_sha256, f"retrieve of {row.sop_instance_uid}", "dicomweb")
+        raise IntegrityError(f"the stored object of instance {row.sop_instance_uid} is missing") from None
+    if digest.hexdigest() != row.blob_sha256:
+        archive.damaged(row.blob_sha256, f"retrieve of {row.sop_instance_uid}", "dicomweb")
+        raise IntegrityError(f"the stored object of instance {row.sop_instance_uid} is damaged")
 
 
 def _retrieve(request: Request, rows: list[InstanceRow]) -> Response:
@@ -204,6 +239,12 @@ def _retrieve(request: Request, rows: list[InstanceRow]) -> Response:
     else:
         raise NotAcceptableError('instances are sent as multipart/related; type="application/dicom"')
     archive: Archive = request.app.state.archive
+    for row in rows:  # a missing object fails the request before anything is sent
+        if not archive.store.exists(row.blob_sha256):
+            archive.damaged(row.blob_sha256, f"retrieve of {row.sop_instance_uid}", "dicomweb")
+            raise IntegrityError(
+                f"the stored object of instance {row.sop_instance_uid} is missing; its repair has been queued"
+            )
     boundary = multipart.boundary()
     parts = (
         (f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", _file_chunks(archive, row))

@@ -27,7 +27,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lamina.archive.blobstore.base import BlobRef, BlobStore, BlobWriter
-from lamina.errors import ConfigurationError, IntegrityError, LaminaError, NotFoundError, StorageError
+from lamina.errors import (
+    ConfigurationError,
+    IntegrityError,
+    LaminaError,
+    NotFoundError,
+    StorageError,
+    UnavailableError,
+)
 
 MIN_PART_SIZE = 8 << 20
 _READ_CHUNK = 8 << 20
@@ -45,6 +52,9 @@ _AUTH_CODES = frozenset(
         "AuthorizationHeaderMalformed",
         "InvalidSecurity",
     }
+)
+_TRANSIENT_CODES = frozenset(
+    {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -196,12 +206,14 @@ class S3BlobStore(BlobStore):
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
         if isinstance(exc, bce.EndpointConnectionError | bce.ConnectTimeoutError | bce.ConnectionClosedError):
-            return StorageError(
+            return UnavailableError(
                 f"{what} failed: the S3 endpoint {self.endpoint} is unreachable ({type(exc).__name__}) "
                 f"for bucket {self.bucket!r}; check AWS_ENDPOINT_URL and that the server is running"
             )
         if isinstance(exc, bce.ReadTimeoutError | bce.HTTPClientError):
-            return StorageError(f"{what} failed: {where}: {type(exc).__name__}")
+            return UnavailableError(f"{what} failed: {where}: {type(exc).__name__}")
+        if code in _TRANSIENT_CODES:
+            return UnavailableError(f"{what} failed: {where}: {code} (the server may recover; retried)")
         if code in _AUTH_CODES or code == "403":
             return ConfigurationError(
                 f"{what} failed: {where} rejected the credentials ({code}); "
@@ -316,8 +328,15 @@ class S3BlobStore(BlobStore):
                     if older_than_s <= 0 or item["LastModified"] < cutoff:
                         self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
                         removed += 1
-            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=start)
-            for upload in uploads.get("Uploads", []):
+            # listed in full before any is aborted: aborting while paging could skip some
+            uploads = [
+                upload
+                for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.bucket, Prefix=start
+                )
+                for upload in page.get("Uploads", [])
+            ]
+            for upload in uploads:
                 if older_than_s <= 0 or upload["Initiated"] < cutoff:
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]

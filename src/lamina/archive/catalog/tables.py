@@ -147,3 +147,13 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+job_reports = Table(
+    "job_reports",
+    metadata,
+    # what a queued job tells the request that is waiting for it (a STOW-RS outcome per instance)
+    Column("job_key", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("report", Text, nullable=False),
+)

@@ -1,0 +1,123 @@
+"""The queue: a Procrastinate app on the catalog's PostgreSQL, or the embedded in-process runner.
+
+Every task is retried with exponential backoff (2, 4, 8, 16, 32 s) when it fails because a
+service may come back (:class:`~lamina.errors.UnavailableError`: an S3 endpoint down, throttled,
+a 5xx); any other failure is final and reported. A worker that dies mid-job (SIGKILL, a lost
+host) leaves its job "doing" with a heartbeat that stops; a periodic task hands such jobs back to
+the queue, so a job is never lost, and each task is written to be run again safely (the ingest
+is idempotent by source content, moves and deletions check before they act).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import procrastinate
+from procrastinate import PsycopgConnector, RetryStrategy
+from sqlalchemy.engine import make_url
+
+from lamina.config import Settings
+from lamina.errors import ConfigurationError, UnavailableError
+
+QUEUE = "lamina"
+MAX_ATTEMPTS = 6
+RETRY = RetryStrategy(max_attempts=MAX_ATTEMPTS, exponential_wait=2, retry_exceptions=[UnavailableError])
+#: a worker whose heartbeat stopped this long ago is dead: its jobs go back to the queue
+STALLED_AFTER_S = 60.0
+
+log = logging.getLogger("lamina.jobs")
+
+
+def queued(settings: Settings) -> bool:
+    """True when jobs go through Procrastinate (a PostgreSQL catalog), False when in-process."""
+    return make_url(settings.database_url).get_backend_name() == "postgresql"
+
+
+def conninfo(database_url: str) -> str:
+    """The libpq address of the catalog (SQLAlchemy's URL without its driver name)."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def make_app(settings: Settings) -> procrastinate.App:
+    """A Procrastinate app on the catalog's database with lamina's tasks and periodic jobs."""
+    if not queued(settings):
+        raise ConfigurationError(
+            "separate workers need a PostgreSQL catalog (LAMINA_DATABASE_URL=postgresql+psycopg://...); "
+            "the embedded SQLite catalog runs its jobs inside 'lamina serve' and 'lamina watch'"
+        )
+    from lamina.jobs import tasks
+
+    app = procrastinate.App(
+        connector=PsycopgConnector(conninfo=conninfo(settings.database_url)),
+        import_paths=["lamina.jobs.tasks"],
+    )
+    app.add_tasks_from(tasks.blueprint, namespace="lamina")
+    tasks.add_periodic(app, settings)
+    return app
+
+
+class Worker:
+    """Procrastinate workers in a thread of this process (``lamina serve``), stopped on close."""
+
+    def __init__(self, app: procrastinate.App, concurrency: int = 1, name: str = "lamina") -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _main(self) -> None:
+        self._task = asyncio.current_task()
+        async with self.app.open_async():
+            await self.app.run_worker_async(
+                queues=[QUEUE],
+                concurrency=self.concurrency,
+                name=self.name,
+                install_signal_handlers=False,
+                stalled_worker_timeout=STALLED_AFTER_S,
+                delete_jobs="successful",
+            )
+
+    def start(self) -> None:
+        def run() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self._main())
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a worker that stops must say so; the server goes on serving
+                log.exception("the job worker stopped")
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="lamina-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+def run_inline(task: Callable[..., Any], **kwargs: Any) -> Any:
+    """The embedded runner: the task body now, in this thread, with the same retry policy."""
+    import time
+
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            return task(attempt=attempt, **kwargs)
+        except UnavailableError as exc:
+            if attempt + 1 >= MAX_ATTEMPTS:
+                raise
+            wait = 2 ** (attempt + 1)
+            log.warning("%s; retrying in %d s", exc, wait)
+            time.sleep(wait)
+    return None

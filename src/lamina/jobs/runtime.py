@@ -1,0 +1,161 @@
+"""What a server process runs beside its requests: job workers, watched folders, the periodic
+fixity check; and the STOW-RS hand-over to the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, select
+from starlette.concurrency import run_in_threadpool
+
+from lamina.api.dicomweb.stow import Outcome, Part, check_parts
+from lamina.archive.archive import Archive
+from lamina.archive.catalog import tables as t
+from lamina.archive.watch import Watcher
+from lamina.errors import StorageError
+from lamina.jobs import tasks
+from lamina.jobs.queue import Worker, make_app, queued
+
+log = logging.getLogger("lamina.jobs")
+_ENDED = {"failed", "cancelled", "aborted"}
+
+
+class Jobs:
+    """The jobs of one server process on ``archive``: queued (PostgreSQL) or in-process."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.settings = archive.settings
+        self.queued = queued(self.settings)
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.worker: Worker | None = None
+        tasks.bind(archive)
+        if self.queued:
+            self.app = make_app(self.settings)
+            self.app.open()
+            archive.on_damaged = self.queue_repair
+
+    # -- background work ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.queued and self.settings.workers > 0:
+            self.worker = Worker(make_app(self.settings), self.settings.workers)
+            self.worker.start()
+        if not self.queued and self.settings.verify_cron:
+            self._thread(self._periodic_verify, "lamina-verify")
+        for folder in self.settings.watch:
+            self._thread(lambda folder=folder: self._watch(folder), f"lamina-watch-{folder.name}")
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.queued:
+            self.app.close()
+
+    def _thread(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self.threads.append(thread)
+
+    def watcher(self, folder: Path, manifest: Path | None = None) -> Watcher:
+        from lamina.archive.manifest import load_manifest
+
+        submit = tasks.watched_submitter(self.app, folder, manifest) if self.queued else None
+        loaded = load_manifest(manifest) if manifest else None
+        return Watcher(self.archive, folder, self.settings.watch_stable_s, manifest=loaded, submit=submit)
+
+    def _watch(self, folder: Path) -> None:
+        watcher = self.watcher(folder)
+        log.info("watching %s", folder)
+        while not self.stop.is_set():
+            try:
+                watcher.run(self.stop, 1.0)
+            except Exception:
+                log.exception("watching %s failed; again in 10 s", folder)
+                self.stop.wait(10)
+
+    def _periodic_verify(self) -> None:
+        from croniter import croniter
+
+        cron = croniter(self.settings.verify_cron, time.time())
+        while not self.stop.wait(max(0.0, cron.get_next(float) - time.time())):
+            try:
+                counts = tasks.verify_and_queue_repairs(
+                    self.archive, self.settings.verify_limit_mb_s, self.archive.on_damaged
+                )
+                log.info("periodic fixity: %s", counts)
+            except Exception:
+                log.exception("periodic fixity failed")
+
+    def queue_repair(self, sha256: str) -> None:
+        self.app.configure_task("lamina:repair_object", queueing_lock=f"repair:{sha256}").defer(sha256=sha256)
+
+    # -- STOW-RS through the queue --------------------------------------------------------------
+
+    async def store(self, parts: list[Part], study: str | None) -> list[Outcome] | None:
+        """Spool the parts to the blob store, queue their job, wait for its report (None after
+        ``stow_wait_s``: the job goes on, the client gets 202)."""
+        early, keep = check_parts(parts, study)
+        if not keep:
+            return early
+        digests = await run_in_threadpool(self._spool, keep)
+        job_key = uuid.uuid4().hex
+        arguments: dict[str, Any] = {
+            "job_key": job_key,
+            "digests": digests,
+            "study": study,
+            "actor": "dicomweb",
+        }
+        job_id = await run_in_threadpool(self.app.configure_task("lamina:store_instances").defer, **arguments)
+        deadline = time.monotonic() + self.settings.stow_wait_s
+        checked = time.monotonic()
+        while True:
+            report = await run_in_threadpool(self._take_report, job_key)
+            if report is not None:
+                return early + [Outcome(**item) for item in report]  # type: ignore[arg-type]
+            if time.monotonic() - checked > 2:
+                checked = time.monotonic()
+                found = await run_in_threadpool(self.app.job_manager.list_jobs, id=job_id)
+                status = found[0].status if found else None
+                if status in _ENDED or (status is None and await run_in_threadpool(self._gone, job_key)):
+                    raise StorageError(
+                        f"the storing job {job_id} ended without storing the instances ({status or 'gone'}); "
+                        "see the worker's log and send them again"
+                    )
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.1)
+
+    def _spool(self, parts: list[Part]) -> list[str]:
+        digests = []
+        for part in parts:
+            with self.archive.spool.writer() as writer, part.path.open("rb") as source:
+                while chunk := source.read(8 << 20):
+                    writer.write(chunk)
+                digests.append(writer.commit().sha256)
+        return digests
+
+    def _take_report(self, job_key: str) -> list[dict[str, object]] | None:
+        with self.archive.catalog.begin() as conn:
+            query = select(t.job_reports.c.report).where(t.job_reports.c.job_key == job_key)
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == job_key))
+        loaded = orjson.loads(row[0])
+        return loaded if isinstance(loaded, list) else []
+
+    def _gone(self, job_key: str) -> bool:
+        """The job is no longer in the queue (finished and removed) and left no report."""
+        query = select(t.job_reports.c.job_key).where(t.job_reports.c.job_key == job_key)
+        with self.archive.catalog.engine.connect() as conn:
+            return conn.execute(query).first() is None

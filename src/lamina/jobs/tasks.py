@@ -1,0 +1,213 @@
+"""The task bodies, the same in a ``lamina worker`` process and in the embedded runner.
+
+Each takes plain JSON arguments (paths, digests, keys) and an ``attempt`` number; on its last
+attempt a task reports a failure instead of raising it for a retry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import procrastinate
+from sqlalchemy import delete, insert
+
+from lamina.archive import audit
+from lamina.archive.archive import Archive
+from lamina.archive.catalog import tables as t
+from lamina.archive.discover import Candidate
+from lamina.archive.manifest import load_manifest
+from lamina.archive.watch import Claim, Watcher
+from lamina.config import Settings
+from lamina.errors import LaminaError
+from lamina.jobs.queue import MAX_ATTEMPTS, QUEUE, RETRY, STALLED_AFTER_S
+
+log = logging.getLogger("lamina.jobs")
+blueprint = procrastinate.Blueprint()
+
+_archive: Archive | None = None
+_lock = threading.Lock()
+
+
+def bind(archive: Archive) -> None:
+    """Run this process's jobs on ``archive`` (the server's own, or the worker's)."""
+    global _archive
+    _archive = archive
+
+
+def _current() -> Archive:
+    global _archive
+    with _lock:
+        if _archive is None:
+            _archive = Archive.open(Settings.load())
+        return _archive
+
+
+def _final(context: procrastinate.JobContext) -> bool:
+    job = context.job
+    return job is None or job.attempts + 1 >= MAX_ATTEMPTS
+
+
+# -- STOW-RS ------------------------------------------------------------------------------------
+
+
+def store_instances(
+    archive: Archive, *, job_key: str, digests: list[str], study: str | None, actor: str, final: bool
+) -> list[dict[str, Any]]:
+    """Store the spooled parts of one STOW-RS request (their SHA-256 in the spool store), record
+    the outcome per part under ``job_key`` and drop the spooled copies."""
+    from lamina.api.dicomweb.stow import Part, store_parts
+
+    spool = archive.spool
+    with tempfile.TemporaryDirectory(prefix="lamina-stow-") as folder:
+        parts = []
+        for index, digest in enumerate(digests):
+            path = Path(folder) / f"{index:06d}.dcm"
+            with path.open("wb") as out:
+                for chunk in spool.open(digest):
+                    out.write(chunk)
+            parts.append(Part({"content-type": "application/dicom"}, path, path.stat().st_size))
+        outcomes = store_parts(archive, parts, study, actor, final=final)
+    report = [outcome.as_dict() for outcome in outcomes]
+    with archive.catalog.begin() as conn:
+        conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == job_key))
+        conn.execute(
+            insert(t.job_reports).values(
+                job_key=job_key,
+                kind="stow",
+                created_at=dt.datetime.now(dt.UTC),
+                report=orjson.dumps(report).decode(),
+            )
+        )
+    for digest in set(digests):
+        try:
+            spool.delete(digest)
+        except LaminaError as exc:  # left for the spool sweep
+            log.warning("spooled part %s not removed: %s", digest, exc)
+    return report
+
+
+@blueprint.task(name="store_instances", queue=QUEUE, retry=RETRY, pass_context=True)
+def store_instances_job(
+    context: procrastinate.JobContext, job_key: str, digests: list[str], study: str | None, actor: str
+) -> None:
+    store_instances(
+        _current(), job_key=job_key, digests=digests, study=study, actor=actor, final=_final(context)
+    )
+
+
+# -- watched folders ----------------------------------------------------------------------------
+
+
+def ingest_watched(
+    archive: Archive,
+    *,
+    folder: str,
+    path: str,
+    members: list[str],
+    signature: list[list[Any]],
+    claim: list[str],
+    manifest: str | None,
+    final: bool,
+) -> str:
+    """Ingest one claimed unit of a watched folder and move it to done/ or failed/."""
+    watcher = Watcher(archive, Path(folder), manifest=load_manifest(Path(manifest)) if manifest else None)
+    candidate = Candidate(Path(path), tuple(Path(member) for member in members))
+    sig = tuple((str(name), int(size), int(mtime)) for name, size, mtime in signature)
+    result = watcher.process(candidate, sig, Claim(Path(claim[0]), claim[1]), final=final)
+    if result is None:
+        return "skipped (handled elsewhere)"
+    log.info("%s %s: %s", result.status, path, result.slide_id or result.reason)
+    return result.status
+
+
+@blueprint.task(name="ingest_watched", queue=QUEUE, retry=RETRY, pass_context=True)
+def ingest_watched_job(context: procrastinate.JobContext, /, **kwargs: Any) -> None:
+    ingest_watched(_current(), final=_final(context), **kwargs)
+
+
+def watched_submitter(app: procrastinate.App, folder: Path, manifest: Path | None) -> Any:
+    """The Watcher's ``submit``: defer the ingest of a claimed unit."""
+
+    def submit(candidate: Candidate, signature: Any, claim: Claim) -> None:
+        app.configure_task("lamina:ingest_watched", queueing_lock=str(candidate.path)).defer(
+            folder=str(folder),
+            path=str(candidate.path),
+            members=[str(member) for member in candidate.members],
+            signature=[list(item) for item in signature],
+            claim=[str(claim.path), claim.token],
+            manifest=str(manifest) if manifest else None,
+        )
+
+    return submit
+
+
+# -- fixity and repair --------------------------------------------------------------------------
+
+
+def verify_and_queue_repairs(archive: Archive, limit_mb_s: float, on_damaged: Any) -> dict[str, int]:
+    """A fixity run at ``limit_mb_s``; every missing or corrupt object is handed to ``on_damaged``."""
+    from lamina.archive.fixity import verify
+
+    limit = max(1, int(limit_mb_s * 1_000_000)) if limit_mb_s > 0 else None
+    report = verify(archive.catalog, archive.store, max_bytes_per_s=limit, actor="lamina-periodic")
+    for digest in [*(m.sha256 for m in report.missing), *(c.sha256 for c in report.corrupt)]:
+        on_damaged(digest)
+    return {"checked": report.checked, "missing": len(report.missing), "corrupt": len(report.corrupt)}
+
+
+def repair_object(archive: Archive, sha256: str, actor: str = "lamina-repair") -> bool:
+    """Restore one object from the replica (when there is one); audited either way."""
+    from lamina.archive.blobstore.replicated import ReplicatedBlobStore
+    from lamina.archive.fixity import verify_one
+    from lamina.archive.repair import repair
+
+    report = verify_one(archive.catalog, archive.store, sha256)
+    if report.ok:
+        return True
+    if not isinstance(archive.store, ReplicatedBlobStore):
+        with archive.catalog.begin() as conn:
+            audit.append(
+                conn, actor, "repair", f"blob/{sha256}", {"outcome": "unrepairable", "reason": "no replica"}
+            )
+        return False
+    return repair(report, archive.store, archive.catalog, actor=actor).ok
+
+
+@blueprint.task(name="repair_object", queue=QUEUE, retry=RETRY, queueing_lock=None)
+def repair_object_job(sha256: str) -> None:
+    repair_object(_current(), sha256)
+
+
+def add_periodic(app: procrastinate.App, settings: Settings) -> None:
+    """The periodic jobs: fixity at ``settings.verify_cron``; stalled jobs back to the queue."""
+
+    async def requeue_stalled(timestamp: int) -> None:
+        stalled = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_S)
+        for job in stalled:
+            log.warning("job %s (%s) lost its worker; queued again", job.id, job.task_name)
+            await app.job_manager.retry_job(job)
+
+    app.periodic(cron="* * * * *", periodic_id="requeue_stalled")(
+        app.task(name="lamina:requeue_stalled", queue=QUEUE, pass_context=False)(requeue_stalled)
+    )
+    if settings.verify_cron:
+        limit = settings.verify_limit_mb_s
+
+        def periodic_verify(timestamp: int) -> None:
+            def queue_repair(digest: str) -> None:
+                app.configure_task("lamina:repair_object", queueing_lock=f"repair:{digest}").defer(
+                    sha256=digest
+                )
+
+            counts = verify_and_queue_repairs(_current(), limit, queue_repair)
+            log.info("periodic fixity: %s", counts)
+
+        app.periodic(cron=settings.verify_cron, periodic_id="verify")(
+            app.task(name="lamina:verify", queue=QUEUE)(periodic_verify)
+        )
