@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -42,11 +41,13 @@ class Archive:
         self._damaged_seen: dict[str, float] = {}
         self._damaged_lock = threading.Lock()
 
-    @functools.cached_property
-    def spool(self) -> BlobStore:
-        """Where uploads wait for their job (STOW-RS through the queue): ``<blob store>/spool``,
-        beside the objects but never listed, verified or swept with them."""
-        url = self.settings.blob_url.rstrip("/") + "/spool"
+    def spool(self, key: str) -> BlobStore:
+        """Where the uploads of one request wait for their job (STOW-RS through the queue):
+        ``<blob store>/spool/<key>``, beside the objects but never listed, verified or swept with
+        them, and one per request, so that two requests with the same content do not share it."""
+        if not key.isalnum():
+            raise ValueError(f"spool key {key!r}: letters and digits only")
+        url = f"{self.settings.blob_url.rstrip('/')}/spool/{key}"
         return open_blobstore(url, self.settings.verify_after_write, self.settings.s3)
 
     def damaged(self, sha256: str, where: str, actor: str = "lamina") -> None:

@@ -261,11 +261,21 @@ class Ingestor:
             if found is not None:  # ingested meanwhile by another process
                 raise _DuplicateError(found)
             record = _record(candidate, source, ctx, sid, refs, replace(key, digest=digest), created)
-            self.catalog.add_slide(record, options.actor)
+            try:
+                self.catalog.add_slide(record, options.actor)
+            except StorageError:
+                found = self.catalog.slide_by_source(digest)
+                if found is not None:  # the same source committed by another process just now
+                    raise _DuplicateError(found) from None
+                raise
         except BaseException:
-            for _, ref in refs:
-                if ref.created:
-                    self.store.delete(ref.sha256)
+            # objects this ingest created, unless a slide committed meanwhile uses them (the same
+            # content written by a concurrent ingest of the same source)
+            created_here = [ref.sha256 for _, ref in refs if ref.created]
+            in_use = self.catalog.blobs_in_use(created_here) if created_here else set()
+            for digest_ in created_here:
+                if digest_ not in in_use:
+                    self.store.delete(digest_)
             raise
         result.status, result.slide_id = "ingested", sid
         result.levels = sum(1 for plan in plans if plan.level is not None)

@@ -107,8 +107,8 @@ class Jobs:
         early, keep = check_parts(parts, study)
         if not keep:
             return early
-        digests = await run_in_threadpool(self._spool, keep)
         job_key = uuid.uuid4().hex
+        digests = await run_in_threadpool(self._spool, job_key, keep)
         arguments: dict[str, Any] = {
             "job_key": job_key,
             "digests": digests,
@@ -135,10 +135,11 @@ class Jobs:
                 return None
             await asyncio.sleep(0.1)
 
-    def _spool(self, parts: list[Part]) -> list[str]:
+    def _spool(self, job_key: str, parts: list[Part]) -> list[str]:
         digests = []
+        spool = self.archive.spool(job_key)
         for part in parts:
-            with self.archive.spool.writer() as writer, part.path.open("rb") as source:
+            with spool.writer() as writer, part.path.open("rb") as source:
                 while chunk := source.read(8 << 20):
                     writer.write(chunk)
                 digests.append(writer.commit().sha256)

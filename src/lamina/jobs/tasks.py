@@ -63,7 +63,7 @@ def store_instances(
     the outcome per part under ``job_key`` and drop the spooled copies."""
     from lamina.api.dicomweb.stow import Part, store_parts
 
-    spool = archive.spool
+    spool = archive.spool(job_key)
     with tempfile.TemporaryDirectory(prefix="lamina-stow-") as folder:
         parts = []
         for index, digest in enumerate(digests):
@@ -96,9 +96,11 @@ def store_instances(
 def store_instances_job(
     context: procrastinate.JobContext, job_key: str, digests: list[str], study: str | None, actor: str
 ) -> None:
-    store_instances(
+    report = store_instances(
         _current(), job_key=job_key, digests=digests, study=study, actor=actor, final=_final(context)
     )
+    failed = sum(1 for item in report if item.get("failure") is not None)
+    log.info("stored job %s: %d instances, %d failed", job_key, len(report) - failed, failed)
 
 
 # -- watched folders ----------------------------------------------------------------------------

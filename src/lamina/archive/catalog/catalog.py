@@ -250,6 +250,12 @@ class Catalog:
         with self.engine.connect() as conn:
             return {row[0] for row in conn.execute(select(t.instances.c.blob_sha256))}
 
+    def blobs_in_use(self, digests: Sequence[str]) -> set[str]:
+        """Those of ``digests`` that an instance references."""
+        query = select(t.instances.c.blob_sha256).where(t.instances.c.blob_sha256.in_(list(digests)))
+        with self.engine.connect() as conn:
+            return {row[0] for row in conn.execute(query)}
+
     def sop_instance_exists(self, uids: Sequence[str]) -> list[str]:
         with self.engine.connect() as conn:
             query = select(t.instances.c.sop_instance_uid).where(
