@@ -52,12 +52,8 @@ def make_app(settings: Settings) -> procrastinate.App:
         )
     from lamina.jobs import tasks
 
-    app = procrastinate.App(
-        connector=PsycopgConnector(conninfo=conninfo(settings.database_url)),
-        import_paths=["lamina.jobs.tasks"],
-    )
-    app.add_tasks_from(tasks.blueprint, namespace="lamina")
-    tasks.add_periodic(app, settings)
+    app = procrastinate.App(connector=PsycopgConnector(conninfo=conninfo(settings.database_url)))
+    tasks.register(app, settings)
     return app
 
 

@@ -24,11 +24,10 @@ from lamina.archive.discover import Candidate
 from lamina.archive.manifest import load_manifest
 from lamina.archive.watch import Claim, Watcher
 from lamina.config import Settings
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, UnavailableError
 from lamina.jobs.queue import MAX_ATTEMPTS, QUEUE, RETRY, STALLED_AFTER_S
 
 log = logging.getLogger("lamina.jobs")
-blueprint = procrastinate.Blueprint()
 
 _archive: Archive | None = None
 _lock = threading.Lock()
@@ -92,7 +91,6 @@ def store_instances(
     return report
 
 
-@blueprint.task(name="store_instances", queue=QUEUE, retry=RETRY, pass_context=True)
 def store_instances_job(
     context: procrastinate.JobContext, job_key: str, digests: list[str], study: str | None, actor: str
 ) -> None:
@@ -128,9 +126,19 @@ def ingest_watched(
     return result.status
 
 
-@blueprint.task(name="ingest_watched", queue=QUEUE, retry=RETRY, pass_context=True)
 def ingest_watched_job(context: procrastinate.JobContext, /, **kwargs: Any) -> None:
-    ingest_watched(_current(), final=_final(context), **kwargs)
+    try:
+        ingest_watched(_current(), final=_final(context), **kwargs)
+    except UnavailableError as exc:
+        attempt = (context.job.attempts if context.job else 0) + 1
+        log.warning(
+            "%s not ingested yet (attempt %d of %d): %s; retried with backoff",
+            kwargs.get("path"),
+            attempt,
+            MAX_ATTEMPTS,
+            exc,
+        )
+        raise
 
 
 def watched_submitter(app: procrastinate.App, folder: Path, manifest: Path | None) -> Any:
@@ -181,13 +189,16 @@ def repair_object(archive: Archive, sha256: str, actor: str = "lamina-repair") -
     return repair(report, archive.store, archive.catalog, actor=actor).ok
 
 
-@blueprint.task(name="repair_object", queue=QUEUE, retry=RETRY, queueing_lock=None)
 def repair_object_job(sha256: str) -> None:
     repair_object(_current(), sha256)
 
 
-def add_periodic(app: procrastinate.App, settings: Settings) -> None:
-    """The periodic jobs: fixity at ``settings.verify_cron``; stalled jobs back to the queue."""
+def register(app: procrastinate.App, settings: Settings) -> None:
+    """lamina's tasks on ``app`` (each app its own: a task is bound to the app it is registered
+    on), and the periodic jobs: fixity at ``settings.verify_cron``, stalled jobs back to the queue."""
+    app.task(name="lamina:store_instances", queue=QUEUE, retry=RETRY, pass_context=True)(store_instances_job)
+    app.task(name="lamina:ingest_watched", queue=QUEUE, retry=RETRY, pass_context=True)(ingest_watched_job)
+    app.task(name="lamina:repair_object", queue=QUEUE, retry=RETRY)(repair_object_job)
 
     async def requeue_stalled(timestamp: int) -> None:
         stalled = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_S)

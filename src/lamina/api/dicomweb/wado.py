@@ -199,7 +199,11 @@ async def frames(request: Request) -> Response:
     found = index.get(params["study"], params["series"], params["instance"])
     numbers = parse_frame_numbers(params["frames"], found.row.number_of_frames)
     part_type, target = negotiated_frames(request.headers.get("accept"), found.transfer_syntax_uid)
-    data = read_frames(found, numbers, request.app.state.archive)
+    try:
+        data = read_frames(found, numbers, request.app.state.archive)
+    except IntegrityError:
+        index.forget(found.row.sop_instance_uid)  # reopen the object once it is repaired
+        raise
     if target is not None:
         data = [_transcode(found, frame, target) for frame in data]
     boundary = multipart.boundary()
