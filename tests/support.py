@@ -1,9 +1,12 @@
-"""Test helpers: the real test slides in ../shared/testdata, tools used as oracles, ingest."""
+"""Test helpers: the real test slides in ../shared/testdata, tools used as oracles, ingest, and
+stored objects read or damaged the same way on either blob store (a folder or S3)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -11,13 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 
+from lamina.archive.blobstore import BlobStore, FileBlobStore
+from lamina.archive.blobstore.replicated import ReplicatedBlobStore
+from lamina.archive.blobstore.s3 import S3BlobStore
 from lamina.archive.discover import Candidate, discover
 from lamina.archive.ingest import IngestOptions, Ingestor, IngestResult
+from lamina.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO.parent / "shared" / "testdata"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+POSTGRES_URL = os.environ.get(
+    "LAMINA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def need(condition: bool, what: str) -> None:
@@ -27,6 +38,18 @@ def need(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is missing, and CI=true requires it")
     pytest.skip(f"{what} is missing (run scripts/install, or clone shared/testdata beside the repo)")
+
+
+def postgres_reachable() -> bool:
+    """Whether the PostgreSQL server of POSTGRES_URL answers."""
+    try:
+        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
 
 
 def shared_file(relative: str) -> Path:
@@ -128,3 +151,99 @@ def serving(app: Any) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def lamina_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a ``lamina`` process on the archive of ``settings``: its home, catalog,
+    blob store, replica and S3 connection (the ``LAMINA_*`` and ``AWS_*`` variables of this
+    process are left out), and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "AWS_"))}
+    env |= {
+        "LAMINA_HOME": str(settings.home),
+        "LAMINA_DATABASE_URL": settings.database_url,
+        "LAMINA_BLOB_URL": settings.blob_url,
+        "COLUMNS": "200",
+        **settings.s3,
+    }
+    if settings.replica_url:
+        env["LAMINA_REPLICA_URL"] = settings.replica_url
+    return env | extra
+
+
+# -- stored objects, on a folder or on S3 ---------------------------------------------------------
+
+
+def _concrete(store: BlobStore) -> BlobStore:
+    """The store that holds the bytes: a replicated store's primary."""
+    return store.primary if isinstance(store, ReplicatedBlobStore) else store
+
+
+def read_object(store: BlobStore, sha256: str) -> bytes:
+    """The whole object, as the store serves it."""
+    return b"".join(store.open(sha256))
+
+
+def stored_file(store: BlobStore, sha256: str, folder: Path) -> Path:
+    """A file holding the object: the store's own file on a folder, else a copy downloaded into
+    ``folder`` (as ``<sha256>.dcm``, checked against its digest)."""
+    local = store.local_path(sha256)
+    if local is not None:
+        return Path(local)
+    path = folder / f"{sha256}.dcm"
+    if not path.exists():
+        data = read_object(store, sha256)
+        assert hashlib.sha256(data).hexdigest() == sha256, f"object {sha256} is damaged"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return path
+
+
+def overwrite_object(store: BlobStore, sha256: str, data: bytes) -> None:
+    """Replace the object's bytes behind the store's back, as a failing disk or a careless
+    administrator would (the store then holds ``data`` under the old digest)."""
+    store = _concrete(store)
+    if isinstance(store, FileBlobStore):
+        path = store.path_for(sha256)
+        assert path.exists(), f"object {sha256} is not in {store.root}"
+        path.write_bytes(data)
+    elif isinstance(store, S3BlobStore):
+        assert store.exists(sha256), f"object {sha256} is not in {store.where()}"
+        store.client.put_object(Bucket=store.bucket, Key=store.key_for(sha256), Body=data)
+    else:
+        raise TypeError(f"cannot overwrite objects of a {type(store).__name__}")
+
+
+def flip_one_byte(store: BlobStore, sha256: str, rng: random.Random) -> None:
+    """Flip one random byte of the object (a different value, at a random offset)."""
+    data = bytearray(read_object(_concrete(store), sha256))
+    offset = rng.randrange(len(data))
+    data[offset] ^= rng.randrange(1, 256)
+    overwrite_object(store, sha256, bytes(data))
+
+
+def lose_object(store: BlobStore, sha256: str) -> None:
+    """Remove the object behind the store's back (its file, or its key)."""
+    store = _concrete(store)
+    if isinstance(store, FileBlobStore):
+        store.path_for(sha256).unlink()
+    elif isinstance(store, S3BlobStore):
+        assert store.exists(sha256), f"object {sha256} is not in {store.where()}"
+        store.client.delete_object(Bucket=store.bucket, Key=store.key_for(sha256))
+    else:
+        raise TypeError(f"cannot remove objects of a {type(store).__name__}")
+
+
+def partial_writes(store: BlobStore) -> list[str]:
+    """What unfinished writes left in the store: files in ``tmp/``, or temporary keys and open
+    multipart uploads under ``<prefix>tmp/``."""
+    if isinstance(store, ReplicatedBlobStore):
+        return partial_writes(store.primary) + partial_writes(store.replica)
+    if isinstance(store, FileBlobStore):
+        return sorted(str(path) for path in store.tmp.iterdir())
+    if isinstance(store, S3BlobStore):
+        start = f"{store.prefix}tmp/"
+        pages = store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=start)
+        keys = [str(item["Key"]) for page in pages for item in page.get("Contents", [])]
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=start)
+        return sorted(keys + [f"upload {u['Key']}" for u in uploads.get("Uploads", [])])
+    raise TypeError(f"cannot list the partial writes of a {type(store).__name__}")

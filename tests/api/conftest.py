@@ -1,7 +1,7 @@
 """Fixtures for the HTTP API: a real uvicorn server on loopback over an archive of sample slides.
 
-The archive and the server are built once per test session (the ingest takes seconds); tests
-read from them and must not change them.
+The archive and the server are built once per test session and backend (the ingest takes
+seconds): SQLite + a folder, and PostgreSQL + S3; tests read from them and must not change them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from lamina.archive.ingest import Ingestor
 from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
 from lamina.sample import write_samples
+from tests.backends import Backend
 from tests.support import serving
 
 #: The sample formats ingested; the first two are two slides of one case, hence one study.
@@ -62,10 +63,12 @@ def _ingest(settings: Settings, folder: Path) -> tuple[Archive, list[str]]:
 
 
 @pytest.fixture(scope="session")
-def served_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedArchive]:
+def served_archive(
+    session_backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServedArchive]:
     """(base URL, archive, slide ids) of a running server; see SERVED_FORMATS for what is in it."""
     root = tmp_path_factory.mktemp("served")
-    settings = Settings.load(root / "lamina-data", env={})
+    settings = Settings.load(root / "lamina-data", env=session_backend.env("served"))
     archive, slide_ids = _ingest(settings, root / "samples")
     app = create_app(settings, archive)
     try:

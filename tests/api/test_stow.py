@@ -29,8 +29,9 @@ def exported(tmp_path: Path) -> list[Path]:
 
 
 @pytest.fixture
-def target(tmp_path: Path) -> Iterator[tuple[str, Archive]]:
-    settings = Settings.load(tmp_path / "target", env={}).with_(max_upload_bytes=64 << 20)
+def target(tmp_path: Path, backend_env: dict[str, str]) -> Iterator[tuple[str, Archive]]:
+    """An empty archive on the backend, served."""
+    settings = Settings.load(tmp_path / "target", env=backend_env).with_(max_upload_bytes=64 << 20)
     archive = Archive.open(settings)
     try:
         with serving(create_app(archive.settings, archive)) as port:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import imagecodecs
@@ -19,13 +20,16 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.config import Settings
 from lamina.model.geometry import SizeMm
-from tests.support import serving, shared_file
+from tests.backends import Backend
+from tests.support import serving, shared_file, stored_file
 
 
 @pytest.fixture(scope="module")
-def wado_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Archive, str]]:
+def wado_server(
+    module_backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Archive, str]]:
     home = tmp_path_factory.mktemp("wado") / "lamina-data"
-    archive = Archive.open(Settings.load(home, env={}))
+    archive = Archive.open(Settings.load(home, env=module_backend.env("wado")))
     (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
     result = Ingestor(archive.catalog, archive.store).ingest(candidate)
     assert result.status == "ingested", result.reason
@@ -36,15 +40,17 @@ def wado_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         archive.close()
 
 
-def _level0(archive: Archive, slide_id: str) -> tuple[pydicom.Dataset, list[bytes]]:
+def _level0(archive: Archive, slide_id: str, folder: Path) -> tuple[pydicom.Dataset, list[bytes]]:
     row = next(r for r in archive.catalog.instances(slide_id) if r.level == 0)
-    ds = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "")
+    ds = pydicom.dcmread(stored_file(archive.store, row.blob_sha256, folder))
     return ds, [f for f in generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))]
 
 
-def test_metadata_at_every_level_with_absolute_bulk_data(wado_server: tuple[str, Archive, str]) -> None:
+def test_metadata_at_every_level_with_absolute_bulk_data(
+    wado_server: tuple[str, Archive, str], tmp_path: Path
+) -> None:
     base, archive, slide_id = wado_server
-    ds, _ = _level0(archive, slide_id)
+    ds, _ = _level0(archive, slide_id, tmp_path)
     client = DICOMwebClient(base)
     series = client.retrieve_series_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID)
     assert len(series) == archive.catalog.slide(slide_id).instances  # type: ignore[union-attr]
@@ -57,9 +63,9 @@ def test_metadata_at_every_level_with_absolute_bulk_data(wado_server: tuple[str,
     assert uri.startswith(f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/")
 
 
-def test_frames_are_the_stored_bytes(wado_server: tuple[str, Archive, str]) -> None:
+def test_frames_are_the_stored_bytes(wado_server: tuple[str, Archive, str], tmp_path: Path) -> None:
     base, archive, slide_id = wado_server
-    ds, stored = _level0(archive, slide_id)
+    ds, stored = _level0(archive, slide_id, tmp_path)
     client = DICOMwebClient(base)
     frames = client.retrieve_instance_frames(
         ds.StudyInstanceUID,
@@ -79,9 +85,11 @@ def test_frames_are_the_stored_bytes(wado_server: tuple[str, Archive, str]) -> N
     assert single.rstrip(b"\x00") == stored[6].rstrip(b"\x00")
 
 
-def test_frames_transcoded_to_uncompressed_on_request(wado_server: tuple[str, Archive, str]) -> None:
+def test_frames_transcoded_to_uncompressed_on_request(
+    wado_server: tuple[str, Archive, str], tmp_path: Path
+) -> None:
     base, archive, slide_id = wado_server
-    ds, stored = _level0(archive, slide_id)
+    ds, stored = _level0(archive, slide_id, tmp_path)
     client = DICOMwebClient(base)
     (raw,) = client.retrieve_instance_frames(
         ds.StudyInstanceUID,
@@ -94,9 +102,11 @@ def test_frames_transcoded_to_uncompressed_on_request(wado_server: tuple[str, Ar
     assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(expected.shape), expected)
 
 
-def test_instance_retrieval_gives_the_stored_object(wado_server: tuple[str, Archive, str]) -> None:
+def test_instance_retrieval_gives_the_stored_object(
+    wado_server: tuple[str, Archive, str], tmp_path: Path
+) -> None:
     base, archive, slide_id = wado_server
-    ds, _ = _level0(archive, slide_id)
+    ds, _ = _level0(archive, slide_id, tmp_path)
     retrieved = DICOMwebClient(base).retrieve_instance(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
     )
@@ -121,10 +131,15 @@ def test_instance_retrieval_gives_the_stored_object(wado_server: tuple[str, Arch
     ],
 )
 def test_bad_frame_requests(
-    wado_server: tuple[str, Archive, str], suffix: str, headers: dict[str, str], status: int, words: str
+    wado_server: tuple[str, Archive, str],
+    suffix: str,
+    headers: dict[str, str],
+    status: int,
+    words: str,
+    tmp_path: Path,
 ) -> None:
     base, archive, slide_id = wado_server
-    ds, _ = _level0(archive, slide_id)
+    ds, _ = _level0(archive, slide_id, tmp_path)
     series = f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
     url = f"{series}/instances/{ds.SOPInstanceUID}{suffix}"
     answer = httpx.get(url, headers=headers)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
-from tests.support import ingest_path, shared_file
+from tests.support import ingest_path, lamina_env, shared_file
 
 LOG = t.audit_log
 
@@ -188,9 +187,8 @@ def test_show_filters_by_slide_actor_action_and_time(archive: Archive, built: Bu
 # -- the command line --------------------------------------------------------------------------
 
 
-def _lamina(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
-    env |= {"LAMINA_HOME": str(home), "COLUMNS": "200"}
+def _lamina(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = lamina_env(settings)
     return subprocess.run(
         [sys.executable, "-m", "lamina", *args],
         capture_output=True,
@@ -201,42 +199,42 @@ def _lamina(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_verify_and_show(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    archive = Archive.open(Settings.load(home, env={}))
+def test_cli_verify_and_show(settings: Settings, tmp_path: Path) -> None:
+    archive = Archive.open(settings)
     try:
-        built = _build(archive, Ingestor(archive.catalog, archive.store, spool_dir=home), tmp_path / "out")
+        ingestor = Ingestor(archive.catalog, archive.store, spool_dir=settings.home)
+        built = _build(archive, ingestor, tmp_path / "out")
     finally:
         archive.close()
 
-    good = _lamina(home, "audit", "verify")
+    good = _lamina(settings, "audit", "verify")
     assert good.returncode == 0, good.stderr
     assert "ok: 3 entries checked" in good.stdout
     assert "head: seq 3 hash " in good.stdout and "merkle root: " in good.stdout
-    report = json.loads(_lamina(home, "audit", "verify", "--json").stdout)
+    report = json.loads(_lamina(settings, "audit", "verify", "--json").stdout)
     assert report["ok"] and report["entries"] == 3 and report["head"]["seq"] == 3
     anchor = f"3:{report['head']['hash']}"
 
-    shown = _lamina(home, "audit", "show", "--slide", built.first, "--json")
+    shown = _lamina(settings, "audit", "show", "--slide", built.first, "--json")
     assert shown.returncode == 0, shown.stderr
     assert [(e["seq"], e["actor"], e["action"]) for e in json.loads(shown.stdout)] == [
         (1, "alice", "ingest"),
         (3, "carol", "export"),
     ]
-    table = _lamina(home, "audit", "show", "--actor", "bob", "--since", "2000-01-01")
+    table = _lamina(settings, "audit", "show", "--actor", "bob", "--since", "2000-01-01")
     assert table.returncode == 0 and "bob" in table.stdout and "carol" not in table.stdout
-    assert json.loads(_lamina(home, "audit", "show", "--until", "2000-01-01", "--json").stdout) == []
-    bad_date = _lamina(home, "audit", "show", "--since", "yesterday")
+    assert json.loads(_lamina(settings, "audit", "show", "--until", "2000-01-01", "--json").stdout) == []
+    bad_date = _lamina(settings, "audit", "show", "--since", "yesterday")
     assert bad_date.returncode == 2 and "not an ISO date" in bad_date.stderr
 
-    archive = Archive.open(Settings.load(home, env={}))
+    archive = Archive.open(settings)
     try:
         with archive.catalog.begin() as conn:
             conn.execute(update(LOG).where(LOG.c.seq == 2).values(actor="mallory"))
     finally:
         archive.close()
-    broken = _lamina(home, "audit", "verify")
+    broken = _lamina(settings, "audit", "verify")
     assert broken.returncode == 1, broken.stderr
     assert "entry 2: edited" in broken.stdout and "Traceback" not in broken.stderr
-    assert json.loads(_lamina(home, "audit", "verify", "--json").stdout)["first_bad"] == 2
-    assert _lamina(home, "audit", "verify", "--anchor", anchor).returncode == 1
+    assert json.loads(_lamina(settings, "audit", "verify", "--json").stdout)["first_bad"] == 2
+    assert _lamina(settings, "audit", "verify", "--anchor", anchor).returncode == 1

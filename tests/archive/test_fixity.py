@@ -1,42 +1,55 @@
 """Fixity: every flipped byte and every deleted object is found; orphans are reported; the
-bandwidth limit holds; ``lamina verify`` exits 1 on damage and 0 on a clean archive."""
+bandwidth limit holds; ``lamina verify`` exits 1 on damage and 0 on a clean archive. On both
+backends: a folder, where the damage is done to the files, and S3, where it is done to the keys."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from lamina.archive import audit
+from lamina.archive import audit, sweep
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
 from lamina.archive.fixity import TokenBucket, verify
 from lamina.archive.ingest import Ingestor
-from lamina.cli import cli
 from lamina.config import Settings
 from lamina.sample import write_samples
-from tests.support import ingest_path, shared_file
+from tests.backends import Backend
+from tests.support import flip_one_byte, ingest_path, lamina_env, lose_object, shared_file
 
 SAMPLE_FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi")
+GRACE_S = 3600.0  # verify's default orphan grace period
+
+
+@dataclass(frozen=True)
+class Located:
+    """An archive's home and the settings (variables) that point at its catalog and store."""
+
+    home: Path
+    env: dict[str, str]
+
+    def settings(self) -> Settings:
+        return Settings.load(self.home, env=self.env)
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An archive home with four ingested slides (one real SVS, three samples), built once."""
+def pristine(module_backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Located:
+    """An archive with four ingested slides (one real SVS, three samples), built once per backend."""
     base = tmp_path_factory.mktemp("fixity")
-    home = base / "home"
+    located = Located(base / "home", module_backend.env("fixity-pristine"))
     samples = write_samples(base / "samples", SAMPLE_FORMATS, size=(1024, 768), seed=3)
-    archive = Archive.open(Settings.load(home, env={}))
+    archive = Archive.open(located.settings())
     try:
         ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
         for path in [shared_file("aperio/CMU-1-Small-Region.svs"), *(s.path for s in samples)]:
@@ -45,48 +58,50 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert archive.catalog.count_slides() == 4
     finally:
         archive.close()
-    return home
+    return located
 
 
 @pytest.fixture
-def home(pristine: Path, tmp_path: Path) -> Path:
-    """A private copy of the pristine archive, free to damage."""
-    copy = tmp_path / "home"
-    shutil.copytree(pristine, copy)
-    return copy
+def located(pristine: Located, module_backend: Backend, tmp_path: Path) -> Located:
+    """A private copy of the pristine archive (home, catalog and objects), free to damage."""
+    return Located(tmp_path / "home", module_backend.copy(pristine.env, pristine.home, tmp_path / "home"))
 
 
 @pytest.fixture
-def opened(home: Path) -> Iterator[Archive]:
-    archive = Archive.open(Settings.load(home, env={}))
+def opened(located: Located) -> Iterator[Archive]:
+    archive = Archive.open(located.settings())
     yield archive
     archive.close()
 
 
-def _flip_one_byte(path: Path, rng: random.Random) -> None:
-    size = path.stat().st_size
-    offset = rng.randrange(size)
-    with path.open("r+b") as fh:
-        fh.seek(offset)
-        old = fh.read(1)[0]
-        fh.seek(offset)
-        fh.write(bytes([old ^ rng.randrange(1, 256)]))
-
-
-def _add_orphan(archive: Archive, payload: bytes, age_s: float) -> str:
+def _add_orphan(archive: Archive, payload: bytes) -> str:
     with archive.store.writer() as writer:
         writer.write(payload)
-        digest = writer.commit().sha256
-    path = archive.store.local_path(digest)
-    assert path is not None
-    stamp = time.time() - age_s
-    os.utime(path, (stamp, stamp))
-    return digest
+        return writer.commit().sha256
 
 
-def _damage(archive: Archive, seed: int) -> tuple[set[str], set[str], str]:
+def _old_and_young_orphans(archive: Archive, rng: random.Random) -> tuple[str, float]:
+    """Two orphans written a second apart; returns the first and a time at which it is past the
+    grace period and the second is not. S3 gives objects its own LastModified (to the second),
+    which cannot be set back, so the sweep's clock is pinned to that time instead."""
+    old = _add_orphan(archive, rng.randbytes(5000))
+    written = archive.store.modified_at(old)
+    assert written is not None
+    time.sleep(max(0.0, written + 1.05 - time.time()))
+    young = _add_orphan(archive, rng.randbytes(3000))
+    young_written = archive.store.modified_at(young)
+    assert young_written is not None and young_written >= written + 1
+    return old, young_written - 0.5 + GRACE_S
+
+
+def _pin_sweep_clock(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+    monkeypatch.setattr(sweep, "time", types.SimpleNamespace(time=lambda: now))
+
+
+def _damage(archive: Archive, seed: int) -> tuple[set[str], set[str], str, float]:
     """Flip one random byte in two thirds of the objects, delete three others, add an old orphan
-    (and a young one, which the grace period hides); return the expected sets."""
+    and a young one (which the grace period hides); return the expected sets, the old orphan and
+    the sweep's clock (see :func:`_old_and_young_orphans`)."""
     rng = random.Random(seed)
     digests = sorted(archive.catalog.referenced_blobs())
     assert len(digests) >= 12, digests
@@ -94,27 +109,26 @@ def _damage(archive: Archive, seed: int) -> tuple[set[str], set[str], str]:
     deleted = set(digests[:3])
     corrupted = set(digests[3 : 3 + (2 * len(digests)) // 3])
     for digest in deleted:
-        archive.store.delete(digest)
+        lose_object(archive.store, digest)
     for digest in corrupted:
-        path = archive.store.local_path(digest)
-        assert path is not None
-        _flip_one_byte(Path(path), rng)
-    orphan = _add_orphan(archive, rng.randbytes(5000), age_s=7200)
-    _add_orphan(archive, rng.randbytes(3000), age_s=0)
-    return deleted, corrupted, orphan
+        flip_one_byte(archive.store, digest, rng)
+    orphan, now = _old_and_young_orphans(archive, rng)
+    return deleted, corrupted, orphan, now
 
 
-def _run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
-    env.update({"LAMINA_HOME": str(home), "COLUMNS": "200"})
-    if "verify" in cli.commands:
-        command = [sys.executable, "-m", "lamina", *args]
-    else:  # until the command is registered in lamina.cli
+def _run_cli(
+    located: Located, *args: str, sweep_clock: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``lamina ARGS`` on the archive; with ``sweep_clock``, the sweep's clock pinned to it."""
+    command = [sys.executable, "-m", "lamina", *args]
+    if sweep_clock is not None:
         shim = (
-            "from lamina.cli import cli; from lamina.cli.verify import verify; "
-            "cli.add_command(verify); cli(prog_name='lamina')"
+            "import types, lamina.archive.sweep as sweep; "
+            f"sweep.time = types.SimpleNamespace(time=lambda: {sweep_clock!r}); "
+            "from lamina.cli import cli; cli(prog_name='lamina')"
         )
         command = [sys.executable, "-c", shim, *args]
+    env = lamina_env(located.settings())
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
@@ -139,8 +153,11 @@ def test_a_clean_archive_verifies_and_is_audited(opened: Archive) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_every_flipped_byte_and_deleted_object_is_found(opened: Archive, seed: int) -> None:
-    deleted, corrupted, orphan = _damage(opened, seed)
+def test_every_flipped_byte_and_deleted_object_is_found(
+    opened: Archive, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deleted, corrupted, orphan, now = _damage(opened, seed)
+    _pin_sweep_clock(monkeypatch, now)
     progress: list[tuple[int, int]] = []
     report = verify(opened.catalog, opened.store, workers=4, progress=lambda d, n: progress.append((d, n)))
     assert not report.ok
@@ -167,7 +184,7 @@ def test_every_flipped_byte_and_deleted_object_is_found(opened: Archive, seed: i
 
 
 def test_orphans_within_the_grace_period_are_reported_only_when_asked(opened: Archive) -> None:
-    young = _add_orphan(opened, b"young orphan", age_s=0)
+    young = _add_orphan(opened, b"young orphan")
     assert verify(opened.catalog, opened.store).orphaned == []
     report = verify(opened.catalog, opened.store, orphan_grace_s=0)
     assert report.orphaned == [young]
@@ -207,13 +224,13 @@ def test_verify_rejects_no_workers(opened: Archive) -> None:
         verify(opened.catalog, opened.store, workers=0)
 
 
-def test_cli_exits_nonzero_and_lists_every_problem(home: Path) -> None:
-    archive = Archive.open(Settings.load(home, env={}))
+def test_cli_exits_nonzero_and_lists_every_problem(located: Located) -> None:
+    archive = Archive.open(located.settings())
     try:
-        deleted, corrupted, orphan = _damage(archive, seed=7)
+        deleted, corrupted, orphan, now = _damage(archive, seed=7)
     finally:
         archive.close()
-    done = _run_cli(home, "verify", "--json", "--workers", "3")
+    done = _run_cli(located, "verify", "--json", "--workers", "3", sweep_clock=now)
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is False
@@ -221,7 +238,7 @@ def test_cli_exits_nonzero_and_lists_every_problem(home: Path) -> None:
     assert {c["sha256"] for c in report["corrupt"]} == corrupted
     assert report["orphaned"] == [orphan]
     assert all(row["slide_id"] and row["sop_instance_uid"] for row in report["problems"])
-    text = _run_cli(home, "verify", "--limit-mb-per-s", "1000")
+    text = _run_cli(located, "verify", "--limit-mb-per-s", "1000", sweep_clock=now)
     assert text.returncode == 1, text.stderr
     assert "Traceback" not in text.stdout + text.stderr
     lines = text.stdout.splitlines()
@@ -233,11 +250,11 @@ def test_cli_exits_nonzero_and_lists_every_problem(home: Path) -> None:
     assert "objects checked" in text.stdout
 
 
-def test_cli_exits_zero_on_a_clean_archive(home: Path) -> None:
-    done = _run_cli(home, "verify", "--json")
+def test_cli_exits_zero_on_a_clean_archive(located: Located) -> None:
+    done = _run_cli(located, "verify", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is True and report["checked"] > 0
     assert report["missing"] == report["corrupt"] == report["problems"] == []
-    bad = _run_cli(home, "verify", "--workers", "0")
+    bad = _run_cli(located, "verify", "--workers", "0")
     assert bad.returncode == 2

@@ -14,7 +14,7 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.archive.manifest import load_manifest
 from lamina.model.geometry import SizeMm
-from tests.support import ingest_path, shared_file, single
+from tests.support import ingest_path, partial_writes, shared_file, single, stored_file
 
 HEADER = "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code"
 
@@ -35,7 +35,7 @@ def test_reingesting_the_same_file_is_a_duplicate_and_stores_nothing(
     assert second.slide_id == first.slide_id
     assert _stored(archive) == before
     assert archive.catalog.count_slides() == 1
-    assert list(archive.store.tmp.iterdir()) == []  # type: ignore[attr-defined]
+    assert partial_writes(archive.store) == []
 
 
 def test_manifest_gives_identity_to_the_dicom_and_the_catalog(
@@ -57,7 +57,7 @@ def test_manifest_gives_identity_to_the_dicom_and_the_catalog(
         "Colon",
     )
     for row in archive.catalog.instances(slide.id):
-        ds = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "", stop_before_pixels=True)
+        ds = pydicom.dcmread(stored_file(archive.store, row.blob_sha256, tmp_path), stop_before_pixels=True)
         assert ds.PatientID == "P123"
         assert str(ds.PatientName) == "DUPONT^MARIE"
         assert ds.PatientBirthDate == "19610412"
@@ -69,7 +69,7 @@ def test_manifest_gives_identity_to_the_dicom_and_the_catalog(
         assert specimen.PrimaryAnatomicStructureSequence[0].CodeMeaning == "Colon"
     uids = {
         pydicom.dcmread(
-            archive.store.local_path(r.blob_sha256) or "", stop_before_pixels=True
+            stored_file(archive.store, r.blob_sha256, tmp_path), stop_before_pixels=True
         ).FrameOfReferenceUID
         for r in archive.catalog.instances(slide.id)
     }
@@ -98,11 +98,13 @@ def test_json_manifest_by_barcode_and_shared_study_per_case(
     assert all(s.patient_id == "P9" for s in slides.values())
 
 
-def test_slide_without_identity_is_stored_unidentified(archive: Archive, ingestor: Ingestor) -> None:
+def test_slide_without_identity_is_stored_unidentified(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
     result = ingest_path(ingestor, shared_file("aperio/CMU-1-Small-Region.svs"))
     assert result.status == "ingested" and not result.identified
     row = archive.catalog.instances(result.slide_id or "")[0]
-    ds = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "", stop_before_pixels=True)
+    ds = pydicom.dcmread(stored_file(archive.store, row.blob_sha256, tmp_path), stop_before_pixels=True)
     assert ds.PatientID == "" and str(ds.PatientName) == ""
 
 
@@ -156,7 +158,7 @@ def test_bad_inputs_fail_with_a_reason_and_store_nothing(
     slide = archive.catalog.slides()
     assert len(slide) == 1
     assert _stored(archive) == archive.catalog.referenced_blobs()
-    assert list(archive.store.tmp.iterdir()) == []  # type: ignore[attr-defined]
+    assert partial_writes(archive.store) == []
 
 
 def test_16_bit_tiff_is_refused_not_truncated(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:

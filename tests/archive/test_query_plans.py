@@ -1,4 +1,5 @@
-"""The catalog's searches reach the large tables through indexes, on PostgreSQL as on SQLite.
+"""The catalog's searches (QIDO) and the lifecycle selection reach the large tables through
+indexes, on PostgreSQL as on SQLite.
 
 PostgreSQL is asked for its plan with sequential scans disabled: where an index can serve the
 query the planner then uses it, so a remaining ``Seq Scan`` on instances or slides means that no
@@ -7,13 +8,14 @@ index can, which at 10 million instances would read the whole table.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
 from sqlalchemy import event
 
 from lamina.archive.archive import Archive
-from lamina.archive.catalog import search
+from lamina.archive.catalog import lifecycle, search
 from lamina.archive.catalog.search import Criterion, Range, Single, Wildcard
 from lamina.archive.ingest import Ingestor
 from tests.support import ingest_path, shared_file
@@ -61,3 +63,29 @@ def test_qido_queries_use_indexes(archive: Archive, ingestor: Ingestor) -> None:
         text = "\n".join(plan)
         scans = re.findall(r"(?:Seq Scan on|SCAN) (\w+)", text)
         assert not [table for table in scans if table in LARGE], (statement, text)
+
+
+def test_lifecycle_selection_uses_an_index(archive: Archive) -> None:
+    start = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+    end = start + dt.timedelta(days=7)
+    after = lifecycle.ExpiringSlide("0123456789ab", "", start + dt.timedelta(days=1))
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):  # not SQLite's BEGIN
+            statements.append((statement, parameters))
+
+    engine = archive.catalog.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        lifecycle.expiring(archive.catalog, start, end, limit=1000)  # the first batch of the week
+        lifecycle.expiring(archive.catalog, start, end, limit=1000, after=after)  # a later one
+        lifecycle.expiring(archive.catalog, start, end, limit=None)  # the whole week
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(statements) == 3
+    for (statement, _), plan in zip(statements, _plans(archive, statements), strict=True):
+        text = "\n".join(plan)
+        scans = re.findall(r"(?:Seq Scan on|SCAN) (\w+)", text)
+        assert not [table for table in scans if table in LARGE], (statement, text)
+        assert "ix_slides_retain_until" in text, (statement, text)

@@ -1,18 +1,18 @@
 """The replica store: every object ingested is written to both stores; ``repair`` restores damaged
 primary objects from the replica after checking the replica copy's digest, and reports those whose
 replica copy is damaged too without touching the primary; ``lamina verify --repair`` exits 0 only
-when everything is fine afterwards, and 2 without a replica."""
+when everything is fine afterwards, and 2 without a replica. On both backends: a folder and its
+replica folder, and an S3 prefix and its replica prefix."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,22 +29,35 @@ from lamina.archive.repair import repair
 from lamina.config import Settings
 from lamina.errors import ConfigurationError, IntegrityError
 from lamina.sample import write_samples
-from tests.support import ingest_path
+from tests.backends import Backend
+from tests.support import flip_one_byte, ingest_path, lamina_env, lose_object, partial_writes, read_object
 
 SAMPLE_FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi")
 
 
-def _env(home: Path) -> dict[str, str]:
-    return {"LAMINA_REPLICA_URL": f"file://{home.parent / 'replica'}"}
+@dataclass(frozen=True)
+class Located:
+    """An archive's home and the settings (variables) that point at its catalog, store and replica."""
+
+    home: Path
+    env: dict[str, str]
+
+    def settings(self) -> Settings:
+        return Settings.load(self.home, env=self.env)
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``base/home`` with three ingested sample slides, and its replica in ``base/replica``."""
+def pristine(module_backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Located:
+    """An archive with three ingested sample slides and its replica (a folder in the home, or a
+    prefix of its own in the bucket), built once per backend."""
     base = tmp_path_factory.mktemp("repair")
     home = base / "home"
+    env = module_backend.env("repair-pristine")
+    located = Located(
+        home, {**env, "LAMINA_REPLICA_URL": module_backend.replica_url(home, "repair-pristine")}
+    )
     samples = write_samples(base / "samples", SAMPLE_FORMATS, size=(1024, 768), seed=5)
-    archive = Archive.open(Settings.load(home, env=_env(home)))
+    archive = Archive.open(located.settings())
     try:
         assert isinstance(archive.store, ReplicatedBlobStore)
         ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
@@ -53,20 +66,18 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
             assert result.status == "ingested", result.reason
     finally:
         archive.close()
-    return base
+    return located
 
 
 @pytest.fixture
-def home(pristine: Path, tmp_path: Path) -> Path:
+def located(pristine: Located, module_backend: Backend, tmp_path: Path) -> Located:
     """A private copy of the archive and its replica, free to damage."""
-    shutil.copytree(pristine / "home", tmp_path / "home")
-    shutil.copytree(pristine / "replica", tmp_path / "replica")
-    return tmp_path / "home"
+    return Located(tmp_path / "home", module_backend.copy(pristine.env, pristine.home, tmp_path / "home"))
 
 
 @pytest.fixture
-def opened(home: Path) -> Iterator[Archive]:
-    archive = Archive.open(Settings.load(home, env=_env(home)))
+def opened(located: Located) -> Iterator[Archive]:
+    archive = Archive.open(located.settings())
     yield archive
     archive.close()
 
@@ -83,25 +94,6 @@ def _sha(store: BlobStore, digest: str) -> str:
     return hasher.hexdigest()
 
 
-def _read(store: BlobStore, digest: str) -> bytes:
-    return b"".join(store.open(digest))
-
-
-def _path(store: BlobStore, digest: str) -> Path:
-    path = store.local_path(digest)
-    assert path is not None
-    return Path(path)
-
-
-def _flip_one_byte(path: Path, rng: random.Random) -> None:
-    offset = rng.randrange(path.stat().st_size)
-    with path.open("r+b") as fh:
-        fh.seek(offset)
-        old = fh.read(1)[0]
-        fh.seek(offset)
-        fh.write(bytes([old ^ rng.randrange(1, 256)]))
-
-
 def _damage(store: ReplicatedBlobStore, digests: list[str], seed: int) -> tuple[set[str], set[str]]:
     """Delete two primary objects and flip a byte in half the others; return (deleted, corrupted)."""
     rng = random.Random(seed)
@@ -109,9 +101,9 @@ def _damage(store: ReplicatedBlobStore, digests: list[str], seed: int) -> tuple[
     rng.shuffle(digests)
     deleted, corrupted = set(digests[:2]), set(digests[2 : 2 + len(digests) // 2])
     for digest in deleted:
-        store.primary.delete(digest)
+        lose_object(store.primary, digest)
     for digest in corrupted:
-        _flip_one_byte(_path(store.primary, digest), rng)
+        flip_one_byte(store.primary, digest, rng)
     return deleted, corrupted
 
 
@@ -158,7 +150,11 @@ def test_the_writer_writes_both_deletes_both_and_aborts_both(opened: Archive) ->
         writer.write_parts([b"sec", bytearray(b"ond "), memoryview(b"third")], 12)
         ref = writer.commit()
     assert ref.sha256 == hashlib.sha256(b"first second third").hexdigest() and ref.created
-    assert _read(store.primary, ref.sha256) == _read(store.replica, ref.sha256) == b"first second third"
+    assert (
+        read_object(store.primary, ref.sha256)
+        == read_object(store.replica, ref.sha256)
+        == b"first second third"
+    )
     assert store.read_range(ref.sha256, 6, 6) == b"second" and store.size(ref.sha256) == 18
     store.delete(ref.sha256)
     assert not store.primary.exists(ref.sha256) and not store.replica.exists(ref.sha256)
@@ -167,8 +163,7 @@ def test_the_writer_writes_both_deletes_both_and_aborts_both(opened: Archive) ->
         raise RuntimeError("boom")
     digest = hashlib.sha256(b"never committed").hexdigest()
     assert not store.primary.exists(digest) and not store.replica.exists(digest)
-    for folder in (Path(str(store.primary.local_path(digest))), Path(str(store.replica.local_path(digest)))):
-        assert not list((folder.parents[3] / "tmp").glob("*.part"))
+    assert partial_writes(store) == []
 
 
 def test_a_commit_that_fails_on_the_replica_leaves_nothing_on_the_primary(opened: Archive) -> None:
@@ -203,7 +198,7 @@ def test_a_commit_that_fails_on_the_replica_leaves_nothing_on_the_primary(opened
 def test_repair_restores_every_damaged_object(opened: Archive, seed: int) -> None:
     store = _store(opened)
     referenced = sorted(opened.catalog.referenced_blobs())
-    originals = {digest: _read(store.replica, digest) for digest in referenced}
+    originals = {digest: read_object(store.replica, digest) for digest in referenced}
     deleted, corrupted = _damage(store, referenced, seed)
     found = verify(opened.catalog, store)
     assert {m.sha256 for m in found.missing} == deleted
@@ -214,7 +209,7 @@ def test_repair_restores_every_damaged_object(opened: Archive, seed: int) -> Non
     after = verify(opened.catalog, store)
     assert after.ok and after.checked == len(referenced)
     for digest in referenced:
-        assert _read(store.primary, digest) == originals[digest]
+        assert read_object(store.primary, digest) == originals[digest]
     entries = _last_audit(opened, len(result.repaired) + 1)[:-1]  # the last is the second verify
     assert [(e["action"], e["entity"]) for e in entries] == [("repair", f"blob/{d}") for d in result.repaired]
     assert all(json.loads(str(e["detail"]))["outcome"] == "repaired" for e in entries)
@@ -225,12 +220,12 @@ def test_an_object_damaged_in_both_stores_is_unrepairable(opened: Archive) -> No
     store = _store(opened)
     rng = random.Random(9)
     corrupt_both, gone_both, repairable = sorted(opened.catalog.referenced_blobs())[:3]
-    _flip_one_byte(_path(store.primary, corrupt_both), rng)
-    _flip_one_byte(_path(store.replica, corrupt_both), rng)
-    damaged_primary = _path(store.primary, corrupt_both).read_bytes()
+    flip_one_byte(store.primary, corrupt_both, rng)
+    flip_one_byte(store.replica, corrupt_both, rng)
+    damaged_primary = read_object(store.primary, corrupt_both)
     store.primary.delete(gone_both)
     store.replica.delete(gone_both)
-    _flip_one_byte(_path(store.replica, repairable), rng)  # the replica is damaged, the primary fine
+    flip_one_byte(store.replica, repairable, rng)  # the replica is damaged, the primary fine
     store.primary.delete(repairable)
     found = verify(opened.catalog, store)
     result = repair(found, store, opened.catalog)
@@ -242,9 +237,9 @@ def test_an_object_damaged_in_both_stores_is_unrepairable(opened: Archive) -> No
     assert reasons[gone_both][0] == "missing" and "does not hold it" in reasons[gone_both][1]
     assert reasons[repairable][0] == "missing" and "damaged too" in reasons[repairable][1]
     # the primary keeps its own damaged copy: nothing of the bad replica was written over it
-    assert _path(store.primary, corrupt_both).read_bytes() == damaged_primary
+    assert read_object(store.primary, corrupt_both) == damaged_primary
     assert not store.primary.exists(gone_both) and not store.primary.exists(repairable)
-    assert not list((store.primary.root / "tmp").glob("*.part"))  # type: ignore[attr-defined]
+    assert partial_writes(store) == []
     entries = _last_audit(opened, 3)
     assert [json.loads(str(e["detail"]))["outcome"] for e in entries] == ["unrepairable"] * 3
     again = verify(opened.catalog, store)
@@ -252,38 +247,37 @@ def test_an_object_damaged_in_both_stores_is_unrepairable(opened: Archive) -> No
     assert {m.sha256 for m in again.missing} == {gone_both, repairable}
 
 
-def _run_cli(home: Path, *args: str, replica: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
-    env.update({"LAMINA_HOME": str(home), "COLUMNS": "200"})
-    if replica:
-        env.update(_env(home))
+def _run_cli(located: Located, *args: str, replica: bool = True) -> subprocess.CompletedProcess[str]:
+    env = lamina_env(located.settings())
+    if not replica:
+        del env["LAMINA_REPLICA_URL"]
     command = [sys.executable, "-m", "lamina", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
-def test_cli_repairs_and_exits_zero_when_everything_is_fine_afterwards(home: Path) -> None:
-    archive = Archive.open(Settings.load(home, env=_env(home)))
+def test_cli_repairs_and_exits_zero_when_everything_is_fine_afterwards(located: Located) -> None:
+    archive = Archive.open(located.settings())
     try:
         store = _store(archive)
         deleted, corrupted = _damage(store, sorted(archive.catalog.referenced_blobs()), seed=4)
     finally:
         archive.close()
-    done = _run_cli(home, "verify", "--repair", "--json")
+    done = _run_cli(located, "verify", "--repair", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is True and report["found_ok"] is False
     assert {m["sha256"] for m in report["missing"]} == deleted
     assert {c["sha256"] for c in report["corrupt"]} == corrupted
     assert report["repair"] == {"ok": True, "repaired": sorted(deleted | corrupted), "unrepairable": []}
-    clean = _run_cli(home, "verify", "--json", replica=False)
+    clean = _run_cli(located, "verify", "--json", replica=False)
     assert clean.returncode == 0, clean.stderr
     assert json.loads(clean.stdout)["ok"] is True
-    again = _run_cli(home, "verify", "--repair", "--json")
+    again = _run_cli(located, "verify", "--repair", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["repair"]["repaired"] == []
 
 
-def test_cli_exits_one_when_something_cannot_be_repaired(home: Path) -> None:
-    archive = Archive.open(Settings.load(home, env=_env(home)))
+def test_cli_exits_one_when_something_cannot_be_repaired(located: Located) -> None:
+    archive = Archive.open(located.settings())
     try:
         store = _store(archive)
         first, second = sorted(archive.catalog.referenced_blobs())[:2]
@@ -291,19 +285,19 @@ def test_cli_exits_one_when_something_cannot_be_repaired(home: Path) -> None:
         store.primary.delete(second)
     finally:
         archive.close()
-    done = _run_cli(home, "verify", "--repair", "--json")
+    done = _run_cli(located, "verify", "--repair", "--json")
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is False
     assert report["repair"]["repaired"] == [second]
     assert [item["sha256"] for item in report["repair"]["unrepairable"]] == [first]
-    text = _run_cli(home, "verify", "--repair")
+    text = _run_cli(located, "verify", "--repair")
     assert text.returncode == 1 and "Traceback" not in text.stdout + text.stderr
     assert any(first in line and "unrepairable" in line for line in text.stdout.splitlines())
 
 
-def test_cli_repair_without_a_replica_exits_two_naming_the_setting(home: Path) -> None:
-    done = _run_cli(home, "verify", "--repair", "--json", replica=False)
+def test_cli_repair_without_a_replica_exits_two_naming_the_setting(located: Located) -> None:
+    done = _run_cli(located, "verify", "--repair", "--json", replica=False)
     assert done.returncode == 2
     assert "LAMINA_REPLICA_URL" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""

@@ -14,7 +14,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.watch import Watcher
 from lamina.config import Settings
 from lamina.sample import write_samples
-from tests.support import REPO, shared_file
+from tests.support import REPO, lamina_env, shared_file
 
 SVS = "aperio/CMU-1-Small-Region.svs"
 
@@ -159,13 +159,6 @@ def test_a_stale_claim_of_a_dead_process_is_taken_over(archive: Archive, tmp_pat
     assert (folder / "b.svs").exists()  # another host's fresh claim is respected
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, "LAMINA_HOME": str(settings.home), "COLUMNS": "200"}
-    if not settings.database_url.startswith("sqlite"):
-        env["LAMINA_DATABASE_URL"] = settings.database_url
-    return env
-
-
 WATCH = "from lamina.cli.watch import watch; watch(prog_name='lamina watch')"
 
 
@@ -180,7 +173,12 @@ def test_two_watcher_processes_ingest_each_slide_exactly_once(
     command = [sys.executable, "-c", WATCH, str(folder), "--stable-seconds", "0.2", "--once"]
     procs = [
         subprocess.Popen(
-            command, cwd=REPO, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command,
+            cwd=REPO,
+            env=lamina_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -205,7 +203,7 @@ def test_watch_runs_until_interrupted(settings: Settings, tmp_path: Path) -> Non
     folder.mkdir()
     command = [sys.executable, "-c", WATCH, str(folder), "--stable-seconds", "0.2", "--interval", "0.1"]
     proc = subprocess.Popen(
-        command, cwd=REPO, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=REPO, env=lamina_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         shutil.copy(shared_file(SVS), folder / "a.part")

@@ -15,7 +15,7 @@ from wsidicom import WsiDicom
 
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
-from tests.support import TESTDATA, dciodvfy_errors, ingest_path, need, shared_file
+from tests.support import TESTDATA, dciodvfy_errors, ingest_path, need, shared_file, stored_file
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def test_reader_against_file(expect: Expect, archive: Archive, ingestor: Ingesto
     assert smallest.total_pixel_matrix_columns <= smallest.columns
     assert smallest.total_pixel_matrix_rows <= smallest.rows
     for row in rows:
-        errors = dciodvfy_errors(Path(archive.store.local_path(row.blob_sha256) or ""))
+        errors = dciodvfy_errors(stored_file(archive.store, row.blob_sha256, tmp_path / "stored"))
         assert errors == [], f"{row.flavor} level {row.level}: {errors}"
     exported = archive.export(tmp_path / "export", [result.slide_id or ""])[0]
     wsi = WsiDicom.open(exported.folder)

@@ -21,7 +21,7 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.archive.manifest import load_manifest
 from lamina.sample import SAMPLE_FORMATS, write_samples
-from tests.support import dciodvfy_errors
+from tests.support import dciodvfy_errors, stored_file
 
 
 @pytest.mark.parametrize("sample_format", SAMPLE_FORMATS)
@@ -43,8 +43,8 @@ def test_generated_sample_ingests_conformant(
     assert (levels[0].total_pixel_matrix_columns, levels[0].total_pixel_matrix_rows) == (2048, 1536)
     assert levels[-1].total_pixel_matrix_columns <= levels[-1].columns
     for row in rows:
-        path = archive.store.local_path(row.blob_sha256) or ""
-        assert dciodvfy_errors(Path(path)) == [], f"{row.flavor} {row.level}"
+        path = stored_file(archive.store, row.blob_sha256, tmp_path / "stored")
+        assert dciodvfy_errors(path) == [], f"{row.flavor} {row.level}"
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert ds.PatientID == sample.identity["patient_id"]
         assert ds.AccessionNumber == sample.identity["accession_number"]

@@ -14,14 +14,12 @@ from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from lamina.formats.codec import jpeg_info
 from lamina.model.geometry import SizeMm
-from tests.support import ingest_path, shared_file
+from tests.support import ingest_path, shared_file, stored_file
 
 
-def _level0_frames(archive: Archive, slide_id: str) -> tuple[pydicom.Dataset, list[bytes]]:
+def _level0_frames(archive: Archive, slide_id: str, folder: Path) -> tuple[pydicom.Dataset, list[bytes]]:
     row = next(r for r in archive.catalog.instances(slide_id) if r.level == 0)
-    path = archive.store.local_path(row.blob_sha256)
-    assert path is not None
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(stored_file(archive.store, row.blob_sha256, folder))
     return ds, list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
 
 
@@ -44,7 +42,7 @@ def _entropy_coded(stream: bytes) -> bytes:
 
 
 def test_every_level0_tile_of_real_jpeg_svs_is_copied_and_decodes_identically(
-    archive: Archive, ingestor: Ingestor
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
 ) -> None:
     # Arrange
     source = shared_file("aperio/CMU-1-Small-Region.svs")
@@ -52,7 +50,7 @@ def test_every_level0_tile_of_real_jpeg_svs_is_copied_and_decodes_identically(
     result = ingest_path(ingestor, source)
     # Assert
     assert result.status == "ingested", result.reason
-    ds, frames = _level0_frames(archive, result.slide_id or "")
+    ds, frames = _level0_frames(archive, result.slide_id or "", tmp_path)
     page, tiles = _source_tiles(source)
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
     assert ds.LossyImageCompression == "01"
@@ -68,12 +66,12 @@ def test_every_level0_tile_of_real_jpeg_svs_is_copied_and_decodes_identically(
 
 
 def test_every_level0_tile_of_real_jpeg2000_svs_is_byte_identical(
-    archive: Archive, ingestor: Ingestor
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
 ) -> None:
     source = shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")
     result = ingest_path(ingestor, source, pixel_spacing=SizeMm.from_mpp(0.25))
     assert result.status == "ingested", result.reason
-    ds, frames = _level0_frames(archive, result.slide_id or "")
+    ds, frames = _level0_frames(archive, result.slide_id or "", tmp_path)
     page, tiles = _source_tiles(source)
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
     assert ds.LossyImageCompressionMethod == "ISO_15444_1"
@@ -86,13 +84,15 @@ def test_every_level0_tile_of_real_jpeg2000_svs_is_byte_identical(
         assert np.array_equal(np.asarray(expected).reshape(decoded.shape), decoded)
 
 
-def test_dicom_input_frames_are_copied_byte_for_byte(archive: Archive, ingestor: Ingestor) -> None:
+def test_dicom_input_frames_are_copied_byte_for_byte(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
     source = shared_file("dicom-wsi2dcm/jpeg.dicom")
     original = pydicom.dcmread(source)
     expected = list(generate_frames(original.PixelData, number_of_frames=int(original.NumberOfFrames)))
     result = ingest_path(ingestor, source)
     assert result.status == "ingested", result.reason
-    ds, frames = _level0_frames(archive, result.slide_id or "")
+    ds, frames = _level0_frames(archive, result.slide_id or "", tmp_path)
     assert [f.rstrip(b"\x00") for f in frames] == [f.rstrip(b"\x00") for f in expected]
     # identity is kept, never re-invented
     assert ds.SOPInstanceUID == original.SOPInstanceUID
@@ -101,26 +101,24 @@ def test_dicom_input_frames_are_copied_byte_for_byte(archive: Archive, ingestor:
 
 
 def test_uncompressed_and_jpegls_inputs_are_reencoded_losslessly(
-    archive: Archive, ingestor: Ingestor
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
 ) -> None:
     for name in ("dicom-wsi2dcm/raw.dicom", "dicom-highdicom/sm_image_jpegls.dcm"):
         source = shared_file(name)
         original = pydicom.dcmread(source)
         result = ingest_path(ingestor, source)
         assert result.status == "ingested", result.reason
-        ds, frames = _level0_frames(archive, result.slide_id or "")
+        ds, frames = _level0_frames(archive, result.slide_id or "", tmp_path)
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
         assert ds.LossyImageCompression == "00"
         decoded = np.stack([imagecodecs.jpeg2k_decode(frame) for frame in frames])
         assert np.array_equal(decoded.reshape(original.pixel_array.shape), original.pixel_array), name
 
 
-def test_frame_index_points_at_each_frame(archive: Archive, ingestor: Ingestor) -> None:
+def test_frame_index_points_at_each_frame(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
     result = ingest_path(ingestor, shared_file("aperio/CMU-1-Small-Region.svs"))
     for row in archive.catalog.instances(result.slide_id or ""):
-        path = archive.store.local_path(row.blob_sha256)
-        assert path is not None
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(stored_file(archive.store, row.blob_sha256, tmp_path))
         frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
         offsets = np.frombuffer(row.frame_offsets, "<u8")
         lengths = np.frombuffer(row.frame_lengths, "<u4")

@@ -32,7 +32,7 @@ from lamina.errors import UnsupportedFormatError
 from lamina.formats.codec import jpeg_info
 from lamina.formats.registry import detect_format, open_source
 from lamina.sample import SampleFile, write_samples
-from tests.support import dciodvfy_errors, ingest_path
+from tests.support import dciodvfy_errors, ingest_path, stored_file
 
 SIZE = (1024, 768)
 ACQUIRED = dt.datetime(2026, 11, 28, 9, 14, 2)
@@ -133,9 +133,11 @@ def test_ingest_is_conformant_and_opens_in_wsidicom_and_openslide(
     assert levels[-1].total_pixel_matrix_columns <= levels[-1].columns
     assert levels[-1].total_pixel_matrix_rows <= levels[-1].rows
     for row in rows:
-        path = Path(archive.store.local_path(row.blob_sha256) or "")
+        path = stored_file(archive.store, row.blob_sha256, tmp_path / "stored")
         assert dciodvfy_errors(path) == [], f"{row.flavor} level {row.level}"
-    ds = pydicom.dcmread(archive.store.local_path(levels[0].blob_sha256) or "", stop_before_pixels=True)
+    ds = pydicom.dcmread(
+        stored_file(archive.store, levels[0].blob_sha256, tmp_path / "stored"), stop_before_pixels=True
+    )
     assert ds.Manufacturer == case.manufacturer
     assert ds.PhotometricInterpretation == case.photometric
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
@@ -143,7 +145,9 @@ def test_ingest_is_conformant_and_opens_in_wsidicom_and_openslide(
         assert ds.ContainerIdentifier == samples[case.format].identity["specimen_id"]
     for row in rows:
         if row.flavor != "VOLUME":  # decoded JPEG, kept losslessly with its lossy history
-            other = pydicom.dcmread(archive.store.local_path(row.blob_sha256) or "", stop_before_pixels=True)
+            other = pydicom.dcmread(
+                stored_file(archive.store, row.blob_sha256, tmp_path / "stored"), stop_before_pixels=True
+            )
             assert other.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90", row.flavor
             assert (other.LossyImageCompression, other.LossyImageCompressionMethod) == ("01", "ISO_10918_1")
     exported = archive.export(tmp_path / "export", [result.slide_id or ""])[0]
@@ -156,13 +160,13 @@ def test_ingest_is_conformant_and_opens_in_wsidicom_and_openslide(
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.format)
 def test_level0_frames_are_opentiles_tiles_and_decode_to_the_same_pixels(
-    case: Case, samples: dict[str, SampleFile], archive: Archive, ingestor: Ingestor
+    case: Case, samples: dict[str, SampleFile], archive: Archive, ingestor: Ingestor, tmp_path: Path
 ) -> None:
     source = samples[case.format].path
     result = ingest_path(ingestor, source)
     assert result.status == "ingested", result.reason
     row = next(r for r in archive.catalog.instances(result.slide_id or "") if r.level == 0)
-    ds, frames = _frames(Path(archive.store.local_path(row.blob_sha256) or ""))
+    ds, frames = _frames(stored_file(archive.store, row.blob_sha256, tmp_path))
     assert ds.LossyImageCompression == "01"
     whole = tifffile.TiffFile(source).series[0].levels[0].asarray()
     with OpenTile.open(source, 512) as tiler:
@@ -210,7 +214,7 @@ def test_sparse_philips_tiles_become_blank_frames(
     result = ingest_path(ingestor, source)
     assert result.status == "ingested", result.reason
     row = next(r for r in archive.catalog.instances(result.slide_id or "") if r.level == 0)
-    path = Path(archive.store.local_path(row.blob_sha256) or "")
+    path = stored_file(archive.store, row.blob_sha256, tmp_path / "stored")
     assert dciodvfy_errors(path) == []
     _, frames = _frames(path)
     assert len(frames) == 4

@@ -8,6 +8,7 @@ import click
 
 from lamina import __version__
 from lamina.cli.audit import audit
+from lamina.cli.delete import delete
 from lamina.cli.demo import demo
 from lamina.cli.export import export
 from lamina.cli.ingest import ingest
@@ -16,6 +17,7 @@ from lamina.cli.serve import serve
 from lamina.cli.slides import slides
 from lamina.cli.verify import verify
 from lamina.cli.watch import watch
+from lamina.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +37,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, sample, demo, serve, verify, audit, watch):
+for command in (ingest, slides, export, delete, sample, demo, serve, worker, verify, audit, watch):
     cli.add_command(command)
 
 

@@ -16,6 +16,8 @@ from lamina.config import Settings
 from lamina.errors import LaminaError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
 def _console(stderr: bool = False) -> Console:
     """A terminal's own width; 140 columns when the output goes to a file or a pipe, so that
     tables in logs are not squeezed to 80."""

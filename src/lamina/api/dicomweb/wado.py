@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -293,6 +294,19 @@ def _element_at(dataset: pydicom.Dataset, path: str) -> bytes:
     raise NotFoundError(f"the element at {path!r} is not bulk data")
 
 
+def _header(found: IndexedInstance, archive: Archive) -> pydicom.Dataset:
+    """The instance's data set up to its pixel data: from its file, or, on a store without files
+    (S3), from the object's bytes before its first frame (the whole object when it has none)."""
+    if found.path is not None:
+        return pydicom.dcmread(found.path, stop_before_pixels=True)
+    sha256 = found.row.blob_sha256
+    if len(found.offsets):
+        data = archive.store.read_range(sha256, 0, int(found.offsets[0]))
+    else:
+        data = b"".join(archive.store.open(sha256))
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+
 async def bulkdata(request: Request) -> Response:
     """Bulk data by the URIs the metadata gives: Pixel Data as the frames, else the element's value."""
     index: InstanceIndex = request.app.state.index
@@ -307,8 +321,7 @@ async def bulkdata(request: Request) -> Response:
         data = read_frames(found, numbers, archive)
         part = f"application/octet-stream; transfer-syntax={found.transfer_syntax_uid}"
     else:
-        local = found.path or ""
-        dataset = await run_in_threadpool(pydicom.dcmread, local, stop_before_pixels=True)
+        dataset = await run_in_threadpool(_header, found, archive)
         data = [_element_at(dataset, path)]
         part = "application/octet-stream"
     boundary = multipart.boundary()

@@ -283,7 +283,14 @@ class FileBlobStore(BlobStore):
         return self.path_for(sha256).stat().st_size
 
     def delete(self, sha256: str) -> None:
-        self.path_for(sha256).unlink(missing_ok=True)
+        path = self.path_for(sha256)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot remove object {sha256} from {self.root} ({exc.strerror}); "
+                f"check the permissions of {path.parent}"
+            ) from exc
 
     def iter_digests(self) -> Iterator[str]:
         base = self.root / "sha256"

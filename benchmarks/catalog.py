@@ -1,0 +1,935 @@
+"""Catalog benchmark: QIDO, lifecycle selection and ingest on a national-scale PostgreSQL catalog.
+
+Usage::
+
+    .venv/bin/python benchmarks/catalog.py [--scale 1.0] [--server URL] [--database NAME]
+        [--reuse] [--keep] [--queries 200] [--ingests 5] [--deep-offset 10000]
+        [--full-metadata] [--work DIR] [--output FILE] [--json]
+
+A dedicated database (``--database``, default ``lamina_bench_catalog``) gets lamina's own schema
+(``Catalog.open``) and is filled in three stages of 10^3, 10^5 and 10^6 slides (times ``--scale``)
+with generated rows, ten instances a slide (see ``_catalog_data.py``): 10 million instances at
+the last stage. At each stage:
+
+- QIDO-RS searches the viewers make, each ``--queries`` times with random keys: through
+  ``lamina.archive.catalog.search`` (the functions ``qido.py`` calls) and through lamina's ASGI
+  application in process (``GET /dicomweb/...``, the JSON answer included);
+- the lifecycle selection of the slides expiring this week (``lifecycle.expiring``): the first
+  batch, a later batch, and the whole week;
+- the ingest of one more slide (a lamina sample slide, Aperio SVS with a manifest) through
+  ``Ingestor`` into a folder blob store with this catalog, ``--ingests`` times after one warm-up.
+
+Goals checked: QIDO p95 at most 100 ms at 10 million instances for every search; ingest time at
+10^5 and 10^6 slides within 10 % of the time at 10^3; the database under 20 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import secrets
+import shutil
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from _catalog_data import CatalogGenerator, LoadTimes, Templates, audit_head, bulk_load, next_patient_pk
+from _catalog_data import real_templates as make_templates
+from _common import format_table, machine, median, package_version
+from lamina.archive.archive import Archive
+from lamina.archive.catalog import Catalog, lifecycle, search
+from lamina.archive.catalog.search import Criterion, Range, Single
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
+from lamina.archive.manifest import load_manifest
+from lamina.config import Settings
+from lamina.sample import write_samples
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_DATABASE = "lamina_bench_catalog"
+DEFAULT_WORK = Path("/tmp/lamina-bench-catalog")
+STAGES = (1_000, 100_000, 1_000_000)
+QIDO_GOAL_MS = 100.0
+INGEST_GROWTH_GOAL = 1.10
+DISK_GOAL = 20 * 10**9
+PAGE = 50  # the viewer's worklist page
+SAMPLE_SIZE = (1024, 768)  # the slide ingested at each stage
+
+
+# --- the database ------------------------------------------------------------------------------
+
+
+def database_url(server: str, name: str) -> str:
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+def libpq_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def prepare_database(server: str, name: str, reuse: bool) -> tuple[str, bool]:
+    """Create the database (dropping an old one unless ``reuse``); return its URL and whether it
+    was there already."""
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+            if exists and not reuse:
+                conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            if not exists or not reuse:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    url = database_url(server, name)
+    Catalog.open(url).close()  # lamina's own schema, indexes and migrations
+    return url, bool(exists and reuse)
+
+
+def drop_database(server: str, name: str) -> None:
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Rows and bytes of the catalog."""
+
+    patients: int
+    studies: int
+    slides: int
+    instances: int
+    audit: int
+    database_bytes: int
+    tables: dict[str, tuple[int, int, int]]  # table -> (heap + TOAST, indexes, total) bytes
+
+
+def catalog_sizes(engine: Engine) -> Sizes:
+    with engine.connect() as conn:
+        counts = {
+            table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+            for table in ("patients", "studies", "slides", "instances", "audit_log")
+        }
+        database = int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+        tables = {
+            str(row[0]): (int(row[1]), int(row[2]), int(row[3]))
+            for row in conn.execute(
+                text(
+                    "SELECT relname, pg_table_size(oid), pg_indexes_size(oid), pg_total_relation_size(oid) "
+                    "FROM pg_class WHERE relname IN "
+                    "('patients', 'studies', 'series', 'slides', 'instances', 'audit_log')"
+                )
+            )
+        }
+    return Sizes(
+        counts["patients"],
+        counts["studies"],
+        counts["slides"],
+        counts["instances"],
+        counts["audit_log"],
+        database,
+        tables,
+    )
+
+
+# --- the searches ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Search keys drawn at random from the catalog."""
+
+    patient_ids: list[str]
+    accessions: list[str]
+    barcodes: list[str]
+    series: list[tuple[str, str]]  # (study, series)
+    first_date: dt.date
+    last_date: dt.date
+    studies: int
+
+
+def sample_keys(engine: Engine, count: int, seed: int) -> Keys:
+    """``count`` random slides, with their case and patient, and the span of study dates."""
+    with engine.connect() as conn:
+        slides = int(conn.execute(text("SELECT count(*) FROM slides")).scalar_one())
+        share = min(100.0, 100.0 * 3 * count / max(slides, 1))
+        rows = conn.execute(
+            text(
+                f"SELECT s.container_id, s.study_instance_uid, s.series_instance_uid, st.accession_number, "
+                f"p.patient_id FROM slides s TABLESAMPLE BERNOULLI ({share}) REPEATABLE ({seed}) "
+                "JOIN studies st ON st.study_instance_uid = s.study_instance_uid "
+                "LEFT JOIN patients p ON p.pk = st.patient_pk"
+            )
+        ).all()
+        first, last = conn.execute(text("SELECT min(study_date), max(study_date) FROM studies")).one()
+        studies = int(conn.execute(text("SELECT count(*) FROM studies")).scalar_one())
+    rng = random.Random(seed)
+    rows = rng.sample(rows, min(count, len(rows)))
+    return Keys(
+        patient_ids=[row[4] for row in rows if row[4]],
+        accessions=[row[3] for row in rows if row[3]],
+        barcodes=[row[0] for row in rows],
+        series=[(row[1], row[2]) for row in rows],
+        first_date=dt.datetime.strptime(first, "%Y%m%d").date(),
+        last_date=dt.datetime.strptime(last, "%Y%m%d").date(),
+        studies=studies,
+    )
+
+
+@dataclass(frozen=True)
+class Search:
+    """One kind of QIDO-RS search, as the catalog function and as the HTTP request."""
+
+    name: str
+    run: Callable[[Engine, int], int]  # (engine, round) -> hits
+    path: Callable[[int], str]  # round -> path and query string under /dicomweb
+
+
+def searches(keys: Keys, rounds: int, deep_offset: int, seed: int) -> list[Search]:
+    """The searches the viewers make, each with one key per round."""
+    rng = random.Random(seed)
+
+    def pick(values: Sequence[Any]) -> list[Any]:
+        return [values[index % len(values)] for index in range(rounds)] if values else []
+
+    patients, accessions, barcodes, series = (
+        pick(keys.patient_ids),
+        pick(keys.accessions),
+        pick(keys.barcodes),
+        pick(keys.series),
+    )
+    span = max((keys.last_date - keys.first_date).days - 6, 1)
+    weeks = []
+    for _ in range(rounds):
+        low = keys.first_date + dt.timedelta(days=rng.randrange(span))
+        weeks.append((f"{low:%Y%m%d}", f"{low + dt.timedelta(days=6):%Y%m%d}"))
+    offset = min(deep_offset, keys.studies // 2)
+    fields = "includefield=all"
+
+    def studies(
+        criteria: Callable[[int], list[Criterion]], limit: int, skip: int
+    ) -> Callable[[Engine, int], int]:
+        return lambda engine, i: len(search.find_studies(engine, criteria(i), limit, skip).hits)
+
+    def series_of(criteria: Callable[[int], list[Criterion]], limit: int) -> Callable[[Engine, int], int]:
+        return lambda engine, i: len(search.find_series(engine, criteria(i), limit, 0).hits)
+
+    def instances_of(criteria: Callable[[int], list[Criterion]]) -> Callable[[Engine, int], int]:
+        return lambda engine, i: len(search.find_instances(engine, criteria(i), 1000, 0).hits)
+
+    return [
+        Search(
+            "studies by PatientID",
+            studies(lambda i: [Criterion("PatientID", Single(patients[i]))], PAGE, 0),
+            lambda i: f"/studies?PatientID={patients[i]}&{fields}&limit={PAGE}",
+        ),
+        Search(
+            "studies by AccessionNumber",
+            studies(lambda i: [Criterion("AccessionNumber", Single(accessions[i]))], PAGE, 0),
+            lambda i: f"/studies?AccessionNumber={accessions[i]}&{fields}&limit={PAGE}",
+        ),
+        Search(
+            "series by ContainerIdentifier (barcode)",
+            series_of(lambda i: [Criterion("ContainerIdentifier", Single(barcodes[i]))], PAGE),
+            lambda i: f"/series?ContainerIdentifier={barcodes[i]}&{fields}&limit={PAGE}",
+        ),
+        Search(
+            "studies by StudyDate (a week)",
+            studies(lambda i: [Criterion("StudyDate", Range(*weeks[i]))], PAGE, 0),
+            lambda i: f"/studies?StudyDate={weeks[i][0]}-{weeks[i][1]}&{fields}&limit={PAGE}",
+        ),
+        Search(
+            "studies ModalitiesInStudy=SM, offset 0",
+            studies(lambda i: [Criterion("ModalitiesInStudy", Single("SM"))], PAGE, 0),
+            lambda i: f"/studies?ModalitiesInStudy=SM&{fields}&limit={PAGE}&offset=0",
+        ),
+        Search(
+            f"studies ModalitiesInStudy=SM, offset {offset:,}",
+            studies(lambda i: [Criterion("ModalitiesInStudy", Single("SM"))], PAGE, offset),
+            lambda i: f"/studies?ModalitiesInStudy=SM&{fields}&limit={PAGE}&offset={offset}",
+        ),
+        Search(
+            "series of a study",
+            series_of(lambda i: [Criterion("StudyInstanceUID", Single(series[i][0]))], 1000),
+            lambda i: f"/studies/{series[i][0]}/series?{fields}",
+        ),
+        Search(
+            "instances of a series",
+            instances_of(
+                lambda i: [
+                    Criterion("StudyInstanceUID", Single(series[i][0])),
+                    Criterion("SeriesInstanceUID", Single(series[i][1])),
+                ]
+            ),
+            lambda i: f"/studies/{series[i][0]}/series/{series[i][1]}/instances",
+        ),
+    ]
+
+
+@dataclass
+class Timings:
+    """Milliseconds of each run of one measured operation, and what it found."""
+
+    name: str
+    ms: list[float] = field(default_factory=list)
+    hits: list[int] = field(default_factory=list)
+
+    def percentile(self, share: float) -> float:
+        if len(self.ms) == 1:
+            return self.ms[0]
+        return statistics.quantiles(self.ms, n=100, method="inclusive")[round(share * 100) - 1]
+
+    @property
+    def p50(self) -> float:
+        return median(self.ms)
+
+    @property
+    def p95(self) -> float:
+        return self.percentile(0.95)
+
+    @property
+    def worst(self) -> float:
+        return max(self.ms)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "p50_ms": self.p50,
+            "p95_ms": self.p95,
+            "max_ms": self.worst,
+            "runs": len(self.ms),
+            "mean_hits": statistics.fmean(self.hits) if self.hits else 0.0,
+        }
+
+
+def measure_searches(
+    engine: Engine, client: Any, kinds: Sequence[Search], rounds: int
+) -> tuple[list[Timings], list[Timings]]:
+    """Each search ``rounds`` times through search.py and through HTTP, interleaved round by round
+    (a slow spell of the machine falls on every kind alike), after one unmeasured round."""
+    catalog = [Timings(kind.name) for kind in kinds]
+    http = [Timings(kind.name) for kind in kinds]
+    for kind in kinds:  # warm-up: connections, code paths
+        kind.run(engine, 0)
+        _get(client, kind.path(0))
+    for index in range(rounds):
+        for kind, by_catalog, by_http in zip(kinds, catalog, http, strict=True):
+            started = time.perf_counter()
+            hits = kind.run(engine, index)
+            by_catalog.ms.append((time.perf_counter() - started) * 1000)
+            by_catalog.hits.append(hits)
+            started = time.perf_counter()
+            answer = _get(client, kind.path(index))
+            by_http.ms.append((time.perf_counter() - started) * 1000)
+            by_http.hits.append(len(answer))
+    return catalog, http
+
+
+def _get(client: Any, path: str) -> list[Any]:
+    response = client.get("/dicomweb" + path, headers={"Accept": "application/dicom+json"})
+    if response.status_code != 200:
+        raise RuntimeError(f"GET /dicomweb{path}: {response.status_code} {response.text[:300]}")
+    answer: list[Any] = response.json()
+    return answer
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+
+def measure_lifecycle(engine: Engine, now: dt.datetime, rounds: int, seed: int) -> tuple[list[Timings], int]:
+    """This week's selection: the first batch, later batches (keyset), the whole week."""
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = start + dt.timedelta(days=7)
+    whole = Timings("the whole week (every slide, no limit)")
+    first = Timings("this week, first batch of 1,000")
+    later = Timings("this week, a later batch of 1,000 (after=)")
+    lifecycle.expiring(engine, start, end, limit=1000)  # warm-up
+    week: list[lifecycle.ExpiringSlide] = []
+    for _ in range(max(3, rounds // 40)):
+        started = time.perf_counter()
+        week = lifecycle.expiring(engine, start, end, limit=None)
+        whole.ms.append((time.perf_counter() - started) * 1000)
+        whole.hits.append(len(week))
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        started = time.perf_counter()
+        batch = lifecycle.expiring(engine, start, end, limit=1000)
+        first.ms.append((time.perf_counter() - started) * 1000)
+        first.hits.append(len(batch))
+        after = week[rng.randrange(len(week))] if week else None
+        started = time.perf_counter()
+        batch = lifecycle.expiring(engine, start, end, limit=1000, after=after)
+        later.ms.append((time.perf_counter() - started) * 1000)
+        later.hits.append(len(batch))
+    return [first, later, whole], len(week)
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestRun:
+    seconds: float
+    sql_seconds: float
+    statements: int
+
+
+class _SqlClock:
+    """Time spent in the statements of one engine (cursor executions), while attached."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seconds = 0.0
+        self.statements = 0
+        self._begun: list[float] = []
+
+    def _before(self, *_: Any) -> None:
+        self._begun.append(time.perf_counter())
+
+    def _after(self, *_: Any) -> None:
+        self.seconds += time.perf_counter() - self._begun.pop()
+        self.statements += 1
+
+    def __enter__(self) -> _SqlClock:
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+
+
+def ingest_once(archive: Archive, folder: Path, seed: int) -> IngestRun:
+    """Write a new sample slide (and its manifest) into ``folder`` and ingest it into ``archive``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    sample = write_samples(folder, ["aperio_svs"], size=SAMPLE_SIZE, seed=seed)[0]
+    candidate = discover([sample.path])[0]
+    manifest = load_manifest(folder / "manifest.csv")
+    ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
+    with _SqlClock(archive.catalog.engine) as clock:
+        started = time.perf_counter()
+        result = ingestor.ingest(candidate, manifest)
+        seconds = time.perf_counter() - started
+    if result.status != "ingested":
+        raise RuntimeError(f"ingest of {sample.path}: {result.status} ({result.reason})")
+    shutil.rmtree(folder, ignore_errors=True)
+    return IngestRun(seconds, clock.seconds, clock.statements)
+
+
+def measure_ingest(archives: Sequence[Archive], samples: Path, runs: int, seed: int) -> list[list[IngestRun]]:
+    """Ingest ``runs`` + 1 new slides into each archive, round by round, the order alternating
+    from one round to the next so that neither archive always goes first; the first round warms
+    up and is not counted."""
+    measured: list[list[IngestRun]] = [[] for _ in archives]
+    for index in range(runs + 1):
+        order = list(enumerate(archives))
+        if index % 2:
+            order.reverse()
+        for position, archive in order:
+            done = ingest_once(archive, samples / f"slide-{position}-{index}", seed + 100 * position + index)
+            if index > 0:
+                measured[position].append(done)
+    return measured
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    target: int
+    sizes: Sizes | None = None
+    load: LoadTimes | None = None
+    catalog: list[Timings] = field(default_factory=list)
+    http: list[Timings] = field(default_factory=list)
+    lifecycle: list[Timings] = field(default_factory=list)
+    week: int = 0
+    ingests: list[IngestRun] = field(default_factory=list)
+    #: the same number of ingests into the reference catalog (the first stage's), interleaved
+    reference: list[IngestRun] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def ingest_seconds(self) -> float:
+        return median([run.seconds for run in self.ingests])
+
+    @property
+    def ingest_sql_ms(self) -> float:
+        return median([run.sql_seconds * 1000 for run in self.ingests])
+
+    @property
+    def reference_seconds(self) -> float | None:
+        return median([run.seconds for run in self.reference]) if self.reference else None
+
+    @property
+    def reference_sql_ms(self) -> float | None:
+        return median([run.sql_seconds * 1000 for run in self.reference]) if self.reference else None
+
+    @property
+    def growth(self) -> float | None:
+        """Ingest time here over the reference's, measured in the same rounds."""
+        reference = self.reference_seconds
+        return None if reference is None or not self.ingests else self.ingest_seconds / reference
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def served(settings: Settings, archive: Archive) -> Iterator[Any]:
+    """lamina's ASGI application on this archive, called in process (no network)."""
+    from lamina.api.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Starlette's notice about httpx in its test client
+        from starlette.testclient import TestClient
+
+        with TestClient(create_app(settings, archive), base_url="http://127.0.0.1:8000") as client:
+            yield client
+
+
+def open_archive(home: Path, url: str, fresh: bool) -> Archive:
+    """An archive on this catalog with a folder blob store in ``home`` (emptied when ``fresh``)."""
+    if fresh:
+        shutil.rmtree(home, ignore_errors=True)
+    env = {"LAMINA_DATABASE_URL": url, "LAMINA_WORKERS": "0", "LAMINA_VERIFY_CRON": "off"}
+    return Archive.open(Settings.load(home, env=env))
+
+
+def copy_database(server: str, source: str, name: str, attempts: int = 10) -> None:
+    """``CREATE DATABASE name TEMPLATE source`` (no session may be connected to ``source``)."""
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for attempt in range(attempts):
+                try:
+                    conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{source}"'))
+                    return
+                except Exception:  # a session that has not quite gone yet
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(1)
+    finally:
+        admin.dispose()
+
+
+def database_exists(server: str, name: str) -> bool:
+    admin = create_engine(server)
+    try:
+        with admin.connect() as conn:
+            return (
+                conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+                is not None
+            )
+    finally:
+        admin.dispose()
+
+
+def checkpoint(engine: Engine) -> None:
+    """Write out what a load left in memory, so that the measures do not wait on it."""
+    with engine.connect() as conn:
+        conn.execute(text("CHECKPOINT"))
+
+
+def run(arguments: argparse.Namespace) -> tuple[dict[str, Any], list[Stage], Templates]:
+    work: Path = arguments.work.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    targets = sorted({max(10, round(stage * arguments.scale)) for stage in STAGES})
+    say(f"database {arguments.database}: stages of {', '.join(f'{n:,}' for n in targets)} slides")
+    url, reused = prepare_database(arguments.server, arguments.database, arguments.reuse)
+    reference_name = f"{arguments.database}_ref"
+    reference_url = database_url(arguments.server, reference_name)
+    dsn = libpq_dsn(url)
+    shutil.rmtree(work / "template", ignore_errors=True)
+    templates = make_templates(work, full=arguments.full_metadata)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    archive = open_archive(work / "home", url, fresh=not reused)
+    reference: Archive | None = None
+    if reused and database_exists(arguments.server, reference_name):
+        reference = open_archive(work / "home-ref", reference_url, fresh=False)
+    engine = archive.catalog.engine
+    seed = arguments.seed + secrets.randbelow(1 << 30)  # new sample slides on every run
+    generator = CatalogGenerator(templates, now, seed=arguments.seed)
+    stages: list[Stage] = []
+    load_before = os.getloadavg()
+    try:
+        for number, target in enumerate(targets, start=1):
+            stage = Stage(target)
+            stages.append(stage)
+            have = catalog_sizes(engine).slides
+            if have > target * 1.05:
+                stage.skipped = f"the reused catalog already holds {have:,} slides"
+                say(f"stage {number}: skipped ({stage.skipped})")
+                continue
+            if target > have:
+                say(f"stage {number}: loading {target - have:,} slides ...")
+                generator.seq, generator.prev_hash = audit_head(dsn)
+                generator.next_patient = next_patient_pk(dsn)
+                stage.load = bulk_load(dsn, generator, target - have, progress=say)
+                say(
+                    f"  loaded in {stage.load.total:,.0f} s (copy {stage.load.copy:,.0f} s, "
+                    f"indexes {stage.load.indexes:,.0f} s, vacuum {stage.load.vacuum:,.0f} s)"
+                )
+            checkpoint(engine)
+            if reference is None:
+                # the reference catalog: a copy of the first stage, ingested into alongside each stage
+                engine.dispose()
+                copy_database(arguments.server, arguments.database, reference_name)
+                reference = open_archive(work / "home-ref", reference_url, fresh=True)
+            stage.sizes = catalog_sizes(engine)
+            say(f"stage {number}: {stage.sizes.slides:,} slides, {stage.sizes.instances:,} instances")
+            say(
+                f"stage {number}: ingest of one more slide, {arguments.ingests} + 1 times"
+                " (and into the reference)"
+            )
+            stage.ingests, stage.reference = measure_ingest(
+                [archive, reference], work / "samples", arguments.ingests, seed + 10_000 * number
+            )
+            say(
+                f"  median {stage.ingest_seconds:.3f} s (SQL {stage.ingest_sql_ms:.1f} ms); "
+                f"reference {stage.reference_seconds:.3f} s"
+            )
+            say(f"stage {number}: searching")
+            keys = sample_keys(engine, arguments.queries, arguments.seed + number)
+            kinds = searches(keys, arguments.queries, arguments.deep_offset, arguments.seed + number)
+            with served(archive.settings, archive) as client:
+                stage.catalog, stage.http = measure_searches(engine, client, kinds, arguments.queries)
+            say(f"stage {number}: lifecycle selection")
+            stage.lifecycle, stage.week = measure_lifecycle(engine, now, arguments.queries, arguments.seed)
+        final_sizes = catalog_sizes(engine)
+    finally:
+        archive.close()
+        if reference is not None:
+            reference.close()
+        if not (arguments.keep or arguments.reuse):
+            say(f"dropping the databases {arguments.database} and {reference_name} (--keep keeps them)")
+            drop_database(arguments.server, arguments.database)
+            drop_database(arguments.server, reference_name)
+    report = {
+        "machine": machine(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "postgresql": postgres_settings(arguments.server),
+        "lamina": package_version("lamina"),
+        "database": arguments.database,
+        "reused": reused,
+        "scale": arguments.scale,
+        "seed": arguments.seed,
+        "queries": arguments.queries,
+        "ingests": arguments.ingests,
+        "full_metadata": arguments.full_metadata,
+        "now": now.isoformat(),
+        "final_slides": final_sizes.slides,
+        "final_instances": final_sizes.instances,
+    }
+    return report, stages, templates
+
+
+def postgres_settings(server: str) -> dict[str, str]:
+    engine = create_engine(server)
+    try:
+        with engine.connect() as conn:
+            version = str(conn.execute(text("SHOW server_version")).scalar_one())
+            found = {"version": version}
+            for name in ("shared_buffers", "work_mem", "effective_cache_size", "random_page_cost", "jit"):
+                found[name] = str(conn.execute(text(f"SHOW {name}")).scalar_one())
+    finally:
+        engine.dispose()
+    return found
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:,.2f}"
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+
+
+def report_text(report: dict[str, Any], stages: Sequence[Stage], templates: Templates) -> str:
+    lines = [
+        "machine: " + ", ".join(f"{key} {value}" for key, value in report["machine"].items()),
+        "load average (1, 5, 15 min): before "
+        + ", ".join(f"{value:.2f}" for value in report["load_average"]["before"])
+        + "; after "
+        + ", ".join(f"{value:.2f}" for value in report["load_average"]["after"])
+        + " (the machine is shared: other work ran at the same time)",
+        "postgresql: " + ", ".join(f"{key} {value}" for key, value in report["postgresql"].items()),
+        f"lamina {report['lamina']}; scale {report['scale']}; {report['queries']} random keys per search;"
+        f" {report['ingests']} ingests per stage (+1 warm-up); seed {report['seed']}",
+        "stored DICOM JSON per instance (packed): "
+        + ", ".join(
+            f"{kind} {real:,} B real / {used:,} B here" for kind, (real, used) in templates.sizes.items()
+        )
+        + ("" if report["full_metadata"] else " (trimmed: --full-metadata keeps every attribute)"),
+        "",
+    ]
+    rows = []
+    for stage in stages:
+        if stage.sizes is None:
+            rows.append([f"{stage.target:,}", "-", "-", "-", "-", "-", "-", "-", stage.skipped or ""])
+            continue
+        sizes, load = stage.sizes, stage.load
+        instances_table = sizes.tables.get("instances", (0, 0, 0))
+        rows.append(
+            [
+                f"{stage.target:,}",
+                f"{sizes.slides:,}",
+                f"{sizes.instances:,}",
+                f"{sizes.studies:,}",
+                f"{sizes.patients:,}",
+                _gb(sizes.database_bytes),
+                f"{_gb(instances_table[0])} + {_gb(instances_table[1])}",
+                "-" if load is None else f"{load.total:,.0f}",
+                ""
+                if load is None
+                else f"copy {load.copy:,.0f} s, indexes {load.indexes:,.0f} s, "
+                f"vacuum {load.vacuum:,.0f} s, {load.instances / max(load.copy, 1e-9):,.0f} instances/s",
+            ]
+        )
+    lines.append(
+        format_table(
+            [
+                "stage",
+                "slides",
+                "instances",
+                "studies",
+                "patients",
+                "DB GB",
+                "instances GB",
+                "load s",
+                "load",
+            ],
+            rows,
+        )
+    )
+    lines.append("(instances GB = table with TOAST + its indexes; 1 GB = 10^9 bytes)")
+    lines.append("")
+    measured = [stage for stage in stages if stage.sizes is not None]
+    last = measured[-1] if measured else None
+    if last is not None and last.sizes is not None:
+        lines.append(f"QIDO-RS at {last.sizes.instances:,} instances ({last.sizes.slides:,} slides), ms:")
+        search_rows = []
+        for by_catalog, by_http in zip(last.catalog, last.http, strict=True):
+            search_rows.append(
+                [
+                    by_catalog.name,
+                    f"{statistics.fmean(by_http.hits):.1f}",
+                    f"{by_catalog.p50:.1f}",
+                    f"{by_catalog.p95:.1f}",
+                    f"{by_catalog.worst:.1f}",
+                    f"{by_http.p50:.1f}",
+                    f"{by_http.p95:.1f}",
+                    f"{by_http.worst:.1f}",
+                    _verdict(by_http.p95 <= QIDO_GOAL_MS),
+                ]
+            )
+        headers = ["search", "hits", "search.py p50", "p95", "max", "HTTP p50", "p95", "max", "p95<=100"]
+        lines.append(format_table(headers, search_rows))
+        lines.append(
+            "(search.py: the catalog function qido.py calls; HTTP: GET /dicomweb/... through lamina's ASGI"
+            " application in process, answer rendered as DICOM JSON, includefield=all as the viewer asks)"
+        )
+        lines.append("")
+        if len(measured) > 1:
+            scaling = []
+            for index, timings in enumerate(last.http):
+                scaling.append([timings.name, *(f"{stage.http[index].p95:.1f}" for stage in measured)])
+            lines.append("QIDO-RS HTTP p95 (ms) by catalog size:")
+            headers = ["search", *(f"{stage.sizes.instances:,} inst." for stage in measured if stage.sizes)]
+            lines.append(format_table(headers, scaling))
+            lines.append("")
+        lines.append(f"lifecycle selection (lifecycle.expiring), {last.week:,} slides due this week, ms:")
+        life_rows = [
+            [
+                timings.name,
+                f"{statistics.fmean(timings.hits):,.0f}",
+                f"{timings.p50:.1f}",
+                f"{timings.p95:.1f}",
+                f"{timings.worst:.1f}",
+                str(len(timings.ms)),
+            ]
+            for timings in last.lifecycle
+        ]
+        lines.append(format_table(["selection", "slides", "p50", "p95", "max", "runs"], life_rows))
+        lines.append("")
+    ingest_rows = []
+    base = next((stage for stage in measured if stage.ingests), None)
+    for stage in measured:
+        if not stage.ingests or stage.sizes is None or base is None:
+            continue
+        ingest_rows.append(
+            [
+                f"{stage.sizes.slides:,}",
+                f"{stage.sizes.instances:,}",
+                f"{stage.ingest_seconds:.3f}",
+                "(" + ", ".join(f"{run.seconds:.2f}" for run in stage.ingests) + ")",
+                f"{stage.ingest_sql_ms:.1f}",
+                f"{stage.reference_seconds or 0:.3f}",
+                f"{stage.reference_sql_ms or 0:.1f}",
+                "-" if stage.growth is None else f"{stage.growth:.3f}",
+                f"{stage.ingest_seconds / base.ingest_seconds:.3f}",
+            ]
+        )
+    lines.append(
+        f"ingest of one more slide (lamina sample Aperio SVS {SAMPLE_SIZE[0]}x{SAMPLE_SIZE[1]} with a"
+        " manifest, folder blob store, this catalog):"
+    )
+    headers = [
+        "slides",
+        "instances",
+        "ingest s",
+        "runs s",
+        "SQL ms",
+        "ref. s",
+        "ref. SQL ms",
+        "ratio",
+        "vs stage 1",
+    ]
+    lines.append(format_table(headers, ingest_rows))
+    lines.append(
+        "(medians; ref. = the same number of ingests into a copy of the first stage's catalog, interleaved"
+        " round by round with these; ratio = ingest s / ref. s; vs stage 1 = ingest s / the first stage's;"
+        " SQL = time in catalog statements)"
+    )
+    lines.append("")
+    goal_rows = [[goal.name, goal.target, goal.value, _verdict(goal.passed)] for goal in goals(stages)]
+    lines.append(format_table(["goal", "target", "measured", "result"], goal_rows))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    target: str
+    value: str
+    passed: bool | None
+
+
+def goals(stages: Sequence[Stage]) -> list[Goal]:
+    measured = [stage for stage in stages if stage.sizes is not None]
+    found: list[Goal] = []
+    if not measured:
+        return found
+    last = measured[-1]
+    assert last.sizes is not None
+    worst = max(last.http, key=lambda timings: timings.p95)
+    found.append(
+        Goal(
+            f"QIDO p95 at {last.sizes.instances:,} instances (slowest search)",
+            f"<= {QIDO_GOAL_MS:.0f} ms",
+            f"{worst.p95:.1f} ms ({worst.name})",
+            worst.p95 <= QIDO_GOAL_MS if last.sizes.instances >= 10_000_000 else None,
+        )
+    )
+    first = measured[0].sizes
+    for stage in measured[1:]:
+        if stage.growth is None or stage.sizes is None or first is None:
+            continue
+        found.append(
+            Goal(
+                f"ingest time at {stage.sizes.slides:,} / at {first.slides:,} slides",
+                f"<= {INGEST_GROWTH_GOAL:.2f}",
+                f"{stage.growth:.3f}",
+                stage.growth <= INGEST_GROWTH_GOAL,
+            )
+        )
+    assert last.sizes is not None
+    found.append(
+        Goal(
+            "database size",
+            f"< {DISK_GOAL / 1e9:.0f} GB",
+            f"{_gb(last.sizes.database_bytes)} GB",
+            last.sizes.database_bytes < DISK_GOAL,
+        )
+    )
+    return found
+
+
+def report_json(report: dict[str, Any], stages: Sequence[Stage], templates: Templates) -> dict[str, Any]:
+    def stage_json(stage: Stage) -> dict[str, Any]:
+        return {
+            "target_slides": stage.target,
+            "skipped": stage.skipped,
+            "sizes": None if stage.sizes is None else stage.sizes.__dict__,
+            "load": None if stage.load is None else {**stage.load.__dict__, "total": stage.load.total},
+            "qido_search_py": {timings.name: timings.summary() for timings in stage.catalog},
+            "qido_http": {timings.name: timings.summary() for timings in stage.http},
+            "lifecycle": {timings.name: timings.summary() for timings in stage.lifecycle},
+            "week_slides": stage.week,
+            "ingests": [run.__dict__ for run in stage.ingests],
+            "reference_ingests": [run.__dict__ for run in stage.reference],
+        }
+
+    return {
+        **report,
+        "metadata_sizes": templates.sizes,
+        "stages": [stage_json(stage) for stage in stages],
+        "goals": [goal.__dict__ for goal in goals(stages)],
+    }
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="share of 10^3, 10^5, 10^6 slides")
+    parser.add_argument(
+        "--server", default=DEFAULT_SERVER, help="PostgreSQL URL where a database may be created"
+    )
+    parser.add_argument("--database", default=DEFAULT_DATABASE, help="the benchmark's own database")
+    parser.add_argument("--reuse", action="store_true", help="use the database of an earlier --keep run")
+    parser.add_argument("--keep", action="store_true", help="keep the database after the run")
+    parser.add_argument("--queries", type=int, default=200, help="random keys per search")
+    parser.add_argument("--ingests", type=int, default=9, help="measured ingests per stage")
+    parser.add_argument("--deep-offset", type=int, default=10_000, help="offset of the deep page")
+    parser.add_argument("--full-metadata", action="store_true", help="store every attribute's JSON")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated catalog")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch folder")
+    parser.add_argument("--output", type=Path, default=None, help="where the table is written")
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    arguments = parser.parse_args(argv)
+    if not 0 < arguments.scale <= 1 or arguments.queries < 2 or arguments.ingests < 1:
+        parser.error("--scale must be in (0, 1], --queries at least 2, --ingests at least 1")
+    return arguments
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    report, stages, templates = run(arguments)
+    text_report = report_text(report, stages, templates)
+    print(text_report)
+    if arguments.json:
+        print(json.dumps(report_json(report, stages, templates), indent=2, default=str))
+    today = dt.date.today().isoformat()
+    output = arguments.output or (
+        REPO / "benchmarks" / "results" / f"catalog-{today}.txt"
+        if arguments.scale == 1
+        else arguments.work / f"catalog-{today}-scale-{arguments.scale:g}.txt"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text_report + "\n")
+    say(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
