@@ -56,3 +56,29 @@ def test_a_truncated_object_read_by_a_client_is_reported_audited_and_repaired(tm
         assert path.read_bytes() == original
     finally:
         archive.close()
+
+
+def test_a_slide_deleted_by_another_process_is_not_found_not_damaged(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path / "home", env={"LAMINA_VERIFY_CRON": "off"})
+    archive = Archive.open(settings)
+    write_samples(tmp_path / "src", ["aperio_svs"], size=(1024, 768), seed=6)
+    result = ingest_path(Ingestor(archive.catalog, archive.store), tmp_path / "src" / "aperio_svs.svs")
+    row = next(r for r in archive.catalog.instances(result.slide_id or "") if r.level == 0)
+    url = (
+        f"/dicomweb/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
+        f"/instances/{row.sop_instance_uid}/frames/1"
+    )
+    other = Archive.open(settings)  # another process's view of the same archive
+    try:
+        app = create_app(archive.settings, archive)
+        with serving(app) as port:
+            assert httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": "*/*"}).status_code == 200
+            app.state.index.revalidate_s = 0.0  # (5 s in service)
+            other.delete_slide(result.slide_id or "", "lamina-test", "scanned twice")
+            gone = httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": "*/*"})
+            assert gone.status_code == 404, gone.text
+        with archive.catalog.engine.connect() as conn:
+            assert "damaged" not in {e.action for e in entries(conn)}
+    finally:
+        other.close()
+        archive.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ class IndexedInstance:
     offsets: npt.NDArray[np.uint64]
     lengths: npt.NDArray[np.uint32]
     _fd: list[int] = field(default_factory=lambda: [-1], compare=False, repr=False)
+    #: when the catalog last confirmed the instance (monotonic seconds)
+    checked_at: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def transfer_syntax_uid(self) -> str:
@@ -57,6 +60,10 @@ class IndexedInstance:
 class InstanceIndex:
     """Instance lookups by (study, series, instance) UIDs, kept in a bounded LRU cache."""
 
+    #: a cached instance is confirmed in the catalog again after this long, so that a slide
+    #: deleted by another process stops being served (one primary-key lookup per instance)
+    revalidate_s = 5.0
+
     def __init__(self, archive: Archive, size: int = _CACHED) -> None:
         self.archive = archive
         self._size = size
@@ -75,6 +82,11 @@ class InstanceIndex:
             found = self._cache.get(sop)
             if found is not None:
                 self._cache.move_to_end(sop)
+        if found is not None and time.monotonic() - found.checked_at > self.revalidate_s:
+            if self.archive.catalog.instance(sop) is None:
+                self.forget(sop)
+                raise NotFoundError(f"instance {sop} is not in this archive")
+            found.checked_at = time.monotonic()
         if found is None:
             row = self.archive.catalog.instance(sop)
             if row is None:

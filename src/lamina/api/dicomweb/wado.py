@@ -180,6 +180,8 @@ def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) ->
         data = []
     short = any(len(got) != length for got, (_, length) in zip(data, spans, strict=False))
     if len(data) != len(spans) or short:
+        if archive.catalog.instance(found.row.sop_instance_uid) is None:  # deleted by another process
+            raise NotFoundError(f"instance {found.row.sop_instance_uid} is not in this archive")
         archive.damaged(sha256, f"frames of {found.row.sop_instance_uid}", "dicomweb")
         raise IntegrityError(
             f"the stored object of instance {found.row.sop_instance_uid} is damaged; "
@@ -202,8 +204,8 @@ async def frames(request: Request) -> Response:
     part_type, target = negotiated_frames(request.headers.get("accept"), found.transfer_syntax_uid)
     try:
         data = read_frames(found, numbers, request.app.state.archive)
-    except IntegrityError:
-        index.forget(found.row.sop_instance_uid)  # reopen the object once it is repaired
+    except (IntegrityError, NotFoundError):
+        index.forget(found.row.sop_instance_uid)  # reopened once repaired; gone once deleted
         raise
     if target is not None:
         data = [_transcode(found, frame, target) for frame in data]
