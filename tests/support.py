@@ -4,6 +4,7 @@ stored objects read or damaged the same way on either blob store (a folder or S3
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -40,8 +41,9 @@ def need(condition: bool, what: str) -> None:
     pytest.skip(f"{what} is missing (run scripts/install, or clone shared/testdata beside the repo)")
 
 
+@functools.cache
 def postgres_reachable() -> bool:
-    """Whether the PostgreSQL server of POSTGRES_URL answers."""
+    """Whether the PostgreSQL server of POSTGRES_URL answers (asked once per process)."""
     try:
         engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
         with engine.connect():
@@ -205,6 +207,7 @@ def overwrite_object(store: BlobStore, sha256: str, data: bytes) -> None:
     if isinstance(store, FileBlobStore):
         path = store.path_for(sha256)
         assert path.exists(), f"object {sha256} is not in {store.root}"
+        path.chmod(path.stat().st_mode | 0o200)  # a store may keep its objects read-only
         path.write_bytes(data)
     elif isinstance(store, S3BlobStore):
         assert store.exists(sha256), f"object {sha256} is not in {store.where()}"

@@ -95,7 +95,8 @@ def _old_and_young_orphans(archive: Archive, rng: random.Random) -> tuple[str, f
 
 
 def _pin_sweep_clock(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
-    monkeypatch.setattr(sweep, "time", types.SimpleNamespace(time=lambda: now))
+    """The sweep sees the time module with ``time()`` pinned to ``now``."""
+    monkeypatch.setattr(sweep, "time", types.SimpleNamespace(**{**vars(time), "time": lambda: now}))
 
 
 def _damage(archive: Archive, seed: int) -> tuple[set[str], set[str], str, float]:
@@ -123,8 +124,8 @@ def _run_cli(
     command = [sys.executable, "-m", "lamina", *args]
     if sweep_clock is not None:
         shim = (
-            "import types, lamina.archive.sweep as sweep; "
-            f"sweep.time = types.SimpleNamespace(time=lambda: {sweep_clock!r}); "
+            "import time, types, lamina.archive.sweep as sweep; "
+            f"sweep.time = types.SimpleNamespace(**{{**vars(time), 'time': lambda: {sweep_clock!r}}}); "
             "from lamina.cli import cli; cli(prog_name='lamina')"
         )
         command = [sys.executable, "-c", shim, *args]

@@ -16,7 +16,7 @@ from lamina.archive.catalog import Catalog
 from lamina.archive.ingest import Ingestor
 from lamina.errors import ConfigurationError, LaminaError, NotFoundError, StorageError
 from tests.s3server import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server, boto3_available, free_ports
-from tests.support import ingest_path, need, shared_file
+from tests.support import ingest_path, need, shared_file, tiled_svs_from
 
 
 @pytest.fixture
@@ -182,6 +182,27 @@ def test_ingest_into_s3_and_read_frames_by_range(s3store: S3BlobStore, tmp_path:
     finally:
         catalog.close()
     assert [key for key in _keys(s3store) if "/tmp/" in key] == []
+
+
+def test_generated_levels_read_the_level_above_in_few_requests(s3store: S3BlobStore, tmp_path: Path) -> None:
+    """Every level below a single-level slide is computed from the frames just written, read back
+    from S3 in windows of consecutive frames: not one request per frame (a round trip per tile)."""
+    slide = tiled_svs_from(shared_file("aperio/CMU-1-Small-Region.svs"), tmp_path / "wide.svs", (4, 1))
+    gets: list[int] = []
+    s3store.client.meta.events.register("before-call.s3.GetObject", lambda **_: gets.append(1))
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    try:
+        result = ingest_path(Ingestor(catalog, s3store, spool_dir=tmp_path), slide)
+        assert result.status == "ingested", result.reason
+        levels = sorted(
+            (row for row in catalog.instances(result.slide_id or "") if row.level is not None),
+            key=lambda row: row.level or 0,
+        )
+    finally:
+        catalog.close()
+    read_back = sum(row.number_of_frames for row in levels[:-1])  # each level above a generated one
+    assert len(levels) >= 4 and read_back > 500
+    assert len(gets) < read_back / 10, f"{len(gets)} GET requests to read {read_back} frames back"
 
 
 @pytest.mark.parametrize("algorithm", ["SHA256", "MD5"])

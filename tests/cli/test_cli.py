@@ -1,4 +1,5 @@
-"""The ``lamina`` command as a user runs it: exit codes, tables, JSON, one-line errors."""
+"""The ``lamina`` command as a user runs it: exit codes, tables, JSON, one-line errors; on both
+backends (SQLite and a folder in the home, PostgreSQL and S3 through the environment)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import openslide
+import pytest
 from wsidicom import WsiDicom
 
 from tests.support import shared_file
@@ -17,12 +20,24 @@ from tests.support import shared_file
 LAMINA = [sys.executable, "-m", "lamina"]
 
 
-def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LAMINA_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([*LAMINA, *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def test_ingest_reports_each_file_and_exits_nonzero_when_one_fails(tmp_path: Path) -> None:
+@pytest.fixture
+def run(backend_env: dict[str, str]) -> Run:
+    """``run(home, *args)``: ``lamina ARGS`` on the archive of ``home``, its catalog and store on
+    the test's backend (SQLite and a folder in the home, or PostgreSQL and S3)."""
+
+    def lamina(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LAMINA_HOME": str(home), "COLUMNS": "200", **backend_env}
+        return subprocess.run(
+            [*LAMINA, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
+
+    return lamina
+
+
+def test_ingest_reports_each_file_and_exits_nonzero_when_one_fails(tmp_path: Path, run: Run) -> None:
     folder = tmp_path / "scanner"
     folder.mkdir()
     shutil.copy(shared_file("aperio/CMU-1-Small-Region.svs"), folder)
@@ -39,7 +54,7 @@ def test_ingest_reports_each_file_and_exits_nonzero_when_one_fails(tmp_path: Pat
     assert {"path", "status", "slide_id", "format", "levels", "bytes", "seconds", "reason"} <= summary.keys()
 
 
-def test_slides_json_and_export_open_in_wsidicom_and_openslide(tmp_path: Path) -> None:
+def test_slides_json_and_export_open_in_wsidicom_and_openslide(tmp_path: Path, run: Run) -> None:
     home = tmp_path / "home"
     assert run(home, "ingest", str(shared_file("aperio/CMU-1-Small-Region.svs"))).returncode == 0
     listed = run(home, "slides", "--json")
@@ -67,7 +82,7 @@ def test_slides_json_and_export_open_in_wsidicom_and_openslide(tmp_path: Path) -
     assert openslide.OpenSlide(sorted(folder.glob("*.dcm"))[0]).level_count == 5
 
 
-def test_errors_are_one_line_that_say_the_fix(tmp_path: Path) -> None:
+def test_errors_are_one_line_that_say_the_fix(tmp_path: Path, run: Run) -> None:
     bad_manifest = tmp_path / "m.csv"
     bad_manifest.write_text("file,patient_id,colour\na.svs,P1,blue\n")
     done = run(tmp_path / "home", "ingest", "--manifest", str(bad_manifest), str(tmp_path))

@@ -40,6 +40,7 @@ from lamina.config import Settings
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.sample import write_samples
+from tests.backends import Backend
 from tests.support import REPO, need, serving, tool
 
 FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi", "ome_tiff")
@@ -80,12 +81,12 @@ def _tools() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
+def served(module_backend: Backend) -> Iterator[Served]:
     _tools()
     with tempfile.TemporaryDirectory(prefix="lamina-js-") as tmp:
         root = Path(tmp)
         samples = write_samples(root / "samples", list(FORMATS), size=(1024, 768))
-        settings = Settings.load(root / "lamina-data", env={})
+        settings = Settings.load(root / "lamina-data", env=module_backend.env("js-clients"))
         archive = Archive.open(settings)
         ingestor = Ingestor(archive.catalog, archive.store, spool_dir=settings.home)
         manifest = load_manifest(root / "samples" / "manifest.csv")

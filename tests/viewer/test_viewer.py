@@ -43,6 +43,7 @@ from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
 from lamina.errors import PayloadTooLargeError
 from lamina.sample import write_samples
+from tests.backends import Backend
 from tests.support import REPO, need, tool
 
 _CASE_KEYS = ("patient_id", "patient_name", "birth_date", "sex", "accession_number")
@@ -107,13 +108,13 @@ def compose(app: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
+def served(module_backend: Backend) -> Iterator[Served]:
     with tempfile.TemporaryDirectory(prefix="lamina-viewer-") as tmp:
         root = Path(tmp)
         write_samples(root / "case", ["aperio_svs", "tiled_tiff"], size=(2048, 1536))
         _one_case(root / "case" / "manifest.csv")
         write_samples(root / "other", ["tiled_tiff"], size=(1024, 768), seed=7)
-        settings = Settings.load(root / "lamina-data", env={})
+        settings = Settings.load(root / "lamina-data", env=module_backend.env("viewer"))
         archive = Archive.open(settings)
         case = _ingest(archive, root / "case")
         (other,) = _ingest(archive, root / "other")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -285,13 +286,41 @@ class Ingestor:
         result.repairs = sorted({name for written, _ in refs for name in written.repairs})
 
 
+#: Bytes fetched per ranged read when a generated level reads back the frames of the level above
+#: from a store without files (S3), and how many such windows are kept.
+_READ_WINDOW = 4 << 20
+_WINDOWS = 4
+
+
 def _frame_reader(store: BlobStore, written: WrittenInstance, ref: BlobRef) -> Callable[[int], bytes]:
+    """Reads frame ``index`` of a written instance back from the store.
+
+    From a file, one ``pread`` per frame. From S3, one request per frame would cost a round trip
+    per tile (thousands for a wide level), so whole windows of consecutive frames are fetched:
+    a generated tile reads two rows of the level above, left to right, and each row is served
+    from a window of its own."""
     offsets, lengths = written.frame_offsets, written.frame_lengths
+    if store.local_path(ref.sha256) is not None:
 
-    def read(index: int) -> bytes:
-        return store.read_range(ref.sha256, int(offsets[index]), int(lengths[index]))
+        def read(index: int) -> bytes:
+            return store.read_range(ref.sha256, int(offsets[index]), int(lengths[index]))
 
-    return read
+        return read
+    windows: OrderedDict[int, bytes] = OrderedDict()  # start offset -> bytes, most recent last
+
+    def read_windowed(index: int) -> bytes:
+        start, length = int(offsets[index]), int(lengths[index])
+        for begin, data in windows.items():
+            if begin <= start and start + length <= begin + len(data):
+                windows.move_to_end(begin)
+                return data[start - begin : start - begin + length]
+        data = store.read_range(ref.sha256, start, max(length, _READ_WINDOW))
+        windows[start] = data
+        if len(windows) > _WINDOWS:
+            windows.popitem(last=False)
+        return data[:length]
+
+    return read_windowed
 
 
 def _expected_bytes(image: SourceImage) -> int:
