@@ -28,7 +28,7 @@ from lamina.archive.blobstore import BlobStore
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.archive.sweep import find_orphans
-from lamina.errors import NotFoundError
+from lamina.errors import LaminaError, NotFoundError, UnavailableError
 
 __all__ = [
     "CorruptObject",
@@ -294,6 +294,10 @@ def _check_one(store: BlobStore, digest: str, shared: _Shared) -> None:
         return
     except OSError as exc:
         error = f"cannot be read: {exc.strerror or exc}"
+    except UnavailableError:
+        raise  # the store is down: no verdict on this object, the run stops and says why
+    except LaminaError as exc:  # a store's read error (an S3 5xx, a checksum refused): this object
+        error = f"cannot be read: {exc}"
     reads_as = hasher.hexdigest() if error is None else None
     with shared.lock:
         shared.checked += 1

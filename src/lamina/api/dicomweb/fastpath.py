@@ -52,6 +52,8 @@ class FramesFastPath:
             return None
         try:
             found = index.get(parts[3], parts[5], parts[7])
+            if found.path is None:  # a network store: read off the loop, by the routed handler
+                return None
             numbers = parse_frame_numbers(parts[9], found.row.number_of_frames)
             part_type, target = negotiated_frames(accept, found.transfer_syntax_uid)
             if target is not None:

@@ -202,13 +202,19 @@ async def frames(request: Request) -> Response:
     found = index.get(params["study"], params["series"], params["instance"])
     numbers = parse_frame_numbers(params["frames"], found.row.number_of_frames)
     part_type, target = negotiated_frames(request.headers.get("accept"), found.transfer_syntax_uid)
+    archive = request.app.state.archive
+
+    def read() -> list[bytes]:
+        data = read_frames(found, numbers, archive)
+        return data if target is None else [_transcode(found, frame, target) for frame in data]
+
     try:
-        data = read_frames(found, numbers, request.app.state.archive)
+        # a local pread of stored bytes stays on the loop; a network read or a transcode does not
+        local = found.path is not None and target is None
+        data = read() if local else await run_in_threadpool(read)
     except (IntegrityError, NotFoundError):
         index.forget(found.row.sop_instance_uid)  # reopened once repaired; gone once deleted
         raise
-    if target is not None:
-        data = [_transcode(found, frame, target) for frame in data]
     boundary = multipart.boundary()
     media_type = part_type.split(";", 1)[0]
     return Response(
