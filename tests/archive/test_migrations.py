@@ -29,14 +29,42 @@ def _ours(name: str | None, type_: str, *_: object) -> bool:
     return not (name or "").startswith("procrastinate") and name not in OTHERS
 
 
-def _differences(url: str) -> list[object]:
+def _compared(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Autogenerate ignores ``Index.ddl_if``: the indexes of one database only (the studies'
+    order) are checked by :func:`_dialect_indexes` instead."""
+    return not (type_ == "index" and name in DIALECT_INDEXES.values())
+
+
+#: the index of QIDO's study order on each database (see tables.py)
+DIALECT_INDEXES = {"sqlite": "ix_studies_date", "postgresql": "ix_studies_date_pg"}
+
+
+def _dialect_indexes(url: str) -> None:
     engine = create_engine(url)
     try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": _ours})
-            return list(compare_metadata(context, metadata))
+        names = {index["name"] for index in inspect(engine).get_indexes("studies")}
+        wanted = DIALECT_INDEXES[engine.dialect.name]
+        assert wanted in names and not (set(DIALECT_INDEXES.values()) - {wanted}) & names, names
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                definition = conn.execute(
+                    text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_studies_date_pg'")
+                ).scalar_one()
+            assert "study_date NULLS FIRST, study_time NULLS FIRST, study_instance_uid" in definition
     finally:
         engine.dispose()
+
+
+def _differences(url: str) -> list[object]:
+    engine = create_engine(url)
+    opts = {"compare_type": True, "include_name": _ours, "include_object": _compared}
+    try:
+        with engine.connect() as conn:
+            found = list(compare_metadata(MigrationContext.configure(conn, opts=opts), metadata))
+    finally:
+        engine.dispose()
+    _dialect_indexes(url)
+    return found
 
 
 def _tables(url: str) -> set[str]:

@@ -48,10 +48,20 @@ studies = Table(
     # the lab (site) that owns the case; "" until tenants are configured
     Column("tenant", String(64), nullable=False, server_default=""),
     Index("ix_studies_accession", "accession_number"),
-    # QIDO's stable order (newest first): a page of /studies reads this index backwards
-    Index("ix_studies_date", "study_date", "study_time", "study_instance_uid"),
     Index("ix_studies_patient", "patient_pk"),
 )
+# QIDO's stable order, newest first with undated studies last (ORDER BY ... DESC NULLS LAST): a
+# page of /studies reads this index backwards. SQLite sorts NULLs first in an ascending index,
+# PostgreSQL last unless told: each database gets the index whose backward scan is that order.
+Index("ix_studies_date", studies.c.study_date, studies.c.study_time, studies.c.study_instance_uid).ddl_if(
+    dialect="sqlite"
+)
+Index(
+    "ix_studies_date_pg",
+    studies.c.study_date.nulls_first(),
+    studies.c.study_time.nulls_first(),
+    studies.c.study_instance_uid,
+).ddl_if(dialect="postgresql")
 
 series = Table(
     "series",
