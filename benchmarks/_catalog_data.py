@@ -15,8 +15,8 @@ that a national archive of about a million slides would hold, without converting
   and geometry, and compressed by lamina's own ``dicom_json.pack``;
 - per slide an ``ingest`` entry of the hash-chained audit log, chained to the one before.
 
-The slides have the geometry of lamina's sample slides (level 0 of 2,048 to 3,072 pixels across,
-tiles of 256): what makes the catalog large is rows, not the frame index, whose size at 100,000
+The slides have about the geometry of lamina's sample slides (level 0 of 1,536 to 2,560 pixels
+across, tiles of 256): what makes the catalog large is rows, not the frame index, whose size at 100,000
 pixels across (tens of kilobytes a level) would need a hundred times the disk.
 
 Loading drops the indexes that no foreign key needs, copies the rows with foreign-key triggers
@@ -182,13 +182,14 @@ class Templates:
 
 
 #: left out of the stored JSON unless ``full``: the instance-level sequences, the same in every
-#: instance of a slide and never in the viewers' search answers, and the specimen's preparation
-#: steps (the specimen's identifier, UID, organ and description stay); with them the packed JSON
-#: is 1.8 kB an instance, which would take the catalog past 20 GB
+#: instance of a slide and never in the viewers' search answers, the container type, and the
+#: specimen's preparation steps (its identifier, UID, organ and description stay). With them the
+#: packed JSON is 1.8 kB an instance, which would take the catalog to 28 GB.
 TRIMMED = (
     "00480105",  # OpticalPathSequence
     "00209222",  # DimensionIndexSequence
     "52009229",  # SharedFunctionalGroupsSequence
+    "00400518",  # ContainerTypeCodeSequence
 )
 TRIMMED_IN_SPECIMEN = "00400610"  # SpecimenDescriptionSequence > SpecimenPreparationSequence
 
@@ -395,7 +396,7 @@ class CatalogGenerator:
         stain = rng.choice(_STAINS)
         organ, diagnosis = _ORGANS[rng.randrange(len(_ORGANS))]
         fmt = rng.choices(SAMPLE_FORMATS, _FORMAT_WEIGHTS)[0]
-        width, height = rng.randrange(2048, 3072), rng.randrange(1536, 2304)
+        width, height = rng.randrange(1536, 2560), rng.randrange(1152, 1920)
         mpp = rng.choice((0.2499, 0.2527, 0.4990))
         if rng.random() < KEPT_SHARE:
             retain = "\\N"
@@ -460,8 +461,8 @@ class CatalogGenerator:
             "acquisition_datetime": f"{case.started:%Y%m%d%H%M%S}",
         }
         shapes: list[tuple[str, int | None, int, int, int, int]] = []  # flavor, level, cols, rows, tile w, h
-        for level in range(LEVELS):
-            shapes.append(("VOLUME", level, -(-width // 2**level), -(-height // 2**level), TILE, TILE))
+        for step in range(LEVELS):
+            shapes.append(("VOLUME", step, -(-width // 2**step), -(-height // 2**step), TILE, TILE))
         thumb = (1024, max(1, round(1024 * height / width)))
         shapes.append(("THUMBNAIL", None, *thumb, *thumb))
         shapes.append(("LABEL", None, 387, 463, 387, 463))
@@ -487,7 +488,8 @@ class CatalogGenerator:
             digest = self.hex64()
             digests.append(digest)
             total += size
-            spacing = f"{mpp * 2**level / 1000:.8f}" if volume else f"{mpp * width / columns / 1000:.8f}"
+            scale = 2**level if level is not None else width / columns
+            spacing = f"{mpp * scale / 1000:.8f}"
             row = (
                 sop, sid, series, case.study, SOP_CLASS, str(number), flavor,
                 "\\N" if level is None else str(level), str(tile_h), str(tile_w), str(columns), str(rows),
@@ -677,9 +679,9 @@ def bulk_load(
         times.copy = time.perf_counter() - started
         times.generate = generated[0]
         begun = time.perf_counter()
+        if progress is not None:
+            progress(f"  recreating {len(ddl.create)} indexes and unique constraints ...")
         for statement in ddl.create:
-            if progress is not None:
-                progress(f"  {statement[:100]}")
             conn.execute(statement)
         conn.execute("SELECT setval('patients_pk_seq', (SELECT max(pk) FROM patients))")
         times.indexes = time.perf_counter() - begun

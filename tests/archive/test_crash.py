@@ -3,10 +3,10 @@
 Consistent means: every visible slide has all its objects, each matching its SHA-256, and the
 audit chain verifies; after the orphan sweep the blob store holds exactly what the catalog
 references, with no partial write left; and running the interrupted work again completes it,
-once. Every campaign runs on both deployments: SQLite with a folder, and PostgreSQL with S3
-(SeaweedFS), with a fresh catalog and store for each archive. The kill points are spread over
-the measured duration of the work, with a seeded jitter. The default run kills at a few points;
-the slow campaigns (``scripts/test --slow``) at 200 per operation and deployment.
+once. Every campaign runs on both backends (``tests/backends.py``): SQLite with a folder, and
+PostgreSQL with S3 (SeaweedFS), with a fresh catalog and store for each archive. The kill points
+are spread over the measured duration of the work, with a seeded jitter. The default run kills at
+a few points; the slow campaigns (``scripts/test --slow``) at 200 per operation and backend.
 """
 
 from __future__ import annotations
@@ -44,19 +44,18 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.archive.sweep import sweep
 from lamina.config import Settings
-from tests.conftest import POSTGRES_URL, _postgres_reachable
-from tests.s3server import BUCKET, S3Server, free_ports
-from tests.support import need, shared_file, tiled_svs_from
+from tests.backends import Backend
+from tests.s3server import free_ports
+from tests.support import POSTGRES_URL, shared_file, tiled_svs_from
 
 LAMINA = [sys.executable, "-m", "lamina"]
 SLOW_POINTS = 200
-#: the kill points of the default run, per operation and deployment: a sample that keeps the run
-#: short (on S3 an ingest reads each tile back in a request of its own to compute the lower
-#: levels, several times slower than from a folder; a STOW-RS point starts the server twice)
+#: the kill points of the default run, per operation and backend: a sample that keeps the run
+#: short (a STOW-RS point starts the server twice)
 DEFAULT_POINTS = {
-    "ingest": {"sqlite-folder": 6, "postgresql-s3": 3},
+    "ingest": {"sqlite-folder": 6, "postgresql-s3": 6},
     "stow": {"sqlite-folder": 1, "postgresql-s3": 1},
-    "delete": {"sqlite-folder": 3, "postgresql-s3": 3},
+    "delete": {"sqlite-folder": 2, "postgresql-s3": 2},
 }
 
 
@@ -66,91 +65,47 @@ def big_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiled_svs_from(shared_file("aperio/CMU-1-Small-Region.svs"), folder / "big.svs", (3, 2))
 
 
-# -- the deployments -------------------------------------------------------------------------
-class _Deployment:
-    """A fresh catalog and blob store for each archive home of a campaign: SQLite and a folder in
-    the home, or a new PostgreSQL database and an S3 prefix of its own (both removed after)."""
+# -- the archives of a campaign --------------------------------------------------------------
+class _Archives:
+    """The archive homes of one campaign on a backend (:class:`tests.backends.Backend`): each
+    with a fresh catalog and store, or a copy of a template's, and removed as soon as its kill
+    point is checked (a slow campaign makes hundreds)."""
 
-    def __init__(self, name: str, s3: S3Server | None) -> None:
-        self.name = name
-        self.s3 = s3
-        self.run = uuid.uuid4().hex[:10]
-        self.databases: dict[str, str] = {}
-        self.urls: dict[str, str] = {}
-        if name == "postgresql-s3":
-            need(_postgres_reachable(), "PostgreSQL (LAMINA_TEST_POSTGRES_URL or 127.0.0.1:5432)")
-            self.admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-
-    def _prefix(self, home: Path) -> str:
-        return f"crash-{self.run}/{home.name}"
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.envs: dict[str, dict[str, str]] = {}
 
     def env(self, home: Path, template: Path | None = None) -> dict[str, str]:
         """The settings that point the archive of ``home`` at its catalog and store, made on first
-        use (as a copy of ``template``'s when given)."""
-        if self.name == "sqlite-folder":
-            if template is not None and not home.exists():
-                shutil.copytree(template, home)
-            return {}
-        assert self.s3 is not None
-        if str(home) not in self.urls:
-            name = f"lamina_crash_{uuid.uuid4().hex[:12]}"
-            copy = f' TEMPLATE "{self.databases[str(template)]}"' if template is not None else ""
-            with self.admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
-            self.databases[str(home)] = name
-            self.urls[str(home)] = (
-                make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-            )
-            if template is not None:
-                store = self._store(template)
-                source = f"{self._prefix(template)}/"
-                for key in self._keys(store, source):
-                    store.client.copy_object(
-                        Bucket=BUCKET,
-                        Key=f"{self._prefix(home)}/{key[len(source) :]}",
-                        CopySource={"Bucket": BUCKET, "Key": key},
-                    )
-        return {
-            "LAMINA_DATABASE_URL": self.urls[str(home)],
-            "LAMINA_BLOB_URL": f"s3://{BUCKET}/{self._prefix(home)}",
-            **self.s3.env(),
-        }
-
-    def _store(self, home: Path) -> S3BlobStore:
-        assert self.s3 is not None
-        return S3BlobStore.from_url(f"s3://{BUCKET}/{self._prefix(home)}", self.s3.env(), check=False)
-
-    @staticmethod
-    def _keys(store: S3BlobStore, prefix: str) -> list[str]:
-        pages = store.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        return [str(item["Key"]) for page in pages for item in page.get("Contents", [])]
+        use (as a copy of ``template``'s archive when given)."""
+        if str(home) not in self.envs:
+            if template is None:
+                self.envs[str(home)] = self.backend.env(f"crash-{home.name}")
+            else:
+                self.envs[str(home)] = self.backend.copy(self.envs[str(template)], template, home)
+        return self.envs[str(home)]
 
     def discard(self, home: Path) -> None:
-        """Remove the home, its catalog and its store (a slow campaign makes hundreds)."""
+        """Remove the home, and its database and its objects on PostgreSQL + S3."""
         shutil.rmtree(home, ignore_errors=True)
-        if self.name == "sqlite-folder" or str(home) not in self.urls:
-            return
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.databases.pop(str(home))}" WITH (FORCE)'))
-        del self.urls[str(home)]
-        store = self._store(home)
-        for key in self._keys(store, f"{self._prefix(home)}/"):
-            store.client.delete_object(Bucket=BUCKET, Key=key)
-        store.sweep_tmp(0)
-
-    def close(self) -> None:
-        if self.name == "postgresql-s3":
-            for home in list(self.urls):
-                self.discard(Path(home))
-            self.admin.dispose()
-
-
-@pytest.fixture(params=["sqlite-folder", "postgresql-s3"])
-def deployment(request: pytest.FixtureRequest) -> Iterator[_Deployment]:
-    s3 = request.getfixturevalue("s3_server") if request.param == "postgresql-s3" else None
-    made = _Deployment(request.param, s3)
-    yield made
-    made.close()
+        env = self.envs.pop(str(home), {})
+        if "LAMINA_DATABASE_URL" in env:
+            admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+            try:
+                with admin.connect() as conn:
+                    name = make_url(env["LAMINA_DATABASE_URL"]).database
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            finally:
+                admin.dispose()
+        if env.get("LAMINA_BLOB_URL", "").startswith("s3://") and self.backend.s3 is not None:
+            store = S3BlobStore.from_url(env["LAMINA_BLOB_URL"], self.backend.s3.env(), check=False)
+            pages = store.client.get_paginator("list_objects_v2").paginate(
+                Bucket=store.bucket, Prefix=store.prefix
+            )
+            for key in [str(item["Key"]) for page in pages for item in page.get("Contents", [])]:
+                store.client.delete_object(Bucket=store.bucket, Key=key)
+            store.sweep_tmp(0)
 
 
 def _env(home: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -187,7 +142,7 @@ def _work_of(result: dict[str, object]) -> float:
 
 def _report(
     operation: str,
-    deployment: _Deployment,
+    archives: _Archives,
     points: int,
     started: float,
     work: _Durations,
@@ -197,7 +152,7 @@ def _report(
     seconds = time.perf_counter() - started
     summary = ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items()))
     print(
-        f"\n{operation} on {deployment.name}: {points} kill points in {seconds:.0f} s, "
+        f"\n{operation} on {archives.name}: {points} kill points in {seconds:.0f} s, "
         f"the work taking {work.typical:.3f} s ({summary})"
     )
 
@@ -275,15 +230,15 @@ def _timed_ingest(home: Path, slide: Path, extra: dict[str, str]) -> tuple[dict[
     return result, total
 
 
-def _ingest_campaign(tmp_path: Path, slide: Path, points: int, deployment: _Deployment) -> None:
+def _ingest_campaign(tmp_path: Path, slide: Path, points: int, archives: _Archives) -> None:
     started = time.perf_counter()
-    result, total = _timed_ingest(tmp_path / "reference", slide, deployment.env(tmp_path / "reference"))
+    result, total = _timed_ingest(tmp_path / "reference", slide, archives.env(tmp_path / "reference"))
     work, start_up = _Durations(_work_of(result)), _Durations(total - _work_of(result))
-    deployment.discard(tmp_path / "reference")
+    archives.discard(tmp_path / "reference")
     outcomes: Counter[str] = Counter()
-    for index, fraction in _points(points, f"ingest/{deployment.name}"):
+    for index, fraction in _points(points, f"ingest/{archives.name}"):
         home = tmp_path / f"home-{index}"
-        extra = deployment.env(home)
+        extra = archives.env(home)
         # kill points spread over the ingest itself (after the interpreter has started)
         _ingest(home, slide, max(0.0, start_up.typical) + work.typical * fraction, extra)
         state = _check_consistent(home, extra)
@@ -295,21 +250,21 @@ def _ingest_campaign(tmp_path: Path, slide: Path, points: int, deployment: _Depl
             start_up.add(total - _work_of(result))
         (done,) = _check_consistent(home, extra).slides
         assert _audit_entries(home, extra, done.id, "ingest") == 1
-        deployment.discard(home)
-    _report("ingest", deployment, points, started, work, outcomes)
+        archives.discard(home)
+    _report("ingest", archives, points, started, work, outcomes)
     # the campaign must have hit the window where objects exist but the slide is not yet visible
     assert outcomes["leftovers"] > 0
 
 
 def test_sigkill_during_ingest_leaves_a_consistent_archive(
-    tmp_path: Path, big_slide: Path, deployment: _Deployment
+    tmp_path: Path, big_slide: Path, backend: Backend
 ) -> None:
-    _ingest_campaign(tmp_path, big_slide, DEFAULT_POINTS["ingest"][deployment.name], deployment)
+    _ingest_campaign(tmp_path, big_slide, DEFAULT_POINTS["ingest"][backend.name], _Archives(backend))
 
 
 @pytest.mark.slow
-def test_sigkill_campaign_at_200_points(tmp_path: Path, big_slide: Path, deployment: _Deployment) -> None:
-    _ingest_campaign(tmp_path, big_slide, SLOW_POINTS, deployment)
+def test_sigkill_campaign_at_200_points(tmp_path: Path, big_slide: Path, backend: Backend) -> None:
+    _ingest_campaign(tmp_path, big_slide, SLOW_POINTS, _Archives(backend))
 
 
 # -- STOW-RS ---------------------------------------------------------------------------------
@@ -430,10 +385,10 @@ def _check_stored_once(home: Path, extra: dict[str, str], upload: _Upload, slide
     assert uids == upload.sop_instance_uids
 
 
-def _stow_campaign(tmp_path: Path, upload: _Upload, points: int, deployment: _Deployment) -> None:
+def _stow_campaign(tmp_path: Path, upload: _Upload, points: int, archives: _Archives) -> None:
     started = time.perf_counter()
     reference = tmp_path / "reference"
-    extra = deployment.env(reference)
+    extra = archives.env(reference)
     server = _Server(reference, extra)
     try:
         begun = time.perf_counter()
@@ -443,12 +398,13 @@ def _stow_campaign(tmp_path: Path, upload: _Upload, points: int, deployment: _De
         server.stop()
     assert answer.status_code == 200, answer.text
     _check_stored_once(reference, extra, upload, _check_consistent(reference, extra).slides)
-    deployment.discard(reference)
+    archives.discard(reference)
     outcomes: Counter[str] = Counter()
-    for index, fraction in _points(points, f"stow/{deployment.name}"):
+    for index, fraction in _points(points, f"stow/{archives.name}"):
         home = tmp_path / f"home-{index}"
-        extra = deployment.env(home)
-        _post_and_kill(_Server(home, extra), upload, work.typical * fraction)
+        extra = archives.env(home)
+        # kill points spread over the request, and a little past its answer (the slide visible)
+        _post_and_kill(_Server(home, extra), upload, 1.1 * work.typical * fraction)
         state = _check_consistent(home, extra)
         if state.slides:  # visible, so whole
             _check_stored_once(home, extra, upload, state.slides)
@@ -465,23 +421,21 @@ def _stow_campaign(tmp_path: Path, upload: _Upload, points: int, deployment: _De
         slides = _check_consistent(home, extra).slides
         _check_stored_once(home, extra, upload, slides)
         assert _audit_entries(home, extra, slides[0].id, "ingest") == 1
-        deployment.discard(home)
-    _report("STOW-RS", deployment, points, started, work, outcomes)
+        archives.discard(home)
+    _report("STOW-RS", archives, points, started, work, outcomes)
     if points >= 20:
         assert outcomes["leftovers"] > 0 and outcomes["visible"] > 0, outcomes
 
 
 def test_sigkill_during_stow_leaves_a_consistent_archive(
-    tmp_path: Path, stow_upload: _Upload, deployment: _Deployment
+    tmp_path: Path, stow_upload: _Upload, backend: Backend
 ) -> None:
-    _stow_campaign(tmp_path, stow_upload, DEFAULT_POINTS["stow"][deployment.name], deployment)
+    _stow_campaign(tmp_path, stow_upload, DEFAULT_POINTS["stow"][backend.name], _Archives(backend))
 
 
 @pytest.mark.slow
-def test_stow_sigkill_campaign_at_200_points(
-    tmp_path: Path, stow_upload: _Upload, deployment: _Deployment
-) -> None:
-    _stow_campaign(tmp_path, stow_upload, SLOW_POINTS, deployment)
+def test_stow_sigkill_campaign_at_200_points(tmp_path: Path, stow_upload: _Upload, backend: Backend) -> None:
+    _stow_campaign(tmp_path, stow_upload, SLOW_POINTS, _Archives(backend))
 
 
 # -- deletion --------------------------------------------------------------------------------
@@ -525,11 +479,11 @@ def _delete_to_the_end(home: Path, extra: dict[str, str], slide_id: str) -> dict
     return result
 
 
-def _template(tmp_path: Path, deployment: _Deployment, exported: list[Path]) -> tuple[Path, str, str]:
+def _template(tmp_path: Path, archives: _Archives, exported: list[Path]) -> tuple[Path, str, str]:
     """An archive with the slide to delete and one to keep; every kill point starts from a copy.
     The slide to delete comes as DICOM files (no pyramid level to compute: quick on S3 too)."""
     home = tmp_path / "template"
-    archive = Archive.open(Settings.load(home, env=deployment.env(home)))
+    archive = Archive.open(Settings.load(home, env=archives.env(home)))
     try:
         ingestor = Ingestor(archive.catalog, archive.store, spool_dir=home)
         ids = []
@@ -542,18 +496,18 @@ def _template(tmp_path: Path, deployment: _Deployment, exported: list[Path]) -> 
     return home, ids[0], ids[1]
 
 
-def _delete_campaign(tmp_path: Path, exported: list[Path], points: int, deployment: _Deployment) -> None:
+def _delete_campaign(tmp_path: Path, exported: list[Path], points: int, archives: _Archives) -> None:
     started = time.perf_counter()
-    template, gone, kept = _template(tmp_path, deployment, exported)
+    template, gone, kept = _template(tmp_path, archives, exported)
     reference = tmp_path / "reference"
-    extra = deployment.env(reference, template)
+    extra = archives.env(reference, template)
     work = _Durations(_work_of(_delete_to_the_end(reference, extra, gone)))
     assert [s.id for s in _check_consistent(reference, extra).slides] == [kept]
-    deployment.discard(reference)
+    archives.discard(reference)
     outcomes: Counter[str] = Counter()
-    for index, fraction in _points(points, f"delete/{deployment.name}"):
+    for index, fraction in _points(points, f"delete/{archives.name}"):
         home = tmp_path / f"home-{index}"
-        extra = deployment.env(home, template)
+        extra = archives.env(home, template)
         process = _delete(home, extra, gone)
         # kill points spread over the deletion and as long again after it (the output, the exit)
         time.sleep(2 * work.typical * fraction)
@@ -580,20 +534,20 @@ def _delete_campaign(tmp_path: Path, exported: list[Path], points: int, deployme
         if not sweep_first:
             assert final.swept == 0, "deleting again must remove what the interrupted deletion left"
         assert _audit_entries(home, extra, gone, "delete") == 1
-        deployment.discard(home)
-    _report("deletion", deployment, points, started, work, outcomes)
+        archives.discard(home)
+    _report("deletion", archives, points, started, work, outcomes)
     if points >= 20:
         assert outcomes["before the commit"] > 0 and outcomes["done"] + outcomes["objects left"] > 0
 
 
 def test_sigkill_during_delete_leaves_a_consistent_archive(
-    tmp_path: Path, exported: list[Path], deployment: _Deployment
+    tmp_path: Path, exported: list[Path], backend: Backend
 ) -> None:
-    _delete_campaign(tmp_path, exported, DEFAULT_POINTS["delete"][deployment.name], deployment)
+    _delete_campaign(tmp_path, exported, DEFAULT_POINTS["delete"][backend.name], _Archives(backend))
 
 
 @pytest.mark.slow
 def test_delete_sigkill_campaign_at_200_points(
-    tmp_path: Path, exported: list[Path], deployment: _Deployment
+    tmp_path: Path, exported: list[Path], backend: Backend
 ) -> None:
-    _delete_campaign(tmp_path, exported, SLOW_POINTS, deployment)
+    _delete_campaign(tmp_path, exported, SLOW_POINTS, _Archives(backend))
