@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/catalog.py [--scale 1.0] [--server URL] [--database NAME]
         [--reuse] [--keep] [--queries 200] [--ingests 21] [--deep-offset 10000]
-        [--full-metadata] [--no-proposed] [--seed 1] [--work DIR] [--output FILE] [--json]
+        [--full-metadata] [--proposed] [--seed 1] [--work DIR] [--output FILE] [--json]
 
 A dedicated database (``--database``, default ``lamina_bench_catalog``) gets lamina's own schema
 (``Catalog.open``) and is filled in three stages of 10^3, 10^5 and 10^6 slides (times ``--scale``)
@@ -21,7 +21,8 @@ slides. At each stage (see ``_catalog_measure.py``):
 - the lifecycle selection of the slides expiring this week (``lifecycle.expiring``): the first
   batch, a later batch, and the whole week.
 
-At the last stage the searches run again with the indexes of :data:`PROPOSED` the schema lacks.
+With ``--proposed``, the searches run again at the last stage with the indexes of :data:`PROPOSED`
+that the schema lacks.
 
 Goals checked: QIDO p95 at most 100 ms at 10 million instances for every search; ingest time at
 10^5 and 10^6 slides within 10 % of the reference's, measured in the same rounds; the database
@@ -73,10 +74,11 @@ STAGES = (1_000, 100_000, 1_000_000)
 QIDO_GOAL_MS = 100.0
 INGEST_GROWTH_GOAL = 1.10
 DISK_GOAL = 20 * 10**9
-#: indexes proposed for lamina's schema, tried at the last stage: those the catalog lacks are
-#: created, the searches measured again, and dropped (one the schema already has is left alone).
-#: ix_series_study_modality makes the ModalitiesInStudy test (EXISTS a series of the study with
-#: that modality) an index-only probe: a deep page of the worklist probes every study it skips.
+#: indexes considered for lamina's schema, tried with --proposed at the last stage: those the
+#: catalog lacks are created, the searches measured again, and the indexes dropped. The one here
+#: makes the ModalitiesInStudy test (EXISTS a series of the study with that modality) an
+#: index-only probe; measured at 10 M instances it did not shorten the deep page of the worklist,
+#: whose time is the walk over the studies it skips.
 PROPOSED = {
     "ix_series_study_modality": (
         "CREATE INDEX ix_series_study_modality ON series (study_instance_uid, modality)"
@@ -685,10 +687,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deep-offset", type=int, default=10_000, help="offset of the deep page")
     parser.add_argument("--full-metadata", action="store_true", help="store every attribute's JSON")
     parser.add_argument(
-        "--no-proposed",
-        dest="proposed",
-        action="store_false",
-        help="do not search again with the proposed indexes at the last stage",
+        "--proposed",
+        action="store_true",
+        help="at the last stage, search again with the PROPOSED indexes the catalog lacks",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated catalog")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch folder")
