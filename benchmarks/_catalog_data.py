@@ -61,6 +61,8 @@ TILE = 256
 FRAME_INDEX_VARIANTS = 64
 PACK_LEVEL = 6  # zlib level of dicom_json.pack
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image
+#: studies.modalities of a study whose series are all slides (\SM\), as COPY text escapes it
+STUDY_MODALITIES = "\\\\SM\\\\"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 FIRST_STUDY_DATE = dt.date(2016, 1, 1)
@@ -380,7 +382,7 @@ class CatalogGenerator:
         created = started + dt.timedelta(hours=rng.randrange(2, 72))
         data["studies"].append(
             f"{study}\t{patient[0]}\t{accession}\t{day:%Y%m%d}\t{started:%H%M%S}\t{created.isoformat()}"
-            f"\t{tenant.code}\n"
+            f"\t{tenant.code}\t{STUDY_MODALITIES}\n"
         )
         case = _Case(tenant.code, accession, patient, study, started, created)
         for index in range(count):
@@ -546,7 +548,7 @@ COLUMNS = {
     "patients": ("pk", "patient_id", "issuer", "patient_name", "birth_date", "sex"),
     "studies": (
         "study_instance_uid", "patient_pk", "accession_number", "study_date", "study_time", "created_at",
-        "tenant",
+        "tenant", "modalities",
     ),
     "series": ("series_instance_uid", "study_instance_uid", "modality", "series_number", "created_at"),
     "slides": (

@@ -177,6 +177,29 @@ def test_annotations_are_stored_beside_the_slide(exported: list[Path], target: t
     assert answer.status_code == 409
 
 
+def test_modalities_in_study_follow_the_series_stored_and_deleted(
+    exported: list[Path], target: tuple[str, Archive]
+) -> None:
+    base, archive = target
+    client = DICOMwebClient(base)
+    slide = [pydicom.dcmread(path) for path in exported]
+    client.store_instances(slide)
+    study = slide[0].StudyInstanceUID
+
+    def studies_with(modality: str) -> list[list[str]]:
+        found = client.search_for_studies(search_filters={"ModalitiesInStudy": modality})
+        assert all(item["0020000D"]["Value"] == [study] for item in found)
+        return [item["00080061"]["Value"] for item in found]
+
+    assert (studies_with("SM"), studies_with("ANN")) == ([["SM"]], [])
+    client.store_instances([_annotations(slide[0])])
+    assert studies_with("SM") == studies_with("ANN") == studies_with("SM\\CT") == [["ANN", "SM"]]
+    assert studies_with("A*") == [["ANN", "SM"]]  # a wild card probes the series instead
+    (row,) = archive.catalog.slides()
+    archive.delete_slide(row.id, "tester", "a test")
+    assert (studies_with("SM"), studies_with("ANN")) == ([], [["ANN"]])
+
+
 def _encode(dataset: pydicom.Dataset) -> bytes:
     import io
 

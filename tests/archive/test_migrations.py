@@ -13,7 +13,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from lamina.archive.catalog import Catalog, migrations
+from lamina.archive.catalog import Catalog, migrations, search
+from lamina.archive.catalog.search import Criterion, Single
 from lamina.archive.catalog.tables import metadata
 from lamina.errors import ConfigurationError
 
@@ -50,7 +51,11 @@ def _dialect_indexes(url: str) -> None:
                 definition = conn.execute(
                     text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_studies_date_pg'")
                 ).scalar_one()
-            assert "study_date NULLS FIRST, study_time NULLS FIRST, study_instance_uid" in definition
+            assert "study_date NULLS FIRST, study_time NULLS FIRST, study_instance_uid)" in definition
+            assert definition.endswith("INCLUDE (modalities)"), definition
+        else:
+            columns = [index["column_names"] for index in inspect(engine).get_indexes("studies")]
+            assert ["study_date", "study_time", "study_instance_uid", "modalities"] in columns, columns
     finally:
         engine.dispose()
 
@@ -127,6 +132,14 @@ def _first_release_catalog(url: str) -> None:
             ),
             {"now": now, "yes": True},
         )
+        conn.execute(
+            text(
+                "INSERT INTO series (series_instance_uid, study_instance_uid, modality, created_at) "
+                "VALUES ('2.25.2', '2.25.1', 'SM', :now), ('2.25.3', '2.25.1', 'ANN', :now), "
+                "('2.25.4', '2.25.1', 'SM', :now)"
+            ),
+            {"now": now},
+        )
     engine.dispose()
 
 
@@ -142,6 +155,12 @@ def test_a_catalog_of_the_first_releases_is_upgraded_with_its_slides(
         assert slide is not None
         assert (slide.container_id, slide.accession_number, slide.tenant) == ("BC1", "ACC1", "")
         assert slide.retain_until is None
+        # the study's modalities, gathered from its series by migration 0007, are searched
+        with catalog.engine.connect() as conn:
+            assert conn.execute(text("SELECT modalities FROM studies")).scalar_one() == "\\ANN\\SM\\"
+        for modality, hits in (("ANN", 1), ("SM", 1), ("SR", 0)):
+            criteria = [Criterion("ModalitiesInStudy", Single(modality))]
+            assert len(search.find_studies(catalog.engine, criteria, 10, 0).hits) == hits, modality
     finally:
         catalog.close()
     assert _differences(url) == []

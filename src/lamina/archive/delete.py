@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
-from lamina.archive.catalog import Catalog
+from lamina.archive.catalog import Catalog, modalities
 from lamina.archive.catalog import tables as t
 from lamina.errors import LaminaError, NotFoundError, RequestError, StorageError
 
@@ -166,6 +166,8 @@ def _remove_from_catalog(conn: Connection, slide_id: str, actor: str, reason: st
         ).rowcount
         == 1
     )
+    if not study_removed:
+        modalities.refresh(conn, study)
     detail: dict[str, Any] = {
         "reason": reason,
         "series": series,

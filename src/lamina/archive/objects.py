@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
-from lamina.archive.catalog import Catalog
+from lamina.archive.catalog import Catalog, modalities
 from lamina.archive.catalog import tables as t
 from lamina.archive.catalog.catalog import PatientRecord
 from lamina.errors import CorruptSourceError, StorageError
@@ -174,6 +174,7 @@ def _insert(
                     created_at=now,
                 )
             )
+            modalities.refresh(conn, study)
         conn.execute(
             insert(t.instances).values(
                 sop_instance_uid=str(ds.SOPInstanceUID),

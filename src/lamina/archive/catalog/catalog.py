@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 
 from lamina.archive import audit
-from lamina.archive.catalog import migrations
+from lamina.archive.catalog import migrations, modalities
 from lamina.archive.catalog import tables as t
 from lamina.errors import ConfigurationError, StorageError
 
@@ -300,6 +300,7 @@ class Catalog:
                         created_at=slide.created_at,
                     )
                 )
+                modalities.refresh(conn, slide.study_instance_uid)
                 values = {column.name: getattr(slide, column.name) for column in t.slides.columns}
                 conn.execute(insert(t.slides).values(**values))
                 conn.execute(

@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, exists, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, exists, func, or_, select
 
+from lamina.archive.catalog import modalities
 from lamina.archive.catalog import tables as t
 
 
@@ -237,6 +238,10 @@ def _condition(criterion: Criterion, level: Level) -> ColumnElement[bool]:
     key = KEYS[criterion.key]
     if not key.matches_at(level):
         raise ValueError(f"{criterion.key} is not an attribute of the {level.name.lower()} level or above")
+    if key.via is Via.SERIES and isinstance(criterion.match, Single | AnyOf):
+        # the modalities kept on the study's row (and in the study-order index)
+        values = (criterion.match.value,) if isinstance(criterion.match, Single) else criterion.match.values
+        return or_(*(modalities.has(value) for value in values))
     if key.via is Via.SERIES:
         # any series of the study, seen through an alias so that a series search's own row is not it
         column = _OTHER_SERIES.c[key.column.name]
@@ -297,9 +302,18 @@ _SERIES = t.series.join(t.studies, t.series.c.study_instance_uid == t.studies.c.
 
 
 def studies_query(criteria: Sequence[Criterion]) -> Select[Any]:
-    """Studies (with their patient) matching every criterion, in the stable order."""
+    """The UIDs of the studies matching every criterion, in the stable order.
+
+    Only the studies' UIDs: a page is walked in ``ix_studies_date`` alone (an index-only scan;
+    the index carries the study's modalities for ``ModalitiesInStudy``), and the patient is
+    joined only when a criterion needs it. The skipped rows of a deep page then cost
+    an index entry each, not a row of studies and one of patients (:func:`find_studies` reads
+    the page's own rows afterwards)."""
     conditions = [_condition(criterion, Level.STUDY) for criterion in criteria]
-    return select(*_STUDY_COLUMNS).select_from(_STUDIES).where(*conditions).order_by(*_STUDY_ORDER)
+    on_patient = any(KEYS[criterion.key].column.table is t.patients for criterion in criteria)
+    source = _STUDIES if on_patient else t.studies
+    query = select(t.studies.c.study_instance_uid).select_from(source).where(*conditions)
+    return query.order_by(*_STUDY_ORDER)
 
 
 def series_query(criteria: Sequence[Criterion]) -> Select[Any]:
@@ -359,8 +373,17 @@ def _instances_and_first(conn: Connection, column: Any, uids: list[str]) -> dict
 def find_studies(engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int) -> Found[StudyHit]:
     """One page of matching studies, each with its modalities, counts and one instance's JSON."""
     with engine.connect() as conn:
-        rows, more = _page(conn, studies_query(criteria), limit, offset)
-        uids = [row["study_instance_uid"] for row in rows]
+        keys, more = _page(conn, studies_query(criteria), limit, offset)
+        uids = [key["study_instance_uid"] for key in keys]
+        by_uid = {
+            row["study_instance_uid"]: row
+            for row in conn.execute(
+                select(*_STUDY_COLUMNS).select_from(_STUDIES).where(t.studies.c.study_instance_uid.in_(uids))
+            ).mappings()
+        }
+        # a study deleted between the two reads is left out of the page
+        uids = [uid for uid in uids if uid in by_uid]
+        rows = [by_uid[uid] for uid in uids]
         modalities: dict[str, list[str]] = {}
         series: dict[str, int] = {}
         by_modality = (

@@ -47,20 +47,28 @@ studies = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     # the lab (site) that owns the case; "" until tenants are configured
     Column("tenant", String(64), nullable=False, server_default=""),
+    # the distinct modalities of its series, delimited: \ANN\SM\ (catalog/modalities.py)
+    Column("modalities", Text, nullable=False, server_default=""),
     Index("ix_studies_accession", "accession_number"),
     Index("ix_studies_patient", "patient_pk"),
 )
 # QIDO's stable order, newest first with undated studies last (ORDER BY ... DESC NULLS LAST): a
 # page of /studies reads this index backwards. SQLite sorts NULLs first in an ascending index,
 # PostgreSQL last unless told: each database gets the index whose backward scan is that order.
-Index("ix_studies_date", studies.c.study_date, studies.c.study_time, studies.c.study_instance_uid).ddl_if(
-    dialect="sqlite"
-)
+# It carries the modalities, so that ModalitiesInStudy is tested on the index entry.
+Index(
+    "ix_studies_date",
+    studies.c.study_date,
+    studies.c.study_time,
+    studies.c.study_instance_uid,
+    studies.c.modalities,
+).ddl_if(dialect="sqlite")
 Index(
     "ix_studies_date_pg",
     studies.c.study_date.nulls_first(),
     studies.c.study_time.nulls_first(),
     studies.c.study_instance_uid,
+    postgresql_include=["modalities"],
 ).ddl_if(dialect="postgresql")
 
 series = Table(
@@ -71,7 +79,7 @@ series = Table(
     Column("modality", String(16), nullable=False),
     Column("series_number", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Index("ix_series_study", "study_instance_uid"),
+    Index("ix_series_study_modality", "study_instance_uid", "modality"),
 )
 
 slides = Table(
