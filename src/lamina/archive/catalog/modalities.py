@@ -33,7 +33,8 @@ def refresh(conn: Connection, study_instance_uid: str) -> None:
     """Set the study's modalities from its series (inside the caller's transaction)."""
     studies = t.studies.c
     row = studies.study_instance_uid == study_instance_uid
-    conn.execute(select(studies.study_instance_uid).where(row).with_for_update())
+    # FOR NO KEY UPDATE: waits for another refresh, not for the key-share locks of series inserts
+    conn.execute(select(studies.study_instance_uid).where(row).with_for_update(key_share=True))
     found = conn.execute(
         select(t.series.c.modality).where(t.series.c.study_instance_uid == study_instance_uid).distinct()
     ).scalars()
