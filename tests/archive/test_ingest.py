@@ -221,3 +221,20 @@ def test_an_mrxs_slide_is_one_candidate_refused_with_its_name(ingestor: Ingestor
     result = ingestor.ingest(candidates[0])
     assert result.status == "failed"
     assert result.reason == "3DHistech MRXS files are not supported yet"
+
+
+def test_a_dicom_source_reusing_stored_sop_instance_uids_is_refused_before_writing(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    first = ingest_path(ingestor, shared_file("aperio/CMU-1-Small-Region.svs"))
+    assert first.status == "ingested", first.reason
+    # the slide's own DICOM files, other bytes than the SVS: the same SOP Instance UIDs come back
+    (exported,) = archive.export(tmp_path / "export", [first.slide_id or ""])
+    before = _stored(archive)
+    (candidate,) = discover([exported.files[0].parent])
+    second = ingestor.ingest(candidate)
+    assert second.status == "failed"
+    assert "is already in the archive with other content" in (second.reason or ""), second.reason
+    assert _stored(archive) == before
+    assert archive.catalog.count_slides() == 1
+    assert partial_writes(archive.store) == []

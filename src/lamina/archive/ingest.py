@@ -235,8 +235,18 @@ class Ingestor:
         sid = slide_id(ctx.series_instance_uid)
         if not ctx.container_id:
             ctx = replace(ctx, container_id=sid)
-        plans = plan_slide(source, new_uid)
-        taken = self.catalog.sop_instance_exists([plan.sop_instance_uid for plan in plans])
+        minted: set[str] = set()
+
+        def mint() -> str:
+            uid = new_uid()
+            minted.add(uid)
+            return uid
+
+        plans = plan_slide(source, mint)
+        # only the UIDs a DICOM source brings can be in the archive already (a new UID is random:
+        # probing for it would cost a random read of the largest index, and the insert checks it)
+        kept = [plan.sop_instance_uid for plan in plans if plan.sop_instance_uid not in minted]
+        taken = self.catalog.sop_instance_exists(kept) if kept else []
         if taken:
             raise StorageError(
                 f"SOP instance {taken[0]} is already in the archive with other content; "
