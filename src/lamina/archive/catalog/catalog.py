@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -106,11 +108,31 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # only at the first write, so a read before it would not be part of the transaction
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_S * 1000}")
+    _wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+#: how long a connection waits for SQLite's locks (seconds)
+_SQLITE_BUSY_S = 30
+
+
+def _wal(cursor: Any) -> None:
+    """Switch a new catalog to WAL. The switch needs the database alone and fails at once (busy,
+    without waiting) while another connection opening the same new file holds it: try again."""
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 _WRITE = "lamina_write"
