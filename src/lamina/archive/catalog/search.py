@@ -384,7 +384,7 @@ def find_studies(engine: Engine, criteria: Sequence[Criterion], limit: int, offs
         # a study deleted between the two reads is left out of the page
         uids = [uid for uid in uids if uid in by_uid]
         rows = [by_uid[uid] for uid in uids]
-        modalities: dict[str, list[str]] = {}
+        in_study: dict[str, list[str]] = {}
         series: dict[str, int] = {}
         by_modality = (
             select(t.series.c.study_instance_uid, t.series.c.modality, func.count())
@@ -393,7 +393,7 @@ def find_studies(engine: Engine, criteria: Sequence[Criterion], limit: int, offs
             .order_by(t.series.c.study_instance_uid, t.series.c.modality)
         )
         for uid, modality, count in conn.execute(by_modality):
-            modalities.setdefault(uid, []).append(modality)
+            in_study.setdefault(uid, []).append(modality)
             series[uid] = series.get(uid, 0) + int(count)
         instances = _instances_and_first(conn, t.instances.c.study_instance_uid, uids)
     hits = []
@@ -402,7 +402,7 @@ def find_studies(engine: Engine, criteria: Sequence[Criterion], limit: int, offs
         hits.append(
             _study(
                 row,
-                modalities=tuple(modalities.get(uid, ())),
+                modalities=tuple(in_study.get(uid, ())),
                 series=series.get(uid, 0),
                 instances=count,
                 metadata=metadata,
