@@ -236,5 +236,8 @@ def test_cli_verify_and_show(settings: Settings, tmp_path: Path) -> None:
     broken = _lamina(settings, "audit", "verify")
     assert broken.returncode == 1, broken.stderr
     assert "entry 2: edited" in broken.stdout and "Traceback" not in broken.stderr
-    assert json.loads(_lamina(settings, "audit", "verify", "--json").stdout)["first_bad"] == 2
+    # a broken log gives no head or root that a user could keep as a trusted anchor
+    assert "head: seq" not in broken.stdout and "merkle root:" not in broken.stdout
+    failed = json.loads(_lamina(settings, "audit", "verify", "--json").stdout)
+    assert failed["first_bad"] == 2 and failed["head"] is None and failed["merkle_root"] is None
     assert _lamina(settings, "audit", "verify", "--anchor", anchor).returncode == 1

@@ -62,28 +62,31 @@ def verify(ctx: click.Context, anchor: str | None, as_json: bool) -> None:
             root = audit_log.merkle_root(conn)
     finally:
         archive.close()
+    # A broken log has no head or root worth keeping: printing them would invite a user to save
+    # a forged state as the trusted anchor, so a failure prints neither.
     if as_json:
-        head = None if check.head_seq is None else {"seq": check.head_seq, "hash": check.head_hash}
+        head = None
+        if check.ok and check.head_seq is not None:
+            head = {"seq": check.head_seq, "hash": check.head_hash}
         result = {
             "ok": check.ok,
             "entries": check.entries,
             "first_bad": check.first_bad,
             "reason": check.reason,
             "head": head,
-            "merkle_root": root,
+            "merkle_root": root if check.ok else None,
         }
         click.echo(json.dumps(result, indent=2))
-    else:
-        if check.ok:
-            click.echo(f"ok: {check.entries} entr{'y' if check.entries == 1 else 'ies'} checked")
-        else:
-            click.echo(f"entry {check.first_bad}: {check.reason}")
-            click.echo(f"{check.entries} entries checked")
+    elif check.ok:
+        click.echo(f"ok: {check.entries} entr{'y' if check.entries == 1 else 'ies'} checked")
         if check.head_seq is None:
             click.echo("head: (empty log)")
         else:
             click.echo(f"head: seq {check.head_seq} hash {check.head_hash}")
         click.echo(f"merkle root: {root}")
+    else:
+        click.echo(f"entry {check.first_bad}: {check.reason}")
+        click.echo(f"{check.entries} entries checked; no head or Merkle root is printed for a broken log")
     if not check.ok:
         sys.exit(1)
 

@@ -7,7 +7,14 @@ import json
 import click
 from rich.table import Table
 
+from lamina.archive.catalog import SlideRow
 from lamina.cli.common import console, handle_errors, human_bytes, open_archive
+
+
+def _barcode(slide: SlideRow) -> str | None:
+    """The slide's barcode, or None when the source had none: DICOM requires a Container
+    Identifier, so lamina then records the slide's own id there, which is no barcode."""
+    return None if slide.container_id in ("", slide.id) else slide.container_id
 
 
 @click.command()
@@ -26,6 +33,7 @@ def slides(ctx: click.Context, as_json: bool) -> None:
                     {
                         "id": s.id,
                         "container_id": s.container_id,
+                        "barcode": _barcode(s),
                         "format": s.format,
                         "levels": s.levels,
                         "instances": s.instances,
@@ -58,7 +66,7 @@ def slides(ctx: click.Context, as_json: bool) -> None:
     for s in rows:
         table.add_row(
             s.id,
-            s.container_id,
+            _barcode(s) or "-",
             s.patient_id or "[yellow]unidentified[/]",
             s.accession_number or "-",
             s.stain or "-",
