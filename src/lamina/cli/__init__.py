@@ -7,6 +7,7 @@ import logging
 import click
 
 from lamina import __version__
+from lamina.cli.ae import ae
 from lamina.cli.audit import audit
 from lamina.cli.delete import delete
 from lamina.cli.demo import demo
@@ -37,7 +38,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, delete, sample, demo, serve, worker, verify, audit, watch):
+for command in (ingest, slides, export, delete, sample, demo, serve, worker, verify, audit, watch, ae):
     cli.add_command(command)
 
 

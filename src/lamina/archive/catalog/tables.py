@@ -175,3 +175,19 @@ job_reports = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("report", Text, nullable=False),
 )
+
+application_entities = Table(
+    "application_entities",
+    metadata,
+    # a DICOM peer known by its AE title (PS3.5: at most 16 characters; case matters)
+    Column("ae_title", String(16), primary_key=True),
+    # where lamina reaches it; a peer that only calls in (rights to come) may have no address
+    Column("host", String(253)),
+    Column("port", Integer),
+    Column("description", String(255), nullable=False, server_default=""),
+    # lamina may send to it: a C-MOVE destination, a target of `lamina send --to`
+    Column("move_destination", Boolean, nullable=False),
+    # the lab it belongs to; "" until tenants are configured
+    Column("tenant", String(64), nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

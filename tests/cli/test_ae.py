@@ -1,0 +1,78 @@
+"""``lamina ae add|list|remove`` as a user runs it, on both backends: tables and JSON, one-line
+errors naming the parameter, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def lamina(backend_env: dict[str, str], tmp_path: Path) -> Run:
+    """``lamina(*args)`` on a fresh archive of the test's backend."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LAMINA_HOME": str(tmp_path / "home"), "COLUMNS": "200", **backend_env}
+        return subprocess.run(
+            [sys.executable, "-m", "lamina", *args], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    return run
+
+
+def test_add_list_remove_with_tables_and_json(lamina: Run) -> None:
+    added = lamina(
+        "ae", "add", "PACS", "--host", "10.0.0.5", "--port", "104", "--description", "IMS [room 2]"
+    )
+    assert added.returncode == 0, added.stderr
+    assert "added PACS@10.0.0.5:104" in added.stdout
+    as_json = lamina("ae", "add", "STORESCP", "--host", "127.0.0.1", "--port", "11112", "--json")
+    assert json.loads(as_json.stdout)["address"] == "STORESCP@127.0.0.1:11112"
+
+    table = lamina("ae", "list")
+    assert table.returncode == 0
+    assert "IMS [room 2]" in table.stdout  # the description is shown as typed, not read as markup
+    assert table.stdout.index("PACS") < table.stdout.index("STORESCP")
+    listed = json.loads(lamina("ae", "list", "--json").stdout)
+    assert [(p["ae_title"], p["host"], p["port"]) for p in listed] == [
+        ("PACS", "10.0.0.5", 104),
+        ("STORESCP", "127.0.0.1", 11112),
+    ]
+
+    removed = lamina("ae", "remove", "PACS", "--json")
+    assert removed.returncode == 0 and json.loads(removed.stdout)["ae_title"] == "PACS"
+    assert [p["ae_title"] for p in json.loads(lamina("ae", "list", "--json").stdout)] == ["STORESCP"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["AN_AE_TITLE_TOO_LONG", "--host", "h", "--port", "104"], "AE_TITLE: 'AN_AE_TITLE_TOO_LONG' has 20"),
+        (["A\\B", "--host", "h", "--port", "104"], "AE_TITLE:"),
+        (["PACS", "--host", "bad host", "--port", "104"], "--host: 'bad host' is neither"),
+        (["PACS", "--host", "h", "--port", "0"], "--port: 0 is not a TCP port"),
+        (["PACS", "--host", "h", "--port", "dicom"], "--port: 'dicom' is not a number"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_parameter(lamina: Run, args: list[str], message: str) -> None:
+    done = lamina("ae", "add", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert json.loads(lamina("ae", "list", "--json").stdout) == []  # nothing half-added
+
+
+def test_duplicates_and_unknown_titles_fail_with_the_fix(lamina: Run) -> None:
+    assert lamina("ae", "add", "PACS", "--host", "h", "--port", "104").returncode == 0
+    again = lamina("ae", "add", "PACS", "--host", "other", "--port", "104")
+    assert again.returncode == 2 and "lamina ae remove PACS" in again.stderr
+    gone = lamina("ae", "remove", "NOBODY")
+    assert gone.returncode == 2 and "lamina ae list" in gone.stderr
