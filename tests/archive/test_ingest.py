@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pydicom
@@ -11,8 +12,9 @@ import pytest
 
 from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
-from lamina.archive.ingest import Ingestor
+from lamina.archive.ingest import Ingestor, IngestResult, IngestStatus, IngestStep
 from lamina.archive.manifest import load_manifest
+from lamina.config import Settings
 from lamina.model.geometry import SizeMm
 from tests.support import ingest_path, partial_writes, shared_file, single, stored_file
 
@@ -238,3 +240,50 @@ def test_a_dicom_source_reusing_stored_sop_instance_uids_is_refused_before_writi
     assert _stored(archive) == before
     assert archive.catalog.count_slides() == 1
     assert partial_writes(archive.store) == []
+
+
+@pytest.mark.parametrize("gap", [IngestStep.DUPLICATES_CHECKED, IngestStep.WRITTEN])
+def test_the_same_series_ingested_twice_at_once_is_one_slide_and_one_duplicate(
+    settings: Settings, tmp_path: Path, gap: IngestStep
+) -> None:
+    """Two processes ingest one series at once: while the first is held at ``gap`` (after its
+    duplicate check, before it probes the SOP Instance UIDs; or with its objects written, before
+    its catalog transaction), the second stores the series whole."""
+    # Arrange: one DICOM series in two folders (as two STOW-RS requests spool it), two archives
+    # on the same catalog and store (two processes), the first held at the gap
+    series = shared_file("dicom-openslide-python")
+    first_copy, second_copy = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(series, first_copy)
+    shutil.copytree(series, second_copy)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(step: IngestStep) -> None:
+        if step is gap:
+            held.set()
+            assert release.wait(120), "the test never released the first ingest"
+
+    first, second = Archive.open(settings), Archive.open(settings)
+    try:
+        held_ingestor = Ingestor(first.catalog, first.store, spool_dir=settings.home, on_step=hold)
+        results: list[IngestResult] = []
+        (first_candidate,) = discover([first_copy])
+        worker = threading.Thread(target=lambda: results.append(held_ingestor.ingest(first_candidate)))
+        worker.start()
+        assert held.wait(120), f"the first ingest never reached the step {gap}"
+        # Act: the second stores the series while the first waits, then the first goes on
+        (second_candidate,) = discover([second_copy])
+        stored = Ingestor(second.catalog, second.store, spool_dir=settings.home).ingest(second_candidate)
+        release.set()
+        worker.join(120)
+        # Assert
+        assert stored.status == IngestStatus.INGESTED, stored.reason
+        (late,) = results
+        assert late.status == IngestStatus.DUPLICATE, late.reason
+        assert late.slide_id == stored.slide_id
+        assert second.catalog.count_slides() == 1
+        assert _stored(second) == second.catalog.referenced_blobs()
+        assert partial_writes(second.store) == []
+    finally:
+        release.set()
+        first.close()
+        second.close()

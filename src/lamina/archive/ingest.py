@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 from lamina.archive.blobstore import BlobRef, BlobStore, BlobWriter
@@ -41,6 +42,26 @@ from lamina.model.slide import SlideIdentity
 Progress = Callable[[int, int], None]  # (bytes done, bytes expected)
 
 
+class IngestStatus(StrEnum):
+    """What became of one ingested unit (a file, or a DICOM series)."""
+
+    INGESTED = "ingested"
+    #: the same source is stored already (an exact copy, by content): nothing new was written
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+
+class IngestStep(StrEnum):
+    """Points of an ingest that a collaborator passed as ``on_step`` is told about, in the
+    ingesting thread: whatever it does (log, wait) happens between the two neighbouring steps."""
+
+    #: the source is no stored slide's (by size, head and, when those match, its fingerprint);
+    #: nothing is converted or written yet
+    DUPLICATES_CHECKED = "duplicates checked"
+    #: every object is written and verified; the catalog transaction comes next
+    WRITTEN = "written"
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     pixel_spacing: SizeMm | None = None
@@ -50,7 +71,7 @@ class IngestOptions:
 @dataclass
 class IngestResult:
     path: Path
-    status: str  # ingested, duplicate, failed
+    status: IngestStatus
     name: str = ""  # the file's name, or a multi-file slide's folder
     slide_id: str | None = None
     format: str | None = None
@@ -66,7 +87,7 @@ class IngestResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("ingested", "duplicate")
+        return self.status in (IngestStatus.INGESTED, IngestStatus.DUPLICATE)
 
 
 class _DuplicateError(Exception):
@@ -117,11 +138,17 @@ class Ingestor:
         store: BlobStore,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         spool_dir: Path | None = None,
+        on_step: Callable[[IngestStep], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.clock = clock
         self.spool_dir = spool_dir
+        self.on_step = on_step
+
+    def _step(self, step: IngestStep) -> None:
+        if self.on_step is not None:
+            self.on_step(step)
 
     def ingest(
         self,
@@ -132,11 +159,11 @@ class Ingestor:
     ) -> IngestResult:
         options = options or IngestOptions()
         started = time.perf_counter()
-        result = IngestResult(candidate.path, "failed", candidate.name)
+        result = IngestResult(candidate.path, IngestStatus.FAILED, candidate.name)
         try:
             self._ingest(candidate, manifest, options, progress, result)
         except _DuplicateError as dup:
-            result.status, result.slide_id = "duplicate", dup.slide.id
+            result.status, result.slide_id = IngestStatus.DUPLICATE, dup.slide.id
             result.format, result.levels, result.instances = (
                 dup.slide.format,
                 dup.slide.levels,
@@ -144,16 +171,16 @@ class Ingestor:
             )
             result.bytes, result.identified = dup.slide.bytes, dup.slide.identified
         except SourceError as exc:
-            result.status = "failed"
+            result.status = IngestStatus.FAILED
             # a multi-file slide names the member at fault
             where = "" if exc.path == candidate.path else f"{exc.path.name}: "
             result.reason = where + exc.reason
         except LaminaError as exc:
-            result.status = "failed"
+            result.status = IngestStatus.FAILED
             result.reason = str(exc)
             result.retryable = isinstance(exc, UnavailableError)
         except Exception as exc:  # a reader library's own error on a damaged file: the batch goes on
-            result.status = "failed"
+            result.status = IngestStatus.FAILED
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             result.reason = f"unreadable ({type(exc).__name__}: {detail}); the file may be damaged"
         result.seconds = time.perf_counter() - started
@@ -190,6 +217,7 @@ class Ingestor:
             for slide in known:
                 if slide.source_blake3 == digest:
                     raise _DuplicateError(slide)
+        self._step(IngestStep.DUPLICATES_CHECKED)
         reader = detect_format(candidate.path)
         result.format = reader.format_name
         source = reader(candidate.path, SourceOptions(spacing, candidate.members))
@@ -248,6 +276,11 @@ class Ingestor:
         kept = [plan.sop_instance_uid for plan in plans if plan.sop_instance_uid not in minted]
         taken = self.catalog.sop_instance_exists(kept) if kept else []
         if taken:
+            # another process may have stored this very source since the duplicate check above
+            # (two requests bringing the same series at once): then this one is its duplicate
+            found = self.catalog.slide_by_source(key.digest or full_digest(candidate.members))
+            if found is not None:
+                raise _DuplicateError(found)
             raise StorageError(
                 f"SOP instance {taken[0]} is already in the archive with other content; "
                 "the source system reused a UID"
@@ -268,6 +301,7 @@ class Ingestor:
             else:
                 assert key.fingerprint is not None
                 digest = key.fingerprint.finish()
+            self._step(IngestStep.WRITTEN)
             found = self.catalog.slide_by_source(digest)
             if found is not None:  # ingested meanwhile by another process
                 raise _DuplicateError(found)
@@ -288,7 +322,7 @@ class Ingestor:
                 if digest_ not in in_use:
                     self.store.delete(digest_)
             raise
-        result.status, result.slide_id = "ingested", sid
+        result.status, result.slide_id = IngestStatus.INGESTED, sid
         result.levels = sum(1 for plan in plans if plan.level is not None)
         result.instances = len(plans)
         result.bytes = sum(ref.size for _, ref in refs)
