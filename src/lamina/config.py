@@ -78,6 +78,33 @@ def _cron(raw: object) -> str | None:
     return text
 
 
+def _names(env: dict[str, str], file_values: dict[str, Any], key: str) -> tuple[str, ...]:
+    """A list setting: ``LAMINA_<KEY>`` separated by commas, or a list in lamina.toml."""
+    raw = env.get(f"LAMINA_{key.upper()}")
+    if raw is not None:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    value = file_values.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigurationError(f"lamina.toml: {key} must be a list of strings")
+    return tuple(str(part).strip() for part in value if str(part).strip())
+
+
+def _networks(env: dict[str, str], file_values: dict[str, Any]) -> tuple[str, ...]:
+    """``trusted_proxies``: addresses or networks (``10.0.0.0/8``), each checked here."""
+    import ipaddress
+
+    found = _names(env, file_values, "trusted_proxies")
+    for item in found:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigurationError(
+                f"LAMINA_TRUSTED_PROXIES (or trusted_proxies in lamina.toml): {item!r} is not an IP "
+                "address or network; give addresses such as 10.0.0.5 or 10.0.0.0/8, separated by commas"
+            ) from None
+    return found
+
+
 def _folders(env_value: str | None, file_value: object) -> tuple[Path, ...]:
     if env_value:
         return tuple(Path(part).expanduser().absolute() for part in env_value.split(os.pathsep) if part)
@@ -155,6 +182,26 @@ class Settings:
         ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
         ``AWS_DEFAULT_REGION``, else the ``[s3]`` table of lamina.toml (``endpoint_url``,
         ``access_key_id``, ``secret_access_key``, ``region``). Never printed.
+    api_threads
+        The bounded thread pool in which ``lamina serve`` runs request work that may block
+        (catalog queries, S3 reads, decoding): ``LAMINA_API_THREADS``, default 40.
+    allowed_hosts
+        Host names (``LAMINA_ALLOWED_HOSTS``, separated by commas) under which clients may address
+        the server when ``public_url`` is unset, beside ``localhost``, the loopback addresses and
+        the address a request came in on; a request under another name that needs absolute URLs
+        gets 400. ``*`` allows any name (not recommended: absolute URLs then follow the client).
+    trusted_proxies
+        Addresses or networks of reverse proxies (``LAMINA_TRUSTED_PROXIES``, separated by
+        commas) whose ``Forwarded`` / ``X-Forwarded-*`` headers are believed; none by default.
+    max_frames_bytes
+        The largest WADO-RS frames or bulk data answer, in bytes, as stored or as decoded when
+        transcoded (``LAMINA_MAX_FRAMES_BYTES``, default 32 MiB).
+    max_transcode_bytes
+        The most decoded pixel bytes one retrieve of whole instances may transcode to Explicit VR
+        Little Endian (``LAMINA_MAX_TRANSCODE_BYTES``, default 1 GiB, at most 4 GiB per instance).
+    shutdown_grace_s
+        How long ``lamina serve`` lets requests in flight finish after SIGTERM or Ctrl-C
+        (``LAMINA_SHUTDOWN_GRACE_S``, default 30).
     """
 
     home: Path
@@ -172,6 +219,12 @@ class Settings:
     verify_limit_mb_s: float = 50.0
     watch: tuple[Path, ...] = ()
     watch_stable_s: float = 5.0
+    api_threads: int = 40
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    max_frames_bytes: int = 32 << 20
+    max_transcode_bytes: int = 1 << 30
+    shutdown_grace_s: float = 30.0
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -216,6 +269,12 @@ class Settings:
             verify_limit_mb_s=_number(env, file_values, "verify_limit_mb_s", 50.0, float),
             watch=_folders(env.get("LAMINA_WATCH"), file_values.get("watch")),
             watch_stable_s=_number(env, file_values, "watch_stable_s", 5.0, float),
+            api_threads=max(1, _number(env, file_values, "api_threads", 40, int)),
+            allowed_hosts=_names(env, file_values, "allowed_hosts"),
+            trusted_proxies=_networks(env, file_values),
+            max_frames_bytes=_number(env, file_values, "max_frames_bytes", 32 << 20, int),
+            max_transcode_bytes=_number(env, file_values, "max_transcode_bytes", 1 << 30, int),
+            shutdown_grace_s=_number(env, file_values, "shutdown_grace_s", 30.0, float),
             s3=_s3_settings(env, file_values.get("s3", {})),
         )
         if settings.role not in ("site", "archive"):

@@ -170,9 +170,13 @@ def test_bulk_data_uris_answer_with_the_values(wado_server: tuple[str, Archive, 
     levels = [r for r in archive.catalog.instances(slide_id) if r.level is not None]
     row = max(levels, key=lambda r: r.level or 0)
     uids = (row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
-    (pixels,) = client.retrieve_bulkdata(client.retrieve_instance_metadata(*uids)["7FE00010"]["BulkDataURI"])
+    pixel_uri = client.retrieve_instance_metadata(*uids)["7FE00010"]["BulkDataURI"]
+    (stored,) = client.retrieve_bulkdata(pixel_uri, media_types=(("application/octet-stream", "*"),))
     (frame,) = client.retrieve_instance_frames(*uids, [1], media_types=(("application/octet-stream", "*"),))
-    assert pixels == frame
+    assert stored == frame
+    # with no transfer syntax asked for, Explicit VR Little Endian, as for frames (PS3.18 8.7.3.3)
+    (pixels,) = client.retrieve_bulkdata(pixel_uri)
+    assert pixels == imagecodecs.jpeg8_decode(frame).tobytes()
     # an ICC profile too large to inline (the TCGA scan's, 3,144 bytes)
     source = shared_file("aperio/tcga-cr-7395-01a-01-ts1.svs")
     (candidate,) = discover([source])

@@ -1,72 +1,50 @@
-"""``create_app(settings)``: the ASGI application, with an explicit route list and a lifespan."""
+"""``create_app(settings)``: the ASGI application, with an explicit route list and a lifespan.
+
+Requests and the event loop: the frames fast path (``dicomweb.fastpath``) answers cached local
+frames on the loop; every other handler that queries the catalog, reads the store or decodes is
+a plain function, which Starlette runs in anyio's thread pool, bounded at start-up to
+``Settings.api_threads`` (``docs/architecture.md``, "Requests and the event loop").
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from lamina import __version__, viewer
 from lamina.api import dicomweb
 from lamina.api.dicomweb.fastpath import FramesFastPath
-from lamina.api.problems import handle_lamina_error
+from lamina.api.errorlog import ErrorLog
+from lamina.api.openapi import describe
+from lamina.api.problems import handle_lamina_error, problem
+from lamina.api.urls import ForwardedHeaders
 from lamina.archive.archive import Archive
 from lamina.config import Settings
 from lamina.errors import LaminaError
 
 
-async def health(request: Request) -> Response:
+def health(request: Request) -> Response:
+    """Liveness; a plain function, run in the thread pool: it counts the slides in the catalog."""
     archive: Archive = request.app.state.archive
     return JSONResponse({"status": "ok", "version": __version__, "slides": archive.catalog.count_slides()})
 
 
-OPENAPI = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "lamina",
-        "version": __version__,
-        "description": "lamina's own routes. DICOMweb (QIDO-RS, WADO-RS, STOW-RS) is under /dicomweb "
-        "as DICOM PS3.18 defines it; the viewer is served at /.",
-    },
-    "paths": {
-        "/healthz": {
-            "get": {
-                "summary": "Liveness: the server answers and its catalog is readable",
-                "responses": {
-                    "200": {
-                        "description": "status, version and number of slides",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "status": {"type": "string"},
-                                        "version": {"type": "string"},
-                                        "slides": {"type": "integer"},
-                                    },
-                                }
-                            }
-                        },
-                    }
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI"}}}
-        },
-    },
-}
-
-
 async def openapi(request: Request) -> Response:
-    return JSONResponse(OPENAPI)
+    return JSONResponse(request.app.state.openapi)
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    """A 500 that says nothing of the cause to the client; ``errorlog`` logs it for the operator."""
+    return problem(500, "Server error", "unexpected error; the server's log has its cause")
 
 
 def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
@@ -74,6 +52,9 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # one bounded pool for every blocking call of a request: Starlette's plain endpoints,
+        # run_in_threadpool and streamed bodies all take a token of anyio's default limiter
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         opened = archive or Archive.open(settings)
         app.state.archive = opened
         app.state.index = dicomweb.InstanceIndex(opened)
@@ -89,7 +70,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
             if archive is None:
                 opened.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", health),
         Route("/openapi.json", openapi),
         Mount("/dicomweb", routes=dicomweb.routes()),
@@ -97,20 +78,23 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         *viewer.routes(openseadragon_dir=settings.viewer_vendor_dir),
     ]
     middleware = [
+        Middleware(ForwardedHeaders, trusted=settings.trusted_proxies),
+        Middleware(ErrorLog),
         Middleware(
             CORSMiddleware,
             allow_origins=["*"],
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["Content-Type", "Content-Length", "Warning"],
-        )
+        ),
     ]
     app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={LaminaError: handle_lamina_error},
+        exception_handlers={LaminaError: handle_lamina_error, Exception: unexpected},
     )
+    app.state.openapi = describe(routes)
     return _FastApp(app)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydicom import uid
+
 
 @dataclass(frozen=True)
 class MediaRange:
@@ -67,3 +69,48 @@ def parse_accept(header: str | None) -> list[MediaRange]:
                 params[name] = value
         ranges.append((-quality, index, MediaRange(media_type, params, quality)))
     return [entry[2] for entry in sorted(ranges)] or [MediaRange("*/*")]
+
+
+#: PS3.18 Table 8.7.3-4 and 8.7.3-5: the media type that carries bulk data (a frame) of each
+#: transfer syntax. Uncompressed data is ``application/octet-stream``; compressed data has its own.
+BULK_MEDIA_TYPES: dict[str, str] = {
+    uid.ExplicitVRLittleEndian: "application/octet-stream",
+    uid.JPEGBaseline8Bit: "image/jpeg",
+    uid.JPEGExtended12Bit: "image/jpeg",
+    uid.JPEGLossless: "image/jpeg",
+    uid.JPEGLosslessSV1: "image/jpeg",
+    uid.JPEGLSLossless: "image/jls",
+    uid.JPEGLSNearLossless: "image/jls",
+    uid.JPEG2000Lossless: "image/jp2",
+    uid.JPEG2000: "image/jp2",
+    uid.JPEG2000MCLossless: "image/jpx",
+    uid.JPEG2000MC: "image/jpx",
+    uid.HTJ2KLossless: "image/jphc",
+    uid.HTJ2KLosslessRPCL: "image/jphc",
+    uid.HTJ2K: "image/jphc",
+    uid.RLELossless: "image/dicom-rle",
+}
+
+#: Transfer syntaxes whose pixel data has lost information: a server holding only these may
+#: send them when the client names no transfer syntax (PS3.18 8.7.3.3).
+LOSSY_SYNTAXES = frozenset(
+    {
+        uid.JPEGBaseline8Bit,
+        uid.JPEGExtended12Bit,
+        uid.JPEGLSNearLossless,
+        uid.JPEG2000,
+        uid.JPEG2000MC,
+        uid.HTJ2K,
+    }
+)
+
+
+def bulk_media_type(transfer_syntax: str) -> str:
+    """The media type of bulk data in ``transfer_syntax`` (``application/octet-stream`` when the
+    syntax has none of its own)."""
+    return BULK_MEDIA_TYPES.get(transfer_syntax, "application/octet-stream")
+
+
+def bulk_part_type(transfer_syntax: str) -> str:
+    """The Content-Type of one part of bulk data: its media type and its transfer syntax."""
+    return f"{bulk_media_type(transfer_syntax)}; transfer-syntax={transfer_syntax}"

@@ -1,20 +1,26 @@
-"""The frames route as plain ASGI: the request pathologists' viewers make thousands of times a
-minute skips the router and request objects (a third of the cost of a frame).
+"""The frames route as plain ASGI, on the event loop: the request pathologists' viewers make
+thousands of times a minute skips the router, the request objects and the thread pool (together
+most of the cost of a frame).
 
-Only successful answers are produced here: any request this path cannot answer fully (an unknown
-UID, a malformed frame list, a transcoding) goes on to the regular route, which gives the same
-answer or the proper error. When sign-in comes, the authorization decision goes here too.
+It answers only what it can answer without blocking: one frame, of an instance the index holds
+and confirmed in the catalog within the last ``InstanceIndex.revalidate_s``, stored in a local
+file, asked for as stored (``transfer-syntax=*`` or the stored syntax): one ``pread`` of a few
+kilobytes on a descriptor kept open. Anything else (an instance not cached or due for its
+confirmation, several frames, an object on S3, a transcoding, a short read, a malformed
+request) goes on to the routed handler, which runs in the thread pool and gives the same answer
+or the proper error. When sign-in comes, the authorization decision goes here too.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lamina.api.dicomweb import multipart
+from lamina.api.dicomweb.frames import can_decode, negotiated_frames
 from lamina.api.dicomweb.index import InstanceIndex
-from lamina.api.dicomweb.wado import negotiated_frames, parse_frame_numbers, read_frames
 from lamina.errors import LaminaError
 
 _PREFIX = "/dicomweb/studies/"
@@ -37,8 +43,17 @@ class FramesFastPath:
 
     def _answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
         parts = scope["path"].split("/")
-        # ['', 'dicomweb', 'studies', study, 'series', series, 'instances', sop, 'frames', numbers]
+        # ['', 'dicomweb', 'studies', study, 'series', series, 'instances', sop, 'frames', number]
         if len(parts) != 10 or parts[4] != "series" or parts[6] != "instances" or parts[8] != "frames":
+            return None
+        if not parts[9].isdigit():  # one frame only: a list goes to the thread pool
+            return None
+        state = getattr(self.owner, "state", None)
+        index: InstanceIndex | None = getattr(state, "index", None)
+        if index is None:
+            return None
+        found = index.cached(parts[3], parts[5], parts[7])
+        if found is None or found.path is None:
             return None
         accept = origin = None
         for name, value in scope["headers"]:
@@ -46,39 +61,39 @@ class FramesFastPath:
                 accept = value.decode("latin-1")
             elif name == b"origin":
                 origin = value
-        state = getattr(self.owner, "state", None)
-        index: InstanceIndex | None = getattr(state, "index", None)
-        if index is None:
-            return None
+        row = found.row
+        number = int(parts[9])
         try:
-            found = index.get(parts[3], parts[5], parts[7])
-            if found.path is None:  # a network store: read off the loop, by the routed handler
-                return None
-            numbers = parse_frame_numbers(parts[9], found.row.number_of_frames)
-            part_type, target = negotiated_frames(accept, found.transfer_syntax_uid)
-            if target is not None:
-                return None
-            frames = read_frames(found, numbers, state.archive)  # type: ignore[union-attr]
+            output = negotiated_frames(accept, row.transfer_syntax_uid, can_decode(row))
         except LaminaError:
             return None
-        head, content_type = _framing(part_type)
+        if output.target is not None or not 1 <= number <= row.number_of_frames:
+            return None
+        offset, length = found.frame_span(number)
+        if length > index.archive.settings.max_frames_bytes:
+            return None
+        try:
+            fd = found.fd()
+            frame = os.pread(fd, length, offset) if fd is not None else b""
+        except OSError:
+            return None
+        if len(frame) != length:  # damaged or gone: the routed handler reports it
+            return None
+        head, content_type = _framing(output.part_type)
         headers = [(b"content-type", content_type)]
         if origin is not None:
             headers.append((b"access-control-allow-origin", b"*"))
-        if len(frames) == 1:
-            return headers, b"".join((head, frames[0], _TAIL))
-        return headers, b"".join(head + frame + b"\r\n" for frame in frames) + _CLOSE
+        return headers, b"".join((head, frame, _TAIL))
 
 
 #: One boundary per process: 96 random bits, which no frame will contain.
 _BOUNDARY = multipart.boundary()
 _TAIL = f"\r\n--{_BOUNDARY}--\r\n".encode()
-_CLOSE = f"--{_BOUNDARY}--\r\n".encode()
 
 
 @functools.lru_cache(maxsize=64)
 def _framing(part_type: str) -> tuple[bytes, bytes]:
-    """(the bytes before each part, the response Content-Type) for parts of ``part_type``."""
+    """(the bytes before the part, the response Content-Type) for a part of ``part_type``."""
     head = f"--{_BOUNDARY}\r\nContent-Type: {part_type}\r\n\r\n".encode()
     media_type = part_type.split(";", 1)[0]
     return head, multipart.content_type(media_type, _BOUNDARY).encode()

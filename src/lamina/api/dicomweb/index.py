@@ -77,7 +77,25 @@ class InstanceIndex:
         if dropped is not None:
             dropped.close()
 
+    def cached(self, study: str, series: str, sop: str) -> IndexedInstance | None:
+        """The instance if it is cached and was confirmed within ``revalidate_s``, without a
+        catalog query (so it may run on the event loop); None otherwise."""
+        with self._lock:
+            found = self._cache.get(sop)
+            if found is not None:
+                self._cache.move_to_end(sop)
+        if found is None or time.monotonic() - found.checked_at > self.revalidate_s:
+            return None
+        if found.row.study_instance_uid != study or found.row.series_instance_uid != series:
+            return None
+        return found
+
     def get(self, study: str, series: str, sop: str) -> IndexedInstance:
+        """The instance, from the cache or the catalog; 404 when it is not in this archive.
+
+        Blocking (a catalog query on a miss, and every ``revalidate_s`` for a cached instance):
+        call it in the thread pool, never on the event loop.
+        """
         with self._lock:
             found = self._cache.get(sop)
             if found is not None:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lamina.api.dicomweb import multipart, wado
+from lamina.api.dicomweb import frames, multipart
 from lamina.api.dicomweb.accept import parse_accept
 from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
 from lamina.archive.archive import Archive
@@ -198,12 +198,12 @@ class Renderer:
     # -- endpoints --------------------------------------------------------------------------------
     def frame_rendered(self, request: Request) -> Response:
         found = self._instance(request)
-        numbers = wado.parse_frame_numbers(request.path_params["frames"], found.row.number_of_frames)
+        numbers = frames.parse_frame_numbers(request.path_params["frames"], found.row.number_of_frames)
         if len(numbers) != 1:
             raise RequestError("frames", "a rendered frame is one frame: ask for each frame on its own")
         options = render_options(request)
         row = found.row
-        data = wado.read_frames(found, numbers, request.app.state.archive)[0]
+        data = frames.read_frames(found, numbers, request.app.state.archive)[0]
         if self._can_send_stored(found, options, row.columns, row.rows):
             return _image(data, JPEG, _CACHE_INSTANCE)
         region = _clip(options.viewport, row.columns, row.rows)
@@ -342,7 +342,7 @@ class Renderer:
         width, height = row.total_pixel_matrix_columns, row.total_pixel_matrix_rows
         single = row.number_of_frames == 1 and (row.columns, row.rows) == (width, height)
         if single and self._can_send_stored(found, options, width, height):
-            return _image(wado.read_frames(found, [1], archive)[0], JPEG, cache)
+            return _image(frames.read_frames(found, [1], archive)[0], JPEG, cache)
         sx, sy, sw, sh = _clip(options.viewport, width, height)
         self._check_size(sw, sh, "the image" if (sw, sh) == (width, height) else "the region")
         across = math.ceil(width / row.columns)
@@ -357,9 +357,9 @@ class Renderer:
         tiles = [
             (col, line) for line in range(first_row, last_row + 1) for col in range(first_col, last_col + 1)
         ]
-        frames = wado.read_frames(found, [line * across + col + 1 for col, line in tiles], archive)
+        stored = frames.read_frames(found, [line * across + col + 1 for col, line in tiles], archive)
         canvas = np.full((sh, sw, row.samples_per_pixel), 255, dtype=np.uint8)
-        for (col, line), data in zip(tiles, frames, strict=True):
+        for (col, line), data in zip(tiles, stored, strict=True):
             pixels = self.decode(found, data)
             left, top = col * row.columns - sx, line * row.rows - sy
             # the part of this tile inside the region, in tile and in canvas coordinates

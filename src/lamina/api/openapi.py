@@ -1,0 +1,283 @@
+"""``/openapi.json``: an OpenAPI 3.1 description generated from the application's own routes.
+
+Paths, methods and path parameters come from the route list, so the description follows the
+routes as they change; what a route takes and answers (summary, query parameters, media types,
+statuses) comes from :data:`OPERATIONS`, keyed by the name of the route's endpoint. A route
+whose endpoint has no entry there is an error (``describe`` raises), which the tests catch.
+Errors are RFC 9457 problem details (``application/problem+json``), described once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from lamina import __version__
+
+PROBLEM = "application/problem+json"
+DICOM_JSON = "application/dicom+json"
+_PARAMETER = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z]+)?}")
+
+_PATH_PARAMETERS = {
+    "study": "Study Instance UID",
+    "series": "Series Instance UID",
+    "instance": "SOP Instance UID",
+    "frames": "Frame numbers, from 1, separated by commas (e.g. 1,2,3)",
+    "path": "The rest of the path",
+}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_QIDO = [
+    _query(
+        "{attributeID}",
+        "Match on an attribute by keyword or tag (e.g. PatientID=123, "
+        "00100020=123): single value, wild cards * and ?, UID lists, date and time ranges "
+        "(PS3.18 8.3.4)",
+    ),
+    _query("includefield", "Attributes to add to each result, or 'all'"),
+    _query("limit", "The most results to return", {"type": "integer", "minimum": 0}),
+    _query("offset", "Results to skip", {"type": "integer", "minimum": 0}),
+    _query("fuzzymatching", "Fuzzy matching of person names", {"type": "boolean"}),
+]
+_RENDER = [
+    _query("accept", "image/jpeg or image/png (overrides the Accept header)"),
+    _query("viewport", "vw,vh or vw,vh,sx,sy,sw,sh: scale into a box, from a region"),
+    _query("quality", "JPEG quality, 1 to 100", {"type": "integer", "minimum": 1, "maximum": 100}),
+]
+_FRAMES = [
+    'multipart/related; type="application/octet-stream"',
+    'multipart/related; type="image/jpeg"',
+    'multipart/related; type="image/jp2"',
+    'multipart/related; type="image/jls"',
+    'multipart/related; type="image/jphc"',
+]
+_IMAGES = ["image/jpeg", "image/png"]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What one endpoint takes and answers."""
+
+    summary: str
+    tag: str
+    answers: list[str]  # media types of a successful answer
+    errors: tuple[int, ...] = (400, 404)
+    query: list[dict[str, Any]] = field(default_factory=list)
+    body: list[str] = field(default_factory=list)  # request media types
+    status: int = 200
+    accept: bool = False  # the answer is negotiated from the Accept header (406 possible)
+
+
+OPERATIONS: dict[str, Operation] = {
+    "health": Operation(
+        "Liveness: the server answers and its catalog is readable", "lamina", ["application/json"], ()
+    ),
+    "openapi": Operation("This description", "lamina", ["application/json"], ()),
+    "search_studies": Operation(
+        "Search for studies (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400,), _QIDO, accept=True
+    ),
+    "search_series": Operation(
+        "Search for series (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400,), _QIDO, accept=True
+    ),
+    "search_instances": Operation(
+        "Search for instances (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400,), _QIDO, accept=True
+    ),
+    "store": Operation(
+        "Store instances (STOW-RS)",
+        "STOW-RS",
+        [DICOM_JSON],
+        (400, 409, 413, 415, 507),
+        body=['multipart/related; type="application/dicom"'],
+    ),
+    "study_metadata": Operation("Retrieve a study's metadata", "WADO-RS", [DICOM_JSON]),
+    "series_metadata": Operation(
+        "Retrieve a series' metadata (audited as the slide's opening)", "WADO-RS", [DICOM_JSON]
+    ),
+    "instance_metadata": Operation("Retrieve an instance's metadata", "WADO-RS", [DICOM_JSON]),
+    "frames": Operation(
+        "Retrieve frames: transfer-syntax=* for the stored bytes, none for Explicit VR Little Endian",
+        "WADO-RS",
+        _FRAMES,
+        accept=True,
+    ),
+    "bulkdata": Operation(
+        "Retrieve bulk data by its BulkDataURI",
+        "WADO-RS",
+        ['multipart/related; type="application/octet-stream"', *_FRAMES[1:]],
+        accept=True,
+    ),
+    "retrieve_instance": Operation(
+        "Retrieve an instance", "WADO-RS", ['multipart/related; type="application/dicom"'], accept=True
+    ),
+    "retrieve_series": Operation(
+        "Retrieve a series' instances",
+        "WADO-RS",
+        ['multipart/related; type="application/dicom"'],
+        accept=True,
+    ),
+    "retrieve_study": Operation(
+        "Retrieve a study's instances",
+        "WADO-RS",
+        ['multipart/related; type="application/dicom"'],
+        accept=True,
+    ),
+    "frame_rendered": Operation(
+        "A frame, rendered", "WADO-RS rendered", _IMAGES, (400, 404, 413), _RENDER, accept=True
+    ),
+    "instance_rendered": Operation(
+        "An instance, rendered", "WADO-RS rendered", _IMAGES, (400, 404, 413), _RENDER, accept=True
+    ),
+    "instance_thumbnail": Operation(
+        "An instance's thumbnail", "WADO-RS rendered", _IMAGES, (400, 404, 413), _RENDER, accept=True
+    ),
+    "series_thumbnail": Operation(
+        "A series' thumbnail", "WADO-RS rendered", _IMAGES, (400, 404, 413), _RENDER, accept=True
+    ),
+    "study_thumbnail": Operation(
+        "A study's thumbnail", "WADO-RS rendered", _IMAGES, (400, 404, 413), _RENDER, accept=True
+    ),
+    "series_rendered": Operation(
+        "A series' instances, rendered",
+        "WADO-RS rendered",
+        ['multipart/related; type="image/jpeg"', 'multipart/related; type="image/png"'],
+        (400, 404, 413),
+        _RENDER,
+        accept=True,
+    ),
+    "study_rendered": Operation(
+        "A study's instances, rendered",
+        "WADO-RS rendered",
+        ['multipart/related; type="image/jpeg"', 'multipart/related; type="image/png"'],
+        (400, 404, 413),
+        _RENDER,
+        accept=True,
+    ),
+    "missing": Operation("OpenSeadragon is not installed: says how to install it", "viewer", [], (404,)),
+    "static": Operation("The viewer's files", "viewer", ["text/html", "text/javascript", "text/css"], (404,)),
+}
+
+_TITLES = {
+    400: "Bad request",
+    404: "Not found",
+    406: "Not acceptable",
+    409: "Conflict",
+    413: "Too large",
+    415: "Unsupported media type",
+    500: "Server error",
+    503: "Storage unavailable",
+    507: "Insufficient storage",
+}
+
+
+def routes_of(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str, set[str]]]:
+    """(path template, endpoint name, methods) of every route, mounts walked."""
+    for route in routes:
+        if isinstance(route, Route):
+            methods = set(route.methods or {"GET"}) - {"HEAD"}
+            yield prefix + route.path, route.endpoint.__name__, methods
+        elif isinstance(route, Mount):
+            if isinstance(route.app, StaticFiles):
+                yield prefix + route.path + "/{path}", "static", {"GET"}
+            else:
+                yield from routes_of(route.routes, prefix + route.path)
+
+
+def _operation(path: str, name: str, method: str) -> dict[str, Any]:
+    if name not in OPERATIONS:
+        raise KeyError(
+            f"route {method} {path}: endpoint {name!r} has no entry in lamina.api.openapi.OPERATIONS"
+        )
+    op = OPERATIONS[name]
+    parameters = [
+        {
+            "name": parameter,
+            "in": "path",
+            "required": True,
+            "description": _PATH_PARAMETERS.get(parameter, parameter),
+            "schema": {"type": "string"},
+        }
+        for parameter in _PARAMETER.findall(path)
+    ]
+    parameters += [item for item in op.query if not item["name"].startswith("{")]
+    if op.accept:
+        parameters.append(
+            {
+                "name": "Accept",
+                "in": "header",
+                "required": False,
+                "description": "Acceptable media types and transfer syntaxes (PS3.18 8.7)",
+                "schema": {"type": "string"},
+            }
+        )
+    ok: dict[str, Any] = {"description": "OK"}
+    if op.answers:
+        ok["content"] = {media: {} for media in op.answers}
+    responses: dict[str, Any] = {str(op.status): ok}
+    for status in sorted({*op.errors, *((406,) if op.accept else ()), 500, 503}):
+        responses[str(status)] = {"$ref": f"#/components/responses/{status}"}
+    operation: dict[str, Any] = {
+        "operationId": method + re.sub(r"[^A-Za-z0-9]+", "_", path).rstrip("_"),
+        "summary": op.summary,
+        "tags": [op.tag],
+        "parameters": parameters,
+        "responses": responses,
+    }
+    extra = [item for item in op.query if item["name"].startswith("{")]
+    if extra:
+        operation["description"] = " ".join(item["description"] for item in extra)
+    if op.body and method == "post":
+        operation["requestBody"] = {"required": True, "content": {media: {} for media in op.body}}
+    return operation
+
+
+def describe(routes: list[BaseRoute]) -> dict[str, Any]:
+    """The OpenAPI description of ``routes`` (the application's route list)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for path, name, methods in routes_of(routes):
+        template = _PARAMETER.sub(lambda match: "{" + match.group(1) + "}", path) or "/"
+        for method in sorted(methods):
+            paths.setdefault(template, {})[method.lower()] = _operation(template, name, method.lower())
+    problem = {
+        "type": "object",
+        "description": "RFC 9457 problem details; detail says what was wrong and how to fix it",
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+        "required": ["title", "status", "detail"],
+    }
+    responses = {
+        str(status): {
+            "description": title,
+            "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status, title in _TITLES.items()
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "lamina",
+            "version": __version__,
+            "description": "DICOMweb (QIDO-RS, WADO-RS, STOW-RS, DICOM PS3.18) under /dicomweb, the "
+            "viewer at /, and lamina's own routes. Generated from the server's routes.",
+        },
+        "paths": paths,
+        "components": {"schemas": {"Problem": problem}, "responses": responses},
+    }
