@@ -1,19 +1,30 @@
 """QIDO-RS (PS3.18 10.6): search for studies, series and instances.
 
-The query string is read here (keys by keyword or tag, wild cards, ranges, UID lists,
-``includefield``, ``limit`` / ``offset``, ``fuzzymatching``); the catalog matches it
-(:mod:`lamina.archive.catalog.search`); each hit is answered with PS3.18's default return
-attributes for its level (and, across studies or series, the parents' ones), what viewers of slides
-need (ImageType, TotalPixelMatrixColumns/Rows, ContainerIdentifier), the matched keys and the
-``includefield`` ones, taken from the catalog or, for what the catalog does not keep, from the
-DICOM JSON stored at ingest (of one instance of a study or series). Bulk data is never part of a
-search answer: WADO-RS metadata has it.
+A thin adapter: the query string is read here into the search engine's criteria (keys by keyword,
+tag or sequence path, ``includefield``, ``limit`` / ``offset``, ``fuzzymatching``,
+``emptyvaluematching``); the catalog matches them (:mod:`lamina.archive.catalog.search`, by the
+rules written down in :mod:`lamina.archive.catalog.matching`, the same as C-FIND's); each hit
+becomes DICOM JSON in :mod:`lamina.mapping.attributes`: PS3.18's default return attributes for its
+level (and, across studies or series, the parents' ones), what viewers of slides need (ImageType,
+TotalPixelMatrixColumns/Rows, ContainerIdentifier), the matched keys and the ``includefield``
+ones. Bulk data is never part of a search answer: WADO-RS metadata has it.
+
+The search and the making of the answer run in Starlette's thread pool (``run_in_threadpool``,
+anyio's default limiter of 40 threads), never on the event loop: the catalog is synchronous
+(SQLAlchemy Core) and a page of 1,000 hits decompresses 1,000 stored JSON documents.
 
 Behaviour worth knowing (the conformance statement):
 
 - No match is ``200`` with ``[]`` (PS3.18 allows 204; an empty array is what every client reads).
 - A page holds at most :data:`MAX_RESULTS` hits; past that, a ``Warning`` header says that more can be
   asked for with ``offset``. The order is stable (newest study first), so paging sees each hit once.
+- ``StudyDate`` and ``StudyTime`` given together are one range of moments (combined date and time
+  matching, PS3.4 C.2.2.2.5.1): ``StudyDate=20260101-20260102&StudyTime=2200-0600`` is the night
+  from 1 January 22:00 to 2 January 06:00.
+- A value of several items matches any of them: UIDs by comma or ``\\``, ``Modality`` and
+  ``ModalitiesInStudy`` by comma or ``\\``, other keys by ``\\`` (multiple value matching);
+  ``multiplevaluematching`` is accepted either way. A key given twice is a 400, except for those.
+- ``emptyvaluematching=true`` makes ``""`` match the entities where the attribute is empty.
 - ``fuzzymatching=true`` is accepted; matching stays literal (person names ignore case) and a
   ``Warning`` header says so.
 - A DICOM attribute the catalog cannot match (``StudyDescription``, ...) is ignored for matching,
@@ -32,11 +43,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -45,108 +57,40 @@ from lamina.api.dicomweb.accept import parse_accept
 from lamina.api.dicomweb.wado import dicomweb_base
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import search
-from lamina.archive.catalog.search import (
-    AnyOf,
-    Criterion,
-    Found,
-    InstanceHit,
-    Kind,
-    Level,
-    Match,
-    Range,
-    SeriesHit,
-    Single,
-    StudyHit,
-    Wildcard,
-)
+from lamina.archive.catalog.keys import KEYS, Level
+from lamina.archive.catalog.matching import Kind
+from lamina.archive.catalog.search import Criterion, Found, Hit, SeriesHit, Single, StudyHit
 from lamina.errors import NotAcceptableError, RequestError
-from lamina.mapping import dicom_json
+from lamina.mapping.attributes import Element, attributes, level_of, stored_attributes, tags
 
 DICOM_JSON = "application/dicom+json"
 #: The most hits one answer holds, whatever ``limit`` asks.
 MAX_RESULTS = 1000
 WARN_AGENT = "lamina"
 
-Element = dict[str, Any]
-
-
-# -- attributes and their levels -------------------------------------------------------------
-def _tags(*keywords: str) -> tuple[str, ...]:
-    tags = []
-    for keyword in keywords:
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise ValueError(f"{keyword} is not a DICOM keyword")
-        tags.append(f"{tag:08X}")
-    return tuple(tags)
-
-
-# Patient, Patient Study, General Study and Clinical Trial modules: one value per study
-STUDY_TAGS = frozenset(_tags(
-    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-    "TypeOfPatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence",
-    "OtherPatientNames", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
-    "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence",
-    "ResponsiblePerson", "ResponsibleOrganization", "PatientIdentityRemoved", "DeidentificationMethod",
-    "DeidentificationMethodCodeSequence", "QualityControlSubject", "StudyInstanceUID", "StudyDate",
-    "StudyTime", "ReferringPhysicianName", "ReferringPhysicianIdentificationSequence",
-    "ConsultingPhysicianName", "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence",
-    "StudyDescription", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "RequestingService",
-    "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence", "AdmittingDiagnosesDescription",
-    "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize", "PatientWeight", "Occupation",
-    "AdditionalPatientHistory", "PatientSexNeutered", "ClinicalTrialSponsorName",
-    "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID",
-    "ClinicalTrialSiteName", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
-    "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription", "ModalitiesInStudy",
-    "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "RetrieveURL", "TimezoneOffsetFromUTC",
-))  # fmt: skip
-# General Series, Frame of Reference, Equipment, and the Specimen module: one value per slide
-SERIES_TAGS = frozenset(_tags(
-    "Modality", "SeriesInstanceUID", "SeriesNumber", "Laterality", "SeriesDate", "SeriesTime",
-    "PerformingPhysicianName", "ProtocolName", "SeriesDescription", "SeriesDescriptionCodeSequence",
-    "OperatorsName", "ReferencedPerformedProcedureStepSequence", "BodyPartExamined", "PatientPosition",
-    "PerformedProcedureStepID", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
-    "PerformedProcedureStepDescription", "PerformedProtocolCodeSequence", "RequestAttributesSequence",
-    "AnatomicalOrientationType", "NumberOfSeriesRelatedInstances", "FrameOfReferenceUID",
-    "PositionReferenceIndicator", "Manufacturer", "InstitutionName", "InstitutionAddress", "StationName",
-    "InstitutionalDepartmentName", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions",
-    "ContainerIdentifier", "IssuerOfTheContainerIdentifierSequence", "AlternateContainerIdentifierSequence",
-    "ContainerTypeCodeSequence", "ContainerDescription", "ContainerComponentSequence",
-    "SpecimenDescriptionSequence",
-))  # fmt: skip
-# computed per level: never read from one instance's JSON
-AGGREGATES = frozenset(_tags(
-    "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
-    "NumberOfSeriesRelatedInstances", "RetrieveURL",
-))  # fmt: skip
-
-STUDY_DEFAULTS = _tags(
+STUDY_DEFAULTS = tags(
     "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
     "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "RetrieveURL",
 )  # fmt: skip
-SERIES_DEFAULTS = _tags(
+SERIES_DEFAULTS = tags(
     "Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID", "NumberOfSeriesRelatedInstances",
     "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "RetrieveURL",
     "StudyInstanceUID", "ContainerIdentifier",
 )  # fmt: skip
 # what viewers of slides need to list an instance, beyond PS3.18's defaults
-INSTANCE_DEFAULTS = _tags(
+INSTANCE_DEFAULTS = tags(
     "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "RetrieveURL", "InstanceNumber", "Rows",
     "Columns", "BitsAllocated", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID", "ImageType",
     "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "ContainerIdentifier",
 )  # fmt: skip
 #: returned by default only when the stored JSON has them
-IF_PRESENT = _tags("TimezoneOffsetFromUTC", "RequestAttributesSequence")
-
-
-def level_of(tag: str) -> Level:
-    """The level an attribute belongs to (anything not known as study or series is an instance's)."""
-    if tag in STUDY_TAGS:
-        return Level.STUDY
-    if tag in SERIES_TAGS:
-        return Level.SERIES
-    return Level.INSTANCE
+IF_PRESENT = tags("TimezoneOffsetFromUTC", "RequestAttributesSequence")
+#: aggregates are computed for the search's own level only
+_AGGREGATES = frozenset(tags(
+    "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+    "NumberOfSeriesRelatedInstances", "RetrieveURL",
+))  # fmt: skip
 
 
 # -- the request -----------------------------------------------------------------------------
@@ -161,23 +105,15 @@ class Query:
     limit: int = 0
     offset: int = 0
     capped: bool = True  # the server's maximum, not the client's limit, sets the page size
+    empty_value: bool = False  # emptyvaluematching=true
     warnings: list[str] = field(default_factory=list)
 
 
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "emptyvaluematching",
             "multiplevaluematching", "accept", "charset"}  # fmt: skip
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
-_DATE = re.compile(r"^\d{8}$")
-_TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
-# sequence paths the catalog can match, as tag paths
-_PATHS = {
-    _tags(
-        "SpecimenDescriptionSequence", "SpecimenIdentifier"
-    ): "SpecimenDescriptionSequence.SpecimenIdentifier",
-    _tags("SpecimenDescriptionSequence", "PrimaryAnatomicStructureSequence", "CodeMeaning"): "organ",
-}
 _ROUTE = {Level.STUDY: "/studies", Level.SERIES: "/series", Level.INSTANCE: "/instances"}
-_LISTS = {"ModalitiesInStudy", "Modality"}  # text keys that take several values
+_LISTS = {"ModalitiesInStudy", "Modality"}  # keys other than UIDs whose lists may use commas
 _NON_DICOM = {"stain", "organ"}
 
 
@@ -196,10 +132,9 @@ def attribute_path(name: str) -> tuple[str, ...] | None:
 
 
 def _search_key(path: tuple[str, ...]) -> str | None:
-    if len(path) > 1:
-        return _PATHS.get(path)
-    keyword = keyword_for_tag(int(path[0], 16))
-    return keyword if keyword in search.KEYS else None
+    """The engine's key for an attribute path (``.``-joined keywords), or None."""
+    name = ".".join(keyword_for_tag(int(tag, 16)) or tag for tag in path)
+    return name if name in KEYS else None
 
 
 def _whole_number(parameter: str, value: str) -> int:
@@ -220,66 +155,14 @@ def _flag(parameter: str, value: str) -> bool:
     return value.lower() == "true"
 
 
-def _date(parameter: str, value: str) -> str:
-    try:
-        if not _DATE.match(value):
-            raise ValueError(value)
-        datetime.strptime(value, "%Y%m%d")
-    except ValueError as exc:
-        raise RequestError(
-            parameter, f"{value!r} is not a date: give YYYYMMDD, or a range such as 20260101-20261231"
-        ) from exc
-    return value
-
-
-def _time(parameter: str, value: str) -> str:
-    found = _TIME.match(value)
-    parts = [int(part) for part in found.groups()[:3] if part] if found else []
-    if not found or any(part >= limit for part, limit in zip(parts, (24, 60, 61), strict=False)):
-        raise RequestError(
-            parameter, f"{value!r} is not a time: give HHMMSS (HH, HHMM or HHMMSS.FFFFFF), or a range"
-        )
-    return value
-
-
-def _range(parameter: str, value: str, check: Callable[[str, str], str]) -> Match:
-    if "-" not in value:
-        return Single(check(parameter, value))
-    low, _, high = value.partition("-")
-    if not low and not high:
-        raise RequestError(parameter, "give at least one end of the range, e.g. 20260101- or -20261231")
-    bounds = (check(parameter, low) if low else None, check(parameter, high) if high else None)
-    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
-        raise RequestError(parameter, f"{value!r} ends before it starts")
-    return Range(*bounds)
-
-
-def _values(values: Sequence[str]) -> list[str]:
-    return [item.strip() for value in values for item in re.split(r"[,\\]", value) if item.strip()]
-
-
-def parse_match(parameter: str, key: str, values: Sequence[str]) -> Match | None:
-    """How to match ``key`` given the values of its parameter(s); None is universal matching."""
-    kind = search.KEYS[key].kind
-    if kind is Kind.UID or key in _LISTS:
-        items = _values(values)
-        if not items or "*" in items:
-            return None
-        if key in _LISTS and len(items) == 1 and ("*" in items[0] or "?" in items[0]):
-            return Wildcard(items[0])
-        return Single(items[0]) if len(items) == 1 else AnyOf(tuple(items))
-    if len(values) > 1:
+def split_values(key: str, parameter: str, values: Sequence[str]) -> list[str]:
+    """The items of a key's parameter(s): ``\\`` separates values of any key; UIDs and modalities
+    also take commas, and may be repeated."""
+    listed = KEYS[key].kind is Kind.UID or key in _LISTS
+    if len(values) > 1 and not listed:
         raise RequestError(parameter, "given more than once; only UIDs and modalities take a list")
-    value = values[0].strip()
-    if value in ("", "*"):
-        return None
-    if kind is Kind.DATE:
-        return _range(parameter, value, _date)
-    if kind is Kind.TIME:
-        return _range(parameter, value, _time)
-    if kind is Kind.NUMBER:
-        return Single(str(_whole_number(parameter, value)))
-    return Wildcard(value) if "*" in value or "?" in value else Single(value)
+    separators = r"[,\\]" if listed else r"\\"
+    return [item for value in values for item in re.split(separators, value)]
 
 
 def parse_query(items: Iterable[tuple[str, str]], level: Level) -> Query:
@@ -302,8 +185,8 @@ def parse_query(items: Iterable[tuple[str, str]], level: Level) -> Query:
                 ignored.append(name)
             _return(query, path[0])
             continue
-        if not search.KEYS[key].matches_at(level):
-            below = search.KEYS[key].level
+        if not KEYS[key].matches_at(level):
+            below = KEYS[key].level
             raise RequestError(
                 name,
                 f"an attribute of {_ROUTE[below][1:]} cannot be matched in a search for {_ROUTE[level][1:]}; "
@@ -313,9 +196,12 @@ def parse_query(items: Iterable[tuple[str, str]], level: Level) -> Query:
         if name not in _NON_DICOM:
             _return(query, path[0])
     for key, (name, values) in keys.items():
-        match = parse_match(name, key, values)
-        if match is not None:
-            query.criteria.append(Criterion(key, match))
+        found = search.criterion(
+            key, split_values(key, name, values), parameter=name, empty_value=query.empty_value
+        )
+        if found is not None:
+            query.criteria.append(found)
+    query.criteria = search.combine_date_time(query.criteria)
     if ignored:
         query.warnings.append(
             f"matching on {', '.join(ignored)} is not supported; ignored for matching, returned as asked"
@@ -337,9 +223,10 @@ def _control(query: Query, name: str, value: str) -> None:
     elif name == "fuzzymatching":
         if _flag(name, value):
             query.warnings.append("fuzzymatching is not supported; exact matching applied")
-    elif name in ("emptyvaluematching", "multiplevaluematching"):
-        if _flag(name, value):
-            query.warnings.append(f"{name} is not supported; ignored")
+    elif name == "emptyvaluematching":
+        query.empty_value = _flag(name, value)
+    elif name == "multiplevaluematching":
+        _flag(name, value)  # several values always match any of them
     elif name == "includefield":
         for item in (part.strip() for part in value.split(",")):
             if item.lower() == "all":
@@ -364,95 +251,6 @@ def _check_accept(header: str | None, name: str = "Accept") -> None:
 
 
 # -- the answer ------------------------------------------------------------------------------
-def _vr(tag: str) -> str:
-    """The dictionary's VR; the first of an ambiguous one (``US or SS``). KeyError when unknown."""
-    vr: str = dictionary_VR(int(tag, 16))
-    return vr.split(" or ")[0]
-
-
-def _element(tag: str, *values: Any) -> Element:
-    vr = _vr(tag)
-    kept = [value for value in values if value is not None and value != ""]
-    return {"vr": vr, "Value": kept} if kept else {"vr": vr}
-
-
-def _person(tag: str, name: str | None) -> Element:
-    return _element(tag, {"Alphabetic": name} if name else None)
-
-
-_T = {keyword: _tags(keyword)[0] for keyword in (
-    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "PatientID", "PatientName",
-    "PatientBirthDate", "PatientSex", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
-    "NumberOfStudyRelatedInstances", "RetrieveURL", "SeriesInstanceUID", "Modality", "SeriesNumber",
-    "ContainerIdentifier", "NumberOfSeriesRelatedInstances", "SOPClassUID", "SOPInstanceUID",
-    "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "TotalPixelMatrixColumns",
-    "TotalPixelMatrixRows", "InstanceAvailability", "AvailableTransferSyntaxUID",
-)}  # fmt: skip
-
-
-def _study_known(hit: StudyHit) -> dict[str, Element]:
-    t = _T
-    return {
-        t["StudyInstanceUID"]: _element(t["StudyInstanceUID"], hit.study_instance_uid),
-        t["StudyDate"]: _element(t["StudyDate"], hit.study_date),
-        t["StudyTime"]: _element(t["StudyTime"], hit.study_time),
-        t["AccessionNumber"]: _element(t["AccessionNumber"], hit.accession_number),
-        t["PatientID"]: _element(t["PatientID"], hit.patient_id),
-        t["PatientName"]: _person(t["PatientName"], hit.patient_name),
-        t["PatientBirthDate"]: _element(t["PatientBirthDate"], hit.patient_birth_date),
-        t["PatientSex"]: _element(t["PatientSex"], hit.patient_sex),
-    }
-
-
-def _series_known(hit: SeriesHit) -> dict[str, Element]:
-    t = _T
-    return {
-        **_study_known(hit.study),
-        t["SeriesInstanceUID"]: _element(t["SeriesInstanceUID"], hit.series_instance_uid),
-        t["Modality"]: _element(t["Modality"], hit.modality),
-        t["SeriesNumber"]: _element(t["SeriesNumber"], hit.series_number),
-        t["ContainerIdentifier"]: _element(t["ContainerIdentifier"], hit.container_id),
-    }
-
-
-def _instance_known(hit: InstanceHit, url: str) -> dict[str, Element]:
-    t = _T
-    return {
-        **_series_known(hit.series),
-        t["SOPClassUID"]: _element(t["SOPClassUID"], hit.sop_class_uid),
-        t["SOPInstanceUID"]: _element(t["SOPInstanceUID"], hit.sop_instance_uid),
-        t["InstanceNumber"]: _element(t["InstanceNumber"], hit.instance_number),
-        t["Rows"]: _element(t["Rows"], hit.rows),
-        t["Columns"]: _element(t["Columns"], hit.columns),
-        t["NumberOfFrames"]: _element(t["NumberOfFrames"], hit.number_of_frames),
-        t["TotalPixelMatrixColumns"]: _element(t["TotalPixelMatrixColumns"], hit.total_pixel_matrix_columns),
-        t["TotalPixelMatrixRows"]: _element(t["TotalPixelMatrixRows"], hit.total_pixel_matrix_rows),
-        t["InstanceAvailability"]: _element(t["InstanceAvailability"], "ONLINE"),
-        # the stored encoding, which WADO-RS sends as is: wsidicom asks for it before reading frames
-        t["AvailableTransferSyntaxUID"]: _element(t["AvailableTransferSyntaxUID"], hit.transfer_syntax_uid),
-        t["RetrieveURL"]: _element(t["RetrieveURL"], url),
-    }
-
-
-def _without_bulk(element: Element) -> Element | None:
-    if "BulkDataURI" in element or "InlineBinary" in element:
-        return None
-    if element.get("vr") == "SQ" and element.get("Value"):
-        return {**element, "Value": [_item_without_bulk(item) for item in element["Value"]]}
-    return element
-
-
-def _item_without_bulk(item: dict[str, Element]) -> dict[str, Element]:
-    return {tag: kept for tag, element in item.items() if (kept := _without_bulk(element)) is not None}
-
-
-def _stored(metadata: bytes | None) -> dict[str, Element]:
-    if metadata is None:
-        return {}
-    stored: dict[str, Element] = orjson.loads(dicom_json.unpack(metadata))
-    return stored
-
-
 def _defaults(query: Query, scope: set[str]) -> list[str]:
     """PS3.18's default attributes of the level, with those of the levels above the path's scope."""
     parents: list[str] = []
@@ -461,60 +259,27 @@ def _defaults(query: Query, scope: set[str]) -> list[str]:
     if query.level > Level.SERIES and "series" not in scope:
         parents.extend(SERIES_DEFAULTS)
     own = {Level.STUDY: STUDY_DEFAULTS, Level.SERIES: SERIES_DEFAULTS, Level.INSTANCE: INSTANCE_DEFAULTS}
-    return [*own[query.level], *(tag for tag in parents if tag not in AGGREGATES)]
+    return [*own[query.level], *(tag for tag in parents if tag not in _AGGREGATES)]
 
 
-def render(query: Query, scope: set[str], known: dict[str, Element], metadata: bytes | None) -> Element:
+def retrieve_url(base: str, hit: Hit) -> str:
+    """The WADO-RS URL of a hit: its study, series or instance."""
+    if isinstance(hit, StudyHit):
+        return f"{base}/studies/{hit.study_instance_uid}"
+    if isinstance(hit, SeriesHit):
+        return f"{retrieve_url(base, hit.study)}/series/{hit.series_instance_uid}"
+    return f"{retrieve_url(base, hit.series)}/instances/{hit.sop_instance_uid}"
+
+
+def render(query: Query, scope: set[str], hit: Hit, base: str) -> Element:
     """One result: default, matched and included attributes, from the catalog or the stored JSON."""
-    stored = _stored(metadata)
+    stored = stored_attributes(hit.metadata)
     wanted = _defaults(query, scope)
     wanted += [tag for tag in IF_PRESENT if tag in stored and level_of(tag) <= query.level]
     wanted += [tag for tag in query.returned if level_of(tag) <= query.level]
     if query.include_all:
         wanted += [tag for tag in stored if level_of(tag) <= query.level]
-    result: dict[str, Element] = {}
-    for tag in wanted:
-        if tag in result:
-            continue
-        if tag in known:
-            result[tag] = known[tag]
-        elif tag in stored:
-            kept = _without_bulk(stored[tag])
-            if kept is not None:
-                result[tag] = kept
-        elif tag not in AGGREGATES:
-            try:
-                result[tag] = {"vr": _vr(tag)}
-            except KeyError:  # a private or unknown tag the stored JSON lacks
-                continue
-    return dict(sorted(result.items()))
-
-
-def _study_result(query: Query, scope: set[str], hit: StudyHit, base: str) -> Element:
-    t = _T
-    known = _study_known(hit)
-    known[t["ModalitiesInStudy"]] = _element(t["ModalitiesInStudy"], *hit.modalities)
-    known[t["NumberOfStudyRelatedSeries"]] = _element(t["NumberOfStudyRelatedSeries"], hit.series)
-    known[t["NumberOfStudyRelatedInstances"]] = _element(t["NumberOfStudyRelatedInstances"], hit.instances)
-    known[t["RetrieveURL"]] = _element(t["RetrieveURL"], f"{base}/studies/{hit.study_instance_uid}")
-    return render(query, scope, known, hit.metadata)
-
-
-def _series_url(base: str, hit: SeriesHit) -> str:
-    return f"{base}/studies/{hit.study.study_instance_uid}/series/{hit.series_instance_uid}"
-
-
-def _series_result(query: Query, scope: set[str], hit: SeriesHit, base: str) -> Element:
-    t = _T
-    known = _series_known(hit)
-    known[t["NumberOfSeriesRelatedInstances"]] = _element(t["NumberOfSeriesRelatedInstances"], hit.instances)
-    known[t["RetrieveURL"]] = _element(t["RetrieveURL"], _series_url(base, hit))
-    return render(query, scope, known, hit.metadata)
-
-
-def _instance_result(query: Query, scope: set[str], hit: InstanceHit, base: str) -> Element:
-    url = f"{_series_url(base, hit.series)}/instances/{hit.sop_instance_uid}"
-    return render(query, scope, _instance_known(hit, url), hit.metadata)
+    return attributes(hit, wanted, stored=stored, retrieve_url=retrieve_url(base, hit))
 
 
 # -- the routes ------------------------------------------------------------------------------
@@ -523,14 +288,15 @@ _FINDERS: dict[Level, Callable[..., Found[Any]]] = {
     Level.SERIES: search.find_series,
     Level.INSTANCE: search.find_instances,
 }
-_RESULTS: dict[Level, Callable[[Query, set[str], Any, str], Element]] = {
-    Level.STUDY: _study_result,
-    Level.SERIES: _series_result,
-    Level.INSTANCE: _instance_result,
-}
 
 
-def _search(request: Request, level: Level) -> Response:
+def answer(engine: Engine, query: Query, scope: set[str], base: str) -> tuple[list[Element], bool]:
+    """Run the search and render its page; ``True`` when more hits follow (blocking: a thread's)."""
+    found = _FINDERS[query.level](engine, query.criteria, query.limit, query.offset)
+    return [render(query, scope, hit, base) for hit in found.hits], found.more
+
+
+async def _search(request: Request, level: Level) -> Response:
     _check_accept(request.headers.get("accept"))
     query = parse_query(request.query_params.multi_items(), level)
     scope = set(request.path_params)
@@ -539,11 +305,10 @@ def _search(request: Request, level: Level) -> Response:
     if "series" in scope:
         query.criteria.append(Criterion("SeriesInstanceUID", Single(request.path_params["series"])))
     archive: Archive = request.app.state.archive
-    found = _FINDERS[level](archive.catalog.engine, query.criteria, query.limit, query.offset)
     base = dicomweb_base(request)
-    results = [_RESULTS[level](query, scope, hit, base) for hit in found.hits]
+    results, more = await run_in_threadpool(answer, archive.catalog.engine, query, scope, base)
     warnings = list(query.warnings)
-    if found.more and query.capped:
+    if more and query.capped:
         warnings.append(
             f"there are additional results that can be requested: at most {MAX_RESULTS} are sent at once; "
             f"ask again with offset={query.offset + len(results)}"
@@ -552,20 +317,19 @@ def _search(request: Request, level: Level) -> Response:
     return Response(orjson.dumps(results), media_type=DICOM_JSON, headers=headers)
 
 
-# The catalog is synchronous: plain functions, which Starlette runs in its thread pool.
-def search_studies(request: Request) -> Response:
+async def search_studies(request: Request) -> Response:
     """``GET /studies``."""
-    return _search(request, Level.STUDY)
+    return await _search(request, Level.STUDY)
 
 
-def search_series(request: Request) -> Response:
+async def search_series(request: Request) -> Response:
     """``GET /series`` and ``GET /studies/{study}/series``."""
-    return _search(request, Level.SERIES)
+    return await _search(request, Level.SERIES)
 
 
-def search_instances(request: Request) -> Response:
+async def search_instances(request: Request) -> Response:
     """``GET /instances``, ``/studies/{study}/instances``, ``/studies/{study}/series/{series}/instances``."""
-    return _search(request, Level.INSTANCE)
+    return await _search(request, Level.INSTANCE)
 
 
 def routes() -> list[BaseRoute]:

@@ -1,17 +1,19 @@
-"""Search of the catalog: the SQL side of QIDO-RS (PS3.18 10.6).
+"""Search of the catalog: the one engine under QIDO-RS (PS3.18 10.6) and C-FIND (PS3.4 C.4.1).
 
-A search is a list of :class:`Criterion` -- a search key and how to match it -- turned into one
+A search is a list of :class:`Criterion` -- a search key (:data:`~lamina.archive.catalog.keys.KEYS`)
+and how to match it (:mod:`~lamina.archive.catalog.matching`, where the matching rules are written
+down) -- read by :func:`criterion` from a key's values as the client wrote them, and turned into one
 SQLAlchemy query per level (:func:`studies_query`, :func:`series_query`, :func:`instances_query`).
-The ``find_*`` functions run it for one page and add what each hit of the page needs: counts and
-modalities by ``GROUP BY`` over the page's UIDs (through the ``study_instance_uid`` and
-``series_instance_uid`` indexes of ``series`` and ``instances``), and the stored DICOM JSON of one
-instance, for the attributes the catalog does not keep. Nothing is computed per catalog row.
+The protocols only read their request into criteria: QIDO-RS from the query string, C-FIND from
+the identifier; both run the functions below and get the same hits.
 
-Search keys are DICOM keywords, plus ``stain`` and ``organ`` (the slide's, as the lab's manifest
-gave them) and the sequence path ``SpecimenDescriptionSequence.SpecimenIdentifier``; see
-:data:`KEYS`. Text matching follows PS3.4 C.2.2.2: exact, or ``*`` / ``?`` wild cards through SQL
-``LIKE``; person names, stains and organs match whatever their case. (SQLite's ``LIKE`` ignores
-the case of ASCII letters for every key; PostgreSQL's does not.)
+:func:`find_studies`, :func:`find_series` and :func:`find_instances` run a search for one page
+(QIDO-RS's ``limit`` / ``offset``); :func:`iter_matches` runs it for every match up to a limit
+(C-FIND), reading the details in chunks. Each hit gets what it needs by ``GROUP BY`` over the
+chunk's UIDs (through the ``study_instance_uid`` and ``series_instance_uid`` indexes of ``series``
+and ``instances``): counts and modalities, and the stored DICOM JSON of one instance, for the
+attributes the catalog does not keep (:mod:`lamina.mapping.attributes` turns a hit into DICOM
+attributes). Nothing is computed per catalog row.
 
 Order is stable, so that a client paging with ``offset`` sees every hit once: newest study first
 (study date, then time, then Study Instance UID, all descending; studies without a date last),
@@ -20,113 +22,56 @@ then series number, Series Instance UID, instance number and SOP Instance UID.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, exists, func, or_, select
 
-from lamina.archive.catalog import modalities
+from lamina.archive.catalog import matching, modalities
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.keys import KEYS, Key, Level, Via
+from lamina.archive.catalog.matching import (
+    AnyOf,
+    DateTimeRange,
+    Empty,
+    Kind,
+    Match,
+    Range,
+    Single,
+    Wildcard,
+    like_pattern,
+)
 
-
-class Level(enum.IntEnum):
-    """The query levels, from the top: a key may be matched at its level and below."""
-
-    STUDY = 0
-    SERIES = 1
-    INSTANCE = 2
-
-
-class Kind(enum.Enum):
-    """How a key's values compare."""
-
-    TEXT = "text"  # exact, case-sensitive; wild cards
-    ANY_CASE = "any case"  # exact or wild cards, whatever the case (PN, free-text lab terms)
-    UID = "uid"  # exact or a list of UIDs
-    DATE = "date"  # YYYYMMDD, exact or a range
-    TIME = "time"  # HHMMSS.FFFFFF, a range (a time of reduced precision spans its minute or hour)
-    NUMBER = "number"  # an integer, exact
-
-
-class Via(enum.Enum):
-    """Where a key's column is, seen from a study."""
-
-    DIRECT = "direct"
-    SLIDES = "slides"  # a slide (series) column: at study level, any slide of the study matches
-    SERIES = "series"  # ModalitiesInStudy: any series of the study matches
-
-
-@dataclass(frozen=True)
-class Key:
-    level: Level
-    kind: Kind
-    column: Any  # the table column matched
-    via: Via = Via.DIRECT
-
-    def matches_at(self, level: Level) -> bool:
-        """Whether a search at ``level`` can match this key (slide keys also select studies)."""
-        return self.level <= level or self.via is Via.SLIDES
-
-
-KEYS: dict[str, Key] = {
-    "PatientName": Key(Level.STUDY, Kind.ANY_CASE, t.patients.c.patient_name),
-    "PatientID": Key(Level.STUDY, Kind.TEXT, t.patients.c.patient_id),
-    "PatientBirthDate": Key(Level.STUDY, Kind.DATE, t.patients.c.birth_date),
-    "PatientSex": Key(Level.STUDY, Kind.TEXT, t.patients.c.sex),
-    "AccessionNumber": Key(Level.STUDY, Kind.TEXT, t.studies.c.accession_number),
-    "StudyDate": Key(Level.STUDY, Kind.DATE, t.studies.c.study_date),
-    "StudyTime": Key(Level.STUDY, Kind.TIME, t.studies.c.study_time),
-    "StudyInstanceUID": Key(Level.STUDY, Kind.UID, t.studies.c.study_instance_uid),
-    "ModalitiesInStudy": Key(Level.STUDY, Kind.TEXT, t.series.c.modality, Via.SERIES),
-    "SeriesInstanceUID": Key(Level.SERIES, Kind.UID, t.series.c.series_instance_uid),
-    "Modality": Key(Level.SERIES, Kind.TEXT, t.series.c.modality),
-    "SeriesNumber": Key(Level.SERIES, Kind.NUMBER, t.series.c.series_number),
-    "ContainerIdentifier": Key(Level.SERIES, Kind.TEXT, t.slides.c.container_id, Via.SLIDES),
-    "SpecimenDescriptionSequence.SpecimenIdentifier": Key(
-        Level.SERIES, Kind.TEXT, t.slides.c.specimen_id, Via.SLIDES
-    ),
-    "stain": Key(Level.SERIES, Kind.ANY_CASE, t.slides.c.stain, Via.SLIDES),
-    "organ": Key(Level.SERIES, Kind.ANY_CASE, t.slides.c.organ, Via.SLIDES),
-    "SOPInstanceUID": Key(Level.INSTANCE, Kind.UID, t.instances.c.sop_instance_uid),
-    "SOPClassUID": Key(Level.INSTANCE, Kind.UID, t.instances.c.sop_class_uid),
-    "InstanceNumber": Key(Level.INSTANCE, Kind.NUMBER, t.instances.c.instance_number),
-}
-"""Search keys the catalog can match, by name."""
-
-
-# -- what to match ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Single:
-    """Single value matching (a time of reduced precision matches the span it names)."""
-
-    value: str
-
-
-@dataclass(frozen=True)
-class Wildcard:
-    """Wild card matching: ``*`` any run of characters, ``?`` any one character."""
-
-    pattern: str
-
-
-@dataclass(frozen=True)
-class AnyOf:
-    """List matching: any of the values (UIDs, modalities)."""
-
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Range:
-    """Range matching of dates or times; an open end is ``None``."""
-
-    low: str | None
-    high: str | None
-
-
-Match = Single | Wildcard | AnyOf | Range
+__all__ = [
+    "KEYS",
+    "AnyOf",
+    "Criterion",
+    "DateTimeRange",
+    "Empty",
+    "Found",
+    "InstanceHit",
+    "Key",
+    "Kind",
+    "Level",
+    "Match",
+    "Range",
+    "SeriesHit",
+    "Single",
+    "StudyHit",
+    "Via",
+    "Wildcard",
+    "combine_date_time",
+    "criterion",
+    "find_instances",
+    "find_series",
+    "find_studies",
+    "instances_query",
+    "iter_matches",
+    "like_pattern",
+    "series_query",
+    "studies_query",
+]
 
 
 @dataclass(frozen=True)
@@ -135,6 +80,29 @@ class Criterion:
 
     key: str
     match: Match
+
+
+def criterion(
+    key: str, values: Sequence[str], *, parameter: str | None = None, empty_value: bool = False
+) -> Criterion | None:
+    """The criterion of ``key`` given its values (split on ``\\``); None for universal matching.
+
+    ``parameter`` names the key in errors as the client wrote it (a tag, a path); ``empty_value``
+    turns ``""`` into empty value matching. Raises :class:`~lamina.errors.RequestError`.
+    """
+    match = matching.parse(KEYS[key].kind, parameter or key, values, empty_value=empty_value)
+    return None if match is None else Criterion(key, match)
+
+
+def combine_date_time(criteria: Sequence[Criterion]) -> list[Criterion]:
+    """Criteria with ``StudyDate`` and ``StudyTime`` made one combined range of moments
+    (PS3.4 C.2.2.2.5.1), when both are given as single values or ranges."""
+    by_key = {item.key: item for item in criteria}
+    date, time = by_key.get("StudyDate"), by_key.get("StudyTime")
+    if date is None or time is None or not all(isinstance(c.match, Single | Range) for c in (date, time)):
+        return list(criteria)
+    moments = Criterion("StudyDate", matching.combined(date.match, time.match))
+    return [moments if item is date else item for item in criteria if item is not time]
 
 
 # -- what comes back -------------------------------------------------------------------------
@@ -180,9 +148,10 @@ class InstanceHit:
     total_pixel_matrix_columns: int
     total_pixel_matrix_rows: int
     transfer_syntax_uid: str
-    metadata: bytes
+    metadata: bytes | None = None
 
 
+Hit = StudyHit | SeriesHit | InstanceHit
 H = TypeVar("H")
 
 
@@ -195,66 +164,47 @@ class Found(Generic[H]):
 
 
 # -- conditions ------------------------------------------------------------------------------
-def like_pattern(pattern: str) -> str:
-    """A DICOM wild card pattern as a SQL ``LIKE`` pattern, escaped with ``\\``."""
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
-
-
-def _time_high(value: str) -> str:
-    """The last time a time of reduced precision names: ``1200`` -> ``120059.999999``."""
-    whole, _, fraction = value.partition(".")
-    return whole + "9" * (6 - len(whole)) + "." + fraction + "9" * (6 - len(fraction))
-
-
-def _compare(kind: Kind, column: Any, match: Match) -> ColumnElement[bool]:
-    if isinstance(match, Wildcard):
-        if kind is Kind.ANY_CASE:
-            return column.ilike(like_pattern(match.pattern), escape="\\")  # type: ignore[no-any-return]
-        return column.like(like_pattern(match.pattern), escape="\\")  # type: ignore[no-any-return]
-    if isinstance(match, AnyOf):
-        if kind is Kind.ANY_CASE:
-            return func.lower(column).in_([func.lower(value) for value in match.values])
-        return column.in_(match.values)  # type: ignore[no-any-return]
-    if isinstance(match, Range) or (kind is Kind.TIME and isinstance(match, Single)):
-        low, high = (match.low, match.high) if isinstance(match, Range) else (match.value, match.value)
-        bounds = []
-        if low is not None:
-            bounds.append(column >= low)
-        if high is not None:
-            bounds.append(column <= (_time_high(high) if kind is Kind.TIME else high))
-        return bounds[0] & bounds[1] if len(bounds) == 2 else bounds[0]  # type: ignore[no-any-return]
-    if kind is Kind.NUMBER:
-        return column == int(match.value)  # type: ignore[no-any-return]
-    if kind is Kind.ANY_CASE:
-        return func.lower(column) == func.lower(match.value)
-    return column == match.value  # type: ignore[no-any-return]
-
-
 _OTHER_SERIES = t.series.alias("other_series")
 
 
-def _condition(criterion: Criterion, level: Level) -> ColumnElement[bool]:
-    key = KEYS[criterion.key]
-    if not key.matches_at(level):
-        raise ValueError(f"{criterion.key} is not an attribute of the {level.name.lower()} level or above")
-    if key.via is Via.SERIES and isinstance(criterion.match, Single | AnyOf):
-        # the modalities kept on the study's row (and in the study-order index)
-        values = (criterion.match.value,) if isinstance(criterion.match, Single) else criterion.match.values
-        return or_(*(modalities.has(value) for value in values))
-    if key.via is Via.SERIES:
+def _has_modality(value: str) -> ColumnElement[bool]:
+    """A modality of the study, on the modalities kept on its row (and in the study-order index);
+    case-sensitive on SQLite too (GLOB), where ``modalities.has``'s LIKE is not."""
+    glob = t.studies.c.modalities.op("GLOB", is_comparison=True)(f"*\\{matching.glob_pattern(value)}\\*")
+    return matching.PerDialect(glob, modalities.has(value))
+
+
+def _in_study_series(key: Key, match: Match) -> ColumnElement[bool]:
+    """ModalitiesInStudy: values on the study's row; wild cards probe its series."""
+    if isinstance(match, Empty):
+        return t.studies.c.modalities == ""
+    values = (match.value,) if isinstance(match, Single) else match.values if isinstance(match, AnyOf) else ()
+    fixed = [value for value in values if not matching.is_wildcard(value)]
+    patterns = [value for value in values if matching.is_wildcard(value)]
+    patterns += [match.pattern] if isinstance(match, Wildcard) else []
+    alternatives = [_has_modality(value) for value in fixed]
+    if patterns:
         # any series of the study, seen through an alias so that a series search's own row is not it
         column = _OTHER_SERIES.c[key.column.name]
-        return exists().where(
-            _OTHER_SERIES.c.study_instance_uid == t.studies.c.study_instance_uid,
-            _compare(key.kind, column, criterion.match),
+        alternatives.append(
+            exists().where(
+                _OTHER_SERIES.c.study_instance_uid == t.studies.c.study_instance_uid,
+                or_(*(matching.wildcard(column, pattern) for pattern in patterns)),
+            )
         )
+    return alternatives[0] if len(alternatives) == 1 else or_(*alternatives)
+
+
+def _condition(item: Criterion, level: Level) -> ColumnElement[bool]:
+    key = KEYS[item.key]
+    if not key.matches_at(level):
+        raise ValueError(f"{item.key} is not an attribute of the {level.name.lower()} level or above")
+    if key.via is Via.SERIES:
+        return _in_study_series(key, item.match)
+    condition = matching.condition(key.kind, key.column, item.match, key.time)
     if key.via is Via.SLIDES and level is Level.STUDY:
-        return exists().where(
-            t.slides.c.study_instance_uid == t.studies.c.study_instance_uid,
-            _compare(key.kind, key.column, criterion.match),
-        )
-    return _compare(key.kind, key.column, criterion.match)
+        return exists().where(t.slides.c.study_instance_uid == t.studies.c.study_instance_uid, condition)
+    return condition
 
 
 # -- one query per level ---------------------------------------------------------------------
@@ -284,7 +234,6 @@ _INSTANCE_COLUMNS = (
     t.instances.c.total_pixel_matrix_columns,
     t.instances.c.total_pixel_matrix_rows,
     t.instances.c.transfer_syntax_uid,
-    t.instances.c.metadata,
 )
 _STUDY_ORDER = (
     t.studies.c.study_date.desc().nulls_last(),
@@ -307,10 +256,10 @@ def studies_query(criteria: Sequence[Criterion]) -> Select[Any]:
     Only the studies' UIDs: a page is walked in ``ix_studies_date`` alone (an index-only scan;
     the index carries the study's modalities for ``ModalitiesInStudy``), and the patient is
     joined only when a criterion needs it. The skipped rows of a deep page then cost
-    an index entry each, not a row of studies and one of patients (:func:`find_studies` reads
-    the page's own rows afterwards)."""
-    conditions = [_condition(criterion, Level.STUDY) for criterion in criteria]
-    on_patient = any(KEYS[criterion.key].column.table is t.patients for criterion in criteria)
+    an index entry each, not a row of studies and one of patients (the page's own rows are read
+    afterwards)."""
+    conditions = [_condition(item, Level.STUDY) for item in criteria]
+    on_patient = any(KEYS[item.key].column.table is t.patients for item in criteria)
     source = _STUDIES if on_patient else t.studies
     query = select(t.studies.c.study_instance_uid).select_from(source).where(*conditions)
     return query.order_by(*_STUDY_ORDER)
@@ -319,7 +268,7 @@ def studies_query(criteria: Sequence[Criterion]) -> Select[Any]:
 def series_query(criteria: Sequence[Criterion]) -> Select[Any]:
     """Series (with their study, patient and slide) matching every criterion, in the stable order."""
     source = _SERIES.outerjoin(t.slides, t.slides.c.series_instance_uid == t.series.c.series_instance_uid)
-    conditions = [_condition(criterion, Level.SERIES) for criterion in criteria]
+    conditions = [_condition(item, Level.SERIES) for item in criteria]
     query = select(*_STUDY_COLUMNS, *_SERIES_COLUMNS).select_from(source).where(*conditions)
     return query.order_by(*_SERIES_ORDER)
 
@@ -332,17 +281,15 @@ def instances_query(criteria: Sequence[Criterion]) -> Select[Any]:
     source = source.outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk).outerjoin(
         t.slides, t.instances.c.slide_id == t.slides.c.id
     )
-    conditions = [_condition(criterion, Level.INSTANCE) for criterion in criteria]
+    conditions = [_condition(item, Level.INSTANCE) for item in criteria]
     query = select(*_STUDY_COLUMNS, *_SERIES_COLUMNS, *_INSTANCE_COLUMNS).select_from(source)
     return query.where(*conditions).order_by(*_INSTANCE_ORDER)
 
 
-# -- one page, with what its hits need -------------------------------------------------------
-def _page(conn: Connection, query: Select[Any], limit: int, offset: int) -> tuple[list[Any], bool]:
-    rows = list(conn.execute(query.limit(limit + 1).offset(offset)).mappings())
-    return rows[:limit], len(rows) > limit
+_QUERIES = {Level.STUDY: studies_query, Level.SERIES: series_query, Level.INSTANCE: instances_query}
 
 
+# -- the hits of some rows, with what they need ------------------------------------------------
 def _study(row: Any, **extra: Any) -> StudyHit:
     return StudyHit(**{column.key: row[column.key] for column in _STUDY_COLUMNS}, **extra)
 
@@ -351,7 +298,9 @@ def _series(row: Any, study: StudyHit, **extra: Any) -> SeriesHit:
     return SeriesHit(study, **{column.key: row[column.key] for column in _SERIES_COLUMNS}, **extra)
 
 
-def _instances_and_first(conn: Connection, column: Any, uids: list[str]) -> dict[str, tuple[int, bytes]]:
+def _instances_and_first(
+    conn: Connection, column: Any, uids: list[str], metadata: bool
+) -> dict[str, tuple[int, bytes | None]]:
     """For each study or series UID: its number of instances and one instance's stored JSON."""
     counted = conn.execute(
         select(column, func.count(), func.min(t.instances.c.sop_instance_uid))
@@ -359,81 +308,133 @@ def _instances_and_first(conn: Connection, column: Any, uids: list[str]) -> dict
         .group_by(column)
     ).all()
     first = {sop: uid for uid, _, sop in counted}
-    stored = dict(
-        conn.execute(
-            select(t.instances.c.sop_instance_uid, t.instances.c.metadata).where(
-                t.instances.c.sop_instance_uid.in_(list(first))
-            )
-        ).all()
-    )
-    metadata = {first[sop]: blob for sop, blob in stored.items()}
-    return {uid: (int(count), metadata[uid]) for uid, count, _ in counted}
+    stored = _stored(conn, list(first)) if metadata else {}
+    by_uid = {first[sop]: blob for sop, blob in stored.items()}
+    return {uid: (int(count), by_uid.get(uid)) for uid, count, _ in counted}
 
 
-def find_studies(engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int) -> Found[StudyHit]:
-    """One page of matching studies, each with its modalities, counts and one instance's JSON."""
-    with engine.connect() as conn:
-        keys, more = _page(conn, studies_query(criteria), limit, offset)
-        uids = [key["study_instance_uid"] for key in keys]
-        by_uid = {
-            row["study_instance_uid"]: row
-            for row in conn.execute(
-                select(*_STUDY_COLUMNS).select_from(_STUDIES).where(t.studies.c.study_instance_uid.in_(uids))
-            ).mappings()
-        }
-        # a study deleted between the two reads is left out of the page
-        uids = [uid for uid in uids if uid in by_uid]
-        rows = [by_uid[uid] for uid in uids]
-        in_study: dict[str, list[str]] = {}
-        series: dict[str, int] = {}
-        by_modality = (
-            select(t.series.c.study_instance_uid, t.series.c.modality, func.count())
-            .where(t.series.c.study_instance_uid.in_(uids))
-            .group_by(t.series.c.study_instance_uid, t.series.c.modality)
-            .order_by(t.series.c.study_instance_uid, t.series.c.modality)
+def _stored(conn: Connection, sops: list[str]) -> dict[str, bytes]:
+    """The stored DICOM JSON of these instances, by SOP Instance UID (a primary key lookup each)."""
+    found = conn.execute(
+        select(t.instances.c.sop_instance_uid, t.instances.c.metadata).where(
+            t.instances.c.sop_instance_uid.in_(sops)
         )
-        for uid, modality, count in conn.execute(by_modality):
-            in_study.setdefault(uid, []).append(modality)
-            series[uid] = series.get(uid, 0) + int(count)
-        instances = _instances_and_first(conn, t.instances.c.study_instance_uid, uids)
+    )
+    return {str(sop): bytes(blob) for sop, blob in found}
+
+
+def _study_hits(conn: Connection, keys: Sequence[Any], metadata: bool) -> list[StudyHit]:
+    uids = [key["study_instance_uid"] for key in keys]
+    by_uid = {
+        row["study_instance_uid"]: row
+        for row in conn.execute(
+            select(*_STUDY_COLUMNS).select_from(_STUDIES).where(t.studies.c.study_instance_uid.in_(uids))
+        ).mappings()
+    }
+    # a study deleted between the two reads is left out
+    uids = [uid for uid in uids if uid in by_uid]
+    in_study: dict[str, list[str]] = {}
+    series: dict[str, int] = {}
+    by_modality = (
+        select(t.series.c.study_instance_uid, t.series.c.modality, func.count())
+        .where(t.series.c.study_instance_uid.in_(uids))
+        .group_by(t.series.c.study_instance_uid, t.series.c.modality)
+        .order_by(t.series.c.study_instance_uid, t.series.c.modality)
+    )
+    for uid, modality, count in conn.execute(by_modality):
+        in_study.setdefault(uid, []).append(modality)
+        series[uid] = series.get(uid, 0) + int(count)
+    instances = _instances_and_first(conn, t.instances.c.study_instance_uid, uids, metadata)
     hits = []
-    for row, uid in zip(rows, uids, strict=True):
-        count, metadata = instances.get(uid, (0, None))
+    for uid in uids:
+        count, stored = instances.get(uid, (0, None))
         hits.append(
             _study(
-                row,
+                by_uid[uid],
                 modalities=tuple(in_study.get(uid, ())),
                 series=series.get(uid, 0),
                 instances=count,
-                metadata=metadata,
+                metadata=stored,
             )
         )
-    return Found(hits, more)
+    return hits
 
 
-def find_series(engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int) -> Found[SeriesHit]:
-    """One page of matching series, each with its study, instance count and one instance's JSON."""
-    with engine.connect() as conn:
-        rows, more = _page(conn, series_query(criteria), limit, offset)
-        uids = [row["series_instance_uid"] for row in rows]
-        instances = _instances_and_first(conn, t.instances.c.series_instance_uid, uids)
+def _series_hits(conn: Connection, rows: Sequence[Any], metadata: bool) -> list[SeriesHit]:
+    uids = [row["series_instance_uid"] for row in rows]
+    instances = _instances_and_first(conn, t.instances.c.series_instance_uid, uids, metadata)
     hits = []
     for row, uid in zip(rows, uids, strict=True):
-        count, metadata = instances.get(uid, (0, None))
-        hits.append(_series(row, _study(row), instances=count, metadata=metadata))
-    return Found(hits, more)
+        count, stored = instances.get(uid, (0, None))
+        hits.append(_series(row, _study(row), instances=count, metadata=stored))
+    return hits
 
 
-def find_instances(
-    engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int
-) -> Found[InstanceHit]:
-    """One page of matching instances, each with its series, study and stored JSON."""
-    with engine.connect() as conn:
-        rows, more = _page(conn, instances_query(criteria), limit, offset)
-    hits = [
+def _instance_hits(conn: Connection, rows: Sequence[Any], metadata: bool) -> list[InstanceHit]:
+    stored = _stored(conn, [row["sop_instance_uid"] for row in rows]) if metadata else {}
+    return [
         InstanceHit(
-            _series(row, _study(row)), **{column.key: row[column.key] for column in _INSTANCE_COLUMNS}
+            _series(row, _study(row)),
+            **{column.key: row[column.key] for column in _INSTANCE_COLUMNS},
+            metadata=stored.get(row["sop_instance_uid"]),
         )
         for row in rows
     ]
-    return Found(hits, more)
+
+
+_HITS: dict[Level, Any] = {
+    Level.STUDY: _study_hits,
+    Level.SERIES: _series_hits,
+    Level.INSTANCE: _instance_hits,
+}
+
+
+# -- running a search ------------------------------------------------------------------------
+def _find(
+    level: Level, engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, metadata: bool
+) -> Found[Any]:
+    with engine.connect() as conn:
+        rows = list(conn.execute(_QUERIES[level](criteria).limit(limit + 1).offset(offset)).mappings())
+        hits = _HITS[level](conn, rows[:limit], metadata)
+    return Found(hits, len(rows) > limit)
+
+
+def find_studies(
+    engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, *, metadata: bool = True
+) -> Found[StudyHit]:
+    """One page of matching studies, each with its modalities, counts and (``metadata``) one
+    instance's stored JSON."""
+    return _find(Level.STUDY, engine, criteria, limit, offset, metadata)
+
+
+def find_series(
+    engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, *, metadata: bool = True
+) -> Found[SeriesHit]:
+    """One page of matching series, each with its study, instance count and one instance's JSON."""
+    return _find(Level.SERIES, engine, criteria, limit, offset, metadata)
+
+
+def find_instances(
+    engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, *, metadata: bool = True
+) -> Found[InstanceHit]:
+    """One page of matching instances, each with its series, study and stored JSON."""
+    return _find(Level.INSTANCE, engine, criteria, limit, offset, metadata)
+
+
+#: Hits read at once by :func:`iter_matches`.
+CHUNK = 500
+
+
+def iter_matches(
+    engine: Engine, level: Level, criteria: Sequence[Criterion], limit: int, *, metadata: bool = True
+) -> Iterator[Hit]:
+    """Every match (at most ``limit``) in the stable order, for a protocol without pages.
+
+    The matches are found by one query; their details are read ``CHUNK`` at a time, each chunk on
+    a connection of its own, so that no connection is held while the caller sends what it got."""
+    with engine.connect() as conn:
+        rows = list(conn.execute(_QUERIES[level](criteria).limit(limit)).mappings())
+    for start in range(0, len(rows), CHUNK):
+        with engine.connect() as conn:
+            hits: list[Hit] = _HITS[level](conn, rows[start : start + CHUNK], metadata)
+        yield from hits
