@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -76,3 +76,26 @@ def served_archive(
             yield ServedArchive(f"http://127.0.0.1:{port}/dicomweb", archive, slide_ids)
     finally:
         archive.close()
+
+
+def multipart_parts(answer: Any) -> list[tuple[str, bytes]]:
+    """(Content-Type, body) of each part of a multipart/related answer (an httpx response),
+    split on the boundary its Content-Type names."""
+    content_type = answer.headers["content-type"]
+    assert content_type.startswith("multipart/related"), content_type
+    boundary = next(
+        item.split("=", 1)[1].strip('"')
+        for item in content_type.split(";")
+        if item.strip().startswith("boundary=")
+    )
+    body: bytes = answer.content
+    chunks = body.split(f"--{boundary}".encode())
+    assert chunks[-1].strip() == b"--", "the answer does not end with its closing delimiter"
+    found = []
+    for chunk in chunks[1:-1]:
+        head, _, data = chunk.partition(b"\r\n\r\n")
+        headers = dict(
+            line.split(":", 1) for line in head.decode("latin-1").strip().splitlines() if ":" in line
+        )
+        found.append((headers["Content-Type"].strip(), data.removesuffix(b"\r\n")))
+    return found

@@ -56,6 +56,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         # run_in_threadpool and streamed bodies all take a token of anyio's default limiter
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         opened = archive or Archive.open(settings)
+        app.state.settings = settings
         app.state.archive = opened
         app.state.index = dicomweb.InstanceIndex(opened)
         from lamina.jobs.runtime import Jobs

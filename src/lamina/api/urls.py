@@ -131,7 +131,7 @@ def allowed_host(name: str, scope: Scope, settings: Settings) -> bool:
 def dicomweb_base(request: Request) -> str:
     """The absolute URL of the DICOMweb root, as clients must use it; 400 when the request came
     under a host name that is not this server's (see the module's docstring)."""
-    settings: Settings = request.app.state.archive.settings
+    settings: Settings = request.app.state.settings
     if settings.public_url:
         return settings.public_url.rstrip("/") + "/dicomweb"
     scope = request.scope

@@ -70,7 +70,7 @@ class FramesFastPath:
         if output.target is not None or not 1 <= number <= row.number_of_frames:
             return None
         offset, length = found.frame_span(number)
-        if length > index.archive.settings.max_frames_bytes:
+        if length > state.settings.max_frames_bytes:  # type: ignore[union-attr]
             return None
         try:
             fd = found.fd()

@@ -229,11 +229,12 @@ def answer(
     numbers: list[int],
     accept: str | None,
     archive: Archive,
+    limit: int,
     parameter: str = "frames",
 ) -> Response:
-    """The frames ``numbers`` of ``found`` as the Accept header asks, within the answer's limit."""
+    """The frames ``numbers`` of ``found`` as the Accept header asks, in at most ``limit`` bytes."""
     output = frame_output(accept, found.row)
-    check_answer_size(found, numbers, output.target, archive.settings.max_frames_bytes, parameter)
+    check_answer_size(found, numbers, output.target, limit, parameter)
     try:
         data = read_frames(found, numbers, archive)
     except (IntegrityError, NotFoundError):
@@ -251,4 +252,7 @@ def frames(request: Request) -> Response:
     params = request.path_params
     found = index.get(params["study"], params["series"], params["instance"])
     numbers = parse_frame_numbers(params["frames"], found.row.number_of_frames)
-    return answer(index, found, numbers, request.headers.get("accept"), request.app.state.archive)
+    state = request.app.state
+    return answer(
+        index, found, numbers, request.headers.get("accept"), state.archive, state.settings.max_frames_bytes
+    )

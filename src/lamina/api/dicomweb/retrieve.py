@@ -235,7 +235,7 @@ def retrieve(request: Request, rows: list[InstanceRow]) -> Response:
         raise NotFoundError("no such study, series or instance in this archive")
     archive: Archive = request.app.state.archive
     plans = plan_answer(
-        parse_accept(request.headers.get("accept")), rows, archive.settings.max_transcode_bytes
+        parse_accept(request.headers.get("accept")), rows, request.app.state.settings.max_transcode_bytes
     )
     # what can fail does so before anything is sent: a missing object, an unreadable header
     headers: dict[str, bytes] = {}

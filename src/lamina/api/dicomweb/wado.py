@@ -113,7 +113,8 @@ def bulkdata(request: Request) -> Response:
     archive: Archive = request.app.state.archive
     if path == "7FE00010":
         numbers = list(range(1, found.row.number_of_frames + 1))
-        return frames.answer(index, found, numbers, request.headers.get("accept"), archive, "bulkdata")
+        limit = request.app.state.settings.max_frames_bytes
+        return frames.answer(index, found, numbers, request.headers.get("accept"), archive, limit, "bulkdata")
     value = _element_at(header_dataset(archive, found.row), path)
     boundary = multipart.boundary()
     return Response(
