@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lamina.cli.common import err_console, handle_errors
+from lamina.config import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def _is_loopback(host: str) -> bool:
@@ -16,6 +24,34 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def server_config(app: Callable[..., Any], settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """How ``lamina serve`` runs uvicorn (the tests start servers the same way).
+
+    - ``proxy_headers`` off: uvicorn would believe ``X-Forwarded-*`` from 127.0.0.1 by default;
+      lamina applies ``LAMINA_TRUSTED_PROXIES`` itself (``lamina.api.urls.ForwardedHeaders``),
+      since deciding on ``X-Forwarded-Host`` needs the proxy's own address.
+    - ``timeout_graceful_shutdown``: on SIGTERM or Ctrl-C the server stops accepting, lets the
+      requests in flight finish for up to ``shutdown_grace_s``, then stops; idle, it stops at once.
+    """
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        forwarded_allow_ips=list(settings.trusted_proxies),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        lifespan="on",
+    )
+
+
+def _exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @click.command()
@@ -35,7 +71,6 @@ def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_t
 
     from lamina.api import create_app
     from lamina.archive.archive import Archive
-    from lamina.config import Settings
     from lamina.dimse import DimseServer
 
     if not _is_loopback(host):
@@ -49,15 +84,18 @@ def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_t
     dimse = DimseServer(archive, ae_title=ae_title, host=host, port=dimse_port) if dimse_port else None
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("lamina.dimse").setLevel(logging.INFO)
+    # every 4xx and 5xx answer, with its reason (lamina.api.errorlog)
+    logging.getLogger("lamina.api").setLevel(logging.INFO)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if dimse is not None:
         dimse.start()
         err_console.print(f"DIMSE: {ae_title} on {host}:{dimse.port}", highlight=False)
     err_console.print(f"lamina: viewer and DICOMweb on http://{host}:{port}/", highlight=False)
+    # uvicorn handles SIGTERM while it serves, then sends it again to the handler found before
+    # it: this one turns it into a clean exit, so that the DIMSE server and the archive close
+    signal.signal(signal.SIGTERM, _exit)
     try:
-        uvicorn.run(
-            create_app(settings, archive), host=host, port=port, log_level="warning", access_log=False
-        )
+        uvicorn.Server(server_config(create_app(settings, archive), settings, host, port)).run()
     finally:
         if dimse is not None:
             dimse.stop()

@@ -1,0 +1,151 @@
+"""``lamina serve`` as a real process: it stops within a second of SIGTERM when idle, lets a
+request in flight finish first, and closes its DIMSE server; on both backends."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from lamina.archive.archive import Archive
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
+from lamina.config import Settings
+from tests.support import lamina_env, shared_file
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def lamina_serve(settings: Settings, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A ``lamina serve`` process on the archive of ``settings``; (process, base URL)."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lamina", "serve", "--port", str(port), *args],
+        env=lamina_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "lamina serve did not start"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def _stop(process: subprocess.Popen[str]) -> float:
+    """SIGTERM; the seconds until the process is gone."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("dimse", [False, True], ids=["http", "http+dimse"])
+def test_an_idle_server_stops_within_a_second_of_sigterm(settings: Settings, dimse: bool) -> None:
+    Archive.open(settings).close()
+    extra = ["--dimse-port", str(_free_port())] if dimse else []
+    with lamina_serve(settings, *extra) as (process, base), httpx.Client() as client:
+        # a client that keeps its connection open, as a browser does
+        assert client.get(f"{base}/healthz").status_code == 200
+        assert client.get(f"{base}/dicomweb/studies").status_code == 200
+
+        took = _stop(process)
+
+        output = process.communicate()[0]
+        assert took < 1.0, (took, output)
+        assert process.returncode == 0, output
+        assert "Traceback" not in output, output
+
+
+@contextlib.contextmanager
+def held_audit_log(settings: Settings) -> Iterator[None]:
+    """The catalog's audit log locked by another connection, as a long transaction would: a
+    request that appends to it waits (SQLite: the write lock; PostgreSQL: a table lock)."""
+    if settings.database_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+            conn.close()
+    else:
+        engine = create_engine(settings.database_url)
+        with engine.connect() as conn:
+            conn.execute(text("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE"))
+            try:
+                yield
+            finally:
+                conn.rollback()
+        engine.dispose()
+
+
+def _waiting_on_lock(settings: Settings) -> bool:
+    """Whether a request is in flight, held by the lock (known on PostgreSQL; on SQLite, assumed
+    after a moment)."""
+    if settings.database_url.startswith("sqlite"):
+        time.sleep(1.0)
+        return True
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_a_request_in_flight_finishes_before_the_server_stops(settings: Settings, tmp_path: Path) -> None:
+    archive = Archive.open(settings)
+    (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
+    result = Ingestor(archive.catalog, archive.store).ingest(candidate)
+    slide = archive.catalog.slide(result.slide_id or "")
+    archive.close()
+    assert slide is not None
+    answers: list[httpx.Response] = []
+    with lamina_serve(settings) as (process, base):
+        url = f"{base}/dicomweb/studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}/metadata"
+        with held_audit_log(settings):
+            # opening a slide is audited: the request waits for the lock inside its handler
+            request = threading.Thread(target=lambda: answers.append(httpx.get(url, timeout=60)))
+            request.start()
+            deadline = time.monotonic() + 30
+            while not _waiting_on_lock(settings):
+                assert time.monotonic() < deadline, "the request never reached the catalog"
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert process.poll() is None, "the server stopped with a request in flight"
+        request.join(timeout=60)
+        process.wait(timeout=30)
+        output = process.communicate()[0]
+    assert [answer.status_code for answer in answers] == [200], output
+    assert len(answers[0].json()) == slide.instances
+    assert process.returncode == 0, output
