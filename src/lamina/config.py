@@ -65,6 +65,30 @@ def _number(
     return value
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _bytes(env: dict[str, str], file_values: dict[str, Any], key: str, default: int) -> int:
+    """A size in bytes: a number, or a number and a unit (``512 MiB``, ``2GB``, ``1.5 GiB``)."""
+    raw = env.get(f"LAMINA_{key.upper()}") or file_values.get(key)
+    if raw is None or raw == "":
+        return default
+    text = str(raw).strip().lower().replace("_", "").replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = _UNITS.get(text[len(number) :])
+    try:
+        value = float(number) * unit if unit is not None else -1.0
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ConfigurationError(
+            f"LAMINA_{key.upper()}={raw!r} (or {key} in lamina.toml): expected a size in bytes, "
+            "e.g. 536870912, '512 MiB' or '2 GB' (0 turns it off)"
+        )
+    return int(value)
+
+
 def _cron(raw: object) -> str | None:
     if raw is None:
         return "30 2 * * *"
@@ -202,6 +226,14 @@ class Settings:
     shutdown_grace_s
         How long ``lamina serve`` lets requests in flight finish after SIGTERM or Ctrl-C
         (``LAMINA_SHUTDOWN_GRACE_S``, default 30).
+    blob_cache_bytes, blob_cache_disk_bytes, blob_cache_dir, blob_cache_block_bytes
+        The read-through cache of object blocks in front of the blob store
+        (:mod:`lamina.archive.blobstore.cache`, ``docs/storage.md``): bytes kept in memory
+        (``LAMINA_BLOB_CACHE_BYTES``, e.g. ``512 MiB``; default 0, off), bytes kept on a local
+        disk (``LAMINA_BLOB_CACHE_DISK_BYTES``, default 0, off) in ``LAMINA_BLOB_CACHE_DIR``
+        (default ``$LAMINA_HOME/cache/blobs``), and the block fetched and kept
+        (``LAMINA_BLOB_CACHE_BLOCK_BYTES``, default 1 MiB). Worth it on an S3 store; a folder
+        store is read in place.
     """
 
     home: Path
@@ -225,6 +257,10 @@ class Settings:
     max_frames_bytes: int = 32 << 20
     max_transcode_bytes: int = 1 << 30
     shutdown_grace_s: float = 30.0
+    blob_cache_bytes: int = 0
+    blob_cache_disk_bytes: int = 0
+    blob_cache_dir: Path | None = None
+    blob_cache_block_bytes: int = 1 << 20
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -275,8 +311,19 @@ class Settings:
             max_frames_bytes=_number(env, file_values, "max_frames_bytes", 32 << 20, int),
             max_transcode_bytes=_number(env, file_values, "max_transcode_bytes", 1 << 30, int),
             shutdown_grace_s=_number(env, file_values, "shutdown_grace_s", 30.0, float),
+            blob_cache_bytes=_bytes(env, file_values, "blob_cache_bytes", 0),
+            blob_cache_disk_bytes=_bytes(env, file_values, "blob_cache_disk_bytes", 0),
+            blob_cache_dir=Path(folder).expanduser().absolute()
+            if (folder := env.get("LAMINA_BLOB_CACHE_DIR") or file_values.get("blob_cache_dir"))
+            else None,
+            blob_cache_block_bytes=_bytes(env, file_values, "blob_cache_block_bytes", 1 << 20),
             s3=_s3_settings(env, file_values.get("s3", {})),
         )
+        if not 4096 <= settings.blob_cache_block_bytes <= 64 << 20:
+            raise ConfigurationError(
+                f"LAMINA_BLOB_CACHE_BLOCK_BYTES={settings.blob_cache_block_bytes}: between 4 KiB and "
+                "64 MiB (default 1 MiB)"
+            )
         if settings.role not in ("site", "archive"):
             raise ConfigurationError(f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'")
         return settings

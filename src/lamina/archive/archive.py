@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore, open_blobstore
+from lamina.archive.blobstore.cache import cached
 from lamina.archive.blobstore.replicated import ReplicatedBlobStore
 from lamina.archive.catalog import Catalog, SlideRow
 from lamina.archive.delete import DeletedSlide, delete_slide
@@ -80,7 +81,8 @@ class Archive:
                 f"cannot create the data folder {settings.home} ({exc.strerror}); "
                 "set LAMINA_HOME to a writable folder"
             ) from exc
-        store = open_blobstore(settings.blob_url, settings.verify_after_write, settings.s3)
+        # the cache serves the primary's reads; a replica is read only to repair, never cached
+        store = cached(open_blobstore(settings.blob_url, settings.verify_after_write, settings.s3), settings)
         if settings.replica_url:
             if settings.replica_url.rstrip("/") == settings.blob_url.rstrip("/"):
                 raise ConfigurationError(

@@ -47,7 +47,14 @@ class BlobStore(ABC):
     def writer(self) -> BlobWriter: ...
 
     @abstractmethod
-    def read_range(self, sha256: str, offset: int, length: int) -> bytes: ...
+    def read_range(self, sha256: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of the object; fewer at its end (like ``pread``).
+        May block on the network: call it off the event loop."""
+
+    def cached_range(self, sha256: str, offset: int, length: int) -> bytes | None:
+        """The range if the store holds it in memory now, else None; never blocks, so an
+        event loop may call it. An optional speed-up (:class:`~.cache.CachedBlobStore`)."""
+        return None
 
     @abstractmethod
     def open(self, sha256: str) -> Iterator[bytes]:
