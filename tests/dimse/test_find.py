@@ -70,20 +70,23 @@ def test_the_identifier_is_read_into_the_engines_criteria() -> None:
 
 
 def test_combined_date_and_time_only_when_negotiated() -> None:
-    identifier = _identifier("STUDY", StudyDate="20260101-20260102", StudyTime="2200-0600")
-    with pytest.raises(FindError) as raised:  # a time range may not cross midnight on its own
-        Query.from_identifier(identifier)
-    identifier.StudyTime = "2200-2300"
-    separate = Query.from_identifier(identifier)
-    combined = Query.from_identifier(identifier, combined_date_time=True)
-    assert raised.value.code == status.DOES_NOT_MATCH_SOP_CLASS
+    # Arrange: one night, and a day's working hours
+    night = _identifier("STUDY", StudyDate="20260101-20260102", StudyTime="2200-0600")
+    days = _identifier("STUDY", StudyDate="20260101-20260102", StudyTime="0800-1700")
+    # Act
+    with pytest.raises(FindError) as raised:  # a range of times may not cross midnight on its own
+        Query.from_identifier(night)
+    combined_night = Query.from_identifier(night, combined_date_time=True)
+    separate = Query.from_identifier(days)
+    # Assert
+    assert raised.value.code == status.DOES_NOT_MATCH_SOP_CLASS and "midnight" in raised.value.comment
+    assert combined_night.criteria == (
+        Criterion("StudyDate", DateTimeRange(("20260101", "2200"), ("20260102", "0600"))),
+    )
     assert set(separate.criteria) == {
         Criterion("StudyDate", Range("20260101", "20260102")),
-        Criterion("StudyTime", Range("2200", "2300")),
+        Criterion("StudyTime", Range("0800", "1700")),
     }
-    assert combined.criteria == (
-        Criterion("StudyDate", DateTimeRange(("20260101", "2200"), ("20260102", "2300"))),
-    )
 
 
 @pytest.mark.parametrize(

@@ -114,12 +114,11 @@ class Query:
                     found = search.criterion(path, values)
                     if found is not None:
                         criteria.append(found)
+            criteria = search.combine_date_time(criteria, combined=combined_date_time)
         except RequestError as exc:
             raise FindError(status.DOES_NOT_MATCH_SOP_CLASS, str(exc)) from None
         except (ValueError, TypeError) as exc:  # a value pydicom could not read as its VR
             raise FindError(status.DOES_NOT_MATCH_SOP_CLASS, f"a key cannot be read ({exc})") from None
-        if combined_date_time:
-            criteria = search.combine_date_time(criteria)
         return cls(name, level, tuple(criteria), requested)
 
     def wanted(self) -> list[str]:

@@ -161,7 +161,9 @@ def _range(parameter: str, value: str, kind: Kind) -> Match:
     if not low and not high:
         raise RequestError(parameter, "give at least one end of the range, e.g. 20260101- or -20261231")
     bounds = (check(parameter, low) if low else None, check(parameter, high) if high else None)
-    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+    # a range of times that "crosses midnight" may be the time of a combined range of moments:
+    # refused by :func:`lamina.archive.catalog.search.combine_date_time` where it is not
+    if kind is Kind.DATE and bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
         raise RequestError(parameter, f"{value!r} ends before it starts")
     return Range(*bounds)
 

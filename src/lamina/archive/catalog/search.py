@@ -23,7 +23,7 @@ then series number, Series Instance UID, instance number and SOP Instance UID.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, exists, func, or_, select
@@ -42,6 +42,7 @@ from lamina.archive.catalog.matching import (
     Wildcard,
     like_pattern,
 )
+from lamina.errors import RequestError
 
 __all__ = [
     "KEYS",
@@ -76,10 +77,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Criterion:
-    """One matching key of a search: the name of a :data:`KEYS` entry and how to match it."""
+    """One matching key of a search: the name of a :data:`KEYS` entry and how to match it
+    (``parameter``: the key as the client wrote it, for errors)."""
 
     key: str
     match: Match
+    parameter: str = field(default="", compare=False, repr=False)
 
 
 def criterion(
@@ -91,18 +94,44 @@ def criterion(
     turns ``""`` into empty value matching. Raises :class:`~lamina.errors.RequestError`.
     """
     match = matching.parse(KEYS[key].kind, parameter or key, values, empty_value=empty_value)
-    return None if match is None else Criterion(key, match)
+    return None if match is None else Criterion(key, match, parameter or key)
 
 
-def combine_date_time(criteria: Sequence[Criterion]) -> list[Criterion]:
-    """Criteria with ``StudyDate`` and ``StudyTime`` made one combined range of moments
-    (PS3.4 C.2.2.2.5.1), when both are given as single values or ranges."""
+def combine_date_time(criteria: Sequence[Criterion], *, combined: bool = True) -> list[Criterion]:
+    """The criteria, with ``StudyDate`` and ``StudyTime`` made one range of moments when
+    ``combined`` and both are single values or ranges (PS3.4 C.2.2.2.5.1).
+
+    Raises :class:`~lamina.errors.RequestError` for a range of moments that ends before it starts,
+    and for a range of times that crosses midnight where it stays one (PS3.4 C.2.2.2.5).
+    """
     by_key = {item.key: item for item in criteria}
     date, time = by_key.get("StudyDate"), by_key.get("StudyTime")
-    if date is None or time is None or not all(isinstance(c.match, Single | Range) for c in (date, time)):
-        return list(criteria)
-    moments = Criterion("StudyDate", matching.combined(date.match, time.match))
-    return [moments if item is date else item for item in criteria if item is not time]
+    result = list(criteria)
+    if combined and date and time and all(isinstance(c.match, Single | Range) for c in (date, time)):
+        moments = matching.combined(date.match, time.match)
+        if moments.low and moments.high and _start(moments.low) > _end(moments.high):
+            raise RequestError(time.parameter, "the range of StudyDate and StudyTime ends before it starts")
+        result = [
+            Criterion(date.key, moments, date.parameter) if c is date else c for c in result if c is not time
+        ]
+    for item in result:
+        if isinstance(item.match, Range) and KEYS[item.key].kind is Kind.TIME:
+            low, high = item.match.low, item.match.high
+            if low is not None and high is not None and low > matching.time_high(high):
+                raise RequestError(
+                    item.parameter or item.key,
+                    f"{low}-{high} ends before it starts (a range of times may not cross midnight; "
+                    "give StudyDate with it for a range of moments)",
+                )
+    return result
+
+
+def _start(end: tuple[str, str | None]) -> tuple[str, str]:
+    return end[0], end[1] or ""
+
+
+def _end(end: tuple[str, str | None]) -> tuple[str, str]:
+    return end[0], matching.time_high(end[1] or "23")
 
 
 # -- what comes back -------------------------------------------------------------------------
