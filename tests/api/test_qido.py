@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,16 @@ from wsidicom import WsiDicom, WsiDicomWebClient
 from lamina.api.dicomweb import qido
 from lamina.api.dicomweb.qido import parse_query
 from lamina.archive.catalog import search
-from lamina.archive.catalog.search import AnyOf, Criterion, Level, Range, Single, Wildcard
+from lamina.archive.catalog.search import (
+    AnyOf,
+    Criterion,
+    DateTimeRange,
+    Empty,
+    Level,
+    Range,
+    Single,
+    Wildcard,
+)
 from tests.api.conftest import ServedArchive
 
 Result = dict[str, Any]
@@ -380,6 +390,9 @@ def test_keys_the_catalog_cannot_match_are_ignored_with_a_warning(served_archive
         ("/studies", {"StudyDate": "20260230"}, "StudyDate"),
         ("/studies", {"00080020": "-"}, "00080020"),
         ("/studies", {"StudyTime": "2500"}, "StudyTime"),
+        ("/studies", {"StudyTime": "2200-0600"}, "StudyTime"),  # crosses midnight without a date
+        ("/studies", {"StudyDate": "20260101", "00080030": "2200-0600"}, "00080030"),  # ends before it starts
+        ("/studies", {"multiplevaluematching": "perhaps"}, "multiplevaluematching"),
         ("/studies", {"PatientFavouriteColour": "blue"}, "PatientFavouriteColour"),
         ("/studies", {"0010002": "x"}, "0010002"),
         ("/studies", {"includefield": "PatientFavouriteColour"}, "includefield"),
@@ -428,10 +441,61 @@ def test_query_string_is_read_into_criteria_and_return_keys() -> None:
     assert (query.limit, query.capped, query.warnings) == (1000, True, [])
 
 
-# -- the catalog side ------------------------------------------------------------------------
-def test_wildcard_patterns_escape_sql_like() -> None:
-    assert search.like_pattern("A*B?C") == "A%B_C"
-    assert search.like_pattern("50%_\\*") == "50\\%\\_\\\\%"
+def test_dates_and_times_together_are_one_range_of_moments() -> None:
+    query = parse_query([("StudyDate", "20260101-20260102"), ("00080030", "2200-0600")], Level.STUDY)
+    assert query.criteria == [
+        Criterion("StudyDate", DateTimeRange(("20260101", "2200"), ("20260102", "0600")))
+    ]
+
+
+def test_several_values_empty_values_and_lists() -> None:
+    # Act
+    query = parse_query(
+        [
+            ("AccessionNumber", "S26-1\\S26-2"),  # multiple value matching
+            ("PatientName", '""'),  # empty value matching, asked for below
+            ("Modality", "SM,ANN"),
+            ("multiplevaluematching", "true"),
+            ("emptyvaluematching", "true"),
+        ],
+        Level.SERIES,
+    )
+    literal = parse_query([("PatientName", '""')], Level.STUDY)
+    # Assert
+    assert query.criteria == [
+        Criterion("AccessionNumber", AnyOf(("S26-1", "S26-2"))),
+        Criterion("PatientName", Empty()),
+        Criterion("Modality", AnyOf(("SM", "ANN"))),
+    ]
+    assert query.warnings == []
+    assert literal.criteria == [Criterion("PatientName", Single('""'))]
+
+
+def test_catalog_queries_run_in_the_thread_pool_not_on_the_event_loop(
+    served_archive: ServedArchive, client: DICOMwebClient
+) -> None:
+    # Arrange: note, for each page query of a search, whether its thread runs an event loop
+    engine = served_archive.archive.catalog.engine
+    on_loop: list[bool] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if "ORDER BY studies.study_date" in statement:
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(True)
+            except RuntimeError:
+                on_loop.append(False)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        # Act
+        client.search_for_studies()
+        client.search_for_series(search_filters={"Modality": "SM"})
+        client.search_for_instances(limit=2)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    # Assert
+    assert on_loop == [False, False, False]
 
 
 def test_queries_reach_instances_and_series_through_indexes(served_archive: ServedArchive) -> None:
