@@ -14,6 +14,7 @@ from lamina.cli.demo import demo
 from lamina.cli.export import export
 from lamina.cli.ingest import ingest
 from lamina.cli.sample import sample
+from lamina.cli.send import send
 from lamina.cli.serve import serve
 from lamina.cli.slides import slides
 from lamina.cli.verify import verify
@@ -38,7 +39,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, delete, sample, demo, serve, worker, verify, audit, watch, ae):
+for command in (ingest, slides, export, delete, sample, demo, serve, worker, verify, audit, watch, ae, send):
     cli.add_command(command)
 
 

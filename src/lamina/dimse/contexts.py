@@ -4,6 +4,9 @@ Storage presentation contexts are accepted for every storage SOP class, not only
 Slide Microscopy Image: a scanner or PACS that pushes a mixed study then gets, for each object
 lamina does not keep, the C-STORE status "Refused: SOP Class not supported" (0x0122) in its log,
 instead of an association whose contexts were silently rejected.
+
+They accept SCP/SCU role selection (PS3.7 D.3.3.4): a C-GET requester proposes them in the SCP
+role, and lamina then sends the instances back over them as the SCU.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from lamina.errors import ConfigurationError
 VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
 VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 
 #: The transfer syntaxes the DICOM WSI reader takes (lamina.formats.dicom): compressed frames
 #: copied as sent (JPEG baseline, JPEG 2000), lossless ones re-encoded (JPEG-LS, HTJ2K), native
@@ -38,7 +43,7 @@ MAXIMUM_PDU_SIZE = 1 << 20
 
 
 def application_entity(ae_title: str, calling_ae_titles: Sequence[str], network_timeout_s: float) -> AE:
-    """The AE that accepts associations: Verification, Storage and Study Root C-FIND.
+    """The AE that accepts associations: Verification, Storage, Study Root C-FIND, C-MOVE, C-GET.
 
     Parameters
     ----------
@@ -62,7 +67,11 @@ def application_entity(ae_title: str, calling_ae_titles: Sequence[str], network_
     ae.network_timeout = network_timeout_s
     ae.add_supported_context(VERIFICATION)
     ae.add_supported_context(STUDY_ROOT_FIND, list(_UNCOMPRESSED))
+    ae.add_supported_context(STUDY_ROOT_MOVE, list(_UNCOMPRESSED))
+    ae.add_supported_context(STUDY_ROOT_GET, list(_UNCOMPRESSED))
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
+        ae.add_supported_context(
+            context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
+        )
     return ae

@@ -37,8 +37,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from lamina.dimse import status
+from lamina.dimse.acceptor import start_server
 from lamina.dimse.contexts import VL_WSI, application_entity
 from lamina.dimse.find import FindError, find
+from lamina.dimse.retrieve import RetrieveService
 from lamina.dimse.spool import Spool, recover
 from lamina.dimse.store import drop_partial, mismatch, read_header, received_object
 from lamina.dimse.worker import IngestListener, IngestWorker
@@ -81,7 +83,7 @@ class _Association:
 
 
 class DimseServer:
-    """Serve an archive over DICOM DIMSE: Verification, Storage (VL WSI) and Study Root C-FIND.
+    """Serve an archive over DICOM DIMSE: Verification, Storage (VL WSI), Study Root C-FIND, C-MOVE, C-GET.
 
     Parameters
     ----------
@@ -154,7 +156,9 @@ class DimseServer:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         try:
-            self._server = ae.start_server((self.host, self._port), block=False, evt_handlers=handlers)
+            # Study Root C-GET and C-MOVE are served by lamina's streamed retrieve (dimse/acceptor.py)
+            retriever = RetrieveService(self.archive, self.ae_title, self.options.network_timeout_s)
+            self._server = start_server(ae, (self.host, self._port), handlers, retriever)
         except OSError as exc:
             self._worker.stop()
             self._release_incoming()

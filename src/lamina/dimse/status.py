@@ -18,8 +18,13 @@ OUT_OF_RESOURCES = 0xA700
 #: PS3.4 B.2.3: the data set is not what its SOP class says (C-STORE); for C-FIND: the
 #: identifier does not match the information model.
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
-#: PS3.4 B.2.3: the data set cannot be parsed.
+#: PS3.4 B.2.3: the data set cannot be parsed; for C-MOVE and C-GET: unable to process.
 CANNOT_UNDERSTAND = 0xC000
+#: PS3.4 C.4.2.1.5 / C.4.3.1.4: C-MOVE and C-GET refusals and their final warning.
+UNABLE_TO_CALCULATE_MATCHES = 0xA701
+UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+SUBOPERATIONS_WARNING = 0xB000
 
 _COMMENT_LENGTH = 64
 

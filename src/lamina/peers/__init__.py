@@ -7,6 +7,6 @@
 """
 
 from lamina.peers.directory import PeerDirectory
-from lamina.peers.entity import ApplicationEntity, parse_address
+from lamina.peers.entity import ApplicationEntity, PeerError, parse_address
 
-__all__ = ["ApplicationEntity", "PeerDirectory", "parse_address"]
+__all__ = ["ApplicationEntity", "PeerDirectory", "PeerError", "parse_address"]
