@@ -6,6 +6,7 @@ seconds): SQLite + a folder, and PostgreSQL + S3; tests read from them and must 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +100,32 @@ def multipart_parts(answer: Any) -> list[tuple[str, bytes]]:
         )
         found.append((headers["Content-Type"].strip(), data.removesuffix(b"\r\n")))
     return found
+
+
+@contextlib.contextmanager
+def serving_as_lamina(app: Any, settings: Settings) -> Iterator[int]:
+    """Run ``app`` under uvicorn configured as ``lamina serve`` configures it (no proxy headers
+    of uvicorn's own, the graceful shutdown), in a thread on a free loopback port; yield the port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from lamina.cli.serve import server_config
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    server = uvicorn.Server(server_config(app, settings, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

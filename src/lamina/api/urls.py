@@ -93,8 +93,7 @@ class ForwardedHeaders:
                 host = headers["x-forwarded-host"].split(",")[-1].strip()
         scope = dict(scope)
         for hop in reversed(hops):
-            address = hop.rsplit(":", 1)[0] if hop.count(":") == 1 else hop  # 192.0.2.1:4711
-            address = address.strip("[]")
+            address = _address(hop)
             if not _in(address, self.trusted):
                 scope["client"] = (address, 0)
                 break
@@ -103,6 +102,13 @@ class ForwardedHeaders:
         if host and _HOST.match(host):
             scope[FORWARDED_HOST] = host
         return scope
+
+
+def _address(hop: str) -> str:
+    """The address of a hop without its port: ``192.0.2.1:4711`` and ``[2001:db8::7]:4711`` too."""
+    if hop.startswith("["):
+        return hop[1:].partition("]")[0]
+    return hop.rsplit(":", 1)[0] if hop.count(":") == 1 else hop
 
 
 def _split(host: str) -> tuple[str, str | None]:
