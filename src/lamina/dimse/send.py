@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -72,6 +73,20 @@ def associate(
             peer.address,
             f"the association was rejected ({answer.reason_str}); check that the peer knows "
             f"the calling AE title {calling_ae_title!r} and that {peer.ae_title!r} is its AE title",
+        )
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        proposed = sorted(
+            {
+                f"{UID(cx.abstract_syntax or '').name} in {UID(ts).name}"
+                for cx in contexts
+                for ts in cx.transfer_syntax
+            }
+        )
+        raise PeerError(
+            peer.address,
+            f"the peer accepted none of the presentation contexts proposed ({'; '.join(proposed)}); "
+            "it does not take this SOP class, or these transfer syntaxes (lamina transcodes to "
+            "Explicit VR Little Endian only up to its limit)",
         )
     raise PeerError(
         peer.address,
