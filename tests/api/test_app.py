@@ -1,0 +1,152 @@
+"""The application as a whole: its health route, and an event loop that never waits on the
+catalog or the store. Handler threads are held inside real slow catalog calls (a lock held by
+another connection) while frames and other requests are answered."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from lamina.api.app import create_app
+from lamina.archive.archive import Archive
+from lamina.archive.catalog import InstanceRow
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
+from lamina.config import Settings
+from tests.api.conftest import ServedArchive, multipart_parts
+from tests.support import serving, shared_file
+
+STORED = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+
+
+def test_health_counts_the_slides(served_archive: ServedArchive) -> None:
+    root = served_archive.base_url.removesuffix("/dicomweb")
+    answer = httpx.get(f"{root}/healthz")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ok"
+    assert answer.json()["slides"] == served_archive.archive.catalog.count_slides() >= 1
+
+
+@contextlib.contextmanager
+def catalog_held(settings: Settings) -> Iterator[None]:
+    """Another connection holds the catalog as a long transaction would: on SQLite the write lock
+    (a request that writes, such as the audit of a slide's opening, waits); on PostgreSQL an
+    exclusive lock on the instances and the audit log (reading a series waits too)."""
+    if settings.database_url.startswith("sqlite"):
+        conn = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+            conn.close()
+        return
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        conn.execute(text("LOCK TABLE instances, audit_log IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            conn.rollback()
+    engine.dispose()
+
+
+def _wait_until_held(settings: Settings, requests: int) -> None:
+    """Until ``requests`` requests wait on the lock (seen on PostgreSQL; on SQLite, a moment)."""
+    if settings.database_url.startswith("sqlite"):
+        time.sleep(1.0)
+        return
+    engine = create_engine(settings.database_url)
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            with engine.connect() as conn:
+                waiting = conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one()
+            if waiting >= requests:
+                return
+            assert time.monotonic() < deadline, "the requests never reached the catalog"
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+
+
+def _urls(base: str, row: InstanceRow) -> tuple[str, str]:
+    series = f"{base}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
+    return series, f"{series}/instances/{row.sop_instance_uid}"
+
+
+def _in_background(url: str, answers: list[int]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: answers.append(httpx.get(url, timeout=60).status_code))
+    thread.start()
+    return thread
+
+
+def test_the_loop_answers_while_handlers_wait_on_the_catalog(served_archive: ServedArchive) -> None:
+    archive = served_archive.archive
+    settings = archive.settings.with_(workers=0, verify_cron=None, api_threads=8)
+    row = next(r for r in archive.catalog.instances(served_archive.slide_ids[0]) if r.level == 0)
+    with serving(create_app(settings, archive)) as port:
+        series, instance = _urls(f"http://127.0.0.1:{port}/dicomweb", row)
+        expected = httpx.get(f"{instance}/frames/1", headers=STORED)  # caches the instance
+        assert expected.status_code == 200
+        answers: list[int] = []
+        with catalog_held(settings):
+            held = [_in_background(f"{series}/metadata", answers) for _ in range(2)]
+            _wait_until_held(settings, 2)
+
+            # Act: while two handler threads wait inside the catalog, within a second each
+            frame = httpx.get(f"{instance}/frames/1", headers=STORED, timeout=1)
+            decoded = httpx.get(f"{instance}/frames/2", timeout=1)
+            metadata = httpx.get(f"{instance}/metadata", timeout=1)
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            assert answers == []  # still held
+        for thread in held:
+            thread.join(timeout=60)
+
+    assert frame.status_code == 200 and multipart_parts(frame) == multipart_parts(expected)
+    assert (decoded.status_code, metadata.status_code, health.status_code) == (200, 200, 200)
+    assert answers == [200, 200]
+
+
+@pytest.fixture
+def local_archive(tmp_path: Path) -> Iterator[Archive]:
+    """An archive on SQLite and a folder, where cached frames are served on the event loop."""
+    archive = Archive.open(Settings.load(tmp_path / "lamina-data", env={}))
+    (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
+    assert Ingestor(archive.catalog, archive.store).ingest(candidate).status == "ingested"
+    yield archive
+    archive.close()
+
+
+def test_frames_are_answered_with_every_thread_held(local_archive: Archive) -> None:
+    """The pool is bounded (LAMINA_API_THREADS): with its two threads held, a request that needs a
+    thread waits, while a cached frame of a local object is still read on the event loop."""
+    settings = local_archive.settings.with_(workers=0, verify_cron=None, api_threads=2)
+    (slide,) = local_archive.catalog.slides()
+    row = next(r for r in local_archive.catalog.instances(slide.id) if r.level == 0)
+    with serving(create_app(settings, local_archive)) as port:
+        series, instance = _urls(f"http://127.0.0.1:{port}/dicomweb", row)
+        assert httpx.get(f"{instance}/frames/3", headers=STORED).status_code == 200
+        answers: list[int] = []
+        health: list[int] = []
+        with catalog_held(settings):
+            held = [_in_background(f"{series}/metadata", answers) for _ in range(2)]
+            _wait_until_held(settings, 2)
+            waiting = _in_background(f"http://127.0.0.1:{port}/healthz", health)
+
+            frame = httpx.get(f"{instance}/frames/3", headers=STORED, timeout=1)
+            time.sleep(0.5)
+            assert health == []  # no thread free for it
+        for thread in [*held, waiting]:
+            thread.join(timeout=60)
+
+    assert frame.status_code == 200
+    assert answers == [200, 200] and health == [200]
