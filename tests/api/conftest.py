@@ -79,6 +79,19 @@ def served_archive(
         archive.close()
 
 
+@pytest.fixture
+def local_archive(tmp_path: Path) -> Iterator[Archive]:
+    """An archive of CMU-1-Small-Region on SQLite and a folder (where cached frames are read on the
+    event loop), for a test that may change it."""
+    from tests.support import shared_file
+
+    archive = Archive.open(Settings.load(tmp_path / "lamina-data", env={}))
+    (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
+    assert Ingestor(archive.catalog, archive.store).ingest(candidate).status == "ingested"
+    yield archive
+    archive.close()
+
+
 def multipart_parts(answer: Any) -> list[tuple[str, bytes]]:
     """(Content-Type, body) of each part of a multipart/related answer (an httpx response),
     split on the boundary its Content-Type names."""

@@ -9,20 +9,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import create_engine, text
 
 from lamina.api.app import create_app
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
-from lamina.archive.discover import discover
-from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from tests.api.conftest import ServedArchive, multipart_parts
-from tests.support import serving, shared_file
+from tests.support import serving
 
 STORED = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
 
@@ -114,16 +110,6 @@ def test_the_loop_answers_while_handlers_wait_on_the_catalog(served_archive: Ser
     assert frame.status_code == 200 and multipart_parts(frame) == multipart_parts(expected)
     assert (decoded.status_code, metadata.status_code, health.status_code) == (200, 200, 200)
     assert answers == [200, 200]
-
-
-@pytest.fixture
-def local_archive(tmp_path: Path) -> Iterator[Archive]:
-    """An archive on SQLite and a folder, where cached frames are served on the event loop."""
-    archive = Archive.open(Settings.load(tmp_path / "lamina-data", env={}))
-    (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
-    assert Ingestor(archive.catalog, archive.store).ingest(candidate).status == "ingested"
-    yield archive
-    archive.close()
 
 
 def test_frames_are_answered_with_every_thread_held(local_archive: Archive) -> None:
