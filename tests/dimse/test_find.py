@@ -17,6 +17,8 @@ import pytest
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import VLWholeSlideMicroscopyImageStorage
+from pynetdicom import AE
+from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from lamina.api.app import create_app
 from lamina.archive.archive import Archive
@@ -30,6 +32,7 @@ from tests.searchable import ANNOTATED, Searchable, build
 from tests.support import serving, tool
 
 ANNOTATIONS = "1.2.840.10008.5.1.4.1.1.91.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
 # -- reading the identifier ------------------------------------------------------------------
@@ -326,3 +329,52 @@ def test_a_study_of_the_annotation_counts_both_series(served: Served, tmp_path: 
     assert list(study.ModalitiesInStudy) == ["ANN", "SM"]
     assert int(study.NumberOfStudyRelatedSeries) == 2
     assert int(study.NumberOfStudyRelatedInstances) == slide.instances + 1
+
+
+# -- combined date and time matching, negotiated -------------------------------------------------
+def _find_negotiating(served: Served, identifier: Dataset, app_info: bytes | None) -> tuple[bytes, list[Any]]:
+    """C-FIND by pynetdicom, asking for the C-FIND application information ``app_info``; the
+    application information the server accepted, and the (status, identifier) answers."""
+    ae = AE(ae_title="ORACLE")
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    items = []
+    if app_info is not None:
+        item = SOPClassExtendedNegotiation()
+        item.sop_class_uid = STUDY_ROOT_FIND
+        item.service_class_application_information = app_info
+        items.append(item)
+    assoc = ae.associate("127.0.0.1", served.dimse.port, ae_title=served.dimse.ae_title, ext_neg=items)
+    assert assoc.is_established
+    try:
+        accepted = assoc.acceptor.sop_class_extended.get(STUDY_ROOT_FIND, b"")
+        answers = list(assoc.send_c_find(identifier, STUDY_ROOT_FIND))
+    finally:
+        assoc.release()
+    return accepted, answers
+
+
+def _matched(answers: list[Any]) -> tuple[set[str], int]:
+    """The StudyInstanceUIDs answered, and the final status."""
+    uids = {str(found.StudyInstanceUID) for state, found in answers if state.Status == status.PENDING}
+    return uids, int(answers[-1][0].Status)
+
+
+def test_combined_date_and_time_matching_when_the_association_negotiated_it(served: Served) -> None:
+    # Arrange: from 15 January at 10:00 to 2 March at 10:00 (slide 4's study, 2 March 09:15)
+    identifier = _identifier(
+        "STUDY", StudyDate="20260115-20260302", StudyTime="1000-1000", StudyInstanceUID=""
+    )
+    night = _identifier("STUDY", StudyDate="20260301-20260302", StudyTime="2200-1000", StudyInstanceUID="")
+    # Act: relational queries, combined date-time matching, fuzzy semantic matching asked for
+    accepted, combined = _find_negotiating(served, identifier, b"\x01\x01\x01")
+    _, combined_night = _find_negotiating(served, night, b"\x01\x01\x01")
+    refused, separate = _find_negotiating(served, identifier, b"\x01\x00")
+    _, separate_night = _find_negotiating(served, night, None)
+    # Assert
+    study = served.searchable.slides[4].study_instance_uid
+    assert accepted == b"\x01\x01\x00"  # no fuzzy semantic matching of names
+    assert refused == b"\x01\x00"
+    assert _matched(combined) == ({study}, status.SUCCESS)
+    assert _matched(combined_night) == ({study}, status.SUCCESS)
+    assert _matched(separate) == (set(), status.SUCCESS)  # nothing was made between 10:00 and 10:00:59
+    assert _matched(separate_night)[1] == status.DOES_NOT_MATCH_SOP_CLASS  # crosses midnight

@@ -12,8 +12,10 @@ becomes a response identifier holding exactly the requested keys (:mod:`lamina.m
 - A key inside a sequence (``SpecimenDescriptionSequence`` with one item holding
   ``SpecimenIdentifier``) is matched as QIDO-RS matches its path (sequence matching); the
   response's sequence items hold the requested item keys.
-- StudyDate and StudyTime are matched each on its own (PS3.4 C.2.2.2.5, without Extended
-  Negotiation), unless :func:`find` is told that combined date and time matching was negotiated.
+- StudyDate and StudyTime are matched each on its own (PS3.4 C.2.2.2.5), unless the association
+  negotiated combined date and time matching (SOP Class Extended Negotiation, PS3.4 C.5.1.1.2:
+  :func:`extended_negotiation` accepts it, with relational queries, where the SCU asks); then
+  they are one range of moments (C.2.2.2.5.1), as in QIDO-RS.
 - A key the catalog cannot match is returned, not matched (an optional key, PS3.4 C.2.2.1.3): from
   the catalog where it holds the attribute, else from the stored DICOM JSON of the match (of one
   instance of a matched series or study), else empty.
@@ -30,6 +32,10 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import from a table
+    StudyRootQueryRetrieveInformationModelFind,
+)
 from sqlalchemy import Engine
 
 from lamina.archive.catalog import search
@@ -44,6 +50,29 @@ LEVELS = {"STUDY": Level.STUDY, "SERIES": Level.SERIES, "IMAGE": Level.INSTANCE}
 #: Answers are encoded in UTF-8: names in the catalog may hold any character.
 CHARACTER_SET = "ISO_IR 192"
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+
+
+#: Bytes of the C-FIND Service Class Application Information (PS3.4 C.5.1.1.2) that lamina
+#: accepts when asked: relational queries (always matched relationally) and combined date and time
+#: matching; not fuzzy semantic matching of person names, nor timezone query adjustment.
+_ACCEPTED = (0, 1)
+
+
+def extended_negotiation(event: Event) -> dict[str, bytes]:
+    """``evt.EVT_SOP_EXTENDED``: the Study Root C-FIND application information accepted, byte for
+    byte as asked where lamina does it, 0 elsewhere (other SOP classes get no answer)."""
+    requested: dict[str, bytes] = getattr(event, "app_info", {})  # an attribute of this event only
+    asked = requested.get(StudyRootQueryRetrieveInformationModelFind)
+    if not asked:
+        return {}
+    accepted = bytes(1 if index in _ACCEPTED and value == 1 else 0 for index, value in enumerate(asked))
+    return {StudyRootQueryRetrieveInformationModelFind: accepted}
+
+
+def combined_date_time(event: Event) -> bool:
+    """Whether the C-FIND's association accepted combined date and time matching."""
+    accepted = event.assoc.acceptor.sop_class_extended.get(event.context.abstract_syntax, b"")
+    return len(accepted) > 1 and accepted[1] == 1
 
 
 class FindError(Exception):

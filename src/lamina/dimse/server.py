@@ -39,7 +39,7 @@ from lamina.archive.ingest import Ingestor
 from lamina.dimse import status
 from lamina.dimse.acceptor import start_server
 from lamina.dimse.contexts import VL_WSI, application_entity
-from lamina.dimse.find import FindError, find
+from lamina.dimse.find import FindError, combined_date_time, extended_negotiation, find
 from lamina.dimse.retrieve import RetrieveService
 from lamina.dimse.spool import Spool, recover
 from lamina.dimse.store import drop_partial, mismatch, read_header, received_object
@@ -150,6 +150,7 @@ class DimseServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_SOP_EXTENDED, extended_negotiation),
             (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
@@ -322,7 +323,13 @@ class DimseServer:
         """Study Root C-FIND: Pending per match, then Success (or the failure that stopped it)."""
         matches = 0
         try:
-            for answer in find(self.archive.catalog.engine, event.identifier, self.options.max_find_matches):
+            found = find(
+                self.archive.catalog.engine,
+                event.identifier,
+                self.options.max_find_matches,
+                combined_date_time=combined_date_time(event),
+            )
+            for answer in found:
                 if event.is_cancelled:
                     yield status.CANCEL, None
                     return
