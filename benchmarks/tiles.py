@@ -1,9 +1,10 @@
-"""Tile-serving benchmark: lamina's DICOMweb frames against Orthanc and a bare ASGI floor.
+"""Tile-serving benchmark: lamina's DICOMweb frames against Orthanc and a bare ASGI floor, on the
+embedded deployment and on PostgreSQL + SeaweedFS.
 
 Usage::
 
     .venv/bin/python benchmarks/tiles.py [--size-gb 0.3] [--seconds 10] [--connections 1,4,16]
-        [--work DIR] [--json] [--only PEER,...] [--metadata-gb 1.5]
+        [--work DIR] [--json] [--only PEER,...] [--metadata-gb 1.5] [--quick]
 
 One Aperio-like slide (real JPEG tiles, all levels; see ``_svs.py``) is ingested by lamina and
 its DICOM export is uploaded to Orthanc (Debian ``orthanc`` with ``orthanc-dicomweb``), started
@@ -15,10 +16,21 @@ connection count, for a fixed time:
 - ``orthanc-dicomweb``: the same DICOMweb route of Orthanc's plug-in;
 - ``orthanc-raw``: Orthanc's own REST route ``/instances/{id}/frames/{N-1}/raw``;
 - ``bare-asgi``: a few lines of uvicorn answering each request with one ``pread`` of the frame:
-  the floor of what Python serves here.
+  the floor of what Python serves here;
+- on the scaled deployment (``_scaled.py``: ``weed mini`` and a PostgreSQL database of this run;
+  the slide is ingested into it, and the same sample of frames, by position, is read):
+  ``seaweedfs-ranges``, ``wrk`` straight against SeaweedFS's S3 port, one unsigned ranged GET
+  per frame on the same objects (the object server's own rate, the ceiling of goal 1);
+  ``lamina-pg-s3``, ``lamina serve`` on that catalog and bucket; ``lamina-pg-s3-cache``, the same
+  with the read-through block cache in memory (``LAMINA_BLOB_CACHE_BYTES``, ``--cache``),
+  measured after one unmeasured pass over the frames (its figures appear as
+  ``lamina-pg-s3-cache-first``): a slide being read.
 
 It prints frames/s, p50/p99 latency and the server's peak RSS for each, the ratios, and the time
 to fetch the metadata of a level of about 100,000 frames (``--metadata-gb``).
+
+``--quick`` (for development: 3 s per measure, 4 and 16 connections, no Orthanc, no metadata
+measure) checks that every peer runs and gives rough figures.
 
 Orthanc before 1.13 keeps parsed DICOM files in a cache hard-coded to 128 MB: when an instance is
 larger (level 0 of a 0.3 GB slide is), every frame request parses the whole file again. Run with
@@ -40,7 +52,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +61,8 @@ import httpx
 import psutil
 
 from _common import format_table, machine, median
+from _scaled import BUCKET, DEFAULT_POSTGRES, ScaledDeployment, scaled_deployment
+from _scaled import missing as scaled_missing
 from _svs import ensure_svs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +73,8 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 SAMPLE_FRAMES = 5000
 RSS_GOAL = 300_000_000
+SCALED = ("seaweedfs-ranges", "lamina-pg-s3", "lamina-pg-s3-cache")
+ALL_PEERS = ("lamina", "orthanc-dicomweb", "orthanc-raw", "bare-asgi", *SCALED)
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,7 @@ class Frame:
     path: str
     offset: int
     length: int
+    sha256: str = ""
 
 
 @dataclass
@@ -79,6 +97,29 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    #: CPU time per request (user + system, milliseconds) of the server measured and, on the
+    #: scaled deployment, of SeaweedFS behind it: what each adds, whatever the cores
+    cpu_ms: float = 0.0
+    store_cpu_ms: float = 0.0
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its descendants so far (0 without one)."""
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def free_port() -> int:
@@ -117,22 +158,23 @@ class RssSampler(threading.Thread):
                 return
 
 
-def ingest(home: Path, slide: Path) -> None:
-    env = {**os.environ, "LAMINA_HOME": str(home)}
-    if not (home / "catalog.sqlite").exists():
+def ingest(home: Path, slide: Path, extra_env: dict[str, str] | None = None) -> None:
+    """Ingest ``slide`` into the archive at ``home`` (once: an embedded archive is kept)."""
+    env = {**os.environ, "LAMINA_HOME": str(home), **(extra_env or {})}
+    if extra_env or not (home / "catalog.sqlite").exists():
         subprocess.run(
             [str(VENV_BIN / "lamina"), "ingest", str(slide)], env=env, check=True, stdout=subprocess.DEVNULL
         )
 
 
-def lamina_frames(home: Path) -> list[Frame]:
+def lamina_frames(home: Path, env: dict[str, str] | None = None) -> list[Frame]:
     sys.path.insert(0, str(REPO / "src"))
     import numpy as np
 
     from lamina.archive.archive import Archive
     from lamina.config import Settings
 
-    archive = Archive.open(Settings.load(home, env={}))
+    archive = Archive.open(Settings.load(home, env=env or {}))
     frames = []
     for slide in archive.catalog.slides():
         for row in archive.catalog.instances(slide.id):
@@ -151,6 +193,7 @@ def lamina_frames(home: Path) -> list[Frame]:
                         path,
                         int(offsets[index]),
                         int(lengths[index]),
+                        row.blob_sha256,
                     )
                 )
     archive.close()
@@ -169,8 +212,10 @@ def export(home: Path, dest: Path) -> list[Path]:
 # --- servers ------------------------------------------------------------------------------------
 
 
-def start_lamina(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LAMINA_HOME": str(home)}
+def start_lamina(
+    home: Path, port: int, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LAMINA_HOME": str(home), **(extra_env or {})}
     process = subprocess.Popen(
         [str(VENV_BIN / "lamina"), "serve", "--port", str(port)],
         env=env,
@@ -280,11 +325,30 @@ def _milliseconds(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(peer: str, base: str, urls: Sequence[str], connections: int, seconds: int, work: Path) -> Load:
+#: one ranged GET per line ``PATH RANGE`` of the listing, unsigned (the bucket is readable so)
+LUA_RANGES = textwrap.dedent("""
+    local paths, ranges = {}, {}
+    for line in io.lines("%s") do
+      local path, range = line:match("^(%%S+) (%%S+)$")
+      paths[#paths + 1] = path
+      ranges[#ranges + 1] = range
+    end
+    local i = 0
+    request = function()
+      i = i + 1
+      local n = (i %% #paths) + 1
+      return wrk.format("GET", paths[n], {["Range"] = "bytes=" .. ranges[n]})
+    end
+""")
+
+
+def run_wrk(
+    peer: str, base: str, urls: Sequence[str], connections: int, seconds: int, work: Path, lua: str = LUA
+) -> Load:
     listing = work / f"urls-{peer}.txt"
     listing.write_text("\n".join(urls) + "\n")
     script = work / f"load-{peer}.lua"
-    script.write_text(LUA % (listing, ACCEPT))
+    script.write_text(lua % (listing, ACCEPT) if lua == LUA else lua % listing)
     done = subprocess.run(
         [
             "wrk",
@@ -343,14 +407,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", default="1,4,16")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--only", default="lamina,orthanc-dicomweb,orthanc-raw,bare-asgi")
+    parser.add_argument("--only", default=",".join(ALL_PEERS))
     parser.add_argument("--metadata-gb", type=float, default=1.5)
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="server for the scaled deployment")
+    parser.add_argument("--cache", default="1GiB", help="LAMINA_BLOB_CACHE_BYTES of lamina-pg-s3-cache")
+    parser.add_argument("--block", default="1MiB", help="LAMINA_BLOB_CACHE_BLOCK_BYTES of the cache")
+    parser.add_argument("--quick", action="store_true", help="3 s a measure, 4 and 16 connections")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.connections, args.metadata_gb = 3, "4,16", 0
+        if args.only == ",".join(ALL_PEERS):
+            args.only = ",".join(("lamina", "bare-asgi", *SCALED))
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
     peers = args.only.split(",")
+    unknown = set(peers) - set(ALL_PEERS)
+    if unknown:
+        print(f"unknown peers {sorted(unknown)}; expected some of {','.join(ALL_PEERS)}", file=sys.stderr)
+        return 2
     connections = [int(c) for c in args.connections.split(",")]
     work = args.work / "tiles"
     work.mkdir(parents=True, exist_ok=True)
@@ -358,19 +434,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     home = work / f"lamina-{args.size_gb:g}gb"
     ingest(home, slide)
     frames = lamina_frames(home)
-    sample = random.Random(7).sample(frames, min(SAMPLE_FRAMES, len(frames)))
+    positions = random.Random(7).sample(range(len(frames)), min(SAMPLE_FRAMES, len(frames)))
+    sample = [frames[i] for i in positions]
     results: list[Load] = []
     rss: dict[str, int] = {}
+    notes: list[str] = []
 
-    def drive(peer: str, process: subprocess.Popen[bytes], base: str, urls: list[str]) -> None:
-        sampler = RssSampler(process.pid)
-        sampler.start()
+    def drive(
+        peer: str,
+        process: subprocess.Popen[bytes] | None,
+        base: str,
+        urls: list[str],
+        lua: str = LUA,
+        store_pid: int | None = None,
+    ) -> None:
+        sampler = RssSampler(process.pid) if process is not None else None
+        if sampler is not None:
+            sampler.start()
+        server_pid = process.pid if process is not None else store_pid
         for count in connections:
-            results.append(run_wrk(peer, base, urls, count, args.seconds, work))
-            print(f"{peer} c={count}: {results[-1].requests_per_s:.0f}/s", file=sys.stderr, flush=True)
-        sampler.stopped.set()
-        sampler.join()
-        rss[peer] = sampler.peak
+            cpu, store_cpu = cpu_seconds(server_pid), cpu_seconds(store_pid)
+            load = run_wrk(peer, base, urls, count, args.seconds, work, lua)
+            requests = max(load.requests_per_s * args.seconds, 1.0)
+            load.cpu_ms = (cpu_seconds(server_pid) - cpu) / requests * 1000
+            if process is not None and store_pid is not None:
+                load.store_cpu_ms = (cpu_seconds(store_pid) - store_cpu) / requests * 1000
+            results.append(load)
+            print(f"{peer} c={count}: {load.requests_per_s:.0f}/s", file=sys.stderr, flush=True)
+        if sampler is not None:
+            sampler.stopped.set()
+            sampler.join()
+            rss[peer] = sampler.peak
 
     if "lamina" in peers:
         port = free_port()
@@ -407,6 +501,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 drive("orthanc-dicomweb", process, f"http://127.0.0.1:{port}", urls)
         finally:
             stop(process)
+    if set(SCALED) & set(peers):
+        why = scaled_missing(args.postgres)
+        if why is not None:
+            notes.append(f"scaled deployment not run: {why}")
+        else:
+            with scaled_deployment(work, args.postgres) as deployment:
+                scaled_peers(args, peers, deployment, slide, positions, work, drive, results, notes)
     metadata: tuple[int, float] | None = None
     if "lamina" in peers and args.metadata_gb:
         big_home = work / f"lamina-{args.metadata_gb:g}gb"
@@ -417,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metadata = metadata_seconds(big_home, port)
         finally:
             stop(process)
-    report(results, rss, metadata, len(frames), connections)
+    report(results, rss, metadata, len(frames), connections, notes)
     if args.json:
         print(
             json.dumps(
@@ -426,11 +527,81 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "loads": [vars(r) for r in results],
                     "peak_rss": rss,
                     "metadata": metadata,
+                    "notes": notes,
                 },
                 indent=2,
             )
         )
     return 0
+
+
+def frame_urls(frames: Sequence[Frame]) -> list[str]:
+    return [
+        f"/dicomweb/studies/{f.study}/series/{f.series}/instances/{f.sop}/frames/{f.number}" for f in frames
+    ]
+
+
+def scaled_peers(
+    args: argparse.Namespace,
+    peers: Sequence[str],
+    deployment: ScaledDeployment,
+    slide: Path,
+    positions: Sequence[int],
+    work: Path,
+    drive: Callable[..., None],
+    results: list[Load],
+    notes: list[str],
+) -> None:
+    """The scaled deployment's peers: the slide ingested into PostgreSQL + SeaweedFS, then the
+    object server's own ranged GETs and lamina without and with its cache, on the same frames."""
+    run = "tiles"
+    deployment.prepare(run)
+    try:
+        env = deployment.env(run)
+        home = work / "lamina-pg-s3"
+        shutil.rmtree(home, ignore_errors=True)
+        started = time.perf_counter()
+        ingest(home, slide, env)
+        notes.append(f"ingest into PostgreSQL + SeaweedFS: {time.perf_counter() - started:.1f} s")
+        frames = lamina_frames(home, {**os.environ, **env})
+        sample = [frames[i] for i in positions]
+        prefix = deployment.prefix(run)
+        counts = Counter(f.sha256 for f in frames)
+        largest = max(counts, key=counts.__getitem__)
+        chunks = deployment.chunks(f"{prefix}/sha256/{largest}")
+        gzipped = sum(1 for chunk in chunks if chunk.get("is_compressed"))
+        notes.append(f"largest object: {len(chunks)} SeaweedFS chunks, {gzipped} stored gzipped")
+        if "seaweedfs-ranges" in peers:
+            lines = [
+                f"/{BUCKET}/{prefix}/sha256/{f.sha256} {f.offset}-{f.offset + f.length - 1}" for f in sample
+            ]
+            drive("seaweedfs-ranges", None, deployment.endpoint, lines, LUA_RANGES, deployment.process.pid)
+        urls = frame_urls(sample)
+        for peer, extra in (
+            ("lamina-pg-s3", {}),
+            (
+                "lamina-pg-s3-cache",
+                {"LAMINA_BLOB_CACHE_BYTES": args.cache, "LAMINA_BLOB_CACHE_BLOCK_BYTES": args.block},
+            ),
+        ):
+            if peer not in peers:
+                continue
+            port = free_port()
+            process = start_lamina(home, port, work / f"{peer}.log", {**env, **extra})
+            try:
+                if extra:  # a slide being read: one pass first, measured apart
+                    sampler = RssSampler(process.pid)
+                    sampler.start()
+                    first = run_wrk(peer, f"http://127.0.0.1:{port}", urls, 16, max(args.seconds, 5), work)
+                    sampler.stopped.set()
+                    sampler.join()
+                    first.peer = f"{peer}-first"
+                    results.append(first)
+                drive(peer, process, f"http://127.0.0.1:{port}", urls, LUA, deployment.process.pid)
+            finally:
+                stop(process)
+    finally:
+        deployment.cleanup(run)
 
 
 def _rate(results: Sequence[Load], peer: str, connections: int) -> Load | None:
@@ -443,6 +614,7 @@ def report(
     metadata: tuple[int, float] | None,
     frames: int,
     connections: Sequence[int],
+    notes: Sequence[str] = (),
 ) -> None:
     rows = [
         [
@@ -453,11 +625,14 @@ def report(
             f"{r.p99_ms:.2f}",
             str(r.errors),
             f"{rss.get(r.peer, 0) / 1e6:,.0f}",
+            f"{r.cpu_ms:.3f}" if r.cpu_ms else "-",
+            f"{r.store_cpu_ms:.3f}" if r.store_cpu_ms else "-",
         ]
         for r in results
     ]
     print(f"slide: {frames} frames over all levels; machine: {machine()}")
-    print(format_table(["peer", "conns", "frames/s", "p50 ms", "p99 ms", "errors", "peak RSS MB"], rows))
+    headers = ["peer", "conns", "frames/s", "p50 ms", "p99 ms", "errors", "peak RSS MB", "CPU ms/frame"]
+    print(format_table([*headers, "SeaweedFS CPU ms/frame"], rows))
     top = max(connections)
     lamina, raw, bare = (
         _rate(results, "lamina", top),
@@ -498,6 +673,23 @@ def report(
             f"{rss['lamina'] / 1e6:.0f} MB",
             rss["lamina"] < RSS_GOAL,
         )
+    ranges, pg_s3 = _rate(results, "seaweedfs-ranges", top), _rate(results, "lamina-pg-s3", top)
+    cached = _rate(results, "lamina-pg-s3-cache", top)
+    if pg_s3 and ranges:
+        ratio = pg_s3.requests_per_s / ranges.requests_per_s
+        name = f"lamina-pg-s3 / SeaweedFS ranged GETs at {top}"
+        goal(name, ">= 0.7x", ratio, f"{ratio:.2f}x", ratio >= 0.7)
+    if cached and lamina:
+        ratio = cached.requests_per_s / lamina.requests_per_s
+        goal(f"lamina-pg-s3-cache / lamina at {top}", ">= 0.5x", ratio, f"{ratio:.2f}x", ratio >= 0.5)
+    if cached:
+        goal(
+            f"lamina-pg-s3-cache p99 at {top}",
+            "<= 25 ms",
+            cached.p99_ms,
+            f"{cached.p99_ms:.2f} ms",
+            cached.p99_ms <= 25,
+        )
     if metadata:
         goal(
             f"metadata of a {metadata[0]:,}-frame level",
@@ -508,6 +700,8 @@ def report(
         )
     print()
     print(format_table(["goal", "target", "measured", "result"], goals))
+    for note in notes:
+        print(f"- {note}")
 
 
 if __name__ == "__main__":

@@ -166,3 +166,27 @@ def test_a_damaged_object_is_reported_not_served(local_archive: Archive) -> None
     assert "damaged" in damaged.json()["detail"]
     with local_archive.catalog.begin() as conn:
         assert any(entry.action == "damaged" for entry in audit.entries(conn)), "the damage was not audited"
+
+
+def test_a_frame_the_blob_cache_holds_is_answered_on_the_loop(served_archive: ServedArchive) -> None:
+    """On S3 the fast path answers a frame whose bytes the blob cache holds in memory, and leaves
+    one it does not hold to the thread pool (which fetches and caches it)."""
+    from lamina.archive.blobstore.cache import CachedBlobStore
+
+    archive = served_archive.archive
+    cached = Archive(archive.settings, archive.catalog, CachedBlobStore(archive.store, 64 << 20))
+    app = create_app(archive.settings.with_(workers=0, verify_cron=None), cached)
+    row = next(r for r in archive.catalog.instances(served_archive.slide_ids[0]) if r.level == 0)
+    local = archive.store.local_path(row.blob_sha256) is not None
+    with serving(app) as port:
+        url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames"
+        first = httpx.get(f"{url}/1", headers=STORED)  # the routed handler reads (and caches) it
+        again = httpx.get(f"{url}/1", headers=STORED)
+        assert not _fast(first) and _fast(again)
+        assert multipart_parts(again) == multipart_parts(first)
+        if not local:
+            store = cached.store
+            assert isinstance(store, CachedBlobStore)
+            store.forget(row.blob_sha256)
+            assert not _fast(httpx.get(f"{url}/2", headers=STORED))  # not held: the threads
+            assert _fast(httpx.get(f"{url}/2", headers=STORED))  # held now

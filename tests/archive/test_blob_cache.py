@@ -101,7 +101,9 @@ def test_reads_through_the_cache_are_the_store_s(archive: Archive) -> None:
     assert cache.stats.hits > 100
     first = cache.cached_range(digests[2], BLOCK + 10, 100)
     assert first == blobs[2][BLOCK + 10 : BLOCK + 110]
-    assert cache.cached_range(digests[2], BLOCK - 10, 100) is None  # across two blocks
+    across = cache.cached_range(digests[2], BLOCK - 10, 100)  # across two blocks
+    assert across == blobs[2][BLOCK - 10 : BLOCK + 90]
+    assert cache.cached_range(digests[2], 3 * BLOCK + 100, 100) is None  # past the end
     assert cache.cached_range("ab" * 32, 0, 10) is None  # not held: never fetched here
     with pytest.raises(NotFoundError):
         cache.read_range("cd" * 32, 0, 10)

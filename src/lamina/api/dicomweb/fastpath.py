@@ -5,7 +5,8 @@ most of the cost of a frame).
 It answers only what it can answer without blocking: one frame, of an instance the index holds
 and confirmed in the catalog within the last ``InstanceIndex.revalidate_s``, stored in a local
 file, asked for as stored (``transfer-syntax=*`` or the stored syntax): one ``pread`` of a few
-kilobytes on a descriptor kept open. Anything else (an instance not cached or due for its
+kilobytes on a descriptor kept open, or, for an object on S3, a copy from the blob cache's
+memory (``BlobStore.cached_range``, which never blocks). Anything else (an instance not cached or due for its
 confirmation, several frames, an object on S3, a transcoding, a short read, a malformed
 request) goes on to the routed handler, which runs in the thread pool and gives the same answer
 or the proper error. When sign-in comes, the authorization decision goes here too.
@@ -53,7 +54,7 @@ class FramesFastPath:
         if index is None:
             return None
         found = index.cached(parts[3], parts[5], parts[7])
-        if found is None or found.path is None:
+        if found is None:
             return None
         accept = origin = None
         for name, value in scope["headers"]:
@@ -74,7 +75,13 @@ class FramesFastPath:
             return None
         try:
             fd = found.fd()
-            frame = os.pread(fd, length, offset) if fd is not None else b""
+            if fd is not None:
+                frame = os.pread(fd, length, offset)
+            else:  # a network store: only what its cache holds in memory, else the thread pool
+                cached = state.archive.store.cached_range(row.blob_sha256, offset, length)  # type: ignore[union-attr]
+                if cached is None:
+                    return None
+                frame = cached
         except OSError:
             return None
         if len(frame) != length:  # damaged or gone: the routed handler reports it

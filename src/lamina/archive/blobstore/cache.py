@@ -380,18 +380,22 @@ class CachedBlobStore(BlobStore):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def cached_range(self, sha256: str, offset: int, length: int) -> bytes | None:
+        if self.memory is None or length <= 0 or length > self.bypass_bytes:
+            return None
         size = self.block_size
-        number = offset // size
-        if self.memory is None or length <= 0 or (offset + length - 1) // size != number:
-            return None
-        block = self.memory.get((sha256, number))
-        if block is None:
-            return None
-        start = offset - number * size
-        if start + length > len(block):
-            return None  # past the object's end: the regular read reports it
+        end = offset + length
+        parts = []
+        for number in range(offset // size, (end - 1) // size + 1):
+            block = self.memory.get((sha256, number))
+            if block is None:
+                return None
+            start = number * size
+            parts.append(block[max(offset - start, 0) : min(end - start, size)])
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(data) != length:
+            return None  # past the object's end: the regular read answers that
         self.stats.hits += 1
-        return block[start : start + length]
+        return data
 
     def _block(self, sha256: str, number: int) -> bytes:
         key = (sha256, number)
