@@ -313,20 +313,19 @@ def _between(kind: Kind, column: Any, low: str | None, high: str | None) -> Colu
 
 
 def _moments(date: Any, time: Any, match: DateTimeRange) -> ColumnElement[bool]:
-    # a study of a boundary day without a time matches (its moment may be in the range)
+    # a study of a boundary day without a time matches (its moment may be in the range); the
+    # plain bounds of the days come first, for an index of the date to narrow the scan
     bounds: list[ColumnElement[bool]] = [date.is_not(None)]
     if match.low is not None:
         day, at = match.low
-        if at is None:
-            bounds.append(date >= day)
-        else:
-            bounds.append(or_(date > day, and_(date == day, or_(time >= at, time.is_(None)))))
+        bounds.append(date >= day)
+        if at is not None:
+            bounds.append(or_(date > day, time >= at, time.is_(None)))
     if match.high is not None:
         day, at = match.high
-        if at is None:
-            bounds.append(date <= day)
-        else:
-            bounds.append(or_(date < day, and_(date == day, or_(time <= time_high(at), time.is_(None)))))
+        bounds.append(date <= day)
+        if at is not None:
+            bounds.append(or_(date < day, time <= time_high(at), time.is_(None)))
     return and_(*bounds)
 
 
