@@ -302,8 +302,9 @@ def series_query(criteria: Sequence[Criterion]) -> Select[Any]:
     return query.order_by(*_SERIES_ORDER)
 
 
-def instances_query(criteria: Sequence[Criterion]) -> Select[Any]:
-    """Instances (with their series, study, patient and slide) matching every criterion, in order."""
+def instances_query(criteria: Sequence[Criterion], *, metadata: bool = False) -> Select[Any]:
+    """Instances (with their series, study, patient and slide) matching every criterion, in order
+    (with their stored JSON when ``metadata``: one read for a page)."""
     source = t.instances.join(
         t.series, t.instances.c.series_instance_uid == t.series.c.series_instance_uid
     ).join(t.studies, t.series.c.study_instance_uid == t.studies.c.study_instance_uid)
@@ -311,7 +312,8 @@ def instances_query(criteria: Sequence[Criterion]) -> Select[Any]:
         t.slides, t.instances.c.slide_id == t.slides.c.id
     )
     conditions = [_condition(item, Level.INSTANCE) for item in criteria]
-    query = select(*_STUDY_COLUMNS, *_SERIES_COLUMNS, *_INSTANCE_COLUMNS).select_from(source)
+    stored = (t.instances.c.metadata,) if metadata else ()
+    query = select(*_STUDY_COLUMNS, *_SERIES_COLUMNS, *_INSTANCE_COLUMNS, *stored).select_from(source)
     return query.where(*conditions).order_by(*_INSTANCE_ORDER)
 
 
@@ -400,7 +402,10 @@ def _series_hits(conn: Connection, rows: Sequence[Any], metadata: bool) -> list[
 
 
 def _instance_hits(conn: Connection, rows: Sequence[Any], metadata: bool) -> list[InstanceHit]:
-    stored = _stored(conn, [row["sop_instance_uid"] for row in rows]) if metadata else {}
+    if metadata and rows and "metadata" in rows[0]:  # read with the page
+        stored = {row["sop_instance_uid"]: bytes(row["metadata"]) for row in rows}
+    else:
+        stored = _stored(conn, [row["sop_instance_uid"] for row in rows]) if metadata else {}
     return [
         InstanceHit(
             _series(row, _study(row)),
@@ -422,8 +427,11 @@ _HITS: dict[Level, Any] = {
 def _find(
     level: Level, engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, metadata: bool
 ) -> Found[Any]:
+    query = (
+        instances_query(criteria, metadata=metadata) if level is Level.INSTANCE else _QUERIES[level](criteria)
+    )
     with engine.connect() as conn:
-        rows = list(conn.execute(_QUERIES[level](criteria).limit(limit + 1).offset(offset)).mappings())
+        rows = list(conn.execute(query.limit(limit + 1).offset(offset)).mappings())
         hits = _HITS[level](conn, rows[:limit], metadata)
     return Found(hits, len(rows) > limit)
 
