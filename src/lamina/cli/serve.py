@@ -58,7 +58,9 @@ def _exit(signum: int, frame: FrameType | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
-    "--dimse-port", type=click.IntRange(1, 65535), help="Also serve DIMSE (C-ECHO, C-STORE, C-FIND)."
+    "--dimse-port",
+    type=click.IntRange(1, 65535),
+    help="Also serve DIMSE (C-ECHO, C-STORE, C-FIND, C-MOVE to 'lamina ae' destinations, C-GET).",
 )
 @click.option("--ae-title", default="LAMINA", show_default=True, help="The DIMSE application entity title.")
 @click.pass_context

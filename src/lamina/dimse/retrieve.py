@@ -166,8 +166,8 @@ class RetrieveService:
             log.info("%s from %r refused: %s", service, calling, exc.comment)
             answer.final(exc.code, exc.comment)
             return
-        except LaminaError as exc:  # the catalog failed
-            log.error("%s from %r failed: %s", service, calling, exc)
+        except Exception as exc:  # the catalog failed: one line, and no identifier values
+            log.error("%s from %r failed: %s", service, calling, type(exc).__name__)
             answer.final(status.CANNOT_UNDERSTAND, "the archive could not process the request")
             return
         if not rows:
@@ -221,6 +221,14 @@ class RetrieveService:
         request = answer.request
         message = int(request.MessageID or 0)
         for number, row in enumerate(rows, start=1):
+            if not answer.assoc.is_established:  # the requester went away: nobody to report to
+                log.info(
+                    "%s of %r: the requester's association ended; %d not sent",
+                    request.msg_type,
+                    calling,
+                    counts.remaining,
+                )
+                return sent
             if answer.cancelled():
                 answer.final(
                     status.CANCEL,
