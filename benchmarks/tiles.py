@@ -368,7 +368,11 @@ def run_wrk(
         text=True,
         check=True,
     )
-    out = done.stdout
+    return parse_wrk(peer, connections, done.stdout)
+
+
+def parse_wrk(peer: str, connections: int, out: str) -> Load:
+    """The figures of ``wrk --latency``'s report."""
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _milliseconds(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     p99 = _milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
