@@ -220,7 +220,7 @@ def test_a_cancel_stops_the_move_before_the_next_instance(
         run = _movescu(server, "STORESCP", "--cancel", "1", *_keys("SERIES", rows))
     assert "Final Move Response (Cancel" in run.stderr, run.stderr
     sent = len(received(folder))
-    assert 1 <= sent <= 3 < len(rows)
+    assert 1 <= sent < len(rows)
     [entry] = _sends(archive)
     assert entry.detail["instances"] == sent
 
