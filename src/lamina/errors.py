@@ -18,13 +18,20 @@ class ConfigurationError(LaminaError):
     """A setting is missing or wrong (environment, settings file or command-line option)."""
 
 
+def quote_name(name: object) -> str:
+    """A file name as a one-line message shows it: as it is, or quoted as Python's ``repr`` quotes
+    it when it holds a control character (a newline, an escape) or another unprintable one."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
 class SourceError(LaminaError):
     """A slide file cannot be ingested. ``path`` names the file, ``reason`` says why and how to fix."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{quote_name(self.path)}: {reason}")
 
 
 class UnsupportedFormatError(SourceError):
@@ -41,6 +48,17 @@ class MissingMetadataError(SourceError):
 
 class ManifestError(LaminaError):
     """The manifest file is malformed; the message names the file, row and field."""
+
+
+class InvalidValueError(LaminaError, ValueError):
+    """A value does not fit the DICOM attribute it is for (format, length, characters); the
+    message says what is expected. Also a ValueError, as the model's callers caught before."""
+
+
+class CodecError(LaminaError, ValueError):
+    """A frame cannot be decoded or encoded: its bytes are damaged, or its encoding is not one
+    lamina handles; the message names the codec and what is wrong. Also a ValueError, as the
+    codec's callers caught before."""
 
 
 class StorageError(LaminaError):

@@ -52,7 +52,10 @@ def test_json_manifest(tmp_path: Path) -> None:
         ("barcode,mpp\nBC,0.25\n", "row 2: 'mpp' needs a 'file' value"),
         ("file,mpp\na.svs,fast\n", "row 2: mpp 'fast' is not a number"),
         ("file,mpp\na.svs,1000\n", "row 2: mpp 1000.0 is outside"),
-        ("file,accession_number\na.svs,S26-0000000000000001\n", "row 2: accession_number is longer than 16"),
+        (
+            "file,accession_number\na.svs,S26-0000000000000001\n",
+            "row 2: accession_number 'S26-0000000000000001' is 20 characters long; DICOM allows 16 (SH)",
+        ),
         ("", "the CSV has no header row"),
     ],
 )

@@ -56,7 +56,16 @@ MATRIX = [
     Expect("dicom-wsi2dcm/jpeg2000.dicom", "dicom_wsi", levels=3, size=(957, 715)),
     Expect("dicom-wsi2dcm/raw.dicom", "dicom_wsi", levels=3, size=(957, 715)),
     Expect("dicom-pathml/small_dicom.dcm", None, "is not a valid UID"),
-    Expect("perkinelmer-qptiff/small_vectra.qptiff", None, "QPTIFF files are not supported"),
+    Expect("perkinelmer-qptiff/small_vectra.qptiff", None, "PerkinElmer QPTIFF files are not supported yet"),
+    Expect(
+        "hamamatsu-ndpi/test3-DAPI-2-(387).ndpi",
+        "hamamatsu_ndpi",
+        levels=5,
+        flavors=("LABEL", "OVERVIEW"),
+        size=(3968, 4864),
+    ),
+    # the .vsi and its ETS folder are one slide (one candidate), refused by name
+    Expect("olympus-vsi", None, "Evident VSI files are not supported yet"),
     Expect("ome-tiff-nonwsi/multi-channel-z-series.ome.tif", None, "not a brightfield whole-slide image"),
     Expect("tiff-nonwsi/kidney-48-5.tif", None, "not a tiled pyramidal TIFF"),
 ]
@@ -79,6 +88,8 @@ def test_reader_against_file(expect: Expect, archive: Archive, ingestor: Ingesto
     if expect.format is None:
         assert result.status == "failed"
         assert expect.reason in (result.reason or "")
+        # the summary names the format a reader claimed the file as, or none
+        assert result.format is None or "not supported yet" not in (result.reason or "")
         assert "\n" not in (result.reason or "")
         assert archive.catalog.count_slides() == 0
         assert list(archive.store.iter_digests()) == []

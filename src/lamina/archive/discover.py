@@ -32,21 +32,32 @@ class Candidate:
         return self.path.name
 
 
-def _mrxs_folder(path: Path) -> Path | None:
-    """An MRXS slide is ``NAME.mrxs`` and the folder ``NAME`` beside it."""
-    folder = path.with_suffix("")
-    return folder if path.suffix.lower() == ".mrxs" and folder.is_dir() else None
+def _data_folder(path: Path) -> Path | None:
+    """The folder of a slide whose pixels lie beside its file: an MRXS slide is ``NAME.mrxs`` and
+    the folder ``NAME``; a VSI slide is ``NAME.vsi`` and the folder ``_NAME_`` (its ETS files)."""
+    suffix = path.suffix.lower()
+    if suffix == ".mrxs":
+        folder = path.with_suffix("")
+    elif suffix == ".vsi":
+        folder = path.with_name(f"_{path.stem}_")
+    else:
+        return None
+    return folder if folder.is_dir() else None
+
+
+def _owned(root: Path, folder: str) -> bool:
+    """Whether ``folder`` in ``root`` is the data folder of a slide file beside it."""
+    if any((root / f"{folder}{suffix}").exists() for suffix in (".mrxs", ".MRXS")):
+        return True
+    stem = folder[1:-1] if folder.startswith("_") and folder.endswith("_") and len(folder) > 2 else None
+    return stem is not None and any((root / f"{stem}{suffix}").exists() for suffix in (".vsi", ".VSI"))
 
 
 def _walk(path: Path) -> Iterable[Path]:
     if path.is_dir():
         for root, dirs, files in os.walk(path):
-            # an MRXS slide's data folder belongs to its .mrxs file, not to the walk
-            dirs[:] = sorted(
-                d
-                for d in dirs
-                if not (Path(root) / f"{d}.mrxs").exists() and not (Path(root) / f"{d}.MRXS").exists()
-            )
+            # a slide's data folder belongs to its .mrxs or .vsi file, not to the walk
+            dirs[:] = sorted(d for d in dirs if not _owned(Path(root), d))
             for name in sorted(files):
                 if name in _IGNORED or name.startswith("."):
                     continue
@@ -67,7 +78,7 @@ def discover(paths: Iterable[Path]) -> list[Candidate]:
     series: dict[str, list[Path]] = defaultdict(list)
     for given in paths:
         for file in _walk(given):
-            folder = _mrxs_folder(file)
+            folder = _data_folder(file)
             if folder is not None:
                 data = sorted(p for p in folder.rglob("*") if p.is_file())
                 singles.append(Candidate(file, (file, *data)))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -36,17 +38,38 @@ def open_archive(ctx: click.Context) -> Archive:
 
 
 def handle_errors(func: F) -> F:
-    """Expected errors print as one line on stderr and exit 2; no traceback."""
+    """Expected errors print as one line on stderr and exit 2; no traceback.
+
+    Library warnings (pydicom's ``UserWarning: The value length (65) exceeds ...`` on a file it
+    reads) go to logging, not to the terminal: lamina's one-line account of each file is what a
+    user reads; a server's log (``lamina serve``, ``lamina worker``) keeps them.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LaminaError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+        with warnings_logged():
+            try:
+                return func(*args, **kwargs)
+            except LaminaError as exc:
+                err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def warnings_logged() -> Iterator[None]:
+    """Route ``warnings`` to the ``py.warnings`` logger while a command runs. Without a handler
+    configured (``lamina ingest``), they stop there; with one (a server's), they are logged."""
+    logger = logging.getLogger("py.warnings")
+    quiet = logging.NullHandler()
+    logger.addHandler(quiet)  # keeps logging's last-resort handler from printing them
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        logger.removeHandler(quiet)
 
 
 def human_bytes(size: int) -> str:

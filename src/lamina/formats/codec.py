@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import imagecodecs
 import numpy as np
 import numpy.typing as npt
 
+from lamina.errors import CodecError
 from lamina.formats.source import FrameEncoding, TransferSyntax
+from lamina.model.enums import LossyImageCompressionMethodValues as Method
+from lamina.model.enums import PhotometricInterpretationValues as Photometric
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
@@ -51,14 +56,14 @@ class JpegInfo:
 
 
 def jpeg_info(stream: bytes) -> JpegInfo:
-    """Parse the markers up to SOS. Raises ValueError on a stream that is not JPEG."""
+    """Parse the markers up to SOS. Raises CodecError on a stream that is not JPEG."""
     if not stream.startswith(SOI):
-        raise ValueError("not a JPEG stream (no SOI marker)")
+        raise CodecError("not a JPEG stream (no start-of-image marker)")
     pos, adobe, sof = 2, None, None
     n = len(stream)
     while pos + 4 <= n:
         if stream[pos] != 0xFF:
-            raise ValueError(f"JPEG marker expected at byte {pos}")
+            raise CodecError(f"the JPEG header is damaged: a marker is expected at byte {pos}")
         marker = stream[pos + 1]
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
@@ -68,6 +73,8 @@ def jpeg_info(stream: bytes) -> JpegInfo:
         if marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
             adobe = body[11]
         elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if len(body) < 6 or len(body) < 6 + 3 * body[5]:
+                raise CodecError(f"the JPEG frame header at byte {pos} is cut short")
             precision = body[0]
             height, width = struct.unpack(">HH", body[1:5])
             count = body[5]
@@ -78,7 +85,7 @@ def jpeg_info(stream: bytes) -> JpegInfo:
             break
         pos += 2 + length
     if sof is None:
-        raise ValueError("JPEG stream has no frame header (SOF)")
+        raise CodecError("the JPEG stream has no frame header (SOF marker)")
     marker, comps, sampling, precision, width, height = sof
     return JpegInfo(marker, comps, sampling, adobe, precision, width, height)
 
@@ -107,12 +114,22 @@ def jpeg_encoding(info: JpegInfo) -> FrameEncoding | None:
     if info.precision != 8 or info.sof != 0xC0:
         return None
     if len(info.components) == 1:
-        photometric = "MONOCHROME2"
+        photometric = Photometric.MONOCHROME2
     elif info.rgb_coded:
-        photometric = "RGB"
+        photometric = Photometric.RGB
     else:
-        photometric = "YBR_FULL_422" if info.subsampled else "YBR_FULL"
-    return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, "ISO_10918_1")
+        photometric = ycbcr_photometric()
+    return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, Method.ISO_10918_1)
+
+
+def ycbcr_photometric() -> Photometric:
+    """The PhotometricInterpretation of YCbCr JPEG frames, subsampled or not: YBR_FULL_422.
+
+    The VL WSI IOD does not allow YBR_FULL (PS3.3 C.8.12.4.1.5), and PS3.3 C.7.6.3.1.2 says of
+    YBR_FULL_422 that the sub-sampling in a JPEG bit stream may differ from the name; decoders
+    take it from the stream. Hamamatsu's own DICOM labels its 4:4:4 JPEG tiles this way.
+    """
+    return Photometric.YBR_FULL_422
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,9 @@ class J2kInfo:
 def j2k_info(codestream: bytes) -> J2kInfo:
     """Read SIZ and COD of a JPEG 2000 codestream (not a JP2 file)."""
     if not codestream.startswith(b"\xff\x4f\xff\x51"):
-        raise ValueError("not a JPEG 2000 codestream (no SOC/SIZ markers)")
+        raise CodecError("not a JPEG 2000 codestream (no SOC and SIZ markers)")
+    if len(codestream) < 4 + 38:
+        raise CodecError("the JPEG 2000 codestream is cut short inside its SIZ marker")
     (siz_len,) = struct.unpack(">H", codestream[4:6])
     (csiz,) = struct.unpack(">H", codestream[4 + 36 : 4 + 38])
     pos = 4 + siz_len
@@ -133,37 +152,39 @@ def j2k_info(codestream: bytes) -> J2kInfo:
         marker, length = struct.unpack(">HH", codestream[pos : pos + 4])
         if marker == 0xFF52:  # COD
             body = codestream[pos + 4 : pos + 2 + length]
+            if len(body) < 10:
+                raise CodecError(f"the JPEG 2000 COD marker at byte {pos} is cut short")
             mct = body[4] == 1
             reversible = body[9] == 1
             return J2kInfo(csiz, mct, reversible)
         if marker == 0xFF90:  # SOT: no COD in the main header
             break
         pos += 2 + length
-    raise ValueError("JPEG 2000 codestream has no COD marker")
+    raise CodecError("the JPEG 2000 codestream has no COD marker in its main header")
 
 
 def j2k_encoding(info: J2kInfo) -> FrameEncoding:
     if info.components == 1:
-        photometric = "MONOCHROME2"
+        photometric = Photometric.MONOCHROME2
     elif info.mct:
-        photometric = "YBR_RCT" if info.reversible else "YBR_ICT"
+        photometric = Photometric.YBR_RCT if info.reversible else Photometric.YBR_ICT
     else:
-        photometric = "RGB"
+        photometric = Photometric.RGB
     if info.reversible:
         return FrameEncoding(TransferSyntax.JPEG_2000_LOSSLESS, photometric)
-    return FrameEncoding(TransferSyntax.JPEG_2000, photometric, "ISO_15444_1")
+    return FrameEncoding(TransferSyntax.JPEG_2000, photometric, Method.ISO_15444_1)
 
 
 def lossless_encoding(samples: int) -> FrameEncoding:
     """What lamina writes when it must re-encode pixels that were never lossy."""
-    photometric = "MONOCHROME2" if samples == 1 else "YBR_RCT"
+    photometric = Photometric.MONOCHROME2 if samples == 1 else Photometric.YBR_RCT
     return FrameEncoding(TransferSyntax.JPEG_2000_LOSSLESS, photometric)
 
 
 def lossy_encoding(samples: int) -> FrameEncoding:
     """What lamina writes when it re-encodes pixels that were already lossy (generated levels)."""
-    photometric = "MONOCHROME2" if samples == 1 else "YBR_FULL_422"
-    return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, "ISO_10918_1")
+    photometric = Photometric.MONOCHROME2 if samples == 1 else Photometric.YBR_FULL_422
+    return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, Method.ISO_10918_1)
 
 
 def encode(pixels: npt.NDArray[np.uint8], encoding: FrameEncoding) -> bytes:
@@ -177,19 +198,71 @@ def encode(pixels: npt.NDArray[np.uint8], encoding: FrameEncoding) -> bytes:
         )
     if encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
         return bytes(imagecodecs.jpeg8_encode(data, level=JPEG_QUALITY, subsampling=(2, 2)))
-    raise ValueError(f"lamina does not encode {encoding.transfer_syntax}")
+    raise CodecError(f"lamina does not encode {encoding.transfer_syntax}")
+
+
+#: The codecs by transfer syntax, and their names in messages.
+_DECODERS: dict[TransferSyntax, tuple[str, Callable[[bytes], Any]]] = {
+    TransferSyntax.JPEG_BASELINE_8BIT: ("JPEG", imagecodecs.jpeg8_decode),
+    TransferSyntax.JPEG_2000: ("JPEG 2000", imagecodecs.jpeg2k_decode),
+    TransferSyntax.JPEG_2000_LOSSLESS: ("JPEG 2000", imagecodecs.jpeg2k_decode),
+    TransferSyntax.HTJ2K_LOSSLESS: ("HTJ2K", imagecodecs.jpeg2k_decode),
+    TransferSyntax.JPEG_LS_LOSSLESS: ("JPEG-LS", imagecodecs.jpegls_decode),
+}
 
 
 def decode(frame: bytes, encoding: FrameEncoding) -> npt.NDArray[np.uint8]:
-    """Decode one frame of ``encoding`` to RGB (or grey) pixels, shape (rows, columns, samples)."""
-    ts = encoding.transfer_syntax
-    if ts is TransferSyntax.JPEG_BASELINE_8BIT:
-        pixels = imagecodecs.jpeg8_decode(frame)
-    elif ts in (TransferSyntax.JPEG_2000, TransferSyntax.JPEG_2000_LOSSLESS, TransferSyntax.HTJ2K_LOSSLESS):
-        pixels = imagecodecs.jpeg2k_decode(frame)
-    elif ts is TransferSyntax.JPEG_LS_LOSSLESS:
-        pixels = imagecodecs.jpegls_decode(frame)
-    else:
-        raise ValueError(f"cannot decode frames of transfer syntax {ts}")
+    """Decode one frame of ``encoding`` to RGB (or grey) pixels, shape (rows, columns, samples).
+
+    Raises CodecError, naming the codec and what its library found wrong, for a damaged frame.
+    """
+    found = _DECODERS.get(encoding.transfer_syntax)
+    if found is None:
+        raise CodecError(f"cannot decode frames of transfer syntax {encoding.transfer_syntax}")
+    name, decoder = found
+    try:
+        pixels = decoder(frame)
+    except MemoryError as exc:
+        raise CodecError(f"its {name} header declares an image too large to decode") from exc
+    except Exception as exc:  # imagecodecs raises one error class per codec
+        raise CodecError(f"its {name} data is damaged ({library_message(exc)})") from exc
     array = np.asarray(pixels, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
+
+
+def library_message(exc: BaseException) -> str:
+    """What a reader library said, as a clause of lamina's message: its first line, at most 160
+    characters, without the name of its exception class (which tells a user nothing)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0][:160].strip() if lines else ""
+    return text or "no detail given"
+
+
+#: imagecodecs' error classes (one per codec), by the name of the codec in messages.
+_CODEC_NAMES = {
+    "Jpeg8Error": "JPEG",
+    "JpegError": "JPEG",
+    "Ljpeg8Error": "JPEG",
+    "Jpeg2kError": "JPEG 2000",
+    "JpeglsError": "JPEG-LS",
+    "DeflateError": "Deflate",
+    "ZlibError": "Deflate",
+    "LzwError": "LZW",
+    "PackbitsError": "PackBits",
+    "WebpError": "WebP",
+    "JpegxlError": "JPEG XL",
+    "ZstdError": "Zstandard",
+    "LzmaError": "LZMA",
+}
+
+
+def damage(exc: BaseException) -> str:
+    """What is wrong, in words, when decoding a tile or an image raised ``exc``."""
+    if isinstance(exc, CodecError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "its header declares an image too large to decode"
+    name = _CODEC_NAMES.get(type(exc).__name__)
+    if name is not None:
+        return f"its {name} data is damaged ({library_message(exc)})"
+    return "its compressed data or its tags are inconsistent"

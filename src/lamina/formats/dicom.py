@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from lamina.errors import CorruptSourceError, UnsupportedFormatError
+from lamina.errors import CodecError, CorruptSourceError, UnsupportedFormatError
 from lamina.formats import codec
 from lamina.formats.dicom_frames import FrameSpan, locate_frames, read_span
+from lamina.formats.dicom_header import read_header
 from lamina.formats.source import (
     FrameEncoding,
-    ImageFlavor,
     Pixels,
     SlideMetadata,
     SlideSource,
@@ -35,25 +34,38 @@ from lamina.formats.source import (
     TransferSyntax,
 )
 from lamina.formats.tiff_common import require_spacing
+from lamina.model.enums import (
+    DimensionOrganizationTypeValues,
+    ImageFlavorValues,
+    LossyImageCompressionMethodValues,
+    LossyImageCompressionValues,
+    PatientSexValues,
+    PhotometricInterpretationValues,
+)
 from lamina.model.geometry import SizeMm, SizePx
 from lamina.model.slide import SlideIdentity
 
-VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
+Photometric = PhotometricInterpretationValues
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 #: Frames in these transfer syntaxes are copied as stored: every WSI viewer decodes them.
-_COPIED = {
-    "1.2.840.10008.1.2.4.50": TransferSyntax.JPEG_BASELINE_8BIT,
-    "1.2.840.10008.1.2.4.90": TransferSyntax.JPEG_2000_LOSSLESS,
-    "1.2.840.10008.1.2.4.91": TransferSyntax.JPEG_2000,
+_COPIED: dict[str, TransferSyntax] = {
+    uid.JPEGBaseline8Bit: TransferSyntax.JPEG_BASELINE_8BIT,
+    uid.JPEG2000Lossless: TransferSyntax.JPEG_2000_LOSSLESS,
+    uid.JPEG2000: TransferSyntax.JPEG_2000,
 }
 #: Lossless encodings that OpenSlide and browsers do not read: decoded, re-encoded as
 #: JPEG 2000 lossless (pixel for pixel the same).
-_TRANSCODED = {
-    "1.2.840.10008.1.2.4.80": TransferSyntax.JPEG_LS_LOSSLESS,
-    "1.2.840.10008.1.2.4.201": TransferSyntax.HTJ2K_LOSSLESS,
+_TRANSCODED: dict[str, TransferSyntax] = {
+    uid.JPEGLSLossless: TransferSyntax.JPEG_LS_LOSSLESS,
+    uid.HTJ2KLossless: TransferSyntax.HTJ2K_LOSSLESS,
 }
-_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-_LOSSY_TS = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91"}
+_NATIVE = {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian}
+#: The copied syntaxes whose frames are lossy, and the method they record.
+_LOSSY_TS: dict[str, LossyImageCompressionMethodValues] = {
+    uid.JPEGBaseline8Bit: LossyImageCompressionMethodValues.ISO_10918_1,
+    uid.JPEG2000: LossyImageCompressionMethodValues.ISO_15444_1,
+}
+_DAMAGED = "the file is damaged: export it again from the source system"
 
 
 def is_dicom(path: Path) -> bool:
@@ -86,47 +98,57 @@ class DicomImage(SourceImage):
         self.dataset = dataset
         self._spans = spans
         self._fd = os.open(path, os.O_RDONLY)
+        try:
+            self._describe(dataset, spacing)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _describe(self, dataset: Dataset, spacing: SizeMm | None) -> None:
         image_type = list(dataset.ImageType)
-        self.flavor = ImageFlavor(str(image_type[2]).upper())
-        self.size = SizePx(int(dataset.TotalPixelMatrixColumns), int(dataset.TotalPixelMatrixRows))
-        self.tile_size = SizePx(int(dataset.Columns), int(dataset.Rows))
-        self.samples_per_pixel = int(dataset.SamplesPerPixel)
+        self.flavor = ImageFlavorValues(str(image_type[2]).upper())
+        self.size = SizePx(
+            _count(self.path, dataset, "TotalPixelMatrixColumns"),
+            _count(self.path, dataset, "TotalPixelMatrixRows"),
+        )
+        self.tile_size = SizePx(_count(self.path, dataset, "Columns"), _count(self.path, dataset, "Rows"))
+        self.samples_per_pixel = _count(self.path, dataset, "SamplesPerPixel")
         self.pixel_spacing = spacing
         ts = str(dataset.file_meta.TransferSyntaxUID)
-        self.source_lossy = ts in _LOSSY_TS or str(dataset.get("LossyImageCompression", "00")) == "01"
+        marked = str(dataset.get("LossyImageCompression", "")) == LossyImageCompressionValues.LOSSY
+        self.source_lossy = ts in _LOSSY_TS or marked
         if self.source_lossy and ts not in _LOSSY_TS:
             self.lossy_method, self.lossy_ratio = _lossy_history(dataset)
+        self._photometric = _photometric(self.path, dataset)
         self._order = self._tile_order()
         self._native = ts in _NATIVE
         self._stream = _COPIED.get(ts) or _TRANSCODED.get(ts)
+        self.encoding: FrameEncoding | None = None
         if ts in _COPIED:
-            photometric = str(dataset.PhotometricInterpretation)
+            photometric = self._photometric
             if _COPIED[ts] is TransferSyntax.JPEG_BASELINE_8BIT:
                 photometric = self._jpeg_photometric(photometric)
-            self.encoding: FrameEncoding | None = FrameEncoding(
-                _COPIED[ts],
-                photometric,
-                "ISO_10918_1" if ts.endswith(".50") else ("ISO_15444_1" if ts.endswith(".91") else None),
-            )
-        else:
-            self.encoding = None
+            self.encoding = FrameEncoding(_COPIED[ts], photometric, _LOSSY_TS.get(ts))
 
-    def _jpeg_photometric(self, declared: str) -> str:
-        info = codec.jpeg_info(read_span(self._fd, self._spans[0]))
+    def _jpeg_photometric(self, declared: Photometric) -> Photometric:
+        try:
+            info = codec.jpeg_info(read_span(self._fd, self._spans[0]))
+        except CodecError as exc:
+            raise CorruptSourceError(self.path, f"frame 1 is not a JPEG stream ({exc}); {_DAMAGED}") from exc
         if len(info.components) == 1:
-            return "MONOCHROME2"
+            return Photometric.MONOCHROME2
         if info.adobe_transform is not None or info.rgb_coded or info.subsampled:
             if info.rgb_coded:
-                return "RGB"
-            return "YBR_FULL_422" if info.subsampled else "YBR_FULL"
-        return declared
+                return Photometric.RGB
+            return codec.ycbcr_photometric()
+        return codec.ycbcr_photometric() if declared is Photometric.YBR_FULL else declared
 
     def _tile_order(self) -> list[int | None]:
         """Frame index for each tile in TILED_FULL order (None where a sparse image has none)."""
         grid = self.grid
         count = len(self._spans)
-        organisation = str(self.dataset.get("DimensionOrganizationType", "TILED_FULL"))
-        if organisation != "TILED_SPARSE":
+        organisation = str(self.dataset.get("DimensionOrganizationType", ""))
+        if organisation != DimensionOrganizationTypeValues.TILED_SPARSE:
             if count != grid.area:
                 raise CorruptSourceError(
                     self.path,
@@ -141,9 +163,16 @@ class DicomImage(SourceImage):
                 self.path, "TILED_SPARSE without a PerFrameFunctionalGroupsSequence item per frame"
             )
         for index, item in enumerate(per_frame):
-            position = item.PlanePositionSlideSequence[0]
-            col = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // self.tile_size.width
-            row = (int(position.RowPositionInTotalImagePixelMatrix) - 1) // self.tile_size.height
+            try:
+                position = item.PlanePositionSlideSequence[0]
+                col = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // self.tile_size.width
+                row = (int(position.RowPositionInTotalImagePixelMatrix) - 1) // self.tile_size.height
+            except (AttributeError, IndexError, TypeError, ValueError) as exc:
+                raise CorruptSourceError(
+                    self.path,
+                    f"frame {index + 1} has no readable PlanePositionSlideSequence "
+                    f"(Column and Row Position In Total Image Pixel Matrix); {_DAMAGED}",
+                ) from exc
             if not (0 <= col < grid.width and 0 <= row < grid.height):
                 raise CorruptSourceError(self.path, f"frame {index + 1} lies outside the total pixel matrix")
             order[row * grid.width + col] = index
@@ -153,7 +182,7 @@ class DicomImage(SourceImage):
     def _blank(self) -> bytes:
         assert self.encoding is not None
         white = np.full((self.tile_size.height, self.tile_size.width, self.samples_per_pixel), 255, np.uint8)
-        if self.source_lossy:
+        if self.encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
             return codec.encode(white, codec.lossy_encoding(self.samples_per_pixel))
         return codec.encode(white, codec.lossless_encoding(self.samples_per_pixel))
 
@@ -181,11 +210,22 @@ class DicomImage(SourceImage):
         data = read_span(self._fd, self._spans[frame])
         if not self._native:
             assert self._stream is not None
-            return codec.decode(
-                data, FrameEncoding(self._stream, str(self.dataset.PhotometricInterpretation))
-            )
+            try:
+                pixels = codec.decode(data, FrameEncoding(self._stream, self._photometric))
+            except CodecError as exc:
+                raise CorruptSourceError(
+                    self.path, f"frame {frame + 1} (tile {col}, {row}) cannot be decoded: {exc}; {_DAMAGED}"
+                ) from exc
+            if pixels.shape != shape:
+                raise CorruptSourceError(
+                    self.path,
+                    f"frame {frame + 1} decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels with "
+                    f"{pixels.shape[2]} samples, not the {shape[1]}x{shape[0]}x{shape[2]} of Columns, "
+                    f"Rows and SamplesPerPixel; {_DAMAGED}",
+                )
+            return pixels
         array = np.frombuffer(data, np.uint8)
-        if self.samples_per_pixel > 1 and int(self.dataset.get("PlanarConfiguration", 0)) == 1:
+        if self.samples_per_pixel > 1 and str(self.dataset.get("PlanarConfiguration", 0)) == "1":
             return array.reshape(self.samples_per_pixel, shape[0], shape[1]).transpose(1, 2, 0).copy()
         return array.reshape(shape)
 
@@ -197,6 +237,7 @@ class DicomSource(SlideSource):
     format_name = "dicom_wsi"
     display_name = "DICOM WSI"
     priority = 90
+    suffixes = (".dcm", ".dicom")
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -205,29 +246,36 @@ class DicomSource(SlideSource):
     def __init__(self, path: Path, options: SourceOptions) -> None:
         super().__init__(path, options)
         self._files = list(options.members) or [path]
-        images = [self._open(member) for member in self._files]
-        series = {str(image.dataset.SeriesInstanceUID) for image in images}
-        if len(series) > 1:
-            raise CorruptSourceError(path, f"files of {len(series)} series given as one slide")
-        volumes = [image for image in images if image.flavor is ImageFlavor.VOLUME]
-        if not volumes:
-            raise UnsupportedFormatError(path, "the series has no VOLUME image (only associated images)")
+        images: list[DicomImage] = []
+        try:
+            for member in self._files:
+                images.append(self._open(member))
+            series = {str(image.dataset.SeriesInstanceUID) for image in images}
+            if len(series) > 1:
+                raise CorruptSourceError(path, f"files of {len(series)} series given as one slide")
+            volumes = [image for image in images if image.flavor is ImageFlavorValues.VOLUME]
+            if not volumes:
+                raise UnsupportedFormatError(path, "the series has no VOLUME image (only associated images)")
+        except BaseException:
+            for image in images:
+                image.close()
+            raise
         self._levels = sorted(volumes, key=lambda image: -image.size.area)
-        self._associated = [image for image in images if image.flavor is not ImageFlavor.VOLUME]
+        self._associated = [image for image in images if image.flavor is not ImageFlavorValues.VOLUME]
 
     def _open(self, path: Path) -> DicomImage:
         try:
             with path.open("rb") as fp:
-                dataset = pydicom.dcmread(fp, stop_before_pixels=True)
+                dataset = read_header(path, fp)
                 tell = fp.tell()
                 size = os.fstat(fp.fileno()).st_size
                 return self._image(path, fp, dataset, tell, size)
-        except (InvalidDicomError, OSError, EOFError, struct_error()) as exc:
-            raise CorruptSourceError(path, f"not a readable DICOM file ({exc})") from exc
+        except OSError as exc:
+            raise CorruptSourceError(path, f"cannot be read ({exc.strerror})") from exc
 
     def _image(self, path: Path, fp: Any, dataset: Dataset, tell: int, size: int) -> DicomImage:
         sop_class = str(dataset.get("SOPClassUID", ""))
-        if sop_class != VL_WSI:
+        if sop_class != uid.VLWholeSlideMicroscopyImageStorage:
             raise UnsupportedFormatError(
                 path, f"SOP class {sop_class or '(none)'} is not VL Whole Slide Microscopy Image"
             )
@@ -243,7 +291,7 @@ class DicomSource(SlideSource):
                 "pyramid level from a label or overview; set it at the source "
                 "(e.g. ORIGINAL\\PRIMARY\\VOLUME\\NONE)",
             )
-        if str(image_type[2]).upper() not in ImageFlavor.__members__:
+        if str(image_type[2]).upper() not in ImageFlavorValues.__members__:
             raise CorruptSourceError(
                 path, f"ImageType value 3 {image_type[2]!r} is not VOLUME, LABEL, OVERVIEW or THUMBNAIL"
             )
@@ -254,9 +302,8 @@ class DicomSource(SlideSource):
             "TotalPixelMatrixRows",
             "SamplesPerPixel",
         ):
-            if dataset.get(keyword) in (None, "", 0):
-                raise CorruptSourceError(path, f"{keyword} is missing")
-        if int(dataset.get("BitsAllocated", 8)) != 8:
+            _count(path, dataset, keyword)
+        if _count(path, dataset, "BitsAllocated", 8) != 8:
             raise UnsupportedFormatError(
                 path, f"BitsAllocated {dataset.BitsAllocated}: lamina reads 8-bit slides"
             )
@@ -265,24 +312,28 @@ class DicomSource(SlideSource):
         ts = str(dataset.file_meta.get("TransferSyntaxUID", ""))
         if ts not in _COPIED and ts not in _NATIVE and ts not in _TRANSCODED:
             raise UnsupportedFormatError(path, f"transfer syntax {ts} is not supported yet")
-        frames = int(dataset.get("NumberOfFrames", 1))
-        frame_size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel)
+        frames = _count(path, dataset, "NumberOfFrames", 1)
+        frame_size = (
+            _count(path, dataset, "Rows")
+            * _count(path, dataset, "Columns")
+            * _count(path, dataset, "SamplesPerPixel")
+        )
         try:
             spans = locate_frames(
                 fp,
                 tell,
                 frames,
                 ts not in _NATIVE,
-                ts != "1.2.840.10008.1.2",
+                ts != uid.ImplicitVRLittleEndian,
                 frame_size,
                 size,
-                _extended_offsets(dataset),
+                _extended_offsets(path, dataset),
             )
         except ValueError as exc:
             raise CorruptSourceError(path, str(exc)) from exc
         found = _dataset_spacing(dataset)
         spacing: SizeMm | None = found
-        if str(image_type[2]).upper() == ImageFlavor.VOLUME:
+        if str(image_type[2]).upper() == ImageFlavorValues.VOLUME:
             spacing = require_spacing(path, found, self.options, "no PixelMeasuresSequence")
         return DicomImage(path, dataset, spans, spacing)
 
@@ -315,7 +366,7 @@ class DicomSource(SlideSource):
                 patient_id=str(ds.get("PatientID", "")) or None,
                 patient_name=str(ds.get("PatientName", "")) or None,
                 birth_date=str(ds.get("PatientBirthDate", "")) or None,
-                sex=str(ds.get("PatientSex", "")) or None,
+                sex=_sex(ds.get("PatientSex")),
                 accession_number=str(ds.get("AccessionNumber", "")) or None,
                 specimen_id=specimen_id or None,
                 container_id=str(ds.get("ContainerIdentifier", "")) or None,
@@ -331,31 +382,72 @@ class DicomSource(SlideSource):
                 image.close()
 
 
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error
-
-
-def _lossy_history(dataset: Dataset) -> tuple[str | None, float | None]:
-    """The first lossy compression a DICOM image records (LossyImageCompressionMethod/Ratio)."""
-    methods = dataset.get("LossyImageCompressionMethod")
-    ratios = dataset.get("LossyImageCompressionRatio")
-    method = str(
-        methods[0] if isinstance(methods, Sequence) and not isinstance(methods, str) else methods or ""
-    )
+def _lossy_history(dataset: Dataset) -> tuple[LossyImageCompressionMethodValues | None, float | None]:
+    """The first lossy compression a DICOM image records (LossyImageCompressionMethod/Ratio); a
+    method that is not one of the standard's defined terms is left out (the writer's default)."""
+    method = _first(dataset.get("LossyImageCompressionMethod"))
     try:
-        ratio = float(ratios[0] if isinstance(ratios, Sequence) and not isinstance(ratios, str) else ratios)
-    except (TypeError, ValueError, IndexError):
+        ratio: float | None = float(_first(dataset.get("LossyImageCompressionRatio")))
+    except (TypeError, ValueError):
         ratio = None
-    return method or None, ratio
+    try:
+        return LossyImageCompressionMethodValues(method.strip()), ratio
+    except ValueError:
+        return None, ratio
 
 
-def _extended_offsets(dataset: Dataset) -> list[int] | None:
+def _first(value: object) -> str:
+    """The first of a multi-valued attribute's values, as text ("" when it has none)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return str(value[0]) if len(value) else ""
+    return "" if value is None else str(value)
+
+
+def _sex(value: object) -> PatientSexValues | None:
+    """PatientSex as the catalog keeps it; a value outside M, F, O (e.g. "U") is not kept there
+    (the instances keep the source's own value)."""
+    try:
+        return PatientSexValues(str(value or "").strip().upper())
+    except ValueError:
+        return None
+
+
+def _count(path: Path, dataset: Dataset, keyword: str, default: int | None = None) -> int:
+    """A positive integer attribute (Rows, NumberOfFrames...), or a reason naming it."""
+    value = dataset.get(keyword, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number <= 0:
+        shown = "missing" if value in (None, "") else f"{str(value)[:20]!r}, not a positive whole number"
+        raise CorruptSourceError(path, f"{keyword} is {shown}; {_DAMAGED}")
+    return number
+
+
+def _photometric(path: Path, dataset: Dataset) -> PhotometricInterpretationValues:
+    value = str(dataset.get("PhotometricInterpretation", "")).strip()
+    try:
+        return PhotometricInterpretationValues(value)
+    except ValueError:
+        known = ", ".join(PhotometricInterpretationValues)
+        raise UnsupportedFormatError(
+            path,
+            f"PhotometricInterpretation {value[:20]!r} is not one a VL Whole Slide Microscopy "
+            f"image uses ({known})",
+        ) from None
+
+
+def _extended_offsets(path: Path, dataset: Dataset) -> list[int] | None:
     table = dataset.get("ExtendedOffsetTable")
     if not table:
         return None
-    return list(np.frombuffer(bytes(table), "<u8").astype(int))
+    data = bytes(table)
+    if len(data) % 8:
+        raise CorruptSourceError(
+            path, f"ExtendedOffsetTable (7FE0,0001) holds {len(data)} bytes, not 8 per frame; {_DAMAGED}"
+        )
+    return [int(offset) for offset in np.frombuffer(data, "<u8")]
 
 
 def _dataset_spacing(dataset: Dataset) -> SizeMm | None:

@@ -9,17 +9,26 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID
+from pydicom.uid import UID, VLWholeSlideMicroscopyImageStorage
 
 from lamina import __version__
-from lamina.formats.source import FrameEncoding, ImageFlavor, SlideMetadata, SourceImage
+from lamina.formats.source import FrameEncoding, SlideMetadata, SourceImage
+from lamina.model.enums import (
+    DimensionOrganizationTypeValues,
+    ImageFlavorValues,
+    LossyImageCompressionValues,
+    PhotometricInterpretationValues,
+    YesNoValues,
+)
 from lamina.model.geometry import SizeMm
 from lamina.model.slide import SlideIdentity
 
-VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
+#: The SOP class lamina writes (pydicom's constant; the name kept for the modules that import it).
+VL_WSI = VLWholeSlideMicroscopyImageStorage
 IMPLEMENTATION_CLASS_UID = "2.25.246817293655187412301979124577935315771"
 IMPLEMENTATION_VERSION = f"LAMINA_{__version__}"[:16]
 
@@ -65,6 +74,8 @@ class SeriesContext:
     identity: SlideIdentity
     metadata: SlideMetadata
     created: dt.datetime
+    #: The slide's file, named in the reason when a tile of it cannot be decoded while writing.
+    source_path: Path | None = None
 
 
 def code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -77,7 +88,7 @@ def code(value: str, scheme: str, meaning: str) -> Dataset:
 
 def file_meta(sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(VL_WSI)
+    meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
     meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
@@ -91,7 +102,7 @@ def patient_study_series(ds: Dataset, ctx: SeriesContext) -> None:
     ds.PatientName = ident.patient_name or ""
     ds.PatientID = ident.patient_id or ""
     ds.PatientBirthDate = ident.birth_date or ""
-    ds.PatientSex = ident.sex or ""
+    ds.PatientSex = str(ident.sex or "")
     ds.StudyInstanceUID = ctx.study_instance_uid
     acquired = ctx.metadata.acquisition_datetime or ctx.created
     ds.StudyDate = acquired.strftime("%Y%m%d")
@@ -181,7 +192,7 @@ SLIDE_MM = (76.0, 26.0)
 def nominal_spacing(source: SourceImage) -> SizeMm:
     """Spacing of an associated image without one: overview spans the slide, label its end."""
     width, height = source.size.width, source.size.height
-    if source.flavor is ImageFlavor.OVERVIEW:
+    if source.flavor is ImageFlavorValues.OVERVIEW:
         mm = max(SLIDE_MM[0] / max(width, height), SLIDE_MM[1] / min(width, height))
     else:
         mm = SLIDE_MM[1] / max(width, height)
@@ -193,7 +204,7 @@ def optical_path(ds: Dataset, meta: SlideMetadata, photometric: str) -> None:
     path.OpticalPathIdentifier = "1"
     path.IlluminationTypeCodeSequence = DicomSequence([code("111744", "DCM", "Brightfield illumination")])
     path.IlluminationColorCodeSequence = DicomSequence([code("414298005", "SCT", "Full Spectrum")])
-    if photometric != "MONOCHROME2":
+    if photometric != PhotometricInterpretationValues.MONOCHROME2:
         path.ICCProfile = meta.icc_profile or srgb_profile()
         if not meta.icc_profile:
             path.ColorSpace = "SRGB"
@@ -201,6 +212,17 @@ def optical_path(ds: Dataset, meta: SlideMetadata, photometric: str) -> None:
         path.ObjectiveLensPower = f"{meta.objective_power:g}"
     ds.NumberOfOpticalPaths = 1
     ds.OpticalPathSequence = DicomSequence([path])
+
+
+def acquisition_datetime(acquired: dt.datetime) -> str:
+    """AcquisitionDateTime (DT) with the scanner's UTC offset when its time zone is known
+    (``20261128091402+0100``, PS3.5 6.2): the offset belongs to this value alone, so it is not
+    written as TimezoneOffsetFromUTC, which would also apply to ContentDate and ContentTime."""
+    text = acquired.strftime("%Y%m%d%H%M%S")
+    offset = acquired.utcoffset()
+    if offset is None:
+        return text
+    return text + acquired.strftime("%z")[:5]
 
 
 def image(
@@ -218,9 +240,9 @@ def image(
     ds.InstanceNumber = instance_number
     ds.ContentDate = created.strftime("%Y%m%d")
     ds.ContentTime = created.strftime("%H%M%S")
-    ds.AcquisitionDateTime = acquired.strftime("%Y%m%d%H%M%S")
+    ds.AcquisitionDateTime = acquisition_datetime(acquired)
     ds.SamplesPerPixel = source.samples_per_pixel
-    ds.PhotometricInterpretation = encoding.photometric_interpretation
+    ds.PhotometricInterpretation = str(encoding.photometric_interpretation)
     if source.samples_per_pixel > 1:
         ds.PlanarConfiguration = 0
     ds.Rows = source.tile_size.height
@@ -239,23 +261,23 @@ def image(
     ds.TotalPixelMatrixOriginSequence = DicomSequence([origin])
     ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
     ds.VolumetricProperties = "VOLUME"
-    with_label = source.flavor in (ImageFlavor.LABEL, ImageFlavor.OVERVIEW)
-    ds.SpecimenLabelInImage = "YES" if with_label else "NO"
-    if source.flavor is ImageFlavor.LABEL:
+    with_label = source.flavor in (ImageFlavorValues.LABEL, ImageFlavorValues.OVERVIEW)
+    ds.SpecimenLabelInImage = str(YesNoValues.YES if with_label else YesNoValues.NO)
+    if source.flavor is ImageFlavorValues.LABEL:
         ds.LabelText = ""
         ds.BarcodeValue = ""
-    ds.BurnedInAnnotation = "NO" if source.flavor in (ImageFlavor.VOLUME, ImageFlavor.THUMBNAIL) else "YES"
+    ds.BurnedInAnnotation = str(YesNoValues.YES if with_label else YesNoValues.NO)
     ds.FocusMethod = "AUTO"
-    ds.ExtendedDepthOfField = "NO"
+    ds.ExtendedDepthOfField = str(YesNoValues.NO)
     ds.AcquisitionContextSequence = DicomSequence([])
     if lossy is not None:
         method, ratio = lossy
-        ds.LossyImageCompression = "01"
+        ds.LossyImageCompression = str(LossyImageCompressionValues.LOSSY)
         if ratio is not None:
             ds.LossyImageCompressionRatio = [f"{ratio:.2f}"[:16]]
-        ds.LossyImageCompressionMethod = [method]
+        ds.LossyImageCompressionMethod = [str(method)]
     else:
-        ds.LossyImageCompression = "00"
+        ds.LossyImageCompression = str(LossyImageCompressionValues.NOT_LOSSY)
     _frames(ds, ctx, source, image_type)
 
 
@@ -277,7 +299,7 @@ def _frames(ds: Dataset, ctx: SeriesContext, source: SourceImage, image_type: li
     path_id.OpticalPathIdentifier = "1"
     shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.DimensionOrganizationType = str(DimensionOrganizationTypeValues.TILED_FULL)
     organisation = Dataset()
     organisation.DimensionOrganizationUID = ctx.dimension_organization_uid
     ds.DimensionOrganizationSequence = DicomSequence([organisation])
@@ -303,7 +325,7 @@ def build_dataset(
     """A complete dataset for one instance, without Pixel Data."""
     ds = Dataset()
     ds.file_meta = file_meta(sop_instance_uid, encoding.transfer_syntax.value)
-    ds.SOPClassUID = VL_WSI
+    ds.SOPClassUID = VLWholeSlideMicroscopyImageStorage
     ds.SOPInstanceUID = sop_instance_uid
     patient_study_series(ds, ctx)
     equipment(ds, ctx.metadata)

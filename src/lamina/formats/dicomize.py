@@ -25,11 +25,20 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
-from lamina.errors import StorageError
+from lamina.errors import CorruptSourceError, LaminaError, StorageError
 from lamina.formats import codec
+from lamina.formats.dicom_header import tag_trail, trail_words
 from lamina.formats.dicom_modules import SeriesContext, build_dataset
 from lamina.formats.pyramid import GeneratedLevel, complete_pyramid
-from lamina.formats.source import Buffer, FrameEncoding, ImageFlavor, SlideSource, SourceImage
+from lamina.formats.source import Buffer, FrameEncoding, SlideSource, SourceImage
+from lamina.model.enums import (
+    DerivedPixelContrastValues,
+    ImageFlavorValues,
+    LossyImageCompressionMethodValues,
+    LossyImageCompressionValues,
+    PixelDataCharacteristicsValues,
+    image_type,
+)
 from lamina.model.geometry import SizeMm
 from lamina.model.slide import SlideIdentity
 
@@ -102,19 +111,30 @@ class WrittenInstance:
 
     @property
     def lossy(self) -> bool:
-        return str(self.dataset.get("LossyImageCompression", "00")) == "01"
+        return str(self.dataset.get("LossyImageCompression", "")) == LossyImageCompressionValues.LOSSY
 
 
 def _image_type(image: SourceImage, level: int | None) -> list[str]:
     if image.dataset is not None and "ImageType" in image.dataset and not isinstance(image, GeneratedLevel):
         return [str(value) for value in image.dataset.ImageType]
-    if image.flavor is ImageFlavor.VOLUME:
+    original, derived = PixelDataCharacteristicsValues.ORIGINAL, PixelDataCharacteristicsValues.DERIVED
+    none, resampled = DerivedPixelContrastValues.NONE, DerivedPixelContrastValues.RESAMPLED
+    if image.flavor is ImageFlavorValues.VOLUME:
         if level == 0:
-            return ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
-        return ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
-    if image.flavor is ImageFlavor.THUMBNAIL:
-        return ["DERIVED", "PRIMARY", "THUMBNAIL", "RESAMPLED"]
-    return ["ORIGINAL", "PRIMARY", image.flavor.value, "NONE"]
+            return image_type(original, ImageFlavorValues.VOLUME, none)
+        return image_type(derived, ImageFlavorValues.VOLUME, resampled)
+    if image.flavor is ImageFlavorValues.THUMBNAIL:
+        return image_type(derived, ImageFlavorValues.THUMBNAIL, resampled)
+    return image_type(original, image.flavor, none)
+
+
+def describe_image(plan: PlannedInstance) -> str:
+    """How a reason names an image: ``level 2``, ``level 5 (computed from level 4)``, ``the label``."""
+    if plan.level is None:
+        return f"the {plan.image.flavor.lower()} image"
+    if isinstance(plan.image, GeneratedLevel):
+        return f"level {plan.level} (computed from level {plan.level - 1})"
+    return f"level {plan.level}"
 
 
 def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedInstance]:
@@ -124,7 +144,7 @@ def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedI
     ]
     base = images[0][0]
     for image in source.associated:
-        if image.flavor is ImageFlavor.THUMBNAIL and image.pixel_spacing is None and base.pixel_spacing:
+        if image.flavor is ImageFlavorValues.THUMBNAIL and image.pixel_spacing is None and base.pixel_spacing:
             # a thumbnail shows the whole base level: its spacing follows from the sizes
             image.pixel_spacing = SizeMm(
                 base.pixel_spacing.width * base.size.width / image.size.width,
@@ -149,11 +169,25 @@ def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedI
     return plans
 
 
-def _encoded_frames(image: SourceImage, encoding: FrameEncoding) -> Iterator[bytes]:
+def _encoded_frames(
+    image: SourceImage, encoding: FrameEncoding, path: Path | None, name: str
+) -> Iterator[bytes]:
+    """The image's tiles decoded and encoded again. A tile that cannot be decoded is refused here
+    with the image and the tile (the readers name the page or frame when they know it)."""
     grid = image.grid
     for row in range(grid.height):
         for col in range(grid.width):
-            yield codec.encode(image.decode_tile(col, row), encoding)
+            try:
+                pixels = image.decode_tile(col, row)
+            except LaminaError:
+                raise
+            except Exception as exc:
+                raise CorruptSourceError(
+                    path or Path("?"),
+                    f"{name}, tile ({col}, {row}) cannot be decoded: {codec.damage(exc)}; "
+                    "the file is damaged: copy it again from the scanner",
+                ) from exc
+            yield codec.encode(pixels, encoding)
 
 
 #: What a generated level must not take from the level it was computed from.
@@ -187,15 +221,17 @@ def _overlay(built: Dataset, original: Dataset, generated: bool) -> tuple[str, .
             if element.keyword and element.keyword not in original and element.keyword not in _CONTROLLED
         )
     )
-    for element in original:
+    for tag in list(original.keys()):
+        # private attributes are not kept, nor decoded (a damaged one must not stop the copy)
+        if tag.group in (0x0002, 0x7FE0) or tag.is_private:
+            continue
+        element = original[tag]
         if element.keyword in skip:
             continue
         if element.keyword == "SharedFunctionalGroupsSequence":
             _merge_shared(built, element.value)
             continue
         if element.keyword == "ImagedVolumeDepth" and not element.value:
-            continue
-        if element.tag.group in (0x0002, 0x7FE0) or element.tag.is_private:
             continue
         if element.value in (None, "", b"") and element.keyword in built:
             continue  # an empty type 2 value where lamina knows better
@@ -228,7 +264,11 @@ def write_instance(
     spool = None
     if lengths is None:
         spool = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, dir=str(spool_dir) if spool_dir else None)  # noqa: SIM115 - closed below
-        frames = image.iter_frames() if plan.copy else _encoded_frames(image, plan.encoding)
+        frames = (
+            image.iter_frames()
+            if plan.copy
+            else _encoded_frames(image, plan.encoding, ctx.source_path, describe_image(plan))
+        )
         collected = []
         for frame in frames:
             spool.write(frame)
@@ -245,7 +285,7 @@ def write_instance(
         lossy = (plan.encoding.lossy_method, raw / total if total else None)
     elif image.source_lossy:
         # stored losslessly, but the pixels went through a lossy compression before
-        lossy = (image.lossy_method or "ISO_10918_1", image.lossy_ratio)
+        lossy = (image.lossy_method or LossyImageCompressionMethodValues.ISO_10918_1, image.lossy_ratio)
     dataset = build_dataset(
         ctx, image, plan.encoding, plan.sop_instance_uid, plan.image_type, plan.instance_number, lossy
     )
@@ -257,7 +297,15 @@ def write_instance(
     dataset.ExtendedOffsetTable = item_starts.astype("<u8").tobytes()
     dataset.ExtendedOffsetTableLengths = padded.astype("<u8").tobytes()
     header = io.BytesIO()
-    pydicom.dcmwrite(header, dataset, enforce_file_format=True)
+    try:
+        pydicom.dcmwrite(header, dataset, enforce_file_format=True)
+    except Exception as exc:  # a value kept from a DICOM source that pydicom cannot encode
+        trail = tag_trail(exc)
+        raise CorruptSourceError(
+            ctx.source_path or Path("?"),
+            f"{describe_image(plan)}: {trail_words(trail) if trail else 'an attribute'} cannot be "
+            "written as DICOM; the file is damaged: export it again from the source system",
+        ) from exc
     head = header.getvalue() + _PIXEL_DATA_HEADER + _EMPTY_BOT
     sink.write_parts([head], len(head))
     written = _stream_frames(
@@ -329,4 +377,5 @@ def series_context(
         identity=identity,
         metadata=meta,
         created=created,
+        source_path=source.path,
     )

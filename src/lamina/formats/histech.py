@@ -7,22 +7,26 @@ ImageDescription without a vendor prefix::
     3dh_PixelSizeX = 0.2325|3dh_PixelSizeY = 0.2325|3dh_Filter = Default|3dh_Profile = ...
 
 opentile recognises the file by ``3dh_PixelSizeX`` in page 0's description and takes the pixel
-spacing from ``MPP`` (µm). The date is written day first. The file has no label or overview.
+spacing from ``MPP`` (µm). The description is read with tifffile's Aperio parser, as the SVS
+reader reads it; the date is written day first. The file has no label or overview.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import tifffile
 
-from lamina.formats.opentile_base import OpenTileSource, sniff_tiff
+from lamina.formats.opentile_base import OpenTileSource
 from lamina.formats.source import SlideMetadata
+from lamina.formats.svs import AperioDescription
+from lamina.formats.tiff_common import sniff_tiff
 
 MARKER = "3dh_PixelSizeX"
+#: tifffile's parser reads descriptions that start with Aperio's name; 3DHISTECH omits it.
+_PREFIX = "Aperio "
 
 
 class HistechSource(OpenTileSource):
@@ -34,35 +38,14 @@ class HistechSource(OpenTileSource):
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        return bool(sniff_tiff(path, lambda tiff: MARKER in (tiff.pages.first.description or "")))
+        return sniff_tiff(path, lambda tiff: MARKER in (tiff.pages.first.description or ""), cls)
 
     def read_metadata(self, tiff: tifffile.TiffFile, tiler: Any) -> SlideMetadata:
         meta = super().read_metadata(tiff, tiler)
-        header, values = parse_description(tiff.pages.first.description or "")
+        described = AperioDescription.parse(tiff.pages.first.description or "", _PREFIX)
         return dataclasses.replace(
             meta,
             manufacturer=meta.manufacturer or "3DHISTECH",
-            acquisition_datetime=meta.acquisition_datetime
-            or _acquired(values.get("Date"), values.get("Time")),
-            description=header or None,
+            acquisition_datetime=meta.acquisition_datetime or described.acquired(day_first=True),
+            description=described.header or None,
         )
-
-
-def parse_description(text: str) -> tuple[str, dict[str, str]]:
-    """Split the description into its header (size, tiles, compression) and ``key = value`` pairs."""
-    header, _, rest = text.partition("|")
-    values: dict[str, str] = {}
-    for item in rest.split("|"):
-        key, sep, value = item.partition("=")
-        if sep:
-            values.setdefault(key.strip(), value.strip())
-    return header.strip(), values
-
-
-def _acquired(date: str | None, time: str | None) -> dt.datetime | None:
-    if not date:
-        return None
-    try:
-        return dt.datetime.strptime(f"{date} {time or '00:00:00'}", "%d/%m/%Y %H:%M:%S")
-    except ValueError:
-        return None

@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from lamina.errors import UnsupportedFormatError
+from lamina.errors import CorruptSourceError, UnsupportedFormatError
 from lamina.formats import codec
-from lamina.formats.source import Buffer, FrameEncoding, ImageFlavor, Pixels, SourceImage, TransferSyntax
+from lamina.formats.source import Buffer, FrameEncoding, Pixels, SourceImage, TransferSyntax
+from lamina.model.enums import ImageFlavorValues, LossyImageCompressionMethodValues
+from lamina.model.enums import PhotometricInterpretationValues as Photometric
 from lamina.model.geometry import SizeMm, SizePx
 
 _JPEG = {7}
 _JPEG2000 = {33003, 33004, 33005, 34712}
+#: The Compression values tifffile knows (another value is a damaged tag).
+_TIFF_COMPRESSIONS = frozenset(int(value) for value in tifffile.COMPRESSION)
 #: Read this many bytes at once when tiles are stored contiguously.
 _READ_CHUNK = 8 << 20
 #: How far ahead of the reads the kernel is asked to fetch from disk.
@@ -35,7 +39,7 @@ class TiffTiledImage(SourceImage):
         self,
         tiff: tifffile.TiffFile,
         page: tifffile.TiffPage,
-        flavor: ImageFlavor,
+        flavor: ImageFlavorValues,
         pixel_spacing: SizeMm | None,
     ) -> None:
         self._tiff = tiff
@@ -52,6 +56,12 @@ class TiffTiledImage(SourceImage):
         self._tables: bytes | None = page.jpegtables or None
         self._mark_rgb = False
         compression = int(page.compression)
+        if compression not in _TIFF_COMPRESSIONS:
+            raise CorruptSourceError(
+                self._path,
+                f"page {page.index}: Compression {compression} is not a TIFF compression scheme; "
+                "the file is damaged or truncated: copy it again from the scanner",
+            )
         self.encoding = None
         self.source_lossy = compression in _JPEG or compression in _JPEG2000
         first = self._first_tile()
@@ -64,8 +74,10 @@ class TiffTiledImage(SourceImage):
             )
             self._mark_rgb = rgb and info.adobe_transform is None
             encoding = codec.jpeg_encoding(info)
+            if (info.width, info.height) != (self.tile_size.width, self.tile_size.height):
+                encoding = None  # a DICOM frame is a whole tile; re-encode instead
             if encoding is not None and rgb:
-                encoding = FrameEncoding(encoding.transfer_syntax, "RGB", encoding.lossy_method)
+                encoding = FrameEncoding(encoding.transfer_syntax, Photometric.RGB, encoding.lossy_method)
             self.encoding = encoding
         elif first is not None and compression in _JPEG2000:
             self.encoding = codec.j2k_encoding(codec.j2k_info(first))
@@ -149,9 +161,15 @@ class TiffTiledImage(SourceImage):
         if not count:
             return np.full(shape, 255, np.uint8)
         raw = os.pread(self._fd, count, self._offsets[index])
-        pixels, _, _ = self._page.decode(raw, index, jpegtables=self._tables)
-        array = np.asarray(pixels, dtype=np.uint8).reshape(shape)
-        return array
+        try:
+            pixels, _, _ = self._page.decode(raw, index, jpegtables=self._tables)
+            return np.asarray(pixels, dtype=np.uint8).reshape(shape)
+        except Exception as exc:
+            raise CorruptSourceError(
+                self._path,
+                f"page {self._page.index}, tile ({col}, {row}) cannot be decoded: {codec.damage(exc)}; "
+                "the file is damaged: copy it again from the scanner",
+            ) from exc
 
 
 class DecodedImage(SourceImage):
@@ -160,7 +178,7 @@ class DecodedImage(SourceImage):
     def __init__(
         self,
         pixels: Pixels,
-        flavor: ImageFlavor,
+        flavor: ImageFlavorValues,
         pixel_spacing: SizeMm | None,
         source_lossy: bool,
         tile_size: SizePx | None = None,
@@ -194,14 +212,22 @@ def read_page_pixels(page: tifffile.TiffPage) -> Pixels:
     """Decode a whole (small) page to uint8 RGB or grey."""
     array = np.asarray(page.asarray())
     if array.dtype != np.uint8:
-        raise ValueError(f"{array.dtype} samples are not supported; lamina reads 8-bit slides")
+        raise UnsupportedFormatError(
+            Path(page.parent.filehandle.path),
+            f"{array.dtype} samples (page {page.index}): lamina reads 8-bit slides",
+        )
     return array
 
 
-_LOSSY_METHODS = {7: "ISO_10918_1", 33003: "ISO_15444_1", 33005: "ISO_15444_1", 34712: "ISO_15444_1"}
+_LOSSY_METHODS = {
+    7: LossyImageCompressionMethodValues.ISO_10918_1,
+    33003: LossyImageCompressionMethodValues.ISO_15444_1,
+    33005: LossyImageCompressionMethodValues.ISO_15444_1,
+    34712: LossyImageCompressionMethodValues.ISO_15444_1,
+}
 
 
-def decoded_page(page: tifffile.TiffPage, flavor: ImageFlavor) -> DecodedImage:
+def decoded_page(page: tifffile.TiffPage, flavor: ImageFlavorValues) -> DecodedImage:
     """A small page (label, macro, thumbnail) decoded, with what its compression did to it."""
     image = DecodedImage(read_page_pixels(page), flavor, None, int(page.compression) in _LOSSY_METHODS)
     if image.source_lossy:

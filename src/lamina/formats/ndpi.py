@@ -20,9 +20,9 @@ from typing import Any
 import tifffile
 
 from lamina.errors import CorruptSourceError
-from lamina.formats.opentile_base import OpenTileSource, sniff_tiff
+from lamina.formats.opentile_base import OpenTileSource
 from lamina.formats.source import SlideMetadata, SourceOptions
-from lamina.formats.tiff_common import is_tiff
+from lamina.formats.tiff_common import sniff_tiff
 from lamina.model.slide import SlideIdentity
 
 
@@ -33,6 +33,7 @@ class NdpiSource(OpenTileSource):
     opentile_format = "ndpi"
     spacing_location = "no XResolution/YResolution in centimetres"
     tile_request = 512
+    suffixes = (".ndpi",)
 
     def __init__(self, path: Path, options: SourceOptions) -> None:
         check_first_directory(path)  # claimed by name when no page could be read: say why
@@ -40,11 +41,8 @@ class NdpiSource(OpenTileSource):
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        found = sniff_tiff(path, lambda tiff: bool(tiff.is_ndpi))
-        if found is None:
-            # a truncated NDPI may not open at all: claim it by name to report the damage
-            return path.suffix.lower() == ".ndpi" and is_tiff(path)
-        return found
+        # a truncated NDPI may not open at all: it is claimed by its name to report the damage
+        return sniff_tiff(path, lambda tiff: bool(tiff.is_ndpi), cls)
 
     def opentile_labels(self, tiler: Any) -> list[Any]:
         # NDPI has no label page; opentile crops it out of the macro (overview) image

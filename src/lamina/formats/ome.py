@@ -9,23 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tifffile
-
 from lamina.formats.tiff import TiledTiffSource
-from lamina.formats.tiff_common import is_tiff
+from lamina.formats.tiff_common import sniff_tiff
 
 
 class OmeTiffSource(TiledTiffSource):
     format_name = "ome_tiff"
     display_name = "OME-TIFF"
     priority = 20
+    suffixes = (".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf")
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        if not is_tiff(path):
-            return False
-        try:
-            with tifffile.TiffFile(path) as tiff:
-                return bool(tiff.is_ome)
-        except Exception:
-            return False
+        return sniff_tiff(path, lambda tiff: bool(tiff.is_ome), cls)

@@ -11,7 +11,7 @@ decoded, being small. A vendor reader is a small subclass of :class:`OpenTileSou
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 import numpy as np
 import tifffile
 
-from lamina.errors import CorruptSourceError, SourceError, UnsupportedFormatError
+from lamina.errors import CodecError, CorruptSourceError, SourceError, UnsupportedFormatError
 from lamina.formats import codec
+from lamina.formats.codec import library_message
 from lamina.formats.images import DecodedImage
 from lamina.formats.source import (
     FrameEncoding,
-    ImageFlavor,
     Pixels,
     SlideMetadata,
     SlideSource,
@@ -33,6 +33,8 @@ from lamina.formats.source import (
     TransferSyntax,
 )
 from lamina.formats.tiff_common import open_tiff, require_spacing
+from lamina.model.enums import ImageFlavorValues, LossyImageCompressionMethodValues
+from lamina.model.enums import PhotometricInterpretationValues as Photometric
 from lamina.model.geometry import SizeMm, SizePx
 
 _JPEG = 7
@@ -45,8 +47,18 @@ _TURBO = "install it (apt install libturbojpeg0, brew install jpeg-turbo) and re
 
 
 def _describe(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+    """What opentile, tifffile, the XML parser or a JPEG library found wrong, in words (their
+    exception classes tell a user nothing)."""
+    name = type(exc).__name__
+    if name == "ParseError":  # xml.etree's, raised for the Philips XML
+        return f"its XML metadata is not well-formed ({library_message(exc)})"
+    if "defusedxml" in type(exc).__module__:
+        return "its XML metadata declares entities or external references, which lamina refuses"
+    if isinstance(exc, tifffile.TiffFileError | NotImplementedError):
+        return library_message(exc)
+    if isinstance(exc, OSError) and "JPEG" in str(exc).upper():  # libjpeg-turbo's, through PIL
+        return f"a JPEG stream is damaged ({library_message(exc)})"
+    return codec.damage(exc)
 
 
 @contextmanager
@@ -57,7 +69,7 @@ def reading(path: Path, what: str) -> Iterator[None]:
     except SourceError:
         raise
     except Exception as exc:
-        raise CorruptSourceError(path, f"{what} unreadable ({_describe(exc)}); {_DAMAGED}") from exc
+        raise CorruptSourceError(path, f"{what} cannot be read: {_describe(exc)}; {_DAMAGED}") from exc
 
 
 def open_tiler(path: Path, tile_size: int, expected: str, name: str) -> Any:
@@ -70,8 +82,8 @@ def open_tiler(path: Path, tile_size: int, expected: str, name: str) -> Any:
         raise UnsupportedFormatError(path, f"opentile cannot read it ({_describe(exc)}); {_CONVERT}") from exc
     except Exception as exc:
         if "turbojpeg" in str(exc).lower():  # a missing library, not a damaged file
-            raise SourceError(path, f"{name} needs libjpeg-turbo ({_describe(exc)}); {_TURBO}") from exc
-        raise CorruptSourceError(path, f"opentile cannot open it ({_describe(exc)}); {_DAMAGED}") from exc
+            raise SourceError(path, f"{name} needs libjpeg-turbo ({library_message(exc)}); {_TURBO}") from exc
+        raise CorruptSourceError(path, f"opentile cannot open it: {_describe(exc)}; {_DAMAGED}") from exc
     found = tiler.format.value
     if found != expected:
         tiler.close()
@@ -89,7 +101,7 @@ def _uint8(pixels: Any) -> Pixels:
     """Decoded pixels as a ``(rows, columns, samples)`` uint8 array."""
     array = np.asarray(pixels)
     if array.dtype != np.uint8:
-        raise ValueError(f"{array.dtype} samples are not supported; lamina reads 8-bit slides")
+        raise CodecError(f"it decodes to {array.dtype} samples; lamina reads 8-bit slides")
     array = array.reshape(array.shape[-3:] if array.ndim > 3 else array.shape)
     return array[..., None] if array.ndim == 2 else array
 
@@ -110,7 +122,7 @@ class OpenTileImage(SourceImage):
 
     def __init__(self, path: Path, image: Any, name: str, pixel_spacing: SizeMm) -> None:
         self._path, self._image, self._name = path, image, name
-        self.flavor = ImageFlavor.VOLUME
+        self.flavor = ImageFlavorValues.VOLUME
         self.size = SizePx(int(image.image_size.width), int(image.image_size.height))
         self.tile_size = SizePx(int(image.tile_size.width), int(image.tile_size.height))
         self.samples_per_pixel = int(image.samples_per_pixel)
@@ -139,7 +151,7 @@ class OpenTileImage(SourceImage):
         if (info.width, info.height) != (self.tile_size.width, self.tile_size.height):
             encoding = None  # a DICOM frame is a whole tile; re-encode instead
         if encoding is not None and rgb:
-            encoding = FrameEncoding(encoding.transfer_syntax, "RGB", encoding.lossy_method)
+            encoding = FrameEncoding(encoding.transfer_syntax, Photometric.RGB, encoding.lossy_method)
         self.encoding = encoding
 
     def _tile(self, col: int, row: int) -> bytes:
@@ -162,7 +174,7 @@ class OpenTileImage(SourceImage):
             return _as_tile(self._image.get_decoded_tile((col, row)), shape)
 
 
-def decoded_associated(path: Path, image: Any, flavor: ImageFlavor) -> DecodedImage:
+def decoded_associated(path: Path, image: Any, flavor: ImageFlavorValues) -> DecodedImage:
     """A label, overview or thumbnail from opentile, decoded whole (they are small)."""
     width, height = int(image.image_size.width), int(image.image_size.height)
     across, down = int(image.tiled_size.width), int(image.tiled_size.height)
@@ -171,16 +183,22 @@ def decoded_associated(path: Path, image: Any, flavor: ImageFlavor) -> DecodedIm
         tiles = [[_uint8(image.get_decoded_tile(at)) for at in row] for row in rows]
         pixels = np.concatenate([np.concatenate(row, axis=1) for row in tiles])
         if pixels.shape[0] < height or pixels.shape[1] < width:
-            raise ValueError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, not {width}x{height}")
+            raise CodecError(
+                f"it decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, not {width}x{height}"
+            )
         stored = sum(len(image.get_tile(at)) for row in rows for at in row)
     return lossy_decoded(pixels[:height, :width], flavor, int(image.compression), stored)
 
 
-def lossy_decoded(pixels: Pixels, flavor: ImageFlavor, compression: int, stored: int) -> DecodedImage:
+def lossy_decoded(pixels: Pixels, flavor: ImageFlavorValues, compression: int, stored: int) -> DecodedImage:
     """Decoded pixels, with what their compression did to them (DICOM records it on re-encoding)."""
     image = DecodedImage(pixels, flavor, None, compression in _LOSSY)
     if image.source_lossy:
-        image.lossy_method = "ISO_10918_1" if compression == _JPEG else "ISO_15444_1"
+        image.lossy_method = (
+            LossyImageCompressionMethodValues.ISO_10918_1
+            if compression == _JPEG
+            else LossyImageCompressionMethodValues.ISO_15444_1
+        )
         image.lossy_ratio = pixels.size / stored if stored else None
     return image
 
@@ -242,9 +260,9 @@ class OpenTileSource(SlideSource):
     def _open_associated(self, tiff: tifffile.TiffFile) -> list[SourceImage]:
         with reading(self.path, "the associated images"):
             groups = [
-                (ImageFlavor.LABEL, self.opentile_labels(self._tiler)),
-                (ImageFlavor.OVERVIEW, list(self._tiler.overviews)),
-                (ImageFlavor.THUMBNAIL, list(self._tiler.thumbnails)),
+                (ImageFlavorValues.LABEL, self.opentile_labels(self._tiler)),
+                (ImageFlavorValues.OVERVIEW, list(self._tiler.overviews)),
+                (ImageFlavorValues.THUMBNAIL, list(self._tiler.thumbnails)),
             ]
         images: list[SourceImage] = [
             decoded_associated(self.path, found[0], flavor) for flavor, found in groups if found
@@ -279,13 +297,3 @@ class OpenTileSource(SlideSource):
 
     def close(self) -> None:
         self._tiler.close()
-
-
-def sniff_tiff(path: Path, check: Callable[[tifffile.TiffFile], bool]) -> bool | None:
-    """``check`` of the file opened by tifffile (cheap: first page only); None without a first page."""
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            tiff.pages.first  # noqa: B018 - raises when there is no readable first page
-            return bool(check(tiff))
-    except Exception:
-        return None

@@ -23,12 +23,15 @@ import numpy as np
 import tifffile
 
 from lamina.errors import CorruptSourceError
-from lamina.formats.opentile_base import OpenTileSource, lossy_decoded, sniff_tiff
-from lamina.formats.source import ImageFlavor, SlideMetadata, SourceImage
+from lamina.formats.codec import damage
+from lamina.formats.opentile_base import OpenTileSource, lossy_decoded
+from lamina.formats.source import SlideMetadata, SourceImage
+from lamina.formats.tiff_common import sniff_tiff
+from lamina.model.enums import ImageFlavorValues
 from lamina.model.slide import SlideIdentity
 
 _JPEG = 7
-_XML_IMAGES = {"LABELIMAGE": ImageFlavor.LABEL, "MACROIMAGE": ImageFlavor.OVERVIEW}
+_XML_IMAGES = {"LABELIMAGE": ImageFlavorValues.LABEL, "MACROIMAGE": ImageFlavorValues.OVERVIEW}
 
 
 class PhilipsSource(OpenTileSource):
@@ -40,7 +43,7 @@ class PhilipsSource(OpenTileSource):
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        return bool(sniff_tiff(path, lambda tiff: bool(tiff.is_philips)))
+        return sniff_tiff(path, lambda tiff: bool(tiff.is_philips), cls)
 
     def read_metadata(self, tiff: tifffile.TiffFile, tiler: Any) -> SlideMetadata:
         meta = super().read_metadata(tiff, tiler)
@@ -70,12 +73,19 @@ class PhilipsSource(OpenTileSource):
                 continue
             try:
                 jpeg = base64.b64decode(data)
-                pixels = np.asarray(imagecodecs.jpeg8_decode(jpeg), np.uint8)
-            except (ValueError, binascii.Error, imagecodecs.JpegError) as exc:
+            except (ValueError, binascii.Error) as exc:
                 raise CorruptSourceError(
                     self.path,
-                    f"the {flavor.lower()} image in the Philips XML is not a readable "
-                    f"base64 JPEG ({exc}); the file is damaged: copy it again from the scanner",
+                    f"the {flavor.lower()} image in the Philips XML is not base64 text; "
+                    "the file is damaged: copy it again from the scanner",
+                ) from exc
+            try:
+                pixels = np.asarray(imagecodecs.jpeg8_decode(jpeg), np.uint8)
+            except Exception as exc:  # imagecodecs' own error class
+                raise CorruptSourceError(
+                    self.path,
+                    f"the {flavor.lower()} image in the Philips XML is not a readable JPEG "
+                    f"({damage(exc)}); the file is damaged: copy it again from the scanner",
                 ) from exc
             images.append(lossy_decoded(pixels, flavor, _JPEG, len(jpeg)))
         return images

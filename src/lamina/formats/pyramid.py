@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lamina.formats import codec
-from lamina.formats.source import FrameEncoding, ImageFlavor, Pixels, SourceImage
+from lamina.formats.source import FrameEncoding, Pixels, SourceImage
+from lamina.model.enums import ImageFlavorValues
 from lamina.model.geometry import SizePx
 
 
@@ -33,7 +34,7 @@ class GeneratedLevel(SourceImage):
 
     def __init__(self, parent: SourceImage) -> None:
         self.parent = parent
-        self.flavor = ImageFlavor.VOLUME
+        self.flavor = ImageFlavorValues.VOLUME
         self.size = SizePx(-(-parent.size.width // 2), -(-parent.size.height // 2))
         self.tile_size = parent.tile_size
         self.samples_per_pixel = parent.samples_per_pixel

@@ -1,4 +1,10 @@
-"""Find the reader for a file: formats register under the entry-point group ``lamina.formats``."""
+"""Find the reader for a file: formats register under the entry-point group ``lamina.formats``.
+
+The entry points are the only list of readers (``pyproject.toml``, ``[project.entry-points]``):
+an installed lamina always has them, and a plug-in adds its own the same way. Readers are asked
+in order of priority, highest first; each ``detect`` follows the contract of
+:mod:`lamina.formats.source`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from lamina.errors import UnsupportedFormatError
+from lamina.errors import ConfigurationError, UnsupportedFormatError
 from lamina.formats.source import SlideSource, SourceOptions
+from lamina.formats.unsupported import not_yet
 
 GROUP = "lamina.formats"
+_REINSTALL = "reinstall lamina (scripts/install, or pip install -e .) so that its entry points are registered"
 
 
 @cache
@@ -17,48 +25,28 @@ def available_formats() -> tuple[type[SlideSource], ...]:
     """Every registered reader, highest priority first."""
     found: dict[str, type[SlideSource]] = {}
     for entry in entry_points(group=GROUP):
-        cls = entry.load()
+        try:
+            cls = entry.load()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"the slide reader {entry.name!r} ({entry.value}) cannot be loaded ({exc}); {_REINSTALL}"
+            ) from exc
+        if not (isinstance(cls, type) and issubclass(cls, SlideSource)):
+            raise ConfigurationError(
+                f"the entry point {entry.name!r} of {GROUP!r} is {entry.value}, not a SlideSource"
+            )
         found[cls.format_name] = cls
-    if not found:  # running from a source tree that was never installed
-        from lamina.formats.dicom import DicomSource
-        from lamina.formats.histech import HistechSource
-        from lamina.formats.ndpi import NdpiSource
-        from lamina.formats.ome import OmeTiffSource
-        from lamina.formats.philips import PhilipsSource
-        from lamina.formats.svs import SvsSource
-        from lamina.formats.tiff import TiledTiffSource
-
-        readers = (
-            SvsSource,
-            DicomSource,
-            NdpiSource,
-            PhilipsSource,
-            HistechSource,
-            OmeTiffSource,
-            TiledTiffSource,
-        )
-        found = {cls.format_name: cls for cls in readers}
+    if not found:
+        raise ConfigurationError(f"no slide reader is registered under {GROUP!r}; {_REINSTALL}")
     return tuple(sorted(found.values(), key=lambda cls: -cls.priority))
 
 
-#: Scanner formats a later release reads, recognised by their extension so that the refusal says
-#: what the file is rather than "not a slide".
-NOT_YET = {
-    ".mrxs": "3DHistech MRXS",
-    ".bif": "Roche BIF",
-    ".scn": "Leica SCN",
-    ".vsi": "Evident VSI",
-    ".isyntax": "Philips iSyntax",
-    ".czi": "Zeiss CZI",
-    ".qptiff": "PerkinElmer QPTIFF",
-}
-
-
 def detect_format(path: Path) -> type[SlideSource]:
+    """The reader that claims ``path``, or UnsupportedFormatError saying what the file is."""
     for cls in available_formats():
         if cls.detect(path):
             return cls
-    vendor = NOT_YET.get(path.suffix.lower())
+    vendor = not_yet(path)
     if vendor is not None:
         raise UnsupportedFormatError(path, f"{vendor} files are not supported yet")
     names = ", ".join(cls.display_name for cls in available_formats())

@@ -9,7 +9,18 @@ Required members of a source
 ``format_name``
     A stable identifier stored in the catalog (``aperio_svs``, ``dicom_wsi``, ...). Never rename one.
 ``detect(path)``
-    Cheap sniffing (magic bytes, a TIFF tag); ``True`` when this reader claims the file.
+    A class method: ``True`` when this reader claims the file. The contract, the same for every
+    reader: it reads only the file's head (magic bytes, a DICOM preamble, the first TIFF
+    directory and its tags), never raises, and never opens the images. A file that looks damaged
+    is claimed when its head or its name (``suffixes``) says it is this format, so that opening
+    it gives a reason that says what is wrong with it rather than "not a slide format".
+``suffixes``
+    The extensions the format's files carry (``(".svs",)``); empty when they tell nothing.
+
+The constructor opens the file and checks it: everything a user can meet is raised as a
+:class:`~lamina.errors.SourceError` (``CorruptSourceError`` for a damaged file, with the page,
+level, tile or tag at fault; ``UnsupportedFormatError``; ``MissingMetadataError``), never as an
+exception of a reader library. Images raise the same when a tile cannot be read.
 ``levels``
     The VOLUME images, largest first, as :class:`SourceImage`.
 ``associated``
@@ -50,7 +61,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from pydicom import uid
 
+from lamina.model.enums import (
+    ImageFlavorValues,
+    LossyImageCompressionMethodValues,
+    PhotometricInterpretationValues,
+)
 from lamina.model.geometry import SizeMm, SizePx
 from lamina.model.slide import SlideIdentity
 
@@ -59,35 +76,46 @@ ReadObserver = Callable[[Path, int, bytes], None]
 Buffer = bytes | bytearray | memoryview
 
 
-class ImageFlavor(StrEnum):
-    """Value 3 of ImageType for VL Whole Slide Microscopy images."""
-
-    VOLUME = "VOLUME"
-    LABEL = "LABEL"
-    OVERVIEW = "OVERVIEW"
-    THUMBNAIL = "THUMBNAIL"
-
-
 class TransferSyntax(StrEnum):
-    EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-    JPEG_BASELINE_8BIT = "1.2.840.10008.1.2.4.50"
-    JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-    JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
-    JPEG_2000 = "1.2.840.10008.1.2.4.91"
-    HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+    """The transfer syntaxes of the frames lamina copies, decodes or writes (pydicom's UIDs)."""
+
+    EXPLICIT_VR_LITTLE_ENDIAN = uid.ExplicitVRLittleEndian
+    JPEG_BASELINE_8BIT = uid.JPEGBaseline8Bit
+    JPEG_LS_LOSSLESS = uid.JPEGLSLossless
+    JPEG_2000_LOSSLESS = uid.JPEG2000Lossless
+    JPEG_2000 = uid.JPEG2000
+    HTJ2K_LOSSLESS = uid.HTJ2KLossless
 
     @property
     def encapsulated(self) -> bool:
         return self is not TransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FrameEncoding:
-    """How the frames that a source hands over are encoded, in DICOM terms."""
+    """How the frames that a source hands over are encoded, in DICOM terms.
+
+    Strings are accepted for each field (a catalog row's values) and become the enums.
+    """
 
     transfer_syntax: TransferSyntax
-    photometric_interpretation: str  # of the encoded stream: YBR_FULL_422, RGB, YBR_ICT, ...
-    lossy_method: str | None = None  # LossyImageCompressionMethod when the stream is lossy
+    #: Of the encoded stream: YBR_FULL_422, RGB, YBR_ICT, ...
+    photometric_interpretation: PhotometricInterpretationValues
+    #: LossyImageCompressionMethod when the stream is lossy.
+    lossy_method: LossyImageCompressionMethodValues | None = None
+
+    def __init__(
+        self,
+        transfer_syntax: TransferSyntax | str,
+        photometric_interpretation: PhotometricInterpretationValues | str,
+        lossy_method: LossyImageCompressionMethodValues | str | None = None,
+    ) -> None:
+        object.__setattr__(self, "transfer_syntax", TransferSyntax(transfer_syntax))
+        object.__setattr__(
+            self, "photometric_interpretation", PhotometricInterpretationValues(photometric_interpretation)
+        )
+        method = None if lossy_method is None else LossyImageCompressionMethodValues(lossy_method)
+        object.__setattr__(self, "lossy_method", method)
 
 
 @dataclass(frozen=True)
@@ -122,7 +150,7 @@ class SlideMetadata:
 class SourceImage(ABC):
     """One image of a slide: a pyramid level or an associated image."""
 
-    flavor: ImageFlavor
+    flavor: ImageFlavorValues
     size: SizePx
     tile_size: SizePx
     samples_per_pixel: int
@@ -134,7 +162,7 @@ class SourceImage(ABC):
     source_lossy: bool
     #: For a lossy source handed over decoded: how it was compressed (DICOM's
     #: LossyImageCompressionMethod and ratio), when known.
-    lossy_method: str | None = None
+    lossy_method: LossyImageCompressionMethodValues | None = None
     lossy_ratio: float | None = None
     #: Per-image DICOM attributes kept from a DICOM source (``None`` for other formats).
     dataset: Any = None
@@ -189,6 +217,8 @@ class SlideSource(ABC):
     display_name: ClassVar[str]
     #: Higher wins when several readers claim a file.
     priority: ClassVar[int] = 50
+    #: Extensions of the format's files, lower case: a damaged file that has one is claimed.
+    suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: Path, options: SourceOptions) -> None:
         self.path = path
@@ -200,7 +230,12 @@ class SlideSource(ABC):
     @classmethod
     @abstractmethod
     def detect(cls, path: Path) -> bool:
-        """Cheap check: does this reader claim ``path``?"""
+        """Does this reader claim ``path``? Cheap, never raises (see the module docstring)."""
+
+    @classmethod
+    def named_like(cls, path: Path) -> bool:
+        """Whether the file's name ends with one of the format's ``suffixes``."""
+        return path.name.lower().endswith(cls.suffixes) if cls.suffixes else False
 
     @property
     def levels(self) -> Sequence[SourceImage]:

@@ -13,33 +13,28 @@ from pathlib import Path
 
 import tifffile
 
-from lamina.errors import UnsupportedFormatError
+from lamina.errors import CorruptSourceError, UnsupportedFormatError
 from lamina.formats.images import TiffTiledImage, decoded_page, require_8bit
-from lamina.formats.source import ImageFlavor, SlideMetadata, SlideSource, SourceOptions
+from lamina.formats.source import SlideMetadata, SlideSource, SourceImage, SourceOptions
 from lamina.formats.tiff_common import (
     check_tiles_inside,
     is_tiff,
     level_spacing,
     open_tiff,
     pages_of,
+    reading_page,
     require_spacing,
     resolution_spacing,
 )
+from lamina.formats.unsupported import not_yet
+from lamina.model.enums import ImageFlavorValues
 from lamina.model.geometry import SizeMm, SizePx
 
 _ASSOCIATED = {
-    "label": ImageFlavor.LABEL,
-    "macro": ImageFlavor.OVERVIEW,
-    "overview": ImageFlavor.OVERVIEW,
-    "thumbnail": ImageFlavor.THUMBNAIL,
-}
-#: TIFF-family formats with their own layout that this reader must not misread as a plain
-#: pyramid: the ones lamina reads are claimed first by their own readers; the others are
-#: refused until a reader for them exists.
-_OTHER_VENDORS = {
-    "is_qpi": "PerkinElmer QPTIFF",
-    "is_scn": "Leica SCN",
-    "is_bif": "Roche BIF",
+    "label": ImageFlavorValues.LABEL,
+    "macro": ImageFlavorValues.OVERVIEW,
+    "overview": ImageFlavorValues.OVERVIEW,
+    "thumbnail": ImageFlavorValues.THUMBNAIL,
 }
 
 
@@ -50,23 +45,37 @@ class TiledTiffSource(SlideSource):
 
     @classmethod
     def detect(cls, path: Path) -> bool:
-        return is_tiff(path)
+        # any TIFF, even one tifffile cannot open (its refusal then says what is damaged), but not
+        # one of a format lamina does not read yet (QPTIFF, SCN, BIF, VSI...): the registry names it
+        return is_tiff(path) and not_yet(path) is None
 
     def __init__(self, path: Path, options: SourceOptions) -> None:
         super().__init__(path, options)
-        self._tiff = tiff = open_tiff(path)
-        for flag, name in _OTHER_VENDORS.items():
-            if getattr(tiff, flag, False):
-                raise UnsupportedFormatError(path, f"{name} files are not supported yet")
-        series = tiff.series[0]
-        axes = series.axes
+        self._tiff = open_tiff(path)
+        try:
+            self._open(path, options)
+        except BaseException:
+            self._tiff.close()
+            raise
+
+    def _open(self, path: Path, options: SourceOptions) -> None:
+        tiff = self._tiff
+        try:
+            series = tiff.series[0]
+            axes = series.axes
+            levels = [level.keyframe for level in series.levels]
+        except Exception as exc:
+            raise CorruptSourceError(
+                path,
+                "its pages do not form an image series (their sizes or tags disagree); "
+                "the file is damaged or truncated: copy it again from the scanner",
+            ) from exc
         if axes not in ("YXS", "YX"):
             raise UnsupportedFormatError(
                 path,
                 f"image of shape {series.shape} (axes {axes}) is not a brightfield whole-slide "
                 "image: lamina reads one RGB or grey plane per level, not z-stacks or channels",
             )
-        levels = [level.keyframe for level in series.levels]
         base = levels[0]
         require_8bit(path, base)
         if not base.is_tiled:
@@ -85,15 +94,24 @@ class TiledTiffSource(SlideSource):
                 continue
             check_tiles_inside(path, tiff, page)
             size = SizePx(int(page.imagewidth), int(page.imagelength))
-            self._levels.append(
-                TiffTiledImage(tiff, page, ImageFlavor.VOLUME, level_spacing(spacing, base_size, size))
-            )
+            with reading_page(path, page):
+                self._levels.append(
+                    TiffTiledImage(
+                        tiff, page, ImageFlavorValues.VOLUME, level_spacing(spacing, base_size, size)
+                    )
+                )
         self._levels.sort(key=lambda image: -image.size.area)
-        self._associated = []
-        for other in tiff.series[1:]:
+        self._associated = self._associated_images(path)
+
+    def _associated_images(self, path: Path) -> list[SourceImage]:
+        images: list[SourceImage] = []
+        for other in self._tiff.series[1:]:
             flavor = _ASSOCIATED.get((other.name or "").lower())
             if flavor is not None:
-                self._associated.append(decoded_page(other.keyframe, flavor))
+                page = other.keyframe
+                with reading_page(path, page, f"the {flavor.lower()} image"):
+                    images.append(decoded_page(page, flavor))
+        return images
 
     def _file_spacing(self, base: tifffile.TiffPage) -> SizeMm | None:
         if self._tiff.is_ome and self._tiff.ome_metadata:

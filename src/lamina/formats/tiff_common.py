@@ -1,19 +1,33 @@
-"""What the TIFF-family readers share: opening a TIFF with a clear error, spacing, the pyramid."""
+"""What the TIFF-family readers share: detecting and opening a TIFF with clear errors, spacing,
+the pyramid.
+
+tifffile parses a TIFF's directories lazily and, on a damaged file, raises whatever the damage
+provokes (``TiffFileError``, but also ``TypeError``, ``ValueError``, ``KeyError``...). Every
+TIFF reader goes through :func:`open_tiff` and :func:`reading_page`, which turn them into a
+:class:`CorruptSourceError` naming the page and what is wrong.
+"""
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tifffile
 
-from lamina.errors import CorruptSourceError, MissingMetadataError
+from lamina.errors import CorruptSourceError, MissingMetadataError, SourceError
+from lamina.formats.codec import damage, library_message
 from lamina.formats.source import SourceOptions
 from lamina.model.geometry import SizeMm, SizePx
 
+if TYPE_CHECKING:
+    from lamina.formats.source import SlideSource
+
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_DAMAGED = "the file is damaged or truncated: copy it again from the scanner"
 
 
 def is_tiff(path: Path) -> bool:
@@ -24,29 +38,90 @@ def is_tiff(path: Path) -> bool:
         return False
 
 
+def sniff_tiff(
+    path: Path,
+    check: Callable[[tifffile.TiffFile], bool],
+    reader: type[SlideSource],
+    damaged: bool = False,
+) -> bool:
+    """The ``detect`` of a TIFF-family reader: ``check`` of the file as tifffile opens it (its first
+    page only). A TIFF that tifffile cannot open, or whose first page cannot be read, is claimed
+    when its name has one of the reader's suffixes (or when ``damaged`` says to claim any), so
+    that opening it says what is damaged."""
+    if not is_tiff(path):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            tiff.pages.first  # noqa: B018 - raises when there is no readable first page
+            return bool(check(tiff))
+    except Exception:
+        return damaged or reader.named_like(path)
+
+
 def pages_of(tiff: tifffile.TiffFile) -> list[tifffile.TiffPage]:
     """The top-level pages (tifffile hands over pages, not frames, unless told otherwise)."""
     return [page for page in tiff.pages if isinstance(page, tifffile.TiffPage)]
+
+
+def _words(exc: BaseException) -> str:
+    """What tifffile found wrong, in words: its own errors say it; Python's say nothing to a user."""
+    if isinstance(exc, tifffile.TiffFileError):
+        return library_message(exc)
+    return "its structure is inconsistent"
 
 
 def open_tiff(path: Path) -> tifffile.TiffFile:
     """Open a TIFF and check that every page's data lies inside the file (truncation)."""
     try:
         tiff = tifffile.TiffFile(path)
-        pages = pages_of(tiff)
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError, struct.error) as exc:
-        raise CorruptSourceError(path, f"not a readable TIFF ({exc}); is the file complete?") from exc
-    if not pages:
-        tiff.close()
-        raise CorruptSourceError(path, "the TIFF holds no image")
+    except OSError as exc:
+        raise CorruptSourceError(path, f"cannot be read ({exc.strerror or library_message(exc)})") from exc
+    except Exception as exc:
+        raise CorruptSourceError(path, f"not a readable TIFF ({_words(exc)}); is the file complete?") from exc
     try:
+        pages = _all_pages(path, tiff)
+        if not pages:
+            raise CorruptSourceError(path, "the TIFF holds no image")
         for page in pages:
             check_tiles_inside(path, tiff, page)
         _check_ifd_chain_ends(path, tiff, pages[-1])
-    except CorruptSourceError:
+    except BaseException:
         tiff.close()
         raise
     return tiff
+
+
+def _all_pages(path: Path, tiff: tifffile.TiffFile) -> list[tifffile.TiffPage]:
+    """Every page, read now: a damaged directory is reported here with its number."""
+    pages: list[tifffile.TiffPage] = []
+    try:
+        for page in tiff.pages:
+            if isinstance(page, tifffile.TiffPage):
+                pages.append(page)
+    except Exception as exc:
+        raise CorruptSourceError(
+            path, f"the TIFF's image directory {len(pages)} is damaged ({_words(exc)}); {_DAMAGED}"
+        ) from exc
+    return pages
+
+
+@contextmanager
+def reading_page(path: Path, page: tifffile.TiffPage, what: str | None = None) -> Iterator[None]:
+    """Turn what tifffile, imagecodecs or the codec raise while reading ``page`` into a
+    CorruptSourceError that names the page (and ``what`` it holds, e.g. "the label image")."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except Exception as exc:
+        where = f"{what} (page {page.index})" if what else f"page {page.index}"
+        raise CorruptSourceError(path, f"{where} cannot be read: {_page_words(exc)}; {_DAMAGED}") from exc
+
+
+def _page_words(exc: BaseException) -> str:
+    if isinstance(exc, tifffile.TiffFileError):
+        return library_message(exc)
+    return damage(exc)
 
 
 def _check_ifd_chain_ends(path: Path, tiff: tifffile.TiffFile, last: tifffile.TiffPage) -> None:
@@ -71,7 +146,14 @@ def _check_ifd_chain_ends(path: Path, tiff: tifffile.TiffFile, last: tifffile.Ti
 def check_tiles_inside(path: Path, tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
     """A truncated file has tile offsets past its end: refuse it before writing anything."""
     size = tiff.filehandle.size
-    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) != len(counts):
+        raise CorruptSourceError(
+            path,
+            f"page {page.index} lists {len(offsets)} tile or strip offsets but {len(counts)} byte "
+            f"counts: its image directory is damaged; {_DAMAGED}",
+        )
+    for offset, count in zip(offsets, counts, strict=True):
         if count and offset + count > size:
             raise CorruptSourceError(
                 path,

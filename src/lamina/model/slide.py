@@ -6,6 +6,9 @@ import datetime as dt
 import re
 from dataclasses import dataclass, fields, replace
 
+from lamina.errors import InvalidValueError
+from lamina.model.enums import PatientSexValues
+
 _DATE = re.compile(r"^\d{8}$")
 
 
@@ -19,7 +22,7 @@ class SlideIdentity:
     patient_id: str | None = None
     patient_name: str | None = None
     birth_date: str | None = None  # DICOM DA, YYYYMMDD
-    sex: str | None = None  # M, F, O
+    sex: PatientSexValues | None = None
     accession_number: str | None = None
     specimen_id: str | None = None
     container_id: str | None = None  # the slide's barcode
@@ -39,17 +42,32 @@ class SlideIdentity:
 
 
 def normalise_date(value: str) -> str:
-    """Accept YYYYMMDD or YYYY-MM-DD; return DICOM DA (YYYYMMDD). Raise ValueError otherwise."""
+    """Accept YYYYMMDD or YYYY-MM-DD; return DICOM DA (YYYYMMDD). Raise InvalidValueError otherwise."""
     text = value.strip()
-    if _DATE.match(text):
-        dt.datetime.strptime(text, "%Y%m%d")
-        return text
-    return dt.date.fromisoformat(text).strftime("%Y%m%d")
+    try:
+        if _DATE.match(text):
+            dt.datetime.strptime(text, "%Y%m%d")
+            return text
+        return dt.date.fromisoformat(text).strftime("%Y%m%d")
+    except ValueError:
+        raise InvalidValueError("is not a date (use YYYY-MM-DD)") from None
 
 
-def normalise_sex(value: str) -> str:
-    text = value.strip().upper()
-    mapping = {"M": "M", "MALE": "M", "H": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}
-    if text not in mapping:
-        raise ValueError("must be M, F or O")
-    return mapping[text]
+#: What people write for PatientSex, in English and in French (H for homme).
+_SEX = {
+    "M": PatientSexValues.M,
+    "MALE": PatientSexValues.M,
+    "H": PatientSexValues.M,
+    "F": PatientSexValues.F,
+    "FEMALE": PatientSexValues.F,
+    "O": PatientSexValues.O,
+    "OTHER": PatientSexValues.O,
+}
+
+
+def normalise_sex(value: str) -> PatientSexValues:
+    """PatientSex from what a person wrote; raise InvalidValueError for anything else."""
+    found = _SEX.get(value.strip().upper())
+    if found is None:
+        raise InvalidValueError("must be M, F or O")
+    return found
