@@ -171,7 +171,8 @@ class DimseServer:
         if not _is_loopback(self.host) and not self.options.calling_ae_titles:
             log.warning(
                 "DIMSE on %s with no calling AE allow-list: anyone who can reach this port can search "
-                "the catalog and store into it; restrict the network or set calling_ae_titles",
+                "the catalog, store into it and retrieve from it (C-GET, C-MOVE to known destinations); "
+                "restrict the network or set calling_ae_titles",
                 self.host,
             )
 
