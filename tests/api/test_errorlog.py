@@ -56,7 +56,10 @@ def test_refusals_are_logged_with_their_reason(
         )
         for line in lines
     ), lines
-    assert "GET /dicomweb/no-such-resource 404 Not Found" in lines
+    assert (
+        "GET /dicomweb/no-such-resource 404 Not Found: nothing at /dicomweb/no-such-resource; "
+        "/openapi.json lists what this server answers" in lines
+    )
     (search,) = [line for line in lines if line.startswith("GET /dicomweb/studies 400")]
     assert "limit" in search
     assert not any("SECRET-42" in line for line in lines)  # the query string stays out of the log

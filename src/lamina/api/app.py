@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -40,6 +42,18 @@ def health(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
+
+
+async def no_route(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, method not allowed) as problem details too."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        detail = f"nothing at {request.url.path}; /openapi.json lists what this server answers"
+    else:
+        detail = str(exc.detail)
+    answer = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, detail)
+    answer.headers.update(exc.headers or {})
+    return answer
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
@@ -93,7 +107,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={LaminaError: handle_lamina_error, Exception: unexpected},
+        exception_handlers={LaminaError: handle_lamina_error, HTTPException: no_route, Exception: unexpected},
     )
     app.state.openapi = describe(routes)
     return _FastApp(app)

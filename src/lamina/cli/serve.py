@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -98,7 +100,18 @@ def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_t
     signal.signal(signal.SIGTERM, _exit)
     try:
         uvicorn.Server(server_config(create_app(settings, archive), settings, host, port)).run()
+        code = 0
+    except SystemExit as stop:  # SIGTERM (0), or uvicorn could not start (3)
+        code = stop.code if isinstance(stop.code, int) else 1
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped, then sent SIGINT on
+        code = 0
     finally:
         if dimse is not None:
             dimse.stop()
         archive.close()
+    # Everything that holds state is closed: skip the interpreter's teardown of numpy, pydicom,
+    # boto3, SQLAlchemy... (0.3 s or more on a busy machine), so that a stop takes well under 1 s.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
