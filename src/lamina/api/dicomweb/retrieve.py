@@ -181,13 +181,16 @@ def native_header(archive: Archive, row: InstanceRow) -> bytes:
 
 
 def _windows(row: InstanceRow) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
-    """(start, length, frame spans relative to start) of consecutive frames, ~4 MiB a window."""
+    """(start, length, frame spans relative to start) of consecutive frames: one ranged read each,
+    of at most ~4 MiB stored and ~4 MiB once decoded (so a window of small JPEG tiles does not
+    decode to 40 MB at once)."""
     offsets = np.frombuffer(row.frame_offsets, "<u8").tolist()
     lengths = np.frombuffer(row.frame_lengths, "<u4").tolist()
+    per_window = max(1, _WINDOW // max(1, decoded_frame_bytes(row)))
     start, end = 0, 0
     spans: list[tuple[int, int]] = []
     for offset, length in zip(offsets, lengths, strict=True):
-        if spans and (offset < end or offset + length - start > _WINDOW):
+        if spans and (offset < end or offset + length - start > _WINDOW or len(spans) >= per_window):
             yield start, end - start, spans
             spans = []
         if not spans:
