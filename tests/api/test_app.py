@@ -5,20 +5,28 @@ another connection) while frames and other requests are answered."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, text
 
 from lamina.api.app import create_app
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from tests.api.conftest import ServedArchive, multipart_parts
-from tests.support import serving
+from tests.backends import Backend
+from tests.support import serving, shared_file
 
 STORED = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
 
@@ -136,3 +144,98 @@ def test_frames_are_answered_with_every_thread_held(local_archive: Archive) -> N
 
     assert frame.status_code == 200
     assert answers == [200, 200] and health == [200]
+
+
+class HeldRelay:
+    """A loopback TCP relay to ``target`` whose traffic can be held (``hold``) and let go
+    (``release``): an S3 server that stops answering for a while, as a real one under load does."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.held = 0  # chunks waiting while held
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if not self.flowing.is_set():
+                    self.held += 1
+                    self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def release(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self.release()
+        self.listener.close()
+
+
+def test_the_loop_answers_while_a_handler_waits_on_s3(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A whole instance asked for while S3 does not answer: its handler waits in a thread (its
+    existence check, then its body), and the other requests are answered meanwhile."""
+    backend = Backend.open("postgresql-s3", request)
+    env = backend.env("held-s3")
+    endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+    relay = HeldRelay((endpoint.hostname or "127.0.0.1", endpoint.port or 80))
+    env |= {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}"}
+    settings = Settings.load(tmp_path / "lamina-data", env=env).with_(workers=0, verify_cron=None)
+    archive = Archive.open(settings)
+    try:
+        (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
+        assert Ingestor(archive.catalog, archive.store).ingest(candidate).status == "ingested"
+        (slide,) = archive.catalog.slides()
+        row = next(r for r in archive.catalog.instances(slide.id) if r.level == 0)
+        answers: list[httpx.Response] = []
+        with serving(create_app(settings, archive)) as port:
+            series, instance = _urls(f"http://127.0.0.1:{port}/dicomweb", row)
+            assert httpx.get(f"{instance}/metadata").status_code == 200  # the instance is cached
+            relay.hold()
+            accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+            retrieve = threading.Thread(
+                target=lambda: answers.append(httpx.get(instance, headers=accept, timeout=60))
+            )
+            retrieve.start()
+            deadline = time.monotonic() + 30
+            while relay.held == 0:
+                assert time.monotonic() < deadline, "the retrieve never reached S3"
+                time.sleep(0.05)
+
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            metadata = httpx.get(f"{instance}/metadata", timeout=1)
+            opened = httpx.get(f"{series}/metadata", timeout=1)
+            assert answers == []  # still waiting on S3
+            relay.release()
+            retrieve.join(timeout=60)
+    finally:
+        relay.close()
+        archive.close()
+        backend.close()
+
+    assert (health.status_code, metadata.status_code, opened.status_code) == (200, 200, 200)
+    ((part, data),) = multipart_parts(answers[0])
+    assert part == f"application/dicom; transfer-syntax={row.transfer_syntax_uid}"
+    assert hashlib.sha256(data).hexdigest() == row.blob_sha256
