@@ -20,6 +20,8 @@ from lamina.api.dicomweb.index import InstanceIndex
 from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
+from lamina.archive.discover import discover
+from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from tests.api.conftest import ServedArchive, multipart_parts
 from tests.support import serving
@@ -168,25 +170,54 @@ def test_a_damaged_object_is_reported_not_served(local_archive: Archive) -> None
         assert any(entry.action == "damaged" for entry in audit.entries(conn)), "the damage was not audited"
 
 
-def test_a_frame_the_blob_cache_holds_is_answered_on_the_loop(served_archive: ServedArchive) -> None:
-    """On S3 the fast path answers a frame whose bytes the blob cache holds in memory, and leaves
-    one it does not hold to the thread pool (which fetches and caches it)."""
+def test_frames_of_network_objects_skip_the_router_and_cached_ones_the_threads(
+    served_archive: ServedArchive,
+) -> None:
+    """On S3 the fast path answers a frame of an instance the index holds: from the blob cache's
+    memory on the event loop when it holds the frame, else by one ranged read in the thread pool
+    (which the cache then keeps)."""
     from lamina.archive.blobstore.cache import CachedBlobStore
 
     archive = served_archive.archive
-    cached = Archive(archive.settings, archive.catalog, CachedBlobStore(archive.store, 64 << 20))
+    store = CachedBlobStore(archive.store, 64 << 20)
+    cached = Archive(archive.settings, archive.catalog, store)
     app = create_app(archive.settings.with_(workers=0, verify_cron=None), cached)
     row = next(r for r in archive.catalog.instances(served_archive.slide_ids[0]) if r.level == 0)
     local = archive.store.local_path(row.blob_sha256) is not None
     with serving(app) as port:
         url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames"
-        first = httpx.get(f"{url}/1", headers=STORED)  # the routed handler reads (and caches) it
+        first = httpx.get(f"{url}/1", headers=STORED)  # the instance is not indexed yet: routed
+        misses = store.stats.misses
         again = httpx.get(f"{url}/1", headers=STORED)
         assert not _fast(first) and _fast(again)
         assert multipart_parts(again) == multipart_parts(first)
+        assert store.stats.misses == misses  # from the cache's memory
         if not local:
-            store = cached.store
-            assert isinstance(store, CachedBlobStore)
             store.forget(row.blob_sha256)
-            assert not _fast(httpx.get(f"{url}/2", headers=STORED))  # not held: the threads
-            assert _fast(httpx.get(f"{url}/2", headers=STORED))  # held now
+            fetched = httpx.get(f"{url}/2", headers=STORED)
+            assert _fast(fetched) and store.stats.misses == misses + 1  # read in a thread
+            held = httpx.get(f"{url}/2", headers=STORED)
+            assert _fast(held) and store.stats.misses == misses + 1  # held now
+            assert multipart_parts(held) == multipart_parts(fetched)
+
+
+def test_a_damaged_object_is_reported_on_either_store(archive: Archive) -> None:
+    """A frame read short (the object truncated, here on S3 too) is never answered by the fast
+    path: the routed handler reports it, audited."""
+    from tests.support import overwrite_object, read_object, shared_file
+
+    (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
+    assert Ingestor(archive.catalog, archive.store).ingest(candidate).status == "ingested"
+    (slide,) = archive.catalog.slides()
+    row = next(r for r in archive.catalog.instances(slide.id) if r.level == 0)
+    settings = archive.settings.with_(workers=0, verify_cron=None)
+    with serving(create_app(settings, archive)) as port:
+        url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames/{row.number_of_frames}"
+        assert httpx.get(url, headers=STORED).status_code == 200  # indexed
+        overwrite_object(archive.store, row.blob_sha256, read_object(archive.store, row.blob_sha256)[:1000])
+
+        damaged = httpx.get(url, headers=STORED)
+
+    assert damaged.status_code == 500 and "damaged" in damaged.json()["detail"]
+    with archive.catalog.begin() as conn:
+        assert any(entry.action == "damaged" for entry in audit.entries(conn)), "the damage was not audited"
