@@ -131,7 +131,8 @@ def test_a_request_in_flight_finishes_before_the_server_stops(settings: Settings
     assert slide is not None
     answers: list[httpx.Response] = []
     with lamina_serve(settings) as (process, base):
-        url = f"{base}/dicomweb/studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}/metadata"
+        series = f"studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}"
+        url = f"{base}/dicomweb/{series}/metadata"
         with held_audit_log(settings):
             # opening a slide is audited: the request waits for the lock inside its handler
             request = threading.Thread(target=lambda: answers.append(httpx.get(url, timeout=60)))
