@@ -7,6 +7,7 @@ no traceback.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -63,6 +64,19 @@ class CodecError(LaminaError, ValueError):
 
 class StorageError(LaminaError):
     """The blob store or the catalog failed (disk full, permissions, digest mismatch)."""
+
+
+class InsufficientStorageError(StorageError):
+    """No space left where lamina writes (a disk full, a quota reached). ``where`` names the place
+    (the blob store folder, the catalog, a spool folder); the message says what to free or move.
+    What was being written is removed: nothing is left half-written."""
+
+    #: The ``errno`` of a write that failed for lack of space: a full disk, a quota reached.
+    ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where = where
+        super().__init__(message)
 
 
 class UnavailableError(StorageError):

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -11,11 +18,15 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from lamina.api import create_app
+from lamina.api.dicomweb.upload import PREAMBLE_LIMIT, MultipartSpooler, spool_parts
 from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
-from tests.support import serving, shared_file
+from lamina.errors import RequestError
+from tests.s3server import free_ports
+from tests.smalldisk import fill, small_disk
+from tests.support import lamina_env, partial_writes, serving, shared_file
 
 
 @pytest.fixture
@@ -206,3 +217,205 @@ def _encode(dataset: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# -- a body that does not use its boundary ---------------------------------------------------------
+
+
+def _chunks(total: int, boundary: str, counted: list[int], chunk: int = 64 << 10) -> AsyncIterator[bytes]:
+    """A ``total``-byte body of one part framed by ``boundary``, made as it is read; ``counted``
+    gets the bytes handed out."""
+
+    async def generate() -> AsyncIterator[bytes]:
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        for piece in (head, None, tail):
+            if piece is None:
+                left = total - len(head) - len(tail)
+                while left > 0:
+                    data = b"\x5a" * min(chunk, left)
+                    left -= len(data)
+                    counted[0] += len(data)
+                    yield data
+            else:
+                counted[0] += len(piece)
+                yield piece
+
+    return generate()
+
+
+def test_a_body_sent_with_another_boundary_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    # Arrange: 128 MB framed by one boundary, declared with another
+    counted = [0]
+    body = _chunks(128 << 20, "the-real-boundary", counted)
+    # Act
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(spool_parts(body, "a-wrong-boundary", tmp_path, 1 << 40))
+    # Assert: refused once the preamble's bound is passed, naming the boundary
+    assert "'--a-wrong-boundary'" in str(refused.value)
+    assert refused.value.parameter == "Content-Type"
+    assert counted[0] <= PREAMBLE_LIMIT + (64 << 10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_what_is_kept_between_chunks_is_bounded_whatever_the_body(tmp_path: Path) -> None:
+    for declared in ("a-wrong-boundary", "the-real-boundary"):
+        folder = tmp_path / declared
+        folder.mkdir()
+        spooler = MultipartSpooler(declared, folder, 1 << 40)
+        counted = [0]
+
+        async def feed(spooler: MultipartSpooler = spooler, counted: list[int] = counted) -> None:
+            async for chunk in _chunks(48 << 20, "the-real-boundary", counted, chunk=1 << 20):
+                if spooler.feed(chunk):
+                    return
+
+        with contextlib.suppress(RequestError):
+            asyncio.run(feed())
+        spooler.close()
+        # never more than a delimiter cut by a chunk's end (or a part's headers, bounded too)
+        assert spooler.peak_kept <= len(f"\r\n--{declared}") + 1
+    (part,) = spooler.parts
+    assert part.size == (48 << 20) - len(
+        b"--the-real-boundary\r\nContent-Type: application/dicom\r\n\r\n"
+    ) - len(b"\r\n--the-real-boundary--\r\n")
+
+
+def test_a_wrong_boundary_is_answered_400_naming_it(target: tuple[str, Archive]) -> None:
+    base, archive = target
+    answer = httpx.post(
+        f"{base}/studies",
+        content=_multipart([("application/dicom", b"\0" * (4 << 20))], boundary="real"),
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=wrong'},
+        timeout=120,
+    )
+    assert answer.status_code == 400
+    assert "'--wrong'" in answer.json()["detail"]
+    assert archive.catalog.count_slides() == 0
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _served_on_small_disk(
+    tmp_path: Path, env: dict[str, str], size: int
+) -> Iterator[tuple[str, Archive, Path]]:
+    with small_disk(tmp_path / "disk", size) as disk:
+        archive = Archive.open(Settings.load(disk / "home", env=env))
+        try:
+            with serving(create_app(archive.settings, archive)) as port:
+                yield f"http://127.0.0.1:{port}/dicomweb", archive, disk
+        finally:
+            archive.close()
+
+
+def _left_in_spools(archive: Archive) -> list[Path]:
+    root = archive.settings.home / "incoming" / "stow"
+    return [path for path in root.rglob("*") if path.name != "OWNER" and path.parent != root]
+
+
+def test_a_full_spool_is_507_naming_it_and_leaves_nothing(
+    tmp_path: Path, backend_env: dict[str, str]
+) -> None:
+    with _served_on_small_disk(tmp_path, backend_env, 4 << 20) as (base, archive, disk):
+        answer = httpx.post(
+            f"{base}/studies",
+            content=_multipart([("application/dicom", b"\0" * (8 << 20))]),
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+            timeout=120,
+        )
+        assert answer.status_code == 507, answer.text
+        problem = answer.json()
+        assert problem["title"] == "Insufficient storage"
+        assert problem["detail"].startswith(f"the STOW-RS spool {disk / 'home' / 'incoming' / 'stow'}/")
+        assert "is full (No space left on device)" in problem["detail"]
+        assert _left_in_spools(archive) == []
+        assert archive.catalog.count_slides() == 0
+        assert list(archive.store.iter_digests()) == []
+
+
+def test_a_full_blob_store_is_507_naming_it_and_leaves_nothing(tmp_path: Path, exported: list[Path]) -> None:
+    body = _multipart([("application/dicom", path.read_bytes()) for path in exported])
+    with _served_on_small_disk(tmp_path, {}, 16 << 20) as (base, archive, disk):
+        fill(disk, len(body) + (1 << 20))  # room for the request's spool, not for the slide too
+        answer = httpx.post(
+            f"{base}/studies",
+            content=body,
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+            timeout=120,
+        )
+        assert answer.status_code == 507, answer.text
+        assert answer.json()["detail"].startswith(f"the blob store folder {disk / 'home' / 'blobs'} is full")
+        assert _left_in_spools(archive) == []
+        assert archive.catalog.count_slides() == 0
+        assert list(archive.store.iter_digests()) == []
+        assert partial_writes(archive.store) == []
+
+
+# -- a server killed mid-request ---------------------------------------------------------------
+
+
+def test_the_spool_of_a_server_killed_mid_request_is_swept_at_the_next_start(
+    tmp_path: Path, settings: Settings
+) -> None:
+    home = settings.home
+    env = lamina_env(settings, LAMINA_VERIFY_CRON="off")
+    lamina = str(Path(sys.executable).parent / "lamina")
+    port, dimse_port = free_ports(2)
+    log = tmp_path / "serve.log"
+
+    def start(*extra: str) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [lamina, "serve", "--port", str(port), *extra], env=env, stdout=out, stderr=out
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    return process
+            time.sleep(0.1)
+
+    release = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"--xyz\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * (2 << 20)
+        release.wait(60)  # the rest never comes: the server is killed meanwhile
+
+    server = start()
+    try:
+        sender = threading.Thread(
+            target=_post_quietly, args=(f"http://127.0.0.1:{port}/dicomweb/studies", body()), daemon=True
+        )
+        sender.start()
+        stow = home / "incoming" / "stow"
+        deadline = time.monotonic() + 30
+        while not any(path.stat().st_size > 0 for path in stow.glob("*/*/part-*")):
+            assert time.monotonic() < deadline, "the request was never spooled"
+            time.sleep(0.05)
+        # Act: a kill mid-request, then a start with DIMSE too
+        server.send_signal(signal.SIGKILL)
+        server.wait(30)
+        release.set()
+        (killed,) = [path for path in stow.iterdir() if path.is_dir()]
+        assert list(killed.glob("*/part-*")), "the kill left nothing to sweep"
+        server = start("--dimse-port", str(dimse_port))
+        # Assert: the killed process's spool is gone; the new server's own session may be there
+        assert not killed.exists()
+        assert "request spool(s) of processes" in log.read_text()
+    finally:
+        release.set()
+        server.terminate()
+        server.wait(30)
+
+
+def _post_quietly(url: str, content: Iterator[bytes]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(
+            url,
+            content=content,
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+            timeout=60,
+        )

@@ -20,7 +20,7 @@ from lamina.archive.ingest import Ingestor, IngestResult
 from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
 from lamina.dimse import DimseOptions, DimseServer
-from lamina.dimse.spool import RELEASED
+from lamina.archive.receive.association import RELEASED
 from lamina.errors import ConfigurationError
 from tests.support import shared_file, tool
 
@@ -151,7 +151,7 @@ def _wait_for_slides(archive: Archive, count: int, timeout: float = 60.0) -> Non
 
 
 def _spools(archive: Archive) -> list[Path]:
-    return [path for path in (archive.settings.home / "incoming").iterdir() if path.is_dir()]
+    return [path for path in (archive.settings.home / "incoming" / "dimse").iterdir() if path.is_dir()]
 
 
 def _stored_slide(server: DimseServer, archive: Archive, profile: Path, exported: ExportedSlide) -> None:
@@ -446,7 +446,7 @@ def test_released_spools_left_by_a_crash_are_ingested_at_start(
     archive: Archive, exported: ExportedSlide, results: list[IngestResult]
 ) -> None:
     # Arrange: one association released before the crash, one cut off by it
-    incoming = archive.settings.home / "incoming"
+    incoming = archive.settings.home / "incoming" / "dimse"
     for name, sealed in (("released", True), ("cut-off", False)):
         series = incoming / name / exported.slide.series_instance_uid
         series.mkdir(parents=True)

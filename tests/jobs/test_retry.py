@@ -87,14 +87,15 @@ def test_an_ingest_retried_while_s3_is_down_completes_when_it_is_back(
     settings = Settings.load(tmp_path / "home", env=env)
     archive = Archive.open(settings)
     app = make_app(settings)
-    worker = Worker(make_app(settings))
+    worker_app = make_app(settings)
+    tasks.register(worker_app, archive)
+    worker = Worker(worker_app)
     folder = tmp_path / "scanner"
     write_samples(folder, ["aperio_svs"], size=(2048, 1536), seed=3)
     (slide,) = [path for path in folder.iterdir() if path.suffix == ".svs"]
     caplog.set_level(logging.WARNING, logger="lamina.jobs")
     try:
         app.open()
-        tasks.bind(archive)
         watcher = Watcher(archive, folder, stable_s=0, submit=tasks.watched_submitter(app, folder, None))
         relay.cut()
         assert watcher.scan_once() == []  # claimed and queued, not ingested here

@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 
 from lamina.errors import (
     ConfigurationError,
+    InsufficientStorageError,
     IntegrityError,
     LaminaError,
     NotAcceptableError,
@@ -22,6 +23,7 @@ STATUS: list[tuple[type[LaminaError], int, str]] = [
     (NotAcceptableError, 406, "Not acceptable"),
     (PayloadTooLargeError, 413, "Payload too large"),
     (IntegrityError, 500, "Stored object damaged"),
+    (InsufficientStorageError, 507, "Insufficient storage"),
     (StorageError, 503, "Storage unavailable"),
     (ConfigurationError, 500, "Server misconfigured"),
     (LaminaError, 500, "Server error"),

@@ -18,6 +18,10 @@ from lamina.archive.blobstore.cache import cached
 from lamina.archive.blobstore.replicated import ReplicatedBlobStore
 from lamina.archive.catalog import Catalog, SlideRow
 from lamina.archive.delete import DeletedSlide, delete_slide
+from lamina.archive.fixity import verify_one
+from lamina.archive.ingest import IngestStep
+from lamina.archive.receive import Receiver, RequestSpools
+from lamina.archive.repair import repair
 from lamina.config import Settings
 from lamina.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
 
@@ -32,15 +36,35 @@ class ExportedSlide:
 
 
 class Archive:
-    def __init__(self, settings: Settings, catalog: Catalog, store: BlobStore) -> None:
+    """The archive of ``settings``: its ``catalog`` and blob ``store``.
+
+    Parameters
+    ----------
+    on_damaged
+        Called with the digest of an object found damaged when read, to have it repaired (a
+        server with a job queue queues the repair); by default :meth:`repair` runs on a thread of
+        this process.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        store: BlobStore,
+        on_damaged: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.store = store
-        #: called with the digest of an object found damaged at read time, to queue its repair;
-        #: by default the repair runs in a thread of this process
-        self.on_damaged: Callable[[str], None] = self._repair_in_thread
+        self.on_damaged: Callable[[str], None] = on_damaged or self._repair_in_thread
+        #: where this process's requests wait until they are stored (``incoming/stow/``)
+        self.incoming = RequestSpools(settings.home / "incoming")
         self._damaged_seen: dict[str, float] = {}
         self._damaged_lock = threading.Lock()
+
+    def receiver(self, on_step: Callable[[IngestStep], None] | None = None) -> Receiver:
+        """The way instances and slide files enter this archive (:mod:`lamina.archive.receive`)."""
+        return Receiver(self.catalog, self.store, work_dir=self.settings.home, on_step=on_step)
 
     def spool(self, key: str) -> BlobStore:
         """Where the uploads of one request wait for their job (STOW-RS through the queue):
@@ -67,13 +91,29 @@ class Archive:
         except Exception as exc:  # the audit entry stays; lamina verify finds it again
             log.warning("repair of %s not queued: %s", sha256, exc)
 
-    def _repair_in_thread(self, sha256: str) -> None:
-        from lamina.jobs.tasks import repair_object
+    def repair(self, sha256: str, actor: str = "lamina-repair") -> bool:
+        """Restore one object from the replica, when there is one; audited either way. True when
+        the object is whole (again)."""
+        report = verify_one(self.catalog, self.store, sha256)
+        if report.ok:
+            return True
+        if not isinstance(self.store, ReplicatedBlobStore):
+            with self.catalog.begin() as conn:
+                audit.append(
+                    conn,
+                    actor,
+                    "repair",
+                    f"blob/{sha256}",
+                    {"outcome": "unrepairable", "reason": "no replica"},
+                )
+            return False
+        return repair(report, self.store, self.catalog, actor=actor).ok
 
-        threading.Thread(target=repair_object, args=(self, sha256), daemon=True).start()
+    def _repair_in_thread(self, sha256: str) -> None:
+        threading.Thread(target=self.repair, args=(sha256,), name="lamina-repair", daemon=True).start()
 
     @classmethod
-    def open(cls, settings: Settings) -> Archive:
+    def open(cls, settings: Settings, on_damaged: Callable[[str], None] | None = None) -> Archive:
         try:
             settings.home.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -91,9 +131,10 @@ class Archive:
                 )
             replica = open_blobstore(settings.replica_url, settings.verify_after_write, settings.s3)
             store = ReplicatedBlobStore(store, replica)
-        return cls(settings, Catalog.open(settings.database_url), store)
+        return cls(settings, Catalog.open(settings.database_url), store, on_damaged)
 
     def close(self) -> None:
+        self.incoming.close()
         self.catalog.close()
 
     def export(

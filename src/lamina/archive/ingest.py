@@ -9,6 +9,7 @@ missing part.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,7 +23,14 @@ from lamina.archive.catalog.catalog import NewSlide, PatientRecord
 from lamina.archive.discover import Candidate
 from lamina.archive.fingerprint import SourceFingerprint, full_digest, source_head
 from lamina.archive.manifest import Manifest
-from lamina.errors import LaminaError, SourceError, StorageError, UnavailableError
+from lamina.errors import (
+    InsufficientStorageError,
+    LaminaError,
+    SourceError,
+    StorageError,
+    UnavailableError,
+    quote_name,
+)
 from lamina.formats.dicom_modules import SeriesContext
 from lamina.formats.dicomize import (
     PlannedInstance,
@@ -84,6 +92,9 @@ class IngestResult:
     repairs: list[str] = field(default_factory=list)
     #: the failure came from a service that may come back (S3, the database): retry later
     retryable: bool = False
+    #: the failure came from a full disk (the blob store, the catalog, the data folder): the
+    #: reason says which; nothing was left half-written
+    no_space: bool = False
 
     @property
     def ok(self) -> bool:
@@ -173,18 +184,32 @@ class Ingestor:
         except SourceError as exc:
             result.status = IngestStatus.FAILED
             # a multi-file slide names the member at fault
-            where = "" if exc.path == candidate.path else f"{exc.path.name}: "
+            where = "" if exc.path == candidate.path else f"{quote_name(exc.path.name)}: "
             result.reason = where + exc.reason
         except LaminaError as exc:
             result.status = IngestStatus.FAILED
             result.reason = str(exc)
             result.retryable = isinstance(exc, UnavailableError)
+            result.no_space = isinstance(exc, InsufficientStorageError)
         except Exception as exc:  # a reader library's own error on a damaged file: the batch goes on
             result.status = IngestStatus.FAILED
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            result.reason = f"unreadable ({type(exc).__name__}: {detail}); the file may be damaged"
+            if isinstance(exc, OSError) and exc.errno in InsufficientStorageError.ERRNOS:
+                result.no_space, result.reason = True, str(self._no_space(exc))
+            else:
+                detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                result.reason = f"unreadable ({type(exc).__name__}: {detail}); the file may be damaged"
         result.seconds = time.perf_counter() - started
         return result
+
+    def _no_space(self, exc: OSError) -> InsufficientStorageError:
+        """A write that found no space and was not the blob store's or the catalog's (those say
+        so themselves): the conversion's temporary files, in the data folder."""
+        where = str(self.spool_dir or Path(exc.filename or tempfile.gettempdir()).parent)
+        return InsufficientStorageError(
+            where,
+            f"the folder {where} (temporary files of the conversion) is full ({exc.strerror}); "
+            "free space there, then ingest again",
+        )
 
     def _feed_next_level(self, plans: list[PlannedInstance], written: WrittenInstance, ref: BlobRef) -> None:
         """A generated level is computed from the frames just written for the level above."""

@@ -1,9 +1,10 @@
 """DICOM objects that are not slides, stored as they come: annotations, structured reports,
 segmentations, parametric maps, key object selections, presentation states.
 
-They arrive by STOW-RS (and later DIMSE) beside the slides they refer to. Each is kept byte for
-byte, content-addressed like everything else, with its DICOM JSON and, when it has pixel data,
-its frame index; one catalog transaction per object makes it visible, with an audit entry.
+They arrive by STOW-RS, C-STORE or a folder (:mod:`lamina.archive.receive`) beside the slides
+they refer to. Each is kept byte for byte, content-addressed like everything else, with its DICOM
+JSON and, when it has pixel data, its frame index; one catalog transaction per object makes it
+visible, with an audit entry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import insert, select
@@ -29,20 +31,22 @@ from lamina.formats.dicom_frames import locate_frames
 from lamina.mapping import dicom_json
 
 #: SOP classes stored as they are (PS3.4 B.5), beside the slides.
-STORABLE = {
-    "1.2.840.10008.5.1.4.1.1.91.1": "Microscopy Bulk Simple Annotations",
-    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
-    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
-    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
-    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
-    "1.2.840.10008.5.1.4.1.1.30": "Parametric Map",
-    "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection",
-    "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State",
-    "1.2.840.10008.5.1.4.1.1.11.2": "Color Softcopy Presentation State",
-    "1.2.840.10008.5.1.4.1.1.11.4": "Blending Softcopy Presentation State",
-    "1.2.840.10008.5.1.4.1.1.11.8": "Advanced Blending Presentation State",
-}
-_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+STORABLE: frozenset[str] = frozenset(
+    {
+        uid.MicroscopyBulkSimpleAnnotationsStorage,
+        uid.ComprehensiveSRStorage,
+        uid.Comprehensive3DSRStorage,
+        uid.EnhancedSRStorage,
+        uid.SegmentationStorage,
+        uid.ParametricMapStorage,
+        uid.KeyObjectSelectionDocumentStorage,
+        uid.GrayscaleSoftcopyPresentationStateStorage,
+        uid.ColorSoftcopyPresentationStateStorage,
+        uid.BlendingSoftcopyPresentationStateStorage,
+        uid.AdvancedBlendingPresentationStateStorage,
+    }
+)
+_NATIVE = {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian}
 _CHUNK = 4 << 20
 
 
@@ -65,7 +69,7 @@ def _frame_index(path: Path, ds: Dataset, tell: int, size: int) -> tuple[bytes, 
     with path.open("rb") as fp:
         try:
             spans = locate_frames(
-                fp, tell, frames, ts not in _NATIVE, ts != "1.2.840.10008.1.2", frame_size, size
+                fp, tell, frames, ts not in _NATIVE, ts != uid.ImplicitVRLittleEndian, frame_size, size
             )
         except ValueError as exc:
             raise CorruptSourceError(path, str(exc)) from exc

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from lamina.archive.archive import Archive
 from lamina.archive.discover import _IGNORED, _IGNORED_SUFFIXES, Candidate, discover
-from lamina.archive.ingest import IngestOptions, Ingestor, IngestResult
+from lamina.archive.ingest import IngestOptions, IngestResult, IngestStatus
 from lamina.archive.manifest import Manifest
 from lamina.errors import UnavailableError
 
@@ -99,7 +99,7 @@ class Watcher:
         #: hands a claimed unit to the job queue instead of ingesting it here
         self.submit = submit
         self.host = socket.gethostname()
-        self.ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
+        self.receiver = archive.receiver()
         self._seen: dict[str, _Seen] = {}
         #: units seen but not yet complete after the last scan
         self.pending = 0
@@ -220,14 +220,15 @@ class Watcher:
             if _signature(candidate) != signature:
                 return None
             markers = self._markers(candidate)
-            result = self.ingestor.ingest(candidate, self.manifest, self.options)
+            result = self.receiver.ingest(candidate, self.manifest, self.options)
             if result.retryable and not final:
                 release = False
                 raise UnavailableError(result.reason or "a storage service is unavailable")
-            visible = result.ok and result.slide_id is not None
-            if visible and self.archive.catalog.slide(result.slide_id or "") is None:
+            # a slide must be visible in the catalog (DICOM objects kept as they are have none)
+            visible = result.ok
+            if visible and result.slide_id and self.archive.catalog.slide(result.slide_id) is None:
                 visible = False
-                result.status, result.reason = "failed", "the slide is not visible in the catalog"
+                result.status, result.reason = IngestStatus.FAILED, "the slide is not visible in the catalog"
             self._move(candidate, markers, DONE if visible else FAILED, None if visible else result)
             return result
         finally:

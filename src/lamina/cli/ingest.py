@@ -8,13 +8,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lamina.archive.discover import discover
-from lamina.archive.ingest import IngestOptions, Ingestor, IngestResult
+from lamina.archive.ingest import IngestOptions, IngestResult, IngestStatus
 from lamina.archive.manifest import load_manifest
-from lamina.cli.common import console, handle_errors, human_bytes, open_archive
+from lamina.cli.common import console, handle_errors, human_bytes, open_archive, shown
 from lamina.model.geometry import SizeMm
 
 
@@ -40,7 +41,7 @@ def ingest(
     """
     loaded = load_manifest(manifest) if manifest else None
     archive = open_archive(ctx)
-    ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
+    receiver = archive.receiver()
     options = IngestOptions(pixel_spacing=SizeMm.from_mpp(mpp) if mpp else None)
     results: list[IngestResult] = []
     candidates = discover(paths)
@@ -60,7 +61,7 @@ def ingest(
             def update(done: int, total: int, task: TaskID = task) -> None:
                 bar.update(task, completed=done, total=max(total, done))
 
-            result = ingestor.ingest(candidate, loaded, options, update)
+            result = receiver.ingest(candidate, loaded, options, update)
             bar.remove_task(task)
             results.append(result)
             if not as_json:
@@ -77,16 +78,18 @@ def ingest(
 def _as_dict(result: IngestResult) -> dict[str, object]:
     data = asdict(result)
     data["path"] = str(result.path)
+    data["status"] = str(result.status)
     data["seconds"] = round(result.seconds, 3)
     return data
 
 
 def _line(result: IngestResult) -> None:
-    if result.status == "failed":
-        console.print(f"[red]failed[/] {result.path}: {result.reason}", highlight=False, soft_wrap=True)
+    if result.status is IngestStatus.FAILED:
+        reason = escape(result.reason or "")
+        console.print(f"[red]failed[/] {shown(result.path)}: {reason}", highlight=False, soft_wrap=True)
     elif result.repairs:
         console.print(
-            f"[yellow]repaired[/] {result.path}: added {', '.join(result.repairs)}", highlight=False
+            f"[yellow]repaired[/] {shown(result.path)}: added {', '.join(result.repairs)}", highlight=False
         )
 
 
@@ -95,11 +98,12 @@ def _table(results: list[IngestResult]) -> Table:
     for column in ("slide", "file", "format", "levels", "size", "time", "result"):
         table.add_column(column, justify="right" if column in ("levels", "size", "time") else "left")
     for r in results:
-        colour = {"ingested": "green", "duplicate": "cyan"}.get(r.status, "red")
-        status = r.status if r.status != "ingested" or r.identified else "ingested (unidentified)"
+        colour = {IngestStatus.INGESTED: "green", IngestStatus.DUPLICATE: "cyan"}.get(r.status, "red")
+        unidentified = r.status is IngestStatus.INGESTED and r.slide_id and not r.identified
+        status = "ingested (unidentified)" if unidentified else str(r.status)
         table.add_row(
             r.slide_id or "-",
-            r.name,
+            shown(r.name),
             r.format or "-",
             str(r.levels or "-"),
             human_bytes(r.bytes) if r.bytes else "-",

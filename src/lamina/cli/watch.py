@@ -134,10 +134,11 @@ class _Queue:
 
         self.app = make_app(archive.settings)
         self.app.open()
-        tasks.bind(archive)
         self._defer = tasks.watched_submitter(self.app, folder.absolute(), manifest)
         self._failed_before: set[Path] | None = None
-        self.worker = Worker(make_app(archive.settings), archive.settings.workers)
+        worker_app = make_app(archive.settings)
+        tasks.register(worker_app, archive)
+        self.worker = Worker(worker_app, archive.settings.workers)
         if archive.settings.workers > 0:
             self.worker.start()
 

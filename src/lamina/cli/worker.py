@@ -30,10 +30,13 @@ def worker(ctx: click.Context, concurrency: int, name: str | None) -> None:
 
     settings = Settings.load((ctx.find_root().obj or {}).get("home"))
     app = make_app(settings)  # refuses an embedded catalog with the reason
-    archive = Archive.open(settings)
-    tasks.bind(archive)
+    archive = Archive.open(settings, on_damaged=lambda digest: tasks.queue_repair(app, digest))
+    tasks.register(app, archive)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    swept = archive.incoming.sweep()
+    if swept:
+        logging.getLogger("lamina.jobs").warning("removed %d request spool(s) of ended processes", swept)
     label = name or f"{socket.gethostname()}-{os.getpid()}"
     err_console.print(f"lamina worker {label}: {concurrency} at a time (Ctrl-C to stop)", highlight=False)
     try:

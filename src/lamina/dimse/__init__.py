@@ -3,9 +3,8 @@ C-MOVE and C-GET of stored instances, and the C-STORE SCU of ``lamina send``.
 
 - :mod:`~lamina.dimse.server`: :class:`DimseServer`, the handlers bound to pynetdicom events.
 - :mod:`~lamina.dimse.contexts`: the SOP classes and transfer syntaxes negotiated.
-- :mod:`~lamina.dimse.store`: a C-STORE's object and the checks it must pass.
-- :mod:`~lamina.dimse.spool`: each association's objects, durable until it ends.
-- :mod:`~lamina.dimse.worker`: the ingest of released associations, one series per slide.
+- :mod:`~lamina.dimse.store`: a C-STORE's object, handed to the archive's receive path
+  (:mod:`lamina.archive.receive`: its checks, the association's spool, the ingest on release).
 - :mod:`~lamina.dimse.find`: C-FIND matching on the catalog (Study Root, STUDY/SERIES/IMAGE).
 - :mod:`~lamina.dimse.retrieve`: Study Root C-MOVE and C-GET (STUDY/SERIES/IMAGE), their
   sub-operations and statuses; :mod:`~lamina.dimse.acceptor` routes them past pynetdicom's

@@ -1,10 +1,11 @@
 """The DIMSE server: C-ECHO, C-STORE of slides from scanners and PACS, C-FIND on the catalog.
 
-Handlers are plain methods bound to pynetdicom events. Each association's C-STOREs are spooled
-durably (:mod:`lamina.dimse.spool`); when the peer releases the association, its series are
-ingested one by one on a worker thread (:mod:`lamina.dimse.worker`), so a scanner pushing a
-slide as one instance per level sees the whole slide appear at once, or not at all. An aborted
-or dropped association leaves nothing behind.
+Handlers are plain methods bound to pynetdicom events. C-STORE only translates: each instance
+passes the archive's receive checks (:func:`lamina.archive.receive.examine`) and is spooled
+durably for its association (:mod:`lamina.archive.receive.association`); when the peer releases
+the association, the archive receives its instances whole on a thread of its own, so a scanner
+pushing a slide as one instance per level sees the whole slide appear at once, or not at all.
+An aborted or dropped association leaves nothing behind.
 
 Example
 -------
@@ -17,7 +18,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import logging
 import threading
@@ -25,9 +25,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -35,16 +36,16 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import ThreadedAssociationServer
 
 from lamina.archive.archive import Archive
-from lamina.archive.ingest import Ingestor
+from lamina.archive.ingest import IngestStatus
+from lamina.archive.receive import FailureReason, Receipt, examine
+from lamina.archive.receive.association import AssociationIngest, AssociationSpool, AssociationSpools
 from lamina.dimse import status
 from lamina.dimse.acceptor import start_server
-from lamina.dimse.contexts import VL_WSI, application_entity
+from lamina.dimse.contexts import application_entity
 from lamina.dimse.find import FindError, combined_date_time, extended_negotiation, find
 from lamina.dimse.retrieve import RetrieveService
-from lamina.dimse.spool import Spool, recover
-from lamina.dimse.store import drop_partial, mismatch, read_header, received_object
-from lamina.dimse.worker import IngestListener, IngestWorker
-from lamina.errors import ConfigurationError, StorageError
+from lamina.dimse.store import IngestListener, drop_partial, received_object
+from lamina.errors import ConfigurationError, InsufficientStorageError, StorageError
 
 log = logging.getLogger("lamina.dimse")
 
@@ -77,7 +78,7 @@ class DimseOptions:
 class _Association:
     """What the server keeps for one association while it lasts."""
 
-    spool: Spool
+    spool: AssociationSpool
     receiving: int = 0  # bytes of the data set arriving now
     over_limit: bool = False
 
@@ -112,14 +113,14 @@ class DimseServer:
         self.ae_title = ae_title
         self.host = host
         self.options = options or DimseOptions()
-        self.incoming = archive.settings.home / "incoming"
+        #: the associations' spools, ``$LAMINA_HOME/incoming/dimse``
+        self.spools = AssociationSpools(archive.settings.home / "incoming")
         self._port = port
-        ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
-        self._worker = IngestWorker(ingestor, listener)
+        self._listener = listener
+        self._worker = AssociationIngest(archive.receiver(), self._on_received)
         self._associations: dict[Association, _Association] = {}
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
-        self._lock_file: IO[bytes] | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
     @property
@@ -134,8 +135,8 @@ class DimseServer:
         if self._server is not None:
             return
         ae = application_entity(self.ae_title, self.options.calling_ae_titles, self.options.network_timeout_s)
-        self._take_incoming()
-        sealed, removed = recover(self.incoming)
+        self.spools.take()
+        sealed, removed = self.spools.recover()
         if removed:
             log.warning("removed %d spool(s) of associations that never ended (a crash or a kill)", removed)
         self._worker.start()
@@ -162,7 +163,7 @@ class DimseServer:
             self._server = start_server(ae, (self.host, self._port), handlers, retriever)
         except OSError as exc:
             self._worker.stop()
-            self._release_incoming()
+            self.spools.release()
             raise ConfigurationError(
                 f"cannot listen for DICOM on {self.host}:{self._port} ({exc.strerror}); "
                 "choose another port or stop the program using it"
@@ -194,7 +195,7 @@ class DimseServer:
         for state in left:
             state.spool.discard()
         self._worker.stop()
-        self._release_incoming()
+        self.spools.release()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no association holds received objects and every released one is ingested.
@@ -222,30 +223,6 @@ class DimseServer:
     ) -> None:
         self.stop()
 
-    def _take_incoming(self) -> None:
-        """One server per data folder: two would ingest, or remove, each other's spools."""
-        try:
-            self.incoming.mkdir(parents=True, exist_ok=True)
-            handle = (self.incoming / ".lock").open("ab")
-        except OSError as exc:
-            raise StorageError(
-                f"cannot create {self.incoming} ({exc.strerror}); LAMINA_HOME must be writable"
-            ) from exc
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise ConfigurationError(
-                f"another DIMSE server already receives into {self.incoming}; stop it, or give this "
-                "one its own LAMINA_HOME"
-            ) from None
-        self._lock_file = handle
-
-    def _release_incoming(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
     # -- association state -------------------------------------------------------------------
     def _state(self, association: Association) -> _Association | None:
         """The association's state; None once it has ended (its spool handed over or dropped)."""
@@ -258,7 +235,7 @@ class DimseServer:
 
     # -- handlers ------------------------------------------------------------------------------
     def _on_accepted(self, event: Event) -> None:
-        spool = Spool.new(self.incoming, _calling(event.assoc))
+        spool = self.spools.new(_calling(event.assoc))
         with self._lock:
             self._associations[event.assoc] = _Association(spool)
 
@@ -291,33 +268,32 @@ class DimseServer:
             event.assoc.abort(block=False)
 
     def _on_store(self, event: Event) -> int | Dataset:
-        """Spool one object durably; Success only once it is on disk."""
+        """Spool one instance durably once it passes the archive's receive checks; Success only
+        once it is on disk."""
         request = event.request
-        sop_class = str(getattr(request, "AffectedSOPClassUID", "") or "")
-        if sop_class != VL_WSI:
-            log.info("C-STORE from %r refused: SOP class %s is not VL WSI", _calling(event.assoc), sop_class)
-            return status.failure(
-                status.SOP_CLASS_NOT_SUPPORTED, "lamina keeps VL Whole Slide Microscopy only"
-            )
         received, size = received_object(event)
         if size > self.options.max_dataset_bytes:
-            return status.failure(status.OUT_OF_RESOURCES, "data set over the size limit of this archive")
-        try:
-            header = read_header(received)
-        except Exception:
-            return status.failure(status.CANNOT_UNDERSTAND, "the data set cannot be parsed")
-        problem = mismatch(header, sop_class, str(getattr(request, "AffectedSOPInstanceUID", "") or ""))
-        if problem:
-            log.info("C-STORE from %r refused: %s", _calling(event.assoc), problem)
-            return status.failure(status.DOES_NOT_MATCH_SOP_CLASS, problem)
+            return status.failure(
+                FailureReason.OUT_OF_RESOURCES, "data set over the size limit of this archive"
+            )
+        outcome = examine(
+            received,
+            sop_class_uid=str(getattr(request, "AffectedSOPClassUID", "") or ""),
+            sop_instance_uid=str(getattr(request, "AffectedSOPInstanceUID", "") or ""),
+        )
+        if outcome.failure_reason is not None:
+            log.info("C-STORE from %r refused: %s", _calling(event.assoc), outcome.reason)
+            return status.failure(outcome.failure_reason, outcome.reason)
         state = self._state(event.assoc)
         if state is None:  # aborted meanwhile
-            return status.failure(status.OUT_OF_RESOURCES, "the association is ending")
+            return status.failure(FailureReason.OUT_OF_RESOURCES, "the association is ending")
         try:
-            state.spool.put(received, str(header.SeriesInstanceUID), str(header.SOPInstanceUID))
+            state.spool.put(received, outcome.series_instance_uid, outcome.sop_instance_uid)
         except StorageError as exc:
             log.error("C-STORE from %r not kept: %s", state.spool.calling_ae_title, exc)
-            return status.failure(status.OUT_OF_RESOURCES, "the archive cannot write the object now")
+            full = isinstance(exc, InsufficientStorageError)
+            comment = "the archive's disk is full" if full else "the archive cannot write the object now"
+            return status.failure(FailureReason.OUT_OF_RESOURCES, comment)
         return status.SUCCESS
 
     def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -352,7 +328,13 @@ class DimseServer:
         state = self._state(event.assoc)
         try:
             if state is not None and state.spool.objects:
-                state.spool.seal()
+                for series in state.spool.seal():
+                    log.warning(
+                        "series %s from %r not ingested: an instance of it could not be kept (the peer "
+                        "was told); it must be sent again whole",
+                        series,
+                        state.spool.calling_ae_title,
+                    )
                 self._worker.submit(state.spool)
         except OSError as exc:
             log.error("spool %s not sealed (%s): discarded", state.spool.id if state else "?", exc.strerror)
@@ -361,6 +343,35 @@ class DimseServer:
         finally:
             # only now: until the worker holds the spool, wait_idle sees the association
             self._forget(event.assoc)
+
+    def _on_received(self, spool: AssociationSpool, receipt: Receipt) -> None:
+        """A released association received: one log line per slide and per object not stored."""
+        files = {files[0]: (series, len(files)) for series, files in spool.series().items()}
+        for result in receipt.slides:
+            series, count = files.get(result.path, (result.path.parent.name, 0))
+            where = f"series {series} from {spool.calling_ae_title!r} ({count} objects)"
+            if result.status is IngestStatus.INGESTED:
+                log.info(
+                    "%s: ingested as slide %s, %d levels, %d instances",
+                    where,
+                    result.slide_id,
+                    result.levels,
+                    result.instances,
+                )
+            elif result.status is IngestStatus.DUPLICATE:
+                log.info("%s: duplicate of slide %s, nothing stored", where, result.slide_id)
+            else:
+                log.warning("%s: not ingested: %s", where, result.reason)
+            if self._listener is not None:
+                self._listener(result)
+        for outcome in receipt.outcomes:  # the objects kept as they are (a slide's are logged above)
+            if not outcome.ok and outcome.sop_class_uid != VLWholeSlideMicroscopyImageStorage:
+                log.warning(
+                    "instance %s from %r: not stored: %s",
+                    outcome.sop_instance_uid,
+                    spool.calling_ae_title,
+                    outcome.reason,
+                )
 
     def _on_aborted(self, event: Event) -> None:
         state = self._forget(event.assoc)

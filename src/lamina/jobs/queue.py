@@ -1,4 +1,5 @@
-"""The queue: a Procrastinate app on the catalog's PostgreSQL, or the embedded in-process runner.
+"""The queue: a Procrastinate app on the catalog's PostgreSQL (the embedded SQLite catalog runs
+the same task bodies in the server's own threads).
 
 Every task is retried with exponential backoff (2, 4, 8, 16, 32 s) when it fails because a
 service may come back (:class:`~lamina.errors.UnavailableError`: an S3 endpoint down, throttled,
@@ -13,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
 
 import procrastinate
 from procrastinate import PsycopgConnector, RetryStrategy
@@ -44,17 +43,15 @@ def conninfo(database_url: str) -> str:
 
 
 def make_app(settings: Settings) -> procrastinate.App:
-    """A Procrastinate app on the catalog's database with lamina's tasks and periodic jobs."""
+    """A Procrastinate app on the catalog's database, to queue jobs and follow them; a process
+    that runs them registers lamina's tasks on it for its archive
+    (:func:`lamina.jobs.tasks.register`)."""
     if not queued(settings):
         raise ConfigurationError(
             "separate workers need a PostgreSQL catalog (LAMINA_DATABASE_URL=postgresql+psycopg://...); "
             "the embedded SQLite catalog runs its jobs inside 'lamina serve' and 'lamina watch'"
         )
-    from lamina.jobs import tasks
-
-    app = procrastinate.App(connector=PsycopgConnector(conninfo=conninfo(settings.database_url)))
-    tasks.register(app, settings)
-    return app
+    return procrastinate.App(connector=PsycopgConnector(conninfo=conninfo(settings.database_url)))
 
 
 class Worker:
@@ -101,19 +98,3 @@ class Worker:
             loop.call_soon_threadsafe(task.cancel)
         if self._thread is not None:
             self._thread.join(timeout_s)
-
-
-def run_inline(task: Callable[..., Any], **kwargs: Any) -> Any:
-    """The embedded runner: the task body now, in this thread, with the same retry policy."""
-    import time
-
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            return task(attempt=attempt, **kwargs)
-        except UnavailableError as exc:
-            if attempt + 1 >= MAX_ATTEMPTS:
-                raise
-            wait = 2 ** (attempt + 1)
-            log.warning("%s; retrying in %d s", exc, wait)
-            time.sleep(wait)
-    return None

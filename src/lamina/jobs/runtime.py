@@ -1,5 +1,6 @@
 """What a server process runs beside its requests: job workers, watched folders, the periodic
-fixity check; and the STOW-RS hand-over to the queue."""
+fixity check, the sweep of request spools left by processes that are gone; and the hand-over of
+received instances to the queue."""
 
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from anyio.to_thread import run_sync
 from sqlalchemy import delete, select
-from starlette.concurrency import run_in_threadpool
 
-from lamina.api.dicomweb.stow import Outcome, Part, check_parts
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
+from lamina.archive.receive import Outcome, examine
 from lamina.archive.watch import Watcher
 from lamina.errors import StorageError
 from lamina.jobs import tasks
-from lamina.jobs.queue import Worker, make_app, queued
+from lamina.jobs.queue import QUEUE, Worker, make_app, queued
 
 log = logging.getLogger("lamina.jobs")
 _ENDED = {"failed", "cancelled", "aborted"}
@@ -37,7 +38,6 @@ class Jobs:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.worker: Worker | None = None
-        tasks.bind(archive)
         if self.queued:
             self.app = make_app(self.settings)
             self.app.open()
@@ -46,8 +46,13 @@ class Jobs:
     # -- background work ------------------------------------------------------------------------
 
     def start(self) -> None:
+        swept = self.archive.incoming.open()
+        if swept:
+            log.warning("removed %d request spool(s) of processes that ended without removing them", swept)
         if self.queued and self.settings.workers > 0:
-            self.worker = Worker(make_app(self.settings), self.settings.workers)
+            app = make_app(self.settings)
+            tasks.register(app, self.archive)
+            self.worker = Worker(app, self.settings.workers)
             self.worker.start()
         if not self.queued and self.settings.verify_cron:
             self._thread(self._periodic_verify, "lamina-verify")
@@ -97,36 +102,40 @@ class Jobs:
                 log.exception("periodic fixity failed")
 
     def queue_repair(self, sha256: str) -> None:
-        self.app.configure_task("lamina:repair_object", queueing_lock=f"repair:{sha256}").defer(sha256=sha256)
+        tasks.queue_repair(self.app, sha256)
 
-    # -- STOW-RS through the queue --------------------------------------------------------------
+    # -- instances received through the queue ---------------------------------------------------
 
-    async def store(self, parts: list[Part], study: str | None) -> list[Outcome] | None:
-        """Spool the parts to the blob store, queue their job, wait for its report (None after
-        ``stow_wait_s``: the job goes on, the client gets 202)."""
-        early, keep = check_parts(parts, study)
+    async def store(self, files: list[Path], study: str | None) -> list[Outcome] | None:
+        """Copy the instances (Part-10 files) to the spool store, queue their job, wait for its
+        report: an outcome per instance, in order (None after ``stow_wait_s``: the job goes on,
+        the client gets 202). Instances refused at once get no job."""
+        outcomes = await run_sync(lambda: [examine(path, study) for path in files])
+        keep = [path for path, outcome in zip(files, outcomes, strict=True) if outcome.ok]
         if not keep:
-            return early
+            return outcomes
         job_key = uuid.uuid4().hex
-        digests = await run_in_threadpool(self._spool, job_key, keep)
+        digests = await run_sync(self._spool, job_key, keep)
         arguments: dict[str, Any] = {
             "job_key": job_key,
             "digests": digests,
             "study": study,
             "actor": "dicomweb",
         }
-        job_id = await run_in_threadpool(self.app.configure_task("lamina:store_instances").defer, **arguments)
+        defer = self.app.configure_task("lamina:store_instances", queue=QUEUE).defer
+        job_id = await run_sync(lambda: defer(**arguments))
         deadline = time.monotonic() + self.settings.stow_wait_s
         checked = time.monotonic()
         while True:
-            report = await run_in_threadpool(self._take_report, job_key)
+            report = await run_sync(self._take_report, job_key)
             if report is not None:
-                return early + [Outcome(**item) for item in report]  # type: ignore[arg-type]
+                stored = iter(Outcome.from_dict(item) for item in report)
+                return [next(stored) if outcome.ok else outcome for outcome in outcomes]
             if time.monotonic() - checked > 2:
                 checked = time.monotonic()
-                found = await run_in_threadpool(self.app.job_manager.list_jobs, id=job_id)
+                found = await run_sync(lambda: self.app.job_manager.list_jobs(id=job_id))
                 status = found[0].status if found else None
-                if status in _ENDED or (status is None and await run_in_threadpool(self._gone, job_key)):
+                if status in _ENDED or (status is None and await run_sync(self._gone, job_key)):
                     raise StorageError(
                         f"the storing job {job_id} ended without storing the instances ({status or 'gone'}); "
                         "see the worker's log and send them again"
@@ -135,11 +144,11 @@ class Jobs:
                 return None
             await asyncio.sleep(0.1)
 
-    def _spool(self, job_key: str, parts: list[Part]) -> list[str]:
+    def _spool(self, job_key: str, files: list[Path]) -> list[str]:
         digests = []
         spool = self.archive.spool(job_key)
-        for part in parts:
-            with spool.writer() as writer, part.path.open("rb") as source:
+        for path in files:
+            with spool.writer() as writer, path.open("rb") as source:
                 while chunk := source.read(8 << 20):
                     writer.write(chunk)
                 digests.append(writer.commit().sha256)

@@ -1,15 +1,16 @@
-"""The task bodies, the same in a ``lamina worker`` process and in the embedded runner.
+"""The task bodies, the same in a ``lamina worker`` process and in the embedded server.
 
-Each takes plain JSON arguments (paths, digests, keys) and an ``attempt`` number; on its last
-attempt a task reports a failure instead of raising it for a retry.
+Each takes its archive and plain JSON arguments (paths, digests, keys); on its last attempt
+(``final``) a task reports a failure instead of raising it for a retry. :func:`register` binds
+them to a Procrastinate app for one archive: the process that runs the jobs opens its archive
+and registers, so no task looks for an archive or for settings of its own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import tempfile
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +18,16 @@ import orjson
 import procrastinate
 from sqlalchemy import delete, insert
 
-from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
 from lamina.archive.discover import Candidate
+from lamina.archive.fixity import verify
 from lamina.archive.manifest import load_manifest
 from lamina.archive.watch import Claim, Watcher
-from lamina.config import Settings
 from lamina.errors import LaminaError, UnavailableError
 from lamina.jobs.queue import MAX_ATTEMPTS, QUEUE, RETRY, STALLED_AFTER_S
 
 log = logging.getLogger("lamina.jobs")
-
-_archive: Archive | None = None
-_lock = threading.Lock()
-
-
-def bind(archive: Archive) -> None:
-    """Run this process's jobs on ``archive`` (the server's own, or the worker's)."""
-    global _archive
-    _archive = archive
-
-
-def _current() -> Archive:
-    global _archive
-    with _lock:
-        if _archive is None:
-            _archive = Archive.open(Settings.load())
-        return _archive
 
 
 def _final(context: procrastinate.JobContext) -> bool:
@@ -58,21 +41,19 @@ def _final(context: procrastinate.JobContext) -> bool:
 def store_instances(
     archive: Archive, *, job_key: str, digests: list[str], study: str | None, actor: str, final: bool
 ) -> list[dict[str, Any]]:
-    """Store the spooled parts of one STOW-RS request (their SHA-256 in the spool store), record
-    the outcome per part under ``job_key`` and drop the spooled copies."""
-    from lamina.api.dicomweb.stow import Part, store_parts
-
+    """Receive the spooled instances of one STOW-RS request (their SHA-256 in the spool store),
+    record the outcome per instance under ``job_key`` and drop the spooled copies."""
     spool = archive.spool(job_key)
-    with tempfile.TemporaryDirectory(prefix="lamina-stow-") as folder:
-        parts = []
+    with archive.incoming.request() as folder:
+        files = []
         for index, digest in enumerate(digests):
-            path = Path(folder) / f"{index:06d}.dcm"
+            path = folder / f"{index:06d}.dcm"
             with path.open("wb") as out:
                 for chunk in spool.open(digest):
                     out.write(chunk)
-            parts.append(Part({"content-type": "application/dicom"}, path, path.stat().st_size))
-        outcomes = store_parts(archive, parts, study, actor, final=final)
-    report = [outcome.as_dict() for outcome in outcomes]
+            files.append(path)
+        receipt = archive.receiver().receive(files, study=study, actor=actor, final=final)
+    report = [outcome.as_dict() for outcome in receipt.outcomes]
     with archive.catalog.begin() as conn:
         conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == job_key))
         conn.execute(
@@ -89,16 +70,6 @@ def store_instances(
         except LaminaError as exc:  # left for the spool sweep
             log.warning("spooled part %s not removed: %s", digest, exc)
     return report
-
-
-def store_instances_job(
-    context: procrastinate.JobContext, job_key: str, digests: list[str], study: str | None, actor: str
-) -> None:
-    report = store_instances(
-        _current(), job_key=job_key, digests=digests, study=study, actor=actor, final=_final(context)
-    )
-    failed = sum(1 for item in report if item.get("failure") is not None)
-    log.info("stored job %s: %d instances, %d failed", job_key, len(report) - failed, failed)
 
 
 # -- watched folders ----------------------------------------------------------------------------
@@ -123,29 +94,15 @@ def ingest_watched(
     if result is None:
         return "skipped (handled elsewhere)"
     log.info("%s %s: %s", result.status, path, result.slide_id or result.reason)
-    return result.status
-
-
-def ingest_watched_job(context: procrastinate.JobContext, /, **kwargs: Any) -> None:
-    try:
-        ingest_watched(_current(), final=_final(context), **kwargs)
-    except UnavailableError as exc:
-        attempt = (context.job.attempts if context.job else 0) + 1
-        log.warning(
-            "%s not ingested yet (attempt %d of %d): %s; retried with backoff",
-            kwargs.get("path"),
-            attempt,
-            MAX_ATTEMPTS,
-            exc,
-        )
-        raise
+    return str(result.status)
 
 
 def watched_submitter(app: procrastinate.App, folder: Path, manifest: Path | None) -> Any:
-    """The Watcher's ``submit``: defer the ingest of a claimed unit."""
+    """The Watcher's ``submit``: defer the ingest of a claimed unit (``app`` need not have the
+    tasks registered: jobs are queued by name, on lamina's queue)."""
 
     def submit(candidate: Candidate, signature: Any, claim: Claim) -> None:
-        app.configure_task("lamina:ingest_watched", queueing_lock=str(candidate.path)).defer(
+        app.configure_task("lamina:ingest_watched", queue=QUEUE, queueing_lock=str(candidate.path)).defer(
             folder=str(folder),
             path=str(candidate.path),
             members=[str(member) for member in candidate.members],
@@ -160,10 +117,10 @@ def watched_submitter(app: procrastinate.App, folder: Path, manifest: Path | Non
 # -- fixity and repair --------------------------------------------------------------------------
 
 
-def verify_and_queue_repairs(archive: Archive, limit_mb_s: float, on_damaged: Any) -> dict[str, int]:
+def verify_and_queue_repairs(
+    archive: Archive, limit_mb_s: float, on_damaged: Callable[[str], None]
+) -> dict[str, int]:
     """A fixity run at ``limit_mb_s``; every missing or corrupt object is handed to ``on_damaged``."""
-    from lamina.archive.fixity import verify
-
     limit = max(1, int(limit_mb_s * 1_000_000)) if limit_mb_s > 0 else None
     report = verify(archive.catalog, archive.store, max_bytes_per_s=limit, actor="lamina-periodic")
     for digest in [*(m.sha256 for m in report.missing), *(c.sha256 for c in report.corrupt)]:
@@ -171,56 +128,64 @@ def verify_and_queue_repairs(archive: Archive, limit_mb_s: float, on_damaged: An
     return {"checked": report.checked, "missing": len(report.missing), "corrupt": len(report.corrupt)}
 
 
-def repair_object(archive: Archive, sha256: str, actor: str = "lamina-repair") -> bool:
-    """Restore one object from the replica (when there is one); audited either way."""
-    from lamina.archive.blobstore.replicated import ReplicatedBlobStore
-    from lamina.archive.fixity import verify_one
-    from lamina.archive.repair import repair
+def queue_repair(app: procrastinate.App, sha256: str) -> None:
+    """Queue the repair of one object, once however many times it is found damaged meanwhile."""
+    task = app.configure_task("lamina:repair_object", queue=QUEUE, queueing_lock=f"repair:{sha256}")
+    task.defer(sha256=sha256)
 
-    report = verify_one(archive.catalog, archive.store, sha256)
-    if report.ok:
-        return True
-    if not isinstance(archive.store, ReplicatedBlobStore):
-        with archive.catalog.begin() as conn:
-            audit.append(
-                conn, actor, "repair", f"blob/{sha256}", {"outcome": "unrepairable", "reason": "no replica"}
+
+# -- the tasks of one archive -------------------------------------------------------------------
+
+
+def register(app: procrastinate.App, archive: Archive) -> None:
+    """lamina's tasks on ``app``, run on ``archive`` (each app its own: a task is bound to the app
+    it is registered on), and the periodic jobs: fixity at the archive's ``verify_cron``, stalled
+    jobs back to the queue."""
+
+    @app.task(name="lamina:store_instances", queue=QUEUE, retry=RETRY, pass_context=True)
+    def store_instances_job(
+        context: procrastinate.JobContext, job_key: str, digests: list[str], study: str | None, actor: str
+    ) -> None:
+        report = store_instances(
+            archive, job_key=job_key, digests=digests, study=study, actor=actor, final=_final(context)
+        )
+        failed = sum(1 for item in report if item.get("failure_reason") is not None)
+        log.info("stored job %s: %d instances, %d failed", job_key, len(report) - failed, failed)
+
+    @app.task(name="lamina:ingest_watched", queue=QUEUE, retry=RETRY, pass_context=True)
+    def ingest_watched_job(context: procrastinate.JobContext, /, **kwargs: Any) -> None:
+        try:
+            ingest_watched(archive, final=_final(context), **kwargs)
+        except UnavailableError as exc:
+            attempt = (context.job.attempts if context.job else 0) + 1
+            log.warning(
+                "%s not ingested yet (attempt %d of %d): %s; retried with backoff",
+                kwargs.get("path"),
+                attempt,
+                MAX_ATTEMPTS,
+                exc,
             )
-        return False
-    return repair(report, archive.store, archive.catalog, actor=actor).ok
+            raise
 
+    @app.task(name="lamina:repair_object", queue=QUEUE, retry=RETRY)
+    def repair_object_job(sha256: str) -> None:
+        archive.repair(sha256)
 
-def repair_object_job(sha256: str) -> None:
-    repair_object(_current(), sha256)
-
-
-def register(app: procrastinate.App, settings: Settings) -> None:
-    """lamina's tasks on ``app`` (each app its own: a task is bound to the app it is registered
-    on), and the periodic jobs: fixity at ``settings.verify_cron``, stalled jobs back to the queue."""
-    app.task(name="lamina:store_instances", queue=QUEUE, retry=RETRY, pass_context=True)(store_instances_job)
-    app.task(name="lamina:ingest_watched", queue=QUEUE, retry=RETRY, pass_context=True)(ingest_watched_job)
-    app.task(name="lamina:repair_object", queue=QUEUE, retry=RETRY)(repair_object_job)
-
+    @app.periodic(cron="* * * * *", periodic_id="requeue_stalled")
+    @app.task(name="lamina:requeue_stalled", queue=QUEUE, pass_context=False)
     async def requeue_stalled(timestamp: int) -> None:
         stalled = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_S)
         for job in stalled:
             log.warning("job %s (%s) lost its worker; queued again", job.id, job.task_name)
             await app.job_manager.retry_job(job)
 
-    app.periodic(cron="* * * * *", periodic_id="requeue_stalled")(
-        app.task(name="lamina:requeue_stalled", queue=QUEUE, pass_context=False)(requeue_stalled)
-    )
+    settings = archive.settings
     if settings.verify_cron:
-        limit = settings.verify_limit_mb_s
 
+        @app.periodic(cron=settings.verify_cron, periodic_id="verify")
+        @app.task(name="lamina:verify", queue=QUEUE)
         def periodic_verify(timestamp: int) -> None:
-            def queue_repair(digest: str) -> None:
-                app.configure_task("lamina:repair_object", queueing_lock=f"repair:{digest}").defer(
-                    sha256=digest
-                )
-
-            counts = verify_and_queue_repairs(_current(), limit, queue_repair)
+            counts = verify_and_queue_repairs(
+                archive, settings.verify_limit_mb_s, lambda digest: queue_repair(app, digest)
+            )
             log.info("periodic fixity: %s", counts)
-
-        app.periodic(cron=settings.verify_cron, periodic_id="verify")(
-            app.task(name="lamina:verify", queue=QUEUE)(periodic_verify)
-        )

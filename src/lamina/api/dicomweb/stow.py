@@ -1,123 +1,92 @@
-"""STOW-RS (PS3.18 10.5): DICOM instances posted as multipart/related, stored through the same
-path as ``lamina ingest`` (validated, content-addressed, atomic, frame index built).
+"""STOW-RS (PS3.18 10.5): DICOM instances posted as multipart/related, received by the archive's
+one receive path (:mod:`lamina.archive.receive`), as C-STORE and watched folders are.
 
-The body streams to files (never into memory); the instances are grouped by series and each
-series is ingested as one slide. Parts that are not DICOM, not a supported SOP class, or of
-another study than the URL's are reported failed; the others are stored. Slides (VL WSI) go
-through the ingest path; annotations, reports, segmentations, parametric maps, key objects and
-presentation states (``objects.STORABLE``) are kept as they are, beside them.
+This module only translates: the body streams into the request's spool (one file per part,
+never held in memory whole), the parts that are not ``application/dicom`` are refused, the
+others are handed to :meth:`~lamina.archive.receive.Receiver.receive` (embedded) or to the job
+queue (a PostgreSQL catalog), and the outcomes become the DICOM JSON answer: 200 all stored,
+202 some failed, 409 all failed; 507 when nothing could be stored for lack of space.
 """
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections import defaultdict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pydicom
-from pydicom.errors import InvalidDicomError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from lamina.api.dicomweb.upload import Part, boundary_of, spool_parts
-
-__all__ = ["Outcome", "Part", "check_parts", "store", "store_parts"]
-from lamina.api.dicomweb.wado import DICOM_JSON, dicomweb_base
+from lamina.api.dicomweb.wado import DICOM_JSON
+from lamina.api.urls import dicomweb_base
 from lamina.archive.archive import Archive
-from lamina.archive.discover import Candidate
-from lamina.archive.ingest import IngestOptions, Ingestor
-from lamina.archive.objects import STORABLE, store_object
-from lamina.errors import LaminaError, PayloadTooLargeError, UnavailableError
-from lamina.formats.dicom import VL_WSI
+from lamina.archive.receive import FailureReason, Outcome
+from lamina.errors import InsufficientStorageError, PayloadTooLargeError
 
-#: PS3.18 Table 10.5.3-2 / PS3.4 failure reasons used here.
-PROCESSING_FAILURE = 0x0110
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
+__all__ = ["store"]
+
+_DICOM = "application/dicom"
 
 
-@dataclass
-class Outcome:
-    sop_class: str
-    sop_instance: str
-    study: str
-    series: str
-    failure: int | None = None
-    reason: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _read_part(part: Part, study: str | None) -> tuple[Outcome, Path | None]:
-    media = part.content_type.split(";", 1)[0].strip().lower()
-    if media != "application/dicom":
-        return Outcome(
-            "", "", "", "", CANNOT_UNDERSTAND, f"part of type {media} is not application/dicom"
-        ), None
-    try:
-        ds = pydicom.dcmread(part.path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        return Outcome("", "", "", "", CANNOT_UNDERSTAND, f"not a DICOM file ({exc})"), None
-    outcome = Outcome(
-        str(ds.get("SOPClassUID", "")),
-        str(ds.get("SOPInstanceUID", "")),
-        str(ds.get("StudyInstanceUID", "")),
-        str(ds.get("SeriesInstanceUID", "")),
-    )
-    if study and outcome.study != study:
-        outcome.failure, outcome.reason = DOES_NOT_MATCH, f"StudyInstanceUID is not {study}"
-    elif outcome.sop_class != VL_WSI and outcome.sop_class not in STORABLE:
-        outcome.failure, outcome.reason = (
-            SOP_CLASS_NOT_SUPPORTED,
-            f"SOP class {outcome.sop_class} is not stored",
+async def store(request: Request) -> Response:
+    archive: Archive = request.app.state.archive
+    base = dicomweb_base(request)  # a Host this server does not answer to is refused before storing
+    limit = archive.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the upload of {declared} bytes is over the {limit} byte limit")
+    boundary = boundary_of(request.headers.get("content-type", ""))
+    study = request.path_params.get("study")
+    with archive.incoming.request() as folder:
+        parts = await spool_parts(request.stream(), boundary, folder, limit)
+        refused, files = _dicom_parts(parts)
+        queue = getattr(request.app.state, "jobs", None)
+        if queue is None:  # embedded: received in this process
+            receipt = await run_in_threadpool(
+                lambda: archive.receiver().receive(files, study=study, actor="dicomweb")
+            )
+            outcomes: list[Outcome] | None = receipt.outcomes
+        else:
+            outcomes = await queue.store(files, study)
+    if outcomes is None:  # still running after stow_wait_s
+        return Response(
+            orjson.dumps({}),
+            status_code=202,
+            media_type=DICOM_JSON,
+            headers={"Warning": '299 lamina "accepted; the instances are still being stored"'},
         )
-    elif not outcome.series or not outcome.sop_instance:
-        outcome.failure, outcome.reason = CANNOT_UNDERSTAND, "no SeriesInstanceUID or SOPInstanceUID"
-    return outcome, None if outcome.failure else part.path
+    outcomes = refused + outcomes
+    _no_space(outcomes)
+    for outcome in outcomes:
+        if outcome.ok:
+            request.app.state.index.forget(outcome.sop_instance_uid)
+    return _response(base, outcomes)
 
 
-def store_parts(
-    archive: Archive, parts: list[Part], study: str | None, actor: str = "dicomweb", *, final: bool = True
-) -> list[Outcome]:
-    """Read, group by series, ingest each series; one outcome per part. Unless ``final``, a
-    failure of a service that may come back raises UnavailableError (the job is retried; what
-    was stored is found again as duplicates)."""
-    outcomes: list[Outcome] = []
-    series: dict[str, list[tuple[Outcome, Path]]] = defaultdict(list)
+def _dicom_parts(parts: list[Part]) -> tuple[list[Outcome], list[Path]]:
+    """The outcome of each part refused for its media type, and the files of the others."""
+    refused, files = [], []
     for part in parts:
-        outcome, path = _read_part(part, study)
-        outcomes.append(outcome)
-        if path is not None:
-            series[outcome.series].append((outcome, path))
-    ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
-    for key in list(series):
-        objects = [(outcome, path) for outcome, path in series[key] if outcome.sop_class != VL_WSI]
-        series[key] = [(outcome, path) for outcome, path in series[key] if outcome.sop_class == VL_WSI]
-        for outcome, path in objects:
-            try:
-                store_object(archive.catalog, archive.store, path, actor)
-            except UnavailableError:
-                if not final:
-                    raise
-                outcome.failure, outcome.reason = PROCESSING_FAILURE, "storage unavailable; send again"
-            except LaminaError as exc:
-                outcome.failure, outcome.reason = PROCESSING_FAILURE, str(exc)
-    for members in (members for members in series.values() if members):
-        files = tuple(sorted(path for _, path in members))
-        result = ingestor.ingest(Candidate(files[0], files), options=IngestOptions(actor=actor))
-        if result.retryable and not final:
-            raise UnavailableError(result.reason or "a storage service is unavailable")
-        if not result.ok:
-            for outcome, _ in members:
-                outcome.failure, outcome.reason = PROCESSING_FAILURE, result.reason or "not stored"
-    return outcomes
+        media = part.content_type.split(";", 1)[0].strip().lower()
+        if media == _DICOM:
+            files.append(part.path)
+        else:
+            refused.append(
+                Outcome.refused(FailureReason.CANNOT_UNDERSTAND, f"part of type {media} is not {_DICOM}")
+            )
+    return refused, files
+
+
+def _no_space(outcomes: list[Outcome]) -> None:
+    """Nothing stored, and for lack of space: 507 with what is full, rather than a 409 that would
+    blame the instances."""
+    if any(outcome.ok for outcome in outcomes):
+        return
+    for outcome in outcomes:
+        if outcome.failure_reason is FailureReason.OUT_OF_RESOURCES:
+            raise InsufficientStorageError("", outcome.reason)
 
 
 def _sequence(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,18 +97,26 @@ def _response(base: str, outcomes: list[Outcome]) -> Response:
     stored, failed = [], []
     for item in outcomes:
         entry: dict[str, Any] = {
-            "00081150": {"vr": "UI", "Value": [item.sop_class]} if item.sop_class else {"vr": "UI"},
-            "00081155": {"vr": "UI", "Value": [item.sop_instance]} if item.sop_instance else {"vr": "UI"},
+            "00081150": {"vr": "UI", "Value": [item.sop_class_uid]} if item.sop_class_uid else {"vr": "UI"},
+            "00081155": {"vr": "UI", "Value": [item.sop_instance_uid]}
+            if item.sop_instance_uid
+            else {"vr": "UI"},
         }
-        if item.failure is None:
-            url = f"{base}/studies/{item.study}/series/{item.series}/instances/{item.sop_instance}"
+        if item.ok:
+            url = (
+                f"{base}/studies/{item.study_instance_uid}/series/{item.series_instance_uid}"
+                f"/instances/{item.sop_instance_uid}"
+            )
             entry["00081190"] = {"vr": "UR", "Value": [url]}
             stored.append(entry)
         else:
-            entry["00081197"] = {"vr": "US", "Value": [item.failure]}
+            entry["00081197"] = {
+                "vr": "US",
+                "Value": [int(item.failure_reason or FailureReason.PROCESSING_FAILURE)],
+            }
             failed.append(entry)
     body: dict[str, Any] = {}
-    studies = {item.study for item in outcomes if item.failure is None}
+    studies = {item.study_instance_uid for item in outcomes if item.ok}
     if len(studies) == 1:
         body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{studies.pop()}"]}
     if stored:
@@ -148,47 +125,3 @@ def _response(base: str, outcomes: list[Outcome]) -> Response:
         body["00081198"] = _sequence(failed)
     status = 200 if not failed else (202 if stored else 409)
     return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)
-
-
-async def store(request: Request) -> Response:
-    archive: Archive = request.app.state.archive
-    limit = archive.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"the upload of {declared} bytes is over the {limit} byte limit")
-    boundary = boundary_of(request.headers.get("content-type", ""))
-    study = request.path_params.get("study")
-    folder = archive.settings.home / "incoming" / f"stow-{uuid.uuid4().hex}"
-    folder.mkdir(parents=True)
-    try:
-        parts = await spool_parts(request.stream(), boundary, folder, limit)
-        queue = getattr(request.app.state, "jobs", None)
-        if queue is None:  # embedded: the in-process runner
-            outcomes = await run_in_threadpool(store_parts, archive, parts, study)
-        else:
-            outcomes = await queue.store(parts, study)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if outcomes is None:  # still running after stow_wait_s
-        return Response(
-            orjson.dumps({}),
-            status_code=202,
-            media_type=DICOM_JSON,
-            headers={"Warning": '299 lamina "accepted; the instances are still being stored"'},
-        )
-    for outcome in outcomes:
-        if outcome.failure is None:
-            request.app.state.index.forget(outcome.sop_instance)
-    return _response(dicomweb_base(request), outcomes)
-
-
-def check_parts(parts: list[Part], study: str | None) -> tuple[list[Outcome], list[Part]]:
-    """The outcome of each part that fails before storing, and the parts to store."""
-    early, keep = [], []
-    for part in parts:
-        outcome, path = _read_part(part, study)
-        if path is None:
-            early.append(outcome)
-        else:
-            keep.append(part)
-    return early, keep

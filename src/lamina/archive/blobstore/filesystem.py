@@ -21,7 +21,7 @@ from pathlib import Path
 import xxhash
 
 from lamina.archive.blobstore.base import BlobRef, BlobStore, BlobWriter
-from lamina.errors import IntegrityError, NotFoundError, StorageError
+from lamina.errors import InsufficientStorageError, IntegrityError, NotFoundError, StorageError
 
 _READ_CHUNK = 8 << 20
 _QUEUE_DEPTH = 8
@@ -184,9 +184,20 @@ class _FileWriter(BlobWriter):
     def write(self, data: bytes | bytearray) -> None:
         self.write_parts([data], len(data))
 
+    def _failed(self) -> StorageError:
+        error = self._error
+        if isinstance(error, OSError) and error.errno in InsufficientStorageError.ERRNOS:
+            root = self._store.root
+            return InsufficientStorageError(
+                str(root),
+                f"the blob store folder {root} is full ({error.strerror}); free space there or move the "
+                "store (LAMINA_BLOB_URL), then send or ingest again",
+            )
+        return StorageError(f"writing {self._tmp} failed: {error}")
+
     def write_parts(self, parts: Parts, size: int) -> None:
         if self._error is not None:
-            raise StorageError(f"writing {self._tmp} failed: {self._error}")
+            raise self._failed()
         self._size += size
         self._queue.put((parts, size))
 
@@ -201,7 +212,7 @@ class _FileWriter(BlobWriter):
         self._finish_thread()
         try:
             if self._error is not None:
-                raise StorageError(f"writing {self._tmp} failed: {self._error}")
+                raise self._failed()
             os.fsync(self._fd)
         except BaseException:
             self.abort()

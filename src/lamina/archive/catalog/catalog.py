@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from lamina.archive import audit
 from lamina.archive.catalog import migrations, modalities
 from lamina.archive.catalog import tables as t
-from lamina.errors import ConfigurationError, StorageError
+from lamina.errors import ConfigurationError, InsufficientStorageError, StorageError
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,28 @@ class Catalog:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A write transaction (serialised with the other writers on SQLite)."""
-        with self.writer.begin() as conn:
+        with self._writing(), self.writer.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write that finds the disk full says so, naming the catalog (SQLite: "database or disk
+        is full"; PostgreSQL: SQLSTATE 53100), rather than passing for a damaged input."""
+        try:
+            yield
+        except OperationalError as exc:
+            orig = exc.orig
+            full = getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            if not (full or getattr(orig, "sqlstate", None) == "53100"):
+                raise
+            url = self.engine.url
+            where = str(url.database) if url.get_backend_name() == "sqlite" else url.render_as_string(True)
+            reason = str(orig).strip().splitlines()[0] if str(orig).strip() else "no space left"
+            raise InsufficientStorageError(
+                where,
+                f"the catalog {where} is full ({reason}); free disk space where it is kept, then send or "
+                "ingest again",
+            ) from exc
 
     # -- reads -------------------------------------------------------------------------------
     def _slide_query(self) -> Any:
@@ -294,7 +314,7 @@ class Catalog:
         """Patient, study, slide, instances and the audit entry, in one transaction."""
         slide = new.slide
         try:
-            with self.writer.begin() as conn:
+            with self._writing(), self.writer.begin() as conn:
                 patient_pk = self.upsert_patient(conn, new.patient)
                 known = conn.execute(
                     select(t.studies.c.study_instance_uid).where(
