@@ -133,6 +133,31 @@ def test_a_dicom_series_folder_is_one_unit(archive: Archive, tmp_path: Path) -> 
     assert archive.catalog.count_slides() == 1
 
 
+def test_a_dicom_object_that_is_not_a_slide_is_kept_as_it_is(archive: Archive, tmp_path: Path) -> None:
+    """The watched folder takes what STOW-RS and C-STORE take: an annotation or a key object
+    dropped beside the slides is stored as it is (the one receive path), not failed as no slide."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, KeyObjectSelectionDocumentStorage, generate_uid
+
+    folder = tmp_path / "scanner"
+    folder.mkdir()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = KeyObjectSelectionDocumentStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = KeyObjectSelectionDocumentStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "KO"
+    ds.save_as(folder / "selection.dcm", enforce_file_format=True)
+    watcher = Watcher(archive, folder, stable_s=0)
+    (result,) = watcher.scan_once()
+    assert result.status == "ingested", result.reason
+    assert (folder / "done" / "selection.dcm").exists()
+    assert archive.catalog.instance(str(ds.SOPInstanceUID)) is not None
+    assert archive.catalog.count_slides() == 0
+
+
 def test_a_stale_claim_of_a_dead_process_is_taken_over(archive: Archive, tmp_path: Path) -> None:
     folder = tmp_path / "scanner"
     folder.mkdir()
