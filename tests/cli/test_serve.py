@@ -11,13 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from lamina.archive.archive import Archive
+from lamina.archive.catalog import SlideRow
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
@@ -31,12 +31,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def lamina_serve(settings: Settings, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A ``lamina serve`` process on the archive of ``settings``; (process, base URL)."""
+def lamina_serve(settings: Settings, *args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A ``lamina serve`` process on the archive of ``settings`` (and ``env``); (process, base URL)."""
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "lamina", "serve", "--port", str(port), *args],
-        env=lamina_env(settings),
+        env=lamina_env(settings, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -122,31 +122,67 @@ def _waiting_on_lock(settings: Settings) -> bool:
         engine.dispose()
 
 
-def test_a_request_in_flight_finishes_before_the_server_stops(settings: Settings, tmp_path: Path) -> None:
+def _slide(settings: Settings) -> SlideRow:
     archive = Archive.open(settings)
     (candidate,) = discover([shared_file("aperio/CMU-1-Small-Region.svs")])
     result = Ingestor(archive.catalog, archive.store).ingest(candidate)
     slide = archive.catalog.slide(result.slide_id or "")
     archive.close()
     assert slide is not None
-    answers: list[httpx.Response] = []
+    return slide
+
+
+def _metadata_url(base: str, slide: SlideRow) -> str:
+    return f"{base}/dicomweb/studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}/metadata"
+
+
+def _in_flight(settings: Settings, url: str, answers: list[httpx.Response | Exception]) -> threading.Thread:
+    """A request that waits on the held catalog, once it is there."""
+
+    def get() -> None:
+        try:
+            answers.append(httpx.get(url, timeout=60))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    request = threading.Thread(target=get)
+    request.start()
+    deadline = time.monotonic() + 30
+    while not _waiting_on_lock(settings):
+        assert time.monotonic() < deadline, "the request never reached the catalog"
+        time.sleep(0.05)
+    return request
+
+
+def test_a_request_in_flight_finishes_before_the_server_stops(settings: Settings) -> None:
+    slide = _slide(settings)
+    answers: list[httpx.Response | Exception] = []
     with lamina_serve(settings) as (process, base):
-        series = f"studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}"
-        url = f"{base}/dicomweb/{series}/metadata"
         with held_audit_log(settings):
             # opening a slide is audited: the request waits for the lock inside its handler
-            request = threading.Thread(target=lambda: answers.append(httpx.get(url, timeout=60)))
-            request.start()
-            deadline = time.monotonic() + 30
-            while not _waiting_on_lock(settings):
-                assert time.monotonic() < deadline, "the request never reached the catalog"
-                time.sleep(0.05)
+            request = _in_flight(settings, _metadata_url(base, slide), answers)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             assert process.poll() is None, "the server stopped with a request in flight"
         request.join(timeout=60)
         process.wait(timeout=30)
         output = process.communicate()[0]
-    assert [answer.status_code for answer in answers] == [200], output
-    assert len(answers[0].json()) == slide.instances
+    (answer,) = answers
+    assert isinstance(answer, httpx.Response) and answer.status_code == 200, output
+    assert len(answer.json()) == slide.instances
     assert process.returncode == 0, output
+
+
+def test_the_grace_period_bounds_the_wait(settings: Settings) -> None:
+    slide = _slide(settings)
+    answers: list[httpx.Response | Exception] = []
+    with lamina_serve(settings, LAMINA_SHUTDOWN_GRACE_S="1") as (process, base), held_audit_log(settings):
+        request = _in_flight(settings, _metadata_url(base, slide), answers)
+
+        took = _stop(process)
+
+        output = process.communicate()[0]
+        request.join(timeout=60)
+    assert 0.9 < took < 3.0, (took, output)
+    assert process.returncode == 0, output
+    assert not any(isinstance(answer, httpx.Response) and answer.status_code == 200 for answer in answers)

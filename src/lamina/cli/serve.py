@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import signal
 import sys
@@ -47,7 +48,7 @@ def server_config(app: Callable[..., Any], settings: Settings, host: str, port: 
         access_log=False,
         proxy_headers=False,
         forwarded_allow_ips=list(settings.trusted_proxies),
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),  # 0: stop at once
         lifespan="on",
     )
 
