@@ -142,3 +142,31 @@ def test_a_full_disk_is_refused_out_of_resources_and_nothing_is_left(
             assert any("must be sent again whole" in r.getMessage() for r in caplog.records)
         finally:
             archive.close()
+
+
+def test_an_association_that_cannot_be_stored_for_space_is_kept_for_the_next_start(
+    tmp_path: Path, exported: list[Path]
+) -> None:
+    with small_disk(tmp_path / "disk", 16 << 20) as disk:
+        archive = Archive.open(Settings.load(disk / "home", env={}))
+        results: list[IngestResult] = []
+        try:
+            with DimseServer(archive, port=0, listener=results.append) as server:
+                # room for the association's spool, not for the slide's objects too
+                ballast = fill(disk, sum(path.stat().st_size for path in exported) + (600 << 10))
+                run = _store(server.port, exported, tmp_path)
+                assert run.returncode == 0, run.stdout + run.stderr
+                assert server.wait_idle(60)
+            # Assert: told Success, not stored, kept sealed; then stored once there is room
+            assert [(r.status, r.no_space) for r in results] == [(IngestStatus.FAILED, True)]
+            assert archive.catalog.count_slides() == 0
+            (kept,) = _spools(archive)
+            assert (kept / "RELEASED").exists()
+            ballast.unlink()
+            with DimseServer(archive, port=0, listener=results.append) as server:
+                assert server.wait_idle(60)
+            assert results[-1].status is IngestStatus.INGESTED
+            assert archive.catalog.count_slides() == 1
+            assert _spools(archive) == []
+        finally:
+            archive.close()
