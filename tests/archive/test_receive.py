@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,8 @@ from pydicom.uid import (
 
 from lamina.archive.archive import Archive
 from lamina.archive.discover import Candidate, discover
-from lamina.archive.ingest import IngestStatus
-from lamina.archive.receive import FailureReason, RequestSpools, StoreStatus
+from lamina.archive.ingest import IngestStatus, IngestStep
+from lamina.archive.receive import FailureReason, Receipt, RequestSpools, StoreStatus
 from lamina.archive.receive.association import RELEASED
 from lamina.archive.receive.spool import OWNER
 from lamina.config import Settings
@@ -120,6 +121,38 @@ def _sop(path: Path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_one_object_stored_by_two_requests_at_once_is_stored_once(settings: Settings, tmp_path: Path) -> None:
+    """While one request is held after its duplicate check, another stores the same object (and
+    so its study and series): the first ends as a duplicate, not as a catalog conflict."""
+    key_object = _object(tmp_path / "ko.dcm", KeyObjectSelectionDocumentStorage)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(step: IngestStep) -> None:
+        if step is IngestStep.DUPLICATES_CHECKED:
+            held.set()
+            assert release.wait(120)
+
+    first, second = Archive.open(settings), Archive.open(settings)
+    try:
+        receipts: list[Receipt] = []
+        worker = threading.Thread(target=lambda: receipts.append(first.receiver(hold).receive([key_object])))
+        worker.start()
+        assert held.wait(120)
+        # Act
+        stored = second.receiver().receive([key_object])
+        release.set()
+        worker.join(120)
+        # Assert
+        assert [o.status for o in stored.outcomes] == [StoreStatus.STORED]
+        (late,) = receipts
+        assert [o.status for o in late.outcomes] == [StoreStatus.DUPLICATE], late.outcomes
+        assert len(list(second.store.iter_digests())) == 1
+    finally:
+        release.set()
+        first.close()
+        second.close()
 
 
 # -- request spools ---------------------------------------------------------------------------

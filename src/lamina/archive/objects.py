@@ -10,6 +10,7 @@ visible, with an audit entry.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from lamina.archive import audit
-from lamina.archive.blobstore import BlobStore
-from lamina.archive.catalog import Catalog, modalities
+from lamina.archive.blobstore import BlobRef, BlobStore
+from lamina.archive.catalog import Catalog, InstanceRow, modalities
 from lamina.archive.catalog import tables as t
 from lamina.archive.catalog.catalog import PatientRecord
+from lamina.archive.ingest import IngestStep
 from lamina.errors import CorruptSourceError, StorageError
 from lamina.formats.dicom import check_uid
 from lamina.formats.dicom_frames import locate_frames
@@ -96,8 +99,16 @@ def read_object(path: Path) -> tuple[Dataset, int, int]:
     return ds, tell, size
 
 
-def store_object(catalog: Catalog, store: BlobStore, path: Path, actor: str) -> StoredObject:
-    """Store one object and make it visible; the same object again is a duplicate."""
+def store_object(
+    catalog: Catalog,
+    store: BlobStore,
+    path: Path,
+    actor: str,
+    on_step: Callable[[IngestStep], None] | None = None,
+) -> StoredObject:
+    """Store one object and make it visible; the same object again is a duplicate, also when
+    another request stores it at the same moment. ``on_step`` is told
+    :attr:`~lamina.archive.ingest.IngestStep.DUPLICATES_CHECKED`, as an ingest tells it."""
     ds, tell, size = read_object(path)
     sop = str(ds.SOPInstanceUID)
     offsets, lengths, frames = _frame_index(path, ds, tell, size)
@@ -107,18 +118,39 @@ def store_object(catalog: Catalog, store: BlobStore, path: Path, actor: str) -> 
         ref = writer.commit()
     known = catalog.instance(sop)
     if known is not None:
-        if known.blob_sha256 == ref.sha256:
-            return StoredObject(sop, duplicate=True)
-        if ref.created:
-            store.delete(ref.sha256)
-        raise StorageError(f"{path}: SOP instance {sop} is already stored with other content")
+        return _stored_before(catalog, store, known, ref, path)
+    if on_step is not None:
+        on_step(IngestStep.DUPLICATES_CHECKED)
     try:
-        _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor)
-    except BaseException:
-        if ref.created:
-            store.delete(ref.sha256)
+        try:
+            _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor)
+        except SqlIntegrityError:
+            # committed meanwhile by another request: this very instance, or its study or series
+            known = catalog.instance(sop)
+            if known is not None:
+                return _stored_before(catalog, store, known, ref, path)
+            _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor)
+    except BaseException as exc:
+        _forget(catalog, store, ref)
+        if isinstance(exc, SqlIntegrityError):
+            raise StorageError(f"{path}: SOP instance {sop} conflicts with the catalog: {exc.orig}") from exc
         raise
     return StoredObject(sop, duplicate=False)
+
+
+def _stored_before(
+    catalog: Catalog, store: BlobStore, known: InstanceRow, ref: BlobRef, path: Path
+) -> StoredObject:
+    if known.blob_sha256 == ref.sha256:
+        return StoredObject(known.sop_instance_uid, duplicate=True)
+    _forget(catalog, store, ref)
+    raise StorageError(f"{path}: SOP instance {known.sop_instance_uid} is already stored with other content")
+
+
+def _forget(catalog: Catalog, store: BlobStore, ref: BlobRef) -> None:
+    """Remove an object this call wrote, unless an instance committed meanwhile references it."""
+    if ref.created and not catalog.blobs_in_use([ref.sha256]):
+        store.delete(ref.sha256)
 
 
 def _insert(

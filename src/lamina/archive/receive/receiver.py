@@ -71,6 +71,7 @@ class Receiver:
     ) -> None:
         self.catalog = catalog
         self.store = store
+        self.on_step = on_step
         self.ingestor = Ingestor(catalog, store, spool_dir=work_dir, on_step=on_step)
 
     # -- instances ------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ class Receiver:
 
     def _store_object(self, outcome: Outcome, path: Path, actor: str, final: bool) -> None:
         try:
-            stored = store_object(self.catalog, self.store, path, actor)
+            stored = store_object(self.catalog, self.store, path, actor, self.on_step)
         except UnavailableError as exc:
             if not final:
                 raise
