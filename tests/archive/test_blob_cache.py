@@ -301,3 +301,27 @@ def test_the_disk_tier_outlives_the_process_and_is_locked_to_one(tmp_path: Path)
     assert out == f"False 0 0 {4 * BLOCK}" and "held by another lamina process" in err
     with pytest.raises(ConfigurationError, match="blocks of 16384 bytes"):
         CachedBlobStore(store, 0, folder=folder, disk_bytes=1 << 20, block_size=2 * BLOCK)
+
+
+def test_async_reads_are_answered_from_memory_or_fetched(archive: Archive, tmp_path: Path) -> None:
+    import asyncio
+
+    from lamina.archive.blobstore import FileBlobStore
+    from lamina.archive.blobstore.replicated import ReplicatedBlobStore
+
+    blob = os.urandom(3 * BLOCK)
+    digest = _put(archive.store, blob)
+    origin = Counting(archive.store)
+    cache = CachedBlobStore(origin, 1 << 20, block_size=BLOCK)
+    replicated = ReplicatedBlobStore(cache, FileBlobStore(tmp_path / "replica"))  # as Archive.open builds it
+
+    async def reads() -> list[bytes]:
+        return [
+            await replicated.read_range_async(digest, BLOCK - 5, 10),  # two blocks fetched
+            await replicated.read_range_async(digest, BLOCK + 5, 10),  # held
+        ]
+
+    assert asyncio.run(reads()) == [blob[BLOCK - 5 : BLOCK + 5], blob[BLOCK + 5 : BLOCK + 15]]
+    assert len(origin.reads) == 2
+    assert replicated.cached_range(digest, 2 * BLOCK - 5, 10) is None  # the third block is not held
+    assert replicated.cached_range(digest, 5, 10) == blob[5:15]

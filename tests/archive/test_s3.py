@@ -319,3 +319,74 @@ def test_range_reader_errors_and_dropped_connections(s3store: S3BlobStore, s3_se
     with pytest.raises(ConfigurationError, match="rejected the credentials") as refused:
         bad.read_range(digest, 0, 10)
     assert wrong not in str(refused.value) and SECRET_KEY not in str(refused.value)
+
+
+def test_async_ranged_reads_agree_and_fail_as_the_blocking_ones(
+    s3store: S3BlobStore, s3_server: S3Server
+) -> None:
+    import asyncio
+
+    from tests.jobs.test_retry import Relay
+
+    data = os.urandom(200_000)
+    with s3store.writer() as writer:
+        writer.write(data)
+        digest = writer.commit().sha256
+    endpoint = urlsplit(s3_server.endpoint)
+    relay = Relay((endpoint.hostname or "127.0.0.1", endpoint.port or 80))
+    env = s3_server.env(AWS_ENDPOINT_URL=f"http://127.0.0.1:{relay.port}")
+    store = S3BlobStore.from_url(f"s3://{BUCKET}/{s3store.prefix}", env)
+    spans = [(0, 1), (12_345, 6_789), (199_990, 100), (200_000, 10), (0, 0)]
+
+    async def scenario() -> None:
+        together = await asyncio.gather(*(store.read_range_async(digest, o, n) for o, n in spans * 8))
+        assert together == [data[o : o + n] for o, n in spans * 8]
+        with pytest.raises(NotFoundError, match="no such object"):
+            await store.read_range_async("cd" * 32, 0, 10)
+        relay.cut()  # the idle connections are closed under the reader
+        relay.restore()
+        assert await store.read_range_async(digest, 500, 10) == data[500:510]
+        relay.cut()
+        with pytest.raises(UnavailableError, match=f"127.0.0.1:{relay.port}"):
+            await store.read_range_async(digest, 600, 10)
+
+    try:
+        asyncio.run(scenario())
+        relay.restore()
+        assert asyncio.run(store.read_range_async(digest, 7, 3)) == data[7:10]  # a new loop
+    finally:
+        relay.close()
+    bad = S3BlobStore.from_url(
+        f"s3://{BUCKET}/{s3store.prefix}",
+        s3_server.env(AWS_SECRET_ACCESS_KEY="wrong-0000000000"),
+        check=False,
+    )
+    with pytest.raises(ConfigurationError, match="rejected the credentials"):
+        asyncio.run(bad.read_range_async(digest, 0, 10))
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\n\r\nhello", (206, True, b"hello")),
+        (
+            b"HTTP/1.1 206 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;x=1\r\nhel\r\n2\r\nlo\r\n0\r\nT: 1\r\n\r\n",
+            (206, True, b"hello"),
+        ),
+        (b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno", (404, False, b"no")),
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", (200, False, b"until the end")),
+    ],
+)
+def test_the_async_reader_parses_http_answers(answer: bytes, expected: tuple[int, bool, bytes]) -> None:
+    import asyncio
+
+    from lamina.archive.blobstore.s3_ranges import _response
+
+    async def parse() -> tuple[int, bool, bytes]:
+        stream = asyncio.StreamReader()
+        stream.feed_data(answer)
+        stream.feed_eof()
+        return await _response(stream)
+
+    assert asyncio.run(parse()) == expected

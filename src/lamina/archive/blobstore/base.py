@@ -51,6 +51,13 @@ class BlobStore(ABC):
         """``length`` bytes at ``offset`` of the object; fewer at its end (like ``pread``).
         May block on the network: call it off the event loop."""
 
+    async def read_range_async(self, sha256: str, offset: int, length: int) -> bytes:
+        """:meth:`read_range` for an event loop: by default in the thread pool (anyio's,
+        bounded); a store with an asyncio client awaits it instead."""
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(self.read_range, sha256, offset, length)
+
     def cached_range(self, sha256: str, offset: int, length: int) -> bytes | None:
         """The range if the store holds it in memory now, else None; never blocks, so an
         event loop may call it. An optional speed-up (:class:`~.cache.CachedBlobStore`)."""

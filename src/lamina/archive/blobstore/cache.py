@@ -397,6 +397,12 @@ class CachedBlobStore(BlobStore):
         self.stats.hits += 1
         return data
 
+    async def read_range_async(self, sha256: str, offset: int, length: int) -> bytes:
+        held = self.cached_range(sha256, offset, length)
+        if held is not None:
+            return held
+        return await super().read_range_async(sha256, offset, length)  # a fetch: in a thread
+
     def _block(self, sha256: str, number: int) -> bytes:
         key = (sha256, number)
         if self.memory is not None:

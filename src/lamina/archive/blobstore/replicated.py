@@ -88,6 +88,12 @@ class ReplicatedBlobStore(BlobStore):
     def read_range(self, sha256: str, offset: int, length: int) -> bytes:
         return self.primary.read_range(sha256, offset, length)
 
+    async def read_range_async(self, sha256: str, offset: int, length: int) -> bytes:
+        return await self.primary.read_range_async(sha256, offset, length)
+
+    def cached_range(self, sha256: str, offset: int, length: int) -> bytes | None:
+        return self.primary.cached_range(sha256, offset, length)
+
     def open(self, sha256: str) -> Iterator[bytes]:
         return self.primary.open(sha256)
 

@@ -22,6 +22,7 @@ messages name the endpoint and the bucket and never contain a credential.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -34,7 +35,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lamina.archive.blobstore.base import BlobRef, BlobStore, BlobWriter
-from lamina.archive.blobstore.s3_ranges import RangeError, RangeReader, botocore_credentials, direct_route
+from lamina.archive.blobstore.s3_ranges import (
+    AsyncRangeReader,
+    RangeError,
+    RangeReader,
+    botocore_credentials,
+    direct_route,
+)
 from lamina.errors import (
     ConfigurationError,
     IntegrityError,
@@ -126,6 +133,7 @@ class S3BlobStore(BlobStore):
         )
         #: ranged reads without boto3 (None: through boto3, e.g. behind a proxy)
         self.ranges = ranges
+        self.async_ranges = AsyncRangeReader(ranges, MAX_CONNECTIONS) if ranges is not None else None
         events = getattr(getattr(client, "meta", None), "events", None)
         if events is not None:  # UploadPart has no ContentType parameter: set the header
             events.register_first(
@@ -278,17 +286,10 @@ class S3BlobStore(BlobStore):
         if length <= 0:
             return b""
         if self.ranges is not None:
-            what = f"reading bytes {offset}-{offset + length - 1} of object {sha256}"
             try:
                 return self.ranges.get(key, offset, offset + length - 1)
-            except RangeError as exc:
-                raise self.translate(exc, what, key) from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise UnavailableError(
-                    f"{what} failed: the S3 endpoint {self.endpoint} is unreachable "
-                    f"({type(exc).__name__}) for bucket {self.bucket!r}; check AWS_ENDPOINT_URL and "
-                    "that the server is running"
-                ) from None
+            except (RangeError, OSError, http.client.HTTPException) as exc:
+                raise self._range_failed(exc, sha256, offset, length) from None
         try:
             with self.errors(f"reading bytes {offset}-{offset + length - 1} of object {sha256}", key):
                 response = self.client.get_object(
@@ -300,6 +301,26 @@ class S3BlobStore(BlobStore):
                 return b""
             raise
         return data
+
+    async def read_range_async(self, sha256: str, offset: int, length: int) -> bytes:
+        if self.async_ranges is None:
+            return await super().read_range_async(sha256, offset, length)
+        key = self.key_for(sha256)
+        if length <= 0:
+            return b""
+        try:
+            return await self.async_ranges.get(key, offset, offset + length - 1)
+        except (RangeError, OSError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
+            raise self._range_failed(exc, sha256, offset, length) from None
+
+    def _range_failed(self, exc: Exception, sha256: str, offset: int, length: int) -> LaminaError:
+        what = f"reading bytes {offset}-{offset + length - 1} of object {sha256}"
+        if isinstance(exc, RangeError):
+            return self.translate(exc, what, self.key_for(sha256))
+        return UnavailableError(
+            f"{what} failed: the S3 endpoint {self.endpoint} is unreachable ({type(exc).__name__}) "
+            f"for bucket {self.bucket!r}; check AWS_ENDPOINT_URL and that the server is running"
+        )
 
     def open(self, sha256: str) -> Iterator[bytes]:
         key = self.key_for(sha256)

@@ -17,6 +17,7 @@ without one, and the store falls back to boto3 otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -53,6 +54,8 @@ class RangeError(Exception):
         super().__init__(f"{code} (HTTP {status})")
         self.status = status
         self.code = code
+        #: worth trying again (the server is busy or failing for now)
+        self.transient = status in _TRANSIENT_STATUS or code in ("SlowDown", "RequestTimeout")
         #: the shape of botocore's ClientError.response, so that the store translates both alike
         self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
 
@@ -226,23 +229,15 @@ class RangeReader:
                 delay *= 4
                 continue
             self._release(conn, response)
-            status = response.status
-            if status == 206:
-                return body
-            if status == 200:  # a server that ignored the range: the whole object came
-                return body[start : end + 1]
-            if status == 416:
-                return b""
-            found = _CODE.search(body)
-            code = found.group(1).decode("ascii", "replace") if found else str(status)
+            result = _result(response.status, body, start, end)
+            if isinstance(result, bytes):
+                return result
             failures += 1
-            if (status in _TRANSIENT_STATUS or code in ("SlowDown", "RequestTimeout")) and (
-                failures < self.attempts
-            ):
+            if result.transient and failures < self.attempts:
                 time.sleep(delay)
                 delay *= 4
                 continue
-            raise RangeError(status, code)
+            raise result
 
     def close(self) -> None:
         while True:
@@ -250,6 +245,107 @@ class RangeReader:
                 self._idle.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _result(status: int, body: bytes, start: int, end: int) -> bytes | RangeError:
+    """The bytes a ranged GET answered, or its error."""
+    if status == 206:
+        return body
+    if status == 200:  # a server that ignored the range: the whole object came
+        return body[start : end + 1]
+    if status == 416:
+        return b""
+    found = _CODE.search(body)
+    return RangeError(status, found.group(1).decode("ascii", "replace") if found else str(status))
+
+
+class AsyncRangeReader:
+    """The ranged GETs of a :class:`RangeReader` on asyncio connections: for an event loop that
+    awaits a frame instead of handing it to a thread (a thread hop, and ``http.client``'s header
+    parsing, cost twice the HTTP exchange). Connections belong to the loop that opened them."""
+
+    def __init__(self, reader: RangeReader, max_connections: int = 64) -> None:
+        self.reader = reader
+        self.max_connections = max_connections
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another loop (a test's, a restarted server's): start over
+            self._loop, self._idle = loop, []
+        if self._idle:
+            return (*self._idle.pop(), True)
+        r = self.reader
+        opened = asyncio.open_connection(
+            r.connect_host, r.port, ssl=r._context, server_hostname=r.connect_host if r._context else None
+        )
+        stream, writer = await asyncio.wait_for(opened, r.connect_timeout)
+        return stream, writer, False
+
+    async def get(self, key: str, start: int, end: int) -> bytes:
+        """As :meth:`RangeReader.get`; raises ``OSError``, ``asyncio.TimeoutError`` or
+        :class:`RangeError` after the retries."""
+        r = self.reader
+        path = r.path_for(key)
+        delay = 0.05
+        failures = 0
+        while True:
+            stream, writer, reused = await self._connection()
+            headers = r.sign(path, {"host": r.host, "range": f"bytes={start}-{end}"}, _now())
+            request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            try:
+                r.requests += 1
+                writer.write(request.encode("latin-1") + b"\r\n")
+                status, keep, body = await asyncio.wait_for(_response(stream), r.read_timeout)
+            except (OSError, EOFError, ValueError, asyncio.LimitOverrunError):
+                writer.close()
+                if reused:  # closed by the server while it idled in the pool: a fresh one, at once
+                    continue
+                failures += 1
+                if failures >= r.attempts:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 4
+                continue
+            if keep and len(self._idle) < self.max_connections:
+                self._idle.append((stream, writer))
+            else:
+                writer.close()
+            result = _result(status, body, start, end)
+            if isinstance(result, bytes):
+                return result
+            failures += 1
+            if result.transient and failures < r.attempts:
+                await asyncio.sleep(delay)
+                delay *= 4
+                continue
+            raise result
+
+
+async def _response(stream: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """(status, whether the connection may be reused, body) of one HTTP/1.1 response."""
+    head = await stream.readuntil(b"\r\n\r\n")  # IncompleteReadError (an EOFError) if closed
+    lines = head[:-4].split(b"\r\n")
+    version, status, *_ = lines[0].split(b" ", 2)
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    keep = version == b"HTTP/1.1" and fields.get(b"connection", b"").lower() != b"close"
+    if b"content-length" in fields:
+        body = await stream.readexactly(int(fields[b"content-length"]))
+    elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        pieces = []
+        while size := int((await stream.readuntil(b"\r\n")).split(b";", 1)[0], 16):
+            pieces.append(await stream.readexactly(size))
+            await stream.readexactly(2)
+        while await stream.readuntil(b"\r\n") != b"\r\n":  # trailers
+            pass
+        body = b"".join(pieces)
+    else:
+        body, keep = await stream.read(), False
+    return int(status), keep, body
 
 
 def _now() -> dt.datetime:
