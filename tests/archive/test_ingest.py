@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -16,6 +17,7 @@ from lamina.archive.ingest import Ingestor, IngestResult, IngestStatus, IngestSt
 from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
 from lamina.model.geometry import SizeMm
+from tests.backends import Backend
 from tests.support import ingest_path, partial_writes, shared_file, single, stored_file
 
 HEADER = "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code"
@@ -287,3 +289,57 @@ def test_the_same_series_ingested_twice_at_once_is_one_slide_and_one_duplicate(
         release.set()
         first.close()
         second.close()
+
+
+def test_a_slide_whose_study_another_process_inserts_meanwhile_is_stored(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """PostgreSQL reads committed rows: a slide's transaction may find no study, then meet the
+    one another process committed meanwhile (a second slide of the same case arriving at once).
+    The other process is this test's own transaction, holding the study's row until the slide's
+    insert waits on it, then committing."""
+    import datetime as dt
+
+    from sqlalchemy import create_engine, insert, text
+
+    from lamina.archive.catalog import tables as t
+
+    series = tmp_path / "series"
+    shutil.copytree(shared_file("dicom-openslide-python"), series)
+    study = str(pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True).StudyInstanceUID)
+    # PostgreSQL only: SQLite serialises writers from BEGIN, so the gap does not exist there
+    backend = Backend.open("postgresql-s3", request)
+    settings = Settings.load(tmp_path / "home", env=backend.env("study-race"))
+    archive = Archive.open(settings)
+    other = create_engine(settings.database_url)
+    try:
+        with other.connect() as conn:
+            transaction = conn.begin()
+            now = dt.datetime.now(dt.UTC)
+            conn.execute(insert(t.studies).values(study_instance_uid=study, created_at=now))
+            results: list[IngestResult] = []
+            (candidate,) = discover([series])
+            ingestor = Ingestor(archive.catalog, archive.store, spool_dir=settings.home)
+            worker = threading.Thread(target=lambda: results.append(ingestor.ingest(candidate)))
+            worker.start()
+            # Act: once the slide's insert of the study waits on this transaction's row, commit it
+            deadline = time.monotonic() + 120
+            waiting = text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND a.datname = current_database()"
+            )
+            with other.connect() as probe:
+                while not probe.execute(waiting).scalar():
+                    assert worker.is_alive() and time.monotonic() < deadline, results
+                    time.sleep(0.02)
+            transaction.commit()
+            worker.join(120)
+        # Assert
+        (result,) = results
+        assert result.status == IngestStatus.INGESTED, result.reason
+        slide = archive.catalog.slide(result.slide_id or "")
+        assert slide is not None and slide.study_instance_uid == study
+    finally:
+        other.dispose()
+        archive.close()
+        backend.close()

@@ -331,13 +331,20 @@ class Ingestor:
             if found is not None:  # ingested meanwhile by another process
                 raise _DuplicateError(found)
             record = _record(candidate, source, ctx, sid, refs, replace(key, digest=digest), created)
-            try:
-                self.catalog.add_slide(record, options.actor)
-            except StorageError:
-                found = self.catalog.slide_by_source(digest)
-                if found is not None:  # the same source committed by another process just now
-                    raise _DuplicateError(found) from None
-                raise
+            for attempt in range(2):
+                try:
+                    self.catalog.add_slide(record, options.actor)
+                    break
+                except StorageError as exc:
+                    if isinstance(exc, InsufficientStorageError):
+                        raise
+                    found = self.catalog.slide_by_source(digest)
+                    if found is not None:  # the same source committed by another process just now
+                        raise _DuplicateError(found) from None
+                    # else the study or the patient was committed by another process since the
+                    # transaction looked for it (PostgreSQL reads committed rows): once more
+                    if attempt:
+                        raise
         except BaseException:
             # objects this ingest created, unless a slide committed meanwhile uses them (the same
             # content written by a concurrent ingest of the same source)
