@@ -119,6 +119,10 @@ class Receiver:
             outcome.fail(FailureReason.OUT_OF_RESOURCES, str(exc))
         except LaminaError as exc:
             outcome.fail(FailureReason.PROCESSING_FAILURE, str(exc))
+        except OSError as exc:  # the received file itself cannot be read back
+            full = exc.errno in InsufficientStorageError.ERRNOS
+            why = FailureReason.OUT_OF_RESOURCES if full else FailureReason.PROCESSING_FAILURE
+            outcome.fail(why, f"{path.name}: {exc.strerror}")
         else:
             outcome.status = StoreStatus.DUPLICATE if stored.duplicate else StoreStatus.STORED
 
