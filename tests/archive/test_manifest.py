@@ -70,3 +70,49 @@ def test_bad_manifest_names_the_row_and_field(tmp_path: Path, text: str, message
 def test_json_that_is_not_a_list_of_objects(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="must be a list of objects"):
         load_manifest(_write(tmp_path, '{"file": "a.svs"}', "m.json"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # a backslash would make PatientID two values
+        ("file,patient_id\na.svs,A\\B\n", "row 2: patient_id 'A\\\\B' contains a backslash"),
+        ("file,patient_name\na.svs,DUPONT=MARIE\n", "row 2: patient_name 'DUPONT=MARIE' contains '='"),
+        ("file,patient_name\na.svs,A^B^C^D^E^F\n", "has 6 parts separated by '^'; DICOM allows 5"),
+        ("file,patient_name\na.svs,DUPONT\x1b$BMARIE\n", "control character '\\x1b' (ESC)"),
+        ('file,specimen_id\na.svs,"S1\nS2"\n', "row 2: specimen_id 'S1\\nS2' contains the control character"),
+        ("file,barcode\na.svs,BC\tX\n", "row 2: barcode 'BC\\tX' contains the control character '\\t' (tab)"),
+        (f"file,patient_id\na.svs,{'P' * 65}\n", "is 65 characters long; DICOM allows 64 (LO)"),
+        (f"file,patient_name\na.svs,{'N' * 65}\n", "is 65 characters long; DICOM allows 64 for a name (PN)"),
+        ("file,stain\na.svs,H\\E\n", "(it becomes DICOM SpecimenShortDescription)"),
+    ],
+)
+def test_a_value_that_would_break_its_dicom_attribute_is_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    # Arrange
+    path = _write(tmp_path, text)
+    # Act
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path)
+    # Assert: the file, the row, the column, what is wrong; on one line
+    assert message in str(raised.value)
+    assert str(raised.value).startswith(f"{path}, row 2: ")
+    assert "\n" not in str(raised.value)
+
+
+def test_json_values_that_are_not_text_or_numbers(tmp_path: Path) -> None:
+    path = _write(tmp_path, json.dumps([{"file": "a.svs", "patient_id": ["A", "B"]}]), "m.json")
+    with pytest.raises(ManifestError, match="row 1: patient_id must be text or a number, not a list"):
+        load_manifest(path)
+    numbers = load_manifest(_write(tmp_path, json.dumps([{"file": "b.svs", "patient_id": 123}]), "n.json"))
+    entry = numbers.lookup(Path("b.svs"), None)
+    assert entry is not None and entry.identity.patient_id == "123"
+
+
+def test_a_manifest_named_with_a_newline_is_quoted(tmp_path: Path) -> None:
+    path = _write(tmp_path, "file,sex\na.svs,X\n", "lab\nmanifest.csv")
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path)
+    assert "\n" not in str(raised.value)
+    assert repr(str(path)) in str(raised.value)

@@ -14,6 +14,7 @@ any slide is read.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,8 @@ def load_manifest(path: Path) -> Manifest:
             raise ManifestError(f"{quote_name(path)}: a JSON manifest must be a list of objects")
         numbered = [(index + 1, row) for index, row in enumerate(rows)]
     else:
-        reader = csv.DictReader(text.splitlines())
+        # newline="": a quoted cell may hold a line break, which the checks below then refuse
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames:
             raise ManifestError(
                 f"{quote_name(path)}: the CSV has no header row; the first line must name the columns"

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from lamina.archive.archive import Archive
 from lamina.config import Settings
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, quote_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,6 +71,12 @@ def warnings_logged() -> Iterator[None]:
     finally:
         logging.captureWarnings(False)
         logger.removeHandler(quiet)
+
+
+def shown(name: object) -> str:
+    """A file name as console markup: quoted when it holds a newline or another control character
+    (so that its line stays one line), and escaped (a name like ``[red]a.svs`` is not markup)."""
+    return escape(quote_name(name))
 
 
 def human_bytes(size: int) -> str:

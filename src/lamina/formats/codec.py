@@ -223,9 +223,9 @@ def decode(frame: bytes, encoding: FrameEncoding) -> npt.NDArray[np.uint8]:
     try:
         pixels = decoder(frame)
     except MemoryError as exc:
-        raise CodecError(f"its {name} header declares an image too large to decode") from exc
+        raise CodecError(f"the {name} header declares an image too large to decode") from exc
     except Exception as exc:  # imagecodecs raises one error class per codec
-        raise CodecError(f"its {name} data is damaged ({library_message(exc)})") from exc
+        raise CodecError(f"the {name} data is damaged ({library_message(exc)})") from exc
     array = np.asarray(pixels, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
 
@@ -261,8 +261,10 @@ def damage(exc: BaseException) -> str:
     if isinstance(exc, CodecError):
         return str(exc)
     if isinstance(exc, MemoryError):
-        return "its header declares an image too large to decode"
+        return "the header declares an image too large to decode"
     name = _CODEC_NAMES.get(type(exc).__name__)
     if name is not None:
-        return f"its {name} data is damaged ({library_message(exc)})"
-    return "its compressed data or its tags are inconsistent"
+        return f"the {name} data is damaged ({library_message(exc)})"
+    if type(exc).__name__ == "TiffFileError":  # tifffile's own words say what it found
+        return f"the TIFF data is damaged ({library_message(exc)})"
+    return "the compressed data or the tags are inconsistent"

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 from pydicom import uid
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from lamina.errors import CodecError, CorruptSourceError, UnsupportedFormatError
 from lamina.formats import codec
 from lamina.formats.dicom_frames import FrameSpan, locate_frames, read_span
-from lamina.formats.dicom_header import read_header
+from lamina.formats.dicom_header import describe_tag, read_header
 from lamina.formats.source import (
     FrameEncoding,
     Pixels,
@@ -421,7 +422,9 @@ def _count(path: Path, dataset: Dataset, keyword: str, default: int | None = Non
         number = -1
     if number <= 0:
         shown = "missing" if value in (None, "") else f"{str(value)[:20]!r}, not a positive whole number"
-        raise CorruptSourceError(path, f"{keyword} is {shown}; {_DAMAGED}")
+        raise CorruptSourceError(
+            path, f"{describe_tag(tag_for_keyword(keyword) or 0)} is {shown}; {_DAMAGED}"
+        )
     return number
 
 

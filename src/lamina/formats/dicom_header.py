@@ -46,7 +46,13 @@ def trail_words(trail: list[BaseTag]) -> str:
 def tag_trail(exc: BaseException) -> list[BaseTag]:
     """The attributes pydicom names in an error raised while encoding or decoding a dataset
     (``With tag (0040,0560) got exception: With tag (0040,A043) ...``), outermost first."""
-    return [Tag(int(group, 16), int(element, 16)) for group, element in _WITH_TAG.findall(str(exc))]
+    trail: list[BaseTag] = []
+    first = str(exc).strip().split("\n", 1)[0]  # pydicom appends tracebacks to its messages
+    for group, element in _WITH_TAG.findall(first):
+        tag = Tag(int(group, 16), int(element, 16))
+        if not trail or trail[-1] != tag:  # pydicom names the innermost attribute twice
+            trail.append(tag)
+    return trail
 
 
 def read_header(path: Path, fp: BinaryIO) -> Dataset:
@@ -105,9 +111,10 @@ def _decode_all(path: Path, dataset: Dataset, trail: list[BaseTag]) -> None:
 
 def _value_words(exc: BaseException) -> str:
     """What pydicom found wrong with a value, without its exception's class or tag chain."""
-    text = _WITH_TAG.sub("", str(exc)).replace("got exception:", "").strip(" :")
-    if isinstance(exc, struct.error) or not text:
-        return "its length or its value representation is wrong"
+    first = str(exc).strip().split("\n", 1)[0]
+    text = _WITH_TAG.sub("", first).replace("got exception:", "").strip(" :")
+    if isinstance(exc, struct.error) or type(exc).__name__ == "BytesLengthException" or not text:
+        return "the length of the value does not fit its value representation"
     if isinstance(exc, TypeError):  # a value of the wrong kind for its VR, e.g. bytes for a string
-        return "its value does not match its value representation"
+        return "the value does not match its value representation"
     return library_message(ValueError(text))

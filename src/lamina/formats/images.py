@@ -12,7 +12,7 @@ import tifffile
 
 from lamina.errors import CorruptSourceError, UnsupportedFormatError
 from lamina.formats import codec
-from lamina.formats.source import Buffer, FrameEncoding, Pixels, SourceImage, TransferSyntax
+from lamina.formats.source import Buffer, FrameEncoding, Pixels, SourceImage, TransferSyntax, check_geometry
 from lamina.model.enums import ImageFlavorValues, LossyImageCompressionMethodValues
 from lamina.model.enums import PhotometricInterpretationValues as Photometric
 from lamina.model.geometry import SizeMm, SizePx
@@ -53,6 +53,12 @@ class TiffTiledImage(SourceImage):
         self.pixel_spacing = pixel_spacing
         self._offsets: Sequence[int] = page.dataoffsets
         self._counts: Sequence[int] = page.databytecounts
+        if int(page.planarconfig) == 2:
+            raise UnsupportedFormatError(
+                self._path,
+                f"page {page.index} stores its colour planes apart; lamina reads interleaved samples",
+            )
+        check_geometry(self._path, f"page {page.index}", self.size, self.tile_size, len(self._offsets))
         self._tables: bytes | None = page.jpegtables or None
         self._mark_rgb = False
         compression = int(page.compression)
@@ -227,8 +233,20 @@ _LOSSY_METHODS = {
 }
 
 
+#: Associated images are decoded whole: a label, an overview or a thumbnail is a few megapixels;
+#: a page that declares more is not one (or its size tags are damaged).
+MAX_DECODED_PIXELS = 64 << 20
+
+
 def decoded_page(page: tifffile.TiffPage, flavor: ImageFlavorValues) -> DecodedImage:
     """A small page (label, macro, thumbnail) decoded, with what its compression did to it."""
+    pixels = int(page.imagewidth) * int(page.imagelength)
+    if pixels > MAX_DECODED_PIXELS:
+        raise UnsupportedFormatError(
+            Path(page.parent.filehandle.path),
+            f"the {flavor.lower()} image (page {page.index}) is {page.imagewidth}x{page.imagelength} "
+            f"pixels; lamina decodes associated images of up to {MAX_DECODED_PIXELS >> 20} megapixels",
+        )
     image = DecodedImage(read_page_pixels(page), flavor, None, int(page.compression) in _LOSSY_METHODS)
     if image.source_lossy:
         stored = sum(page.databytecounts)

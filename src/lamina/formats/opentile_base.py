@@ -31,6 +31,7 @@ from lamina.formats.source import (
     SourceImage,
     SourceOptions,
     TransferSyntax,
+    check_geometry,
 )
 from lamina.formats.tiff_common import open_tiff, require_spacing
 from lamina.model.enums import ImageFlavorValues, LossyImageCompressionMethodValues
@@ -51,13 +52,14 @@ def _describe(exc: BaseException) -> str:
     exception classes tell a user nothing)."""
     name = type(exc).__name__
     if name == "ParseError":  # xml.etree's, raised for the Philips XML
-        return f"its XML metadata is not well-formed ({library_message(exc)})"
+        return f"the XML metadata is damaged ({library_message(exc)})"
     if "defusedxml" in type(exc).__module__:
-        return "its XML metadata declares entities or external references, which lamina refuses"
+        return "the XML metadata declares entities or external references, which lamina refuses"
     if isinstance(exc, tifffile.TiffFileError | NotImplementedError):
         return library_message(exc)
-    if isinstance(exc, OSError) and "JPEG" in str(exc).upper():  # libjpeg-turbo's, through PIL
-        return f"a JPEG stream is damaged ({library_message(exc)})"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
+        # the JPEG libraries (libjpeg-turbo, through PyTurboJPEG or PIL) report damage this way
+        return f"the compressed data is damaged ({library_message(exc)})"
     return codec.damage(exc)
 
 
@@ -127,6 +129,7 @@ class OpenTileImage(SourceImage):
         self.tile_size = SizePx(int(image.tile_size.width), int(image.tile_size.height))
         self.samples_per_pixel = int(image.samples_per_pixel)
         self.pixel_spacing = pixel_spacing
+        check_geometry(path, name, self.size, self.tile_size)
         self.encoding: FrameEncoding | None = None
         self._mark_rgb = False
         compression = int(image.compression)

@@ -29,6 +29,10 @@ def downsample2(pixels: Pixels) -> Pixels:
     return (summed >> 2).astype(np.uint8)
 
 
+#: More levels than any slide has: 2**48 pixels across.
+_MAX_LEVELS = 48
+
+
 class GeneratedLevel(SourceImage):
     """A pyramid level computed from the level above by 2x2 averaging."""
 
@@ -67,7 +71,10 @@ def complete_pyramid(levels: Sequence[SourceImage]) -> list[SourceImage]:
     """``levels`` (largest first) followed by generated levels down to one tile."""
     result = list(levels)
     smallest = result[-1]
-    while smallest.size.width > smallest.tile_size.width or smallest.size.height > smallest.tile_size.height:
+    # readers refuse a tile size of zero (check_geometry); the bound keeps a pyramid finite anyway
+    while (
+        smallest.size.width > smallest.tile_size.width or smallest.size.height > smallest.tile_size.height
+    ) and len(result) < _MAX_LEVELS:
         smallest = GeneratedLevel(smallest)
         result.append(smallest)
     return result

@@ -63,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import uid
 
+from lamina.errors import CorruptSourceError
 from lamina.model.enums import (
     ImageFlavorValues,
     LossyImageCompressionMethodValues,
@@ -72,6 +73,7 @@ from lamina.model.geometry import SizeMm, SizePx
 from lamina.model.slide import SlideIdentity
 
 Pixels = npt.NDArray[np.uint8]
+_DAMAGED = "the file is damaged or truncated: copy it again from the scanner"
 ReadObserver = Callable[[Path, int, bytes], None]
 Buffer = bytes | bytearray | memoryview
 
@@ -145,6 +147,22 @@ class SlideMetadata:
     series_instance_uid: str | None = None
     frame_of_reference_uid: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_geometry(path: Path, where: str, size: SizePx, tile: SizePx, tiles: int | None = None) -> None:
+    """Refuse an image whose size or tile size has a zero side (a damaged tag: the image would be
+    empty and its pyramid endless), or whose stored tiles do not fill its grid."""
+    if min(size.width, size.height, tile.width, tile.height) <= 0:
+        raise CorruptSourceError(
+            path, f"{where} is {size} pixels in tiles of {tile}: a size of zero; {_DAMAGED}"
+        )
+    grid = size.tiles(tile)
+    if tiles is not None and tiles != grid.area:
+        raise CorruptSourceError(
+            path,
+            f"{where} stores {tiles} tiles, but {size} pixels in tiles of {tile} make {grid.area}; "
+            + _DAMAGED,
+        )
 
 
 class SourceImage(ABC):

@@ -67,7 +67,7 @@ def _words(exc: BaseException) -> str:
     """What tifffile found wrong, in words: its own errors say it; Python's say nothing to a user."""
     if isinstance(exc, tifffile.TiffFileError):
         return library_message(exc)
-    return "its structure is inconsistent"
+    return "its directories are inconsistent"
 
 
 def open_tiff(path: Path) -> tifffile.TiffFile:
@@ -115,13 +115,7 @@ def reading_page(path: Path, page: tifffile.TiffPage, what: str | None = None) -
         raise
     except Exception as exc:
         where = f"{what} (page {page.index})" if what else f"page {page.index}"
-        raise CorruptSourceError(path, f"{where} cannot be read: {_page_words(exc)}; {_DAMAGED}") from exc
-
-
-def _page_words(exc: BaseException) -> str:
-    if isinstance(exc, tifffile.TiffFileError):
-        return library_message(exc)
-    return damage(exc)
+        raise CorruptSourceError(path, f"{where} cannot be read: {damage(exc)}; {_DAMAGED}") from exc
 
 
 def _check_ifd_chain_ends(path: Path, tiff: tifffile.TiffFile, last: tifffile.TiffPage) -> None:

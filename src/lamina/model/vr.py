@@ -25,8 +25,14 @@ def _control(value: str) -> str | None:
     return None
 
 
-def check_string(value: str, vr: str) -> str:
-    """A single LO, SH or CS value: no backslash, no control character, within the length."""
+_CONTROL_NAMES = {"\x1b": "ESC", "\n": "line feed", "\r": "carriage return", "\t": "tab", "\x00": "NUL"}
+
+
+def _name(char: str) -> str:
+    return _CONTROL_NAMES.get(char) or str(unicodedata.name(char, f"U+{ord(char):04X}"))
+
+
+def _check_characters(value: str) -> None:
     if "\\" in value:
         raise InvalidValueError(
             "contains a backslash (\\), which DICOM uses to separate the values of an attribute; "
@@ -35,9 +41,14 @@ def check_string(value: str, vr: str) -> str:
     control = _control(value)
     if control is not None:
         raise InvalidValueError(
-            f"contains the control character {control!r} ({unicodedata.name(control, 'unnamed')}); "
+            f"contains the control character {control!r} ({_name(control)}); "
             "DICOM text of this kind is one line of printable characters: remove it"
         )
+
+
+def check_string(value: str, vr: str) -> str:
+    """A single LO, SH or CS value: no backslash, no control character, within the length."""
+    _check_characters(value)
     limit = MAX_LENGTH[vr]
     if len(value) > limit:
         raise InvalidValueError(f"is {len(value)} characters long; DICOM allows {limit} ({vr})")
@@ -50,7 +61,7 @@ def check_person_name(value: str) -> str:
     ``=`` separates the alphabetic, ideographic and phonetic forms of a name; a manifest gives
     the alphabetic form only, so an ``=`` is refused rather than stored as a second form.
     """
-    check_string(value.replace("^", ""), "LO")
+    _check_characters(value)
     if "=" in value:
         raise InvalidValueError(
             "contains '=', which DICOM uses to separate the alphabetic, ideographic and phonetic "

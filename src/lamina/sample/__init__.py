@@ -143,6 +143,8 @@ def write_samples(
     *,
     size: tuple[int, int] = (4096, 3072),
     seed: int = 0,
+    label_size: tuple[int, int] = (387, 463),
+    overview_size: tuple[int, int] = (1280, 431),
 ) -> list[SampleFile]:
     """Write synthetic whole-slide images and their ``manifest.csv``.
 
@@ -158,6 +160,9 @@ def write_samples(
         ``(width, height)`` of level 0, default 4096x3072.
     seed : int, optional
         Seed of the tissue pixels, the identities and the UIDs.
+    label_size, overview_size : tuple of int, optional
+        ``(width, height)`` of the label and macro photos, default Aperio's 387x463 and
+        1280x431 (smaller ones make small files, e.g. the fuzzing corpus).
 
     Returns
     -------
@@ -176,7 +181,7 @@ def write_samples(
     for name in chosen:
         index = SAMPLE_FORMATS.index(name)
         identity = make_identity(seed, index)
-        slide = make_slide(identity, size, seed * len(SAMPLE_FORMATS) + index)
+        slide = make_slide(identity, size, seed * len(SAMPLE_FORMATS) + index, label_size, overview_size)
         path = _WRITERS[name](dest, slide, identity, seed)
         samples.append(SampleFile(path, name, identity.as_dict()))
     with (dest / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
