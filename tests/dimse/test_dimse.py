@@ -18,9 +18,9 @@ from lamina.archive.archive import Archive, ExportedSlide
 from lamina.archive.discover import Candidate
 from lamina.archive.ingest import Ingestor, IngestResult
 from lamina.archive.manifest import load_manifest
+from lamina.archive.receive.association import RELEASED
 from lamina.config import Settings
 from lamina.dimse import DimseOptions, DimseServer
-from lamina.archive.receive.association import RELEASED
 from lamina.errors import ConfigurationError
 from tests.support import shared_file, tool
 
