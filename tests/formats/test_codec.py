@@ -61,3 +61,20 @@ def test_an_unknown_transfer_syntax_is_refused() -> None:
     frame = _jpeg((2, 2))
     with pytest.raises(CodecError, match="cannot decode frames of transfer syntax"):
         codec.decode(frame, FrameEncoding(TransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN, "RGB"))
+
+
+def test_a_frame_declaring_more_pixels_than_its_tile_is_refused_before_decoding() -> None:
+    # a damaged header could declare 65535x65535: the decoder would allocate it all
+    pixels = np.zeros((32, 48, 3), np.uint8)
+    for frame, syntax in [
+        (bytes(imagecodecs.jpeg8_encode(pixels)), TransferSyntax.JPEG_BASELINE_8BIT),
+        (bytes(imagecodecs.jpegls_encode(pixels)), TransferSyntax.JPEG_LS_LOSSLESS),
+        (
+            bytes(imagecodecs.jpeg2k_encode(pixels, codecformat="J2K", level=0)),
+            TransferSyntax.JPEG_2000_LOSSLESS,
+        ),
+    ]:
+        assert codec.declared_size(frame, syntax) == (48, 32)
+        with pytest.raises(CodecError, match="header declares 48x32 pixels in a frame of 16x16"):
+            codec.decode(frame, FrameEncoding(syntax, "RGB"), (16, 16))
+        assert codec.decode(frame, FrameEncoding(syntax, "RGB"), (48, 32)).shape == (32, 48, 3)

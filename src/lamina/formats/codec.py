@@ -72,7 +72,7 @@ def jpeg_info(stream: bytes) -> JpegInfo:
         body = stream[pos + 4 : pos + 2 + length]
         if marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
             adobe = body[11]
-        elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+        elif marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
             if len(body) < 6 or len(body) < 6 + 3 * body[5]:
                 raise CodecError(f"the JPEG frame header at byte {pos} is cut short")
             precision = body[0]
@@ -211,15 +211,26 @@ _DECODERS: dict[TransferSyntax, tuple[str, Callable[[bytes], Any]]] = {
 }
 
 
-def decode(frame: bytes, encoding: FrameEncoding) -> npt.NDArray[np.uint8]:
+def decode(
+    frame: bytes, encoding: FrameEncoding, size: tuple[int, int] | None = None
+) -> npt.NDArray[np.uint8]:
     """Decode one frame of ``encoding`` to RGB (or grey) pixels, shape (rows, columns, samples).
 
-    Raises CodecError, naming the codec and what its library found wrong, for a damaged frame.
+    ``size`` (columns, rows), when given, bounds the work: a frame whose header declares a larger
+    image is refused before a decoder allocates it. Raises CodecError, naming the codec and what
+    its library found wrong, for a damaged frame.
     """
     found = _DECODERS.get(encoding.transfer_syntax)
     if found is None:
         raise CodecError(f"cannot decode frames of transfer syntax {encoding.transfer_syntax}")
     name, decoder = found
+    if size is not None:
+        declared = declared_size(frame, encoding.transfer_syntax)
+        if declared is not None and (declared[0] > size[0] or declared[1] > size[1]):
+            raise CodecError(
+                f"the {name} header declares {declared[0]}x{declared[1]} pixels in a frame of "
+                f"{size[0]}x{size[1]}"
+            )
     try:
         pixels = decoder(frame)
     except MemoryError as exc:
@@ -228,6 +239,21 @@ def decode(frame: bytes, encoding: FrameEncoding) -> npt.NDArray[np.uint8]:
         raise CodecError(f"the {name} data is damaged ({library_message(exc)})") from exc
     array = np.asarray(pixels, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
+
+
+def declared_size(frame: bytes, transfer_syntax: TransferSyntax) -> tuple[int, int] | None:
+    """(columns, rows) as a JPEG, JPEG-LS or JPEG 2000 frame's header declares them; None when
+    the header cannot be read (the decoder then says what is wrong)."""
+    try:
+        if frame.startswith(b"\xff\x4f\xff\x51") and len(frame) >= 24:  # JPEG 2000: SIZ
+            x, y, x0, y0 = struct.unpack(">IIII", frame[8:24])
+            return x - x0, y - y0
+        if transfer_syntax in (TransferSyntax.JPEG_BASELINE_8BIT, TransferSyntax.JPEG_LS_LOSSLESS):
+            info = jpeg_info(frame)
+            return info.width, info.height
+    except CodecError:
+        return None
+    return None
 
 
 def library_message(exc: BaseException) -> str:

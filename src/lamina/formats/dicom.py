@@ -212,7 +212,9 @@ class DicomImage(SourceImage):
         if not self._native:
             assert self._stream is not None
             try:
-                pixels = codec.decode(data, FrameEncoding(self._stream, self._photometric))
+                pixels = codec.decode(
+                    data, FrameEncoding(self._stream, self._photometric), (shape[1], shape[0])
+                )
             except CodecError as exc:
                 raise CorruptSourceError(
                     self.path, f"frame {frame + 1} (tile {col}, {row}) cannot be decoded: {exc}; {_DAMAGED}"

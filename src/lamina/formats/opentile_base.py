@@ -173,7 +173,7 @@ class OpenTileImage(SourceImage):
         frame = self.read_frame(row * self.grid.width + col) if self.encoding is not None else b""
         with reading(self._path, f"tile ({col}, {row}) of {self._name}"):
             if self.encoding is not None:  # decode what the DICOM frame holds
-                return _as_tile(codec.decode(frame, self.encoding), shape)
+                return _as_tile(codec.decode(frame, self.encoding, (shape[1], shape[0])), shape)
             return _as_tile(self._image.get_decoded_tile((col, row)), shape)
 
 

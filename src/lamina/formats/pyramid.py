@@ -106,4 +106,6 @@ class WrittenLevel(SourceImage):
         return self._read(index)
 
     def decode_tile(self, col: int, row: int) -> Pixels:
-        return codec.decode(self._read(row * self.grid.width + col), self.encoding or codec.lossy_encoding(3))
+        frame = self._read(row * self.grid.width + col)
+        size = (self.tile_size.width, self.tile_size.height)
+        return codec.decode(frame, self.encoding or codec.lossy_encoding(3), size)
