@@ -37,6 +37,8 @@ def locate_frames(
     """
     fp.seek(pixel_data_tell)
     header = fp.read(12 if explicit_vr else 8)
+    if len(header) < (12 if explicit_vr else 8):
+        raise ValueError("the file ends inside the Pixel Data element's header: it is truncated")
     length = struct.unpack("<I", header[8:12] if explicit_vr else header[4:8])[0]
     start = pixel_data_tell + len(header)
     if not encapsulated:
@@ -73,6 +75,8 @@ def locate_frames(
         return [FrameSpan((fragment,)) for fragment in fragments]
     offsets = extended_offsets
     if not offsets and bot_length:
+        if bot_length % 4:
+            raise ValueError(f"the Basic Offset Table holds {bot_length} bytes, not 4 per frame")
         fp.seek(bot_pos)
         offsets = list(struct.unpack(f"<{bot_length // 4}I", fp.read(bot_length)))
     if number_of_frames == 1:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina.errors import InvalidValueError
 from lamina.sample.content import SlideContent, make_slide
 from lamina.sample.identity import MANIFEST_FIELDS, Identity, make_identity
 
@@ -131,9 +132,9 @@ def _check(formats: Sequence[str] | None, size: tuple[int, int]) -> list[str]:
     for name in chosen:
         if name not in _WRITERS:
             valid = ", ".join(SAMPLE_FORMATS)
-            raise ValueError(f"unknown sample format {name!r}; valid formats: {valid}")
+            raise InvalidValueError(f"unknown sample format {name!r}; valid formats: {valid}")
     if len(size) != 2 or min(size) < _MIN_SIDE:
-        raise ValueError(f"size must be (width, height) of at least {_MIN_SIDE} px, got {size}")
+        raise InvalidValueError(f"size must be (width, height) of at least {_MIN_SIDE} px, got {size}")
     return chosen
 
 
@@ -171,8 +172,8 @@ def write_samples(
 
     Raises
     ------
-    ValueError
-        For an unknown format (the message lists the valid ones) or a size
+    lamina.errors.InvalidValueError
+        (a ValueError) For an unknown format (the message lists the valid ones) or a size
         smaller than 64 pixels.
     """
     chosen = _check(formats, size)
