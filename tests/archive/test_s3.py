@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lamina.archive.blobstore.s3 import CONTENT_TYPE, MIN_PART_SIZE, S3BlobStore
-from lamina.archive.blobstore.s3_ranges import FrozenCredentials, RangeReader
+from lamina.archive.blobstore.s3_ranges import AsyncRangeReader, FrozenCredentials, RangeReader
 from lamina.archive.catalog import Catalog
 from lamina.archive.ingest import Ingestor
 from lamina.errors import ConfigurationError, LaminaError, NotFoundError, StorageError, UnavailableError
@@ -356,6 +356,17 @@ def test_async_ranged_reads_agree_and_fail_as_the_blocking_ones(
         assert asyncio.run(store.read_range_async(digest, 7, 3)) == data[7:10]  # a new loop
     finally:
         relay.close()
+    bounded_relay = Relay((endpoint.hostname or "127.0.0.1", endpoint.port or 80))
+    try:  # at most max_connections requests in flight: the others wait, no connection more
+        env = s3_server.env(AWS_ENDPOINT_URL=f"http://127.0.0.1:{bounded_relay.port}")
+        bounded = S3BlobStore.from_url(f"s3://{BUCKET}/{s3store.prefix}", env, check=False)
+        assert bounded.ranges is not None
+        bounded.async_ranges = AsyncRangeReader(bounded.ranges, max_connections=2)
+        many = asyncio.run(_gather(bounded, digest, [(i * 1000, 100) for i in range(30)]))
+        assert many == [data[i * 1000 : i * 1000 + 100] for i in range(30)]
+        assert len(bounded_relay.open) == 2 * 2  # two connections, each a client and an upstream socket
+    finally:
+        bounded_relay.close()
     bad = S3BlobStore.from_url(
         f"s3://{BUCKET}/{s3store.prefix}",
         s3_server.env(AWS_SECRET_ACCESS_KEY="wrong-0000000000"),
@@ -363,6 +374,12 @@ def test_async_ranged_reads_agree_and_fail_as_the_blocking_ones(
     )
     with pytest.raises(ConfigurationError, match="rejected the credentials"):
         asyncio.run(bad.read_range_async(digest, 0, 10))
+
+
+async def _gather(store: S3BlobStore, digest: str, spans: list[tuple[int, int]]) -> list[bytes]:
+    import asyncio
+
+    return list(await asyncio.gather(*(store.read_range_async(digest, o, n) for o, n in spans)))
 
 
 @pytest.mark.parametrize(

@@ -262,18 +262,25 @@ def _result(status: int, body: bytes, start: int, end: int) -> bytes | RangeErro
 class AsyncRangeReader:
     """The ranged GETs of a :class:`RangeReader` on asyncio connections: for an event loop that
     awaits a frame instead of handing it to a thread (a thread hop, and ``http.client``'s header
-    parsing, cost twice the HTTP exchange). Connections belong to the loop that opened them."""
+    parsing, cost twice the HTTP exchange). Connections belong to the loop that opened them; at
+    most ``max_connections`` requests are in flight at once (the others wait their turn), as the
+    thread pool bounds the blocking reader."""
 
     def __init__(self, reader: RangeReader, max_connections: int = 64) -> None:
         self.reader = reader
         self.max_connections = max_connections
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._turns: asyncio.Semaphore | None = None
+
+    def _for_this_loop(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop or self._turns is None:  # a test's or a restarted server's loop
+            self._loop, self._idle = loop, []
+            self._turns = asyncio.Semaphore(self.max_connections)
+        return self._turns
 
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # another loop (a test's, a restarted server's): start over
-            self._loop, self._idle = loop, []
         if self._idle:
             return (*self._idle.pop(), True)
         r = self.reader
@@ -286,6 +293,10 @@ class AsyncRangeReader:
     async def get(self, key: str, start: int, end: int) -> bytes:
         """As :meth:`RangeReader.get`; raises ``OSError``, ``asyncio.TimeoutError`` or
         :class:`RangeError` after the retries."""
+        async with self._for_this_loop():
+            return await self._get(key, start, end)
+
+    async def _get(self, key: str, start: int, end: int) -> bytes:
         r = self.reader
         path = r.path_for(key)
         delay = 0.05
