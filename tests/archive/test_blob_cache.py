@@ -130,11 +130,13 @@ def test_memory_and_disk_stay_within_their_bounds(archive: Archive, tmp_path: Pa
 
 
 def test_large_reads_bypass_the_cache(archive: Archive) -> None:
-    blob = os.urandom(10 * BLOCK)
+    blob = os.urandom(3 << 20)
     digest = _put(archive.store, blob)
-    cache = CachedBlobStore(archive.store, 1 << 20, block_size=BLOCK)
-    assert cache.read_range(digest, 5, 8 * BLOCK) == blob[5 : 5 + 8 * BLOCK]
+    cache = CachedBlobStore(archive.store, 4 << 20, block_size=BLOCK)
+    assert cache.read_range(digest, 5, 2 << 20) == blob[5 : 5 + (2 << 20)]  # a window of an ingest
     assert cache.stats.bypassed == 1 and cache.memory is not None and cache.memory.bytes == 0
+    assert cache.read_range(digest, 5, 100_000) == blob[5:100_005]  # a large frame: kept
+    assert cache.stats.bypassed == 1 and cache.memory.bytes == 7 * BLOCK
 
 
 def test_concurrent_readers_of_a_block_make_one_fetch(archive: Archive) -> None:

@@ -25,10 +25,10 @@ What it holds, and why it can be trusted
 
 Bounds
     ``memory_bytes`` and ``disk_bytes`` bound what each tier holds (least recently used blocks
-    are evicted first); reads of more than ``bypass_bytes`` (ingest's 4 MiB windows, whole
-    instances) go straight to the store and are not cached, so that they do not evict the frames
-    being read. Concurrent reads of one missing block make one fetch (single flight): the first
-    thread fetches it, the others wait for it.
+    are evicted first); reads of more than ``bypass_bytes`` (a block, at least 1 MiB: ingest's
+    windows of consecutive frames, whole instances) go straight to the store and are not cached,
+    so that they do not evict the frames being read. Concurrent reads of one missing block make
+    one fetch (single flight): the first thread fetches it, the others wait for it.
 
 One process per disk folder: the folder is locked (``flock``) by the first process that opens
 it, for the rest of its life; a second process caches in memory only, and says so in its log.
@@ -343,7 +343,7 @@ class CachedBlobStore(BlobStore):
             raise ValueError(f"block size {block_size}: at least 4096 bytes")
         self.origin = origin
         self.block_size = block_size
-        self.bypass_bytes = 4 * block_size if bypass_bytes is None else bypass_bytes
+        self.bypass_bytes = max(block_size, 1 << 20) if bypass_bytes is None else bypass_bytes
         self.memory = _MemoryTier(memory_bytes) if memory_bytes > 0 else None
         self.disk: _DiskTier | None = None
         if folder is not None and disk_bytes > 0:
