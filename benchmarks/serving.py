@@ -24,7 +24,10 @@ and ``wrk`` asks for random frames of A at ``--connections`` (a viewer) with the
 It prints p50 and p99 of the frames alone and under load, the ratio, the STOW-RS and verify
 times and outcomes, with the goals (p99 under load <= 4x alone and <= 50 ms; slide B stored
 within the window: 200, not 202).
-``--quick`` (development): 3 s alone, the embedded deployment only.
+``--quick`` (development): 3 s alone, the embedded deployment only. ``--worker-process`` runs
+the scaled deployment's jobs (the STOW-RS ingest) in a ``lamina worker`` process beside the server
+(``LAMINA_WORKERS=0``), as a deployment that keeps long work off the API hosts would; it is
+measured as a third deployment, ``scaled-worker``.
 """
 
 from __future__ import annotations
@@ -195,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES)
     parser.add_argument("--cache", default="1GiB", help="LAMINA_BLOB_CACHE_BYTES on the scaled deployment")
     parser.add_argument("--quick", action="store_true", help="3 s alone, embedded only")
+    parser.add_argument("--worker-process", action="store_true", help="also scaled, jobs in lamina worker")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -224,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             with scaled_deployment(work, args.postgres) as deployment:
                 outcomes.append(scaled(deployment, slide, stow_files, args, work))
+                if args.worker_process:
+                    outcomes.append(scaled(deployment, slide, stow_files, args, work, worker=True))
     report(outcomes, notes)
     if args.json:
         print(json.dumps({"machine": machine(), "outcomes": [asdict(o) for o in outcomes]}, indent=2))
@@ -236,16 +242,29 @@ def scaled(
     stow_files: Sequence[Path],
     args: argparse.Namespace,
     work: Path,
+    worker: bool = False,
 ) -> Outcome:
     deployment.prepare("serving")
+    process: subprocess.Popen[bytes] | None = None
     try:
         env = {**deployment.env("serving"), "LAMINA_BLOB_CACHE_BYTES": args.cache}
         home = work / "scaled"
         shutil.rmtree(home, ignore_errors=True)
         ingest(home, slide, env)
         urls = _sample(home, env)
-        return measure("scaled", home, env, urls, stow_files, args, work)
+        if not worker:
+            return measure("scaled", home, env, urls, stow_files, args, work)
+        env["LAMINA_WORKERS"] = "0"
+        process = subprocess.Popen(
+            [str(VENV_BIN / "lamina"), "worker"],
+            env={**os.environ, "LAMINA_HOME": str(home), **env},
+            stdout=(work / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        return measure("scaled-worker", home, env, urls, stow_files, args, work)
     finally:
+        if process is not None:
+            stop(process)
         with contextlib.suppress(Exception):
             deployment.cleanup("serving")
 
