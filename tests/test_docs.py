@@ -167,32 +167,36 @@ def test_parse_reads_environment_status_and_output() -> None:
     assert parse("p.md", 6, "lamina watch in/ --once").status == 0
 
 
-@pytest.mark.parametrize("page", sorted(page_commands()))
-def test_page_commands_run(page: str, tmp_path: Path) -> None:
-    # Arrange: a fresh working folder and data folder for this page alone
-    commands = [parse(page, number, line) for number, line in page_commands()[page]]
+def run(commands: list[Command], folder: Path) -> None:
+    """Run ``commands`` in order in ``folder``, with ``folder/lamina-data`` as a fresh data folder,
+    and check each one's exit status and output."""
     if any("../shared/" in word for command in commands for word in command.words):
         need(TESTDATA.exists(), "../shared/testdata")
-    base = {**os.environ, "LAMINA_HOME": str(tmp_path / "lamina-data")}
+    base = {**os.environ, "LAMINA_HOME": str(folder / "lamina-data")}
     for name in [name for name in base if name.startswith("LAMINA_") and name != "LAMINA_HOME"]:
         del base[name]  # the pages' defaults, not the caller's settings
-
     for command in commands:
-        # Act
         words = [word.replace("../shared/", f"{TESTDATA.parent}/") for word in command.words]
         done = subprocess.run(
             [sys.executable, "-m", "lamina", *words[1:]],
-            cwd=tmp_path,
+            cwd=folder,
             env={**base, **dict(command.env)},
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
-
-        # Assert
         printed = f"{done.stdout}\n{done.stderr}"
         assert done.returncode == command.status, f"{command}\nexit {done.returncode}\n{printed[-3000:]}"
         assert "Traceback" not in done.stderr, f"{command}\n{done.stderr[-3000:]}"
         if command.output is not None:
             assert _flat(command.output) in _flat(printed), f"{command}\n{printed[-3000:]}"
+
+
+@pytest.mark.parametrize("page", sorted(page_commands()))
+def test_page_commands_run(page: str, tmp_path: Path) -> None:
+    # Arrange: the page's commands, in a folder of their own (tmp_path is this page's alone)
+    commands = [parse(page, number, line) for number, line in page_commands()[page]]
+
+    # Act / Assert: each exits as the page says, and prints what it says
+    run(commands, tmp_path)

@@ -1,39 +1,28 @@
-"""The README's examples are run as written, so that they never rot."""
+"""The README's examples are run as written, so that they never rot: its ``$ lamina`` lines, in
+order, in a fresh working folder and ``LAMINA_HOME``, by the runner of ``tests/test_docs.py`` (the
+same rules: ``# exit N: TEXT``, no server behind a prompt)."""
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support import REPO, TESTDATA, need
+from tests.support import REPO
+from tests.test_docs import Command, parse, prompted_lines, run
 
-COMMAND = re.compile(r"^\$ (lamina .*?)(?:\s+#.*)?$")
 
-
-def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text("utf-8")
-    return [match.group(1) for line in text.splitlines() if (match := COMMAND.match(line))]
+def readme_commands() -> list[Command]:
+    inside, outside = prompted_lines(REPO / "README.md")
+    assert outside == [], "a '$ ' line outside a console block of the README would not be run"
+    return [parse("README.md", number, line) for number, line in inside]
 
 
 def test_readme_examples_run(tmp_path: Path) -> None:
-    need(TESTDATA.exists(), "../shared/testdata")
+    # Arrange
     commands = readme_commands()
     assert len(commands) >= 5
-    env = {**os.environ, "LAMINA_HOME": str(tmp_path / "lamina-data")}
-    for command in commands:
-        words = shlex.split(command.replace("../shared/", f"{TESTDATA.parent}/"))
-        done = subprocess.run(
-            [sys.executable, "-m", "lamina", *words[1:]],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, f"{command}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+
+    # Act / Assert: each command exits as shown
+    run(commands, tmp_path)
+
+    # Assert: what the walk-through exports
     assert len(list((tmp_path / "out").iterdir())) == 8  # 7 samples and the TCGA slide
