@@ -16,7 +16,6 @@ def demo(ctx: click.Context, serve: bool, port: int) -> None:
     """Write sample slides, ingest them with their manifest, list them, and serve the archive
     (viewer and DICOMweb on http://127.0.0.1:8000/)."""
     from lamina.archive.discover import discover
-    from lamina.archive.ingest import Ingestor
     from lamina.archive.manifest import load_manifest
     from lamina.cli.slides import slides
     from lamina.sample import write_samples
@@ -27,9 +26,9 @@ def demo(ctx: click.Context, serve: bool, port: int) -> None:
         console.print(f"writing sample slides into {folder} ...")
         write_samples(folder)
     manifest = load_manifest(folder / "manifest.csv")
-    ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
+    receiver = archive.receiver()
     for candidate in discover([folder]):
-        result = ingestor.ingest(candidate, manifest)
+        result = receiver.ingest(candidate, manifest)
         state = result.status if result.ok else f"failed: {result.reason}"
         console.print(f"{candidate.name:32} {result.format or '-':15} {state}", highlight=False)
     archive.close()
