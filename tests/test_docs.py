@@ -150,6 +150,45 @@ def test_pages_show_runnable_commands() -> None:
             parse(page, number, line)  # raises on a line the runner would refuse
 
 
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    found, fence = set(), False
+    for line in path.read_text("utf-8").splitlines():
+        if _FENCE.match(line):
+            fence = not fence
+        elif not fence and line.startswith("#"):
+            found.add(_slug(line.lstrip("#")))
+    return found
+
+
+def test_links_resolve() -> None:
+    # Arrange: every relative link of the README and of docs/ to a file of the repository
+    broken = []
+    for page in [REPO / "README.md", *pages()]:
+        for match in _LINK.finditer(page.read_text("utf-8")):
+            target = match.group(1)
+            path, _, anchor = target.partition("#")
+            if re.match(r"^[a-z]+:", target):
+                continue  # an address on the web
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.is_relative_to(REPO):
+                continue  # ../shared/: beside the repository, not in it
+
+            # Assert: the file exists, and so does the heading an anchor names
+            if not dest.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []
+
+
 def test_parse_reads_environment_status_and_output() -> None:
     # Act
     command = parse(
