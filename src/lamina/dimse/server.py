@@ -1,4 +1,4 @@
-"""The DIMSE server: C-ECHO, C-STORE of slides from scanners and PACS, C-FIND on the catalog.
+"""The DIMSE server: C-ECHO, C-STORE from scanners and PACS, C-FIND, C-MOVE and C-GET.
 
 Handlers are plain methods bound to pynetdicom events. C-STORE only translates: each instance
 passes the archive's receive checks (:func:`lamina.archive.receive.examine`) and is spooled

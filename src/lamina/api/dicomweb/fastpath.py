@@ -111,8 +111,8 @@ def _framed(
 @dataclass(frozen=True)
 class _Fetch:
     """A frame of an instance the index holds, to be read from a network store: one ranged read
-    in the thread pool, without the router (an error or a short read goes to the routed handler,
-    which reads again and reports it)."""
+    awaited (``read_range_async``), without the router (an error or a short read goes to the routed
+    handler, which reads again and reports it)."""
 
     store: BlobStore
     sha256: str
