@@ -13,30 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydicom import uid
 from pynetdicom import AE
 from pynetdicom.presentation import AllStoragePresentationContexts
 
+# pynetdicom generates its SOP class names at import, so a type checker cannot see them
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
 from lamina.errors import ConfigurationError
 
-VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
-VERIFICATION = "1.2.840.10008.1.1"
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
-STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
-STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+VL_WSI = uid.VLWholeSlideMicroscopyImageStorage
+VERIFICATION: str = Verification
+STUDY_ROOT_FIND: str = StudyRootQueryRetrieveInformationModelFind
+STUDY_ROOT_MOVE: str = StudyRootQueryRetrieveInformationModelMove
+STUDY_ROOT_GET: str = StudyRootQueryRetrieveInformationModelGet
 
+_UNCOMPRESSED = (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian)
 #: The transfer syntaxes the DICOM WSI reader takes (lamina.formats.dicom): compressed frames
 #: copied as sent (JPEG baseline, JPEG 2000), lossless ones re-encoded (JPEG-LS, HTJ2K), native
 #: frames compressed losslessly.
 STORAGE_TRANSFER_SYNTAXES = (
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 (lossless only)
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
-    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    uid.JPEGBaseline8Bit,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.JPEGLSLossless,
+    uid.HTJ2KLossless,
+    *_UNCOMPRESSED,
 )
-_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 #: PDUs of 1 MiB instead of pynetdicom's 16 KiB: a slide's gigabyte comes in fewer, larger pieces.
 MAXIMUM_PDU_SIZE = 1 << 20
