@@ -48,7 +48,11 @@ def detect_format(path: Path) -> type[SlideSource]:
             return cls
     vendor = not_yet(path)
     if vendor is not None:
-        raise UnsupportedFormatError(path, f"{vendor} files are not supported yet")
+        raise UnsupportedFormatError(
+            path,
+            f"{vendor} files are not supported yet; until lamina reads them, convert the slide to "
+            "DICOM WSI with a converter that does (e.g. wsidicomizer) and ingest the DICOM files",
+        )
     names = ", ".join(cls.display_name for cls in available_formats())
     raise UnsupportedFormatError(path, f"not a slide format lamina reads ({names})")
 
