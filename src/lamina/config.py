@@ -5,7 +5,9 @@ Precedence: explicit arguments > environment variables > settings file > default
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +26,9 @@ def _flag(value: object) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ConfigurationError(f"verify_after_write={value!r}: use true or false")
+    raise ConfigurationError(
+        f"LAMINA_VERIFY_AFTER_WRITE={value!r} (or verify_after_write in lamina.toml): use true or false"
+    )
 
 
 _S3_KEYS = {
@@ -48,45 +52,80 @@ def _s3_settings(env: dict[str, str], table: object) -> dict[str, str]:
     return found
 
 
+def _setting(env: dict[str, str], file_values: dict[str, Any], key: str) -> object:
+    """The raw value of ``LAMINA_<KEY>``, else of ``key`` in lamina.toml; None when neither."""
+    raw = env.get(f"LAMINA_{key.upper()}") or file_values.get(key)
+    return None if raw == "" else raw
+
+
+def _where(key: str, raw: object) -> str:
+    """How an error names a setting: the variable, its value, and the key in lamina.toml."""
+    return f"LAMINA_{key.upper()}={raw!r} (or {key} in lamina.toml)"
+
+
 def _number(
     env: dict[str, str], file_values: dict[str, Any], key: str, default: float, kind: type[Any]
 ) -> Any:
-    raw = env.get(f"LAMINA_{key.upper()}") or file_values.get(key)
-    if raw is None or raw == "":
+    """A count or a duration: ``kind`` (int or float), finite and not negative."""
+    raw = _setting(env, file_values, key)
+    if raw is None:
         return kind(default)
+    example = f"e.g. {default:g}" if kind is float else f"a whole number, e.g. {int(default)}"
     try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise ConfigurationError(
-            f"LAMINA_{key.upper()}={raw!r} (or {key} in lamina.toml): expected a number"
-        ) from None
+        if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(raw)
+        value = kind(raw.strip() if isinstance(raw, str) else raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigurationError(f"{_where(key, raw)}: expected a number ({example})") from None
     if value < 0:
-        raise ConfigurationError(f"LAMINA_{key.upper()}={raw!r}: must not be negative")
+        raise ConfigurationError(f"{_where(key, raw)}: must not be negative ({example})")
     return value
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE = re.compile(r"(?P<number>(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[a-z]*)")
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes, as every size setting takes it: a number of bytes (``536870912``), or a
+    number and a unit (``512 MiB``, ``4 GiB``, ``64MB``, ``1.5 GB``; KiB/MiB/GiB/TiB are powers of
+    1024, kB/MB/GB/TB of 1000; case and spaces do not matter). ValueError when it is not one.
+
+    >>> parse_size("4 GiB"), parse_size("64MB"), parse_size(1024)
+    (4294967296, 64000000, 1024)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, str):
+        found = _SIZE.fullmatch(value.strip().lower())
+        unit = _UNITS.get(found["unit"]) if found else None
+        if found is None or unit is None:
+            raise ValueError(f"{value!r} is not a size")
+        number = found["number"]
+        exact = number.replace("_", "").isdigit()
+        size = int(number) * unit if exact else float(number) * unit
+    else:
+        size = value
+    if not math.isfinite(size) or size < 0:
+        raise ValueError(f"{value!r} is not a size")
+    return int(size)
 
 
 def _bytes(env: dict[str, str], file_values: dict[str, Any], key: str, default: int) -> int:
-    """A size in bytes: a number, or a number and a unit (``512 MiB``, ``2GB``, ``1.5 GiB``)."""
-    raw = env.get(f"LAMINA_{key.upper()}") or file_values.get(key)
-    if raw is None or raw == "":
+    """A size setting (:func:`parse_size`); ConfigurationError naming it when it is not a size."""
+    raw = _setting(env, file_values, key)
+    if raw is None:
         return default
-    text = str(raw).strip().lower().replace("_", "").replace(" ", "")
-    number = text.rstrip("kmgtib")
-    unit = _UNITS.get(text[len(number) :])
     try:
-        value = float(number) * unit if unit is not None else -1.0
+        return parse_size(raw)
     except ValueError:
-        value = -1.0
-    if value < 0:
         raise ConfigurationError(
-            f"LAMINA_{key.upper()}={raw!r} (or {key} in lamina.toml): expected a size in bytes, "
-            "e.g. 536870912, '512 MiB' or '2 GB' (0 turns it off)"
-        )
-    return int(value)
+            f"{_where(key, raw)}: expected a size in bytes, a number or a number and a unit: e.g. "
+            f"{default}, '{default >> 20} MiB', '4 GiB' or '64MB'"
+        ) from None
 
 
 def _cron(raw: object) -> str | None:
@@ -290,9 +329,7 @@ class Settings:
             viewer_vendor_dir=Path(vendor)
             if (vendor := env.get("LAMINA_VIEWER_VENDOR") or file_values.get("viewer_vendor_dir"))
             else None,
-            max_upload_bytes=int(
-                env.get("LAMINA_MAX_UPLOAD_BYTES") or file_values.get("max_upload_bytes") or 4 << 30
-            ),
+            max_upload_bytes=_bytes(env, file_values, "max_upload_bytes", 4 << 30),
             verify_after_write=_flag(
                 env.get("LAMINA_VERIFY_AFTER_WRITE", file_values.get("verify_after_write", True))
             ),
@@ -308,8 +345,8 @@ class Settings:
             api_threads=max(1, _number(env, file_values, "api_threads", 40, int)),
             allowed_hosts=_names(env, file_values, "allowed_hosts"),
             trusted_proxies=_networks(env, file_values),
-            max_frames_bytes=_number(env, file_values, "max_frames_bytes", 32 << 20, int),
-            max_transcode_bytes=_number(env, file_values, "max_transcode_bytes", 1 << 30, int),
+            max_frames_bytes=_bytes(env, file_values, "max_frames_bytes", 32 << 20),
+            max_transcode_bytes=_bytes(env, file_values, "max_transcode_bytes", 1 << 30),
             shutdown_grace_s=_number(env, file_values, "shutdown_grace_s", 30.0, float),
             blob_cache_bytes=_bytes(env, file_values, "blob_cache_bytes", 0),
             blob_cache_disk_bytes=_bytes(env, file_values, "blob_cache_disk_bytes", 0),
