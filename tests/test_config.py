@@ -3,6 +3,8 @@ variable and the lamina.toml key, with an example."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +139,49 @@ def test_lamina_takes_a_size_with_a_unit_and_refuses_a_bad_one_in_one_line(tmp_p
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("error: LAMINA_MAX_UPLOAD_BYTES='4 gigs'"), bad.stderr
+
+
+def test_unknown_keys_in_the_file_are_named_once_with_the_nearest_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = _toml(
+        tmp_path / "home",
+        'max_uplod_bytes = "1 GiB"\nworkers = 2\ncolour = "blue"\n'
+        '[s3]\nendpoint = "http://s3"\nregion = "x"\n',
+    )
+    caplog.set_level(logging.WARNING, logger="lamina.config")
+
+    settings = Settings.load(home, env={})
+    Settings.load(home, env={})  # a process loads its settings more than once: one warning
+
+    assert settings.workers == 2 and settings.max_upload_bytes == 4 << 30  # the misspelt key is ignored
+    assert not hasattr(settings, "extra")
+    (record,) = [r for r in caplog.records if r.name == "lamina.config"]
+    message = record.getMessage()
+    assert str(home / "lamina.toml") in message
+    assert "'max_uplod_bytes' (did you mean 'max_upload_bytes'?)" in message
+    assert "'colour'" in message and "'s3.endpoint' (did you mean 's3.endpoint_url'?)" in message
+    assert "workers" not in message and "region" not in message
+
+
+def test_a_file_of_known_keys_is_read_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    known = {item.name for item in dataclasses.fields(Settings)} - {"home", "s3"}
+    home = _toml(tmp_path / "home", 'role = "archive"\nwatch = []\n[s3]\nregion = "eu"\n')
+    caplog.set_level(logging.WARNING, logger="lamina.config")
+    assert Settings.load(home, env={}).role == "archive"
+    assert caplog.records == []
+    assert {"max_upload_bytes", "blob_cache_bytes", "stow_wait_s"} <= known
+
+
+def test_lamina_shows_the_unknown_keys_on_its_terminal(tmp_path: Path) -> None:
+    home = _toml(tmp_path / "home", "max_uplod_bytes = 5\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "lamina", "--home", str(home), "slides"],
+        capture_output=True,
+        text=True,
+        env={},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "unknown key(s) 'max_uplod_bytes' (did you mean 'max_upload_bytes'?)" in done.stderr

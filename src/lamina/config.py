@@ -5,17 +5,23 @@ Precedence: explicit arguments > environment variables > settings file > default
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lamina.errors import ConfigurationError
 
 DEFAULT_HOME = "lamina-data"
+
+log = logging.getLogger("lamina.config")
+#: (file, unknown keys) already warned about: a process loads its settings more than once
+_WARNED: set[tuple[Path, tuple[str, ...]]] = set()
 
 
 def _flag(value: object) -> bool:
@@ -124,7 +130,7 @@ def _bytes(env: dict[str, str], file_values: dict[str, Any], key: str, default: 
     except ValueError:
         raise ConfigurationError(
             f"{_where(key, raw)}: expected a size in bytes, a number or a number and a unit: e.g. "
-            f"{default}, '{default >> 20} MiB', '4 GiB' or '64MB'"
+            "536870912, '512 MiB', '4 GiB' or '64MB'"
         ) from None
 
 
@@ -301,7 +307,6 @@ class Settings:
     blob_cache_dir: Path | None = None
     blob_cache_block_bytes: int = 1 << 20
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def load(cls, home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -314,6 +319,7 @@ class Settings:
                 file_values = tomllib.loads(toml_path.read_text("utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigurationError(f"{toml_path}: not valid TOML ({exc}); fix or remove it") from exc
+            _warn_unknown(toml_path, file_values)
         settings = cls(
             home=root,
             database_url=str(
@@ -367,3 +373,26 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def _warn_unknown(path: Path, file_values: dict[str, Any]) -> None:
+    """Log once the keys of lamina.toml that no setting reads (a misspelt key would otherwise be
+    ignored without a word), each with the nearest known key."""
+    known = {item.name for item in fields(Settings)} - {"home"}
+    unknown = [key for key in file_values if key not in known]
+    table = file_values.get("s3")
+    if isinstance(table, dict):
+        known |= {f"s3.{key}" for key in _S3_KEYS.values()}
+        unknown += [f"s3.{key}" for key in table if key not in _S3_KEYS.values()]
+    if not unknown or (path, tuple(unknown)) in _WARNED:
+        return
+    _WARNED.add((path, tuple(unknown)))
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    log.warning(
+        "%s: unknown key(s) %s, ignored; the settings are listed in docs/architecture.md#settings",
+        path,
+        ", ".join(named),
+    )
