@@ -174,6 +174,20 @@ def _networks(env: dict[str, str], file_values: dict[str, Any]) -> tuple[str, ..
     return found
 
 
+def _ae_title(key: str, title: str, example: str) -> str:
+    """An AE title of the setting ``key``, checked by DICOM's rules (1 to 16 characters, no
+    backslash, no control character)."""
+    from lamina.errors import RequestError
+    from lamina.peers.entity import check_ae_title
+
+    try:
+        return check_ae_title(title)
+    except RequestError as exc:
+        raise ConfigurationError(
+            f"LAMINA_{key.upper()} (or {key} in lamina.toml): {exc.args[0]}; e.g. {example}"
+        ) from None
+
+
 def _folders(env_value: str | None, file_value: object) -> tuple[Path, ...]:
     if env_value:
         return tuple(Path(part).expanduser().absolute() for part in env_value.split(os.pathsep) if part)
@@ -279,6 +293,16 @@ class Settings:
         (default ``$LAMINA_HOME/cache/blobs``), and the block fetched and kept
         (``LAMINA_BLOB_CACHE_BLOCK_BYTES``, default 1 MiB). Worth it on an S3 store; a folder
         store is read in place.
+    dimse_ae_title, dimse_calling_ae_titles
+        The DIMSE server's AE title (``LAMINA_DIMSE_AE_TITLE``, default ``LAMINA``;
+        ``lamina serve --ae-title`` overrides it), also the calling AE title of ``lamina send``;
+        and the calling AE titles allowed to associate with it (``LAMINA_DIMSE_CALLING_AE_TITLES``,
+        separated by commas; default any: an allow-list, not a sign-in).
+    dimse_max_dataset_bytes, dimse_max_find_matches, dimse_network_timeout_s
+        Its limits (:class:`lamina.dimse.DimseOptions`): the largest C-STORE data set
+        (``LAMINA_DIMSE_MAX_DATASET_BYTES``, default 4 GiB), the most C-FIND matches answered
+        (``LAMINA_DIMSE_MAX_FIND_MATCHES``, default 10,000) and the seconds after which a silent
+        association is aborted (``LAMINA_DIMSE_NETWORK_TIMEOUT_S``, default 60).
     """
 
     home: Path
@@ -306,6 +330,11 @@ class Settings:
     blob_cache_disk_bytes: int = 0
     blob_cache_dir: Path | None = None
     blob_cache_block_bytes: int = 1 << 20
+    dimse_ae_title: str = "LAMINA"
+    dimse_calling_ae_titles: tuple[str, ...] = ()
+    dimse_max_dataset_bytes: int = 4 << 30
+    dimse_max_find_matches: int = 10_000
+    dimse_network_timeout_s: float = 60.0
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -360,6 +389,16 @@ class Settings:
             if (folder := env.get("LAMINA_BLOB_CACHE_DIR") or file_values.get("blob_cache_dir"))
             else None,
             blob_cache_block_bytes=_bytes(env, file_values, "blob_cache_block_bytes", 1 << 20),
+            dimse_ae_title=_ae_title(
+                "dimse_ae_title", str(_setting(env, file_values, "dimse_ae_title") or "LAMINA"), "LAMINA"
+            ),
+            dimse_calling_ae_titles=tuple(
+                _ae_title("dimse_calling_ae_titles", title, "SCANNER1,PACS")
+                for title in _names(env, file_values, "dimse_calling_ae_titles")
+            ),
+            dimse_max_dataset_bytes=_bytes(env, file_values, "dimse_max_dataset_bytes", 4 << 30),
+            dimse_max_find_matches=_number(env, file_values, "dimse_max_find_matches", 10_000, int),
+            dimse_network_timeout_s=_number(env, file_values, "dimse_network_timeout_s", 60.0, float),
             s3=_s3_settings(env, file_values.get("s3", {})),
         )
         if not 4096 <= settings.blob_cache_block_bytes <= 64 << 20:
@@ -367,6 +406,10 @@ class Settings:
                 f"LAMINA_BLOB_CACHE_BLOCK_BYTES={settings.blob_cache_block_bytes}: between 4 KiB and "
                 "64 MiB (default 1 MiB)"
             )
+        if settings.dimse_max_find_matches < 1:
+            raise ConfigurationError("LAMINA_DIMSE_MAX_FIND_MATCHES=0: at least 1 (default 10000)")
+        if settings.dimse_network_timeout_s <= 0:
+            raise ConfigurationError("LAMINA_DIMSE_NETWORK_TIMEOUT_S=0: seconds, more than 0 (default 60)")
         if settings.role not in ("site", "archive"):
             raise ConfigurationError(f"LAMINA_ROLE={settings.role!r}: must be 'site' or 'archive'")
         return settings

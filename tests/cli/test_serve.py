@@ -21,7 +21,7 @@ from lamina.archive.catalog import SlideRow
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
-from tests.support import lamina_env, shared_file
+from tests.support import lamina_env, shared_file, tool
 
 
 def _free_port() -> int:
@@ -186,3 +186,70 @@ def test_the_grace_period_bounds_the_wait(settings: Settings) -> None:
     assert 0.9 < took < 3.0, (took, output)
     assert process.returncode == 0, output
     assert not any(isinstance(answer, httpx.Response) and answer.status_code == 200 for answer in answers)
+
+
+def _echo(port: int, calling: str, called: str) -> subprocess.CompletedProcess[str]:
+    args = [tool("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_dimse_settings_reach_the_server(settings: Settings) -> None:
+    """LAMINA_DIMSE_AE_TITLE, the calling AE allow-list and the network timeout, set as an operator
+    sets them, decide what a real ``lamina serve --dimse-port`` accepts."""
+    from pynetdicom import AE
+
+    dimse_port = _free_port()
+    env = {
+        "LAMINA_DIMSE_AE_TITLE": "ARCHIVE1",
+        "LAMINA_DIMSE_CALLING_AE_TITLES": "SCANNER1, PACS",
+        "LAMINA_DIMSE_NETWORK_TIMEOUT_S": "1",
+    }
+    with lamina_serve(settings, "--dimse-port", str(dimse_port), **env) as (process, _):
+        allowed = _echo(dimse_port, "SCANNER1", "ARCHIVE1")
+        refused = _echo(dimse_port, "INTRUDER", "ARCHIVE1")
+        wrong_called = _echo(dimse_port, "PACS", "LAMINA")
+        # an association that stays silent past the timeout is aborted by the server
+        scu = AE(ae_title="PACS")
+        scu.add_requested_context("1.2.840.10008.1.1")
+        association = scu.associate("127.0.0.1", dimse_port, ae_title="ARCHIVE1")
+        assert association.is_established
+        deadline = time.monotonic() + 10
+        while association.is_established and time.monotonic() < deadline:
+            time.sleep(0.1)
+        silent_for = 10 - (deadline - time.monotonic())
+        aborted = association.is_aborted
+        association.release()
+        _stop(process)
+        output = process.communicate()[0]
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr + output
+    assert refused.returncode != 0 and "Association Rejected" in refused.stdout + refused.stderr
+    assert (
+        wrong_called.returncode != 0 and "Association Rejected" in wrong_called.stdout + wrong_called.stderr
+    )
+    assert aborted and silent_for < 5, (silent_for, output)
+    assert "DIMSE: ARCHIVE1 on 127.0.0.1" in output
+
+
+def test_the_ae_title_option_overrides_the_setting_and_is_checked(settings: Settings) -> None:
+    dimse_port = _free_port()
+    args = ("--dimse-port", str(dimse_port), "--ae-title", "FROMOPTION")
+    with lamina_serve(settings, *args, LAMINA_DIMSE_AE_TITLE="FROMSETTING"):
+        assert _echo(dimse_port, "ANYONE", "FROMOPTION").returncode == 0
+        assert _echo(dimse_port, "ANYONE", "FROMSETTING").returncode != 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "lamina", "serve", "--dimse-port", "1", "--ae-title", "A" * 17],
+        env=lamina_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--ae-title" in bad.stderr and "at most 16" in bad.stderr, bad.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "lamina", "serve", "--dimse-port", "1"],
+        env=lamina_env(settings, LAMINA_DIMSE_CALLING_AE_TITLES="PACS,A\\B"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "LAMINA_DIMSE_CALLING_AE_TITLES (or dimse_calling_ae_titles in lamina.toml)" in bad.stderr

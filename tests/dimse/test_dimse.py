@@ -479,3 +479,46 @@ def test_only_allowed_calling_ae_titles_associate(server: DimseServer) -> None:
 def test_one_server_per_data_folder(archive: Archive) -> None:
     with DimseServer(archive, port=0), pytest.raises(ConfigurationError, match="another DIMSE server"):
         DimseServer(archive, port=0).start()
+
+
+def test_the_options_come_from_the_settings(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "lamina.toml").write_text(
+        'dimse_ae_title = "ARCHIVE1"\ndimse_calling_ae_titles = ["PACS1", "SCANNER1"]\n'
+        'dimse_max_dataset_bytes = "2 GiB"\ndimse_max_find_matches = 500\ndimse_network_timeout_s = 30\n',
+        "utf-8",
+    )
+    settings = Settings.load(home, env={})
+    assert settings.dimse_ae_title == "ARCHIVE1"
+    assert DimseOptions.from_settings(settings) == DimseOptions(
+        max_dataset_bytes=2 << 30,
+        max_find_matches=500,
+        calling_ae_titles=("PACS1", "SCANNER1"),
+        network_timeout_s=30.0,
+    )
+    assert DimseOptions.from_settings(Settings.load(tmp_path / "other", env={})) == DimseOptions()
+    for variable, bad in [
+        ("LAMINA_DIMSE_MAX_FIND_MATCHES", "0"),
+        ("LAMINA_DIMSE_NETWORK_TIMEOUT_S", "0"),
+        ("LAMINA_DIMSE_MAX_DATASET_BYTES", "lots"),
+        ("LAMINA_DIMSE_AE_TITLE", "A" * 17),
+    ]:
+        with pytest.raises(ConfigurationError, match=variable):
+            Settings.load(home, env={variable: bad})
+
+
+@pytest.mark.parametrize("allowed", [(), ("PACS1",)], ids=["open", "allow-list"])
+def test_a_server_open_to_any_calling_ae_names_the_setting_that_closes_it(
+    archive: Archive, caplog: pytest.LogCaptureFixture, allowed: tuple[str, ...]
+) -> None:
+    caplog.set_level(logging.WARNING, logger="lamina.dimse")
+    # 0.0.0.0: every address of this machine, as an operator serving a network would listen
+    with DimseServer(archive, host="0.0.0.0", port=0, options=DimseOptions(calling_ae_titles=allowed)):
+        pass
+    warned = [record.getMessage() for record in caplog.records if "allow-list" in record.getMessage()]
+    if allowed:
+        assert warned == []
+    else:
+        (message,) = warned
+        assert "LAMINA_DIMSE_CALLING_AE_TITLES (dimse_calling_ae_titles in lamina.toml)" in message

@@ -51,18 +51,25 @@ def _slide_json(report: SlideSent) -> dict[str, object]:
 @click.command()
 @click.argument("slide_ids", metavar="SLIDE...", nargs=-1, required=True)
 @click.option("--to", "to", required=True, help="A known AE title ('lamina ae list'), or AE@HOST:PORT.")
-@click.option("--ae-title", default="LAMINA", show_default=True, help="lamina's own (calling) AE title.")
+@click.option(
+    "--ae-title",
+    default=None,
+    help="lamina's own (calling) AE title (default LAMINA_DIMSE_AE_TITLE, else LAMINA).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The outcome of every slide and instance as JSON.")
 @click.pass_context
 @handle_errors
-def send(ctx: click.Context, slide_ids: tuple[str, ...], to: str, ae_title: str, as_json: bool) -> None:
+def send(
+    ctx: click.Context, slide_ids: tuple[str, ...], to: str, ae_title: str | None, as_json: bool
+) -> None:
     """Send every instance of each SLIDE to a DICOM peer (C-STORE), as stored.
 
     Exits 1 if any instance or slide could not be sent.
     """
-    calling = check_ae_title(ae_title, "--ae-title")
+    calling = check_ae_title(ae_title, "--ae-title") if ae_title is not None else None
     archive = open_archive(ctx)
     try:
+        calling = calling or archive.settings.dimse_ae_title
         peer = _destination(PeerDirectory(archive.catalog), to)
         err_console.print(f"sending to {peer.address} as {calling}", highlight=False, markup=False)
         done = 0

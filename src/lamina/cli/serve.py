@@ -15,6 +15,7 @@ import click
 
 from lamina.cli.common import err_console, handle_errors
 from lamina.config import Settings
+from lamina.peers.entity import check_ae_title
 
 if TYPE_CHECKING:
     import uvicorn
@@ -65,10 +66,14 @@ def _exit(signum: int, frame: FrameType | None) -> None:
     type=click.IntRange(1, 65535),
     help="Also serve DIMSE (C-ECHO, C-STORE, C-FIND, C-MOVE to 'lamina ae' destinations, C-GET).",
 )
-@click.option("--ae-title", default="LAMINA", show_default=True, help="The DIMSE application entity title.")
+@click.option(
+    "--ae-title",
+    default=None,
+    help="The DIMSE application entity title (default LAMINA_DIMSE_AE_TITLE, else LAMINA).",
+)
 @click.pass_context
 @handle_errors
-def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_title: str) -> None:
+def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_title: str | None) -> None:
     """Serve the archive over DICOMweb (/dicomweb) with the viewer at /, and DIMSE if asked."""
     import logging
 
@@ -76,7 +81,7 @@ def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_t
 
     from lamina.api import create_app
     from lamina.archive.archive import Archive
-    from lamina.dimse import DimseServer
+    from lamina.dimse import DimseOptions, DimseServer
 
     if not _is_loopback(host):
         err_console.print(
@@ -85,8 +90,13 @@ def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_t
             highlight=False,
         )
     settings = Settings.load((ctx.find_root().obj or {}).get("home"))
+    if ae_title is not None:
+        settings = settings.with_(dimse_ae_title=check_ae_title(ae_title, "--ae-title"))
     archive = Archive.open(settings)
-    dimse = DimseServer(archive, ae_title=ae_title, host=host, port=dimse_port) if dimse_port else None
+    dimse = None
+    if dimse_port:
+        options = DimseOptions.from_settings(settings)
+        dimse = DimseServer(archive, settings.dimse_ae_title, host, dimse_port, options)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("lamina.dimse").setLevel(logging.INFO)
     # every 4xx and 5xx answer, with its reason (lamina.api.errorlog)
@@ -94,7 +104,7 @@ def serve(ctx: click.Context, host: str, port: int, dimse_port: int | None, ae_t
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if dimse is not None:
         dimse.start()
-        err_console.print(f"DIMSE: {ae_title} on {host}:{dimse.port}", highlight=False)
+        err_console.print(f"DIMSE: {dimse.ae_title} on {host}:{dimse.port}", highlight=False)
     err_console.print(f"lamina: viewer and DICOMweb on http://{host}:{port}/", highlight=False)
     # uvicorn handles SIGTERM while it serves, then sends it again to the handler found before
     # it: this one turns it into a clean exit, so that the DIMSE server and the archive close

@@ -39,6 +39,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.ingest import IngestStatus
 from lamina.archive.receive import FailureReason, Receipt, examine
 from lamina.archive.receive.association import AssociationIngest, AssociationSpool, AssociationSpools
+from lamina.config import Settings
 from lamina.dimse import status
 from lamina.dimse.acceptor import start_server
 from lamina.dimse.contexts import application_entity
@@ -72,6 +73,16 @@ class DimseOptions:
     max_find_matches: int = 10_000
     calling_ae_titles: tuple[str, ...] = ()
     network_timeout_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DimseOptions:
+        """The options of ``settings`` (``LAMINA_DIMSE_*``, ``dimse_*`` in lamina.toml)."""
+        return cls(
+            max_dataset_bytes=settings.dimse_max_dataset_bytes,
+            max_find_matches=settings.dimse_max_find_matches,
+            calling_ae_titles=settings.dimse_calling_ae_titles,
+            network_timeout_s=settings.dimse_network_timeout_s,
+        )
 
 
 @dataclass
@@ -173,7 +184,8 @@ class DimseServer:
             log.warning(
                 "DIMSE on %s with no calling AE allow-list: anyone who can reach this port can search "
                 "the catalog, store into it and retrieve from it (C-GET, C-MOVE to known destinations); "
-                "restrict the network or set calling_ae_titles",
+                "restrict the network or set LAMINA_DIMSE_CALLING_AE_TITLES (dimse_calling_ae_titles in "
+                "lamina.toml) to the AE titles of your peers",
                 self.host,
             )
 
