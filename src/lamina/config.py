@@ -281,7 +281,9 @@ class Settings:
         transcoded (``LAMINA_MAX_FRAMES_BYTES``, default 32 MiB).
     max_transcode_bytes
         The most decoded pixel bytes one retrieve of whole instances may transcode to Explicit VR
-        Little Endian (``LAMINA_MAX_TRANSCODE_BYTES``, default 1 GiB, at most 4 GiB per instance).
+        Little Endian (``LAMINA_MAX_TRANSCODE_BYTES``, default 1 GiB, at most 4 GiB per instance);
+        also the most one instance sent by C-MOVE, C-GET or ``lamina send`` may be, decoded, when
+        the peer takes only uncompressed data.
     shutdown_grace_s
         How long ``lamina serve`` lets requests in flight finish after SIGTERM or Ctrl-C
         (``LAMINA_SHUTDOWN_GRACE_S``, default 30).

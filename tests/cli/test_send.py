@@ -19,6 +19,7 @@ import pytest
 
 from lamina.archive.archive import Archive
 from lamina.config import Settings
+from lamina.dimse.transcode import native_bytes
 from lamina.sample import write_samples
 from tests.dimse.peers import free_port, received, stored_data_set_sha256, stored_frames, storescp
 from tests.support import need, shared_file
@@ -112,6 +113,34 @@ def test_failures_exit_nonzero_with_one_line_or_the_table(lamina: Run, sample: P
     assert silent.returncode == 2 and "no DICOM association could be made" in silent.stderr
     malformed = lamina("send", slide, "--to", "NOBODY@host")
     assert malformed.returncode == 2 and "--to: 'NOBODY@host' is not AE@HOST:PORT" in malformed.stderr
+
+
+def test_the_transcoding_limit_is_the_archives_setting(
+    lamina: Run, sample: Path, tmp_path: Path, home: Path, archive_of: Callable[[], Archive]
+) -> None:
+    """max_transcode_bytes in lamina.toml just under level 0's decoded size: a peer taking
+    uncompressed data only gets the other instances transcoded, and level 0 fails with the reason."""
+    slide = _ingest(lamina, sample)
+    archive = archive_of()
+    try:
+        rows = archive.catalog.instances(slide)
+    finally:
+        archive.close()
+    level0 = next(row for row in rows if row.level == 0)
+    (home / "lamina.toml").write_text(f"max_transcode_bytes = {native_bytes(level0) - 1}\n", "utf-8")
+    with storescp(tmp_path / "received") as port:  # storescp's default: uncompressed syntaxes only
+        sent = lamina("send", slide, "--to", f"STORESCP@127.0.0.1:{port}", "--json")
+    assert sent.returncode == 1, sent.stderr
+    [report] = json.loads(sent.stdout)["slides"]
+    failed = [item for item in report["sent"] if item["outcome"] == "failed"]
+    assert [item["sop_instance_uid"] for item in failed] == [level0.sop_instance_uid]
+    assert "transcoding limit" in failed[0]["reason"]
+    assert report["completed"] == len(rows) - 1 and all(
+        item["transcoded"] for item in report["sent"] if item["outcome"] != "failed"
+    )
+    assert set(received(tmp_path / "received")) == {row.sop_instance_uid for row in rows} - {
+        level0.sop_instance_uid
+    }
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
-from lamina.dimse import DimseServer
+from lamina.dimse import DimseOptions, DimseServer
 from lamina.dimse.contexts import STUDY_ROOT_GET, VL_WSI
+from lamina.dimse.transcode import native_bytes
 from lamina.peers import ApplicationEntity, PeerDirectory
 from lamina.sample import write_samples
 from tests.dimse.peers import decoded_frames, received, stored_data_set_sha256, storescp
@@ -162,6 +163,36 @@ def test_get_of_a_peer_taking_uncompressed_only_gets_the_pixels_transcoded(
         assert np.array_equal(pixels, decoded_frames(archive.store, row))
     [entry] = _sends(archive)
     assert entry.detail["transcoded"] == entry.detail["completed"] == len(rows)
+
+
+@pytest.mark.parametrize("service", ["C-MOVE", "C-GET"])
+def test_the_transcoding_limit_is_the_archives_setting(
+    service: str, archive: Archive, samples: dict[str, Path], tmp_path: Path
+) -> None:
+    """LAMINA_MAX_TRANSCODE_BYTES just under level 0's decoded size: a peer taking uncompressed
+    data only gets every other instance transcoded, and level 0 fails alone, with the reason."""
+    rows = _ingest(archive, samples["aperio_svs"])
+    level0 = next(row for row in rows if row.level == 0)
+    limit = native_bytes(level0) - 1
+    assert limit < 1 << 30 and all(native_bytes(row) <= limit for row in rows if row is not level0)
+    settings = archive.settings.with_(max_transcode_bytes=limit)
+    folder = tmp_path / "got"
+    with DimseServer(archive, port=0, options=DimseOptions.from_settings(settings)) as server:
+        if service == "C-MOVE":
+            with storescp(folder) as port:  # storescp's default: uncompressed syntaxes only
+                PeerDirectory(archive.catalog).add(ApplicationEntity("PLAIN", "127.0.0.1", port))
+                run = _movescu(server, "PLAIN", *_keys("SERIES", rows))
+        else:
+            folder.mkdir()
+            run = _run(
+                tool("getscu"), "-v", "-S", "-aet", SCU_AE, "-aec", server.ae_title, "-od", str(folder),
+                *_keys("SERIES", rows), "127.0.0.1", str(server.port),
+            )  # fmt: skip
+    assert "Warning" in run.stderr, run.stdout + run.stderr  # 0xB000: some sub-operations failed
+    assert set(received(folder)) == {row.sop_instance_uid for row in rows} - {level0.sop_instance_uid}
+    [entry] = _sends(archive)
+    assert entry.detail["service"] == service
+    assert (entry.detail["failed"], entry.detail["transcoded"]) == (1, len(rows) - 1)
 
 
 def test_an_unknown_destination_is_refused_with_a801(

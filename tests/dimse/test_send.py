@@ -27,6 +27,9 @@ from lamina.peers import ApplicationEntity, PeerError
 from lamina.sample import write_samples
 from tests.dimse.peers import decoded_frames, free_port, received, stored_data_set_sha256, storescp
 
+#: The default of LAMINA_MAX_TRANSCODE_BYTES.
+LIMIT = 1 << 30
+
 
 @pytest.fixture(scope="module")
 def svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -55,7 +58,9 @@ def test_every_instance_arrives_as_stored_and_is_audited(
     with storescp(folder, "+xa") as port:
         peer = ApplicationEntity("STORESCP", "127.0.0.1", port)
         # Act
-        [report] = send_slides(archive, [slide_id], peer, "LAMINA", on_sent=progress.append)
+        [report] = send_slides(
+            archive, [slide_id], peer, "LAMINA", on_sent=progress.append, max_transcode_bytes=LIMIT
+        )
     # Assert
     assert report.ok and report.completed == len(slide) == len(progress)
     assert [item.row.sop_instance_uid for item in progress] == [row.sop_instance_uid for row in slide]
@@ -77,7 +82,10 @@ def test_a_peer_taking_uncompressed_data_only_gets_the_pixels_transcoded(
     folder = tmp_path / "received"
     with storescp(folder) as port:  # storescp's default: uncompressed transfer syntaxes only
         [report] = send_slides(
-            archive, [str(slide[0].slide_id)], ApplicationEntity("PLAIN", "127.0.0.1", port)
+            archive,
+            [str(slide[0].slide_id)],
+            ApplicationEntity("PLAIN", "127.0.0.1", port),
+            max_transcode_bytes=LIMIT,
         )
     assert report.ok and all(item.transcoded for item in report.sent)
     got = received(folder)
@@ -136,6 +144,7 @@ def test_an_unknown_slide_is_reported_and_the_others_sent(
             archive,
             ["000000000000", str(slide[0].slide_id)],
             ApplicationEntity("STORESCP", "127.0.0.1", port),
+            max_transcode_bytes=LIMIT,
         )
     assert [r.slide_id for r in reports] == ["000000000000", slide[0].slide_id]
     assert "no slide '000000000000'" in reports[0].reason and not reports[0].ok
@@ -156,10 +165,16 @@ def test_a_refused_association_or_a_silent_port_is_one_error_naming_the_peer(
 ) -> None:
     slide_id = str(slide[0].slide_id)
     with pytest.raises(PeerError, match=r"PICKY@127.0.0.1:\d+: the association was rejected.*'LAMINA'"):
-        send_slides(archive, [slide_id], ApplicationEntity("PICKY", "127.0.0.1", picky.port), "LAMINA")
+        send_slides(
+            archive,
+            [slide_id],
+            ApplicationEntity("PICKY", "127.0.0.1", picky.port),
+            "LAMINA",
+            max_transcode_bytes=LIMIT,
+        )
     silent = ApplicationEntity("NOBODY", "127.0.0.1", free_port())
     with pytest.raises(PeerError, match="no DICOM association could be made"):
-        send_slides(archive, [slide_id], silent)
+        send_slides(archive, [slide_id], silent, max_transcode_bytes=LIMIT)
     with archive.catalog.engine.connect() as conn:
         assert audit.entries(conn, action="send") == []
 
@@ -167,7 +182,7 @@ def test_a_refused_association_or_a_silent_port_is_one_error_naming_the_peer(
 def test_contexts_propose_each_stored_syntax_apart_and_uncompressed_where_transcodable(
     slide: list[InstanceRow],
 ) -> None:
-    proposed = {(cx.abstract_syntax, tuple(cx.transfer_syntax)) for cx in storage_contexts(slide)}
+    proposed = {(cx.abstract_syntax, tuple(cx.transfer_syntax)) for cx in storage_contexts(slide, LIMIT)}
     assert proposed == {
         (VL_WSI, (JPEGBaseline8Bit,)),
         (VL_WSI, (JPEG2000Lossless,)),

@@ -90,7 +90,10 @@ def send(
                 soft_wrap=True,
             )
 
-        reports = send_slides(archive, list(slide_ids), peer, calling, on_sent=progress)
+        limit = archive.settings.max_transcode_bytes
+        reports = send_slides(
+            archive, list(slide_ids), peer, calling, on_sent=progress, max_transcode_bytes=limit
+        )
     finally:
         archive.close()
     if as_json:

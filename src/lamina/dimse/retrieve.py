@@ -145,12 +145,18 @@ class RetrieveService:
         lamina's AE title: the calling AE title of the associations to move destinations.
     network_timeout_s
         How long to wait to associate with a move destination.
+    max_transcode_bytes
+        The largest decoded size transcoded for a peer that takes only uncompressed data (the
+        archive's ``LAMINA_MAX_TRANSCODE_BYTES``).
     """
 
-    def __init__(self, archive: Archive, ae_title: str, network_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, archive: Archive, ae_title: str, network_timeout_s: float, max_transcode_bytes: int
+    ) -> None:
         self.archive = archive
         self.ae_title = ae_title
         self.network_timeout_s = network_timeout_s
+        self.max_transcode_bytes = max_transcode_bytes
 
     def __call__(self, assoc: Association, request: C_GET | C_MOVE, context: PresentationContext) -> None:
         calling = str(assoc.requestor.ae_title or "").strip()
@@ -161,7 +167,7 @@ class RetrieveService:
             rows = select_instances(self.archive.catalog.engine, answer.identifier())
             if isinstance(request, C_MOVE):
                 destination = self._destination(str(request.MoveDestination or "").strip())
-                contexts = storage_contexts(rows)
+                contexts = storage_contexts(rows, self.max_transcode_bytes)
         except RetrieveError as exc:
             log.info("%s from %r refused: %s", service, calling, exc.comment)
             answer.final(exc.code, exc.comment)
@@ -215,7 +221,7 @@ class RetrieveService:
     def _sub_operations(
         self, answer: _Answer, store_assoc: Association, rows: list[InstanceRow], calling: str, moving: bool
     ) -> list[Sent]:
-        sender = InstanceSender(self.archive, f"dimse:{calling}")
+        sender = InstanceSender(self.archive, f"dimse:{calling}", self.max_transcode_bytes)
         counts = _Counts(len(rows))
         sent: list[Sent] = []
         request = answer.request

@@ -22,7 +22,6 @@ from lamina.dimse.contexts import MAXIMUM_PDU_SIZE
 from lamina.dimse.storescu import (
     COMPLETED,
     FAILED,
-    MAX_TRANSCODE_BYTES,
     InstanceSender,
     Sent,
     audit_sent,
@@ -102,9 +101,12 @@ def send_slides(
     calling_ae_title: str = "LAMINA",
     actor: str = "lamina",
     on_sent: Callable[[Sent], None] | None = None,
-    max_transcode_bytes: int = MAX_TRANSCODE_BYTES,
+    *,
+    max_transcode_bytes: int,
 ) -> list[SlideSent]:
     """C-STORE every instance of each slide to ``peer``; return one :class:`SlideSent` per slide.
+    An instance the peer takes only uncompressed is transcoded up to ``max_transcode_bytes``
+    decoded (the archive's ``LAMINA_MAX_TRANSCODE_BYTES``).
 
     Raises :class:`PeerError` only when no association can be made (then nothing was sent).
     """

@@ -67,12 +67,16 @@ class DimseOptions:
         AE titles are not secret).
     network_timeout_s
         An association silent this long is aborted, and what it sent is discarded.
+    max_transcode_bytes
+        C-MOVE and C-GET transcode an instance for a peer that takes only uncompressed data up to
+        this size decoded (``LAMINA_MAX_TRANSCODE_BYTES``, default 1 GiB).
     """
 
     max_dataset_bytes: int = 4 << 30
     max_find_matches: int = 10_000
     calling_ae_titles: tuple[str, ...] = ()
     network_timeout_s: float = 60.0
+    max_transcode_bytes: int = 1 << 30
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DimseOptions:
@@ -82,6 +86,7 @@ class DimseOptions:
             max_find_matches=settings.dimse_max_find_matches,
             calling_ae_titles=settings.dimse_calling_ae_titles,
             network_timeout_s=settings.dimse_network_timeout_s,
+            max_transcode_bytes=settings.max_transcode_bytes,
         )
 
 
@@ -170,7 +175,9 @@ class DimseServer:
         ]
         try:
             # Study Root C-GET and C-MOVE are served by lamina's streamed retrieve (dimse/acceptor.py)
-            retriever = RetrieveService(self.archive, self.ae_title, self.options.network_timeout_s)
+            retriever = RetrieveService(
+                self.archive, self.ae_title, self.options.network_timeout_s, self.options.max_transcode_bytes
+            )
             self._server = start_server(ae, (self.host, self._port), handlers, retriever)
         except OSError as exc:
             self._worker.stop()

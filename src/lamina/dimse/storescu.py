@@ -37,8 +37,6 @@ from lamina.errors import LaminaError, NotFoundError
 
 log = logging.getLogger("lamina.dimse")
 
-#: Decoded size above which an instance is not transcoded for a peer (default 1 GiB).
-MAX_TRANSCODE_BYTES = 1 << 30
 _CHUNK = 1 << 20
 _PROC_FD = Path("/proc/self/fd")
 #: pynetdicom's limit of presentation contexts in one association.
@@ -70,9 +68,7 @@ class Sent:
         return COMPLETED if category == "Success" else WARNING if category == "Warning" else FAILED
 
 
-def storage_contexts(
-    rows: Sequence[InstanceRow], max_transcode_bytes: int = MAX_TRANSCODE_BYTES
-) -> list[PresentationContext]:
+def storage_contexts(rows: Sequence[InstanceRow], max_transcode_bytes: int) -> list[PresentationContext]:
     """The contexts to propose for sending ``rows``: each SOP class with each of its stored
     transfer syntaxes (one context each, so the peer can take one and refuse another), plus
     Explicit VR Little Endian where lamina can transcode an instance of it."""
@@ -99,10 +95,11 @@ class InstanceSender:
     actor
         Who asked (recorded when a damaged object is audited).
     max_transcode_bytes
-        The largest decoded size transcoded for a peer that refused the stored syntax.
+        The largest decoded size transcoded for a peer that refused the stored syntax (the
+        archive's ``LAMINA_MAX_TRANSCODE_BYTES``, passed in by the caller).
     """
 
-    def __init__(self, archive: Archive, actor: str, max_transcode_bytes: int = MAX_TRANSCODE_BYTES) -> None:
+    def __init__(self, archive: Archive, actor: str, max_transcode_bytes: int) -> None:
         self.archive = archive
         self.actor = actor
         self.max_transcode_bytes = max_transcode_bytes
