@@ -3,17 +3,17 @@ thousands of times a minute skips the router, the request objects and the thread
 most of the cost of a frame).
 
 It answers only what it can answer without blocking the loop: one frame, of an instance the
-index holds and confirmed in the catalog within the last ``InstanceIndex.revalidate_s``, asked
-for as stored (``transfer-syntax=*`` or the stored syntax): from a local file, one ``pread`` of a
-few kilobytes on a descriptor kept open; from S3, a copy from the blob cache's memory
+index holds (one due for its confirmation in the catalog is served meanwhile, the confirmation
+running in the thread pool: ``InstanceIndex.revalidate_in_background``), asked for as stored
+(``transfer-syntax=*`` or the stored syntax): from a local file, one ``pread`` of a few
+kilobytes on a descriptor kept open; from S3, a copy from the blob cache's memory
 (``BlobStore.cached_range``, which never blocks), else one ranged read awaited on the loop
-(``BlobStore.read_range_async``: an asyncio request on S3, else the bounded thread pool), without
-the router, its middleware and the thread hop, which cost two thirds of lamina's CPU per frame on
-S3. Anything else
-(an instance not cached or due for its confirmation, several frames, a transcoding, a short or
-failed read, a malformed request) goes on to the routed handler, which runs in the thread pool
-and gives the same answer or the proper error. When sign-in comes, the authorization decision
-goes here too.
+(``BlobStore.read_range_async``: an asyncio request on S3, else the bounded thread pool),
+without the router, its middleware and the thread hop, which cost two thirds of lamina's CPU per
+frame on S3. Anything else (an instance not cached or unconfirmed for too long, several frames,
+a transcoding, a short or failed read, a malformed request) goes on to the routed handler, which
+runs in the thread pool and gives the same answer or the proper error. When sign-in comes, the
+authorization decision goes here too.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class FramesFastPath:
         offset, length = found.frame_span(number)
         if length > state.settings.max_frames_bytes:  # type: ignore[union-attr]
             return None
+        index.revalidate_in_background(found)  # answered from the index meanwhile, if due
         try:
             fd = found.fd()
             if fd is not None:
@@ -102,10 +103,12 @@ def _framed(
     if len(frame) != length:  # damaged or gone: the routed handler reports it
         return None
     head, content_type = _framing(part_type)
-    headers = [(b"content-type", content_type)]
+    body = b"".join((head, frame, _TAIL))
+    # with its length, uvicorn sends the body as it is; without, chunked (one more copy of it)
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     if origin is not None:
         headers.append((b"access-control-allow-origin", b"*"))
-    return headers, b"".join((head, frame, _TAIL))
+    return headers, body
 
 
 @dataclass(frozen=True)
