@@ -1,14 +1,19 @@
-"""The sweep: objects no instance references and partial writes are removed, on every store."""
+"""The sweep: objects no instance references, partial writes and the spools of queued requests
+that no job will read are removed, on every store."""
 
 from __future__ import annotations
 
 import os
+import time
+
+import pytest
 
 from lamina.archive.archive import Archive
 from lamina.archive.blobstore import FileBlobStore
 from lamina.archive.blobstore.s3 import MIN_PART_SIZE, S3BlobStore
 from lamina.archive.ingest import Ingestor
-from lamina.archive.sweep import find_orphans, sweep
+from lamina.archive.receive.jobspool import JobSpools
+from lamina.archive.sweep import find_orphans, sweep, sweep_job_spools
 from tests.support import ingest_path, shared_file
 
 
@@ -53,3 +58,78 @@ def test_the_sweep_removes_orphans_and_partial_writes_and_keeps_the_rest(
     assert set(archive.store.iter_digests()) == referenced
     assert archive.store.sweep_tmp(0) == 0
     assert sweep(archive.catalog, archive.store, older_than_s=0).orphans == []
+
+
+def _spool(archive: Archive, key: str, *contents: bytes) -> None:
+    """A job spool as a queued STOW-RS request writes it (``Archive.spool``), with the partial
+    writes a kill leaves beside its objects: a ``.part`` file, or an S3 temporary key and an
+    unfinished multipart upload."""
+    spool = archive.spool(key)
+    for data in contents:
+        with spool.writer() as writer:
+            writer.write(data)
+            writer.commit()
+    if isinstance(spool, FileBlobStore):
+        (spool.tmp / "killed.part").write_bytes(b"half")
+        return
+    assert isinstance(spool, S3BlobStore)
+    spool.client.put_object(Bucket=spool.bucket, Key=spool.tmp_key(), Body=b"half")
+    spool.client.create_multipart_upload(Bucket=spool.bucket, Key=spool.tmp_key())
+
+
+def _left(archive: Archive, spools: JobSpools) -> set[str]:
+    """The job keys with anything left in the store: a folder (even empty), a key or an upload."""
+    if spools.folder is not None:
+        return {path.name for path in spools.folder.iterdir()} if spools.folder.is_dir() else set()
+    store = archive.store
+    assert isinstance(store, S3BlobStore)
+    prefix = f"{store.prefix}spool/"
+    found = set()
+    for operation, field in (("list_objects_v2", "Contents"), ("list_multipart_uploads", "Uploads")):
+        pages = store.client.get_paginator(operation).paginate(Bucket=store.bucket, Prefix=prefix)
+        found |= {
+            str(item["Key"])[len(prefix) :].split("/")[0] for page in pages for item in page.get(field, [])
+        }
+    return found
+
+
+def test_job_spools_no_job_will_read_are_removed_whole_and_the_others_kept(archive: Archive) -> None:
+    # Arrange: spools of jobs to run, running, to be retried, ended; one a killed API process left
+    # (no job, written a while ago), one a request is writing now (no job yet)
+    spools = JobSpools.of(archive.settings)
+    statuses = {"todo": "todo", "doing": "doing", "aborting": "aborting", "failed": "failed"}
+    statuses |= {"cancelled": "cancelled", "succeeded": "succeeded"}
+    for key in [*statuses, "killed"]:
+        _spool(archive, key, f"an instance of {key}".encode(), os.urandom(100))
+    time.sleep(3)
+    _spool(archive, "spooling", b"an instance on its way")
+    assert set(spools.newest_writes()) == {*statuses, "killed", "spooling"}
+    read: list[bool] = []
+
+    def queue() -> dict[str, str]:
+        read.append(True)
+        return statuses
+
+    # Act
+    removed = sweep_job_spools(spools, queue, older_than_s=2)
+
+    # Assert
+    assert removed == ["cancelled", "failed", "killed", "succeeded"] and read == [True]
+    assert _left(archive, spools) == {"todo", "doing", "aborting", "spooling"}
+    assert set(spools.newest_writes()) == {"todo", "doing", "aborting", "spooling"}
+    # with no bound, a spool without a job goes too; a job to run keeps its own
+    assert sweep_job_spools(spools, dict, older_than_s=0) == ["aborting", "doing", "spooling", "todo"]
+    assert sweep_job_spools(spools, queue) == [] and _left(archive, spools) == set()
+    # the archive's objects are not touched by any of it
+    assert list(archive.store.iter_digests()) == []
+
+
+def test_a_job_spool_is_removed_whole_and_named_by_letters_and_digits(archive: Archive) -> None:
+    spools = JobSpools.of(archive.settings)
+    _spool(archive, "abc123", b"one", b"two")
+    spools.remove("abc123")
+    spools.remove("abc123")  # nothing left: nothing to do
+    assert _left(archive, spools) == set() and spools.newest_writes() == {}
+    for bad in ("../blobs", "a/b", ""):
+        with pytest.raises(ValueError, match="letters and digits only"):
+            spools.remove(bad)

@@ -1,4 +1,5 @@
-"""Find and remove what a crash can leave behind: objects no slide references, partial writes.
+"""Find and remove what a crash can leave behind: objects no slide references, partial writes,
+and the spools of queued requests whose job will not read them again.
 
 Every store is swept the same way through the :class:`BlobStore` contract (a folder, an S3
 bucket): ``iter_digests`` lists the objects, ``modified_at`` gives their age, ``sweep_tmp``
@@ -10,11 +11,20 @@ replica's removal of an object leaves it in the replica only.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from lamina.archive.blobstore import BlobStore
 from lamina.archive.blobstore.replicated import ReplicatedBlobStore
 from lamina.archive.catalog import Catalog
+from lamina.archive.receive.jobspool import JobSpools
+
+#: A spool whose key no job in the queue has is taken for a request still spooling (its job is
+#: queued once every instance is in) until this long after its newest write; past it, for what
+#: an API process killed between spooling and queueing left.
+SPOOL_GRACE_S = 3600.0
+#: The statuses of a job that will run (again) or is running: its spool is never removed.
+_WILL_RUN = frozenset({"todo", "doing", "aborting"})
 
 
 @dataclass(frozen=True)
@@ -67,3 +77,30 @@ def sweep(
                 replica.delete(digest)
         partial = store.sweep_tmp(older_than_s)
     return SweepReport(orphans + replica_only, partial, not dry_run)
+
+
+def sweep_job_spools(
+    spools: JobSpools, statuses: Callable[[], Mapping[str, str]], older_than_s: float = SPOOL_GRACE_S
+) -> list[str]:
+    """Remove the job spools that no job will read again; returns their keys.
+
+    ``statuses`` gives the status of each job of the queue by its key (Procrastinate's: ``todo``,
+    ``doing``, ``aborting``, ``succeeded``, ``failed``, ``cancelled``, ``aborted``); it is read
+    once the spools are listed, so that a job queued meanwhile counts. A spool is kept while its
+    job is to run or running (a job to be retried later included); removed once its job has ended
+    (whose own removal failed); and, when no job has its key, once its newest write is older than
+    ``older_than_s``.
+    """
+    found = spools.newest_writes()
+    if not found:
+        return []
+    known = statuses()
+    cutoff = time.time() - older_than_s
+    removed = []
+    for key, newest in sorted(found.items()):
+        status = known.get(key)
+        if status in _WILL_RUN or (status is None and newest > cutoff):
+            continue
+        spools.remove(key)
+        removed.append(key)
+    return removed

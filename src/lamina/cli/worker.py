@@ -37,6 +37,8 @@ def worker(ctx: click.Context, concurrency: int, name: str | None) -> None:
     swept = archive.incoming.sweep()
     if swept:
         logging.getLogger("lamina.jobs").warning("removed %d request spool(s) of ended processes", swept)
+    with app.open():
+        tasks.sweep_at_start(archive, app)
     label = name or f"{socket.gethostname()}-{os.getpid()}"
     err_console.print(f"lamina worker {label}: {concurrency} at a time (Ctrl-C to stop)", highlight=False)
     try:

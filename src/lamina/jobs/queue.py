@@ -64,9 +64,14 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
 
     async def _main(self) -> None:
         self._task = asyncio.current_task()
+        # set before the flag is read (and stop() sets the flag before it reads the task): a stop
+        # that comes before the task exists is seen here, one that comes after cancels it
+        if self._stopping.is_set():
+            return
         async with self.app.open_async():
             await self.app.run_worker_async(
                 queues=[QUEUE],
@@ -93,6 +98,7 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        self._stopping.set()
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)

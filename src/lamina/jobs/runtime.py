@@ -49,6 +49,7 @@ class Jobs:
         swept = self.archive.incoming.open()
         if swept:
             log.warning("removed %d request spool(s) of processes that ended without removing them", swept)
+        tasks.sweep_at_start(self.archive, self.app if self.queued else None)
         if self.queued and self.settings.workers > 0:
             app = make_app(self.settings)
             tasks.register(app, self.archive)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from lamina.archive.catalog import tables as t
 from lamina.archive.discover import Candidate
 from lamina.archive.fixity import verify
 from lamina.archive.manifest import load_manifest
+from lamina.archive.receive.jobspool import JobSpools
+from lamina.archive.sweep import SPOOL_GRACE_S, sweep_job_spools
 from lamina.archive.watch import Claim, Watcher
 from lamina.errors import LaminaError, UnavailableError
 from lamina.jobs.queue import MAX_ATTEMPTS, QUEUE, RETRY, STALLED_AFTER_S
@@ -41,9 +43,34 @@ def _final(context: procrastinate.JobContext) -> bool:
 def store_instances(
     archive: Archive, *, job_key: str, digests: list[str], study: str | None, actor: str, final: bool
 ) -> list[dict[str, Any]]:
-    """Receive the spooled instances of one STOW-RS request (their SHA-256 in the spool store),
-    record the outcome per instance under ``job_key`` and drop the spooled copies."""
-    spool = archive.spool(job_key)
+    """Receive the spooled instances of one STOW-RS request (their SHA-256 in its job spool,
+    :mod:`lamina.archive.receive.jobspool`) and record the outcome per instance under
+    ``job_key``. The job's spool is removed whole when the job ends: stored, or failed for good
+    (any failure but :class:`UnavailableError` before the last attempt, which is retried)."""
+    spools = JobSpools.of(archive.settings)
+    try:
+        report = _store_spooled(archive, spools, job_key, digests, study, actor, final)
+    except UnavailableError:
+        if final:
+            _remove_spool(spools, job_key)
+        raise
+    except Exception:  # not retried (RETRY retries UnavailableError only): the job has failed
+        _remove_spool(spools, job_key)
+        raise
+    _remove_spool(spools, job_key)
+    return report
+
+
+def _store_spooled(
+    archive: Archive,
+    spools: JobSpools,
+    job_key: str,
+    digests: list[str],
+    study: str | None,
+    actor: str,
+    final: bool,
+) -> list[dict[str, Any]]:
+    spool = spools.open(job_key)
     with archive.incoming.request() as folder:
         files = []
         for index, digest in enumerate(digests):
@@ -64,12 +91,54 @@ def store_instances(
                 report=orjson.dumps(report).decode(),
             )
         )
-    for digest in set(digests):
-        try:
-            spool.delete(digest)
-        except LaminaError as exc:  # left for the spool sweep
-            log.warning("spooled part %s not removed: %s", digest, exc)
     return report
+
+
+def _remove_spool(spools: JobSpools, job_key: str) -> None:
+    try:
+        spools.remove(job_key)
+    except LaminaError as exc:  # the periodic sweep removes it once the job has ended
+        log.warning("the spool of job %s was not removed: %s", job_key, exc)
+
+
+# -- the sweep of what jobs leave ---------------------------------------------------------------
+
+#: How often a process that runs jobs sweeps what jobs leave behind (and once at its start).
+SWEEP_CRON = "*/15 * * * *"
+
+
+def stow_job_statuses(app: procrastinate.App) -> dict[str, str]:
+    """The status of every STOW-RS job in the queue, by its job key (its spool's name)."""
+    found = {}
+    for job in app.job_manager.list_jobs(task="lamina:store_instances", queue=QUEUE):
+        key = (job.task_kwargs or {}).get("job_key")
+        if isinstance(key, str) and job.status is not None:
+            found[key] = job.status
+    return found
+
+
+def sweep_jobs(
+    archive: Archive, statuses: Callable[[], Mapping[str, str]], older_than_s: float = SPOOL_GRACE_S
+) -> list[str]:
+    """Remove the job spools no job will read again (:func:`~lamina.archive.sweep.sweep_job_spools`,
+    a spool without a job once its newest write is ``older_than_s`` old); the keys of those
+    removed. ``statuses`` reads the queue (:func:`stow_job_statuses`); a process without one (the
+    embedded catalog) gives none."""
+    removed = sweep_job_spools(JobSpools.of(archive.settings), statuses, older_than_s)
+    if removed:
+        log.warning("removed %d job spool(s) that no job will read: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def sweep_at_start(archive: Archive, app: procrastinate.App | None) -> None:
+    """:func:`sweep_jobs` once, as a process that runs jobs starts; ``app`` an opened app of the
+    queue (None without one). A failure is logged, not raised: housekeeping never stops a start,
+    and the periodic sweep tries again."""
+    try:
+        sweep_jobs(archive, (lambda: stow_job_statuses(app)) if app is not None else dict)
+    except Exception as exc:  # S3 or the queue unreachable: the reason, never a URL with a secret
+        reason = str(exc) if isinstance(exc, LaminaError) else type(exc).__name__
+        log.warning("what jobs left behind was not swept at start (%s); swept again later", reason)
 
 
 # -- watched folders ----------------------------------------------------------------------------
@@ -140,7 +209,7 @@ def queue_repair(app: procrastinate.App, sha256: str) -> None:
 def register(app: procrastinate.App, archive: Archive) -> None:
     """lamina's tasks on ``app``, run on ``archive`` (each app its own: a task is bound to the app
     it is registered on), and the periodic jobs: fixity at the archive's ``verify_cron``, stalled
-    jobs back to the queue."""
+    jobs back to the queue, the sweep of what jobs leave (:func:`sweep_jobs`, at ``SWEEP_CRON``)."""
 
     @app.task(name="lamina:store_instances", queue=QUEUE, retry=RETRY, pass_context=True)
     def store_instances_job(
@@ -178,6 +247,11 @@ def register(app: procrastinate.App, archive: Archive) -> None:
         for job in stalled:
             log.warning("job %s (%s) lost its worker; queued again", job.id, job.task_name)
             await app.job_manager.retry_job(job)
+
+    @app.periodic(cron=SWEEP_CRON, periodic_id="sweep_jobs")
+    @app.task(name="lamina:sweep_jobs", queue=QUEUE, pass_context=False)
+    def periodic_sweep(timestamp: int) -> None:
+        sweep_jobs(archive, lambda: stow_job_statuses(app))
 
     settings = archive.settings
     if settings.verify_cron:
