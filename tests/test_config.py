@@ -27,6 +27,7 @@ SIZES = {
 NUMBERS = {
     "workers": ("3", 3),
     "stow_wait_s": ("2.5", 2.5),
+    "job_reports_keep_days": ("0.5", 0.5),
     "verify_limit_mb_s": ("20", 20.0),
     "watch_stable_s": ("0", 0.0),
     "api_threads": ("8", 8),

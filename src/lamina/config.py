@@ -252,6 +252,9 @@ class Settings:
     stow_wait_s
         How long a STOW-RS request waits for its queued job before answering 202
         (``LAMINA_STOW_WAIT_S``, default 600).
+    job_reports_keep_days
+        How long the report of a queued STOW-RS job whose request answered 202 before it ended is
+        kept (``LAMINA_JOB_REPORTS_KEEP_DAYS``, default 7), then removed by the periodic sweep.
     verify_cron
         When the server re-verifies every stored object (``LAMINA_VERIFY_CRON``, a cron line,
         default ``30 2 * * *``; ``off`` for never), read at ``verify_limit_mb_s``
@@ -318,6 +321,7 @@ class Settings:
     replica_url: str | None = None
     workers: int = 1
     stow_wait_s: float = 600.0
+    job_reports_keep_days: float = 7.0
     verify_cron: str | None = "30 2 * * *"
     verify_limit_mb_s: float = 50.0
     watch: tuple[Path, ...] = ()
@@ -375,6 +379,7 @@ class Settings:
             else None,
             workers=_number(env, file_values, "workers", 1, int),
             stow_wait_s=_number(env, file_values, "stow_wait_s", 600.0, float),
+            job_reports_keep_days=_number(env, file_values, "job_reports_keep_days", 7.0, float),
             verify_cron=_cron(env.get("LAMINA_VERIFY_CRON") or file_values.get("verify_cron")),
             verify_limit_mb_s=_number(env, file_values, "verify_limit_mb_s", 50.0, float),
             watch=_folders(env.get("LAMINA_WATCH"), file_values.get("watch")),

@@ -3,6 +3,7 @@ that no job will read are removed, on every store."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 
@@ -11,9 +12,10 @@ import pytest
 from lamina.archive.archive import Archive
 from lamina.archive.blobstore import FileBlobStore
 from lamina.archive.blobstore.s3 import MIN_PART_SIZE, S3BlobStore
+from lamina.archive.catalog import tables as t
 from lamina.archive.ingest import Ingestor
 from lamina.archive.receive.jobspool import JobSpools
-from lamina.archive.sweep import find_orphans, sweep, sweep_job_spools
+from lamina.archive.sweep import find_orphans, sweep, sweep_job_reports, sweep_job_spools
 from tests.support import ingest_path, shared_file
 
 
@@ -133,3 +135,20 @@ def test_a_job_spool_is_removed_whole_and_named_by_letters_and_digits(archive: A
     for bad in ("../blobs", "a/b", ""):
         with pytest.raises(ValueError, match="letters and digits only"):
             spools.remove(bad)
+
+
+def test_job_reports_no_request_took_are_kept_for_a_while_then_removed(archive: Archive) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ages = {"eightdays": dt.timedelta(days=8), "sixdays": dt.timedelta(days=6), "now": dt.timedelta(0)}
+    with archive.catalog.begin() as conn:
+        for key, age in ages.items():
+            conn.execute(
+                t.job_reports.insert().values(job_key=key, kind="stow", created_at=now - age, report="[]")
+            )
+
+    removed = sweep_job_reports(archive.catalog, older_than_s=7 * 86400)
+
+    with archive.catalog.engine.connect() as conn:
+        left = {row.job_key for row in conn.execute(t.job_reports.select())}
+    assert removed == 1 and left == {"sixdays", "now"}
+    assert sweep_job_reports(archive.catalog, older_than_s=7 * 86400) == 0

@@ -1,7 +1,7 @@
 """The STOW-RS job and its spool, through the real queue (PostgreSQL), on a folder store and on S3:
 the job removes its whole spool when it ends, stored or failed; what a kill leaves is swept, at a
 worker's or a server's start and by the periodic job; a spool whose job is to run is never
-removed."""
+removed. The report of a request answered 202 is kept for LAMINA_JOB_REPORTS_KEEP_DAYS."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import procrastinate
 import pytest
 
+from lamina.api import create_app
 from lamina.archive.archive import Archive
+from lamina.archive.catalog import tables as t
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.archive.receive.jobspool import JobSpools
@@ -26,7 +29,7 @@ from lamina.jobs.queue import QUEUE, Worker, make_app
 from lamina.jobs.runtime import Jobs
 from lamina.sample import write_samples
 from tests.backends import Backend
-from tests.support import lamina_env
+from tests.support import lamina_env, serving
 
 LAMINA = str(Path(sys.executable).parent / "lamina")
 
@@ -34,7 +37,9 @@ LAMINA = str(Path(sys.executable).parent / "lamina")
 _KILLED_AFTER_SPOOLING = """
 import os, signal, sys, uuid
 from pathlib import Path
+from lamina.api import create_app
 from lamina.archive.archive import Archive
+from lamina.archive.catalog import tables as t
 from lamina.config import Settings
 from lamina.jobs.runtime import Jobs
 archive = Archive.open(Settings.load())
@@ -179,10 +184,11 @@ def test_a_kill_between_spooling_and_queueing_leaves_a_spool_the_sweep_removes(
     # Act
     removed = tasks.sweep_jobs(queued, lambda: tasks.stow_job_statuses(app), older_than_s=2)
     # Assert
-    assert removed == [killed_key] and _gone(queued, killed_key)
+    assert removed.spools == [killed_key] and _gone(queued, killed_key)
     assert set(JobSpools.of(queued.settings).newest_writes()) == {live_key, spooling_key}
     # the live job's spool is never removed, however old; once it has run, it is gone
-    assert tasks.sweep_jobs(queued, lambda: tasks.stow_job_statuses(app), older_than_s=0) == [spooling_key]
+    swept = tasks.sweep_jobs(queued, lambda: tasks.stow_job_statuses(app), older_than_s=0)
+    assert swept.spools == [spooling_key]
     assert _status(app, live) == "todo" and not _gone(queued, live_key)
     worker = _run_jobs(queued)
     try:
@@ -240,3 +246,43 @@ def test_the_sweep_runs_at_a_servers_and_a_workers_start_and_periodically(
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
     assert "removed 1 job spool(s) that no job will read" in log.read_text()
+
+
+def _multipart(files: list[Path], boundary: str = "lamina-test") -> bytes:
+    parts = [
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
+        for path in files
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def _reports(archive: Archive) -> set[str]:
+    with archive.catalog.engine.connect() as conn:
+        return {row.job_key for row in conn.execute(t.job_reports.select())}
+
+
+def test_the_report_of_a_request_answered_202_is_kept_for_the_days_set_then_swept(
+    queued: Archive, instances: list[Path]
+) -> None:
+    # Arrange: a STOW-RS request that answers 202 at once, its job going on in the server
+    server = Archive.open(queued.settings.with_(stow_wait_s=0.0))
+    with serving(create_app(server.settings, server)) as port:
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/dicomweb/studies",
+            content=_multipart(instances),
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=lamina-test'},
+            timeout=120,
+        )
+        assert answer.status_code == 202 and "still being stored" in answer.headers["warning"]
+        _wait(lambda: len(_reports(queued)) == 1, "the job wrote no report")
+    server.close()
+    assert queued.catalog.count_slides() == 1
+    # Act, assert: within LAMINA_JOB_REPORTS_KEEP_DAYS (7 by default) the sweep keeps it
+    assert tasks.sweep_jobs(queued, dict).reports == 0 and len(_reports(queued)) == 1
+    one_second = Archive.open(queued.settings.with_(job_reports_keep_days=1 / 86400))
+    try:
+        time.sleep(1.5)
+        assert tasks.sweep_jobs(one_second, dict).reports == 1
+    finally:
+        one_second.close()
+    assert _reports(queued) == set()

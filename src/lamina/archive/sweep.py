@@ -1,5 +1,6 @@
 """Find and remove what a crash can leave behind: objects no slide references, partial writes,
-and the spools of queued requests whose job will not read them again.
+the spools of queued requests whose job will not read them again; and the job reports that no
+request took, once old.
 
 Every store is swept the same way through the :class:`BlobStore` contract (a folder, an S3
 bucket): ``iter_digests`` lists the objects, ``modified_at`` gives their age, ``sweep_tmp``
@@ -10,13 +11,17 @@ replica's removal of an object leaves it in the replica only.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from sqlalchemy import delete
+
 from lamina.archive.blobstore import BlobStore
 from lamina.archive.blobstore.replicated import ReplicatedBlobStore
 from lamina.archive.catalog import Catalog
+from lamina.archive.catalog import tables as t
 from lamina.archive.receive.jobspool import JobSpools
 
 #: A spool whose key no job in the queue has is taken for a request still spooling (its job is
@@ -104,3 +109,12 @@ def sweep_job_spools(
         spools.remove(key)
         removed.append(key)
     return removed
+
+
+def sweep_job_reports(catalog: Catalog, older_than_s: float) -> int:
+    """Remove the job reports written more than ``older_than_s`` ago; how many. A report is taken
+    (and deleted) by the request waiting for its job; one whose request answered 202 before the
+    job ended stays, so that its outcome could still be told, until this sweep."""
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
+    with catalog.begin() as conn:
+        return int(conn.execute(delete(t.job_reports).where(t.job_reports.c.created_at < cutoff)).rowcount)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from lamina.archive.discover import Candidate
 from lamina.archive.fixity import verify
 from lamina.archive.manifest import load_manifest
 from lamina.archive.receive.jobspool import JobSpools
-from lamina.archive.sweep import SPOOL_GRACE_S, sweep_job_spools
+from lamina.archive.sweep import SPOOL_GRACE_S, sweep_job_reports, sweep_job_spools
 from lamina.archive.watch import Claim, Watcher
 from lamina.errors import LaminaError, UnavailableError
 from lamina.jobs.queue import MAX_ATTEMPTS, QUEUE, RETRY, STALLED_AFTER_S
@@ -117,17 +118,29 @@ def stow_job_statuses(app: procrastinate.App) -> dict[str, str]:
     return found
 
 
+@dataclass(frozen=True)
+class JobSweep:
+    """What :func:`sweep_jobs` removed: the keys of job spools, and how many job reports."""
+
+    spools: list[str]
+    reports: int
+
+
 def sweep_jobs(
     archive: Archive, statuses: Callable[[], Mapping[str, str]], older_than_s: float = SPOOL_GRACE_S
-) -> list[str]:
+) -> JobSweep:
     """Remove the job spools no job will read again (:func:`~lamina.archive.sweep.sweep_job_spools`,
-    a spool without a job once its newest write is ``older_than_s`` old); the keys of those
-    removed. ``statuses`` reads the queue (:func:`stow_job_statuses`); a process without one (the
-    embedded catalog) gives none."""
+    a spool without a job once its newest write is ``older_than_s`` old), and the job reports
+    older than the archive's ``job_reports_keep_days``. ``statuses`` reads the queue
+    (:func:`stow_job_statuses`); a process without one (the embedded catalog) gives none."""
     removed = sweep_job_spools(JobSpools.of(archive.settings), statuses, older_than_s)
     if removed:
         log.warning("removed %d job spool(s) that no job will read: %s", len(removed), ", ".join(removed))
-    return removed
+    days = archive.settings.job_reports_keep_days
+    reports = sweep_job_reports(archive.catalog, days * 86400)
+    if reports:
+        log.info("removed %d job report(s) that no request took, older than %g days", reports, days)
+    return JobSweep(removed, reports)
 
 
 def sweep_at_start(archive: Archive, app: procrastinate.App | None) -> None:
