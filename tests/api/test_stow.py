@@ -16,6 +16,7 @@ import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from pydicom.datadict import dictionary_VR
 
 from lamina.api import create_app
 from lamina.api.dicomweb.upload import PREAMBLE_LIMIT, MultipartSpooler, spool_parts
@@ -94,6 +95,44 @@ def test_bad_parts_are_reported_and_the_rest_stored(
     reasons = [item["00081197"]["Value"][0] for item in data["00081198"]["Value"]]
     assert reasons == [0xC000, 0xC000]
     assert len(archive.catalog.slides()) == 1
+
+
+def _check_vrs(element: dict[str, object], tag: str) -> None:
+    """Every element (in sequences too) carries its dictionary VR."""
+    assert element["vr"] == dictionary_VR(int(tag, 16)).split(" or ")[0], (tag, element)
+    if element["vr"] == "SQ":
+        for item in element.get("Value", []):  # type: ignore[attr-defined]
+            for inner, value in item.items():
+                _check_vrs(value, inner)
+
+
+def test_the_answer_is_dicom_json_that_reads_back_with_the_dictionarys_vrs(
+    exported: list[Path], target: tuple[str, Archive]
+) -> None:
+    base, _ = target
+    body = _multipart([("application/dicom", exported[0].read_bytes()), ("text/plain", b"hello")])
+    answer = httpx.post(
+        f"{base}/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+        timeout=120,
+    )
+    assert answer.status_code == 202
+    data = answer.json()
+    for tag, value in data.items():
+        _check_vrs(value, tag)
+    read = pydicom.Dataset.from_json(data)
+    [stored] = read.ReferencedSOPSequence
+    first = pydicom.dcmread(exported[0], stop_before_pixels=True)
+    assert stored.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert stored.ReferencedSOPClassUID == first.SOPClassUID
+    assert stored.RetrieveURL.endswith(f"/instances/{first.SOPInstanceUID}")
+    assert read.RetrieveURL == f"{base}/studies/{first.StudyInstanceUID}"
+    [refused] = read.FailedSOPSequence
+    assert refused.FailureReason == 0xC000
+    # a part refused for its media type has no UIDs: the elements are there, empty
+    assert data["00081198"]["Value"][0]["00081150"] == {"vr": "UI"}
+    assert data["00081198"]["Value"][0]["00081155"] == {"vr": "UI"}
 
 
 def test_all_failed_is_409_and_stores_nothing(target: tuple[str, Archive]) -> None:

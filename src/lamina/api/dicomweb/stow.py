@@ -24,6 +24,7 @@ from lamina.api.urls import dicomweb_base
 from lamina.archive.archive import Archive
 from lamina.archive.receive import FailureReason, Outcome
 from lamina.errors import InsufficientStorageError, PayloadTooLargeError
+from lamina.mapping.attributes import element, tags
 
 __all__ = ["store"]
 
@@ -89,39 +90,38 @@ def _no_space(outcomes: list[Outcome]) -> None:
             raise InsufficientStorageError("", outcome.reason)
 
 
-def _sequence(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"vr": "SQ", "Value": items}
+_CLASS, _INSTANCE, _URL, _REASON, _STORED, _FAILED = tags(
+    "ReferencedSOPClassUID", "ReferencedSOPInstanceUID", "RetrieveURL", "FailureReason",
+    "ReferencedSOPSequence", "FailedSOPSequence",
+)  # fmt: skip
 
 
 def _response(base: str, outcomes: list[Outcome]) -> Response:
+    """The DICOM JSON answer (PS3.18 10.5.3), its elements made as every answer's are
+    (:func:`lamina.mapping.attributes.element`)."""
     stored, failed = [], []
     for item in outcomes:
-        entry: dict[str, Any] = {
-            "00081150": {"vr": "UI", "Value": [item.sop_class_uid]} if item.sop_class_uid else {"vr": "UI"},
-            "00081155": {"vr": "UI", "Value": [item.sop_instance_uid]}
-            if item.sop_instance_uid
-            else {"vr": "UI"},
+        entry = {
+            _CLASS: element(_CLASS, item.sop_class_uid),
+            _INSTANCE: element(_INSTANCE, item.sop_instance_uid),
         }
         if item.ok:
             url = (
                 f"{base}/studies/{item.study_instance_uid}/series/{item.series_instance_uid}"
                 f"/instances/{item.sop_instance_uid}"
             )
-            entry["00081190"] = {"vr": "UR", "Value": [url]}
+            entry[_URL] = element(_URL, url)
             stored.append(entry)
         else:
-            entry["00081197"] = {
-                "vr": "US",
-                "Value": [int(item.failure_reason or FailureReason.PROCESSING_FAILURE)],
-            }
+            entry[_REASON] = element(_REASON, int(item.failure_reason or FailureReason.PROCESSING_FAILURE))
             failed.append(entry)
     body: dict[str, Any] = {}
     studies = {item.study_instance_uid for item in outcomes if item.ok}
     if len(studies) == 1:
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{studies.pop()}"]}
+        body[_URL] = element(_URL, f"{base}/studies/{studies.pop()}")
     if stored:
-        body["00081199"] = _sequence(stored)
+        body[_STORED] = element(_STORED, *stored)
     if failed:
-        body["00081198"] = _sequence(failed)
+        body[_FAILED] = element(_FAILED, *failed)
     status = 200 if not failed else (202 if stored else 409)
     return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)
