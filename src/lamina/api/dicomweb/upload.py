@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio.to_thread
+
 from lamina.archive.receive.spool import spool_error
 from lamina.errors import PayloadTooLargeError, RequestError
 
@@ -175,7 +177,10 @@ async def spool_parts(
     spooler = MultipartSpooler(boundary, folder, max_bytes)
     try:
         async for chunk in chunks:
-            if spooler.feed(chunk):
+            # in the thread pool: a write to the spool can wait on the disk for milliseconds
+            # (measured up to 18 ms while an ingest writes back its blobs), which on the event
+            # loop would stall every frame being served
+            if await anyio.to_thread.run_sync(spooler.feed, chunk):
                 return spooler.parts
         raise RequestError("body", "the multipart body ends without its closing delimiter")
     finally:
