@@ -106,3 +106,12 @@ class NotAcceptableError(LaminaError):
 
 class PayloadTooLargeError(LaminaError):
     """An upload or a decoded image is over the configured limit."""
+
+
+class PeerError(LaminaError):
+    """A DICOM peer could not be reached, or refused the association. ``peer`` names it; the
+    message says what to check."""
+
+    def __init__(self, peer: str, message: str) -> None:
+        self.peer = peer
+        super().__init__(f"{peer}: {message}")

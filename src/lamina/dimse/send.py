@@ -27,7 +27,8 @@ from lamina.dimse.storescu import (
     audit_sent,
     storage_contexts,
 )
-from lamina.peers.entity import ApplicationEntity, PeerError, check_ae_title
+from lamina.errors import PeerError
+from lamina.peers.entity import ApplicationEntity, check_ae_title
 
 
 @dataclass

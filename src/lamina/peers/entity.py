@@ -15,7 +15,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from lamina.errors import LaminaError, RequestError
+from lamina.errors import PeerError as PeerError  # here too: its import path before errors.py held it
+from lamina.errors import RequestError
 
 #: PS3.5 6.2: an AE value is at most 16 characters of the default repertoire, no backslash, no
 #: control character; leading and trailing spaces are not significant.
@@ -25,15 +26,6 @@ DESCRIPTION_MAX = 255
 _AE_CHARACTERS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # printable ASCII without "\"
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _ADDRESS = re.compile(r"^(?P<ae>[^@]*)@(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^:@\[\]]*)):(?P<port>[^:@]*)$")
-
-
-class PeerError(LaminaError):
-    """A DICOM peer could not be reached, or refused the association. ``peer`` names it; the
-    message says what to check."""
-
-    def __init__(self, peer: str, message: str) -> None:
-        self.peer = peer
-        super().__init__(f"{peer}: {message}")
 
 
 def check_ae_title(value: str, parameter: str = "AE title") -> str:
