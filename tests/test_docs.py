@@ -214,6 +214,8 @@ def run(commands: list[Command], folder: Path) -> None:
     base = {**os.environ, "LAMINA_HOME": str(folder / "lamina-data")}
     for name in [name for name in base if name.startswith("LAMINA_") and name != "LAMINA_HOME"]:
         del base[name]  # the pages' defaults, not the caller's settings
+    for name in ("COLUMNS", "LINES"):  # pytest-xdist sets 80 columns: tables as a pipe gets them
+        base.pop(name, None)
     for command in commands:
         words = [word.replace("../shared/", f"{TESTDATA.parent}/") for word in command.words]
         done = subprocess.run(
