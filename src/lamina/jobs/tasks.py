@@ -98,7 +98,9 @@ def _store_spooled(
 def _remove_spool(spools: JobSpools, job_key: str) -> None:
     try:
         spools.remove(job_key)
-    except LaminaError as exc:  # the periodic sweep removes it once the job has ended
+    except LaminaError as exc:
+        # sweep_job_spools removes it later: at its next run once the job has failed, an hour
+        # after its last write once the job has succeeded (and left the queue)
         log.warning("the spool of job %s was not removed: %s", job_key, exc)
 
 
