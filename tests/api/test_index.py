@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -46,9 +46,9 @@ def _url(port: int, row: InstanceRow, frame: int = 1) -> str:
     )
 
 
-def _wait(condition: object, what: str, seconds: float = 20.0) -> None:
+def _wait(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
 
