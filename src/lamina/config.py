@@ -287,6 +287,10 @@ class Settings:
         Little Endian (``LAMINA_MAX_TRANSCODE_BYTES``, default 1 GiB, at most 4 GiB per instance);
         also the most one instance sent by C-MOVE, C-GET or ``lamina send`` may be, decoded, when
         the peer takes only uncompressed data.
+    background_nice
+        The nice value at which long work runs (``LAMINA_BACKGROUND_NICE``, 0 to 19, default 19;
+        0 for none): slides ingested, fixity runs, job workers, so that tile serving keeps the
+        CPU first on a busy host (:mod:`lamina.archive.priority`).
     shutdown_grace_s
         How long ``lamina serve`` lets requests in flight finish after SIGTERM or Ctrl-C
         (``LAMINA_SHUTDOWN_GRACE_S``, default 30).
@@ -332,6 +336,7 @@ class Settings:
     max_frames_bytes: int = 32 << 20
     max_transcode_bytes: int = 1 << 30
     shutdown_grace_s: float = 30.0
+    background_nice: int = 19
     blob_cache_bytes: int = 0
     blob_cache_disk_bytes: int = 0
     blob_cache_dir: Path | None = None
@@ -390,6 +395,7 @@ class Settings:
             max_frames_bytes=_bytes(env, file_values, "max_frames_bytes", 32 << 20),
             max_transcode_bytes=_bytes(env, file_values, "max_transcode_bytes", 1 << 30),
             shutdown_grace_s=_number(env, file_values, "shutdown_grace_s", 30.0, float),
+            background_nice=_number(env, file_values, "background_nice", 19, int),
             blob_cache_bytes=_bytes(env, file_values, "blob_cache_bytes", 0),
             blob_cache_disk_bytes=_bytes(env, file_values, "blob_cache_disk_bytes", 0),
             blob_cache_dir=Path(folder).expanduser().absolute()
@@ -412,6 +418,11 @@ class Settings:
             raise ConfigurationError(
                 f"LAMINA_BLOB_CACHE_BLOCK_BYTES={settings.blob_cache_block_bytes}: between 4 KiB and "
                 "64 MiB (default 1 MiB)"
+            )
+        if not 0 <= settings.background_nice <= 19:
+            raise ConfigurationError(
+                f"LAMINA_BACKGROUND_NICE={settings.background_nice}: a nice value from 0 (long work at "
+                "the priority of serving) to 19 (the lowest); default 19"
             )
         if settings.dimse_max_find_matches < 1:
             raise ConfigurationError("LAMINA_DIMSE_MAX_FIND_MATCHES=0: at least 1 (default 10000)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -23,6 +25,7 @@ from lamina.api.dicomweb.upload import PREAMBLE_LIMIT, MultipartSpooler, spool_p
 from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
+from lamina.archive.receive import Receiver
 from lamina.config import Settings
 from lamina.errors import RequestError
 from tests.s3server import free_ports
@@ -67,6 +70,27 @@ def test_a_slide_posted_by_dicomweb_client_is_stored_whole(
     # posting again is idempotent: the same slide, nothing new
     DICOMwebClient(base).store_instances(datasets)
     assert len(archive.catalog.slides()) == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's nice value is Linux's")
+def test_the_slide_is_ingested_at_background_priority(
+    exported: list[Path], target: tuple[str, Archive], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the receive path notes the nice value of the thread it runs on
+    base, archive = target
+    seen: list[int] = []
+    receive = Receiver.receive
+
+    def noting(self: Receiver, *args: Any, **kwargs: Any) -> Any:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return receive(self, *args, **kwargs)
+
+    monkeypatch.setattr(Receiver, "receive", noting)
+    # Act
+    answer = DICOMwebClient(base).store_instances([pydicom.dcmread(path) for path in exported])
+    # Assert: stored, by a thread at the default LAMINA_BACKGROUND_NICE
+    assert "FailedSOPSequence" not in answer
+    assert seen == [archive.settings.background_nice] == [19]
 
 
 def _multipart(parts: list[tuple[str, bytes]], boundary: str = "xyz") -> bytes:

@@ -31,6 +31,7 @@ from lamina.api.openapi import describe
 from lamina.api.problems import handle_lamina_error, problem
 from lamina.api.urls import ForwardedHeaders
 from lamina.archive.archive import Archive
+from lamina.archive.priority import background_pool
 from lamina.config import Settings
 from lamina.errors import LaminaError
 
@@ -81,6 +82,11 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         app.state.settings = settings
         app.state.archive = opened
         app.state.index = dicomweb.InstanceIndex(opened)
+        # long work a request starts (the embedded STOW-RS ingest): its own bounded threads, at
+        # background priority, beside the request pool (lamina.archive.priority)
+        app.state.background = background_pool(
+            settings.api_threads, settings.background_nice, "lamina-ingest"
+        )
         from lamina.jobs.runtime import Jobs
 
         jobs = Jobs(opened)
@@ -90,6 +96,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
             yield
         finally:
             jobs.close()
+            app.state.background.shutdown(wait=False, cancel_futures=True)
             if archive is None:
                 opened.close()
 

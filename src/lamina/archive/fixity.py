@@ -17,7 +17,6 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,7 @@ from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.priority import background_pool
 from lamina.archive.sweep import find_orphans
 from lamina.errors import LaminaError, NotFoundError, UnavailableError
 
@@ -340,6 +340,7 @@ def verify(
     *,
     orphan_grace_s: float = 3600.0,
     actor: str = "lamina",
+    nice: int = 0,
 ) -> FixityReport:
     """Re-read and re-hash every referenced object; list missing, corrupt and orphaned objects.
 
@@ -361,6 +362,9 @@ def verify(
         ingest may still be committing them); 0 reports all. Default one hour, as the sweep.
     actor : str, optional
         Who runs the check, for the audit entry.
+    nice : int, optional
+        The nice value the reading threads run at (:mod:`lamina.archive.priority`); 0 (default)
+        leaves them at the caller's.
 
     Returns
     -------
@@ -390,7 +394,7 @@ def verify(
         progress=progress,
         total=sum(sizes.values()),
     )
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fixity") as pool:
+    with background_pool(workers, nice, "fixity") as pool:
         futures = [pool.submit(_work, store, shared) for _ in range(min(workers, max(1, len(digests))))]
         for future in futures:
             future.result()

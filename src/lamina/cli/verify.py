@@ -86,7 +86,12 @@ def verify(ctx: click.Context, as_json: bool, workers: int, limit: float | None,
                 bar.update(task, completed=done, total=total)
 
             report = run_fixity(
-                archive.catalog, archive.store, workers=workers, max_bytes_per_s=max_bytes, progress=update
+                archive.catalog,
+                archive.store,
+                workers=workers,
+                max_bytes_per_s=max_bytes,
+                progress=update,
+                nice=archive.settings.background_nice,
             )
         if do_repair and isinstance(archive.store, ReplicatedBlobStore) and not report.ok:
             repaired = repair(report, archive.store, archive.catalog)

@@ -138,7 +138,7 @@ class _Queue:
         self._failed_before: set[Path] | None = None
         worker_app = make_app(archive.settings)
         tasks.register(worker_app, archive)
-        self.worker = Worker(worker_app, archive.settings.workers)
+        self.worker = Worker(worker_app, archive.settings.workers, nice=archive.settings.background_nice)
         if archive.settings.workers > 0:
             self.worker.start()
 

@@ -24,11 +24,13 @@ def worker(ctx: click.Context, concurrency: int, name: str | None) -> None:
     import socket
 
     from lamina.archive.archive import Archive
+    from lamina.archive.priority import lower_priority
     from lamina.config import Settings
     from lamina.jobs import tasks
     from lamina.jobs.queue import QUEUE, STALLED_AFTER_S, make_app
 
     settings = Settings.load((ctx.find_root().obj or {}).get("home"))
+    lower_priority(settings.background_nice)  # long work: a server on this host keeps the CPU first
     app = make_app(settings)  # refuses an embedded catalog with the reason
     archive = Archive.open(settings, on_damaged=lambda digest: tasks.queue_repair(app, digest))
     tasks.register(app, archive)

@@ -133,7 +133,9 @@ class DimseServer:
         self.spools = AssociationSpools(archive.settings.home / "incoming")
         self._port = port
         self._listener = listener
-        self._worker = AssociationIngest(archive.receiver(), self._on_received)
+        self._worker = AssociationIngest(
+            archive.receiver(), self._on_received, archive.settings.background_nice
+        )
         self._associations: dict[Association, _Association] = {}
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None

@@ -19,6 +19,7 @@ import procrastinate
 from procrastinate import PsycopgConnector, RetryStrategy
 from sqlalchemy.engine import make_url
 
+from lamina.archive.priority import lower_priority
 from lamina.config import Settings
 from lamina.errors import ConfigurationError, UnavailableError
 
@@ -57,8 +58,11 @@ def make_app(settings: Settings) -> procrastinate.App:
 class Worker:
     """Procrastinate workers in a thread of this process (``lamina serve``), stopped on close."""
 
-    def __init__(self, app: procrastinate.App, concurrency: int = 1, name: str = "lamina") -> None:
+    def __init__(
+        self, app: procrastinate.App, concurrency: int = 1, name: str = "lamina", nice: int = 0
+    ) -> None:
         self.app = app
+        self.nice = nice
         self.concurrency = concurrency
         self.name = name
         self._thread: threading.Thread | None = None
@@ -84,6 +88,7 @@ class Worker:
 
     def start(self) -> None:
         def run() -> None:
+            lower_priority(self.nice)  # the jobs' threads, started from this one, inherit it
             loop = self._loop = asyncio.new_event_loop()
             try:
                 loop.run_until_complete(self._main())

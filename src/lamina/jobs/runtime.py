@@ -18,6 +18,7 @@ from sqlalchemy import delete, select
 
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
+from lamina.archive.priority import lower_priority
 from lamina.archive.receive import Outcome, examine
 from lamina.archive.watch import Watcher
 from lamina.errors import StorageError
@@ -53,7 +54,7 @@ class Jobs:
         if self.queued and self.settings.workers > 0:
             app = make_app(self.settings)
             tasks.register(app, self.archive)
-            self.worker = Worker(app, self.settings.workers)
+            self.worker = Worker(app, self.settings.workers, nice=self.settings.background_nice)
             self.worker.start()
         if not self.queued and self.settings.verify_cron:
             self._thread(self._periodic_verify, "lamina-verify")
@@ -80,6 +81,7 @@ class Jobs:
         return Watcher(self.archive, folder, self.settings.watch_stable_s, manifest=loaded, submit=submit)
 
     def _watch(self, folder: Path) -> None:
+        lower_priority(self.settings.background_nice)
         watcher = self.watcher(folder)
         log.info("watching %s", folder)
         while not self.stop.is_set():
@@ -92,6 +94,7 @@ class Jobs:
     def _periodic_verify(self) -> None:
         from croniter import croniter
 
+        lower_priority(self.settings.background_nice)
         cron = croniter(self.settings.verify_cron, time.time())
         while not self.stop.wait(max(0.0, cron.get_next(float) - time.time())):
             try:

@@ -206,7 +206,13 @@ def verify_and_queue_repairs(
 ) -> dict[str, int]:
     """A fixity run at ``limit_mb_s``; every missing or corrupt object is handed to ``on_damaged``."""
     limit = max(1, int(limit_mb_s * 1_000_000)) if limit_mb_s > 0 else None
-    report = verify(archive.catalog, archive.store, max_bytes_per_s=limit, actor="lamina-periodic")
+    report = verify(
+        archive.catalog,
+        archive.store,
+        max_bytes_per_s=limit,
+        actor="lamina-periodic",
+        nice=archive.settings.background_nice,
+    )
     for digest in [*(m.sha256 for m in report.missing), *(c.sha256 for c in report.corrupt)]:
         on_damaged(digest)
     return {"checked": report.checked, "missing": len(report.missing), "corrupt": len(report.corrupt)}

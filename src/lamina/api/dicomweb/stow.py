@@ -10,11 +10,11 @@ queue (a PostgreSQL catalog), and the outcomes become the DICOM JSON answer: 200
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -44,9 +44,10 @@ async def store(request: Request) -> Response:
         parts = await spool_parts(request.stream(), boundary, folder, limit)
         refused, files = _dicom_parts(parts)
         queue = getattr(request.app.state, "jobs", None)
-        if queue is None:  # embedded: received in this process
-            receipt = await run_in_threadpool(
-                lambda: archive.receiver().receive(files, study=study, actor="dicomweb")
+        if queue is None:  # embedded: received in this process, by a thread of long work
+            receipt = await asyncio.get_running_loop().run_in_executor(
+                request.app.state.background,
+                lambda: archive.receiver().receive(files, study=study, actor="dicomweb"),
             )
             outcomes: list[Outcome] | None = receipt.outcomes
         else:

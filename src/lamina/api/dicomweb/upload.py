@@ -26,6 +26,8 @@ from lamina.errors import PayloadTooLargeError, RequestError
 HEADER_LIMIT = 16 << 10
 #: The most bytes before the first delimiter.
 PREAMBLE_LIMIT = 64 << 10
+#: The body is handed to the spool's thread in pieces of about this many bytes.
+BATCH_BYTES = 1 << 20
 
 
 @dataclass
@@ -80,6 +82,11 @@ class MultipartSpooler:
         self._in_headers = False
         self._preamble = True
         self._handle: int | None = None
+
+    @property
+    def in_preamble(self) -> bool:
+        """No delimiter found yet."""
+        return self._preamble
 
     @property
     def kept(self) -> int:
@@ -175,13 +182,23 @@ async def spool_parts(
     """Write each part of the body to a file in ``folder``; 413 beyond ``max_bytes`` in all,
     400 when the body does not end with its closing delimiter or does not use ``boundary``."""
     spooler = MultipartSpooler(boundary, folder, max_bytes)
+    pending: list[bytes] = []
+    size = 0
     try:
         async for chunk in chunks:
+            pending.append(chunk)
+            size += len(chunk)
+            if size < BATCH_BYTES and not spooler.in_preamble:  # a wrong boundary is seen at once
+                continue
             # in the thread pool: a write to the spool can wait on the disk for milliseconds
             # (measured up to 18 ms while an ingest writes back its blobs), which on the event
-            # loop would stall every frame being served
-            if await anyio.to_thread.run_sync(spooler.feed, chunk):
+            # loop would stall every frame being served; the chunks (64 kB each) go over in
+            # batches, since every hop to a thread and back costs the loop two hand-overs of the GIL
+            if await anyio.to_thread.run_sync(spooler.feed, b"".join(pending)):
                 return spooler.parts
+            pending, size = [], 0
+        if pending and await anyio.to_thread.run_sync(spooler.feed, b"".join(pending)):
+            return spooler.parts
         raise RequestError("body", "the multipart body ends without its closing delimiter")
     finally:
         spooler.close()

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from lamina.archive.priority import lower_priority
 from lamina.archive.receive.receiver import Receipt, Receiver
 from lamina.archive.receive.spool import spool_error
 from lamina.errors import ConfigurationError, SourceError, StorageError
@@ -252,10 +253,13 @@ class AssociationIngest:
     listener
         Called with each spool and its :class:`Receipt` once received (the DIMSE server logs it),
         before the spool is removed.
+    nice
+        The nice value the receiving thread runs at (:mod:`lamina.archive.priority`).
     """
 
-    def __init__(self, receiver: Receiver, listener: Listener | None = None) -> None:
+    def __init__(self, receiver: Receiver, listener: Listener | None = None, nice: int = 0) -> None:
         self._receiver = receiver
+        self._nice = nice
         self._listener = listener
         self._queue: queue.Queue[AssociationSpool | None] = queue.Queue()
         self._pending = 0
@@ -288,6 +292,7 @@ class AssociationIngest:
         self._thread = None
 
     def _run(self) -> None:
+        lower_priority(self._nice)  # long work: serving keeps the CPU first
         while (spool := self._queue.get()) is not None:
             try:
                 if not self._stopping.is_set():
