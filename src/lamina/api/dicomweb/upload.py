@@ -197,7 +197,8 @@ async def spool_parts(
             if await anyio.to_thread.run_sync(spooler.feed, b"".join(pending)):
                 return spooler.parts
             pending, size = [], 0
-        if pending and await anyio.to_thread.run_sync(spooler.feed, b"".join(pending)):
+        ended: bool = bool(pending) and await anyio.to_thread.run_sync(spooler.feed, b"".join(pending))
+        if ended:
             return spooler.parts
         raise RequestError("body", "the multipart body ends without its closing delimiter")
     finally:
