@@ -393,6 +393,13 @@ async def _gather(store: S3BlobStore, digest: str, spans: list[tuple[int, int]])
         ),
         (b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno", (404, False, b"no")),
         (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", (200, False, b"until the end")),
+        (  # names in any case, spaces around values, a field that only looks like one
+            b"HTTP/1.1 206 Partial Content\r\nX-Note: content-length: 99\r\nCONTENT-LENGTH:  3 \r\n"
+            b"Connection: keep-alive\r\n\r\nabcdef",
+            (206, True, b"abc"),
+        ),
+        (b"HTTP/1.1 503 Slow Down\r\ncontent-length: 0\r\nconnection:Close\r\n\r\n", (503, False, b"")),
+        (b"HTTP/1.0 206 OK\r\nContent-Length: 2\r\n\r\nok", (206, False, b"ok")),
     ],
 )
 def test_the_async_reader_parses_http_answers(answer: bytes, expected: tuple[int, bool, bytes]) -> None:
