@@ -38,3 +38,22 @@ def test_peer_error_keeps_its_import_paths() -> None:
     error = PeerError("PACS@10.0.0.5:104", "no DICOM association could be made")
     assert isinstance(error, LaminaError) and error.peer == "PACS@10.0.0.5:104"
     assert str(error) == "PACS@10.0.0.5:104: no DICOM association could be made"
+
+
+def test_sign_in_errors_answer_401_with_the_bearer_challenge_and_403() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from lamina.api.problems import handle_lamina_error
+    from lamina.errors import AuthenticationError, PermissionDeniedError
+
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    unauthorized = asyncio.run(handle_lamina_error(request, AuthenticationError()))
+    assert unauthorized.status_code == 401
+    assert unauthorized.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    missing = asyncio.run(handle_lamina_error(request, AuthenticationError("no token", "invalid_request")))
+    assert missing.headers["WWW-Authenticate"] == 'Bearer error="invalid_request"'
+    forbidden = asyncio.run(handle_lamina_error(request, PermissionDeniedError("read", "not granted")))
+    assert forbidden.status_code == 403
+    assert "WWW-Authenticate" not in forbidden.headers

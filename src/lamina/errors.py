@@ -115,3 +115,22 @@ class PeerError(LaminaError):
     def __init__(self, peer: str, message: str) -> None:
         self.peer = peer
         super().__init__(f"{peer}: {message}")
+
+
+class AuthenticationError(LaminaError):
+    """A request carries no credentials, or ones that cannot be believed (a token malformed,
+    expired, not yet valid, for another audience or issuer, tampered with, signed by an unknown
+    key). ``error`` is the RFC 6750 code (``invalid_request``, ``invalid_token``); the message is
+    what the client may read: it never says which check failed beyond that, nor repeats the token."""
+
+    def __init__(self, message: str = "a valid bearer token is needed", error: str = "invalid_token") -> None:
+        self.error = error
+        super().__init__(message)
+
+
+class PermissionDeniedError(LaminaError):
+    """An authenticated principal may not do what it asked. ``action`` names the action refused."""
+
+    def __init__(self, action: str, message: str) -> None:
+        self.action = action
+        super().__init__(message)

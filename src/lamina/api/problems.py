@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lamina.errors import (
+    AuthenticationError,
     ConfigurationError,
     InsufficientStorageError,
     IntegrityError,
@@ -13,12 +14,15 @@ from lamina.errors import (
     NotAcceptableError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RequestError,
     StorageError,
 )
 
 STATUS: list[tuple[type[LaminaError], int, str]] = [
     (RequestError, 400, "Bad request"),
+    (AuthenticationError, 401, "Unauthorized"),
+    (PermissionDeniedError, 403, "Forbidden"),
     (NotFoundError, 404, "Not found"),
     (NotAcceptableError, 406, "Not acceptable"),
     (PayloadTooLargeError, 413, "Payload too large"),
@@ -41,5 +45,8 @@ def problem(status: int, title: str, detail: str) -> Response:
 async def handle_lamina_error(request: Request, exc: Exception) -> Response:
     for cls, status, title in STATUS:
         if isinstance(exc, cls):
-            return problem(status, title, str(exc))
+            answer = problem(status, title, str(exc))
+            if isinstance(exc, AuthenticationError):  # RFC 6750 section 3
+                answer.headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
+            return answer
     return problem(500, "Server error", "unexpected error")
