@@ -191,3 +191,55 @@ application_entities = Table(
     Column("tenant", String(64), nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# -- governance: labs, people, roles, grants (lamina.governance) ---------------------------------
+
+tenants = Table(
+    "tenants",
+    metadata,
+    # a pathology structure, by its FINESS number (9 characters: a department code, 7 digits)
+    Column("finess", String(9), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+people = Table(
+    "people",
+    metadata,
+    # who signs in: the identifier the sign-in gives (a national practitioner number, a login)
+    Column("id", String(128), primary_key=True),
+    Column("display_name", String(255), nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+role_assignments = Table(
+    "role_assignments",
+    metadata,
+    Column("person_id", String(128), ForeignKey("people.id", ondelete="CASCADE"), primary_key=True),
+    Column("tenant", String(9), ForeignKey("tenants.finess"), primary_key=True),
+    Column("role", String(32), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_role_assignments_tenant", "tenant", "role"),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # the lab that owns what is granted, and whose admins create and revoke the grant
+    Column("tenant", String(9), ForeignKey("tenants.finess"), nullable=False),
+    # to whom: a person, a whole tenant, a research project
+    Column("grantee_kind", String(16), nullable=False),
+    Column("grantee", String(128), nullable=False),
+    # on what: a slide (its id), a case (its Study Instance UID), a collection
+    Column("resource_kind", String(16), nullable=False),
+    Column("resource", String(128), nullable=False),
+    Column("permission", String(16), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoked_by", String(128)),
+    Index("ix_grants_grantee", "grantee_kind", "grantee"),
+    Index("ix_grants_resource", "resource_kind", "resource"),
+)
