@@ -12,11 +12,14 @@ from lamina.cli.audit import audit
 from lamina.cli.delete import delete
 from lamina.cli.demo import demo
 from lamina.cli.export import export
+from lamina.cli.grants import grants
 from lamina.cli.ingest import ingest
 from lamina.cli.sample import sample
 from lamina.cli.send import send
 from lamina.cli.serve import serve
 from lamina.cli.slides import slides
+from lamina.cli.tenants import tenants
+from lamina.cli.users import users
 from lamina.cli.verify import verify
 from lamina.cli.watch import watch
 from lamina.cli.worker import worker
@@ -39,7 +42,24 @@ def cli(ctx: click.Context, home: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-for command in (ingest, slides, export, delete, sample, demo, serve, worker, verify, audit, watch, ae, send):
+for command in (
+    ingest,
+    slides,
+    export,
+    delete,
+    sample,
+    demo,
+    serve,
+    worker,
+    verify,
+    audit,
+    watch,
+    ae,
+    send,
+    tenants,
+    users,
+    grants,
+):
     cli.add_command(command)
 
 

@@ -33,6 +33,17 @@ console = _console()
 err_console = _console(stderr=True)
 
 
+def operator() -> str:
+    """Who acts, for the audit log: the CLI acts on the local node as its operator (the account
+    that holds the data folder), named by the system's user name."""
+    import getpass
+
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return f"operator:uid-{os.getuid()}"
+
+
 def open_archive(ctx: click.Context) -> Archive:
     home = (ctx.find_root().obj or {}).get("home")
     return Archive.open(Settings.load(home))
