@@ -1,0 +1,213 @@
+"""The one decision: may this principal do this action on this resource?
+
+Every route and every DICOM service asks :func:`decide`; searches ask :func:`visible_studies`
+for the same rule as a SQL condition, so that a page is filtered before it is built (paging stays
+right and fast). The rule:
+
+- A role in a tenant gives actions on that tenant's resources (:data:`ROLE_ACTIONS`): a
+  pathologist reads, searches and annotates; a technician reads, searches and stores; a lab
+  admin administers the lab (people, grants, rules) and searches; an archivist operates storage
+  and sees no pixels; a platform admin administers tenants and operates, and sees no pixels.
+  Researchers and committee members get nothing from their role alone.
+- A grant in force gives ``read`` (and ``annotate`` for read+annotate) on one slide or one case to
+  a person, to everyone holding a role in a tenant, or to a project's members.
+- Nothing else is allowed.
+
+What a principal may not read does not exist for it: a retrieval of another lab's slide, or of a
+guessed identifier, is answered as not found (404), never as forbidden, so that no answer tells
+whether another lab holds a UID. Forbidden (403) is kept for an action refused on something the
+principal can read (a pathologist deleting a slide of their lab).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sqlalchemy import ColumnElement, false, or_, select
+
+from lamina.archive.catalog import tables as t
+from lamina.governance.model import Grant, GranteeKind, Permission, ResourceKind
+from lamina.governance.roles import Role
+
+__all__ = [
+    "ROLE_ACTIONS",
+    "Action",
+    "Decision",
+    "Principal",
+    "Resource",
+    "decide",
+    "principal_of",
+    "visible_series",
+    "visible_studies",
+]
+
+
+class Action(StrEnum):
+    """What a request does."""
+
+    #: metadata, frames, rendered images, whole instances of a slide or a case
+    READ = "read"
+    #: find studies, series, instances (the answer holds only what may be read)
+    SEARCH = "search"
+    #: add annotations to a slide
+    ANNOTATE = "annotate"
+    #: store instances into a tenant (STOW-RS, C-STORE, ingest)
+    STORE = "store"
+    #: delete a slide or a case
+    DELETE = "delete"
+    #: the lab's people, grants and rules
+    ADMINISTER = "administer"
+    #: storage work that needs no pixels: fixity, tiers, lifecycle runs
+    OPERATE = "operate"
+
+
+#: what each role allows on its own tenant's resources
+ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = {
+    Role.PATHOLOGIST: frozenset({Action.READ, Action.SEARCH, Action.ANNOTATE}),
+    Role.TECHNICIAN: frozenset({Action.READ, Action.SEARCH, Action.STORE}),
+    Role.LAB_ADMIN: frozenset({Action.SEARCH, Action.ADMINISTER, Action.DELETE}),
+    Role.ARCHIVIST: frozenset({Action.OPERATE}),
+    Role.RESEARCHER: frozenset(),
+    Role.COMMITTEE_MEMBER: frozenset(),
+    Role.PLATFORM_ADMIN: frozenset({Action.ADMINISTER, Action.OPERATE}),
+}
+
+_GRANTED: Mapping[Permission, frozenset[Action]] = {
+    Permission.READ: frozenset({Action.READ, Action.SEARCH}),
+    Permission.READ_ANNOTATE: frozenset({Action.READ, Action.SEARCH, Action.ANNOTATE}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who asks: a person, the roles they hold per tenant, the projects they belong to, and the
+    grants in force that reach them (their own, their tenants', their projects')."""
+
+    id: str
+    roles: Mapping[str, frozenset[Role]] = field(default_factory=dict)
+    projects: frozenset[str] = frozenset()
+    grants: tuple[Grant, ...] = ()
+
+    def tenants(self) -> frozenset[str]:
+        """The tenants in which this principal holds any role."""
+        return frozenset(tenant for tenant, held in self.roles.items() if held)
+
+    def allowed_in(self, tenant: str) -> frozenset[Action]:
+        """What the roles held in ``tenant`` allow there."""
+        return frozenset(action for role in self.roles.get(tenant, ()) for action in ROLE_ACTIONS[role])
+
+    def reached_by(self, grant: Grant) -> bool:
+        """Whether ``grant`` is given to this principal (directly, through a tenant or a project)."""
+        if grant.grantee_kind is GranteeKind.PERSON:
+            return grant.grantee == self.id
+        if grant.grantee_kind is GranteeKind.TENANT:
+            return bool(self.roles.get(grant.grantee))
+        return grant.grantee in self.projects
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What is asked for: a tenant itself (``kind`` ``tenant``), or a slide or a case with the
+    tenant that owns it (``slide_id`` of the slide, ``study`` of its case, for case grants)."""
+
+    kind: str
+    tenant: str
+    slide_id: str | None = None
+    study: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer: ``allowed``; when refused, whether the resource is ``hidden`` from the
+    principal (answer 404) or only the action is refused (403); ``reason`` for the log."""
+
+    allowed: bool
+    hidden: bool = False
+    reason: str = ""
+
+
+def decide(
+    principal: Principal, action: Action, resource: Resource, now: dt.datetime | None = None
+) -> Decision:
+    """May ``principal`` do ``action`` on ``resource``?"""
+    if action in principal.allowed_in(resource.tenant):
+        return Decision(True, reason=f"role in {resource.tenant}")
+    granted = _granted(principal, resource, now)
+    if action in granted:
+        return Decision(True, reason="grant")
+    readable = Action.READ in principal.allowed_in(resource.tenant) or Action.READ in granted
+    visible = readable or bool(principal.allowed_in(resource.tenant) & {Action.SEARCH, Action.ADMINISTER})
+    return Decision(False, hidden=not visible, reason=f"no role or grant for {action.value}")
+
+
+def _granted(principal: Principal, resource: Resource, now: dt.datetime | None) -> frozenset[Action]:
+    actions: set[Action] = set()
+    for grant in principal.grants:
+        if grant.tenant != resource.tenant or not grant.active(now) or not principal.reached_by(grant):
+            continue
+        if (grant.resource_kind is ResourceKind.SLIDE and grant.resource == resource.slide_id) or (
+            grant.resource_kind is ResourceKind.CASE and grant.resource == resource.study
+        ):
+            actions |= _GRANTED[grant.permission]
+    return frozenset(actions)
+
+
+def visible_studies(principal: Principal, now: dt.datetime | None = None) -> ColumnElement[bool]:
+    """The condition on ``studies`` that keeps what ``principal`` may search: its tenants where a
+    role gives ``search``, and the cases its grants in force reach (a case grant, or a grant on
+    one of the case's slides). Used in the query itself, so pages are filtered before paging."""
+    tenants = sorted(
+        tenant for tenant in principal.tenants() if Action.SEARCH in principal.allowed_in(tenant)
+    )
+    reaching = [g for g in principal.grants if g.active(now) and principal.reached_by(g)]
+    cases = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.CASE})
+    slides = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.SLIDE})
+    conditions: list[ColumnElement[bool]] = []
+    if tenants:
+        conditions.append(t.studies.c.tenant.in_(tenants))
+    if cases:
+        conditions.append(t.studies.c.study_instance_uid.in_(cases))
+    if slides:
+        owning = select(t.slides.c.study_instance_uid).where(t.slides.c.id.in_(slides))
+        conditions.append(t.studies.c.study_instance_uid.in_(owning))
+    return or_(*conditions) if conditions else false()
+
+
+def visible_series(principal: Principal, now: dt.datetime | None = None) -> ColumnElement[bool]:
+    """The condition on ``series`` that keeps what ``principal`` may search: the series of its
+    searchable tenants' cases and of the cases granted to it, and of a slide granted alone only
+    that slide's series (the case's other slides stay hidden)."""
+    tenants = sorted(
+        tenant for tenant in principal.tenants() if Action.SEARCH in principal.allowed_in(tenant)
+    )
+    reaching = [g for g in principal.grants if g.active(now) and principal.reached_by(g)]
+    cases = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.CASE})
+    slides = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.SLIDE})
+    conditions: list[ColumnElement[bool]] = []
+    if tenants:
+        owned = select(t.studies.c.study_instance_uid).where(t.studies.c.tenant.in_(tenants))
+        conditions.append(t.series.c.study_instance_uid.in_(owned))
+    if cases:
+        conditions.append(t.series.c.study_instance_uid.in_(cases))
+    if slides:
+        granted = select(t.slides.c.series_instance_uid).where(t.slides.c.id.in_(slides))
+        conditions.append(t.series.c.series_instance_uid.in_(granted))
+    return or_(*conditions) if conditions else false()
+
+
+def principal_of(
+    person_id: str,
+    roles: Iterable[tuple[str, Role]],
+    grants: Iterable[Grant],
+    projects: Iterable[str] = (),
+) -> Principal:
+    """A :class:`Principal` from (tenant, role) pairs and the grants in force that may reach it
+    (those that do not are dropped)."""
+    held: dict[str, set[Role]] = {}
+    for tenant, role in roles:
+        held.setdefault(tenant, set()).add(role)
+    base = Principal(person_id, {k: frozenset(v) for k, v in held.items()}, frozenset(projects))
+    return Principal(base.id, base.roles, base.projects, tuple(g for g in grants if base.reached_by(g)))
