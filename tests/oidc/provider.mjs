@@ -1,0 +1,137 @@
+// A real OpenID provider for lamina's tests: oidc-provider (OpenID Certified), on loopback.
+//
+//   node tests/oidc/provider.mjs            (LAMINA_TEST_ENC_JWK: lamina's public encryption JWK)
+//
+// Prints one JSON line {"issuer": ...} once it listens, then serves:
+// - discovery at /.well-known/openid-configuration, and the same document at Pro Santé Connect's
+//   non-standard /.well-known/wallet-openid-configuration (lamina takes the URL as configuration);
+// - tokens by the client_credentials grant, as JWT access tokens for the resource "urn:lamina"
+//   (signed, RS256) or "urn:lamina:encrypted" (signed, then encrypted to lamina's key: a nested
+//   JWE), with claims shaped like Pro Santé Connect's (SubjectNameID, SubjectRefPro, acr) chosen by
+//   client: "pathologist" (acr eidas1) and "technician" (no acr);
+// - POST /admin/rotate: a new signing key made current, the old one still published, without
+//   restarting this process (the provider object is rebuilt with the longer key list).
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import http from 'node:http';
+
+import Provider from 'oidc-provider';
+
+const WALLET_DISCOVERY = '/.well-known/wallet-openid-configuration';
+const encryptionKey = process.env.LAMINA_TEST_ENC_JWK ? JSON.parse(process.env.LAMINA_TEST_ENC_JWK) : null;
+
+function signingKey() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
+}
+
+function activity(finess, codeRole) {
+  return {
+    codeModeExercice: 'S',
+    codeSecteurDactivite: 'SA01',
+    codeRole,
+    numeroFinessSite: finess,
+    numeroFinessetablissementJuridique: '',
+    raisonSocialeSite: 'CHU TEST',
+  };
+}
+
+// The people behind the clients, as Pro Santé Connect's userinfo and tokens describe them.
+const PEOPLE = {
+  pathologist: {
+    acr: 'eidas1',
+    SubjectNameID: '810000000001',
+    SubjectRefPro: {
+      codeCivilite: 'M',
+      exercices: [{
+        codeProfession: '10',
+        codeCategorieProfessionnelle: 'C',
+        codeTypeSavoirFaire: 'S',
+        codeSavoirFaire: 'SM01',
+        activities: [activity('750712184', 'FON-05'), activity('690781810', '')],
+      }],
+    },
+  },
+  technician: {
+    SubjectNameID: '810000000002',
+    SubjectRefPro: {
+      exercices: [{
+        codeProfession: '96',
+        codeCategorieProfessionnelle: 'C',
+        codeTypeSavoirFaire: '',
+        codeSavoirFaire: '',
+        activities: [activity('750712184', '')],
+      }],
+    },
+  },
+};
+
+const keys = [signingKey()];
+
+function makeProvider(issuer) {
+  const resources = {
+    'urn:lamina': { jwt: { sign: { alg: 'RS256' } } },
+    'urn:lamina:encrypted': {
+      jwt: {
+        sign: { alg: 'RS256' },
+        encrypt: encryptionKey && {
+          alg: 'RSA-OAEP-256', enc: 'A256GCM', kid: encryptionKey.kid, key: encryptionKey,
+        },
+      },
+    },
+  };
+  const provider = new Provider(issuer, {
+    clients: Object.keys(PEOPLE).map((name) => ({
+      client_id: name,
+      client_secret: `${name}-secret`,
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+    })),
+    // newest first: oidc-provider signs with the first key that fits
+    jwks: { keys: [...keys].reverse() },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => 'urn:lamina',
+        getResourceServerInfo: (ctx, resource) => {
+          if (!(resource in resources)) throw new Error(`unknown resource ${resource}`);
+          return {
+            scope: 'slides:read',
+            audience: 'lamina',
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: 300,
+            jwt: resources[resource].jwt,
+          };
+        },
+      },
+    },
+    extraTokenClaims: (ctx, token) => PEOPLE[token.clientId] ?? {},
+  });
+  return provider.callback();
+}
+
+let handler = null;
+const server = http.createServer((req, res) => {
+  if (req.method === 'POST' && req.url === '/admin/rotate') {
+    keys.push(signingKey());
+    handler = makeProvider(issuerUrl);
+    res.writeHead(200, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify({ kid: keys.at(-1).kid }));
+    return;
+  }
+  if (req.url === WALLET_DISCOVERY) req.url = '/.well-known/openid-configuration';
+  handler(req, res);
+});
+
+let issuerUrl = '';
+server.listen(0, '127.0.0.1', () => {
+  issuerUrl = `http://127.0.0.1:${server.address().port}`;
+  handler = makeProvider(issuerUrl);
+  process.stdout.write(`${JSON.stringify({ issuer: issuerUrl })}\n`);
+});
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}
