@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.support import ingest_path
 
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
@@ -19,6 +18,7 @@ from lamina.governance.model import GranteeKind, Permission, ResourceKind, RoleA
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
 from lamina.sample import write_samples
+from tests.support import ingest_path
 
 LYON, NICE = "690781810", "060785011"
 
