@@ -240,12 +240,19 @@ def test_the_sweep_runs_at_a_servers_and_a_workers_start_and_periodically(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    said = "removed 1 job spool(s) that no job will read"
     try:
-        _wait(lambda: _gone(queued, key), f"lamina worker did not sweep: {log.read_text()}", 60)
+        # the log line comes after the removal: wait for both (a worker at background priority
+        # on a busy machine may be stopped between the two otherwise)
+        _wait(
+            lambda: _gone(queued, key) and said in log.read_text(),
+            f"lamina worker did not sweep: {log.read_text()}",
+            60,
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
-    assert "removed 1 job spool(s) that no job will read" in log.read_text()
+    assert said in log.read_text()
 
 
 def _multipart(files: list[Path], boundary: str = "lamina-test") -> bytes:
