@@ -116,3 +116,26 @@ def test_mistakes_get_one_line_naming_the_parameter(lamina: Run) -> None:
         assert "Traceback" not in done.stderr
     refused = lamina("users", "add", "someone", "--tenant", LYON, "--role", "surgeon")
     assert refused.returncode == 2 and "'surgeon' is not one of" in refused.stderr
+
+
+def test_slides_are_ingested_into_a_lab_and_a_case_stays_in_one(lamina: Run, tmp_path: Path) -> None:
+    samples = write_samples(tmp_path / "samples", ["aperio_svs", "tiled_tiff"], size=(1024, 768), seed=13)
+    svs, tiff = (sample.path for sample in samples)
+    # one lab: the default
+    assert lamina("tenants", "add", LYON, "HCL").returncode == 0
+    first = lamina("ingest", str(svs), "--json")
+    assert first.returncode == 0, first.stderr
+    # two labs: the command asks which, and takes the one named
+    assert lamina("tenants", "add", NICE, "Nice").returncode == 0
+    asked = lamina("ingest", str(tiff))
+    assert asked.returncode == 2
+    assert f"--tenant: this node serves 2 labs ({NICE}, {LYON})" in asked.stderr
+    unknown = lamina("ingest", str(tiff), "--tenant", "130786049")
+    assert unknown.returncode == 2 and "no tenant 130786049" in unknown.stderr
+    second = lamina("ingest", str(tiff), "--tenant", NICE, "--json")
+    assert second.returncode == 0, second.stderr
+    owners = {s["id"]: s["tenant"] for s in json.loads(lamina("slides", "--json").stdout)}
+    assert owners == {
+        json.loads(first.stdout)[0]["slide_id"]: LYON,
+        json.loads(second.stdout)[0]["slide_id"]: NICE,
+    }

@@ -74,6 +74,9 @@ class IngestStep(StrEnum):
 class IngestOptions:
     pixel_spacing: SizeMm | None = None
     actor: str = "lamina"
+    #: the lab (FINESS number) the slide belongs to; "" on a node without tenants. A case stays in
+    #: one lab: a slide whose case belongs to another is refused.
+    tenant: str = ""
 
 
 @dataclass
@@ -282,7 +285,9 @@ class Ingestor:
         created = self.clock()
         ctx = series_context(source, identity, new_uid, "", created)
         if ctx.identity.accession_number:
-            study = self.catalog.study_for_accession(ctx.identity.accession_number, ctx.identity.patient_id)
+            study = self.catalog.study_for_accession(
+                ctx.identity.accession_number, ctx.identity.patient_id, options.tenant
+            )
             if study and not source.metadata.study_instance_uid:
                 ctx = replace(ctx, study_instance_uid=study)
         sid = slide_id(ctx.series_instance_uid)
@@ -331,6 +336,7 @@ class Ingestor:
             if found is not None:  # ingested meanwhile by another process
                 raise _DuplicateError(found)
             record = _record(candidate, source, ctx, sid, refs, replace(key, digest=digest), created)
+            record = replace(record, slide=replace(record.slide, tenant=options.tenant))
             for attempt in range(2):
                 try:
                     self.catalog.add_slide(record, options.actor)

@@ -12,10 +12,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
 from lamina.archive.ingest import IngestOptions, IngestResult, IngestStatus
 from lamina.archive.manifest import load_manifest
 from lamina.cli.common import console, handle_errors, human_bytes, open_archive, shown
+from lamina.errors import RequestError
+from lamina.governance.model import check_finess
+from lamina.governance.registry import Registry
 from lamina.model.geometry import SizeMm
 
 
@@ -29,11 +33,21 @@ from lamina.model.geometry import SizeMm
 @click.option(
     "--mpp", type=click.FloatRange(0.01, 100), help="Micrometres per pixel, for files that lack it."
 )
+@click.option(
+    "--tenant",
+    default=None,
+    help="The lab (FINESS number) the slides belong to; default the node's only lab.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handle_errors
 def ingest(
-    ctx: click.Context, paths: tuple[Path, ...], manifest: Path | None, mpp: float | None, as_json: bool
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    manifest: Path | None,
+    mpp: float | None,
+    tenant: str | None,
+    as_json: bool,
 ) -> None:
     """Ingest slide files or folders (recursively) as DICOM WSI.
 
@@ -41,8 +55,13 @@ def ingest(
     """
     loaded = load_manifest(manifest) if manifest else None
     archive = open_archive(ctx)
+    try:
+        owner = _tenant(archive, tenant)
+    except BaseException:
+        archive.close()
+        raise
     receiver = archive.receiver()
-    options = IngestOptions(pixel_spacing=SizeMm.from_mpp(mpp) if mpp else None)
+    options = IngestOptions(pixel_spacing=SizeMm.from_mpp(mpp) if mpp else None, tenant=owner)
     results: list[IngestResult] = []
     candidates = discover(paths)
     show = not as_json and sys.stderr.isatty()
@@ -111,3 +130,18 @@ def _table(results: list[IngestResult]) -> Table:
             f"[{colour}]{status}[/]",
         )
     return table
+
+
+def _tenant(archive: Archive, given: str | None) -> str:
+    """The lab the slides go to: the one named, else the node's only lab ("" on a node without
+    labs); a node with several must be told."""
+    registry = Registry(archive.catalog)
+    if given is not None:
+        return registry.tenant(check_finess(given, "--tenant")).finess
+    labs = registry.tenants()
+    if len(labs) > 1:
+        names = ", ".join(lab.finess for lab in labs)
+        raise RequestError(
+            "--tenant", f"this node serves {len(labs)} labs ({names}): name the one the slides belong to"
+        )
+    return labs[0].finess if labs else ""

@@ -34,6 +34,7 @@ def slides(ctx: click.Context, as_json: bool) -> None:
                         "id": s.id,
                         "container_id": s.container_id,
                         "barcode": _barcode(s),
+                        "tenant": s.tenant or None,
                         "format": s.format,
                         "levels": s.levels,
                         "instances": s.instances,

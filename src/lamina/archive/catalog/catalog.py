@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from lamina.archive import audit
 from lamina.archive.catalog import migrations, modalities
 from lamina.archive.catalog import tables as t
-from lamina.errors import ConfigurationError, InsufficientStorageError, StorageError
+from lamina.errors import ConfigurationError, InsufficientStorageError, RequestError, StorageError
 
 
 @dataclass(frozen=True)
@@ -275,12 +275,14 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_row(InstanceRow, row) for row in conn.execute(query).mappings()]
 
-    def study_for_accession(self, accession_number: str, patient_id: str | None) -> str | None:
+    def study_for_accession(
+        self, accession_number: str, patient_id: str | None, tenant: str = ""
+    ) -> str | None:
         """The study already holding this case, so that all slides of a case share one study."""
         query = (
             select(t.studies.c.study_instance_uid, t.patients.c.patient_id)
             .select_from(t.studies.outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk))
-            .where(t.studies.c.accession_number == accession_number)
+            .where(t.studies.c.accession_number == accession_number, t.studies.c.tenant == tenant)
         )
         with self.engine.connect() as conn:
             for uid, known_patient in conn.execute(query):
@@ -317,10 +319,17 @@ class Catalog:
             with self._writing(), self.writer.begin() as conn:
                 patient_pk = self.upsert_patient(conn, new.patient)
                 known = conn.execute(
-                    select(t.studies.c.study_instance_uid).where(
+                    select(t.studies.c.study_instance_uid, t.studies.c.tenant).where(
                         t.studies.c.study_instance_uid == slide.study_instance_uid
                     )
                 ).first()
+                if known is not None and known[1] != slide.tenant:
+                    owner, asked = known[1] or "no lab", slide.tenant or "no lab"
+                    raise RequestError(
+                        "tenant",
+                        f"the case {slide.study_instance_uid} belongs to {owner}, not to {asked}: a case "
+                        "stays in one lab; ingest its slides into that lab (lamina ingest --tenant)",
+                    )
                 if known is None:
                     conn.execute(
                         insert(t.studies).values(
