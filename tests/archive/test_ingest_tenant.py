@@ -11,6 +11,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.discover import discover
 from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.archive.manifest import load_manifest
+from lamina.archive.sweep import find_orphans
 from lamina.governance.registry import Registry
 from lamina.sample import write_samples
 
@@ -45,3 +46,35 @@ def test_the_same_accession_number_in_two_labs_makes_two_cases(
     assert slides[lyon.slide_id or ""].tenant == LYON
     assert slides[nice.slide_id or ""].tenant == NICE
     assert slides[lyon.slide_id or ""].study_instance_uid != slides[nice.slide_id or ""].study_instance_uid
+
+
+def test_a_dicom_slide_whose_case_belongs_to_another_lab_is_refused_and_nothing_is_kept(
+    archive: Archive, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    # Arrange: a DICOM slide in Lyon, and another series of the same case (same Study Instance UID)
+    (sample,) = write_samples(tmp_path / "s", ["dicom_wsi"], size=(1024, 768), seed=23)
+    registry = Registry(archive.catalog)
+    registry.add_tenant(LYON, "HCL")
+    registry.add_tenant(NICE, "Nice")
+    (first,) = discover([sample.path])
+    assert ingestor.ingest(first, options=IngestOptions(tenant=LYON)).ok
+    other = tmp_path / "other"
+    other.mkdir()
+    series = generate_uid()
+    for path in sorted(sample.path.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(other / path.name, enforce_file_format=True)
+    (second,) = discover([other])
+    # Act
+    refused = ingestor.ingest(second, options=IngestOptions(tenant=NICE))
+    # Assert: refused with the reason; the case and its one slide stay Lyon's
+    assert not refused.ok
+    assert f"belongs to {LYON}, not to {NICE}" in (refused.reason or "")
+    (slide,) = archive.catalog.slides()
+    assert slide.tenant == LYON
+    assert list(find_orphans(archive.catalog, archive.store, 0.0)) == []  # its objects removed
