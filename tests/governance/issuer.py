@@ -77,6 +77,12 @@ def serve_issuer() -> Iterator[Issuer]:
                 body = json.dumps(document).encode()
             elif self.path == "/jwks":
                 body = issuer.jwks()
+            elif self.path == "/moved":  # a redirect, as a compromised or misconfigured proxy may answer
+                self.send_response(302)
+                self.send_header("Location", f"{issuer.url}/jwks")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             else:
                 self.send_error(404)
                 return

@@ -313,3 +313,12 @@ def test_from_mapping_names_the_key_at_fault(change: dict[str, Any], field: str)
     table |= change
     with pytest.raises(ConfigurationError, match=rf"^{field}: "):
         IssuerConfig.from_mapping(table)
+
+
+def test_the_keys_are_never_fetched_through_a_redirect(issuer: Issuer) -> None:
+    from lamina.governance.oidc import fetch_json
+
+    assert json.loads(fetch_json(f"{issuer.url}/jwks", 5.0))["keys"]
+    with pytest.raises(UnavailableError, match=r"redirected .*/moved \(HTTP 302\); set the address"):
+        fetch_json(f"{issuer.url}/moved", 5.0)
+    assert issuer.requests.count("/jwks") == 1  # the redirect was not followed

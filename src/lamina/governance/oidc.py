@@ -213,6 +213,21 @@ def _read_private_jwks(name: str, path: object) -> KeySet:
 Fetch = Callable[[str, float], bytes]
 
 
+class _Redirected(urllib.error.HTTPError):
+    """A redirect, refused: followed, it could lead the keys' fetch from https to http or to
+    another host than the one configured."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        raise _Redirected(req.full_url, code, msg, headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def fetch_json(url: str, timeout_s: float) -> bytes:
     """The body of a GET of ``url`` (JSON expected), at most :data:`MAX_DOCUMENT_BYTES`.
 
@@ -223,8 +238,13 @@ def fetch_json(url: str, timeout_s: float) -> bytes:
     """
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+        with _OPENER.open(request, timeout=timeout_s) as answer:
             body: bytes = answer.read(MAX_DOCUMENT_BYTES + 1)
+    except _Redirected as moved:
+        raise UnavailableError(
+            f"the identity provider redirected {url} (HTTP {moved.code}); set the address it redirects "
+            "to in the settings: lamina follows no redirect for its keys"
+        ) from None
     except urllib.error.HTTPError as error:
         raise UnavailableError(
             f"the identity provider answered HTTP {error.code} for {url}; check its address in "
