@@ -4,28 +4,12 @@ errors naming the parameter, exit codes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def lamina(backend_env: dict[str, str], tmp_path: Path) -> Run:
-    """``lamina(*args)`` on a fresh archive of the test's backend."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LAMINA_HOME": str(tmp_path / "home"), "COLUMNS": "200", **backend_env}
-        return subprocess.run(
-            [sys.executable, "-m", "lamina", *args], capture_output=True, text=True, env=env, timeout=120
-        )
-
-    return run
+Run = Callable[..., subprocess.CompletedProcess[str]]  # the fixture lamina, tests/cli/conftest.py
 
 
 def test_add_list_remove_with_tables_and_json(lamina: Run) -> None:

@@ -6,31 +6,14 @@ operator's name."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from lamina.sample import write_samples
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
+Run = Callable[..., subprocess.CompletedProcess[str]]  # the fixture lamina, tests/cli/conftest.py
 LYON, NICE = "690781810", "060785011"
-
-
-@pytest.fixture
-def lamina(backend_env: dict[str, str], tmp_path: Path) -> Run:
-    """``lamina(*args)`` on a fresh archive of the test's backend."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LAMINA_HOME": str(tmp_path / "home"), "COLUMNS": "200", **backend_env}
-        return subprocess.run(
-            [sys.executable, "-m", "lamina", *args], capture_output=True, text=True, env=env, timeout=120
-        )
-
-    return run
 
 
 def test_labs_people_and_grants_from_the_command_line(lamina: Run, tmp_path: Path) -> None:
@@ -107,6 +90,22 @@ def test_mistakes_get_one_line_naming_the_parameter(lamina: Run) -> None:
             ("grants", "add", "--tenant", LYON, "--to", "person:a", "--on", "slide:X", "--expires", "soon"),
             "--expires",
         ),
+        (
+            (
+                "grants",
+                "add",
+                "--tenant",
+                LYON,
+                "--to",
+                "person:a",
+                "--on",
+                "slide:X",
+                "--expires",
+                "99999999999d",
+            ),
+            "--expires: '99999999999d' is too far",
+        ),
+        (("tenants", "add", NICE, "  "), "NAME: give the lab's name"),
         (("grants", "revoke", "0123"), "no grant '0123' in force"),
     ]
     for args, message in cases:

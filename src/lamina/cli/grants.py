@@ -46,12 +46,12 @@ def _expiry(value: str | None) -> dt.datetime | None:
             unit = dt.timedelta(days=1) if value[-1] == "d" else dt.timedelta(hours=1)
             return dt.datetime.now(dt.UTC) + int(value[:-1]) * unit
         when = dt.datetime.fromisoformat(value)
+    except OverflowError:  # 99999999999d: past the calendar's end
+        raise RequestError("--expires", f"{value!r} is too far: give a date before the year 9999") from None
     except ValueError:
-        when = None
-    if when is None:
         raise RequestError(
             "--expires", f"{value!r}: a date (2027-03-31), a time (2027-03-31T18:00Z), or 30d, 12h"
-        )
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 

@@ -155,16 +155,23 @@ def _granted(principal: Principal, resource: Resource, now: dt.datetime | None) 
     return frozenset(actions)
 
 
-def visible_studies(principal: Principal, now: dt.datetime | None = None) -> ColumnElement[bool]:
-    """The condition on ``studies`` that keeps what ``principal`` may search: its tenants where a
-    role gives ``search``, and the cases its grants in force reach (a case grant, or a grant on
-    one of the case's slides). Used in the query itself, so pages are filtered before paging."""
+def _searchable(principal: Principal, now: dt.datetime | None) -> tuple[list[str], list[str], list[str]]:
+    """What ``principal`` may search: the tenants where a role gives ``search``, and the cases
+    and the slides its grants in force reach."""
     tenants = sorted(
         tenant for tenant in principal.tenants() if Action.SEARCH in principal.allowed_in(tenant)
     )
     reaching = [g for g in principal.grants if g.active(now) and principal.reached_by(g)]
     cases = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.CASE})
     slides = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.SLIDE})
+    return tenants, cases, slides
+
+
+def visible_studies(principal: Principal, now: dt.datetime | None = None) -> ColumnElement[bool]:
+    """The condition on ``studies`` that keeps what ``principal`` may search: its tenants where a
+    role gives ``search``, and the cases its grants in force reach (a case grant, or a grant on
+    one of the case's slides). Used in the query itself, so pages are filtered before paging."""
+    tenants, cases, slides = _searchable(principal, now)
     conditions: list[ColumnElement[bool]] = []
     if tenants:
         conditions.append(t.studies.c.tenant.in_(tenants))
@@ -180,12 +187,7 @@ def visible_series(principal: Principal, now: dt.datetime | None = None) -> Colu
     """The condition on ``series`` that keeps what ``principal`` may search: the series of its
     searchable tenants' cases and of the cases granted to it, and of a slide granted alone only
     that slide's series (the case's other slides stay hidden)."""
-    tenants = sorted(
-        tenant for tenant in principal.tenants() if Action.SEARCH in principal.allowed_in(tenant)
-    )
-    reaching = [g for g in principal.grants if g.active(now) and principal.reached_by(g)]
-    cases = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.CASE})
-    slides = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.SLIDE})
+    tenants, cases, slides = _searchable(principal, now)
     conditions: list[ColumnElement[bool]] = []
     if tenants:
         owned = select(t.studies.c.study_instance_uid).where(t.studies.c.tenant.in_(tenants))

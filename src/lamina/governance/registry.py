@@ -110,11 +110,15 @@ class Registry:
             known = conn.execute(select(t.people.c.id).where(t.people.c.id == pid)).first() is not None
             if not known:
                 conn.execute(
-                    insert(t.people).values(id=pid, display_name=_name(display_name, ""), created_at=now)
+                    insert(t.people).values(
+                        id=pid, display_name=_name(display_name, "", "--name"), created_at=now
+                    )
                 )
             elif display_name:
                 conn.execute(
-                    update(t.people).where(t.people.c.id == pid).values(display_name=_name(display_name))
+                    update(t.people)
+                    .where(t.people.c.id == pid)
+                    .values(display_name=_name(display_name, parameter="--name"))
                 )
             held = {
                 str(row[0])
@@ -262,14 +266,14 @@ class Registry:
         return _grant(row)
 
 
-def _name(value: str, default: str | None = None) -> str:
+def _name(value: str, default: str | None = None, parameter: str = "NAME") -> str:
     text = " ".join(value.split())
     if not text:
         if default is not None:
             return default
-        raise RequestError("NAME", "give the lab's name, e.g. 'Anatomie pathologique, CHU de Lyon'")
+        raise RequestError(parameter, "give the lab's name, e.g. 'Anatomie pathologique, CHU de Lyon'")
     if len(text) > 255 or not text.isprintable():
-        raise RequestError("NAME", "at most 255 printable characters")
+        raise RequestError(parameter, "at most 255 printable characters")
     return text
 
 
@@ -286,9 +290,7 @@ def _tenant(conn: Connection, finess: str) -> Tenant:
 def _grantee(kind: GranteeKind, value: str) -> str:
     if kind is GranteeKind.TENANT:
         return check_finess(value, "--to")
-    if kind is GranteeKind.PERSON:
-        return check_person_id(value, "--to")
-    return check_person_id(value, "--to")  # a project's identifier follows the same rule
+    return check_person_id(value, "--to")  # a person's, or a project's (the same rule)
 
 
 def _owner(conn: Connection, kind: ResourceKind, resource: str) -> str | None:
