@@ -33,19 +33,22 @@ def _ours(name: str | None, type_: str, *_: object) -> bool:
 def _compared(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Autogenerate ignores ``Index.ddl_if``: the indexes of one database only (the studies'
     order) are checked by :func:`_dialect_indexes` instead."""
-    return not (type_ == "index" and name in DIALECT_INDEXES.values())
+    return not (type_ == "index" and name in {*DIALECT_INDEXES.values(), *TENANT_INDEXES.values()})
 
 
 #: the index of QIDO's study order on each database (see tables.py)
 DIALECT_INDEXES = {"sqlite": "ix_studies_date", "postgresql": "ix_studies_date_pg"}
+#: the same order within a lab (a lab's worklist)
+TENANT_INDEXES = {"sqlite": "ix_studies_tenant_date", "postgresql": "ix_studies_tenant_date_pg"}
 
 
 def _dialect_indexes(url: str) -> None:
     engine = create_engine(url)
     try:
         names = {index["name"] for index in inspect(engine).get_indexes("studies")}
-        wanted = DIALECT_INDEXES[engine.dialect.name]
-        assert wanted in names and not (set(DIALECT_INDEXES.values()) - {wanted}) & names, names
+        for table in (DIALECT_INDEXES, TENANT_INDEXES):
+            wanted = table[engine.dialect.name]
+            assert wanted in names and not (set(table.values()) - {wanted}) & names, names
         if engine.dialect.name == "postgresql":
             with engine.connect() as conn:
                 definition = conn.execute(
@@ -53,9 +56,18 @@ def _dialect_indexes(url: str) -> None:
                 ).scalar_one()
             assert "study_date NULLS FIRST, study_time NULLS FIRST, study_instance_uid)" in definition
             assert definition.endswith("INCLUDE (modalities)"), definition
+            with engine.connect() as conn:
+                definition = conn.execute(
+                    text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_studies_tenant_date_pg'")
+                ).scalar_one()
+            assert (
+                "(tenant, study_date NULLS FIRST, study_time NULLS FIRST, study_instance_uid)" in definition
+            )
+            assert definition.endswith("INCLUDE (modalities)"), definition
         else:
             columns = [index["column_names"] for index in inspect(engine).get_indexes("studies")]
             assert ["study_date", "study_time", "study_instance_uid", "modalities"] in columns, columns
+            assert ["tenant", "study_date", "study_time", "study_instance_uid", "modalities"] in columns
     finally:
         engine.dispose()
 

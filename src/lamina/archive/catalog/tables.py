@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -65,6 +66,23 @@ Index(
 ).ddl_if(dialect="sqlite")
 Index(
     "ix_studies_date_pg",
+    studies.c.study_date.nulls_first(),
+    studies.c.study_time.nulls_first(),
+    studies.c.study_instance_uid,
+    postgresql_include=["modalities"],
+).ddl_if(dialect="postgresql")
+# a lab's worklist (QIDO as one lab's people): the same order within a tenant
+Index(
+    "ix_studies_tenant_date",
+    studies.c.tenant,
+    studies.c.study_date,
+    studies.c.study_time,
+    studies.c.study_instance_uid,
+    studies.c.modalities,
+).ddl_if(dialect="sqlite")
+Index(
+    "ix_studies_tenant_date_pg",
+    studies.c.tenant,
     studies.c.study_date.nulls_first(),
     studies.c.study_time.nulls_first(),
     studies.c.study_instance_uid,
@@ -189,6 +207,10 @@ application_entities = Table(
     Column("move_destination", Boolean, nullable=False),
     # the lab it belongs to; "" until tenants are configured
     Column("tenant", String(64), nullable=False, server_default=""),
+    # it may call lamina (associate with its DIMSE server), for the operations in ``allowed``
+    Column("calling", Boolean, nullable=False, server_default=false()),
+    # what it may ask when it calls: a comma-separated subset of echo,store,find,get,move
+    Column("allowed", String(64), nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -242,4 +264,13 @@ grants = Table(
     Column("revoked_by", String(128)),
     Index("ix_grants_grantee", "grantee_kind", "grantee"),
     Index("ix_grants_resource", "resource_kind", "resource"),
+)
+
+passwords = Table(
+    "passwords",
+    metadata,
+    # the password of a person for lamina's own sign-in page (argon2id, governance/passwords.py)
+    Column("person_id", String(128), ForeignKey("people.id", ondelete="CASCADE"), primary_key=True),
+    Column("hash", String(255), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
