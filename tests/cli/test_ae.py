@@ -60,3 +60,55 @@ def test_duplicates_and_unknown_titles_fail_with_the_fix(lamina: Run) -> None:
     assert again.returncode == 2 and "lamina ae remove PACS" in again.stderr
     gone = lamina("ae", "remove", "NOBODY")
     assert gone.returncode == 2 and "lamina ae list" in gone.stderr
+
+
+LAB = "750712184"
+
+
+def test_a_calling_ae_of_a_lab_with_its_operations(lamina: Run) -> None:
+    assert lamina("tenants", "add", LAB, "Anatomie pathologique").returncode == 0
+    # Act: a scanner that only calls; a PACS that calls and is a move destination
+    scanner = lamina("ae", "add", "SCANNER1", "--tenant", LAB, "--allow", "echo,store")
+    both = lamina(
+        "ae", "add", "PACS", "--tenant", LAB, "--allow", "echo,find,move,get,store", "--host", "10.0.0.5",
+        "--port", "104", "--json",
+    )  # fmt: skip
+    # Assert
+    assert scanner.returncode == 0, scanner.stderr
+    assert f"added calling AE SCANNER1 of {LAB} (echo,store)" in scanner.stdout
+    assert both.returncode == 0, both.stderr
+    added = json.loads(both.stdout)
+    assert (added["tenant"], added["calling"], added["move_destination"]) == (LAB, True, True)
+    assert added["allowed"] == ["echo", "store", "find", "get", "move"]
+    listed = {p["ae_title"]: p for p in json.loads(lamina("ae", "list", "--json").stdout)}
+    assert listed["SCANNER1"]["allowed"] == ["echo", "store"] and listed["SCANNER1"]["host"] is None
+    assert listed["PACS"]["address"] == "PACS@10.0.0.5:104"
+    table = lamina("ae", "list").stdout
+    assert "echo,store" in table and LAB in table
+    audited = lamina("audit", "show", "--action", "ae-add", "--json")
+    assert audited.returncode == 0, audited.stderr
+    assert "SCANNER1" in audited.stdout and LAB in audited.stdout and "echo,store" in audited.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tenant", LAB, "--allow", "echo,delete"], "--allow: 'delete' is not an operation; give some of "
+         "echo,store,find,get,move"),
+        (["--tenant", "123", "--allow", "echo"], "--tenant: '123' is not a FINESS number"),
+        (["--tenant", "690000000", "--allow", "echo"], "--tenant: no tenant 690000000 on this node; add it "
+         "with 'lamina tenants add 690000000 NAME'"),
+        (["--allow", "echo"], "--tenant: a calling AE acts for one lab"),
+        ([], "--allow: give what a calling AE may ask"),
+        (["--host", "h"], "--port: a move destination needs --host and --port"),
+    ],
+)  # fmt: skip
+def test_bad_calling_ae_values_are_one_line_naming_the_parameter(
+    lamina: Run, args: list[str], message: str
+) -> None:
+    assert lamina("tenants", "add", LAB, "Anatomie pathologique").returncode == 0
+    done = lamina("ae", "add", "SCANNER1", *args)
+    assert done.returncode == 2
+    assert message in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+    assert json.loads(lamina("ae", "list", "--json").stdout) == []

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from lamina.errors import PeerError as PeerError  # here too: its import path before errors.py held it
 from lamina.errors import RequestError
@@ -136,3 +138,66 @@ def parse_address(text: str, parameter: str = "destination") -> ApplicationEntit
         check_host(host, parameter),
         check_port(found["port"], parameter),
     )
+
+
+class Operation(StrEnum):
+    """What a calling AE may ask lamina's DIMSE server: one DIMSE service each."""
+
+    ECHO = "echo"  # C-ECHO, Verification
+    STORE = "store"  # C-STORE, into the AE's lab
+    FIND = "find"  # C-FIND, Study Root, on the AE's lab
+    GET = "get"  # C-GET, Study Root
+    MOVE = "move"  # C-MOVE, Study Root, to a known move destination
+
+
+def parse_operations(text: str | Iterable[str], parameter: str = "--allow") -> frozenset[Operation]:
+    """Operations from ``echo,store`` (or their names); :class:`RequestError` naming the valid ones."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    found: set[Operation] = set()
+    for name in (item.strip().lower() for item in names):
+        if not name:
+            continue
+        try:
+            found.add(Operation(name))
+        except ValueError:
+            valid = ",".join(item.value for item in Operation)
+            raise RequestError(
+                parameter, f"{name[:20]!r} is not an operation; give some of {valid}, separated by commas"
+            ) from None
+    if not found:
+        valid = ",".join(item.value for item in Operation)
+        raise RequestError(parameter, f"give at least one operation of {valid}, separated by commas")
+    return frozenset(found)
+
+
+def format_operations(operations: Iterable[Operation]) -> str:
+    """``echo,store,find``: in the order of :class:`Operation`, as the catalog keeps them."""
+    held = set(operations)
+    return ",".join(item.value for item in Operation if item in held)
+
+
+@dataclass(frozen=True)
+class CallingEntity:
+    """A peer that may call lamina's DIMSE server: its AE title, its lab, what it may ask.
+
+    Parameters
+    ----------
+    ae_title
+        The calling AE title it associates with (case matters).
+    tenant
+        The lab (FINESS number) it acts for: it stores into that lab, and finds and retrieves
+        what that lab's technicians may.
+    allowed
+        The operations it may ask; any other is refused with "Refused: Not Authorized" (0x0124).
+    """
+
+    ae_title: str
+    tenant: str
+    allowed: frozenset[Operation]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ae_title", check_ae_title(self.ae_title))
+        object.__setattr__(self, "allowed", parse_operations(self.allowed, "allowed"))
+
+    def may(self, operation: Operation) -> bool:
+        return operation in self.allowed
