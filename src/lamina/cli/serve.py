@@ -95,7 +95,7 @@ def server_config(
     - ``tls``: (certificate, key), PEM files checked by :func:`check_tls_files`: HTTPS. uvicorn
       builds an ``ssl.SSLContext(PROTOCOL_TLS_SERVER)``, whose minimum since Python 3.10 is TLS 1.2
       (older versions refused; tests/cli/test_serve_tls.py checks it), with Python's default ciphers
-      (forward secrecy only). uvicorn has no option for the minimum version itself.
+      (forward secrecy only, checked too). uvicorn has no option for the minimum version itself.
     """
     import uvicorn
 
@@ -113,6 +113,8 @@ def server_config(
         ssl_certfile=cert,
         ssl_keyfile=key,
         ssl_version=ssl.PROTOCOL_TLS_SERVER,
+        # Python's defaults; older uvicorn's default, "TLSv1", also allowed ciphers without forward secrecy
+        ssl_ciphers=None,
     )
 
 
