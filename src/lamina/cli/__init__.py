@@ -14,11 +14,14 @@ from lamina.cli.demo import demo
 from lamina.cli.export import export
 from lamina.cli.grants import grants
 from lamina.cli.ingest import ingest
+from lamina.cli.issuer import issuer
+from lamina.cli.passwords import password
 from lamina.cli.sample import sample
 from lamina.cli.send import send
 from lamina.cli.serve import serve
 from lamina.cli.slides import slides
 from lamina.cli.tenants import tenants
+from lamina.cli.token import token
 from lamina.cli.users import users
 from lamina.cli.verify import verify
 from lamina.cli.watch import watch
@@ -59,8 +62,11 @@ for command in (
     tenants,
     users,
     grants,
+    token,
+    issuer,
 ):
     cli.add_command(command)
+users.add_command(password)
 
 
 def main() -> None:
