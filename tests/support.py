@@ -129,8 +129,11 @@ def tiled_svs_from(source: Path, dest: Path, repeat: tuple[int, int]) -> Path:
 
 
 @contextlib.contextmanager
-def serving(app: Any) -> Iterator[int]:
-    """Run an ASGI app under uvicorn in a thread on a free loopback port; yield the port."""
+def serving(app: Any, *, sign_in: bool = True) -> Iterator[int]:
+    """Run an ASGI app under uvicorn in a thread on a free loopback port; yield the port.
+
+    A lamina application (one with an archive once started) gets the tests' lab and operator,
+    whose token :data:`tests.signin.signed` then sends to this port (``sign_in=False``: none)."""
     import socket
     import threading
     import time
@@ -148,11 +151,19 @@ def serving(app: Any) -> Iterator[int]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.02)
+    archive = getattr(getattr(app, "state", None), "archive", None)
+    if sign_in and archive is not None:
+        from tests.signin import sign_in_operator
+
+        sign_in_operator(archive.catalog, archive.settings.home, port)
     try:
         yield port
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        from tests.signin import forget
+
+        forget(port)
 
 
 def lamina_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -13,9 +13,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from lamina.governance.claims import ClaimsMapping
+    from lamina.governance.oidc import IssuerConfig
 
 DEFAULT_HOME = "lamina-data"
 
@@ -62,6 +66,29 @@ def _setting(env: dict[str, str], file_values: dict[str, Any], key: str) -> obje
     """The raw value of ``LAMINA_<KEY>``, else of ``key`` in lamina.toml; None when neither."""
     raw = env.get(f"LAMINA_{key.upper()}") or file_values.get(key)
     return None if raw == "" else raw
+
+
+def _file(env: dict[str, str], file_values: dict[str, Any], key: str) -> Path | None:
+    """The path of ``LAMINA_<KEY>`` (else ``key`` in lamina.toml), absolute; None when unset."""
+    raw = _setting(env, file_values, key)
+    return None if raw is None else Path(str(raw)).expanduser().absolute()
+
+
+def _auth(table: object) -> dict[str, Any]:
+    """The ``[auth]`` table of lamina.toml, checked: the trusted OpenID provider, and its
+    ``[auth.claims]`` mapping."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigurationError("lamina.toml: [auth] must be a table (issuer, discovery_url, audience, ...)")
+    from lamina.governance.claims import ClaimsMapping
+    from lamina.governance.oidc import IssuerConfig
+
+    provider = {key: value for key, value in table.items() if key != "claims"}
+    return {
+        "auth_issuer": IssuerConfig.from_mapping(provider, "lamina.toml [auth]"),
+        "auth_claims": ClaimsMapping.from_mapping(table.get("claims", {}), "lamina.toml [auth.claims]"),
+    }
 
 
 def _where(key: str, raw: object) -> str:
@@ -312,6 +339,18 @@ class Settings:
         (``LAMINA_DIMSE_MAX_DATASET_BYTES``, default 4 GiB), the most C-FIND matches answered
         (``LAMINA_DIMSE_MAX_FIND_MATCHES``, default 10,000) and the seconds after which a silent
         association is aborted (``LAMINA_DIMSE_NETWORK_TIMEOUT_S``, default 60).
+    dimse_tls_cert, dimse_tls_key, dimse_tls_ca
+        DIMSE over TLS (``LAMINA_DIMSE_TLS_CERT``, ``LAMINA_DIMSE_TLS_KEY``: PEM files of the
+        server's certificate chain and private key; both set, the DIMSE server accepts TLS
+        associations only, TLS 1.2 or later), and ``LAMINA_DIMSE_TLS_CA``: PEM file of the CAs
+        whose client certificates are required and verified (default none: no client certificate).
+    auth_issuer, auth_claims
+        An OpenID provider whose tokens the node accepts beside its own issuer's, and how their
+        claims name the person and their roles per lab: the ``[auth]`` table of lamina.toml
+        (:class:`lamina.governance.oidc.IssuerConfig`: ``issuer``, ``discovery_url``,
+        ``audience``, ``required_acr``...) and its ``[auth.claims]`` table
+        (:class:`lamina.governance.claims.ClaimsMapping`); ``docs/governance.md`` shows them for
+        Pro Santé Connect and Keycloak. Default none: only the node's own tokens.
     """
 
     home: Path
@@ -346,7 +385,12 @@ class Settings:
     dimse_max_dataset_bytes: int = 4 << 30
     dimse_max_find_matches: int = 10_000
     dimse_network_timeout_s: float = 60.0
+    dimse_tls_cert: Path | None = None
+    dimse_tls_key: Path | None = None
+    dimse_tls_ca: Path | None = None
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    auth_issuer: IssuerConfig | None = field(default=None, compare=False, repr=False)
+    auth_claims: ClaimsMapping | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def load(cls, home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -412,7 +456,11 @@ class Settings:
             dimse_max_dataset_bytes=_bytes(env, file_values, "dimse_max_dataset_bytes", 4 << 30),
             dimse_max_find_matches=_number(env, file_values, "dimse_max_find_matches", 10_000, int),
             dimse_network_timeout_s=_number(env, file_values, "dimse_network_timeout_s", 60.0, float),
+            dimse_tls_cert=_file(env, file_values, "dimse_tls_cert"),
+            dimse_tls_key=_file(env, file_values, "dimse_tls_key"),
+            dimse_tls_ca=_file(env, file_values, "dimse_tls_ca"),
             s3=_s3_settings(env, file_values.get("s3", {})),
+            **_auth(file_values.get("auth")),
         )
         if not 4096 <= settings.blob_cache_block_bytes <= 64 << 20:
             raise ConfigurationError(
@@ -439,7 +487,7 @@ class Settings:
 def _warn_unknown(path: Path, file_values: dict[str, Any]) -> None:
     """Log once the keys of lamina.toml that no setting reads (a misspelt key would otherwise be
     ignored without a word), each with the nearest known key."""
-    known = {item.name for item in fields(Settings)} - {"home"}
+    known = ({item.name for item in fields(Settings)} - {"home", "auth_issuer", "auth_claims"}) | {"auth"}
     unknown = [key for key in file_values if key not in known]
     table = file_values.get("s3")
     if isinstance(table, dict):

@@ -137,8 +137,12 @@ def serving_as_lamina(app: Any, settings: Settings) -> Iterator[int]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.02)
+    from tests.signin import forget, sign_in_operator
+
+    sign_in_operator(app.state.archive.catalog, settings.home, port)
     try:
         yield port
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        forget(port)

@@ -26,6 +26,7 @@ from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from tests.api.conftest import ServedArchive, multipart_parts
 from tests.backends import Backend
+from tests.signin import colleague_token, signed
 from tests.support import serving, shared_file
 
 STORED = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
@@ -33,7 +34,7 @@ STORED = {"Accept": 'multipart/related; type="application/octet-stream"; transfe
 
 def test_health_counts_the_slides(served_archive: ServedArchive) -> None:
     root = served_archive.base_url.removesuffix("/dicomweb")
-    answer = httpx.get(f"{root}/healthz")
+    answer = signed.get(f"{root}/healthz")
     assert answer.status_code == 200
     assert answer.json()["status"] == "ok"
     assert answer.json()["slides"] == served_archive.archive.catalog.count_slides() >= 1
@@ -87,8 +88,11 @@ def _urls(base: str, row: InstanceRow) -> tuple[str, str]:
     return series, f"{series}/instances/{row.sop_instance_uid}"
 
 
-def _in_background(url: str, answers: list[int]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: answers.append(httpx.get(url, timeout=60).status_code))
+def _in_background(url: str, answers: list[int], token: str | None = None) -> threading.Thread:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    thread = threading.Thread(
+        target=lambda: answers.append(signed.get(url, headers=headers, timeout=60).status_code)
+    )
     thread.start()
     return thread
 
@@ -98,19 +102,24 @@ def test_the_loop_answers_while_handlers_wait_on_the_catalog(served_archive: Ser
     settings = archive.settings.with_(workers=0, verify_cron=None, api_threads=8)
     row = next(r for r in archive.catalog.instances(served_archive.slide_ids[0]) if r.level == 0)
     with serving(create_app(settings, archive)) as port:
-        series, instance = _urls(f"http://127.0.0.1:{port}/dicomweb", row)
-        expected = httpx.get(f"{instance}/frames/1", headers=STORED)  # caches the instance
+        _, instance = _urls(f"http://127.0.0.1:{port}/dicomweb", row)
+        expected = signed.get(f"{instance}/frames/1", headers=STORED)  # caches the instance
         assert expected.status_code == 200
         answers: list[int] = []
+        # two slides not opened yet by the operator: their opening is written in the audit log
+        others = [
+            _urls(f"http://127.0.0.1:{port}/dicomweb", archive.catalog.instances(slide)[0])[0]
+            for slide in served_archive.slide_ids[1:3]
+        ]
         with catalog_held(settings):
-            held = [_in_background(f"{series}/metadata", answers) for _ in range(2)]
+            held = [_in_background(f"{other}/metadata", answers) for other in others]
             _wait_until_held(settings, 2)
 
             # Act: while two handler threads wait inside the catalog, within a second each
-            frame = httpx.get(f"{instance}/frames/1", headers=STORED, timeout=1)
-            decoded = httpx.get(f"{instance}/frames/2", timeout=1)
-            metadata = httpx.get(f"{instance}/metadata", timeout=1)
-            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            frame = signed.get(f"{instance}/frames/1", headers=STORED, timeout=1)
+            decoded = signed.get(f"{instance}/frames/2", timeout=1)
+            metadata = signed.get(f"{instance}/metadata", timeout=1)
+            health = signed.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
             assert answers == []  # still held
         for thread in held:
             thread.join(timeout=60)
@@ -128,15 +137,17 @@ def test_frames_are_answered_with_every_thread_held(local_archive: Archive) -> N
     row = next(r for r in local_archive.catalog.instances(slide.id) if r.level == 0)
     with serving(create_app(settings, local_archive)) as port:
         series, instance = _urls(f"http://127.0.0.1:{port}/dicomweb", row)
-        assert httpx.get(f"{instance}/frames/3", headers=STORED).status_code == 200
+        assert signed.get(f"{instance}/frames/3", headers=STORED).status_code == 200
         answers: list[int] = []
         health: list[int] = []
+        # two people opening the slide: each opening is written in the audit log, and waits
+        tokens = [colleague_token(local_archive.catalog, settings.home, f"reader-{i}") for i in range(2)]
         with catalog_held(settings):
-            held = [_in_background(f"{series}/metadata", answers) for _ in range(2)]
+            held = [_in_background(f"{series}/metadata", answers, token) for token in tokens]
             _wait_until_held(settings, 2)
             waiting = _in_background(f"http://127.0.0.1:{port}/healthz", health)
 
-            frame = httpx.get(f"{instance}/frames/3", headers=STORED, timeout=1)
+            frame = signed.get(f"{instance}/frames/3", headers=STORED, timeout=1)
             time.sleep(0.5)
             assert health == []  # no thread free for it
         for thread in [*held, waiting]:
@@ -212,11 +223,11 @@ def test_the_loop_answers_while_a_handler_waits_on_s3(tmp_path: Path, request: p
         answers: list[httpx.Response] = []
         with serving(create_app(settings, archive)) as port:
             series, instance = _urls(f"http://127.0.0.1:{port}/dicomweb", row)
-            assert httpx.get(f"{instance}/metadata").status_code == 200  # the instance is cached
+            assert signed.get(f"{instance}/metadata").status_code == 200  # the instance is cached
             relay.hold()
             accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
             retrieve = threading.Thread(
-                target=lambda: answers.append(httpx.get(instance, headers=accept, timeout=60))
+                target=lambda: answers.append(signed.get(instance, headers=accept, timeout=60))
             )
             retrieve.start()
             deadline = time.monotonic() + 30
@@ -224,9 +235,9 @@ def test_the_loop_answers_while_a_handler_waits_on_s3(tmp_path: Path, request: p
                 assert time.monotonic() < deadline, "the retrieve never reached S3"
                 time.sleep(0.05)
 
-            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            metadata = httpx.get(f"{instance}/metadata", timeout=1)
-            opened = httpx.get(f"{series}/metadata", timeout=1)
+            health = signed.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            metadata = signed.get(f"{instance}/metadata", timeout=1)
+            opened = signed.get(f"{series}/metadata", timeout=1)
             assert answers == []  # still waiting on S3
             relay.release()
             retrieve.join(timeout=60)

@@ -13,6 +13,7 @@ import pytest
 
 from lamina.api.errorlog import ErrorLog
 from tests.api.conftest import ServedArchive
+from tests.signin import signed
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -32,18 +33,20 @@ def test_refusals_are_logged_with_their_reason(
         f"/instances/{row.sop_instance_uid}/frames"
     )
 
-    assert httpx.get(f"{base}/studies/1.2.3/metadata").status_code == 404
+    assert signed.get(f"{base}/studies/1.2.3/metadata").status_code == 404
     assert (
-        httpx.get(f"{frames}/1", headers={"Accept": 'multipart/related; type="image/jls"'}).status_code == 406
+        signed.get(f"{frames}/1", headers={"Accept": 'multipart/related; type="image/jls"'}).status_code
+        == 406
     )
-    assert httpx.get(f"{frames}/0,x").status_code == 400
-    assert httpx.get(f"{base}/no-such-resource").status_code == 404
-    assert httpx.get(f"{base}/studies", params={"PatientID": "SECRET-42", "limit": "-1"}).status_code == 400
-    assert httpx.get(f"{frames}/1", headers={"Accept": "*/*"}).status_code == 200
+    assert signed.get(f"{frames}/0,x").status_code == 400
+    assert signed.get(f"{base}/no-such-resource").status_code == 404
+    assert signed.get(f"{base}/studies", params={"PatientID": "SECRET-42", "limit": "-1"}).status_code == 400
+    assert signed.get(f"{frames}/1", headers={"Accept": "*/*"}).status_code == 200
 
     lines = _lines(caplog)
     assert (
-        "GET /dicomweb/studies/1.2.3/metadata 404 Not found: no such study or series in this archive" in lines
+        "GET /dicomweb/studies/1.2.3/metadata 404 Not found: "
+        "no such study, series or instance in this archive" in lines
     )
     (refused,) = [line for line in lines if " 406 " in line]
     assert refused.startswith(

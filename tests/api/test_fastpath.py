@@ -24,6 +24,7 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from tests.api.conftest import ServedArchive, multipart_parts
+from tests.signin import signed
 from tests.support import serving
 
 STORED = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
@@ -60,8 +61,8 @@ def test_a_cached_frame_gets_the_same_answer_as_from_the_routed_handler(
     base, _, row = server
     url = f"{_url(base, row)}/frames/4"
 
-    first = httpx.get(url, headers=STORED)  # not cached yet: the routed handler
-    second = httpx.get(url, headers=STORED)
+    first = signed.get(url, headers=STORED)  # not cached yet: the routed handler
+    second = signed.get(url, headers=STORED)
 
     assert not _fast(first)
     if served_archive.archive.store.local_path(row.blob_sha256) is not None:
@@ -84,25 +85,25 @@ def test_what_the_fast_path_leaves_to_the_routed_handler(
     server: tuple[str, InstanceIndex, InstanceRow], suffix: str, headers: dict[str, str]
 ) -> None:
     base, _, row = server
-    httpx.get(f"{_url(base, row)}/frames/1", headers=STORED)  # cached
-    answers = [httpx.get(f"{_url(base, row)}{suffix}", headers=headers) for _ in range(2)]
+    signed.get(f"{_url(base, row)}/frames/1", headers=STORED)  # cached
+    answers = [signed.get(f"{_url(base, row)}{suffix}", headers=headers) for _ in range(2)]
     assert not any(_fast(answer) for answer in answers)
     assert multipart_parts(answers[0]) == multipart_parts(answers[1])
 
 
 def test_errors_come_from_the_routed_handler(server: tuple[str, InstanceIndex, InstanceRow]) -> None:
     base, _, row = server
-    httpx.get(f"{_url(base, row)}/frames/1", headers=STORED)  # cached
-    missing = httpx.get(f"{_url(base, row)}/frames/{row.number_of_frames + 1}", headers=STORED)
+    signed.get(f"{_url(base, row)}/frames/1", headers=STORED)  # cached
+    missing = signed.get(f"{_url(base, row)}/frames/{row.number_of_frames + 1}", headers=STORED)
     assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]
-    malformed = httpx.get(f"{_url(base, row)}/frames/1x", headers=STORED)
+    malformed = signed.get(f"{_url(base, row)}/frames/1x", headers=STORED)
     assert malformed.status_code == 400
-    other_series = httpx.get(
+    other_series = signed.get(
         f"{base}/studies/{row.study_instance_uid}/series/1.2.3/instances/{row.sop_instance_uid}/frames/1",
         headers=STORED,
     )
     assert other_series.status_code == 404
-    refused = httpx.get(
+    refused = signed.get(
         f"{_url(base, row)}/frames/1", headers={"Accept": 'multipart/related; type="image/jls"'}
     )
     assert refused.status_code == 406
@@ -120,18 +121,18 @@ def test_an_instance_due_for_confirmation_is_served_while_the_catalog_confirms_i
     with serving(app) as port:
         index: InstanceIndex = app.state.index
         url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames/2"
-        httpx.get(url, headers=STORED)
-        assert _fast(httpx.get(url, headers=STORED))
+        signed.get(url, headers=STORED)
+        assert _fast(signed.get(url, headers=STORED))
         cached = index.get(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
         due = time.monotonic() - index.revalidate_s - 1  # as if 6 s had passed
         cached.checked_at = due
 
-        confirming = httpx.get(url, headers=STORED)  # answered; the catalog asked in a thread
+        confirming = signed.get(url, headers=STORED)  # answered; the catalog asked in a thread
         deadline = time.monotonic() + 20
         while cached.checked_at == due:
             assert time.monotonic() < deadline, "the instance was not confirmed"
             time.sleep(0.02)
-        again = httpx.get(url, headers=STORED)
+        again = signed.get(url, headers=STORED)
 
     assert _fast(confirming) and _fast(again)
     assert multipart_parts(confirming) == multipart_parts(again)
@@ -141,7 +142,7 @@ def test_an_instance_due_for_confirmation_is_served_while_the_catalog_confirms_i
 def test_cross_origin_frames_are_allowed(server: tuple[str, InstanceIndex, InstanceRow]) -> None:
     base, _, row = server
     for _ in range(2):
-        answer = httpx.get(
+        answer = signed.get(
             f"{_url(base, row)}/frames/3", headers={**STORED, "Origin": "http://viewer.example"}
         )
         assert answer.status_code == 200
@@ -154,7 +155,7 @@ def test_a_frame_over_the_answer_limit_is_refused(local_archive: Archive) -> Non
     row = next(r for r in local_archive.catalog.instances(slide.id) if r.level == 0)
     with serving(create_app(settings, local_archive)) as port:
         url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames/1"
-        answers = [httpx.get(url, headers=STORED) for _ in range(2)]
+        answers = [signed.get(url, headers=STORED) for _ in range(2)]
     assert [answer.status_code for answer in answers] == [400, 400]
     assert "1000-byte limit" in answers[1].json()["detail"]
 
@@ -167,12 +168,12 @@ def test_a_damaged_object_is_reported_not_served(local_archive: Archive) -> None
     assert path is not None
     with serving(create_app(settings, local_archive)) as port:
         url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames/{row.number_of_frames}"
-        httpx.get(url, headers=STORED)  # cached
-        assert _fast(httpx.get(url, headers=STORED))
+        signed.get(url, headers=STORED)  # cached
+        assert _fast(signed.get(url, headers=STORED))
         with Path(path).open("r+b") as fh:  # the disk loses the object's tail
             fh.truncate(1000)
 
-        damaged = httpx.get(url, headers=STORED)
+        damaged = signed.get(url, headers=STORED)
 
     assert damaged.status_code == 500
     assert "damaged" in damaged.json()["detail"]
@@ -196,17 +197,17 @@ def test_frames_of_network_objects_skip_the_router_and_cached_ones_the_threads(
     local = archive.store.local_path(row.blob_sha256) is not None
     with serving(app) as port:
         url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames"
-        first = httpx.get(f"{url}/1", headers=STORED)  # the instance is not indexed yet: routed
+        first = signed.get(f"{url}/1", headers=STORED)  # the instance is not indexed yet: routed
         misses = store.stats.misses
-        again = httpx.get(f"{url}/1", headers=STORED)
+        again = signed.get(f"{url}/1", headers=STORED)
         assert not _fast(first) and _fast(again)
         assert multipart_parts(again) == multipart_parts(first)
         assert store.stats.misses == misses  # from the cache's memory
         if not local:
             store.forget(row.blob_sha256)
-            fetched = httpx.get(f"{url}/2", headers=STORED)
+            fetched = signed.get(f"{url}/2", headers=STORED)
             assert _fast(fetched) and store.stats.misses == misses + 1  # read in a thread
-            held = httpx.get(f"{url}/2", headers=STORED)
+            held = signed.get(f"{url}/2", headers=STORED)
             assert _fast(held) and store.stats.misses == misses + 1  # held now
             assert multipart_parts(held) == multipart_parts(fetched)
 
@@ -223,10 +224,10 @@ def test_a_damaged_object_is_reported_on_either_store(archive: Archive) -> None:
     settings = archive.settings.with_(workers=0, verify_cron=None)
     with serving(create_app(settings, archive)) as port:
         url = f"{_url(f'http://127.0.0.1:{port}/dicomweb', row)}/frames/{row.number_of_frames}"
-        assert httpx.get(url, headers=STORED).status_code == 200  # indexed
+        assert signed.get(url, headers=STORED).status_code == 200  # indexed
         overwrite_object(archive.store, row.blob_sha256, read_object(archive.store, row.blob_sha256)[:1000])
 
-        damaged = httpx.get(url, headers=STORED)
+        damaged = signed.get(url, headers=STORED)
 
     assert damaged.status_code == 500 and "damaged" in damaged.json()["detail"]
     with archive.catalog.begin() as conn:

@@ -28,6 +28,7 @@ from lamina.archive.catalog import InstanceRow
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from lamina.sample import write_samples
+from tests.signin import auth_headers, signed
 from tests.support import ingest_path, serving
 
 STORED = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
@@ -91,7 +92,7 @@ def test_a_due_instance_is_served_at_once_and_its_series_confirmed_in_one_query(
     _, rows = slide
     port, index = served
     for row in rows:  # each instance indexed by the routed handler
-        assert httpx.get(_url(port, row), headers=STORED).status_code == 200
+        assert signed.get(_url(port, row), headers=STORED).status_code == 200
     cached = [
         index.get(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid) for row in rows
     ]
@@ -101,7 +102,7 @@ def test_a_due_instance_is_served_at_once_and_its_series_confirmed_in_one_query(
     statements = _catalog_statements(archive)
 
     answers: list[httpx.Response] = []
-    with httpx.Client() as client:
+    with httpx.Client(headers=auth_headers(_url(port, rows[0]))) as client:
         threads = [
             threading.Thread(
                 target=lambda: answers.append(client.get(_url(port, rows[0], 2), headers=STORED))
@@ -127,20 +128,20 @@ def test_a_slide_deleted_by_another_process_stops_being_served(
     port, index = served
     index.revalidate_s = 0.3
     url = _url(port, rows[0])
-    assert httpx.get(url, headers=STORED).status_code == 200
-    assert _fast(httpx.get(url, headers=STORED))
+    assert signed.get(url, headers=STORED).status_code == 200
+    assert _fast(signed.get(url, headers=STORED))
     other = Archive.open(archive.settings)  # another process's view of the same archive
     try:
         other.delete_slide(slide_id, "lamina-test", "scanned twice")
         deleted = time.monotonic()
         statuses: list[int] = []
         while time.monotonic() - deleted < index.revalidate_s + 3.0:
-            statuses.append(httpx.get(url, headers=STORED).status_code)
+            statuses.append(signed.get(url, headers=STORED).status_code)
             if statuses[-1] == 404:
                 gone_after = time.monotonic() - deleted
                 break
             time.sleep(0.02)
-        statuses += [httpx.get(url, headers=STORED).status_code for _ in range(5)]
+        statuses += [signed.get(url, headers=STORED).status_code for _ in range(5)]
     finally:
         other.close()
 
@@ -173,7 +174,7 @@ def test_a_failing_catalog_leaves_cached_instances_served_for_a_bounded_time(
     port, index = served
     index.revalidate_s, index.stale_s = 0.2, 2.0
     url = _url(port, rows[0])
-    assert httpx.get(url, headers=STORED).status_code == 200
+    assert signed.get(url, headers=STORED).status_code == 200
     cached = index.get(rows[0].study_instance_uid, rows[0].series_instance_uid, rows[0].sop_instance_uid)
     caplog.set_level(logging.WARNING, logger="lamina.api.index")
 
@@ -182,13 +183,13 @@ def test_a_failing_catalog_leaves_cached_instances_served_for_a_bounded_time(
         broken = cached.checked_at
         served_while_failing = []
         while time.monotonic() - broken < index.revalidate_s + index.stale_s - 0.5:
-            served_while_failing.append(_fast(httpx.get(url, headers=STORED)))
+            served_while_failing.append(_fast(signed.get(url, headers=STORED)))
             time.sleep(0.05)
         _wait(lambda: time.monotonic() - broken > index.revalidate_s + index.stale_s, "time", 5)
-        refused = httpx.get(url, headers=STORED)
+        refused = signed.get(url, headers=STORED)
     finally:
         _rename_instances(archive.settings, "instances_away", "instances")
-    again = httpx.get(url, headers=STORED)
+    again = signed.get(url, headers=STORED)
 
     assert served_while_failing and all(served_while_failing)  # from the cache, on the loop
     assert cached.checked_at == broken  # never confirmed while the catalog failed

@@ -30,6 +30,7 @@ from lamina.archive.catalog.search import (
     Wildcard,
 )
 from tests.api.conftest import ServedArchive
+from tests.signin import dicomweb_client, signed
 
 Result = dict[str, Any]
 
@@ -52,7 +53,7 @@ def values(results: list[Result], keyword: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def client(served_archive: ServedArchive) -> DICOMwebClient:
-    return DICOMwebClient(served_archive.base_url)
+    return dicomweb_client(served_archive.base_url)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def studies(client: DICOMwebClient) -> list[Result]:
 
 
 def get(served: ServedArchive, path: str, **params: Any) -> httpx.Response:
-    return httpx.get(served.base_url + path, params=params, timeout=30)
+    return signed.get(served.base_url + path, params=params, timeout=30)
 
 
 def bad_request(served: ServedArchive, path: str, params: dict[str, Any], parameter: str) -> str:
@@ -164,7 +165,7 @@ def test_answer_is_dicom_json_and_no_match_is_an_empty_array(served_archive: Ser
 
 
 def test_only_dicom_json_is_offered(served_archive: ServedArchive) -> None:
-    response = httpx.get(served_archive.base_url + "/studies", headers={"Accept": "application/dicom+xml"})
+    response = signed.get(served_archive.base_url + "/studies", headers={"Accept": "application/dicom+xml"})
     assert response.status_code == 406
 
 
@@ -555,7 +556,7 @@ def test_wsidicom_reads_the_same_pixels_over_the_web_as_from_the_exported_files(
     # Arrange
     slide_id = served_archive.slide_ids[index]
     (exported,) = served_archive.archive.export(tmp_path, [slide_id])
-    web_client = WsiDicomWebClient(DICOMwebClient(served_archive.base_url))
+    web_client = WsiDicomWebClient(dicomweb_client(served_archive.base_url))
     # Act
     with (
         WsiDicom.open_web(

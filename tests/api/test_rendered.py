@@ -3,7 +3,6 @@ their parameters, their limits, and the images a running server gives, on both b
 
 from __future__ import annotations
 
-import httpx
 import imagecodecs
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from lamina.errors import NotAcceptableError, PayloadTooLargeError, RequestError
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 from tests.api.conftest import ServedArchive, multipart_parts
+from tests.signin import signed
 
 # -- parameters ------------------------------------------------------------------------------
 
@@ -143,7 +143,7 @@ def test_a_stored_jpeg_frame_is_sent_as_stored(served_archive: ServedArchive) ->
     row = _level0(served_archive)
     assert row.transfer_syntax_uid == TransferSyntax.JPEG_BASELINE_8BIT
 
-    answer = httpx.get(f"{_url(served_archive, row)}/frames/3/rendered", headers={"Accept": "image/jpeg"})
+    answer = signed.get(f"{_url(served_archive, row)}/frames/3/rendered", headers={"Accept": "image/jpeg"})
 
     assert answer.status_code == 200
     assert answer.headers["content-type"] == JPEG
@@ -153,7 +153,7 @@ def test_a_stored_jpeg_frame_is_sent_as_stored(served_archive: ServedArchive) ->
 
 def test_a_frame_as_png_has_the_decoded_pixels(served_archive: ServedArchive) -> None:
     row = _level0(served_archive)
-    answer = httpx.get(f"{_url(served_archive, row)}/frames/3/rendered", params={"accept": PNG})
+    answer = signed.get(f"{_url(served_archive, row)}/frames/3/rendered", params={"accept": PNG})
     assert answer.headers["content-type"] == PNG
     assert np.array_equal(
         imagecodecs.png_decode(answer.content), _decoded(row, _stored(served_archive, row, 3))
@@ -163,7 +163,7 @@ def test_a_frame_as_png_has_the_decoded_pixels(served_archive: ServedArchive) ->
 def test_a_region_of_an_instance(served_archive: ServedArchive) -> None:
     row = _level0(served_archive)
     # a region inside the first tile, not scaled: its pixels exactly
-    answer = httpx.get(
+    answer = signed.get(
         f"{_url(served_archive, row)}/rendered", params={"viewport": "100,60,10,20,100,60", "accept": PNG}
     )
     assert answer.status_code == 200, answer.text
@@ -171,7 +171,7 @@ def test_a_region_of_an_instance(served_archive: ServedArchive) -> None:
     assert np.array_equal(imagecodecs.png_decode(answer.content), tile[20:80, 10:110])
     # the whole level scaled into 64 x 64, its aspect kept
     scaled = imagecodecs.jpeg8_decode(
-        httpx.get(f"{_url(served_archive, row)}/rendered?viewport=64,64").content
+        signed.get(f"{_url(served_archive, row)}/rendered?viewport=64,64").content
     )
     expected = fit(row.total_pixel_matrix_columns, row.total_pixel_matrix_rows, Viewport(64, 64))
     assert (scaled.shape[1], scaled.shape[0]) == expected
@@ -180,11 +180,11 @@ def test_a_region_of_an_instance(served_archive: ServedArchive) -> None:
 def test_thumbnails_and_rendered_series(served_archive: ServedArchive) -> None:
     row = _level0(served_archive)
     series = f"{served_archive.base_url}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
-    thumbnail = imagecodecs.jpeg8_decode(httpx.get(f"{series}/thumbnail").content)
+    thumbnail = imagecodecs.jpeg8_decode(signed.get(f"{series}/thumbnail").content)
     assert max(thumbnail.shape[:2]) == 256
-    study = httpx.get(f"{served_archive.base_url}/studies/{row.study_instance_uid}/thumbnail?viewport=32,32")
+    study = signed.get(f"{served_archive.base_url}/studies/{row.study_instance_uid}/thumbnail?viewport=32,32")
     assert max(imagecodecs.jpeg8_decode(study.content).shape[:2]) == 32
-    rendered = httpx.get(f"{series}/rendered", params={"viewport": "48,48", "accept": PNG})
+    rendered = signed.get(f"{series}/rendered", params={"viewport": "48,48", "accept": PNG})
     parts = multipart_parts(rendered)
     pictures = [r for r in _rows(served_archive) if r.number_of_frames > 0 and r.rows > 0]
     assert [part for part, _ in parts] == [PNG] * len(pictures)
@@ -205,6 +205,6 @@ def test_thumbnails_and_rendered_series(served_archive: ServedArchive) -> None:
 def test_bad_rendering_requests(
     served_archive: ServedArchive, suffix: str, params: dict[str, str], status: int, words: str
 ) -> None:
-    answer = httpx.get(f"{_url(served_archive, _level0(served_archive))}{suffix}", params=params)
+    answer = signed.get(f"{_url(served_archive, _level0(served_archive))}{suffix}", params=params)
     assert answer.status_code == status
     assert words in answer.json()["detail"]

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from dicomweb_client.api import DICOMwebClient
 from pydicom.datadict import dictionary_VR
 
 from lamina.api import create_app
@@ -29,6 +28,7 @@ from lamina.archive.receive import Receiver
 from lamina.config import Settings
 from lamina.errors import RequestError
 from tests.s3server import free_ports
+from tests.signin import dicomweb_client, sign_in_process, signed
 from tests.smalldisk import fill, small_disk
 from tests.support import lamina_env, partial_writes, serving, shared_file
 
@@ -60,7 +60,7 @@ def test_a_slide_posted_by_dicomweb_client_is_stored_whole(
 ) -> None:
     base, archive = target
     datasets = [pydicom.dcmread(path) for path in exported]
-    answer = DICOMwebClient(base).store_instances(datasets)
+    answer = dicomweb_client(base).store_instances(datasets)
     stored = answer.ReferencedSOPSequence
     assert {item.ReferencedSOPInstanceUID for item in stored} == {ds.SOPInstanceUID for ds in datasets}
     assert "FailedSOPSequence" not in answer
@@ -68,7 +68,7 @@ def test_a_slide_posted_by_dicomweb_client_is_stored_whole(
     assert slide.series_instance_uid == datasets[0].SeriesInstanceUID
     assert slide.instances == len(datasets)
     # posting again is idempotent: the same slide, nothing new
-    DICOMwebClient(base).store_instances(datasets)
+    dicomweb_client(base).store_instances(datasets)
     assert len(archive.catalog.slides()) == 1
 
 
@@ -87,7 +87,7 @@ def test_the_slide_is_ingested_at_background_priority(
 
     monkeypatch.setattr(Receiver, "receive", noting)
     # Act
-    answer = DICOMwebClient(base).store_instances([pydicom.dcmread(path) for path in exported])
+    answer = dicomweb_client(base).store_instances([pydicom.dcmread(path) for path in exported])
     # Assert: stored, by a thread at the default LAMINA_BACKGROUND_NICE
     assert "FailedSOPSequence" not in answer
     assert seen == [archive.settings.background_nice] == [19]
@@ -106,7 +106,7 @@ def test_bad_parts_are_reported_and_the_rest_stored(
     base, archive = target
     good = [("application/dicom", path.read_bytes()) for path in exported]
     body = _multipart([*good, ("application/dicom", b"not dicom at all"), ("text/plain", b"hello")])
-    answer = httpx.post(
+    answer = signed.post(
         f"{base}/studies",
         content=body,
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
@@ -135,7 +135,7 @@ def test_the_answer_is_dicom_json_that_reads_back_with_the_dictionarys_vrs(
 ) -> None:
     base, _ = target
     body = _multipart([("application/dicom", exported[0].read_bytes()), ("text/plain", b"hello")])
-    answer = httpx.post(
+    answer = signed.post(
         f"{base}/studies",
         content=body,
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
@@ -161,7 +161,7 @@ def test_the_answer_is_dicom_json_that_reads_back_with_the_dictionarys_vrs(
 
 def test_all_failed_is_409_and_stores_nothing(target: tuple[str, Archive]) -> None:
     base, archive = target
-    answer = httpx.post(
+    answer = signed.post(
         f"{base}/studies",
         content=_multipart([("application/dicom", b"junk")]),
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
@@ -173,14 +173,14 @@ def test_all_failed_is_409_and_stores_nothing(target: tuple[str, Archive]) -> No
 
 def test_over_the_limit_is_413_and_a_missing_boundary_400(target: tuple[str, Archive]) -> None:
     base, _ = target
-    big = httpx.post(
+    big = signed.post(
         f"{base}/studies",
         content=_multipart([("application/dicom", b"\x00" * (65 << 20))]),
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
         timeout=120,
     )
     assert big.status_code == 413
-    bad = httpx.post(f"{base}/studies", content=b"x", headers={"Content-Type": "multipart/related"})
+    bad = signed.post(f"{base}/studies", content=b"x", headers={"Content-Type": "multipart/related"})
     assert bad.status_code == 400 and "boundary" in bad.json()["detail"]
 
 
@@ -224,7 +224,7 @@ def _annotations(slide_level: pydicom.Dataset) -> pydicom.Dataset:
 
 def test_annotations_are_stored_beside_the_slide(exported: list[Path], target: tuple[str, Archive]) -> None:
     base, archive = target
-    client = DICOMwebClient(base)
+    client = dicomweb_client(base)
     slide = [pydicom.dcmread(path) for path in exported]
     client.store_instances(slide)
     annotations = _annotations(slide[0])
@@ -243,7 +243,7 @@ def test_annotations_are_stored_beside_the_slide(exported: list[Path], target: t
     client.store_instances([annotations])
     assert set(archive.store.iter_digests()) == before
     annotations.ContentLabel = "CHANGED"
-    answer = httpx.post(
+    answer = signed.post(
         f"{base}/studies",
         content=_multipart([("application/dicom", _encode(annotations))]),
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
@@ -255,7 +255,7 @@ def test_modalities_in_study_follow_the_series_stored_and_deleted(
     exported: list[Path], target: tuple[str, Archive]
 ) -> None:
     base, archive = target
-    client = DICOMwebClient(base)
+    client = dicomweb_client(base)
     slide = [pydicom.dcmread(path) for path in exported]
     client.store_instances(slide)
     study = slide[0].StudyInstanceUID
@@ -346,7 +346,7 @@ def test_what_is_kept_between_chunks_is_bounded_whatever_the_body(tmp_path: Path
 
 def test_a_wrong_boundary_is_answered_400_naming_it(target: tuple[str, Archive]) -> None:
     base, archive = target
-    answer = httpx.post(
+    answer = signed.post(
         f"{base}/studies",
         content=_multipart([("application/dicom", b"\0" * (4 << 20))], boundary="real"),
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=wrong'},
@@ -382,7 +382,7 @@ def test_a_full_spool_is_507_naming_it_and_leaves_nothing(
     tmp_path: Path, backend_env: dict[str, str]
 ) -> None:
     with _served_on_small_disk(tmp_path, backend_env, 4 << 20) as (base, archive, disk):
-        answer = httpx.post(
+        answer = signed.post(
             f"{base}/studies",
             content=_multipart([("application/dicom", b"\0" * (8 << 20))]),
             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
@@ -402,7 +402,7 @@ def test_a_full_blob_store_is_507_naming_it_and_leaves_nothing(tmp_path: Path, e
     body = _multipart([("application/dicom", path.read_bytes()) for path in exported])
     with _served_on_small_disk(tmp_path, {}, 16 << 20) as (base, archive, disk):
         fill(disk, len(body) + (1 << 20))  # room for the request's spool, not for the slide too
-        answer = httpx.post(
+        answer = signed.post(
             f"{base}/studies",
             content=body,
             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
@@ -437,7 +437,8 @@ def test_the_spool_of_a_server_killed_mid_request_is_swept_at_the_next_start(
         while True:
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                if signed.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    sign_in_process(settings, port)
                     return process
             time.sleep(0.1)
 
@@ -476,7 +477,7 @@ def test_the_spool_of_a_server_killed_mid_request_is_swept_at_the_next_start(
 
 def _post_quietly(url: str, content: Iterator[bytes]) -> None:
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(
+        signed.post(
             url,
             content=content,
             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},

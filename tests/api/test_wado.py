@@ -12,7 +12,6 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
-from dicomweb_client.api import DICOMwebClient
 from pydicom.encaps import generate_frames
 
 from lamina.api import create_app
@@ -28,6 +27,7 @@ from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.model.geometry import SizeMm
 from tests.api.conftest import multipart_parts
 from tests.backends import Backend
+from tests.signin import dicomweb_client, signed
 from tests.support import dciodvfy_errors, serving, shared_file, stored_file
 
 
@@ -58,7 +58,7 @@ def test_metadata_at_every_level_with_absolute_bulk_data(
 ) -> None:
     base, archive, slide_id = wado_server
     ds, _ = _level0(archive, slide_id, tmp_path)
-    client = DICOMwebClient(base)
+    client = dicomweb_client(base)
     series = client.retrieve_series_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID)
     assert len(series) == archive.catalog.slide(slide_id).instances  # type: ignore[union-attr]
     study = client.retrieve_study_metadata(ds.StudyInstanceUID)
@@ -73,7 +73,7 @@ def test_metadata_at_every_level_with_absolute_bulk_data(
 def test_frames_are_the_stored_bytes(wado_server: tuple[str, Archive, str], tmp_path: Path) -> None:
     base, archive, slide_id = wado_server
     ds, stored = _level0(archive, slide_id, tmp_path)
-    client = DICOMwebClient(base)
+    client = dicomweb_client(base)
     frames = client.retrieve_instance_frames(
         ds.StudyInstanceUID,
         ds.SeriesInstanceUID,
@@ -97,7 +97,7 @@ def test_frames_transcoded_to_uncompressed_on_request(
 ) -> None:
     base, archive, slide_id = wado_server
     ds, stored = _level0(archive, slide_id, tmp_path)
-    client = DICOMwebClient(base)
+    client = dicomweb_client(base)
     (raw,) = client.retrieve_instance_frames(
         ds.StudyInstanceUID,
         ds.SeriesInstanceUID,
@@ -114,7 +114,7 @@ def test_instance_retrieval_gives_the_stored_object(
 ) -> None:
     base, archive, slide_id = wado_server
     ds, _ = _level0(archive, slide_id, tmp_path)
-    retrieved = DICOMwebClient(base).retrieve_instance(
+    retrieved = dicomweb_client(base).retrieve_instance(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
     )
     assert retrieved.SOPInstanceUID == ds.SOPInstanceUID
@@ -149,20 +149,20 @@ def test_bad_frame_requests(
     ds, _ = _level0(archive, slide_id, tmp_path)
     series = f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
     url = f"{series}/instances/{ds.SOPInstanceUID}{suffix}"
-    answer = httpx.get(url, headers=headers)
+    answer = signed.get(url, headers=headers)
     assert answer.status_code == status
     assert words in answer.json()["detail"]
 
 
 def test_unknown_uids_are_404(wado_server: tuple[str, Archive, str]) -> None:
     base, _, _ = wado_server
-    assert httpx.get(f"{base}/studies/1.2.3/metadata").status_code == 404
-    assert httpx.get(f"{base}/studies/1.2.3/series/4.5/instances/6.7/frames/1").status_code == 404
+    assert signed.get(f"{base}/studies/1.2.3/metadata").status_code == 404
+    assert signed.get(f"{base}/studies/1.2.3/series/4.5/instances/6.7/frames/1").status_code == 404
 
 
 def test_cors_preflight(wado_server: tuple[str, Archive, str]) -> None:
     base, _, _ = wado_server
-    answer = httpx.options(
+    answer = signed.options(
         f"{base}/studies/1/metadata",
         headers={"Origin": "http://viewer.example", "Access-Control-Request-Method": "GET"},
     )
@@ -172,7 +172,7 @@ def test_cors_preflight(wado_server: tuple[str, Archive, str]) -> None:
 
 def test_bulk_data_uris_answer_with_the_values(wado_server: tuple[str, Archive, str]) -> None:
     base, archive, slide_id = wado_server
-    client = DICOMwebClient(base)
+    client = dicomweb_client(base)
     # Pixel Data of the smallest level: its frames
     levels = [r for r in archive.catalog.instances(slide_id) if r.level is not None]
     row = max(levels, key=lambda r: r.level or 0)
@@ -199,16 +199,16 @@ def test_bulk_data_uris_answer_with_the_values(wado_server: tuple[str, Archive, 
 def test_openapi_describes_the_own_routes(wado_server: tuple[str, Archive, str]) -> None:
     base, _, _ = wado_server
     root = base.removesuffix("/dicomweb")
-    spec = httpx.get(f"{root}/openapi.json").json()
+    spec = signed.get(f"{root}/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     assert "/healthz" in spec["paths"]
-    health = httpx.get(f"{root}/healthz").json()
+    health = signed.get(f"{root}/healthz").json()
     assert health["status"] == "ok" and health["slides"] >= 1
 
 
 def test_rendered_through_dicomweb_client(wado_server: tuple[str, Archive, str]) -> None:
     base, archive, slide_id = wado_server
-    client = DICOMwebClient(base)
+    client = dicomweb_client(base)
     rows = archive.catalog.instances(slide_id)
     label = next(r for r in rows if r.flavor == "LABEL")
     uids = (label.study_instance_uid, label.series_instance_uid)
@@ -216,7 +216,7 @@ def test_rendered_through_dicomweb_client(wado_server: tuple[str, Archive, str])
     decoded = imagecodecs.png_decode(image)
     assert decoded.shape[:2] == (label.total_pixel_matrix_rows, label.total_pixel_matrix_columns)
     # a whole slide series rendered, each instance scaled into the viewport
-    answer = httpx.get(f"{base}/studies/{uids[0]}/series/{uids[1]}/rendered", params={"viewport": "128,128"})
+    answer = signed.get(f"{base}/studies/{uids[0]}/series/{uids[1]}/rendered", params={"viewport": "128,128"})
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith('multipart/related; type="image/jpeg"')
     assert answer.content.count(b"Content-Type: image/jpeg") == len(rows)
@@ -228,7 +228,7 @@ def test_opening_a_slide_is_audited(wado_server: tuple[str, Archive, str]) -> No
     base, archive, slide_id = wado_server
     slide = archive.catalog.slide(slide_id)
     assert slide is not None
-    httpx.get(f"{base}/studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}/metadata")
+    signed.get(f"{base}/studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}/metadata")
     with archive.catalog.begin() as conn:
         reads = [entry for entry in audit.entries(conn, action="read") if entry.entity == f"slide/{slide_id}"]
         assert reads and reads[-1].detail["client"] == "127.0.0.1"
@@ -292,7 +292,7 @@ def test_frames_follow_the_accept_header(
     headers = {"Accept": accept} if accept is not None else {}
     # twice: the second time the instance is cached (the fast path on a local store)
     for _ in range(2):
-        answer = httpx.get(f"{_instance(base, row)}/frames/5", headers=headers)
+        answer = signed.get(f"{_instance(base, row)}/frames/5", headers=headers)
         assert answer.status_code == 200, answer.text
         media_type = part.split(";")[0]
         assert answer.headers["content-type"].startswith(f'multipart/related; type="{media_type}"')
@@ -306,7 +306,7 @@ def test_compressed_lossless_frames_carry_their_own_media_type(wado_server: tupl
     url = f"{_instance(base, label)}/frames/1"
 
     def get(accept: str | None) -> httpx.Response:
-        return httpx.get(url, headers={"Accept": accept} if accept else {})
+        return signed.get(url, headers={"Accept": accept} if accept else {})
 
     assert multipart_parts(get('multipart/related; type="image/jp2"')) == [(J2K_PART, stored)]
     star = get('multipart/related; type="application/octet-stream"; transfer-syntax=*')
@@ -327,7 +327,7 @@ def test_compressed_lossless_frames_carry_their_own_media_type(wado_server: tupl
 
 
 def _retrieve(url: str, accept: str) -> list[tuple[str, bytes]]:
-    with httpx.stream("GET", url, headers={"Accept": accept}, timeout=60) as answer:
+    with signed.stream("GET", url, headers={"Accept": accept}, timeout=60) as answer:
         assert answer.status_code == 200, answer.read()
         assert "content-length" not in answer.headers  # streamed
         answer.read()
@@ -421,22 +421,22 @@ def test_limits_of_one_answer(wado_server: tuple[str, Archive, str], limited_ser
     # one short URL repeating a frame: bounded by bytes, not only by the count
     length = InstanceIndex(archive).get(*_uids(row)).frame_span(1)[1]
     repeat = 200_000 // length + 1
-    answer = httpx.get(f"{url}/frames/{','.join(['1'] * repeat)}", headers=star)
+    answer = signed.get(f"{url}/frames/{','.join(['1'] * repeat)}", headers=star)
     assert answer.status_code == 400
     assert "200000-byte limit" in answer.json()["detail"]
     assert "LAMINA_MAX_FRAMES_BYTES" in answer.json()["detail"]
-    assert httpx.get(f"{url}/frames/{','.join(['1'] * (repeat - 1))}", headers=star).status_code == 200
+    assert signed.get(f"{url}/frames/{','.join(['1'] * (repeat - 1))}", headers=star).status_code == 200
     # decoded frames count as decoded: one 240 x 240 RGB frame fits, two do not
-    assert httpx.get(f"{url}/frames/1").status_code == 200
-    assert httpx.get(f"{url}/frames/1,2").status_code == 400
+    assert signed.get(f"{url}/frames/1").status_code == 200
+    assert signed.get(f"{url}/frames/1,2").status_code == 400
     # whole instances: over the transcoding limit is 406, naming it and the way to the stored bytes
     native = {"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={EVRLE}'}
-    refused = httpx.get(url, headers=native)
+    refused = signed.get(url, headers=native)
     assert refused.status_code == 406
     assert "300000-byte transcoding limit (LAMINA_MAX_TRANSCODE_BYTES)" in refused.json()["detail"]
     assert "transfer-syntax=*" in refused.json()["detail"]
     assert (
-        httpx.get(
+        signed.get(
             url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
         ).status_code
         == 200
@@ -444,7 +444,7 @@ def test_limits_of_one_answer(wado_server: tuple[str, Archive, str], limited_ser
     # no transfer syntax asked for: what the limit keeps from being transcoded comes as stored
     label = _row(archive, slide_id, "LABEL")  # 463 x 387 RGB: 537,543 bytes decoded
     ((part, _),) = multipart_parts(
-        httpx.get(
+        signed.get(
             _instance(limited_server, label),
             headers={"Accept": 'multipart/related; type="application/dicom"'},
         )

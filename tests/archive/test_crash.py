@@ -46,6 +46,7 @@ from lamina.archive.sweep import sweep
 from lamina.config import Settings
 from tests.backends import Backend
 from tests.s3server import free_ports
+from tests.signin import signed
 from tests.support import POSTGRES_URL, shared_file, tiled_svs_from
 
 LAMINA = [sys.executable, "-m", "lamina"]
@@ -331,7 +332,7 @@ class _Server:
             if self.process.poll() is not None:
                 return False
             with contextlib.suppress(httpx.TransportError):
-                httpx.get(f"{self.url}/studies", timeout=5)
+                signed.get(f"{self.url}/studies", timeout=5)
                 return True
             time.sleep(0.05)
         self.kill()
@@ -342,7 +343,7 @@ class _Server:
         return f"http://127.0.0.1:{self.port}/dicomweb"
 
     def post(self, upload: _Upload) -> httpx.Response:
-        return httpx.post(
+        return signed.post(
             f"{self.url}/studies",
             content=upload.body,
             headers={"Content-Type": upload.content_type, "Accept": "application/dicom+json"},

@@ -22,6 +22,7 @@ from lamina.config import Settings
 from lamina.dimse.transcode import native_bytes
 from lamina.sample import write_samples
 from tests.dimse.peers import free_port, received, stored_data_set_sha256, stored_frames, storescp
+from tests.signin import signed
 from tests.support import need, shared_file
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -176,7 +177,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
         while True:
             assert process.poll() is None, log.read_text(errors="replace")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{http}/system", timeout=2).status_code == 200:
+                if signed.get(f"http://127.0.0.1:{http}/system", timeout=2).status_code == 200:
                     break
             assert time.monotonic() < deadline, "Orthanc did not start"
             time.sleep(0.1)

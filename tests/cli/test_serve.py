@@ -21,6 +21,7 @@ from lamina.archive.catalog import SlideRow
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
+from tests.signin import signed
 from tests.support import lamina_env, shared_file, tool
 
 
@@ -48,7 +49,7 @@ def lamina_serve(settings: Settings, *args: str, **env: str) -> Iterator[tuple[s
             assert process.poll() is None, process.communicate()[0]
             assert time.monotonic() < deadline, "lamina serve did not start"
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if signed.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
             time.sleep(0.1)
         yield process, base
@@ -141,7 +142,7 @@ def _in_flight(settings: Settings, url: str, answers: list[httpx.Response | Exce
 
     def get() -> None:
         try:
-            answers.append(httpx.get(url, timeout=60))
+            answers.append(signed.get(url, timeout=60))
         except httpx.HTTPError as exc:
             answers.append(exc)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
-
 from lamina.api import create_app
 from lamina.archive.archive import Archive
 from lamina.archive.audit import entries
@@ -15,6 +13,7 @@ from lamina.archive.fixity import verify_one
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from lamina.sample import write_samples
+from tests.signin import signed
 from tests.support import ingest_path, serving
 
 #: the frames as stored (PS3.18 8.7.3.5.2: transfer-syntax=*), the bytes compared below
@@ -38,14 +37,14 @@ def test_a_truncated_object_read_by_a_client_is_reported_audited_and_repaired(tm
     )
     try:
         with serving(create_app(archive.settings, archive)) as port:
-            answer = httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": STORED})
+            answer = signed.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": STORED})
             assert answer.status_code == 500
             assert "damaged" in answer.json()["detail"]
             deadline = time.monotonic() + 30
             while not verify_one(archive.catalog, archive.store, row.blob_sha256).ok:
                 assert time.monotonic() < deadline, "the object was not repaired"
                 time.sleep(0.1)
-            again = httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": STORED})
+            again = signed.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": STORED})
             assert again.status_code == 200
             offset, length = (
                 int.from_bytes(row.frame_offsets[-8:], "little"),
@@ -75,10 +74,10 @@ def test_a_slide_deleted_by_another_process_is_not_found_not_damaged(tmp_path: P
     try:
         app = create_app(archive.settings, archive)
         with serving(app) as port:
-            assert httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": "*/*"}).status_code == 200
+            assert signed.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": "*/*"}).status_code == 200
             app.state.index.revalidate_s = 0.0  # (5 s in service)
             other.delete_slide(result.slide_id or "", "lamina-test", "scanned twice")
-            gone = httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": "*/*"})
+            gone = signed.get(f"http://127.0.0.1:{port}{url}", headers={"Accept": "*/*"})
             assert gone.status_code == 404, gone.text
         with archive.catalog.engine.connect() as conn:
             assert "damaged" not in {e.action for e in entries(conn)}

@@ -25,6 +25,7 @@ from lamina.config import Settings
 from lamina.sample import write_samples
 from tests.backends import Backend
 from tests.s3server import free_ports
+from tests.signin import signed
 
 LAMINA = str(Path(sys.executable).parent / "lamina")
 FORMATS = ["aperio_svs", "tiled_tiff", "ome_tiff", "philips_tiff", "histech_tiff"]
@@ -64,7 +65,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+            if signed.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -107,7 +108,7 @@ def _run(tmp_path: Path, backend: Backend) -> None:
 
         def post(item: tuple[int, list[Path]]) -> httpx.Response:
             port, files = item
-            return httpx.post(
+            return signed.post(
                 f"http://127.0.0.1:{port}/dicomweb/studies",
                 content=_body(files, boundary),
                 headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
@@ -124,7 +125,7 @@ def _run(tmp_path: Path, backend: Backend) -> None:
 
         # each API answers for every slide, whichever API received it
         for port in ports:
-            series = httpx.get(f"http://127.0.0.1:{port}/dicomweb/series", timeout=30).json()
+            series = signed.get(f"http://127.0.0.1:{port}/dicomweb/series", timeout=30).json()
             assert len(series) == len(slides)
     finally:
         for proc, _ in procs:

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import procrastinate
 import pytest
 
@@ -29,6 +28,7 @@ from lamina.jobs.queue import QUEUE, Worker, make_app
 from lamina.jobs.runtime import Jobs
 from lamina.sample import write_samples
 from tests.backends import Backend
+from tests.signin import signed
 from tests.support import lamina_env, serving
 
 LAMINA = str(Path(sys.executable).parent / "lamina")
@@ -274,7 +274,7 @@ def test_the_report_of_a_request_answered_202_is_kept_for_the_days_set_then_swep
     # Arrange: a STOW-RS request that answers 202 at once, its job going on in the server
     server = Archive.open(queued.settings.with_(stow_wait_s=0.0))
     with serving(create_app(server.settings, server)) as port:
-        answer = httpx.post(
+        answer = signed.post(
             f"http://127.0.0.1:{port}/dicomweb/studies",
             content=_multipart(instances),
             headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=lamina-test'},

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -41,6 +40,7 @@ from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.sample import write_samples
 from tests.backends import Backend
+from tests.signin import signed
 from tests.support import REPO, need, serving, tool
 
 FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi", "ome_tiff")
@@ -244,7 +244,7 @@ def test_dicomweb_client_searches_and_retrieves(served: Served, tmp_path: Path) 
         assert (got["width"], got["height"]) == (row.total_pixel_matrix_columns, row.total_pixel_matrix_rows)
         # the same bytes as the server gives another client for the same Accept header
         accept = media[0]["mediaType"] if media else "*/*"
-        answer = httpx.get(_rendered_url(served, row), headers={"Accept": accept})
+        answer = signed.get(_rendered_url(served, row), headers={"Accept": accept})
         assert answer.status_code == 200, answer.text
         assert {"length": got["length"], "sha256": got["sha256"]} == _digest(answer.content), name
     assert seen["errors"] == [], seen["errors"]

@@ -44,6 +44,7 @@ from lamina.config import Settings
 from lamina.errors import PayloadTooLargeError
 from lamina.sample import write_samples
 from tests.backends import Backend
+from tests.signin import signed
 from tests.support import REPO, need, tool
 
 _CASE_KEYS = ("patient_id", "patient_name", "birth_date", "sex", "accession_number")
@@ -177,8 +178,8 @@ def test_a_stored_jpeg_frame_is_sent_as_stored(served: Served) -> None:
     )
     stored = wado.read_frames(found, [1, 7], served.archive)
 
-    first = httpx.get(f"{_url(served, row)}/frames/1/rendered")
-    seventh = httpx.get(f"{_url(served, row)}/frames/7/rendered", headers={"Accept": "image/jpeg"})
+    first = signed.get(f"{_url(served, row)}/frames/1/rendered")
+    seventh = signed.get(f"{_url(served, row)}/frames/7/rendered", headers={"Accept": "image/jpeg"})
 
     assert [first.content, seventh.content] == stored
     assert _image(first).size == (row.columns, row.rows)
@@ -192,9 +193,9 @@ def test_png_is_the_decoded_frame(served: Served) -> None:
     (stored,) = wado.read_frames(found, [2], served.archive)
 
     by_header = _image(
-        httpx.get(f"{_url(served, row)}/frames/2/rendered", headers={"Accept": "image/png"}), "image/png"
+        signed.get(f"{_url(served, row)}/frames/2/rendered", headers={"Accept": "image/png"}), "image/png"
     )
-    by_query = _image(httpx.get(f"{_url(served, row)}/frames/2/rendered?accept=image/png"), "image/png")
+    by_query = _image(signed.get(f"{_url(served, row)}/frames/2/rendered?accept=image/png"), "image/png")
 
     assert by_header.size == (row.columns, row.rows) and by_header.mode == "RGB"
     decoded = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB"))
@@ -204,8 +205,8 @@ def test_png_is_the_decoded_frame(served: Served) -> None:
 def test_a_whole_level_is_composed_from_its_tiles(served: Served) -> None:
     row = _level(served, served.case[0], 1)  # 512 x 384 in 240-pixel tiles: edge tiles cropped
 
-    image = _image(httpx.get(f"{_url(served, row)}/rendered?accept=image/png"), "image/png")
-    smaller = _image(httpx.get(f"{_url(served, _level(served, served.case[0], 2))}/rendered"))
+    image = _image(signed.get(f"{_url(served, row)}/rendered?accept=image/png"), "image/png")
+    smaller = _image(signed.get(f"{_url(served, _level(served, served.case[0], 2))}/rendered"))
 
     assert image.size == (row.total_pixel_matrix_columns, row.total_pixel_matrix_rows)
     # the same slide at a quarter of the size: the composed level matches the next one down
@@ -216,18 +217,18 @@ def test_a_whole_level_is_composed_from_its_tiles(served: Served) -> None:
 def test_viewport_scales_down_to_fit_and_never_up(served: Served) -> None:
     row = _level(served, served.case[1], 0)  # 2048 x 1536
 
-    fitted = _image(httpx.get(f"{_url(served, row)}/rendered?viewport=300,300"))
-    by_width = _image(httpx.get(f"{_url(served, row)}/rendered?viewport=512,"))
-    region = _image(httpx.get(f"{_url(served, row)}/rendered?viewport=100,100,256,256,400,200"))
-    frame = _image(httpx.get(f"{_url(served, row)}/frames/1/rendered?viewport=1000,1000"))
-    lower_quality = httpx.get(f"{_url(served, row)}/frames/1/rendered?quality=20")
+    fitted = _image(signed.get(f"{_url(served, row)}/rendered?viewport=300,300"))
+    by_width = _image(signed.get(f"{_url(served, row)}/rendered?viewport=512,"))
+    region = _image(signed.get(f"{_url(served, row)}/rendered?viewport=100,100,256,256,400,200"))
+    frame = _image(signed.get(f"{_url(served, row)}/frames/1/rendered?viewport=1000,1000"))
+    lower_quality = signed.get(f"{_url(served, row)}/frames/1/rendered?quality=20")
 
     assert fitted.size == (300, 225)
     assert by_width.size == (512, 384)
     assert region.size == (100, 50)
     assert frame.size == (row.columns, row.rows)
     assert len(lower_quality.content) < len(
-        httpx.get(f"{_url(served, row)}/frames/1/rendered?quality=95").content
+        signed.get(f"{_url(served, row)}/frames/1/rendered?quality=95").content
     )
 
 
@@ -235,13 +236,13 @@ def test_thumbnails_of_instance_series_and_study(served: Served) -> None:
     svs = served.case[0]
     series = f"{served.url}/dicomweb/studies/{svs.study_instance_uid}/series/{svs.series_instance_uid}"
 
-    of_series = _image(httpx.get(f"{series}/thumbnail"))
+    of_series = _image(signed.get(f"{series}/thumbnail"))
     small = _image(
-        httpx.get(f"{series}/thumbnail?viewport=64,64", headers={"Accept": "image/png"}), "image/png"
+        signed.get(f"{series}/thumbnail?viewport=64,64", headers={"Accept": "image/png"}), "image/png"
     )
-    of_study = _image(httpx.get(f"{served.url}/dicomweb/studies/{svs.study_instance_uid}/thumbnail"))
+    of_study = _image(signed.get(f"{served.url}/dicomweb/studies/{svs.study_instance_uid}/thumbnail"))
     label = _flavor(served, svs, "LABEL")
-    of_label = _image(httpx.get(f"{_url(served, label)}/thumbnail"))
+    of_label = _image(signed.get(f"{_url(served, label)}/thumbnail"))
 
     assert of_series.size == (256, 192)
     assert small.size == (64, 48)
@@ -256,7 +257,7 @@ def test_label_and_overview_render_in_full(served: Served) -> None:
     for flavor in ("LABEL", "OVERVIEW"):
         row = _flavor(served, served.case[0], flavor)
 
-        image = _image(httpx.get(f"{_url(served, row)}/rendered"))
+        image = _image(signed.get(f"{_url(served, row)}/rendered"))
 
         assert image.size == (row.total_pixel_matrix_columns, row.total_pixel_matrix_rows)
 
@@ -280,7 +281,7 @@ def test_bad_rendering_requests(
 ) -> None:
     row = _level(served, served.case[0], 0)
 
-    answer = httpx.get(_url(served, row) + suffix, headers=headers)
+    answer = signed.get(_url(served, row) + suffix, headers=headers)
 
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
@@ -290,9 +291,9 @@ def test_bad_rendering_requests(
 def test_too_large_a_rendering_is_refused_before_decoding(served: Served) -> None:
     row = _level(served, served.case[1], 0)  # 2048 x 1536 = 3.1 megapixels, over the 1-megapixel cap
 
-    whole = httpx.get(f"{_url(served, row, _CAPPED)}/rendered")
-    region = httpx.get(f"{_url(served, row, _CAPPED)}/rendered?viewport=256,256,0,0,1024,768")
-    fits = httpx.get(f"{_url(served, row, _CAPPED)}/rendered?viewport=256,256,0,0,1024,1024")
+    whole = signed.get(f"{_url(served, row, _CAPPED)}/rendered")
+    region = signed.get(f"{_url(served, row, _CAPPED)}/rendered?viewport=256,256,0,0,1024,768")
+    fits = signed.get(f"{_url(served, row, _CAPPED)}/rendered?viewport=256,256,0,0,1024,1024")
 
     assert whole.status_code == 413 and "1048576-pixel rendering limit" in whole.json()["detail"]
     assert _image(region).size == (256, 192)
@@ -342,7 +343,7 @@ def test_unknown_uids_are_404(served: Served, path: str) -> None:
         study=row.study_instance_uid, series=row.series_instance_uid, instance=row.sop_instance_uid
     )
 
-    answer = httpx.get(f"{served.url}/dicomweb{filled}")
+    answer = signed.get(f"{served.url}/dicomweb{filled}")
 
     assert answer.status_code == 404, answer.text
 
@@ -351,16 +352,16 @@ def test_unknown_uids_are_404(served: Served, path: str) -> None:
 def test_the_viewer_and_its_library_are_served(served: Served) -> None:
     need((REPO / "node_modules" / "openseadragon").is_dir(), "OpenSeadragon in node_modules (npm ci)")
 
-    page = httpx.get(f"{served.url}/")
-    module = httpx.get(f"{served.url}/app.js")
-    library = httpx.get(f"{served.url}/vendor/openseadragon/openseadragon.min.js")
-    icon = httpx.get(f"{served.url}/vendor/openseadragon/images/home_rest.png")
+    page = signed.get(f"{served.url}/")
+    module = signed.get(f"{served.url}/app.js")
+    library = signed.get(f"{served.url}/vendor/openseadragon/openseadragon.min.js")
+    icon = signed.get(f"{served.url}/vendor/openseadragon/images/home_rest.png")
 
     assert page.status_code == 200 and 'type="module" src="app.js"' in page.text
     assert module.status_code == 200 and "javascript" in module.headers["content-type"]
     assert library.status_code == 200 and "OpenSeadragon" in library.text[:2000]
     assert icon.status_code == 200
-    assert httpx.get(f"{served.url}/healthz").status_code == 200  # the catch-all mount leaves the API alone
+    assert signed.get(f"{served.url}/healthz").status_code == 200  # the catch-all mount leaves the API alone
 
 
 def test_a_missing_library_is_explained(tmp_path: Path) -> None:

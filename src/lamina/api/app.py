@@ -24,7 +24,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from lamina import __version__, viewer
-from lamina.api import dicomweb
+from lamina.api import dicomweb, signin
+from lamina.api.auth import Authenticate, guard
 from lamina.api.dicomweb.fastpath import FramesFastPath
 from lamina.api.errorlog import ErrorLog
 from lamina.api.openapi import describe
@@ -34,6 +35,11 @@ from lamina.archive.archive import Archive
 from lamina.archive.priority import background_pool
 from lamina.config import Settings
 from lamina.errors import LaminaError
+from lamina.governance.access import Access
+from lamina.governance.claims import ClaimsMapping
+from lamina.governance.issuer import LocalIssuer
+from lamina.governance.principals import Principals, TrustedIssuer
+from lamina.governance.tokens import TokenValidator
 
 #: How long a thread may run Python while the event loop waits for the GIL (CPython's default: 5 ms).
 _SWITCH_INTERVAL_S = 0.001
@@ -82,6 +88,14 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         app.state.settings = settings
         app.state.archive = opened
         app.state.index = dicomweb.InstanceIndex(opened)
+        # sign-in: the node's own issuer, and the OpenID provider of [auth] when configured
+        app.state.issuer = LocalIssuer.open(settings.home)
+        trusted = [TrustedIssuer(app.state.issuer.validator())]
+        if settings.auth_issuer is not None:
+            mapping = settings.auth_claims or ClaimsMapping()
+            trusted.append(TrustedIssuer(TokenValidator(settings.auth_issuer), mapping))
+        app.state.principals = Principals(opened.catalog, trusted)
+        app.state.access = Access(opened.catalog)
         # long work a request starts (the embedded STOW-RS ingest): its own bounded threads, at
         # background priority, beside the request pool (lamina.archive.priority)
         app.state.background = background_pool(
@@ -103,10 +117,13 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
     routes: list[BaseRoute] = [
         Route("/healthz", health),
         Route("/openapi.json", openapi),
+        *signin.routes(),
         Mount("/dicomweb", routes=dicomweb.routes()),
         # the viewer's mount at / takes every other path: it comes last
         *viewer.routes(openseadragon_dir=settings.viewer_vendor_dir),
     ]
+    # every endpoint behind its authorization rule (lamina.api.auth.RULES); none without one
+    routes = guard(routes)
     middleware = [
         Middleware(ForwardedHeaders, trusted=settings.trusted_proxies),
         Middleware(ErrorLog),
@@ -115,7 +132,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
             allow_origins=["*"],
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["Content-Type", "Content-Length", "Warning"],
+            expose_headers=["Content-Type", "Content-Length", "Warning", "WWW-Authenticate"],
         ),
     ]
     app = Starlette(
@@ -134,7 +151,8 @@ class _FastApp:
     def __init__(self, app: Starlette) -> None:
         self.starlette = app
         self.state = app.state
-        self._call = FramesFastPath(app, app)
+        # sign-in first: the frames fast path, like every route, needs the principal
+        self._call = Authenticate(FramesFastPath(app, app), app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._call(scope, receive, send)

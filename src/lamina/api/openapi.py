@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from lamina import __version__
+from lamina.api.auth import RULES, Rule
 
 PROBLEM = "application/problem+json"
 DICOM_JSON = "application/dicom+json"
@@ -89,13 +90,13 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "openapi": Operation("This description", "lamina", ["application/json"], ()),
     "search_studies": Operation(
-        "Search for studies (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400,), _QIDO, accept=True
+        "Search for studies (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400, 404), _QIDO, accept=True
     ),
     "search_series": Operation(
-        "Search for series (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400,), _QIDO, accept=True
+        "Search for series (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400, 404), _QIDO, accept=True
     ),
     "search_instances": Operation(
-        "Search for instances (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400,), _QIDO, accept=True
+        "Search for instances (QIDO-RS)", "QIDO-RS", [DICOM_JSON], (400, 404), _QIDO, accept=True
     ),
     "store": Operation(
         "Store instances (STOW-RS)",
@@ -167,12 +168,28 @@ OPERATIONS: dict[str, Operation] = {
         _RENDER,
         accept=True,
     ),
+    "sign_in_token": Operation(
+        "Sign in with a password (lamina's own sign-in page): a bearer token",
+        "sign-in",
+        ["application/json"],
+        (400, 401, 413, 429),
+        body=["application/x-www-form-urlencoded"],
+    ),
+    "openid_configuration": Operation(
+        "The node's own issuer: its discovery document", "sign-in", ["application/json"], ()
+    ),
+    "issuer_jwks": Operation(
+        "The node's own issuer: its public keys", "sign-in", ["application/jwk-set+json"], ()
+    ),
     "missing": Operation("OpenSeadragon is not installed: says how to install it", "viewer", [], (404,)),
     "static": Operation("The viewer's files", "viewer", ["text/html", "text/javascript", "text/css"], (404,)),
 }
 
 _TITLES = {
     400: "Bad request",
+    401: "Unauthorized: no bearer token, or one that is not valid",
+    403: "Forbidden: the principal's roles do not allow this action",
+    429: "Too many failed sign-ins: wait for Retry-After",
     404: "Not found",
     406: "Not acceptable",
     409: "Conflict",
@@ -251,7 +268,13 @@ def describe(routes: list[BaseRoute]) -> dict[str, Any]:
     for path, name, methods in routes_of(routes):
         template = _PARAMETER.sub(lambda match: "{" + match.group(1) + "}", path) or "/"
         for method in sorted(methods):
-            paths.setdefault(template, {})[method.lower()] = _operation(template, name, method.lower())
+            operation = _operation(template, name, method.lower())
+            if name != "static" and RULES.get(f"{method} {path}") is not Rule.PUBLIC:
+                # sign-in needed (RFC 6750); a refused action is 403, something hidden 404
+                operation["security"] = [{"bearer": []}]
+                operation["responses"]["401"] = {"$ref": "#/components/responses/401"}
+                operation["responses"]["403"] = {"$ref": "#/components/responses/403"}
+            paths.setdefault(template, {})[method.lower()] = operation
     problem = {
         "type": "object",
         "description": "RFC 9457 problem details; detail says what was wrong and how to fix it",
@@ -279,5 +302,9 @@ def describe(routes: list[BaseRoute]) -> dict[str, Any]:
             "viewer at /, and lamina's own routes. Generated from the server's routes.",
         },
         "paths": paths,
-        "components": {"schemas": {"Problem": problem}, "responses": responses},
+        "components": {
+            "schemas": {"Problem": problem},
+            "responses": responses,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
     }

@@ -47,6 +47,7 @@ async def handle_lamina_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, cls):
             answer = problem(status, title, str(exc))
             if isinstance(exc, AuthenticationError):  # RFC 6750 section 3
-                answer.headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
+                realm = 'Bearer realm="lamina"'
+                answer.headers["WWW-Authenticate"] = f'{realm}, error="{exc.error}"' if exc.error else realm
             return answer
     return problem(500, "Server error", "unexpected error")

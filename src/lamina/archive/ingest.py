@@ -172,6 +172,8 @@ class Ingestor:
         progress: Progress | None = None,
     ) -> IngestResult:
         options = options or IngestOptions()
+        if not options.tenant:  # a node with one lab stores into it (none: "", until one is added)
+            options = replace(options, tenant=self.catalog.default_tenant())
         started = time.perf_counter()
         result = IngestResult(candidate.path, IngestStatus.FAILED, candidate.name)
         try:

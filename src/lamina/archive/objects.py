@@ -28,7 +28,7 @@ from lamina.archive.catalog import Catalog, InstanceRow, modalities
 from lamina.archive.catalog import tables as t
 from lamina.archive.catalog.catalog import PatientRecord
 from lamina.archive.ingest import IngestStep
-from lamina.errors import CorruptSourceError, StorageError
+from lamina.errors import CorruptSourceError, RequestError, StorageError
 from lamina.formats.dicom import check_uid
 from lamina.formats.dicom_frames import locate_frames
 from lamina.mapping import dicom_json
@@ -105,10 +105,14 @@ def store_object(
     path: Path,
     actor: str,
     on_step: Callable[[IngestStep], None] | None = None,
+    tenant: str = "",
 ) -> StoredObject:
     """Store one object and make it visible; the same object again is a duplicate, also when
     another request stores it at the same moment. ``on_step`` is told
-    :attr:`~lamina.archive.ingest.IngestStep.DUPLICATES_CHECKED`, as an ingest tells it."""
+    :attr:`~lamina.archive.ingest.IngestStep.DUPLICATES_CHECKED`, as an ingest tells it. A new
+    study goes into ``tenant`` (default: the node's only lab); an object of a study that belongs
+    to another lab is refused, as a slide is."""
+    tenant = tenant or catalog.default_tenant()
     ds, tell, size = read_object(path)
     sop = str(ds.SOPInstanceUID)
     offsets, lengths, frames = _frame_index(path, ds, tell, size)
@@ -123,13 +127,13 @@ def store_object(
         on_step(IngestStep.DUPLICATES_CHECKED)
     try:
         try:
-            _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor)
+            _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor, tenant)
         except SqlIntegrityError:
             # committed meanwhile by another request: this very instance, or its study or series
             known = catalog.instance(sop)
             if known is not None:
                 return _stored_before(catalog, store, known, ref, path)
-            _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor)
+            _insert(catalog, ds, ref.sha256, ref.size, offsets, lengths, frames, actor, tenant)
     except BaseException as exc:
         _forget(catalog, store, ref)
         if isinstance(exc, SqlIntegrityError):
@@ -162,17 +166,22 @@ def _insert(
     lengths: bytes,
     frames: int,
     actor: str,
+    tenant: str = "",
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
     metadata = dicom_json.pack(dicom_json.to_json(ds, with_pixel_data="PixelData" in ds or frames > 0))
     with catalog.begin() as conn:
-        if (
-            conn.execute(
-                select(t.studies.c.study_instance_uid).where(t.studies.c.study_instance_uid == study)
-            ).first()
-            is None
-        ):
+        known = conn.execute(
+            select(t.studies.c.tenant).where(t.studies.c.study_instance_uid == study)
+        ).first()
+        if known is not None and known[0] != tenant:
+            raise RequestError(
+                "tenant",
+                f"study {study} belongs to another lab than {tenant or 'no lab'}: a case stays in one "
+                "lab; store its objects into that lab",
+            )
+        if known is None:
             patient_id = str(ds.get("PatientID", "") or "")
             record = (
                 PatientRecord(
@@ -193,6 +202,7 @@ def _insert(
                     study_date=str(ds.get("StudyDate", "")) or None,
                     study_time=str(ds.get("StudyTime", "")) or None,
                     created_at=now,
+                    tenant=tenant,
                 )
             )
         if (

@@ -11,6 +11,8 @@ right and fast). The rule:
   Researchers and committee members get nothing from their role alone.
 - A grant in force gives ``read`` (and ``annotate`` for read+annotate) on one slide or one case to
   a person, to everyone holding a role in a tenant, or to a project's members.
+- A platform admin's role, held in any tenant, applies to every tenant: it administers labs,
+  operates storage and searches metadata everywhere, and reads no pixels.
 - Nothing else is allowed.
 
 What a principal may not read does not exist for it: a retrieval of another lab's slide, or of a
@@ -26,13 +28,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, false, or_, select
+from sqlalchemy import ColumnElement, false, or_, select, true
 
 from lamina.archive.catalog import tables as t
 from lamina.governance.model import Grant, GranteeKind, Permission, ResourceKind
 from lamina.governance.roles import Role
 
 __all__ = [
+    "GLOBAL_ROLES",
     "ROLE_ACTIONS",
     "Action",
     "Decision",
@@ -72,8 +75,10 @@ ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = {
     Role.ARCHIVIST: frozenset({Action.OPERATE}),
     Role.RESEARCHER: frozenset(),
     Role.COMMITTEE_MEMBER: frozenset(),
-    Role.PLATFORM_ADMIN: frozenset({Action.ADMINISTER, Action.OPERATE}),
+    Role.PLATFORM_ADMIN: frozenset({Action.ADMINISTER, Action.OPERATE, Action.SEARCH}),
 }
+#: the roles whose actions hold in every tenant, wherever they are held
+GLOBAL_ROLES = frozenset({Role.PLATFORM_ADMIN})
 
 _GRANTED: Mapping[Permission, frozenset[Action]] = {
     Permission.READ: frozenset({Action.READ, Action.SEARCH}),
@@ -96,8 +101,19 @@ class Principal:
         return frozenset(tenant for tenant, held in self.roles.items() if held)
 
     def allowed_in(self, tenant: str) -> frozenset[Action]:
-        """What the roles held in ``tenant`` allow there."""
-        return frozenset(action for role in self.roles.get(tenant, ()) for action in ROLE_ACTIONS[role])
+        """What the roles held in ``tenant`` allow there (with those of a global role)."""
+        local = (action for role in self.roles.get(tenant, ()) for action in ROLE_ACTIONS[role])
+        return frozenset(local) | self.everywhere
+
+    @property
+    def everywhere(self) -> frozenset[Action]:
+        """What a global role (platform admin), wherever held, allows in every tenant."""
+        return frozenset(
+            action
+            for held in self.roles.values()
+            for role in held & GLOBAL_ROLES
+            for action in ROLE_ACTIONS[role]
+        )
 
     def reached_by(self, grant: Grant) -> bool:
         """Whether ``grant`` is given to this principal (directly, through a tenant or a project)."""
@@ -157,7 +173,7 @@ def _granted(principal: Principal, resource: Resource, now: dt.datetime | None) 
 
 def _searchable(principal: Principal, now: dt.datetime | None) -> tuple[list[str], list[str], list[str]]:
     """What ``principal`` may search: the tenants where a role gives ``search``, and the cases
-    and the slides its grants in force reach."""
+    and the slides its grants in force reach. (A principal searching everywhere is not asked.)"""
     tenants = sorted(
         tenant for tenant in principal.tenants() if Action.SEARCH in principal.allowed_in(tenant)
     )
@@ -171,6 +187,8 @@ def visible_studies(principal: Principal, now: dt.datetime | None = None) -> Col
     """The condition on ``studies`` that keeps what ``principal`` may search: its tenants where a
     role gives ``search``, and the cases its grants in force reach (a case grant, or a grant on
     one of the case's slides). Used in the query itself, so pages are filtered before paging."""
+    if Action.SEARCH in principal.everywhere:
+        return true()
     tenants, cases, slides = _searchable(principal, now)
     conditions: list[ColumnElement[bool]] = []
     if tenants:
@@ -187,6 +205,8 @@ def visible_series(principal: Principal, now: dt.datetime | None = None) -> Colu
     """The condition on ``series`` that keeps what ``principal`` may search: the series of its
     searchable tenants' cases and of the cases granted to it, and of a slide granted alone only
     that slide's series (the case's other slides stay hidden)."""
+    if Action.SEARCH in principal.everywhere:
+        return true()
     tenants, cases, slides = _searchable(principal, now)
     conditions: list[ColumnElement[bool]] = []
     if tenants:

@@ -248,6 +248,40 @@ class Registry:
         with self.catalog.engine.connect() as conn:
             return [_grant(row) for row in conn.execute(query).mappings()]
 
+    def known_person(self, person_id: str) -> Person | None:
+        """The person, or None when this node does not know them (no error: for sign-in)."""
+        with self.catalog.engine.connect() as conn:
+            row = conn.execute(select(t.people).where(t.people.c.id == person_id)).mappings().first()
+            return None if row is None else _person(conn, row)
+
+    def existing_tenants(self, codes: Iterable[str]) -> set[str]:
+        """Those of ``codes`` that are tenants of this node."""
+        wanted = sorted(set(codes))
+        if not wanted:
+            return set()
+        query = select(t.tenants.c.finess).where(t.tenants.c.finess.in_(wanted))
+        with self.catalog.engine.connect() as conn:
+            return {row[0] for row in conn.execute(query)}
+
+    def grants_reaching(
+        self, person_id: str, tenants: Iterable[str], now: dt.datetime | None = None
+    ) -> list[Grant]:
+        """The grants in force given to the person, or to a tenant in ``tenants`` (theirs)."""
+        when = now or dt.datetime.now(dt.UTC)
+        whom = [and_(t.grants.c.grantee_kind == GranteeKind.PERSON.value, t.grants.c.grantee == person_id)]
+        codes = sorted(set(tenants))
+        if codes:
+            whom.append(
+                and_(t.grants.c.grantee_kind == GranteeKind.TENANT.value, t.grants.c.grantee.in_(codes))
+            )
+        query = select(t.grants).where(
+            or_(*whom),
+            t.grants.c.revoked_at.is_(None),
+            or_(t.grants.c.expires_at.is_(None), t.grants.c.expires_at > when),
+        )
+        with self.catalog.engine.connect() as conn:
+            return [_grant(row) for row in conn.execute(query).mappings()]
+
     def revoke_grant(self, grant_id: str, actor: str = "lamina") -> Grant:
         """End a grant now; :class:`NotFoundError` if there is no such grant still in force."""
         now = dt.datetime.now(dt.UTC)

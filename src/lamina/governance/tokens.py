@@ -40,14 +40,15 @@ from joserfc.jwt import JWTClaimsRegistry
 from lamina.errors import AuthenticationError
 from lamina.governance.oidc import Fetch, IssuerConfig, IssuerKeys, fetch_json
 
-__all__ = ["MAX_TOKEN_BYTES", "Claims", "TokenValidator"]
+__all__ = ["INVALID_TOKEN", "MAX_TOKEN_BYTES", "Claims", "TokenValidator"]
 
 log = logging.getLogger("lamina.governance")
 
 #: The longest token accepted. Pro Santé Connect's, with every place of work in ``SubjectRefPro``,
 #: are a few kB; HTTP servers cap a header line near this anyway.
 MAX_TOKEN_BYTES = 32 * 1024
-_INVALID = "the bearer token is not valid; sign in again to get a new one"
+INVALID_TOKEN = "the bearer token is not valid; sign in again to get a new one"
+_INVALID = INVALID_TOKEN
 
 
 class _AllowList(JWSRegistry):

@@ -110,7 +110,9 @@ class Jobs:
 
     # -- instances received through the queue ---------------------------------------------------
 
-    async def store(self, files: list[Path], study: str | None) -> list[Outcome] | None:
+    async def store(
+        self, files: list[Path], study: str | None, tenant: str = "", actor: str = "dicomweb"
+    ) -> list[Outcome] | None:
         """Copy the instances (Part-10 files) to the spool store, queue their job, wait for its
         report: an outcome per instance, in order (None after ``stow_wait_s``: the job goes on,
         the client gets 202). Instances refused at once get no job."""
@@ -124,7 +126,8 @@ class Jobs:
             "job_key": job_key,
             "digests": digests,
             "study": study,
-            "actor": "dicomweb",
+            "actor": actor,
+            "tenant": tenant,
         }
         defer = self.app.configure_task("lamina:store_instances", queue=QUEUE).defer
         job_id = await run_sync(lambda: defer(**arguments))

@@ -42,7 +42,14 @@ def _final(context: procrastinate.JobContext) -> bool:
 
 
 def store_instances(
-    archive: Archive, *, job_key: str, digests: list[str], study: str | None, actor: str, final: bool
+    archive: Archive,
+    *,
+    job_key: str,
+    digests: list[str],
+    study: str | None,
+    actor: str,
+    final: bool,
+    tenant: str = "",
 ) -> list[dict[str, Any]]:
     """Receive the spooled instances of one STOW-RS request (their SHA-256 in its job spool,
     :mod:`lamina.archive.receive.jobspool`) and record the outcome per instance under
@@ -50,7 +57,7 @@ def store_instances(
     (any failure but :class:`UnavailableError` before the last attempt, which is retried)."""
     spools = JobSpools.of(archive.settings)
     try:
-        report = _store_spooled(archive, spools, job_key, digests, study, actor, final)
+        report = _store_spooled(archive, spools, job_key, digests, study, actor, final, tenant)
     except UnavailableError:
         if final:
             _remove_spool(spools, job_key)
@@ -70,6 +77,7 @@ def _store_spooled(
     study: str | None,
     actor: str,
     final: bool,
+    tenant: str = "",
 ) -> list[dict[str, Any]]:
     spool = spools.open(job_key)
     with archive.incoming.request() as folder:
@@ -80,7 +88,7 @@ def _store_spooled(
                 for chunk in spool.open(digest):
                     out.write(chunk)
             files.append(path)
-        receipt = archive.receiver().receive(files, study=study, actor=actor, final=final)
+        receipt = archive.receiver().receive(files, study=study, actor=actor, final=final, tenant=tenant)
     report = [outcome.as_dict() for outcome in receipt.outcomes]
     with archive.catalog.begin() as conn:
         conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == job_key))
@@ -234,10 +242,21 @@ def register(app: procrastinate.App, archive: Archive) -> None:
 
     @app.task(name="lamina:store_instances", queue=QUEUE, retry=RETRY, pass_context=True)
     def store_instances_job(
-        context: procrastinate.JobContext, job_key: str, digests: list[str], study: str | None, actor: str
+        context: procrastinate.JobContext,
+        job_key: str,
+        digests: list[str],
+        study: str | None,
+        actor: str,
+        tenant: str = "",
     ) -> None:
         report = store_instances(
-            archive, job_key=job_key, digests=digests, study=study, actor=actor, final=_final(context)
+            archive,
+            job_key=job_key,
+            digests=digests,
+            study=study,
+            actor=actor,
+            final=_final(context),
+            tenant=tenant,
         )
         failed = sum(1 for item in report if item.get("failure_reason") is not None)
         log.info("stored job %s: %d instances, %d failed", job_key, len(report) - failed, failed)

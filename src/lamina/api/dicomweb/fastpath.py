@@ -12,8 +12,10 @@ kilobytes on a descriptor kept open; from S3, a copy from the blob cache's memor
 without the router, its middleware and the thread hop, which cost two thirds of lamina's CPU per
 frame on S3. Anything else (an instance not cached or unconfirmed for too long, several frames,
 a transcoding, a short or failed read, a malformed request) goes on to the routed handler, which
-runs in the thread pool and gives the same answer or the proper error. When sign-in comes, the
-authorization decision goes here too.
+runs in the thread pool and gives the same answer or the proper error. The authorization decision
+is taken here too, from what is kept (``Access.allowed_now``: the series' owner known, the
+principal allowed to read it, its opening recorded in the audit log); else the routed handler
+decides (and records the opening).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lamina.api.auth import signed_in
 from lamina.api.dicomweb import multipart
 from lamina.api.dicomweb.frames import can_decode, negotiated_frames
 from lamina.api.dicomweb.index import InstanceIndex
@@ -63,6 +66,10 @@ class FramesFastPath:
             return None
         found = index.cached(parts[3], parts[5], parts[7])
         if found is None:
+            return None
+        # the decision from what is kept (the owner, the opening recorded), else the routed check
+        principal = signed_in(scope)
+        if principal is None or not state.access.allowed_now(principal, parts[3], parts[5]):  # type: ignore[union-attr]
             return None
         accept = origin = None
         for name, value in scope["headers"]:

@@ -169,14 +169,19 @@ class InstanceIndex:
                     found = None  # too long unconfirmed: ask the catalog, and fail if it cannot say
                 elif age > self.revalidate_s:
                     batch = self._claim(found.row.series_instance_uid, now)
+        # one message whether the instance is absent or elsewhere: it may be another lab's
+        missing = f"instance {sop} is not in series {series} of study {study}"
         if batch and found is not None:
             gone = self.confirm(found.row.series_instance_uid, batch)  # None: failed, served stale
             if gone is not None and sop in gone:
-                raise NotFoundError(f"instance {sop} is not in this archive")
+                raise NotFoundError(missing)
         if found is None:
-            found = self._load(sop)
+            try:
+                found = self._load(sop)
+            except NotFoundError:
+                raise NotFoundError(missing) from None
         if found.row.study_instance_uid != study or found.row.series_instance_uid != series:
-            raise NotFoundError(f"instance {sop} is not in series {series} of study {study}")
+            raise NotFoundError(missing)
         return found
 
     def confirm(self, series: str, sops: Sequence[str]) -> set[str] | None:

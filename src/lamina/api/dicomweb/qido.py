@@ -53,14 +53,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from lamina.api.auth import principal
 from lamina.api.dicomweb.accept import parse_accept
 from lamina.api.dicomweb.wado import dicomweb_base
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import search
 from lamina.archive.catalog.keys import KEYS, Level
 from lamina.archive.catalog.matching import Kind
-from lamina.archive.catalog.search import Criterion, Found, Hit, SeriesHit, Single, StudyHit
+from lamina.archive.catalog.search import Criterion, Found, Hit, SeriesHit, Single, StudyHit, Visible
 from lamina.errors import NotAcceptableError, RequestError
+from lamina.governance.decide import visible_series, visible_studies
 from lamina.mapping.attributes import Element, attributes, level_of, stored_attributes, tags
 
 DICOM_JSON = "application/dicom+json"
@@ -292,9 +294,12 @@ _FINDERS: dict[Level, Callable[..., Found[Any]]] = {
 }
 
 
-def answer(engine: Engine, query: Query, scope: set[str], base: str) -> tuple[list[Element], bool]:
-    """Run the search and render its page; ``True`` when more hits follow (blocking: a thread's)."""
-    found = _FINDERS[query.level](engine, query.criteria, query.limit, query.offset)
+def answer(
+    engine: Engine, query: Query, scope: set[str], base: str, visible: Visible = None
+) -> tuple[list[Element], bool]:
+    """Run the search, keeping what ``visible`` allows (in the query), and render its page;
+    ``True`` when more hits follow (blocking: a thread's)."""
+    found = _FINDERS[query.level](engine, query.criteria, query.limit, query.offset, visible=visible)
     return [render(query, scope, hit, base) for hit in found.hits], found.more
 
 
@@ -308,7 +313,11 @@ async def _search(request: Request, level: Level) -> Response:
         query.criteria.append(Criterion("SeriesInstanceUID", Single(request.path_params["series"])))
     archive: Archive = request.app.state.archive
     base = dicomweb_base(request)
-    results, more = await run_in_threadpool(answer, archive.catalog.engine, query, scope, base)
+    # only what the principal may see, in the query itself (pages stay right): its labs' studies
+    # and those its grants reach; at series and instance levels, a slide granted alone shows alone
+    who = principal(request)
+    visible = visible_studies(who) if level is Level.STUDY else visible_series(who)
+    results, more = await run_in_threadpool(answer, archive.catalog.engine, query, scope, base, visible)
     warnings = list(query.warnings)
     if more and query.capped:
         warnings.append(

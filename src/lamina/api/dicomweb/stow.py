@@ -1,5 +1,7 @@
 """STOW-RS (PS3.18 10.5): DICOM instances posted as multipart/related, received by the archive's
-one receive path (:mod:`lamina.archive.receive`), as C-STORE and watched folders are.
+one receive path (:mod:`lamina.archive.receive`), as C-STORE and watched folders are, into a lab
+the principal may store into (``?tenant=FINESS`` when it may store into several), and recorded
+under the principal's name in the audit log.
 
 This module only translates: the body streams into the request's spool (one file per part,
 never held in memory whole), the parts that are not ``application/dicom`` are refused, the
@@ -18,12 +20,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from lamina.api.auth import principal
 from lamina.api.dicomweb.upload import Part, boundary_of, spool_parts
 from lamina.api.dicomweb.wado import DICOM_JSON
 from lamina.api.urls import dicomweb_base
 from lamina.archive.archive import Archive
 from lamina.archive.receive import FailureReason, Outcome
-from lamina.errors import InsufficientStorageError, PayloadTooLargeError
+from lamina.errors import InsufficientStorageError, PayloadTooLargeError, PermissionDeniedError, RequestError
+from lamina.governance.decide import Action, Principal
 from lamina.mapping.attributes import element, tags
 
 __all__ = ["store"]
@@ -40,6 +44,9 @@ async def store(request: Request) -> Response:
         raise PayloadTooLargeError(f"the upload of {declared} bytes is over the {limit} byte limit")
     boundary = boundary_of(request.headers.get("content-type", ""))
     study = request.path_params.get("study")
+    who = principal(request)
+    tenant = _tenant(who, request.query_params.get("tenant"))
+    actor = who.id
     with archive.incoming.request() as folder:
         parts = await spool_parts(request.stream(), boundary, folder, limit)
         refused, files = _dicom_parts(parts)
@@ -47,11 +54,11 @@ async def store(request: Request) -> Response:
         if queue is None:  # embedded: received in this process, by a thread of long work
             receipt = await asyncio.get_running_loop().run_in_executor(
                 request.app.state.background,
-                lambda: archive.receiver().receive(files, study=study, actor="dicomweb"),
+                lambda: archive.receiver().receive(files, study=study, actor=actor, tenant=tenant),
             )
             outcomes: list[Outcome] | None = receipt.outcomes
         else:
-            outcomes = await queue.store(files, study)
+            outcomes = await queue.store(files, study, tenant, actor)
     if outcomes is None:  # still running after stow_wait_s
         return Response(
             orjson.dumps({}),
@@ -65,6 +72,23 @@ async def store(request: Request) -> Response:
         if outcome.ok:
             request.app.state.index.forget(outcome.sop_instance_uid)
     return _response(base, outcomes)
+
+
+def _tenant(who: Principal, asked: str | None) -> str:
+    """The lab the instances go into: the one named by ``?tenant=FINESS`` (lamina's parameter),
+    else the only one the principal may store into."""
+    writable = sorted(code for code in who.tenants() if Action.STORE in who.allowed_in(code))
+    if asked is not None:
+        if asked not in writable:
+            raise PermissionDeniedError(
+                Action.STORE.value, f"tenant={asked}: your roles do not allow storing into that lab"
+            )
+        return asked
+    if len(writable) != 1:  # none: the route's rule refused already
+        raise RequestError(
+            "tenant", f"you may store into several labs ({', '.join(writable)}): name one with ?tenant=FINESS"
+        )
+    return writable[0]
 
 
 def _dicom_parts(parts: list[Part]) -> tuple[list[Outcome], list[Path]]:

@@ -25,7 +25,6 @@ from lamina.api.dicomweb.frames import (
 from lamina.api.dicomweb.index import InstanceIndex
 from lamina.api.dicomweb.retrieve import header_dataset
 from lamina.api.urls import dicomweb_base
-from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
 from lamina.errors import NotFoundError
@@ -65,18 +64,11 @@ def study_metadata(request: Request) -> Response:
 
 
 def series_metadata(request: Request) -> Response:
-    """Retrieve Series Metadata: what a viewer asks for when it opens a slide, so the opening is
-    audited (not every tile)."""
+    """Retrieve Series Metadata: what a viewer asks for when it opens a slide (its opening is
+    recorded in the audit log by the route's rule, :meth:`lamina.governance.access.Access.read`)."""
     archive: Archive = request.app.state.archive
     params = request.path_params
-    rows = archive.catalog.instances_in(params["study"], params["series"])
-    answer = _metadata_response(request, rows)
-    client = request.client.host if request.client else "unknown"
-    slide = next((row.slide_id for row in rows if row.slide_id), None)
-    entity = f"slide/{slide}" if slide else f"series/{params['series']}"
-    with archive.catalog.begin() as conn:
-        audit.append(conn, "dicomweb", "read", entity, {"client": client})
-    return answer
+    return _metadata_response(request, archive.catalog.instances_in(params["study"], params["series"]))
 
 
 def instance_metadata(request: Request) -> Response:

@@ -307,6 +307,13 @@ class Catalog:
             )
             return [row[0] for row in conn.execute(query)]
 
+    def default_tenant(self) -> str:
+        """The lab slides go into when none is named: the node's only tenant; "" when it has
+        none (they are adopted by the first one added) or several (the caller must name one)."""
+        with self.engine.connect() as conn:
+            codes = [row[0] for row in conn.execute(select(t.tenants.c.finess).limit(2))]
+        return codes[0] if len(codes) == 1 else ""
+
     def count_slides(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.slides)).scalar_one())

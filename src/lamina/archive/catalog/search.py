@@ -279,7 +279,17 @@ _SERIES = t.series.join(t.studies, t.series.c.study_instance_uid == t.studies.c.
 )
 
 
-def studies_query(criteria: Sequence[Criterion]) -> Select[Any]:
+#: What a principal may see, as a condition on ``studies`` (study level) or on ``series`` (series
+#: and instance levels): :func:`lamina.governance.decide.visible_studies` and ``visible_series``;
+#: None for everything (a caller that decided so).
+Visible = ColumnElement[bool] | None
+
+
+def _visible(visible: Visible) -> list[ColumnElement[bool]]:
+    return [] if visible is None else [visible]
+
+
+def studies_query(criteria: Sequence[Criterion], visible: Visible = None) -> Select[Any]:
     """The UIDs of the studies matching every criterion, in the stable order.
 
     Only the studies' UIDs: a page is walked in ``ix_studies_date`` alone (an index-only scan;
@@ -287,22 +297,24 @@ def studies_query(criteria: Sequence[Criterion]) -> Select[Any]:
     joined only when a criterion needs it. The skipped rows of a deep page then cost
     an index entry each, not a row of studies and one of patients (the page's own rows are read
     afterwards)."""
-    conditions = [_condition(item, Level.STUDY) for item in criteria]
+    conditions = [_condition(item, Level.STUDY) for item in criteria] + _visible(visible)
     on_patient = any(KEYS[item.key].column.table is t.patients for item in criteria)
     source = _STUDIES if on_patient else t.studies
     query = select(t.studies.c.study_instance_uid).select_from(source).where(*conditions)
     return query.order_by(*_STUDY_ORDER)
 
 
-def series_query(criteria: Sequence[Criterion]) -> Select[Any]:
+def series_query(criteria: Sequence[Criterion], visible: Visible = None) -> Select[Any]:
     """Series (with their study, patient and slide) matching every criterion, in the stable order."""
     source = _SERIES.outerjoin(t.slides, t.slides.c.series_instance_uid == t.series.c.series_instance_uid)
-    conditions = [_condition(item, Level.SERIES) for item in criteria]
+    conditions = [_condition(item, Level.SERIES) for item in criteria] + _visible(visible)
     query = select(*_STUDY_COLUMNS, *_SERIES_COLUMNS).select_from(source).where(*conditions)
     return query.order_by(*_SERIES_ORDER)
 
 
-def instances_query(criteria: Sequence[Criterion], *, metadata: bool = False) -> Select[Any]:
+def instances_query(
+    criteria: Sequence[Criterion], visible: Visible = None, *, metadata: bool = False
+) -> Select[Any]:
     """Instances (with their series, study, patient and slide) matching every criterion, in order
     (with their stored JSON when ``metadata``: one read for a page)."""
     source = t.instances.join(
@@ -311,7 +323,7 @@ def instances_query(criteria: Sequence[Criterion], *, metadata: bool = False) ->
     source = source.outerjoin(t.patients, t.studies.c.patient_pk == t.patients.c.pk).outerjoin(
         t.slides, t.instances.c.slide_id == t.slides.c.id
     )
-    conditions = [_condition(item, Level.INSTANCE) for item in criteria]
+    conditions = [_condition(item, Level.INSTANCE) for item in criteria] + _visible(visible)
     stored = (t.instances.c.metadata,) if metadata else ()
     query = select(*_STUDY_COLUMNS, *_SERIES_COLUMNS, *_INSTANCE_COLUMNS, *stored).select_from(source)
     return query.where(*conditions).order_by(*_INSTANCE_ORDER)
@@ -425,10 +437,18 @@ _HITS: dict[Level, Any] = {
 
 # -- running a search ------------------------------------------------------------------------
 def _find(
-    level: Level, engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, metadata: bool
+    level: Level,
+    engine: Engine,
+    criteria: Sequence[Criterion],
+    limit: int,
+    offset: int,
+    metadata: bool,
+    visible: Visible,
 ) -> Found[Any]:
     query = (
-        instances_query(criteria, metadata=metadata) if level is Level.INSTANCE else _QUERIES[level](criteria)
+        instances_query(criteria, visible, metadata=metadata)
+        if level is Level.INSTANCE
+        else _QUERIES[level](criteria, visible)
     )
     with engine.connect() as conn:
         rows = list(conn.execute(query.limit(limit + 1).offset(offset)).mappings())
@@ -437,25 +457,43 @@ def _find(
 
 
 def find_studies(
-    engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, *, metadata: bool = True
+    engine: Engine,
+    criteria: Sequence[Criterion],
+    limit: int,
+    offset: int,
+    *,
+    metadata: bool = True,
+    visible: Visible = None,
 ) -> Found[StudyHit]:
     """One page of matching studies, each with its modalities, counts and (``metadata``) one
     instance's stored JSON."""
-    return _find(Level.STUDY, engine, criteria, limit, offset, metadata)
+    return _find(Level.STUDY, engine, criteria, limit, offset, metadata, visible)
 
 
 def find_series(
-    engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, *, metadata: bool = True
+    engine: Engine,
+    criteria: Sequence[Criterion],
+    limit: int,
+    offset: int,
+    *,
+    metadata: bool = True,
+    visible: Visible = None,
 ) -> Found[SeriesHit]:
     """One page of matching series, each with its study, instance count and one instance's JSON."""
-    return _find(Level.SERIES, engine, criteria, limit, offset, metadata)
+    return _find(Level.SERIES, engine, criteria, limit, offset, metadata, visible)
 
 
 def find_instances(
-    engine: Engine, criteria: Sequence[Criterion], limit: int, offset: int, *, metadata: bool = True
+    engine: Engine,
+    criteria: Sequence[Criterion],
+    limit: int,
+    offset: int,
+    *,
+    metadata: bool = True,
+    visible: Visible = None,
 ) -> Found[InstanceHit]:
     """One page of matching instances, each with its series, study and stored JSON."""
-    return _find(Level.INSTANCE, engine, criteria, limit, offset, metadata)
+    return _find(Level.INSTANCE, engine, criteria, limit, offset, metadata, visible)
 
 
 #: Hits read at once by :func:`iter_matches`.
@@ -463,14 +501,20 @@ CHUNK = 500
 
 
 def iter_matches(
-    engine: Engine, level: Level, criteria: Sequence[Criterion], limit: int, *, metadata: bool = True
+    engine: Engine,
+    level: Level,
+    criteria: Sequence[Criterion],
+    limit: int,
+    *,
+    metadata: bool = True,
+    visible: Visible = None,
 ) -> Iterator[Hit]:
     """Every match (at most ``limit``) in the stable order, for a protocol without pages.
 
     The matches are found by one query; their details are read ``CHUNK`` at a time, each chunk on
     a connection of its own, so that no connection is held while the caller sends what it got."""
     with engine.connect() as conn:
-        rows = list(conn.execute(_QUERIES[level](criteria).limit(limit)).mappings())
+        rows = list(conn.execute(_QUERIES[level](criteria, visible).limit(limit)).mappings())
     for start in range(0, len(rows), CHUNK):
         with engine.connect() as conn:
             hits: list[Hit] = _HITS[level](conn, rows[start : start + CHUNK], metadata)

@@ -1,0 +1,282 @@
+"""Sign-in and the decision on every route.
+
+:class:`Authenticate`, the outermost layer of the application, reads the bearer token (RFC 6750,
+``Authorization: Bearer ...``) of every HTTP request, and turns it into the
+:class:`~lamina.governance.decide.Principal` it stands for
+(:class:`~lamina.governance.principals.Principals`: one hash and one look-up when it was seen in
+the last 30 s, else validated in the thread pool). A token that cannot be believed is answered
+401 at once, with ``WWW-Authenticate: Bearer error="invalid_token"`` and no detail; a request
+without one goes on without a principal.
+
+Each route then passes its rule (:data:`RULES`, by method and path: :func:`guard` wraps every
+endpoint of the application, and refuses to build an application with a route that has none):
+
+- ``PUBLIC``: ``/healthz``, the sign-in endpoints, and the viewer's static files (code, no data:
+  the viewer shows its sign-in page, then sends the token with every request);
+- ``SIGNED_IN``: any principal (the API description);
+- ``SEARCH``: any principal; the search itself keeps what it may see, in SQL
+  (:func:`~lamina.governance.decide.visible_studies`);
+- ``STORE``: a principal that may store into some tenant; the handler picks which one;
+- ``READ_STUDY`` / ``READ_SERIES``: :meth:`~lamina.governance.access.Access.read` on the study or
+  the series of the path: what it may not read is answered 404 like what does not exist;
+- ``ADMINISTER``: the lab of the path's ``finess`` administered (the lab admins' API).
+
+No principal where one is needed: 401 with ``WWW-Authenticate: Bearer realm="lamina"``.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lamina.errors import AuthenticationError, PermissionDeniedError, UnavailableError
+from lamina.governance.access import Access
+from lamina.governance.decide import Action, Principal, Resource
+from lamina.governance.principals import Principals
+
+__all__ = ["RULES", "Authenticate", "Rule", "guard", "principal", "signed_in"]
+
+_SIGN_IN = "this route needs a bearer token: sign in, then send it as 'Authorization: Bearer TOKEN'"
+
+
+class Rule(enum.Enum):
+    """What a route asks of the principal."""
+
+    PUBLIC = "public"
+    SIGNED_IN = "signed in"
+    SEARCH = "search"
+    STORE = "store"
+    READ_STUDY = "read the study"
+    READ_SERIES = "read the series"
+    ADMINISTER = "administer the lab"
+
+
+_STUDY = "/dicomweb/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+
+#: Every route's rule, by "METHOD path" as the application declares it.
+RULES: dict[str, Rule] = {
+    "GET /healthz": Rule.PUBLIC,
+    "GET /openapi.json": Rule.SIGNED_IN,
+    # lamina's own issuer: its sign-in page's token endpoint and its keys
+    "POST /auth/token": Rule.PUBLIC,
+    "GET /auth/jwks": Rule.PUBLIC,
+    "GET /.well-known/openid-configuration": Rule.PUBLIC,
+    # QIDO-RS
+    "GET /dicomweb/studies": Rule.SEARCH,
+    "GET /dicomweb/series": Rule.SEARCH,
+    "GET /dicomweb/instances": Rule.SEARCH,
+    f"GET {_STUDY}/series": Rule.SEARCH,
+    f"GET {_STUDY}/instances": Rule.SEARCH,
+    f"GET {_SERIES}/instances": Rule.SEARCH,
+    # STOW-RS
+    "POST /dicomweb/studies": Rule.STORE,
+    f"POST {_STUDY}": Rule.STORE,
+    # WADO-RS
+    f"GET {_STUDY}/metadata": Rule.READ_STUDY,
+    f"GET {_SERIES}/metadata": Rule.READ_SERIES,
+    f"GET {_INSTANCE}/metadata": Rule.READ_SERIES,
+    f"GET {_INSTANCE}/frames/{{frames}}": Rule.READ_SERIES,
+    f"GET {_INSTANCE}/bulkdata/{{path:path}}": Rule.READ_SERIES,
+    f"GET {_INSTANCE}/frames/{{frames}}/rendered": Rule.READ_SERIES,
+    f"GET {_INSTANCE}/rendered": Rule.READ_SERIES,
+    f"GET {_INSTANCE}/thumbnail": Rule.READ_SERIES,
+    f"GET {_SERIES}/thumbnail": Rule.READ_SERIES,
+    f"GET {_STUDY}/thumbnail": Rule.READ_STUDY,
+    f"GET {_SERIES}/rendered": Rule.READ_SERIES,
+    f"GET {_STUDY}/rendered": Rule.READ_STUDY,
+    f"GET {_INSTANCE}": Rule.READ_SERIES,
+    f"GET {_SERIES}": Rule.READ_SERIES,
+    f"GET {_STUDY}": Rule.READ_STUDY,
+    # the viewer's static files and its library
+    "MOUNT /vendor/openseadragon": Rule.PUBLIC,
+    "MOUNT /": Rule.PUBLIC,
+}
+
+
+def principal(request: Request) -> Principal:
+    """The signed-in principal of a request that passed its rule (AuthenticationError if none)."""
+    found = request.scope.get("state", {}).get("principal")
+    if not isinstance(found, Principal):
+        raise AuthenticationError(_SIGN_IN, error="")
+    return found
+
+
+def signed_in(scope: Scope) -> Principal | None:
+    """The principal :class:`Authenticate` found for this request, if any."""
+    found = scope.get("state", {}).get("principal")
+    return found if isinstance(found, Principal) else None
+
+
+def _check(request: Request, rule: Rule) -> None:
+    """Raise unless the request passes ``rule`` (blocking: owners may be looked up)."""
+    if rule is Rule.PUBLIC:
+        return
+    who = principal(request)
+    access: Access = request.app.state.access
+    params = request.path_params
+    client = request.client.host if request.client else None
+    if rule is Rule.READ_STUDY:
+        access.read(who, params["study"], client=client)
+    elif rule is Rule.READ_SERIES:
+        access.read(who, params["study"], params["series"], client=client)
+    elif rule is Rule.STORE:
+        if not any(Action.STORE in who.allowed_in(tenant) for tenant in who.tenants()):
+            raise _refused(Action.STORE, "your roles do not allow storing into any lab")
+    elif rule is Rule.ADMINISTER:
+        access.require(who, Action.ADMINISTER, Resource("tenant", str(params["finess"])))
+
+
+def _refused(action: Action, message: str) -> Exception:
+    return PermissionDeniedError(action.value, message)
+
+
+def _guarded(endpoint: Callable[[Request], Any], rule: Rule) -> Callable[[Request], Any]:
+    # only the reads look owners up (a query on a miss): the others check in place
+    blocking = rule in (Rule.READ_STUDY, Rule.READ_SERIES, Rule.ADMINISTER)
+    if inspect.iscoroutinefunction(endpoint):
+
+        @functools.wraps(endpoint)
+        async def checked_async(request: Request) -> Any:
+            if blocking:
+                await anyio.to_thread.run_sync(_check, request, rule)
+            else:
+                _check(request, rule)
+            return await endpoint(request)
+
+        return checked_async
+
+    @functools.wraps(endpoint)
+    def checked(request: Request) -> Any:
+        _check(request, rule)
+        return endpoint(request)
+
+    return checked
+
+
+def route_keys(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, BaseRoute]]:
+    """("METHOD path" or "MOUNT path", route) of every route, mounts walked into."""
+    found: list[tuple[str, BaseRoute]] = []
+    for route in routes:
+        if isinstance(route, Route):
+            for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+                found.append((f"{method} {prefix}{route.path}", route))
+        elif isinstance(route, Mount) and route.routes:
+            found += route_keys(list(route.routes), prefix + route.path)
+        elif isinstance(route, Mount):
+            found.append((f"MOUNT {prefix}{route.path or '/'}", route))
+    return found
+
+
+def guard(routes: list[BaseRoute], rules: Mapping[str, Rule] = RULES, prefix: str = "") -> list[BaseRoute]:
+    """``routes`` with every endpoint wrapped in its rule's check; LookupError naming a route
+    that has no rule (a new route must get one here before the application starts)."""
+    guarded: list[BaseRoute] = []
+    for route in routes:
+        if isinstance(route, Route):
+            methods = sorted((route.methods or {"GET"}) - {"HEAD"})
+            found = {rules.get(f"{method} {prefix}{route.path}") for method in methods}
+            if None in found or len(found) != 1:
+                raise LookupError(
+                    f"route {methods} {prefix}{route.path} has no authorization rule: add it to "
+                    "lamina.api.auth.RULES"
+                )
+            (rule,) = found
+            assert rule is not None
+            guarded.append(
+                Route(
+                    route.path,
+                    _guarded(route.endpoint, rule),
+                    methods=list(route.methods or ()) or None,
+                    name=route.name,
+                )
+            )
+        elif isinstance(route, Mount) and route.routes:
+            guarded.append(Mount(route.path, routes=guard(list(route.routes), rules, prefix + route.path)))
+        elif isinstance(route, Mount):
+            key = f"MOUNT {prefix}{route.path or '/'}"
+            if rules.get(key) is not Rule.PUBLIC:
+                raise LookupError(f"{key} has no authorization rule: add it to lamina.api.auth.RULES")
+            guarded.append(route)
+        else:
+            raise LookupError(f"{route!r}: a kind of route lamina.api.auth cannot guard")
+    return guarded
+
+
+def _bearer(scope: Scope) -> str | None:
+    """The token of the Authorization header; "" when the header is there but not a bearer
+    token; None when there is none."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() != b"bearer" or not token.strip():
+                return ""
+            return str(token.strip().decode("latin-1"))
+    return None
+
+
+class Authenticate:
+    """The principal of each request's bearer token, put in ``scope["state"]["principal"]``;
+    a token that cannot be believed answered 401 (503 when its issuer cannot be reached)."""
+
+    def __init__(self, app: ASGIApp, state_owner: object) -> None:
+        self.app = app
+        self.owner = state_owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(scope)
+        found: Principal | None = None
+        if token is not None:
+            principals: Principals = self.owner.state.principals  # type: ignore[attr-defined]
+            found = principals.cached(token) if token else None
+            if found is None:
+                try:
+                    if not token:
+                        raise AuthenticationError("the Authorization header must be 'Bearer TOKEN'")
+                    found = await anyio.to_thread.run_sync(principals.resolve, token)
+                except AuthenticationError as error:
+                    code = error.error or "invalid_token"
+                    await _answer(scope, send, 401, "Unauthorized", str(error), code)
+                    return
+                except UnavailableError:
+                    detail = "the sign-in provider cannot be reached to check the token; try again shortly"
+                    await _answer(scope, send, 503, "Service unavailable", detail, None)
+                    return
+        scope.setdefault("state", {})["principal"] = found
+        await self.app(scope, receive, send)
+
+
+def challenge(error: str | None) -> str:
+    """The ``WWW-Authenticate`` value (RFC 6750 section 3): the realm, and the error when a token
+    was sent."""
+    return f'Bearer realm="lamina", error="{error}"' if error else 'Bearer realm="lamina"'
+
+
+async def _answer(scope: Scope, send: Send, status: int, title: str, detail: str, error: str | None) -> None:
+    body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", challenge(error).encode()))
+    if any(name == b"origin" for name, _ in scope["headers"]):
+        headers += [
+            (b"access-control-allow-origin", b"*"),
+            (b"access-control-expose-headers", b"WWW-Authenticate"),
+        ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
