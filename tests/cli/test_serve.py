@@ -21,7 +21,7 @@ from lamina.archive.catalog import SlideRow
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
-from tests.signin import signed
+from tests.signin import auth_headers, sign_in_process, signed
 from tests.support import lamina_env, shared_file, tool
 
 
@@ -50,6 +50,7 @@ def lamina_serve(settings: Settings, *args: str, **env: str) -> Iterator[tuple[s
             assert time.monotonic() < deadline, "lamina serve did not start"
             with contextlib.suppress(httpx.TransportError):
                 if signed.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    sign_in_process(settings, port)
                     break
             time.sleep(0.1)
         yield process, base
@@ -71,7 +72,10 @@ def _stop(process: subprocess.Popen[str]) -> float:
 def test_an_idle_server_stops_within_a_second_of_sigterm(settings: Settings, dimse: bool) -> None:
     Archive.open(settings).close()
     extra = ["--dimse-port", str(_free_port())] if dimse else []
-    with lamina_serve(settings, *extra) as (process, base), httpx.Client() as client:
+    with (
+        lamina_serve(settings, *extra) as (process, base),
+        httpx.Client(headers=auth_headers(base)) as client,
+    ):
         # a client that keeps its connection open, as a browser does
         assert client.get(f"{base}/healthz").status_code == 200
         assert client.get(f"{base}/dicomweb/studies").status_code == 200
