@@ -25,7 +25,7 @@ from lamina.config import Settings
 from lamina.sample import write_samples
 from tests.backends import Backend
 from tests.s3server import free_ports
-from tests.signin import signed
+from tests.signin import sign_in_process, signed
 
 LAMINA = str(Path(sys.executable).parent / "lamina")
 FORMATS = ["aperio_svs", "tiled_tiff", "ome_tiff", "philips_tiff", "histech_tiff"]
@@ -100,6 +100,9 @@ def _run(tmp_path: Path, backend: Backend) -> None:
             procs.append((_start(["serve", "--port", str(port)], env, log), log))
         for port, (proc, log) in zip(ports, procs[2:], strict=True):
             _wait_healthy(port, proc, log)
+        # each API host has its own issuer (its $LAMINA_HOME): the operator signs in at each
+        for n, port in enumerate(ports):
+            sign_in_process(Settings.load(tmp_path / f"api{n}", env=dict(shared)), port)
 
         # every slide through one API, and the first two through both at the same time
         sends = [(ports[i % 2], files) for i, files in enumerate(slides)]
