@@ -5,7 +5,9 @@ Usage::
     .venv/bin/python benchmarks/serving.py [--size-gb 0.3] [--seconds 10] [--connections 4]
         [--deployments embedded,scaled] [--work DIR] [--postgres URL] [--json] [--quick]
 
-A pathologist reads slide A while the lab sends slide B and the fixity check runs. For each
+A pathologist reads slide A while the lab sends slide B and the fixity check runs; both sign in
+as on a real node (``_signin.py``: the benchmarks' lab, a pathologist whose token ``wrk`` sends
+with every frame request, a technician whose token sends the STOW-RS). For each
 deployment (``embedded``: SQLite and a folder; ``scaled``: PostgreSQL and SeaweedFS, with the
 blob cache in memory as ``docs/storage.md`` recommends, ``LAMINA_BLOB_CACHE_BYTES=1GiB``),
 ``lamina serve`` serves an archive holding slide A (the synthetic SVS of ``tiles.py``, ingested)
@@ -52,15 +54,15 @@ import httpx
 from _common import format_table, machine
 from _scaled import DEFAULT_POSTGRES, ScaledDeployment, scaled_deployment
 from _scaled import missing as scaled_missing
+from _signin import PATHOLOGIST, TECHNICIAN, bearer, sign_in
 from _svs import ensure_svs
 from tiles import (
-    ACCEPT,
     DEFAULT_WORK,
-    LUA,
     VENV_BIN,
     Load,
     export,
     frame_urls,
+    frames_lua,
     free_port,
     ingest,
     lamina_frames,
@@ -96,11 +98,12 @@ def stow_body(files: Sequence[Path]) -> Iterator[bytes]:
     yield f"--{BOUNDARY}--\r\n".encode()
 
 
-def stow(base: str, files: Sequence[Path]) -> tuple[int, float]:
-    """POST ``files`` to ``/dicomweb/studies``: (HTTP status, seconds)."""
+def stow(base: str, files: Sequence[Path], token: str) -> tuple[int, float]:
+    """POST ``files`` to ``/dicomweb/studies`` as the holder of ``token``: (HTTP status, seconds)."""
     headers = {
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
         "Accept": "application/dicom+json",
+        **bearer(token),
     }
     started = time.perf_counter()
     with httpx.Client(timeout=1200) as client:
@@ -119,13 +122,20 @@ def verify(env: dict[str, str], log: Path) -> tuple[int, float]:
 
 
 def wrk_until(
-    base: str, urls: Sequence[str], connections: int, work: Path, done: threading.Event, name: str
+    base: str,
+    urls: Sequence[str],
+    connections: int,
+    work: Path,
+    done: threading.Event,
+    name: str,
+    token: str,
 ) -> Load:
     """``wrk`` until ``done`` is set (then SIGINT: it prints its report and exits)."""
     listing = work / f"urls-{name}.txt"
     listing.write_text("\n".join(urls) + "\n")
     script = work / f"load-{name}.lua"
-    script.write_text(LUA % (listing, ACCEPT))
+    script.touch(mode=0o600)  # it holds the token
+    script.write_text(frames_lua(listing, token))
     command = ["wrk", "-t1", f"-c{connections}", "-d3600s", "--timeout", "30s", "--latency", "-s"]
     process = subprocess.Popen(
         [*command, str(script), base], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -145,19 +155,22 @@ def measure(
     args: argparse.Namespace,
     work: Path,
 ) -> Outcome:
+    # a pathologist reads slide A; a technician of the same lab sends slide B
+    reader = sign_in(home, env, PATHOLOGIST, ["pathologist"])
+    sender = sign_in(home, env, TECHNICIAN, ["technician"])
     port = free_port()
     full_env = {**os.environ, "LAMINA_HOME": str(home), **env}
     process = start_lamina(home, port, work / f"lamina-{name}.log", env)
     base = f"http://127.0.0.1:{port}"
     try:
-        run_wrk(f"{name}-warm", base, urls, args.connections, args.seconds, work)
-        alone = run_wrk(f"{name}-alone", base, urls, args.connections, args.seconds, work)
+        run_wrk(f"{name}-warm", base, urls, args.connections, args.seconds, work, token=reader)
+        alone = run_wrk(f"{name}-alone", base, urls, args.connections, args.seconds, work, token=reader)
         print(f"{name} alone: p99 {alone.p99_ms:.2f} ms", file=sys.stderr, flush=True)
         done = threading.Event()
         answer: dict[str, tuple[int, float]] = {}
 
         def send() -> None:
-            answer["stow"] = stow(base, stow_files)
+            answer["stow"] = stow(base, stow_files, sender)
 
         def check() -> None:
             answer["verify"] = verify(full_env, work / f"verify-{name}.log")
@@ -172,7 +185,7 @@ def measure(
         for thread in loads:
             thread.start()
         threading.Thread(target=watch, daemon=True).start()
-        loaded = wrk_until(base, urls, args.connections, work, done, f"{name}-loaded")
+        loaded = wrk_until(base, urls, args.connections, work, done, f"{name}-loaded", reader)
         print(f"{name} under load: p99 {loaded.p99_ms:.2f} ms", file=sys.stderr, flush=True)
     finally:
         stop(process)

@@ -65,6 +65,7 @@ import psutil
 from _common import format_table, machine, median
 from _scaled import BUCKET, DEFAULT_POSTGRES, ScaledDeployment, scaled_deployment
 from _scaled import missing as scaled_missing
+from _signin import PATHOLOGIST, bearer, sign_in, start_without_token
 from _svs import ensure_svs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,12 +315,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 LUA = textwrap.dedent("""
     local urls = {}
     for line in io.lines("%s") do urls[#urls + 1] = line end
+    local headers = {["Accept"] = '%s'%s}
     local i = 0
     request = function()
       i = i + 1
-      return wrk.format("GET", urls[(i %% #urls) + 1], {["Accept"] = '%s'})
+      return wrk.format("GET", urls[(i %% #urls) + 1], headers)
     end
 """)
+
+
+def frames_lua(listing: Path, token: str | None) -> str:
+    """The Lua script of ``wrk`` reading the frame paths of ``listing``, with ``token`` sent as
+    ``Authorization: Bearer ...`` on every request (no header without one)."""
+    extra = f", [\"Authorization\"] = 'Bearer {token}'" if token else ""
+    return LUA % (listing, ACCEPT, extra)
 
 
 def _milliseconds(text: str) -> float:
@@ -345,12 +354,20 @@ LUA_RANGES = textwrap.dedent("""
 
 
 def run_wrk(
-    peer: str, base: str, urls: Sequence[str], connections: int, seconds: int, work: Path, lua: str = LUA
+    peer: str,
+    base: str,
+    urls: Sequence[str],
+    connections: int,
+    seconds: int,
+    work: Path,
+    lua: str = LUA,
+    token: str | None = None,
 ) -> Load:
     listing = work / f"urls-{peer}.txt"
     listing.write_text("\n".join(urls) + "\n")
     script = work / f"load-{peer}.lua"
-    script.write_text(lua % (listing, ACCEPT) if lua == LUA else lua % listing)
+    script.touch(mode=0o600)  # it holds the token
+    script.write_text(frames_lua(listing, token) if lua == LUA else lua % listing)
     done = subprocess.run(
         [
             "wrk",
@@ -383,7 +400,7 @@ def parse_wrk(peer: str, connections: int, out: str) -> Load:
     return Load(peer, connections, rate, p50, p99, errors)
 
 
-def metadata_seconds(home: Path, port: int, repeats: int = 5) -> tuple[int, float]:
+def metadata_seconds(home: Path, port: int, token: str, repeats: int = 5) -> tuple[int, float]:
     """(frames of the largest level, median seconds to fetch its instance metadata)."""
     frames = lamina_frames(home)
     largest = max(
@@ -396,12 +413,133 @@ def metadata_seconds(home: Path, port: int, repeats: int = 5) -> tuple[int, floa
         f"/instances/{largest[2]}/metadata"
     )
     times = []
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=bearer(token)) as client:
         for _ in range(repeats):
             started = time.perf_counter()
             client.get(url).raise_for_status()
             times.append(time.perf_counter() - started)
     return count, median(times)
+
+
+# --- with and without a token -------------------------------------------------------------------
+
+
+@dataclass
+class SignInRun:
+    """One measure of the pair: the server with sign-in (``token``) or the one without."""
+
+    run: int
+    load: Load
+    token: bool
+
+
+def no_token(peer: str) -> str:
+    return f"{peer}-no-token"
+
+
+def check_sign_in(with_port: int, without_port: int, url: str, token: str) -> str:
+    """What each server answers for one frame with and without the token (a note for the report):
+    the server with sign-in must refuse the request without it, and both must serve the frame."""
+    headers = {"Accept": ACCEPT}
+    asked = {
+        "with sign-in, token": (with_port, {**headers, **bearer(token)}),
+        "with sign-in, no token": (with_port, headers),
+        "sign-in removed, no token": (without_port, headers),
+    }
+    answers = {}
+    with httpx.Client(timeout=30) as client:
+        for name, (port, sent) in asked.items():
+            answers[name] = client.get(f"http://127.0.0.1:{port}{url}", headers=sent).status_code
+    if answers != {
+        "with sign-in, token": 200,
+        "with sign-in, no token": 401,
+        "sign-in removed, no token": 200,
+    }:
+        raise RuntimeError(f"unexpected answers to one frame: {answers}")
+    return "one frame: " + ", ".join(f"{name} {status}" for name, status in answers.items())
+
+
+def with_and_without_token(
+    peer: str,
+    home: Path,
+    env: dict[str, str],
+    urls: list[str],
+    args: argparse.Namespace,
+    work: Path,
+    connections: Sequence[int],
+    store_pid: int | None = None,
+) -> tuple[list[SignInRun], dict[str, int], str]:
+    """``lamina serve`` (sign-in on, the pathologist's token sent with every request) and the same
+    archive served without the sign-in layer (``_signin.NO_TOKEN_APP``, no token sent), both up at
+    once, measured in turn at each connection count, ``--signin-runs`` times, the order swapped
+    every run; the runs, the servers' peak RSS and the note of :func:`check_sign_in`."""
+    token = sign_in(home, env, PATHOLOGIST, ["pathologist"])
+    with_port, without_port = free_port(), free_port()
+    servers = {
+        True: start_lamina(home, with_port, work / f"{peer}.log", env),
+        False: start_without_token(
+            work, home, without_port, token, work / f"{no_token(peer)}.log", {**env, "LAMINA_HOME": str(home)}
+        ),
+    }
+    samplers = {signed: RssSampler(process.pid) for signed, process in servers.items()}
+    runs: list[SignInRun] = []
+    try:
+        wait_http(f"http://127.0.0.1:{without_port}/healthz")
+        for sampler in samplers.values():
+            sampler.start()
+        note = check_sign_in(with_port, without_port, urls[0], token)
+        for signed, port in ((True, with_port), (False, without_port)):  # warm: index, cache, code paths
+            sent = token if signed else None
+            run_wrk(f"{peer}-warm", f"http://127.0.0.1:{port}", urls, max(connections), 2, work, token=sent)
+        for run in range(args.signin_runs):
+            for count in connections:
+                order = [True, False] if run % 2 == 0 else [False, True]
+                for signed in order:
+                    process = servers[signed]
+                    name = peer if signed else no_token(peer)
+                    port = with_port if signed else without_port
+                    cpu, store_cpu = cpu_seconds(process.pid), cpu_seconds(store_pid)
+                    load = run_wrk(
+                        name, f"http://127.0.0.1:{port}", urls, count, args.seconds, work,
+                        token=token if signed else None,
+                    )  # fmt: skip
+                    requests = max(load.requests_per_s * args.seconds, 1.0)
+                    load.cpu_ms = (cpu_seconds(process.pid) - cpu) / requests * 1000
+                    if store_pid is not None:
+                        load.store_cpu_ms = (cpu_seconds(store_pid) - store_cpu) / requests * 1000
+                    runs.append(SignInRun(run, load, signed))
+                    print(
+                        f"{name} run {run + 1} c={count}: {load.requests_per_s:.0f}/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for process in servers.values():
+            stop(process)
+        for sampler in samplers.values():
+            sampler.stopped.set()
+    rss = {(peer if signed else no_token(peer)): sampler.peak for signed, sampler in samplers.items()}
+    return runs, rss, note
+
+
+def medians(runs: Sequence[SignInRun]) -> list[Load]:
+    """One Load per (peer, connections): the medians of the runs' figures."""
+    grouped: dict[tuple[str, int], list[Load]] = {}
+    for item in runs:
+        grouped.setdefault((item.load.peer, item.load.connections), []).append(item.load)
+    return [
+        Load(
+            peer,
+            count,
+            median([load.requests_per_s for load in loads]),
+            median([load.p50_ms for load in loads]),
+            median([load.p99_ms for load in loads]),
+            sum(load.errors for load in loads),
+            median([load.cpu_ms for load in loads]),
+            median([load.store_cpu_ms for load in loads]),
+        )
+        for (peer, count), loads in grouped.items()
+    ]
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -418,6 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="server for the scaled deployment")
     parser.add_argument("--cache", default="1GiB", help="LAMINA_BLOB_CACHE_BYTES of lamina-pg-s3-cache")
     parser.add_argument("--block", default="1MiB", help="LAMINA_BLOB_CACHE_BLOCK_BYTES of the cache")
+    parser.add_argument(
+        "--signin-runs",
+        type=int,
+        default=3,
+        help="runs of lamina with a token and without (sign-in layer removed), alternated",
+    )
     parser.add_argument("--quick", action="store_true", help="3 s a measure, 4 and 16 connections")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -445,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Load] = []
     rss: dict[str, int] = {}
     notes: list[str] = []
+    signin: list[SignInRun] = []
 
     def drive(
         peer: str,
@@ -453,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         urls: list[str],
         lua: str = LUA,
         store_pid: int | None = None,
+        token: str | None = None,
     ) -> None:
         sampler = RssSampler(process.pid) if process is not None else None
         if sampler is not None:
@@ -460,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_pid = process.pid if process is not None else store_pid
         for count in connections:
             cpu, store_cpu = cpu_seconds(server_pid), cpu_seconds(store_pid)
-            load = run_wrk(peer, base, urls, count, args.seconds, work, lua)
+            load = run_wrk(peer, base, urls, count, args.seconds, work, lua, token)
             requests = max(load.requests_per_s * args.seconds, 1.0)
             load.cpu_ms = (cpu_seconds(server_pid) - cpu) / requests * 1000
             if process is not None and store_pid is not None:
@@ -472,17 +618,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             sampler.join()
             rss[peer] = sampler.peak
 
+    def pair(
+        peer: str, home: Path, env: dict[str, str], urls: list[str], store_pid: int | None = None
+    ) -> None:
+        """``peer`` with a token and without (sign-in removed): the medians go to the results."""
+        runs, peaks, note = with_and_without_token(peer, home, env, urls, args, work, connections, store_pid)
+        signin.extend(runs)
+        results.extend(medians(runs))
+        rss.update(peaks)
+        notes.append(f"{peer}: {note}")
+
     if "lamina" in peers:
-        port = free_port()
-        process = start_lamina(home, port, work / "lamina.log")
-        try:
-            urls = [
-                f"/dicomweb/studies/{f.study}/series/{f.series}/instances/{f.sop}/frames/{f.number}"
-                for f in sample
-            ]
-            drive("lamina", process, f"http://127.0.0.1:{port}", urls)
-        finally:
-            stop(process)
+        pair("lamina", home, {}, frame_urls(sample))
     if "bare-asgi" in peers:
         port = free_port()
         process = start_bare(work, sample, port, work / "bare.log")
@@ -513,24 +660,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(f"scaled deployment not run: {why}")
         else:
             with scaled_deployment(work, args.postgres) as deployment:
-                scaled_peers(args, peers, deployment, slide, positions, work, drive, results, notes)
+                scaled_peers(args, peers, deployment, slide, positions, work, drive, pair, results, notes)
     metadata: tuple[int, float] | None = None
     if "lamina" in peers and args.metadata_gb:
         big_home = work / f"lamina-{args.metadata_gb:g}gb"
         ingest(big_home, ensure_svs(args.work, args.metadata_gb))
+        token = sign_in(big_home, {}, PATHOLOGIST, ["pathologist"])
         port = free_port()
         process = start_lamina(big_home, port, work / "lamina-metadata.log")
         try:
-            metadata = metadata_seconds(big_home, port)
+            metadata = metadata_seconds(big_home, port, token)
         finally:
             stop(process)
     report(results, rss, metadata, len(frames), connections, notes)
+    if signin:
+        print()
+        print(signin_report(signin, connections))
     if args.json:
         print(
             json.dumps(
                 {
                     "machine": machine(),
                     "loads": [vars(r) for r in results],
+                    "signin_runs": [{"run": r.run, "token": r.token, **vars(r.load)} for r in signin],
                     "peak_rss": rss,
                     "metadata": metadata,
                     "notes": notes,
@@ -555,11 +707,13 @@ def scaled_peers(
     positions: Sequence[int],
     work: Path,
     drive: Callable[..., None],
+    pair: Callable[..., None],
     results: list[Load],
     notes: list[str],
 ) -> None:
     """The scaled deployment's peers: the slide ingested into PostgreSQL + SeaweedFS, then the
-    object server's own ranged GETs and lamina without and with its cache, on the same frames."""
+    object server's own ranged GETs and lamina without and with its cache, on the same frames
+    (lamina without its cache also without a token, sign-in removed: ``pair``)."""
     run = "tiles"
     deployment.prepare(run)
     try:
@@ -596,31 +750,114 @@ def scaled_peers(
             pid = deployment.process.pid
             drive("seaweedfs-ranges-signed", None, deployment.endpoint, lines, LUA_RANGES, pid)
         urls = frame_urls(sample)
-        for peer, extra in (
-            ("lamina-pg-s3", {}),
-            (
-                "lamina-pg-s3-cache",
-                {"LAMINA_BLOB_CACHE_BYTES": args.cache, "LAMINA_BLOB_CACHE_BLOCK_BYTES": args.block},
-            ),
-        ):
-            if peer not in peers:
-                continue
+        if "lamina-pg-s3" in peers:
+            pair("lamina-pg-s3", home, env, urls, deployment.process.pid)
+        if "lamina-pg-s3-cache" in peers:
+            peer = "lamina-pg-s3-cache"
+            extra = {"LAMINA_BLOB_CACHE_BYTES": args.cache, "LAMINA_BLOB_CACHE_BLOCK_BYTES": args.block}
+            token = sign_in(home, env, PATHOLOGIST, ["pathologist"])
             port = free_port()
             process = start_lamina(home, port, work / f"{peer}.log", {**env, **extra})
             try:
-                if extra:  # a slide being read: one pass first, measured apart
-                    sampler = RssSampler(process.pid)
-                    sampler.start()
-                    first = run_wrk(peer, f"http://127.0.0.1:{port}", urls, 16, max(args.seconds, 5), work)
-                    sampler.stopped.set()
-                    sampler.join()
-                    first.peer = f"{peer}-first"
-                    results.append(first)
-                drive(peer, process, f"http://127.0.0.1:{port}", urls, LUA, deployment.process.pid)
+                # a slide being read: one pass first, measured apart
+                sampler = RssSampler(process.pid)
+                sampler.start()
+                base = f"http://127.0.0.1:{port}"
+                first = run_wrk(peer, base, urls, 16, max(args.seconds, 5), work, token=token)
+                sampler.stopped.set()
+                sampler.join()
+                first.peer = f"{peer}-first"
+                results.append(first)
+                drive(peer, process, base, urls, LUA, deployment.process.pid, token)
             finally:
                 stop(process)
     finally:
         deployment.cleanup(run)
+
+
+SIGNIN_GOAL = 0.9
+
+
+def signin_report(runs: Sequence[SignInRun], connections: Sequence[int]) -> str:
+    """Frames/s with a token over frames/s without (sign-in removed), per peer and connection
+    count: the medians of the runs, each run's ratio, and the goal (>= 0.9x) at the most."""
+    lines = [
+        "frames with a bearer token vs without, same run (issue 10); 'without' = the same archive served"
+        " by the same application and uvicorn settings with lamina.api.auth.Authenticate taken off:"
+        " the pathologist's principal (Principals.resolve of the same token, once at start-up) put in"
+        " every request's scope, then the frames fast path and every rule and decision as with a token;"
+        " left out: the Authorization header read, the token hashed (SHA-256) and looked up in the"
+        " principals' cache. The two servers are up at once and measured in turn, the order swapped"
+        " every run."
+    ]
+    rows = []
+    goals = []
+    for peer in dict.fromkeys(item.load.peer for item in runs if item.token):
+        for count in connections:
+            signed = [
+                item
+                for item in runs
+                if item.token and item.load.peer == peer and item.load.connections == count
+            ]
+            plain = [
+                item for item in runs
+                if not item.token and item.load.peer == no_token(peer) and item.load.connections == count
+            ]  # fmt: skip
+            if not signed or not plain:
+                continue
+            by_run = {item.run: item.load for item in plain}
+            ratios = [item.load.requests_per_s / by_run[item.run].requests_per_s for item in signed]
+            with_rate = median([item.load.requests_per_s for item in signed])
+            without_rate = median([item.load.requests_per_s for item in plain])
+            ratio = with_rate / without_rate
+            rows.append(
+                [
+                    peer,
+                    str(count),
+                    f"{with_rate:,.0f}",
+                    f"{without_rate:,.0f}",
+                    f"{ratio:.3f}",
+                    ", ".join(f"{r:.3f}" for r in ratios),
+                    _both(signed, plain, "p99_ms", 2),
+                    _both(signed, plain, "cpu_ms", 3),
+                    str(sum(i.load.errors for i in signed + plain)),
+                ]
+            )
+            if count == max(connections):
+                verdict = "PASS" if ratio >= SIGNIN_GOAL else "FAIL"
+                goals.append(
+                    [
+                        f"{peer}: with a token / without at {count}",
+                        f">= {SIGNIN_GOAL}x",
+                        f"{ratio:.3f}x",
+                        verdict,
+                    ]
+                )
+    headers = [
+        "peer",
+        "conns",
+        "with token/s",
+        "without/s",
+        "ratio",
+        "ratio by run",
+        "p99 ms w/wo",
+        "CPU ms w/wo",
+        "errors",
+    ]
+    lines.append(format_table(headers, rows))
+    lines.append(
+        f"(medians of {max((item.run for item in runs), default=0) + 1} runs; ratio = median with /"
+        " median without; ratio by run = each run's with / the same run's without)"
+    )
+    lines.append("")
+    lines.append(format_table(["goal", "target", "measured", "result"], goals))
+    return "\n".join(lines)
+
+
+def _both(signed: Sequence[SignInRun], plain: Sequence[SignInRun], figure: str, digits: int) -> str:
+    """The median of ``figure`` with a token / without, as text."""
+    values = [median([getattr(item.load, figure) for item in side]) for side in (signed, plain)]
+    return " / ".join(f"{value:.{digits}f}" for value in values)
 
 
 def _rate(results: Sequence[Load], peer: str, connections: int) -> Load | None:
