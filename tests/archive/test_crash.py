@@ -46,7 +46,7 @@ from lamina.archive.sweep import sweep
 from lamina.config import Settings
 from tests.backends import Backend
 from tests.s3server import free_ports
-from tests.signin import signed
+from tests.signin import sign_in_process, signed
 from tests.support import POSTGRES_URL, shared_file, tiled_svs_from
 
 LAMINA = [sys.executable, "-m", "lamina"]
@@ -323,6 +323,7 @@ class _Server:
                     stderr=subprocess.STDOUT,
                 )
             if self._ready():
+                sign_in_process(Settings.load(home, env=_env(home, extra)), self.port)
                 return
         pytest.fail(f"lamina serve did not start: {self.log.read_text(errors='replace')[-2000:]}")
 
