@@ -19,7 +19,8 @@ endpoint of the application, and refuses to build an application with a route th
 - ``STORE``: a principal that may store into some tenant; the handler picks which one;
 - ``READ_STUDY`` / ``READ_SERIES``: :meth:`~lamina.governance.access.Access.read` on the study or
   the series of the path: what it may not read is answered 404 like what does not exist;
-- ``ADMINISTER``: the lab of the path's ``finess`` administered (the lab admins' API).
+- ``ADMINISTER``: the lab of the path's ``finess`` administered (the lab admins' API);
+- ``PLATFORM``: a platform admin (administering every lab: adding one).
 
 No principal where one is needed: 401 with ``WWW-Authenticate: Bearer realm="lamina"``.
 """
@@ -58,6 +59,7 @@ class Rule(enum.Enum):
     READ_STUDY = "read the study"
     READ_SERIES = "read the series"
     ADMINISTER = "administer the lab"
+    PLATFORM = "administer the platform"
 
 
 _STUDY = "/dicomweb/studies/{study}"
@@ -98,6 +100,14 @@ RULES: dict[str, Rule] = {
     f"GET {_INSTANCE}": Rule.READ_SERIES,
     f"GET {_SERIES}": Rule.READ_SERIES,
     f"GET {_STUDY}": Rule.READ_STUDY,
+    # the labs' administration (lamina.api.governance)
+    "GET /api/tenants": Rule.SIGNED_IN,
+    "POST /api/tenants": Rule.PLATFORM,
+    "GET /api/tenants/{finess}/people": Rule.ADMINISTER,
+    "POST /api/tenants/{finess}/people": Rule.ADMINISTER,
+    "GET /api/tenants/{finess}/grants": Rule.ADMINISTER,
+    "POST /api/tenants/{finess}/grants": Rule.ADMINISTER,
+    "DELETE /api/tenants/{finess}/grants/{grant}": Rule.ADMINISTER,
     # the viewer's static files and its library
     "MOUNT /vendor/openseadragon": Rule.PUBLIC,
     "MOUNT /": Rule.PUBLIC,
@@ -135,6 +145,8 @@ def _check(request: Request, rule: Rule) -> None:
             raise _refused(Action.STORE, "your roles do not allow storing into any lab")
     elif rule is Rule.ADMINISTER:
         access.require(who, Action.ADMINISTER, Resource("tenant", str(params["finess"])))
+    elif rule is Rule.PLATFORM and Action.ADMINISTER not in who.everywhere:
+        raise _refused(Action.ADMINISTER, "only a platform admin may do this")
 
 
 def _refused(action: Action, message: str) -> Exception:

@@ -30,6 +30,9 @@ _PATH_PARAMETERS = {
     "instance": "SOP Instance UID",
     "frames": "Frame numbers, from 1, separated by commas (e.g. 1,2,3)",
     "path": "The rest of the path",
+    "finess": "The lab's FINESS number (9 characters, e.g. 750712184)",
+    "person": "A person's identifier (a login, or the national practitioner number)",
+    "grant": "A grant's identifier (32 hexadecimal digits)",
 }
 
 
@@ -180,6 +183,48 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "issuer_jwks": Operation(
         "The node's own issuer: its public keys", "sign-in", ["application/jwk-set+json"], ()
+    ),
+    "list_tenants": Operation(
+        "The labs the principal holds a role in (every lab for a platform admin)",
+        "administration",
+        ["application/json"],
+        (),
+    ),
+    "add_tenant": Operation(
+        "Add a lab {finess, name} (platform admin only)",
+        "administration",
+        ["application/json"],
+        (400, 413),
+        body=["application/json"],
+        status=201,
+    ),
+    "list_people": Operation(
+        "The lab's people, with their roles in it (the lab's admin)", "administration", ["application/json"]
+    ),
+    "add_person": Operation(
+        "Give a person {person, roles, name?} roles in the lab, added if new (the lab's admin)",
+        "administration",
+        ["application/json"],
+        (400, 404, 413),
+        body=["application/json"],
+    ),
+    "list_grants": Operation(
+        "The lab's grants in force (all=true: revoked and expired ones too) (the lab's admin)",
+        "administration",
+        ["application/json"],
+        (400, 404),
+        [_query("all", "Also the revoked and expired grants", {"type": "boolean"})],
+    ),
+    "add_grant": Operation(
+        "Give a grant {to, on, permission?, expires?} on one of the lab's slides or cases (the lab's admin)",
+        "administration",
+        ["application/json"],
+        (400, 404, 413),
+        body=["application/json"],
+        status=201,
+    ),
+    "revoke_grant": Operation(
+        "Revoke one of the lab's grants now (the lab's admin)", "administration", ["application/json"]
     ),
     "missing": Operation("OpenSeadragon is not installed: says how to install it", "viewer", [], (404,)),
     "static": Operation("The viewer's files", "viewer", ["text/html", "text/javascript", "text/css"], (404,)),
