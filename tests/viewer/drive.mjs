@@ -1,17 +1,11 @@
 // Drives lamina's viewer in headless Chromium (playwright-core, the system's Chromium) and prints
 // what it saw as one JSON line; tests/viewer/test_viewer.py judges it.
-// Input (JSON on stdin): { url, chromium, profile, accession, shots }.
+// Input (JSON on stdin): { url, chromium, profile, accession, shots, person, password }: the
+// viewer is signed in to through its form.
 
-import { chromium } from 'playwright-core';
+import { WAIT, launch, readConfig, signIn, storage, watch } from './browser.mjs';
 
-const config = JSON.parse(await new Promise((resolve) => {
-  let text = '';
-  process.stdin.on('data', (chunk) => { text += chunk; });
-  process.stdin.on('end', () => resolve(text));
-}));
-
-// generous: on a loaded 2-core CI machine a first deep-zoom draw can take tens of seconds
-const WAIT = 90000;
+const config = await readConfig();
 
 // Share of "stained" pixels (clearly coloured, as H&E is) and number of distinct colours of the
 // largest canvas in `selector`: a blank or grey canvas has neither.
@@ -44,34 +38,18 @@ function instancesOf(urls) {
   return [...new Set(urls.map((url) => url.match(/\/instances\/([^/]+)\/frames\//)[1]))];
 }
 
-// a fresh profile for each run: nothing cached from an earlier one
-const context = await chromium.launchPersistentContext(config.profile, {
-  executablePath: config.chromium,
-  headless: true,
-  // small enough that the whole-slide view of a 2048-pixel sample needs no full-resolution frame
-  viewport: { width: 1100, height: 720 },
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
-const seen = { errors: [] };
+const { context, page } = await launch(config);
+const seen = {};
 try {
-  const page = context.pages()[0] || await context.newPage();
+  const settle = watch(page, seen, config.url);
   const frames = [];
   page.on('request', (request) => {
     if (request.url().includes('/frames/')) frames.push(request.url());
   });
-  page.on('response', (response) => {
-    if (response.status() >= 400) seen.errors.push(`${response.status()} ${response.url()}`);
-  });
-  page.on('pageerror', (error) => seen.errors.push(`page error: ${error.message}`));
-  page.on('console', (entry) => {
-    if (entry.type() === 'error') seen.errors.push(`console: ${entry.text()}`);
-  });
 
-  // the worklist, then a search by accession number
+  // the sign-in form, then the worklist and a search by accession number
   await page.goto(`${config.url}/`);
+  seen.sign_in = await signIn(page, config.person, config.password);
   await page.waitForSelector('.cases tbody tr.case', { timeout: WAIT });
   await page.waitForFunction(() => !document.querySelector('.status')?.textContent.includes('Searching'));
   seen.cases_before = await page.locator('.cases tbody tr.case').count();
@@ -150,6 +128,8 @@ try {
   seen.compare.readouts_after = await readouts();
   seen.compare.pixels = [await canvasPixels(page, '#viewer-0'), await canvasPixels(page, '#viewer-1')];
   await page.screenshot({ path: `${config.shots}-compare.png` });
+  seen.storage = await storage(page);
+  await settle();
 } finally {
   await context.close();
 }

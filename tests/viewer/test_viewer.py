@@ -1,8 +1,12 @@
 """The viewer and the rendered resources it reads, against a real server over sample slides.
 
-The HTTP tests read the rendered and thumbnail resources (PS3.18 10.4.1.1.3-4) with httpx; the
-browser test drives the viewer in headless Chromium through Node's playwright-core
-(``tests/viewer/drive.mjs``): worklist, search, deep zoom, side by side.
+The server has sign-in on, as in production: the HTTP tests read the rendered and thumbnail
+resources (PS3.18 10.4.1.1.3-4) with httpx as the tests' lab operator (``tests.signin.signed``).
+The browser tests drive the viewer in headless Chromium through Node's playwright-core: the
+operator, given a password, signs in through the viewer's form, then ``tests/viewer/drive.mjs``
+goes through the worklist, search, deep zoom and side by side; ``tests/viewer/signin.mjs`` signs
+in wrongly, then rightly, has its token refused, and signs out. A second lab's case is on the same
+node: the operator never sees it.
 """
 
 from __future__ import annotations
@@ -12,12 +16,9 @@ import csv
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,31 +27,37 @@ import httpx
 import imagecodecs
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 
 from lamina import viewer
 from lamina.api.app import create_app
+from lamina.api.auth import RULES, guard
 from lamina.api.dicomweb import qido, rendered, wado
 from lamina.api.dicomweb.index import InstanceIndex
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow, SlideRow
 from lamina.archive.discover import discover
-from lamina.archive.ingest import Ingestor
+from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
 from lamina.errors import PayloadTooLargeError
+from lamina.governance.passwords import Passwords
+from lamina.governance.registry import Registry
 from lamina.sample import write_samples
 from tests.backends import Backend
-from tests.signin import signed
-from tests.support import REPO, need, tool
+from tests.signin import OPERATOR, register_operator, signed
+from tests.support import REPO, need, serving, tool
 
 _CASE_KEYS = ("patient_id", "patient_name", "birth_date", "sex", "accession_number")
 #: A renderer with a small pixel limit, mounted beside the real routes to test the 413 answer.
 _CAPPED = "/capped"
 _CAP = 1 << 20
+#: Another lab on the node (a FINESS number of Lyon), with a case of its own.
+OTHER_LAB = "690781810"
+#: The password the tests' operator signs in to the viewer with.
+PASSWORD = "correct horse battery staple"
 
 
 class Served(NamedTuple):
@@ -59,6 +66,7 @@ class Served(NamedTuple):
     case: list[SlideRow]  # two slides of one case: the SVS (JPEG tiles, label, overview), the TIFF
     other: SlideRow  # a slide of another case
     accession: str
+    other_lab: SlideRow  # a slide of another lab, which the tests' lab operator may not see
 
 
 def _one_case(manifest: Path) -> None:
@@ -73,12 +81,12 @@ def _one_case(manifest: Path) -> None:
         writer.writerows(rows)
 
 
-def _ingest(archive: Archive, folder: Path) -> list[SlideRow]:
+def _ingest(archive: Archive, folder: Path, tenant: str = "") -> list[SlideRow]:
     ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
     manifest = load_manifest(folder / "manifest.csv")
     slides = []
     for candidate in discover([folder]):
-        result = ingestor.ingest(candidate, manifest)
+        result = ingestor.ingest(candidate, manifest, IngestOptions(tenant=tenant))
         assert result.status == "ingested", result.reason
         found = archive.catalog.slide(result.slide_id or "")
         assert found is not None
@@ -102,7 +110,9 @@ def compose(app: Any) -> Any:
         dicomweb.routes[:0] = qido.routes()
     if not _has(dicomweb.routes, "/studies/{study}/series/{series}/instances/{instance}/rendered"):
         dicomweb.routes[:0] = rendered.routes()
-    routes.insert(0, Mount(_CAPPED, routes=rendered.routes(max_pixels=_CAP)))
+    # behind the rules of the routes it copies (guard() refuses a route without one)
+    capped_rules = {key.replace(" /dicomweb/", f" {_CAPPED}/"): rule for key, rule in RULES.items()}
+    routes[:0] = guard([Mount(_CAPPED, routes=rendered.routes(max_pixels=_CAP))], capped_rules)
     if not any(isinstance(r, Mount) and r.path == "" for r in routes):
         routes.extend(viewer.routes())
     return app
@@ -121,24 +131,20 @@ def served(module_backend: Backend) -> Iterator[Served]:
         (other,) = _ingest(archive, root / "other")
         case.sort(key=lambda slide: slide.format)  # aperio_svs, tiled_tiff
         assert case[0].study_instance_uid == case[1].study_instance_uid != other.study_instance_uid
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        app = compose(create_app(settings, archive))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
+        # the tests' lab first (it adopts the slides above), then another lab with a case of its own
+        register_operator(archive.catalog)
+        Registry(archive.catalog).add_tenant(OTHER_LAB, "Anatomie pathologique (Lyon)", "tests")
+        write_samples(root / "lyon", ["tiled_tiff"], size=(1024, 768), seed=11)
+        (other_lab,) = _ingest(archive, root / "lyon", tenant=OTHER_LAB)
+        assert other_lab.tenant == OTHER_LAB and other_lab.accession_number not in {
+            slide.accession_number for slide in [*case, other]
+        }
+        Passwords(archive.catalog).set(OPERATOR, PASSWORD, "tests")
         try:
-            yield Served(f"http://127.0.0.1:{port}", archive, case, other, case[0].accession_number or "")
+            with serving(compose(create_app(settings, archive))) as port:
+                accession = case[0].accession_number or ""
+                yield Served(f"http://127.0.0.1:{port}", archive, case, other, accession, other_lab)
         finally:
-            server.should_exit = True
-            thread.join(timeout=30)
-            sock.close()
             archive.close()
 
 
@@ -349,18 +355,31 @@ def test_unknown_uids_are_404(served: Served, path: str) -> None:
 
 
 # -- the viewer's files ---------------------------------------------------------------------------
-def test_the_viewer_and_its_library_are_served(served: Served) -> None:
+def test_the_viewer_and_its_library_are_served_to_anyone_but_not_the_slides(served: Served) -> None:
     need((REPO / "node_modules" / "openseadragon").is_dir(), "OpenSeadragon in node_modules (npm ci)")
+    svs = served.case[0]
 
-    page = signed.get(f"{served.url}/")
-    module = signed.get(f"{served.url}/app.js")
-    library = signed.get(f"{served.url}/vendor/openseadragon/openseadragon.min.js")
-    icon = signed.get(f"{served.url}/vendor/openseadragon/images/home_rest.png")
+    # no token: the viewer's code is public (it shows the sign-in form), the archive is not
+    page = httpx.get(f"{served.url}/")
+    module = httpx.get(f"{served.url}/app.js")
+    sign_in = httpx.get(f"{served.url}/signin.js")
+    library = httpx.get(f"{served.url}/vendor/openseadragon/openseadragon.min.js")
+    icon = httpx.get(f"{served.url}/vendor/openseadragon/images/home_rest.png")
+    studies = httpx.get(f"{served.url}/dicomweb/studies")
+    thumbnail = httpx.get(
+        f"{served.url}/dicomweb/studies/{svs.study_instance_uid}/series/{svs.series_instance_uid}/thumbnail"
+    )
 
     assert page.status_code == 200 and 'type="module" src="app.js"' in page.text
+    assert "Content-Security-Policy" in page.text and "script-src 'self'" in page.text
     assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+    assert sign_in.status_code == 200 and "sessionStorage" in sign_in.text
     assert library.status_code == 200 and "OpenSeadragon" in library.text[:2000]
     assert icon.status_code == 200
+    for refused in (studies, thumbnail):
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["www-authenticate"] == 'Bearer realm="lamina"'
+    assert signed.get(f"{served.url}/dicomweb/studies").status_code == 200
     assert signed.get(f"{served.url}/healthz").status_code == 200  # the catch-all mount leaves the API alone
 
 
@@ -388,31 +407,54 @@ def _browser() -> tuple[str, str]:
     return node, chromium
 
 
-def test_worklist_search_slide_zoom_and_side_by_side(served: Served, tmp_path: Path) -> None:
+def _run(script: str, tmp_path: Path, **config: Any) -> dict[str, Any]:
+    """What ``script`` (a Node script of this folder) saw, driving Chromium with ``config``."""
     node, chromium = _browser()
-    svs, tiff = served.case
-    shots = Path(tempfile.gettempdir())
-
     run = subprocess.run(
-        [node, str(Path(__file__).with_name("drive.mjs"))],
-        input=json.dumps(
-            {
-                "url": served.url,
-                "chromium": chromium,
-                "profile": str(tmp_path / "profile"),
-                "accession": served.accession,
-                "shots": str(shots / "lamina-viewer"),
-            }
-        ),
+        [node, str(Path(__file__).with_name(script))],
+        input=json.dumps({"chromium": chromium, "profile": str(tmp_path / "profile"), **config}),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-4000:] + run.stdout[-4000:]
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return seen
 
-    # the worklist lists the two cases; the search by accession number keeps the one asked for
+
+def _token_only_in_headers(seen: dict[str, Any], tokens: list[str]) -> None:
+    """No token in any URL the page requested, and every DICOMweb request signed with one."""
+    assert tokens and all(tokens), tokens
+    assert not [url for url in seen["urls"] for token in tokens if token in url]
+    unsigned = [r for r in seen["api"] if r["authorization"] not in {f"Bearer {token}" for token in tokens}]
+    assert seen["api"] and not unsigned, unsigned[:5]
+
+
+def test_worklist_search_slide_zoom_and_side_by_side(served: Served, tmp_path: Path) -> None:
+    svs, tiff = served.case
+    shots = Path(tempfile.gettempdir())
+
+    # signed in through the viewer's form (drive.mjs), as a person does
+    seen = _run(
+        "drive.mjs",
+        tmp_path,
+        url=served.url,
+        accession=served.accession,
+        shots=str(shots / "lamina-viewer"),
+        person=OPERATOR,
+        password=PASSWORD,
+    )
+
+    assert seen["sign_in"]["status"] == 200, seen["sign_in"]
+    # every request to the archive, tiles and thumbnails included, sent the tab's token, and only there
+    token = json.loads(seen["storage"]["session"]["lamina.session"])["token"]
+    _token_only_in_headers(seen, [token])
+    assert any("/frames/" in r["url"] for r in seen["api"])
+    assert any("/thumbnail" in r["url"] for r in seen["api"])
+    assert seen["storage"]["local"] == {} and seen["storage"]["cookie"] == ""
+    # the worklist lists the two cases of the lab (not the other lab's); the search by accession
+    # number keeps the one asked for
     assert seen["cases_before"] == 2
     assert seen["cases_found"] == [served.accession]
     assert seen["thumbnails_in_row"] == 2 and seen["thumbnails_loaded"]
@@ -435,3 +477,65 @@ def test_worklist_search_slide_zoom_and_side_by_side(served: Served, tmp_path: P
     assert seen["errors"] == [], seen["errors"]
     for name in ("slide", "compare"):
         assert (shots / f"lamina-viewer-{name}.png").stat().st_size > 10_000
+
+
+def test_sign_in_wrong_then_right_refused_and_signed_out(served: Served, tmp_path: Path) -> None:
+    seen = _run(
+        "signin.mjs",
+        tmp_path,
+        url=served.url,
+        person=OPERATOR,
+        password=PASSWORD,
+        wrong_password="not the password at all",
+        accession=served.accession,
+        other_lab_accession=served.other_lab.accession_number,
+    )
+    wrong, throttled = seen["wrong"][0], seen["wrong"][-1]
+    issued = seen["issued"]
+
+    # no token in the tab: the form, and nothing asked of the archive
+    assert seen["first"] == {"cases": 0, "storage": _empty(), "api": 0}, seen["first"]
+    # a wrong password: the message, no worklist, nothing kept
+    assert wrong["status"] == 401 and wrong["message"] == "wrong person or password", wrong
+    assert wrong["cases"] == 0 and wrong["storage"] == _empty()
+    # tried again at once: the server slows down, and the form says for how long
+    assert throttled["status"] == 429 and throttled["retry_after"], seen["wrong"]
+    assert throttled["message"] == f"too many failed attempts; try again in {throttled['retry_after']} s"
+    assert throttled["cases"] == 0 and throttled["storage"] == _empty()
+    # the right password: the worklist of the operator's lab, without the other lab's case
+    assert seen["right"]["status"] == 200, seen["right"]
+    assert seen["right"]["accessions"] == sorted([served.accession, served.other.accession_number or ""])
+    assert served.other_lab.accession_number not in seen["right"]["accessions"]
+    assert seen["right"]["account"] == {"hidden": False, "person": OPERATOR}
+    assert seen["other_lab"]["accessions"] == [] and "No case matches" in seen["other_lab"]["status"]
+    # the token is kept in sessionStorage only, and sent in the Authorization header only
+    signed_in = seen["signed_in"]
+    assert signed_in["token"] == issued[0] and signed_in["person"] == OPERATOR
+    assert list(signed_in["session"]) == ["lamina.session"] and signed_in["local"] == {}
+    assert signed_in["cookie"] == ""
+    bearer = {"Authorization": f"Bearer {issued[0]}"}
+    assert httpx.get(f"{served.url}/dicomweb/studies", headers=bearer).status_code == 200  # a real token
+    _token_only_in_headers(seen, [*issued, seen["tampered"]])
+    # a token the server refuses (401): back to the form, the token forgotten; signed in again,
+    # the page asked for is shown
+    refused = [r for r in seen["api"] if r["authorization"] == f"Bearer {seen['tampered']}"]
+    assert refused and {r["status"] for r in refused} == {401}
+    assert "no longer accepts your sign-in" in (seen["refused"]["notice"] or ""), seen["refused"]
+    assert seen["refused"]["storage"] == _empty() and seen["refused"]["cases"] == 0
+    assert seen["again"]["status"] == 200 and seen["again"]["accessions"] == [served.accession]
+    assert issued[1] and issued[1] != issued[0]
+    # signed out: the form, the token forgotten
+    assert seen["signed_out"] == {
+        "notice": "You are signed out.",
+        "storage": _empty(),
+        "account_hidden": True,
+    }
+    # nothing went wrong but the refusals asked for
+    expected = ("/auth/token", "/dicomweb/")
+    assert not [e for e in seen["errors"] if not e.startswith(("401 ", "429 ", "console: Failed to load"))]
+    assert all(e.split(" ", 1)[1].startswith(served.url) for e in seen["errors"] if e[:3] in ("401", "429"))
+    assert all(any(part in e for part in expected) for e in seen["errors"] if e[:3] in ("401", "429"))
+
+
+def _empty() -> dict[str, Any]:
+    return {"session": {}, "local": {}, "cookie": "", "token": None, "person": None}

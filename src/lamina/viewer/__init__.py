@@ -5,6 +5,16 @@ the pyramid, and rendered frames for the tiles, so it works the same against any
 server that has them. Its one library, OpenSeadragon (deep zoom), comes from npm through
 ``scripts/install`` and is served at ``/vendor/openseadragon/``: nothing is fetched from a
 CDN at run time.
+
+Sign-in: the viewer's files are public (code, no data); the archive is not. With no token in
+the tab, or once the server answers 401, the viewer shows its sign-in form, which posts the
+person identifier and password to ``POST /auth/token`` (lamina's own issuer,
+``application/x-www-form-urlencoded``) and keeps the token and its expiry in ``sessionStorage``
+(this tab only; never ``localStorage``, a cookie or a URL). Every request to DICOMweb sends it as
+``Authorization: Bearer TOKEN``: searches and metadata by ``fetch``, thumbnails and the label and
+overview fetched and shown from ``blob:`` URLs, OpenSeadragon's tiles by XMLHttpRequest
+(``loadTilesWithAjax``). The page has no inline script, and a Content-Security-Policy that
+allows none.
 """
 
 from __future__ import annotations

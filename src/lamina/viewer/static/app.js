@@ -3,16 +3,20 @@
 //   #/?AccessionNumber=...              the worklist and its search
 //   #/slide/STUDY/SERIES                 one slide
 //   #/compare/STUDY/SERIES/STUDY/SERIES  two slides, pan and zoom linked
+// Before any of them, the sign-in form (signin.js) when this tab holds no valid token, and
+// whenever the server refuses it; once signed in, the page asked for is shown.
 
 import { h, message } from './dom.js';
 import {
-  dicomDate, personName, readSlide, searchSeries, seriesMetadata, seriesThumbnailUrl, slideTitle, value,
+  archiveImage, dicomDate, personName, readSlide, searchSeries, seriesMetadata, seriesThumbnailUrl, slideTitle, value,
 } from './dicomweb.js';
+import { session, requireSignIn, signInView, whenSignInRequired } from './signin.js';
 import { MAGNIFICATIONS, SlideViewer, ViewerLink } from './slideview.js';
 import { slideHref, worklistView } from './worklist.js';
 
 const root = document.getElementById('app');
 const where = document.getElementById('where');
+const account = document.getElementById('account');
 let leave = () => {};
 
 function compareHref(left, right) {
@@ -44,7 +48,7 @@ async function caseSlides(slide, signal) {
       ...slideTitle(item),
     }));
   } catch (error) {
-    if (error.name === 'AbortError') throw error;
+    if (error.name === 'AbortError' || error.name === 'SignInRequired') throw error;
     return [{ study: slide.study, series: slide.series, name: slideName(slide), description: slideDescription(slide) }];
   }
 }
@@ -99,11 +103,27 @@ function facts(slide) {
   return h('dl', { class: 'facts' }, rows.map(([name, text]) => [h('dt', {}, name), h('dd', {}, text)]));
 }
 
+// The full-size image over the page (a new tab could not send the token).
+function showFullSize(title, url) {
+  const close = () => dialog.remove();
+  const dialog = h('dialog', { class: 'lightbox', 'aria-label': `${title}: full size` },
+    h('div', { class: 'lightbox-bar' }, h('span', {}, title), h('button', { type: 'button', onclick: close }, 'Close')),
+    archiveImage(url, { alt: `${title}, full size` }));
+  dialog.addEventListener('close', close);
+  dialog.addEventListener('click', (event) => {
+    if (event.target === dialog) dialog.close();
+  });
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
 function associatedImage(title, image) {
   if (!image) return null;
   return h('figure', { class: 'associated' },
-    h('a', { href: `${image.url}/rendered`, target: '_blank', rel: 'noopener', title: `${title}: full size` },
-      h('img', { src: `${image.url}/rendered?viewport=280,280`, alt: title, loading: 'lazy' })),
+    h('button', {
+      type: 'button', class: 'associated-open', title: `${title}: full size`,
+      onclick: () => showFullSize(title, `${image.url}/rendered`),
+    }, archiveImage(`${image.url}/rendered?viewport=280,280`, { alt: title, lazy: true })),
     h('figcaption', {}, title));
 }
 
@@ -149,7 +169,7 @@ async function slideView(study, series, signal) {
       const current = other.series === series;
       return h('li', { class: current ? 'current' : '' },
         h('a', { href: slideHref(other.study, other.series), class: 'thumb', 'aria-current': current ? 'page' : null },
-          h('img', { src: seriesThumbnailUrl(other.study, other.series, 96), alt: other.name, loading: 'lazy' }),
+          archiveImage(seriesThumbnailUrl(other.study, other.series, 96), { alt: other.name, lazy: true }),
           h('span', { class: 'thumb-text' },
             h('span', { class: 'thumb-name' }, other.name),
             other.description ? h('span', { class: 'thumb-name muted' }, other.description) : null)),
@@ -234,9 +254,35 @@ async function compareView(slides, signal) {
   };
 }
 
+// The person signed in and the sign-out button in the top bar, or nothing.
+function showAccount() {
+  const current = session();
+  account.hidden = !current;
+  document.getElementById('person').textContent = current ? current.person : '';
+}
+
+// The sign-in form in place of the page; the page asked for (the address's hash) once signed in.
+function showSignIn(notice = '') {
+  leave();
+  leave = () => {};
+  document.querySelectorAll('dialog.lightbox').forEach((dialog) => dialog.remove());
+  where.textContent = '';
+  document.title = 'Sign in — lamina';
+  showAccount();
+  root.replaceChildren(signInView(notice, () => {
+    showAccount();
+    route();
+  }));
+}
+
 function route() {
   leave();
   leave = () => {};
+  if (!session()) {
+    requireSignIn('');  // shows the form (once)
+    return;
+  }
+  showAccount();
   const controller = new AbortController();
   const [path, query = ''] = (location.hash.slice(1) || '/').split('?');
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
@@ -255,7 +301,7 @@ function route() {
     if (controller.signal.aborted) { close(); return; }
     leave = () => { controller.abort(); close(); };
   }).catch((error) => {
-    if (error.name === 'AbortError') return;
+    if (error.name === 'AbortError' || error.name === 'SignInRequired') return;
     root.replaceChildren(message(`This slide cannot be shown: ${error.message}.`, 'error'),
       h('p', {}, h('a', { href: '#/' }, 'Back to the worklist')));
   });
@@ -266,6 +312,8 @@ if (!window.OpenSeadragon) {
     'OpenSeadragon, the deep-zoom library, did not load from vendor/openseadragon/: '
     + 'run scripts/install on the server (it runs npm ci), then reload this page.', 'error'));
 } else {
+  whenSignInRequired(showSignIn);
+  document.getElementById('sign-out').addEventListener('click', () => requireSignIn('You are signed out.'));
   window.addEventListener('hashchange', route);
   route();
 }

@@ -1,5 +1,10 @@
 // DICOMweb for the viewer: QIDO-RS searches, WADO-RS metadata, URLs of rendered images,
-// and reading DICOM JSON (PS3.18 Annex F) attributes by keyword.
+// and reading DICOM JSON (PS3.18 Annex F) attributes by keyword. Every request sends the
+// signed-in person's token (signin.js); images too, fetched and shown from blob: URLs, since an
+// <img src> cannot send it.
+
+import { h } from './dom.js';
+import { authFetch } from './signin.js';
 
 const ROOT = (document.body.dataset.dicomweb || 'dicomweb').replace(/\/$/, '');
 
@@ -82,7 +87,7 @@ export class DicomwebError extends Error {
 }
 
 async function getJson(url, signal) {
-  const response = await fetch(url, { headers: { Accept: 'application/dicom+json' }, signal });
+  const response = await authFetch(url, { headers: { Accept: 'application/dicom+json' }, signal });
   if (response.status === 204) return [];
   if (!response.ok) {
     let detail = '';
@@ -127,6 +132,38 @@ export function instanceUrl(study, series, sop) {
 export function seriesThumbnailUrl(study, series, side = 128) {
   const pixels = side * Math.min(2, Math.ceil(window.devicePixelRatio || 1));
   return `${seriesUrl(study, series)}/thumbnail?viewport=${pixels},${pixels}`;
+}
+
+async function showImage(img, url) {
+  try {
+    const response = await authFetch(url);
+    if (!response.ok) throw new DicomwebError(response.status, response.statusText, url);
+    const shown = URL.createObjectURL(await response.blob());
+    const done = () => URL.revokeObjectURL(shown);
+    img.addEventListener('load', done, { once: true });
+    img.addEventListener('error', done, { once: true });
+    img.src = shown;
+  } catch (error) {
+    img.classList.add('broken');
+    img.title = error.name === 'SignInRequired' ? '' : `not available (${error.message})`;
+  }
+}
+
+// An <img> of a rendered resource or thumbnail at `url`, fetched with the token; `lazy`: only
+// once it comes near the screen.
+export function archiveImage(url, { lazy = false, ...attributes } = {}) {
+  const img = h('img', attributes);
+  if (!lazy || !('IntersectionObserver' in window)) {
+    showImage(img, url);
+    return img;
+  }
+  const observer = new IntersectionObserver((entries) => {
+    if (!entries.some((entry) => entry.isIntersecting)) return;
+    observer.disconnect();
+    showImage(img, url);
+  }, { rootMargin: '200px' });
+  observer.observe(img);
+  return img;
 }
 
 // What the metadata says about the specimen: stain, organ, short description.

@@ -3,6 +3,8 @@
 
 /* global OpenSeadragon */
 
+import { REFUSED, authorization, requireSignIn } from './signin.js';
+
 // Objective magnification of 1 µm per screen pixel: 40x is about 0.25 µm per pixel.
 const MICRONS_AT_1X = 10;
 export const MAGNIFICATIONS = [5, 10, 20, 40];
@@ -35,6 +37,8 @@ export function dicomTileSource(levels) {
       const image = at(level);
       return `${image.url}/frames/${y * across(image) + x + 1}/rendered`;
     },
+    // a tile is its URL: OpenSeadragon's default key adds the request's headers, the token
+    getTileHashKey: (level, x, y, url) => url,
   });
 }
 
@@ -59,9 +63,13 @@ export class SlideViewer {
     this.onChange = onChange;
     // micrometres per pixel of the largest level; without it, magnification is unknown
     this.mpp = slide.mpp ? slide.mpp[0] : null;
+    const header = authorization();
     this.osd = OpenSeadragon({
       element,
       tileSources: dicomTileSource(slide.levels),
+      // tiles by XMLHttpRequest, with the token (an <img> cannot send it)
+      loadTilesWithAjax: true,
+      ajaxHeaders: { Authorization: header },
       prefixUrl: 'vendor/openseadragon/images/',
       showNavigationControl: false,
       showNavigator: true,
@@ -88,6 +96,11 @@ export class SlideViewer {
     this.osd.addHandler('viewport-change', () => this.changed());
     this.osd.addHandler('open', () => this.changed());
     this.osd.addHandler('resize', () => this.changed());
+    this.osd.addHandler('tile-load-failed', (event) => {
+      if (event.tileRequest && event.tileRequest.status === 401) {
+        requireSignIn(REFUSED, header.slice('Bearer '.length));
+      }
+    });
   }
 
   // Screen pixels per pixel of the largest level.

@@ -2,7 +2,8 @@
 
 import { h, message } from './dom.js';
 import {
-  DicomwebError, dicomDate, personName, searchSeries, searchStudies, seriesThumbnailUrl, slideTitle, value,
+  DicomwebError, archiveImage, dicomDate, personName, searchSeries, searchStudies, seriesThumbnailUrl, slideTitle,
+  value,
 } from './dicomweb.js';
 
 const PAGE = 50;
@@ -46,7 +47,7 @@ function slideStrip(study, seriesList) {
     const { name, description } = slideTitle(series);
     return h('li', {},
       h('a', { class: 'thumb', href: slideHref(study, uid), title: [name, description].filter(Boolean).join(' — ') },
-        h('img', { src: seriesThumbnailUrl(study, uid, 128), alt: name, loading: 'lazy', width: 128, height: 96 }),
+        archiveImage(seriesThumbnailUrl(study, uid, 128), { lazy: true, alt: name, width: 128, height: 96 }),
         h('span', { class: 'thumb-name' }, name),
         description ? h('span', { class: 'thumb-name muted' }, description) : null));
   }));
@@ -138,7 +139,7 @@ export function worklistView(root, params) {
         : message(Object.keys(keys).length ? 'No case matches this search.' : 'The archive holds no case yet.'));
       more.hidden = studies.length < PAGE;
     } catch (error) {
-      if (error.name === 'AbortError') return;
+      if (error.name === 'AbortError' || error.name === 'SignInRequired') return;
       status.replaceChildren(message(explain(error), 'error'));
     }
   }
