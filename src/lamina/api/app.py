@@ -131,7 +131,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         Middleware(
             CORSMiddleware,
             allow_origins=["*"],
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["Content-Type", "Content-Length", "Warning", "WWW-Authenticate"],
         ),

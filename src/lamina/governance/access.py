@@ -146,7 +146,7 @@ class Access:
         if decision.allowed:
             return
         if decision.hidden:
-            raise NotFoundError(NOT_FOUND)
+            raise NotFoundError(NOT_FOUND if resource.kind != "tenant" else f"no lab {resource.tenant} here")
         raise PermissionDeniedError(
             action.value, f"your roles do not allow {action.value} on this {resource.kind}"
         )
