@@ -5,8 +5,9 @@
 :class:`~lamina.governance.decide.Principal` it stands for
 (:class:`~lamina.governance.principals.Principals`: one hash and one look-up when it was seen in
 the last 30 s, else validated in the thread pool). A token that cannot be believed is answered
-401 at once, with ``WWW-Authenticate: Bearer error="invalid_token"`` and no detail; a request
-without one goes on without a principal.
+401 by every route that needs a principal, with ``WWW-Authenticate: Bearer error="invalid_token"``
+and no detail (the public routes answer anyway: a stale token must not lock a user out of the
+sign-in page); a request without one goes on without a principal.
 
 Each route then passes its rule (:data:`RULES`, by method and path: :func:`guard` wraps every
 endpoint of the application, and refuses to build an application with a route that has none):
@@ -34,7 +35,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
-import orjson
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -69,6 +69,8 @@ _INSTANCE = _SERIES + "/instances/{instance}"
 #: Every route's rule, by "METHOD path" as the application declares it.
 RULES: dict[str, Rule] = {
     "GET /healthz": Rule.PUBLIC,
+    # the viewer's library, when it is not installed: a page saying how to install it
+    "GET /vendor/openseadragon/{path:path}": Rule.PUBLIC,
     "GET /openapi.json": Rule.SIGNED_IN,
     # lamina's own issuer: its sign-in page's token endpoint and its keys
     "POST /auth/token": Rule.PUBLIC,
@@ -115,11 +117,16 @@ RULES: dict[str, Rule] = {
 
 
 def principal(request: Request) -> Principal:
-    """The signed-in principal of a request that passed its rule (AuthenticationError if none)."""
-    found = request.scope.get("state", {}).get("principal")
-    if not isinstance(found, Principal):
-        raise AuthenticationError(_SIGN_IN, error="")
-    return found
+    """The signed-in principal of a request that passed its rule: AuthenticationError if it sent
+    no token (or one that cannot be believed), UnavailableError if its issuer could not be asked."""
+    state = request.scope.get("state", {})
+    found = state.get("principal")
+    if isinstance(found, Principal):
+        return found
+    refused = state.get("token_refused")
+    if isinstance(refused, AuthenticationError | UnavailableError):
+        raise refused
+    raise AuthenticationError(_SIGN_IN, error="")
 
 
 def signed_in(scope: Scope) -> Principal | None:
@@ -238,8 +245,9 @@ def _bearer(scope: Scope) -> str | None:
 
 
 class Authenticate:
-    """The principal of each request's bearer token, put in ``scope["state"]["principal"]``;
-    a token that cannot be believed answered 401 (503 when its issuer cannot be reached)."""
+    """The principal of each request's bearer token, put in ``scope["state"]["principal"]``; a
+    token that cannot be believed is kept as ``token_refused``, which a route that needs the
+    principal answers (401; 503 when the issuer cannot be reached)."""
 
     def __init__(self, app: ASGIApp, state_owner: object) -> None:
         self.app = app
@@ -251,6 +259,7 @@ class Authenticate:
             return
         token = _bearer(scope)
         found: Principal | None = None
+        refused: Exception | None = None
         if token is not None:
             principals: Principals = self.owner.state.principals  # type: ignore[attr-defined]
             found = principals.cached(token) if token else None
@@ -260,14 +269,18 @@ class Authenticate:
                         raise AuthenticationError("the Authorization header must be 'Bearer TOKEN'")
                     found = await anyio.to_thread.run_sync(principals.resolve, token)
                 except AuthenticationError as error:
-                    code = error.error or "invalid_token"
-                    await _answer(scope, send, 401, "Unauthorized", str(error), code)
-                    return
+                    if not error.error:
+                        error.error = "invalid_token"
+                    refused = error
                 except UnavailableError:
-                    detail = "the sign-in provider cannot be reached to check the token; try again shortly"
-                    await _answer(scope, send, 503, "Service unavailable", detail, None)
-                    return
-        scope.setdefault("state", {})["principal"] = found
+                    refused = UnavailableError(
+                        "the sign-in provider cannot be reached to check the token; try again shortly"
+                    )
+        # a route that needs the principal answers the refusal (401, or 503); a public one
+        # (the sign-in page, /healthz) answers anyway: a stale token must not lock out sign-in
+        state = scope.setdefault("state", {})
+        state["principal"] = found
+        state["token_refused"] = refused
         await self.app(scope, receive, send)
 
 
@@ -275,20 +288,3 @@ def challenge(error: str | None) -> str:
     """The ``WWW-Authenticate`` value (RFC 6750 section 3): the realm, and the error when a token
     was sent."""
     return f'Bearer realm="lamina", error="{error}"' if error else 'Bearer realm="lamina"'
-
-
-async def _answer(scope: Scope, send: Send, status: int, title: str, detail: str, error: str | None) -> None:
-    body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", b"%d" % len(body)),
-    ]
-    if status == 401:
-        headers.append((b"www-authenticate", challenge(error).encode()))
-    if any(name == b"origin" for name, _ in scope["headers"]):
-        headers += [
-            (b"access-control-allow-origin", b"*"),
-            (b"access-control-expose-headers", b"WWW-Authenticate"),
-        ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from lamina.api.auth import challenge
 from lamina.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -47,7 +48,6 @@ async def handle_lamina_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, cls):
             answer = problem(status, title, str(exc))
             if isinstance(exc, AuthenticationError):  # RFC 6750 section 3
-                realm = 'Bearer realm="lamina"'
-                answer.headers["WWW-Authenticate"] = f'{realm}, error="{exc.error}"' if exc.error else realm
+                answer.headers["WWW-Authenticate"] = challenge(exc.error)
             return answer
     return problem(500, "Server error", "unexpected error")

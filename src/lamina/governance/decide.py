@@ -10,7 +10,9 @@ right and fast). The rule:
   and sees no pixels; a platform admin administers tenants and operates, and sees no pixels.
   Researchers and committee members get nothing from their role alone.
 - A grant in force gives ``read`` (and ``annotate`` for read+annotate) on one slide or one case to
-  a person, to everyone holding a role in a tenant, or to a project's members.
+  a person, to a tenant's pathologists and technicians, or to a project's members. A slide granted
+  alone is read at the series level (its metadata, frames, rendered images, instances); the
+  study-level routes need the case (the case's other slides stay hidden).
 - A platform admin's role, held in any tenant, applies to every tenant: it administers labs,
   operates storage and searches metadata everywhere, and reads no pixels.
 - Nothing else is allowed.
@@ -77,6 +79,8 @@ ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = {
     Role.COMMITTEE_MEMBER: frozenset(),
     Role.PLATFORM_ADMIN: frozenset({Action.ADMINISTER, Action.OPERATE, Action.SEARCH}),
 }
+#: the roles a grant to a whole tenant reaches (those that read slides in their own lab)
+TENANT_GRANT_ROLES = frozenset({Role.PATHOLOGIST, Role.TECHNICIAN})
 #: the roles whose actions hold in every tenant, wherever they are held
 GLOBAL_ROLES = frozenset({Role.PLATFORM_ADMIN})
 
@@ -120,7 +124,9 @@ class Principal:
         if grant.grantee_kind is GranteeKind.PERSON:
             return grant.grantee == self.id
         if grant.grantee_kind is GranteeKind.TENANT:
-            return bool(self.roles.get(grant.grantee))
+            # the lab's people who read slides: its pathologists and technicians, not its
+            # archivists, researchers or committee members (nor a platform admin)
+            return bool(self.roles.get(grant.grantee, frozenset()) & TENANT_GRANT_ROLES)
         return grant.grantee in self.projects
 
 
