@@ -21,6 +21,7 @@ from lamina.archive.catalog import SlideRow
 from lamina.archive.discover import discover
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
+from tests.dimse.peers import calling as calling_aes
 from tests.signin import auth_headers, sign_in_process, signed
 from tests.support import lamina_env, shared_file, tool
 
@@ -209,6 +210,11 @@ def test_the_dimse_settings_reach_the_server(settings: Settings) -> None:
         "LAMINA_DIMSE_CALLING_AE_TITLES": "SCANNER1, PACS",
         "LAMINA_DIMSE_NETWORK_TIMEOUT_S": "1",
     }
+    archive = Archive.open(settings)
+    try:  # the calling AEs of the node's lab (INTRUDER is none)
+        calling_aes(archive, "SCANNER1", "PACS")
+    finally:
+        archive.close()
     with lamina_serve(settings, "--dimse-port", str(dimse_port), **env) as (process, _):
         allowed = _echo(dimse_port, "SCANNER1", "ARCHIVE1")
         refused = _echo(dimse_port, "INTRUDER", "ARCHIVE1")
@@ -238,6 +244,11 @@ def test_the_dimse_settings_reach_the_server(settings: Settings) -> None:
 def test_the_ae_title_option_overrides_the_setting_and_is_checked(settings: Settings) -> None:
     dimse_port = _free_port()
     args = ("--dimse-port", str(dimse_port), "--ae-title", "FROMOPTION")
+    archive = Archive.open(settings)
+    try:
+        calling_aes(archive, "ANYONE")
+    finally:
+        archive.close()
     with lamina_serve(settings, *args, LAMINA_DIMSE_AE_TITLE="FROMSETTING"):
         assert _echo(dimse_port, "ANYONE", "FROMOPTION").returncode == 0
         assert _echo(dimse_port, "ANYONE", "FROMSETTING").returncode != 0

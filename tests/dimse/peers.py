@@ -1,4 +1,7 @@
-"""The DICOM peers the DIMSE tests start, and what they received.
+"""The DICOM peers the DIMSE tests start, what they received, and the calling AEs they use.
+
+Only calling AEs configured in the catalog may associate with the DIMSE server: :func:`calling`
+makes the test's lab (the first tenant adopts what is stored without one) and its calling AEs.
 
 dcmtk's ``storescp`` is the Storage SCP a C-MOVE or ``lamina send`` sends to, on a free loopback
 port; every file it writes is compared with the stored object by the SHA-256 of its data set,
@@ -20,11 +23,29 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from lamina.archive.archive import Archive
 from lamina.archive.blobstore import BlobStore
 from lamina.archive.catalog import InstanceRow
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
+from lamina.governance.registry import Registry
+from lamina.peers import CallingEntity, Operation, PeerDirectory
 from tests.support import read_object, tool
+
+#: the lab of the DIMSE tests, and another one
+LAB = "750712184"
+OTHER_LAB = "690000000"
+
+
+def calling(
+    archive: Archive, *titles: str, tenant: str = LAB, allow: frozenset[Operation] = frozenset(Operation)
+) -> None:
+    """Make ``titles`` calling AEs of ``tenant`` (added if new), allowed ``allow`` (every operation)."""
+    registry = Registry(archive.catalog)
+    if tenant not in {known.finess for known in registry.tenants()}:
+        registry.add_tenant(tenant, f"Lab {tenant}")
+    for title in titles:
+        PeerDirectory(archive.catalog).add_calling(CallingEntity(title, tenant, allow))
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pydicom
 import pytest
 from pydicom.datadict import tag_for_keyword
@@ -28,7 +27,9 @@ from lamina.config import Settings
 from lamina.dimse import DimseServer, status
 from lamina.dimse.find import FindError, Query
 from tests.backends import Backend
+from tests.dimse.peers import calling
 from tests.searchable import ANNOTATED, Searchable, build
+from tests.signin import signed
 from tests.support import serving, tool
 
 ANNOTATIONS = "1.2.840.10008.5.1.4.1.1.91.1"
@@ -132,6 +133,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(searchable: Searchable) -> Iterator[Served]:
     archive = searchable.archive
+    calling(archive, "ORACLE")  # the lab adopts the searchable studies: ORACLE finds them all
     dimse = DimseServer(archive, ae_title="LAMINA", port=0)
     dimse.start()
     try:
@@ -268,7 +270,7 @@ def test_qido_rs_and_findscu_give_the_same_answers(
     params = [
         (keyword, value.replace("\\", ",") if "UID" in keyword else value) for keyword, value in keys.items()
     ]
-    qido = httpx.get(
+    qido = signed.get(
         served.base_url + ROUTE[level], params=[*params, ("includefield", ",".join(returned))], timeout=30
     )
     dimse_keys = [

@@ -21,13 +21,13 @@ from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
 from lamina.archive.discover import discover
-from lamina.archive.ingest import Ingestor
+from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.dimse import DimseOptions, DimseServer
 from lamina.dimse.contexts import STUDY_ROOT_GET, VL_WSI
 from lamina.dimse.transcode import native_bytes
 from lamina.peers import ApplicationEntity, PeerDirectory
 from lamina.sample import write_samples
-from tests.dimse.peers import decoded_frames, received, stored_data_set_sha256, storescp
+from tests.dimse.peers import LAB, calling, decoded_frames, received, stored_data_set_sha256, storescp
 from tests.support import flip_one_byte, tool
 
 SCU_AE = "PULLER"
@@ -44,7 +44,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _ingest(archive: Archive, path: Path) -> list[InstanceRow]:
     ingestor = Ingestor(archive.catalog, archive.store, spool_dir=archive.settings.home)
     [candidate] = discover([path])
-    result = ingestor.ingest(candidate)
+    result = ingestor.ingest(candidate, options=IngestOptions(tenant=LAB))
     assert result.status == "ingested", result.reason
     assert result.slide_id is not None
     return archive.catalog.instances(result.slide_id)
@@ -52,6 +52,7 @@ def _ingest(archive: Archive, path: Path) -> list[InstanceRow]:
 
 @pytest.fixture
 def server(archive: Archive) -> Iterator[DimseServer]:
+    calling(archive, SCU_AE)
     served = DimseServer(archive, ae_title="LAMINA", port=0)
     served.start()
     yield served
@@ -177,6 +178,7 @@ def test_the_transcoding_limit_is_the_archives_setting(
     assert limit < 1 << 30 and all(native_bytes(row) <= limit for row in rows if row is not level0)
     settings = archive.settings.with_(max_transcode_bytes=limit)
     folder = tmp_path / "got"
+    calling(archive, SCU_AE)
     with DimseServer(archive, port=0, options=DimseOptions.from_settings(settings)) as server:
         if service == "C-MOVE":
             with storescp(folder) as port:  # storescp's default: uncompressed syntaxes only

@@ -19,6 +19,7 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import IngestResult, IngestStatus
 from lamina.config import Settings
 from lamina.dimse import DimseServer
+from tests.dimse.peers import calling
 from tests.smalldisk import fill, small_disk
 from tests.support import shared_file, tool
 
@@ -65,6 +66,7 @@ def results() -> list[IngestResult]:
 
 @pytest.fixture
 def server(archive: Archive, results: list[IngestResult]) -> Iterator[DimseServer]:
+    calling(archive, SCU_AE)
     served = DimseServer(archive, ae_title="LAMINA", port=0, listener=results.append)
     served.start()
     yield served
@@ -126,6 +128,7 @@ def test_a_full_disk_is_refused_out_of_resources_and_nothing_is_left(
         archive = Archive.open(Settings.load(disk / "home", env=backend_env))
         results: list[IngestResult] = []
         try:
+            calling(archive, SCU_AE)
             with DimseServer(archive, port=0, listener=results.append) as server:
                 fill(disk, 600 << 10)  # the small levels fit, level 0 (1.3 MB) does not
                 # Act: the smallest first, and on after a failure, as a scanner may go on
@@ -151,6 +154,7 @@ def test_an_association_that_cannot_be_stored_for_space_is_kept_for_the_next_sta
         archive = Archive.open(Settings.load(disk / "home", env={}))
         results: list[IngestResult] = []
         try:
+            calling(archive, SCU_AE)
             with DimseServer(archive, port=0, listener=results.append) as server:
                 # room for the association's spool, not for the slide's objects too
                 ballast = fill(disk, sum(path.stat().st_size for path in exported) + (600 << 10))

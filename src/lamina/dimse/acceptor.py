@@ -12,11 +12,18 @@ The seam is small and kept here: a request handler whose associations route thos
 C-STORE and C-FIND included, to pynetdicom unchanged. It relies on pynetdicom 3.0's
 ``RequestHandler._create_association`` and ``Association._serve_request``; the retrieve tests
 (dcmtk ``movescu`` and ``getscu``) fail loudly if a pynetdicom release changes them.
+
+Each association also carries the calling AE it was accepted as (:attr:`RetrievingAssociation.caller`,
+:mod:`lamina.dimse.access`). Over TLS, the handshake is made on the association's own thread, not
+in the loop that accepts connections (pynetdicom's default), so that a peer that connects and
+says nothing holds up only its own connection.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +35,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from lamina.dimse.contexts import STUDY_ROOT_GET, STUDY_ROOT_MOVE
+from lamina.peers import CallingEntity
 
 log = logging.getLogger("lamina.dimse")
 
@@ -40,6 +48,8 @@ class RetrievingAssociation(Association):
     """An accepted association whose Study Root C-GET and C-MOVE go to :attr:`retriever`."""
 
     retriever: Retriever | None = None
+    #: the calling AE this association was accepted as (set when it is requested)
+    caller: CallingEntity | None = None
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         context = next((cx for cx in self.accepted_contexts if cx.context_id == context_id), None)
@@ -76,15 +86,31 @@ class _RequestHandler(RequestHandler):
         return assoc
 
 
+class _Server(ThreadedAssociationServer):
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept; over TLS, wrap without the handshake: it happens at the first read, on the
+        association's thread (a silent peer would otherwise stop the accepting loop)."""
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+
 def start_server(
-    ae: AE, address: tuple[str, int], handlers: list[Any], retriever: Retriever
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[Any],
+    retriever: Retriever,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
     """Listen on ``address`` without blocking, as ``AE.start_server(..., block=False)`` does, with
-    the event ``handlers`` bound and Study Root C-GET / C-MOVE served by ``retriever``."""
+    the event ``handlers`` bound, Study Root C-GET / C-MOVE served by ``retriever``, and TLS only
+    when ``ssl_context`` is given."""
     server = ae.make_server(
         address,
+        ssl_context=ssl_context,
         evt_handlers=handlers,
-        server_class=ThreadedAssociationServer,
+        server_class=_Server,
         request_handler=_RequestHandler,
     )
     server.retriever = retriever  # type: ignore[attr-defined]  # read by _RequestHandler

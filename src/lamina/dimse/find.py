@@ -20,6 +20,10 @@ becomes a response identifier holding exactly the requested keys (:mod:`lamina.m
   the catalog where it holds the attribute, else from the stored DICOM JSON of the match (of one
   instance of a matched series or study), else empty.
 - Answers are encoded in UTF-8 (``ISO_IR 192``): names in the catalog may hold any character.
+- Asked for a principal (the calling AE's, :func:`lamina.dimse.access.principal`), only what it
+  may search is matched, in the query itself (:func:`~lamina.governance.decide.visible_studies`
+  at STUDY level, :func:`~lamina.governance.decide.visible_series` at SERIES and IMAGE level):
+  another lab's studies do not exist for it, and the match limit counts only its own.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import from a table
     StudyRootQueryRetrieveInformationModelFind,
 )
-from sqlalchemy import Engine
+from sqlalchemy import ColumnElement, Engine
 
 from lamina.archive.catalog import search
 from lamina.archive.catalog.keys import KEYS, UNIQUE, Level
 from lamina.archive.catalog.search import Criterion, Hit
 from lamina.dimse import status
 from lamina.errors import RequestError
+from lamina.governance.decide import Principal, visible_series, visible_studies
 from lamina.mapping.attributes import Element, attributes, catalog_tags, level_of, to_dataset
 
 #: The query levels of the Study Root model, as C-FIND names them.
@@ -158,10 +163,29 @@ class Query:
         return list(dict.fromkeys([*own, *unique]))
 
 
+def _visible(principal: Principal, level: Level) -> ColumnElement[bool]:
+    return visible_studies(principal) if level is Level.STUDY else visible_series(principal)
+
+
+def _matches(
+    engine: Engine, query: Query, limit: int, metadata: bool, principal: Principal | None
+) -> Iterator[search.Hit]:
+    """The engine's matches, narrowed in the query to what ``principal`` may search when one is
+    given."""
+    visible = None if principal is None else _visible(principal, query.level)
+    return search.iter_matches(engine, query.level, query.criteria, limit, metadata=metadata, visible=visible)
+
+
 def find(
-    engine: Engine, identifier: Dataset, limit: int, *, combined_date_time: bool = False
+    engine: Engine,
+    identifier: Dataset,
+    limit: int,
+    *,
+    combined_date_time: bool = False,
+    principal: Principal | None = None,
 ) -> Iterator[Dataset]:
-    """The matches of ``identifier`` as response identifiers, at most ``limit`` of them.
+    """The matches of ``identifier`` as response identifiers, at most ``limit`` of them; only
+    those ``principal`` may search when one is given.
 
     Raises
     ------
@@ -172,9 +196,7 @@ def find(
     query = Query.from_identifier(identifier, combined_date_time=combined_date_time)
     wanted = query.wanted()
     stored = not set(wanted) <= catalog_tags(query.level)
-    for sent, hit in enumerate(
-        search.iter_matches(engine, query.level, query.criteria, limit + 1, metadata=stored)
-    ):
+    for sent, hit in enumerate(_matches(engine, query, limit + 1, stored, principal)):
         if sent == limit:
             raise FindError(status.OUT_OF_RESOURCES, f"over {limit} matches; narrow the query")
         yield answer(query, hit, wanted)

@@ -10,6 +10,12 @@ every one failed, or one of the refusals before any: 0xA801 unknown destination,
 identifier that does not fit the model, 0xA701 too many instances, 0xC000 unable to process.
 Each retrieve is audited, one ``send`` entry per slide, with the destination.
 
+What a calling AE may not read does not exist for it: the instances are those its principal
+(:func:`lamina.dimse.access.principal`) may search, in the query itself
+(:func:`~lamina.governance.decide.visible_series`), and each is kept only if
+:func:`~lamina.governance.decide.decide` allows ``read`` on its slide; another lab's study is
+answered as no match (Success, no sub-operation).
+
 The identifier is matched on its unique keys only (PS3.4 C.4.2.2.1): StudyInstanceUID at STUDY
 level (a list allowed), with SeriesInstanceUID at SERIES level, with SOPInstanceUID at IMAGE
 level; the keys above the level must be single values.
@@ -34,6 +40,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
 from lamina.archive.catalog import tables as t
 from lamina.dimse import status
+from lamina.dimse.access import principal
 from lamina.dimse.send import associate
 from lamina.dimse.storescu import (
     COMPLETED,
@@ -45,7 +52,8 @@ from lamina.dimse.storescu import (
     storage_contexts,
 )
 from lamina.errors import LaminaError
-from lamina.peers import ApplicationEntity, PeerDirectory
+from lamina.governance.decide import Action, Principal, Resource, decide, visible_series
+from lamina.peers import ApplicationEntity, CallingEntity, Operation, PeerDirectory
 
 log = logging.getLogger("lamina.dimse")
 
@@ -83,8 +91,11 @@ def _uids(identifier: Dataset, keyword: str, many: bool) -> list[str]:
     return uids
 
 
-def select_instances(engine: Engine, identifier: Dataset) -> list[InstanceRow]:
-    """The instances ``identifier`` names, in study, series and instance-number order.
+def select_instances(
+    engine: Engine, identifier: Dataset, principal: Principal | None = None
+) -> list[InstanceRow]:
+    """The instances ``identifier`` names, in study, series and instance-number order; with a
+    ``principal``, only those it may read (the others are as if absent).
 
     Raises :class:`RetrieveError` for an identifier that does not fit the Study Root model or
     that names more than :data:`MAX_INSTANCES` instances.
@@ -100,7 +111,14 @@ def select_instances(engine: Engine, identifier: Dataset) -> list[InstanceRow]:
         "SeriesInstanceUID": t.instances.c.series_instance_uid,
         "SOPInstanceUID": t.instances.c.sop_instance_uid,
     }
-    query = select(t.instances)
+    owner = t.studies.c.tenant.label("owner_tenant")
+    source = t.instances.outerjoin(
+        t.studies, t.studies.c.study_instance_uid == t.instances.c.study_instance_uid
+    )
+    query = select(t.instances, owner).select_from(source)
+    if principal is not None:
+        visible = select(t.series.c.series_instance_uid).where(visible_series(principal))
+        query = query.where(t.instances.c.series_instance_uid.in_(visible))
     for index, (_, keyword) in enumerate(_UNIQUE[: depth + 1]):
         query = query.where(columns[keyword].in_(_uids(identifier, keyword, many=index == depth)))
     query = query.order_by(
@@ -108,12 +126,21 @@ def select_instances(engine: Engine, identifier: Dataset) -> list[InstanceRow]:
     ).limit(MAX_INSTANCES + 1)
     names = [f.name for f in fields(InstanceRow)]
     with engine.connect() as conn:
-        rows = [InstanceRow(**{name: row[name] for name in names}) for row in conn.execute(query).mappings()]
+        found = [
+            (InstanceRow(**{name: row[name] for name in names}), str(row["owner_tenant"] or ""))
+            for row in conn.execute(query).mappings()
+        ]
+    rows = [row for row, tenant in found if principal is None or _readable(principal, row, tenant)]
     if len(rows) > MAX_INSTANCES:
         raise RetrieveError(
             status.UNABLE_TO_CALCULATE_MATCHES, f"over {MAX_INSTANCES} instances; retrieve fewer at once"
         )
     return rows
+
+
+def _readable(principal: Principal, row: InstanceRow, tenant: str) -> bool:
+    resource = Resource("slide", tenant, row.slide_id, row.study_instance_uid)
+    return decide(principal, Action.READ, resource).allowed
 
 
 @dataclass
@@ -163,8 +190,14 @@ class RetrieveService:
         moving = isinstance(request, C_MOVE)
         service = "C-MOVE" if moving else "C-GET"
         answer = _Answer(assoc, request, context)
+        caller = getattr(assoc, "caller", None)
+        operation = Operation.MOVE if moving else Operation.GET
+        if not isinstance(caller, CallingEntity) or not caller.may(operation):
+            log.info("%s from %r refused: not allowed (lamina ae add --allow)", service, calling)
+            answer.final(status.NOT_AUTHORIZED, f"{operation.value} is not allowed for {calling[:16]}")
+            return
         try:
-            rows = select_instances(self.archive.catalog.engine, answer.identifier())
+            rows = select_instances(self.archive.catalog.engine, answer.identifier(), principal(caller))
             if isinstance(request, C_MOVE):
                 destination = self._destination(str(request.MoveDestination or "").strip())
                 contexts = storage_contexts(rows, self.max_transcode_bytes)

@@ -7,6 +7,12 @@ the association, the archive receives its instances whole on a thread of its own
 pushing a slide as one instance per level sees the whole slide appear at once, or not at all.
 An aborted or dropped association leaves nothing behind.
 
+Only the calling AEs configured with ``lamina ae add AE_TITLE --tenant FINESS --allow ...`` may
+associate (:mod:`lamina.dimse.access`); each request is checked against the operations its AE
+may ask, C-FIND and C-GET / C-MOVE see only what a technician of its lab may, and what it stores
+goes into its lab. With ``LAMINA_DIMSE_TLS_CERT`` and ``LAMINA_DIMSE_TLS_KEY``, associations
+come over TLS only (:mod:`lamina.dimse.tls`).
+
 Example
 -------
 >>> server = DimseServer(archive, ae_title="LAMINA", port=11112)  # doctest: +SKIP
@@ -20,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -37,16 +45,19 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import IngestStatus
-from lamina.archive.receive import FailureReason, Receipt, examine
+from lamina.archive.receive import FailureReason, Receipt, Receiver, examine
 from lamina.archive.receive.association import AssociationIngest, AssociationSpool, AssociationSpools
 from lamina.config import Settings
 from lamina.dimse import status
-from lamina.dimse.acceptor import start_server
+from lamina.dimse.acceptor import RetrievingAssociation, start_server
+from lamina.dimse.access import CACHE_S, Callers, principal
 from lamina.dimse.contexts import application_entity
 from lamina.dimse.find import FindError, combined_date_time, extended_negotiation, find
 from lamina.dimse.retrieve import RetrieveService
 from lamina.dimse.store import IngestListener, drop_partial, received_object
-from lamina.errors import ConfigurationError, InsufficientStorageError, StorageError
+from lamina.dimse.tls import server_context
+from lamina.errors import ConfigurationError, InsufficientStorageError, RequestError, StorageError
+from lamina.peers import CallingEntity, Operation, PeerDirectory
 
 log = logging.getLogger("lamina.dimse")
 
@@ -63,13 +74,21 @@ class DimseOptions:
     max_find_matches
         A C-FIND with more matches answers the first ones, then "Out of resources" (0xA700).
     calling_ae_titles
-        When given, only these calling AE titles may associate (an allow-list, not a sign-in:
-        AE titles are not secret).
+        When given, only these calling AE titles may associate, and only if they are calling
+        AEs of the catalog too (``lamina ae add --tenant --allow``): a narrower list for a
+        server, e.g. one lab's scanners only.
     network_timeout_s
         An association silent this long is aborted, and what it sent is discarded.
     max_transcode_bytes
         C-MOVE and C-GET transcode an instance for a peer that takes only uncompressed data up to
         this size decoded (``LAMINA_MAX_TRANSCODE_BYTES``, default 1 GiB).
+    tls_cert, tls_key, tls_ca
+        PEM files: with the certificate and its key, TLS associations only; with the CAs too,
+        client certificates required and verified (:func:`lamina.dimse.tls.server_context`).
+    calling_cache_s
+        How long a calling AE looked up is kept (:data:`lamina.dimse.access.CACHE_S`): a change
+        by ``lamina ae add|remove`` holds for the associations that start after it, at most that
+        long after.
     """
 
     max_dataset_bytes: int = 4 << 30
@@ -77,6 +96,10 @@ class DimseOptions:
     calling_ae_titles: tuple[str, ...] = ()
     network_timeout_s: float = 60.0
     max_transcode_bytes: int = 1 << 30
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    calling_cache_s: float = CACHE_S
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DimseOptions:
@@ -87,6 +110,9 @@ class DimseOptions:
             calling_ae_titles=settings.dimse_calling_ae_titles,
             network_timeout_s=settings.dimse_network_timeout_s,
             max_transcode_bytes=settings.max_transcode_bytes,
+            tls_cert=settings.dimse_tls_cert,
+            tls_key=settings.dimse_tls_key,
+            tls_ca=settings.dimse_tls_ca,
         )
 
 
@@ -131,11 +157,12 @@ class DimseServer:
         self.options = options or DimseOptions()
         #: the associations' spools, ``$LAMINA_HOME/incoming/dimse``
         self.spools = AssociationSpools(archive.settings.home / "incoming")
+        #: the calling AEs, looked up per association
+        self.callers = Callers(archive.catalog, self.options.calling_cache_s)
         self._port = port
         self._listener = listener
-        self._worker = AssociationIngest(
-            archive.receiver(), self._on_received, archive.settings.background_nice
-        )
+        receiver = CallerReceiver(archive)
+        self._worker = AssociationIngest(receiver, self._on_received, archive.settings.background_nice)
         self._associations: dict[Association, _Association] = {}
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
@@ -153,6 +180,7 @@ class DimseServer:
         if self._server is not None:
             return
         ae = application_entity(self.ae_title, self.options.calling_ae_titles, self.options.network_timeout_s)
+        tls = server_context(self.options.tls_cert, self.options.tls_key, self.options.tls_ca)
         self.spools.take()
         sealed, removed = self.spools.recover()
         if removed:
@@ -165,6 +193,7 @@ class DimseServer:
         # (process-wide pynetdicom setting; lamina runs one DIMSE server per process)
         _config.STORE_RECV_CHUNKED_DATASET = True
         handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -180,7 +209,7 @@ class DimseServer:
             retriever = RetrieveService(
                 self.archive, self.ae_title, self.options.network_timeout_s, self.options.max_transcode_bytes
             )
-            self._server = start_server(ae, (self.host, self._port), handlers, retriever)
+            self._server = start_server(ae, (self.host, self._port), handlers, retriever, tls)
         except OSError as exc:
             self._worker.stop()
             self.spools.release()
@@ -188,13 +217,19 @@ class DimseServer:
                 f"cannot listen for DICOM on {self.host}:{self._port} ({exc.strerror}); "
                 "choose another port or stop the program using it"
             ) from exc
-        log.info("DIMSE server %s listening on %s:%d", self.ae_title, self.host, self.port)
-        if not _is_loopback(self.host) and not self.options.calling_ae_titles:
+        log.info(
+            "DIMSE server %s listening on %s:%d%s",
+            self.ae_title,
+            self.host,
+            self.port,
+            " (TLS only)" if tls is not None else "",
+        )
+        if not _is_loopback(self.host) and (tls is None or tls.verify_mode != ssl.CERT_REQUIRED):
             log.warning(
-                "DIMSE on %s with no calling AE allow-list: anyone who can reach this port can search "
-                "the catalog, store into it and retrieve from it (C-GET, C-MOVE to known destinations); "
-                "restrict the network or set LAMINA_DIMSE_CALLING_AE_TITLES (dimse_calling_ae_titles in "
-                "lamina.toml) to the AE titles of your peers",
+                "DIMSE on %s without client certificates: calling AE titles are not secret, and who "
+                "can reach this port can claim a configured one (lamina ae list) and act for its lab; "
+                "restrict the network, or set LAMINA_DIMSE_TLS_CERT, LAMINA_DIMSE_TLS_KEY and "
+                "LAMINA_DIMSE_TLS_CA (dimse_tls_* in lamina.toml) to require them",
                 self.host,
             )
 
@@ -255,13 +290,37 @@ class DimseServer:
             return self._associations.pop(association, None)
 
     # -- handlers ------------------------------------------------------------------------------
+    def _on_requested(self, event: Event) -> None:
+        """An A-ASSOCIATE-RQ: refuse a calling AE title that is not a configured calling AE; keep
+        the calling AE on the association for its requests."""
+        assoc = event.assoc
+        title = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
+        try:
+            caller = self.callers.get(title)
+        except Exception as exc:  # the catalog failed: refuse for now, the peer may try again
+            log.error("association from %r refused: the catalog failed (%s)", title, type(exc).__name__)
+            _reject(assoc, 0x02, 0x01, 0x01)  # rejected-transient, service user, no reason given
+            return
+        if caller is None:
+            log.warning(
+                "association from %r at %s refused: calling AE title not recognized (lamina ae add "
+                "AE_TITLE --tenant FINESS --allow ...)",
+                title,
+                assoc.requestor.address,
+            )
+            _reject(assoc, 0x01, 0x01, 0x03)  # rejected-permanent, calling AE title not recognized
+            return
+        if isinstance(assoc, RetrievingAssociation):
+            assoc.caller = caller
+
     def _on_accepted(self, event: Event) -> None:
         spool = self.spools.new(_calling(event.assoc))
         with self._lock:
             self._associations[event.assoc] = _Association(spool)
 
-    def _on_echo(self, event: Event) -> int:
-        return status.SUCCESS
+    def _on_echo(self, event: Event) -> int | Dataset:
+        refused = _refused(event, Operation.ECHO)
+        return status.SUCCESS if refused is None else refused
 
     def _on_pdu(self, event: Event) -> None:
         """Count the data set as it arrives; abort once it is over the limit."""
@@ -291,6 +350,9 @@ class DimseServer:
     def _on_store(self, event: Event) -> int | Dataset:
         """Spool one instance durably once it passes the archive's receive checks; Success only
         once it is on disk."""
+        refused = _refused(event, Operation.STORE)
+        if refused is not None:
+            return refused
         request = event.request
         received, size = received_object(event)
         if size > self.options.max_dataset_bytes:
@@ -320,12 +382,18 @@ class DimseServer:
     def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """Study Root C-FIND: Pending per match, then Success (or the failure that stopped it)."""
         matches = 0
+        refused = _refused(event, Operation.FIND)
+        caller = _caller(event.assoc)
+        if refused is not None or caller is None:
+            yield refused or status.failure(status.NOT_AUTHORIZED, "not a calling AE"), None
+            return
         try:
             found = find(
                 self.archive.catalog.engine,
                 event.identifier,
                 self.options.max_find_matches,
                 combined_date_time=combined_date_time(event),
+                principal=principal(caller),
             )
             for answer in found:
                 if event.is_cancelled:
@@ -438,3 +506,60 @@ def _is_loopback(host: str) -> bool:
 
 def _calling(association: Association) -> str:
     return str(association.requestor.ae_title or "").strip()
+
+
+def _caller(association: Association) -> CallingEntity | None:
+    """The calling AE the association was accepted as."""
+    caller = getattr(association, "caller", None)
+    return caller if isinstance(caller, CallingEntity) else None
+
+
+def _refused(event: Event, operation: Operation) -> Dataset | None:
+    """Answer "Refused: Not Authorized" (0x0124, a general status of PS3.7 C.5) when the association's
+    calling AE may not ask ``operation``; None when it may."""
+    caller = _caller(event.assoc)
+    if caller is not None and caller.may(operation):
+        return None
+    title = _calling(event.assoc)
+    log.info("%s from %r refused: not allowed (lamina ae add --allow)", operation.value, title)
+    return status.failure(status.NOT_AUTHORIZED, f"{operation.value} is not allowed for {title[:16]}")
+
+
+def _reject(association: Association, result: int, source: int, diagnostic: int) -> None:
+    """A-ASSOCIATE-RJ from an ``EVT_REQUESTED`` handler, then end the association, as pynetdicom
+    does for the rejections it makes itself (acse.py, ``_negotiate_as_acceptor``)."""
+    association.acse.send_reject(result, source, diagnostic)
+    evt.trigger(association, evt.EVT_REJECTED, {})
+    association.kill()
+
+
+class CallerReceiver(Receiver):
+    """The archive's receiver, storing a released association's slides into the lab of its
+    calling AE (``actor`` ``dimse:<AE title>``, as :class:`AssociationIngest` names it). The AE is
+    looked up when its spool is received: one removed meanwhile leaves the spool sealed, for the
+    next start."""
+
+    def __init__(self, archive: Archive) -> None:
+        super().__init__(archive.catalog, archive.store, work_dir=archive.settings.home)
+        self.directory = PeerDirectory(archive.catalog)
+
+    def receive(
+        self,
+        files: Sequence[Path],
+        *,
+        study: str | None = None,
+        actor: str = "lamina",
+        final: bool = True,
+        tenant: str = "",
+    ) -> Receipt:
+        if not tenant and actor.startswith("dimse:"):
+            title = actor.removeprefix("dimse:")
+            caller = self.directory.calling(title)
+            if caller is None:
+                raise RequestError(
+                    "calling AE title",
+                    f"{title!r} is no longer a calling AE (lamina ae list); its objects are kept "
+                    "until it is added again (lamina ae add --tenant --allow) and lamina restarts",
+                )
+            tenant = caller.tenant
+        return super().receive(files, study=study, actor=actor, final=final, tenant=tenant)

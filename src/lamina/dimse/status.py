@@ -23,6 +23,9 @@ OUT_OF_RESOURCES = int(FailureReason.OUT_OF_RESOURCES)
 DOES_NOT_MATCH_SOP_CLASS = int(FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS)
 #: PS3.4 B.2.3: the data set cannot be parsed; for C-MOVE and C-GET: unable to process.
 CANNOT_UNDERSTAND = int(FailureReason.CANNOT_UNDERSTAND)
+#: PS3.7 C.5 (a general status, valid for every DIMSE service): the calling AE may not ask this
+#: operation (``lamina ae add --allow``).
+NOT_AUTHORIZED = 0x0124
 #: PS3.4 C.4.2.1.5 / C.4.3.1.4: C-MOVE and C-GET refusals and their final warning.
 UNABLE_TO_CALCULATE_MATCHES = 0xA701
 UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702

@@ -77,7 +77,13 @@ class Receiver:
     # -- instances ------------------------------------------------------------------------------
 
     def receive(
-        self, files: Sequence[Path], *, study: str | None = None, actor: str = "lamina", final: bool = True
+        self,
+        files: Sequence[Path],
+        *,
+        study: str | None = None,
+        actor: str = "lamina",
+        final: bool = True,
+        tenant: str = "",
     ) -> Receipt:
         """Examine, group by series and store the instances in ``files`` (Part-10 files).
 
@@ -91,6 +97,9 @@ class Receiver:
             With False, a failure of a service that may come back raises
             :class:`~lamina.errors.UnavailableError` (a job is retried; what was stored is found
             again as duplicates) instead of being reported.
+        tenant
+            The lab (FINESS number) the slides and objects are stored into (the principal's, a
+            calling AE's); "" on a node without tenants.
         """
         receipt = Receipt()
         series: dict[str, list[tuple[Outcome, Path]]] = defaultdict(list)
@@ -103,14 +112,14 @@ class Receiver:
             slide = [(o, p) for o, p in members if o.sop_class_uid == VLWholeSlideMicroscopyImageStorage]
             for outcome, path in members:
                 if outcome.sop_class_uid != VLWholeSlideMicroscopyImageStorage:
-                    self._store_object(outcome, path, actor, final)
+                    self._store_object(outcome, path, actor, final, tenant)
             if slide:
-                receipt.slides.append(self._ingest_series(slide, actor, final))
+                receipt.slides.append(self._ingest_series(slide, actor, final, tenant))
         return receipt
 
-    def _store_object(self, outcome: Outcome, path: Path, actor: str, final: bool) -> None:
+    def _store_object(self, outcome: Outcome, path: Path, actor: str, final: bool, tenant: str = "") -> None:
         try:
-            stored = store_object(self.catalog, self.store, path, actor, self.on_step)
+            stored = store_object(self.catalog, self.store, path, actor, self.on_step, tenant=tenant)
         except UnavailableError as exc:
             if not final:
                 raise
@@ -126,9 +135,12 @@ class Receiver:
         else:
             outcome.status = StoreStatus.DUPLICATE if stored.duplicate else StoreStatus.STORED
 
-    def _ingest_series(self, members: list[tuple[Outcome, Path]], actor: str, final: bool) -> IngestResult:
+    def _ingest_series(
+        self, members: list[tuple[Outcome, Path]], actor: str, final: bool, tenant: str = ""
+    ) -> IngestResult:
         files = tuple(sorted(path for _, path in members))
-        result = self.ingestor.ingest(Candidate(files[0], files), options=IngestOptions(actor=actor))
+        options = IngestOptions(actor=actor, tenant=tenant)
+        result = self.ingestor.ingest(Candidate(files[0], files), options=options)
         if result.retryable and not final:
             raise UnavailableError(result.reason or "a storage service is unavailable")
         for outcome, _ in members:
