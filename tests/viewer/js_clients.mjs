@@ -5,7 +5,9 @@
 // The page is served from another origin than the DICOMweb root (http://localhost:PORT against
 // http://127.0.0.1:PORT), as a viewer application usually is: every request is a CORS one.
 //
-// Input (JSON on stdin): { mode: "client" | "viewer", page, api, chromium, profile, ... }
+// Input (JSON on stdin): { mode: "client" | "viewer", page, api, token, chromium, profile, ... }
+//   token: the bearer token the clients are built with (`headers: {Authorization: 'Bearer ...'}`,
+//     as an application gives them its signed-in person's token); null: none.
 //   mode "client": dicomweb-client's searches and retrievals; `frames` and `rendered` list the
 //     requests to make, `search` the queries; the bytes received are reported as length + SHA-256.
 //   mode "viewer": dicom-microscopy-viewer's VolumeImageViewer over one series (`slide`), with a
@@ -45,6 +47,8 @@ try {
       const [sent, got] = [await response.request().allHeaders(), await response.allHeaders()];
       seen.requests.push({
         url: response.url(),
+        status: response.status(),
+        authorization: sent.authorization || null,
         accept: sent.accept || null,
         origin: sent.origin || null,
         allow_origin: got['access-control-allow-origin'] || null,
@@ -77,7 +81,8 @@ process.stdout.write(`${JSON.stringify(seen)}\n`);
 
 // -- dicomweb-client, in the page ------------------------------------------------------------------
 async function runClient(config) {
-  const client = new DICOMwebClient.api.DICOMwebClient({ url: config.api });
+  const headers = config.token ? { Authorization: `Bearer ${config.token}` } : {};
+  const client = new DICOMwebClient.api.DICOMwebClient({ url: config.api, headers });
   const uids = (items, tag) => items.map((item) => item[tag].Value[0]);
   const digest = async (buffer) => {
     const bytes = new Uint8Array(await crypto.subtle.digest('SHA-256', buffer));
@@ -150,10 +155,17 @@ async function viewer(page) {
   seen.library = await page.evaluate(() => typeof window.dicomMicroscopyViewer?.viewer?.VolumeImageViewer);
   seen.viewer = await page.evaluate(async (config) => {
     const dmv = window.dicomMicroscopyViewer;
-    const client = new DICOMwebClient.api.DICOMwebClient({ url: config.api });
-    const metadata = await client.retrieveSeriesMetadata({
-      studyInstanceUID: config.slide.study, seriesInstanceUID: config.slide.series,
-    });
+    // the viewer reads through the client it is given: the token goes in the client's headers
+    const headers = config.token ? { Authorization: `Bearer ${config.token}` } : {};
+    const client = new DICOMwebClient.api.DICOMwebClient({ url: config.api, headers });
+    let metadata;
+    try {
+      metadata = await client.retrieveSeriesMetadata({
+        studyInstanceUID: config.slide.study, seriesInstanceUID: config.slide.series,
+      });
+    } catch (error) {
+      return { refused: error.status || error.message };
+    }
     const images = metadata
       .map((item) => new dmv.metadata.VLWholeSlideMicroscopyImage({ metadata: item }))
       .filter((image) => ['VOLUME', 'THUMBNAIL'].includes(image.ImageType[2]));
@@ -163,6 +175,11 @@ async function viewer(page) {
     return { images: images.length };
   }, config);
   const frames = () => seen.requests.filter((request) => request.url.includes('/frames/')).length;
+  if (seen.viewer.refused) {
+    await page.waitForTimeout(500);
+    seen.frames = frames();
+    return;
+  }
   // frames requested, then a quiet moment: the viewport is drawn
   const deadline = Date.now() + WAIT;
   while (frames() === 0 && Date.now() < deadline) await page.waitForTimeout(100);

@@ -82,6 +82,30 @@ try {
   seen.again.storage = await keep();
   seen.issued.push(seen.again.storage.token);
 
+  // a tile refused mid-session: the server no longer accepts the token the slide's tiles are
+  // fetched with (here: the tab's token and OpenSeadragon's headers both changed to one it refuses)
+  await page.click('.cases tbody tr.case a.thumb');
+  await page.waitForSelector('#viewer[data-loaded="true"]', { timeout: WAIT });
+  seen.tile_tampered = await page.evaluate((key) => {
+    const session = JSON.parse(sessionStorage.getItem(key));
+    const token = `${session.token.slice(0, -4)}${session.token.endsWith('CCCC') ? 'DDDD' : 'CCCC'}`;
+    sessionStorage.setItem(key, JSON.stringify({ ...session, token }));
+    OpenSeadragon.getViewer(document.getElementById('viewer')).setAjaxHeaders({ Authorization: `Bearer ${token}` }, true);
+    return token;
+  }, KEY);
+  await page.click('button[data-magnification="40"]');
+  await page.waitForSelector('form#signin', { timeout: WAIT });
+  seen.tile_refused = {
+    notice: await notice(page),
+    storage: await keep(),
+    viewer: await count(page, '#viewer'),
+    hash: await page.evaluate(() => location.hash),
+  };
+  seen.third = await signIn(page, config.person, config.password);
+  await page.waitForSelector('#viewer[data-loaded="true"]', { timeout: WAIT });
+  seen.third.hash = await page.evaluate(() => location.hash);
+  seen.issued.push((await keep()).token);
+
   // sign out: the form, the token forgotten
   await page.click('#sign-out');
   await page.waitForSelector('form#signin', { timeout: WAIT });

@@ -6,6 +6,11 @@ through Node's playwright-core, against a real server over sample slides. The pa
 test's own application from another origin (``localhost`` against ``127.0.0.1``), so every request
 is a cross-origin one, as it is for a viewer deployed apart from the archive. The bytes the clients
 receive are compared with what the archive holds.
+
+The server has sign-in on: the clients are built with the tests' lab operator's token in their
+``headers`` (``new DICOMwebClient({url, headers: {Authorization: 'Bearer ...'}})``, and
+dicom-microscopy-viewer reads through such a client), and every request they make carries it;
+built without it, they are answered 401.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.sample import write_samples
 from tests.backends import Backend
-from tests.signin import signed
+from tests.signin import signed, token_for
 from tests.support import REPO, need, serving, tool
 
 FORMATS = ("aperio_svs", "tiled_tiff", "dicom_wsi", "ome_tiff")
@@ -116,7 +121,16 @@ def served(module_backend: Backend) -> Iterator[Served]:
             archive.close()
 
 
-def _drive(served: Served, tmp_path: Path, mode: str, **config: Any) -> dict[str, Any]:
+def _token(served: Served) -> str:
+    token = token_for(served.port)
+    assert token, "tests.support.serving signs the operator in for the port it serves"
+    return token
+
+
+def _drive(
+    served: Served, tmp_path: Path, mode: str, signed_in: bool = True, **config: Any
+) -> dict[str, Any]:
+    """What the clients saw in ``mode``; built with the operator's token unless not ``signed_in``."""
     node, chromium = _tools()
     page = f"http://localhost:{served.port}"
     run = subprocess.run(
@@ -126,6 +140,7 @@ def _drive(served: Served, tmp_path: Path, mode: str, **config: Any) -> dict[str
                 "mode": mode,
                 "page": f"{page}/_js/page.html",
                 "api": f"http://127.0.0.1:{served.port}/dicomweb",
+                "token": _token(served) if signed_in else None,
                 "chromium": chromium,
                 "profile": str(tmp_path / "profile"),
                 "scripts": {
@@ -251,6 +266,40 @@ def test_dicomweb_client_searches_and_retrieves(served: Served, tmp_path: Path) 
     # cross-origin requests, with Accept headers that are not CORS-safelisted (a preflight each)
     assert {(r["origin"], r["allow_origin"]) for r in seen["requests"]} == {(seen["origin"], "*")}
     assert any('type="application/octet-stream"' in (r["accept"] or "") for r in seen["requests"])
+    # every one with the token, in the Authorization header and nowhere in the URL
+    assert {r["authorization"] for r in seen["requests"]} == {f"Bearer {_token(served)}"}
+    assert not [r["url"] for r in seen["requests"] if _token(served) in r["url"]]
+
+
+def test_dicomweb_client_without_the_token_is_answered_401(served: Served, tmp_path: Path) -> None:
+    svs = _instances(served, "aperio_svs")
+    level0 = _flavor(svs, "VOLUME", 0)
+    slide = served.slides["aperio_svs"]
+    any_syntax = [{"mediaType": "application/octet-stream", "transferSyntaxUID": "*"}]
+
+    seen = _drive(
+        served,
+        tmp_path,
+        "client",
+        signed_in=False,
+        search={
+            "patient_id": slide.patient_id,
+            "study": slide.study_instance_uid,
+            "series": slide.series_instance_uid,
+        },
+        frames=[{"name": "stored", **_uids(level0), "frame_numbers": [1], "media_types": any_syntax}],
+        rendered=[{"name": "default", **_uids(level0), "media_types": None}],
+    )
+
+    refused = {"error": "request failed (HTTP 401)"}
+    attempts = [seen[key] for key in ("studies", "studies_of_patient", "series", "metadata")]
+    assert attempts == [refused] * 4, attempts
+    assert seen["frames"] == {"stored": refused} and seen["rendered"] == {"default": refused}
+    # each refusal readable across origins (CORS), and no Authorization sent
+    assert len(seen["requests"]) == 6, seen["requests"]
+    assert {(r["status"], r["authorization"], r["allow_origin"]) for r in seen["requests"]} == {
+        (401, None, "*")
+    }
 
 
 def test_dicom_microscopy_viewer_draws_a_slide(served: Served, tmp_path: Path) -> None:
@@ -269,6 +318,8 @@ def test_dicom_microscopy_viewer_draws_a_slide(served: Served, tmp_path: Path) -
     assert seen["library"] == "function", seen
     assert seen["errors"] == [], seen["errors"]
     assert seen["frames"] > 0, seen
+    # the viewer read through the client it was given: every request with the token
+    assert {r["authorization"] for r in seen["requests"]} == {f"Bearer {_token(served)}"}
     volume = {row.sop_instance_uid for row in _instances(served, "tiled_tiff") if row.flavor == "VOLUME"}
     requested = {
         r["url"].split("/instances/")[1].split("/")[0] for r in seen["requests"] if "/frames/" in r["url"]
@@ -278,3 +329,22 @@ def test_dicom_microscopy_viewer_draws_a_slide(served: Served, tmp_path: Path) -
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)[150:, 200:]
     stained = ((pixels.max(axis=2) - pixels.min(axis=2)) > 40).mean()
     assert stained > 0.1, (stained, seen)
+
+
+def test_dicom_microscopy_viewer_without_the_token_reads_nothing(served: Served, tmp_path: Path) -> None:
+    need(_VIEWER.is_dir(), "dicom-microscopy-viewer in node_modules (npm ci)")
+    slide = served.slides["tiled_tiff"]
+
+    seen = _drive(
+        served,
+        tmp_path,
+        "viewer",
+        signed_in=False,
+        slide={"study": slide.study_instance_uid, "series": slide.series_instance_uid},
+        shot=str(tmp_path / "viewer.png"),
+    )
+
+    assert seen["library"] == "function", seen
+    assert seen["viewer"] == {"refused": 401}, seen["viewer"]
+    assert seen["frames"] == 0
+    assert [(r["status"], r["authorization"]) for r in seen["requests"]] == [(401, None)], seen["requests"]

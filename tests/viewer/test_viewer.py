@@ -515,7 +515,7 @@ def test_sign_in_wrong_then_right_refused_and_signed_out(served: Served, tmp_pat
     assert signed_in["cookie"] == ""
     bearer = {"Authorization": f"Bearer {issued[0]}"}
     assert httpx.get(f"{served.url}/dicomweb/studies", headers=bearer).status_code == 200  # a real token
-    _token_only_in_headers(seen, [*issued, seen["tampered"]])
+    _token_only_in_headers(seen, [*issued, seen["tampered"], seen["tile_tampered"]])
     # a token the server refuses (401): back to the form, the token forgotten; signed in again,
     # the page asked for is shown
     refused = [r for r in seen["api"] if r["authorization"] == f"Bearer {seen['tampered']}"]
@@ -524,6 +524,14 @@ def test_sign_in_wrong_then_right_refused_and_signed_out(served: Served, tmp_pat
     assert seen["refused"]["storage"] == _empty() and seen["refused"]["cases"] == 0
     assert seen["again"]["status"] == 200 and seen["again"]["accessions"] == [served.accession]
     assert issued[1] and issued[1] != issued[0]
+    # a tile refused mid-session (OpenSeadragon's request): back to the form, then the same slide
+    tiles = [r for r in seen["api"] if r["authorization"] == f"Bearer {seen['tile_tampered']}"]
+    assert tiles and all("/frames/" in r["url"] and r["status"] == 401 for r in tiles), tiles
+    tile_refused = seen["tile_refused"]
+    assert "no longer accepts your sign-in" in (tile_refused["notice"] or ""), tile_refused
+    assert tile_refused["storage"] == _empty() and tile_refused["viewer"] == 0
+    assert tile_refused["hash"].startswith("#/slide/")
+    assert seen["third"]["status"] == 200 and seen["third"]["hash"] == tile_refused["hash"]
     # signed out: the form, the token forgotten
     assert seen["signed_out"] == {
         "notice": "You are signed out.",
@@ -532,7 +540,9 @@ def test_sign_in_wrong_then_right_refused_and_signed_out(served: Served, tmp_pat
     }
     # nothing went wrong but the refusals asked for
     expected = ("/auth/token", "/dicomweb/")
-    assert not [e for e in seen["errors"] if not e.startswith(("401 ", "429 ", "console: Failed to load"))]
+    # (OpenSeadragon logs its refused tiles)
+    refusals = ("401 ", "429 ", "console: Failed to load", "console: Tile %s failed to load")
+    assert not [e for e in seen["errors"] if not e.startswith(refusals)], seen["errors"]
     assert all(e.split(" ", 1)[1].startswith(served.url) for e in seen["errors"] if e[:3] in ("401", "429"))
     assert all(any(part in e for part in expected) for e in seen["errors"] if e[:3] in ("401", "429"))
 

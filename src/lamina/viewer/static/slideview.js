@@ -98,7 +98,8 @@ export class SlideViewer {
     this.osd.addHandler('resize', () => this.changed());
     this.osd.addHandler('tile-load-failed', (event) => {
       if (event.tileRequest && event.tileRequest.status === 401) {
-        requireSignIn(REFUSED, header.slice('Bearer '.length));
+        const sent = (event.tile && event.tile.ajaxHeaders && event.tile.ajaxHeaders.Authorization) || header;
+        requireSignIn(REFUSED, sent.slice('Bearer '.length));
       }
     });
   }
