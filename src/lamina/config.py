@@ -20,6 +20,7 @@ from lamina.errors import ConfigurationError
 if TYPE_CHECKING:
     from lamina.governance.claims import ClaimsMapping
     from lamina.governance.oidc import IssuerConfig
+    from lamina.governance.viewer_client import ViewerClient
 
 DEFAULT_HOME = "lamina-data"
 
@@ -83,11 +84,16 @@ def _auth(table: object) -> dict[str, Any]:
         raise ConfigurationError("lamina.toml: [auth] must be a table (issuer, discovery_url, audience, ...)")
     from lamina.governance.claims import ClaimsMapping
     from lamina.governance.oidc import IssuerConfig
+    from lamina.governance.viewer_client import ViewerClient
 
-    provider = {key: value for key, value in table.items() if key != "claims"}
+    provider = {key: value for key, value in table.items() if key not in ("claims", "viewer")}
+    viewer = table.get("viewer")
     return {
         "auth_issuer": IssuerConfig.from_mapping(provider, "lamina.toml [auth]"),
         "auth_claims": ClaimsMapping.from_mapping(table.get("claims", {}), "lamina.toml [auth.claims]"),
+        "auth_viewer": None
+        if viewer is None
+        else ViewerClient.from_mapping(viewer, "lamina.toml [auth.viewer]"),
     }
 
 
@@ -350,7 +356,9 @@ class Settings:
         (:class:`lamina.governance.oidc.IssuerConfig`: ``issuer``, ``discovery_url``,
         ``audience``, ``required_acr``...) and its ``[auth.claims]`` table
         (:class:`lamina.governance.claims.ClaimsMapping`); ``docs/governance.md`` shows them for
-        Pro Santé Connect and Keycloak. Default none: only the node's own tokens.
+        Pro Santé Connect and Keycloak. Default none: only the node's own tokens. ``auth_viewer``:
+        its ``[auth.viewer]`` table, the viewer's client at the provider (sign-in by authorization
+        code with PKCE: :mod:`lamina.governance.viewer_client`).
     """
 
     home: Path
@@ -391,6 +399,7 @@ class Settings:
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     auth_issuer: IssuerConfig | None = field(default=None, compare=False, repr=False)
     auth_claims: ClaimsMapping | None = field(default=None, compare=False, repr=False)
+    auth_viewer: ViewerClient | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def load(cls, home: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -487,7 +496,9 @@ class Settings:
 def _warn_unknown(path: Path, file_values: dict[str, Any]) -> None:
     """Log once the keys of lamina.toml that no setting reads (a misspelt key would otherwise be
     ignored without a word), each with the nearest known key."""
-    known = ({item.name for item in fields(Settings)} - {"home", "auth_issuer", "auth_claims"}) | {"auth"}
+    known = (
+        {item.name for item in fields(Settings)} - {"home", "auth_issuer", "auth_claims", "auth_viewer"}
+    ) | {"auth"}
     unknown = [key for key in file_values if key not in known]
     table = file_values.get("s3")
     if isinstance(table, dict):

@@ -74,6 +74,8 @@ RULES: dict[str, Rule] = {
     "GET /openapi.json": Rule.SIGNED_IN,
     # lamina's own issuer: its sign-in page's token endpoint and its keys
     "POST /auth/token": Rule.PUBLIC,
+    "GET /auth/viewer-config": Rule.PUBLIC,
+    "POST /auth/oidc/token": Rule.PUBLIC,
     "GET /auth/jwks": Rule.PUBLIC,
     "GET /.well-known/openid-configuration": Rule.PUBLIC,
     # QIDO-RS

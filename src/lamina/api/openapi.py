@@ -178,6 +178,19 @@ OPERATIONS: dict[str, Operation] = {
         (400, 401, 413, 429),
         body=["application/x-www-form-urlencoded"],
     ),
+    "viewer_config": Operation(
+        "How the viewer signs in: a password, and the OpenID provider when configured",
+        "sign-in",
+        ["application/json"],
+        (),
+    ),
+    "provider_token": Operation(
+        "The viewer's authorization code (PKCE) or refresh token exchanged at the OpenID provider",
+        "sign-in",
+        ["application/json"],
+        (400, 401, 413),
+        body=["application/x-www-form-urlencoded"],
+    ),
     "openid_configuration": Operation(
         "The node's own issuer: its discovery document", "sign-in", ["application/json"], ()
     ),

@@ -16,6 +16,12 @@ other tools check one).
     The local issuer's discovery document and public keys (JWKS), so that other tools can
     validate lamina's tokens.
 
+``GET /auth/viewer-config``, ``POST /auth/oidc/token``
+    How the viewer signs in (a password, and the OpenID provider of ``[auth.viewer]`` when
+    configured), and the provider's code or refresh token exchanged for the viewer as its client
+    (:mod:`lamina.governance.viewer_client`): PKCE's verifier from the page, the client's secret
+    from lamina's settings.
+
 The issuer is ``request.app.state.issuer`` (a :class:`~lamina.governance.issuer.LocalIssuer`),
 the passwords are in ``request.app.state.archive.catalog``.
 """
@@ -31,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from lamina.governance import viewer_client
 from lamina.governance.issuer import LocalIssuer
 from lamina.governance.passwords import Passwords, Throttle, ThrottledError
 
@@ -135,7 +142,45 @@ def routes(throttle: Throttle | None = None) -> list[BaseRoute]:
         issuer: LocalIssuer = request.app.state.issuer
         return JSONResponse(issuer.public_jwks(), media_type="application/jwk-set+json")
 
+    def viewer_config(request: Request) -> Response:
+        """How the viewer signs in: with a password (the node's own issuer), and, when
+        ``[auth.viewer]`` is configured, at the OpenID provider by authorization code with PKCE."""
+        settings = request.app.state.settings
+        answer: dict[str, Any] = {"password": True, "provider": None}
+        client, provider = settings.auth_viewer, settings.auth_issuer
+        if client is not None and provider is not None:
+            found = viewer_client.endpoints(provider)
+            answer["provider"] = {
+                "issuer": provider.issuer,
+                "authorization_endpoint": found.authorization_endpoint,
+                "end_session_endpoint": found.end_session_endpoint,
+                "client_id": client.client_id,
+                "scope": client.scope,
+                "resource": client.resource,
+            }
+        return JSONResponse(answer, headers=_NO_STORE)
+
+    async def provider_token(request: Request) -> Response:
+        """The viewer's code (or refresh token) exchanged at the provider, as the viewer's client
+        (its secret added here, never in the page); the provider's answer passed on."""
+        settings = request.app.state.settings
+        client, provider = settings.auth_viewer, settings.auth_issuer
+        if client is None or provider is None:
+            return _error(400, "invalid_request", "no OpenID provider is configured for the viewer")
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
+            return _error(400, "invalid_request", f"send the parameters as {_FORM}")
+        try:
+            form = _form(await _body(request))
+        except _TooLargeError:
+            return _error(413, "invalid_request", f"the form is over {MAX_FORM_BYTES} bytes")
+        if isinstance(form, str):
+            return _error(400, "invalid_request", form)
+        status, body = await run_in_threadpool(viewer_client.exchange, provider, client, form)
+        return Response(body, status_code=status, media_type="application/json", headers=_NO_STORE)
+
     return [
+        Route("/auth/viewer-config", viewer_config, methods=["GET"]),
+        Route("/auth/oidc/token", provider_token, methods=["POST"]),
         Route("/auth/token", sign_in_token, methods=["POST"]),
         Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
         Route("/auth/jwks", issuer_jwks, methods=["GET"]),
