@@ -14,6 +14,7 @@ import pytest
 from starlette.applications import Starlette
 
 from lamina.api import signin
+from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.errors import AuthenticationError
 from lamina.governance.issuer import LocalIssuer
@@ -61,7 +62,7 @@ def _sign_in(server: Server, username: str, password: str, **extra: str) -> http
     return httpx.post(f"{server.url}/auth/token", data=form, timeout=30)
 
 
-def test_a_right_password_gets_a_token_the_node_accepts(server: Server) -> None:
+def test_a_right_password_gets_a_token_the_node_accepts(server: Server, archive: Archive) -> None:
     # Act
     answer = _sign_in(server, "alice", SECRET)
 
@@ -72,6 +73,10 @@ def test_a_right_password_gets_a_token_the_node_accepts(server: Server) -> None:
     assert answer.headers["cache-control"] == "no-store"
     claims = server.issuer.validator().validate(body["access_token"])
     assert claims.subject == "alice" and claims["exp"] - claims["iat"] == 8 * 3600
+    with archive.catalog.begin() as conn:
+        (entry,) = [e for e in audit.entries(conn, action="sign-in")]
+    assert (entry.actor, entry.detail) == ("alice", {"client": "127.0.0.1", "by": "password"})
+    assert body["access_token"] not in str(entry) and SECRET not in str(entry)
 
 
 def test_a_wrong_password_and_an_unknown_person_get_the_same_answer(server: Server) -> None:

@@ -37,6 +37,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from lamina.archive import audit
+from lamina.archive.catalog import Catalog
 from lamina.governance import viewer_client
 from lamina.governance.issuer import LocalIssuer
 from lamina.governance.passwords import Passwords, Throttle, ThrottledError
@@ -90,6 +92,12 @@ def _form(body: bytes) -> dict[str, str] | str:
     return form
 
 
+def _audit_sign_in(catalog: Catalog, person: str, client: str) -> None:
+    """A sign-in on the sign-in page, in the audit log (the person, from where; never the token)."""
+    with catalog.begin() as conn:
+        audit.append(conn, person, "sign-in", f"person/{person}", {"client": client, "by": "password"})
+
+
 def routes(throttle: Throttle | None = None) -> list[BaseRoute]:
     """The sign-in routes; ``throttle`` counts failed sign-ins for all of them (one per app)."""
     failures = throttle if throttle is not None else Throttle()
@@ -127,6 +135,7 @@ def routes(throttle: Throttle | None = None) -> list[BaseRoute]:
                 {"WWW-Authenticate": 'Bearer realm="lamina"'},
             )
         token = await run_in_threadpool(issuer.issue, person, SIGN_IN_LIFETIME_S)
+        await run_in_threadpool(_audit_sign_in, request.app.state.archive.catalog, person, client)
         answer: dict[str, Any] = {
             "access_token": token,
             "token_type": "Bearer",
