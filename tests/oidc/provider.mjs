@@ -10,13 +10,32 @@
 //   JWE), with claims shaped like Pro Santé Connect's (SubjectNameID, SubjectRefPro, acr) chosen by
 //   client: "pathologist" (acr eidas1) and "technician" (no acr);
 // - POST /admin/rotate: a new signing key made current, the old one still published, without
-//   restarting this process (the provider object is rebuilt with the longer key list).
+//   restarting this process (the provider object is rebuilt with the longer key list);
+// - the viewer's sign-in: the client "lamina-viewer" (confidential: its secret is
+//   LAMINA_TEST_VIEWER_SECRET, default "lamina-viewer-secret"), authorization code with PKCE (S256,
+//   required) and refresh tokens, redirected to the viewer on a loopback address and any port (a
+//   "native" client, RFC 8252 7.3: the test's lamina server listens on a port chosen after this
+//   one). The person signs in on oidc-provider's development login form (login: "pathologist" or
+//   "technician", any password); the viewer's consent is implied (a first-party client). Its
+//   access tokens carry the person's claims, for the resource "urn:lamina", and live
+//   LAMINA_TEST_ACCESS_TTL seconds (default 300).
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { interactionPolicy } from 'oidc-provider';
 
 const WALLET_DISCOVERY = '/.well-known/wallet-openid-configuration';
+const ACCESS_TTL = Number(process.env.LAMINA_TEST_ACCESS_TTL || 300);
+const VIEWER = {
+  client_id: 'lamina-viewer',
+  client_secret: process.env.LAMINA_TEST_VIEWER_SECRET || 'lamina-viewer-secret',
+  application_type: 'native',
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  redirect_uris: ['http://127.0.0.1/'],
+  post_logout_redirect_uris: ['http://127.0.0.1/'],
+  token_endpoint_auth_method: 'client_secret_post',
+};
 const encryptionKey = process.env.LAMINA_TEST_ENC_JWK ? JSON.parse(process.env.LAMINA_TEST_ENC_JWK) : null;
 
 function signingKey() {
@@ -80,17 +99,26 @@ function makeProvider(issuer) {
     },
   };
   const provider = new Provider(issuer, {
-    clients: Object.keys(PEOPLE).map((name) => ({
-      client_id: name,
-      client_secret: `${name}-secret`,
-      grant_types: ['client_credentials'],
-      redirect_uris: [],
-      response_types: [],
-    })),
+    clients: [
+      ...Object.keys(PEOPLE).map((name) => ({
+        client_id: name,
+        client_secret: `${name}-secret`,
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+      })),
+      VIEWER,
+    ],
+    // the people who sign in at the login form (accountId: the login typed)
+    findAccount: (ctx, id) => (Object.hasOwn(PEOPLE, id) ? { accountId: id, claims: () => ({ sub: id }) } : undefined),
+    loadExistingGrant,
+    issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    pkce: { required: () => true },
+    interactions: { policy: loginOnly() },
     // newest first: oidc-provider signs with the first key that fits
     jwks: { keys: [...keys].reverse() },
     features: {
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -101,15 +129,37 @@ function makeProvider(issuer) {
             scope: 'slides:read',
             audience: 'lamina',
             accessTokenFormat: 'jwt',
-            accessTokenTTL: 300,
+            accessTokenTTL: ACCESS_TTL,
             jwt: resources[resource].jwt,
           };
         },
       },
     },
-    extraTokenClaims: (ctx, token) => PEOPLE[token.clientId] ?? {},
+    // the person's claims: the signed-in account's (viewer), or the client's (client_credentials)
+    extraTokenClaims: (ctx, token) => PEOPLE[token.accountId] ?? PEOPLE[token.clientId] ?? {},
   });
   return provider.callback();
+}
+
+// The viewer's consent is implied: a grant of its scopes and of the resource, once signed in.
+async function loadExistingGrant(ctx) {
+  const { client, session, params } = ctx.oidc;
+  const grantId = ctx.oidc.result?.consent?.grantId || session.grantIdFor(client.clientId);
+  if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+  if (client.clientId !== VIEWER.client_id || !session.accountId) return undefined;
+  const grant = new ctx.oidc.provider.Grant({ clientId: client.clientId, accountId: session.accountId });
+  grant.addOIDCScope(String(params.scope || 'openid'));
+  grant.addResourceScope('urn:lamina', 'slides:read');
+  await grant.save();
+  return grant;
+}
+
+// The login prompt only: no consent asked of the viewer's person, though the client is "native"
+// (a loopback redirect on any port, for the tests; oidc-provider asks native clients' consent).
+function loginOnly() {
+  const policy = interactionPolicy.base();
+  policy.get('consent').checks.remove('native_client_prompt');
+  return policy;
 }
 
 let handler = null;
