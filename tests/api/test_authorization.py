@@ -82,8 +82,9 @@ def expected_read(role: str, target: str, level: str) -> int:
         return ALLOWED if role in READS_OWN else 403 if role == EVERYWHERE else 404
     if target == "own":
         return ALLOWED if role in READS_OWN else 403 if role in SEES_OWN else 404
-    # lab B's: a person's slide grant gives the slide (not its case, not the case's other slides)
-    if target == "granted" and level == "series" and role == GRANTEE_ROLE:
+    # lab B's: a person's slide grant gives the slide, at the study level too (the study's answer
+    # then holds that slide alone: the bodies are checked for the case's other slides)
+    if target == "granted" and role == GRANTEE_ROLE:
         return ALLOWED
     return 403 if role == EVERYWHERE else 404
 

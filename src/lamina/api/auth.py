@@ -39,6 +39,8 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lamina.archive.archive import Archive
+from lamina.archive.catalog import InstanceRow
 from lamina.errors import AuthenticationError, PermissionDeniedError, UnavailableError
 from lamina.governance.access import Access
 from lamina.governance.decide import Action, Principal, Resource
@@ -131,6 +133,17 @@ def principal(request: Request) -> Principal:
     raise AuthenticationError(_SIGN_IN, error="")
 
 
+def study_instances(request: Request) -> list[InstanceRow]:
+    """The instances of the path's study the principal may read: all of them, or, when only some
+    of its slides are granted to it, theirs alone (the rule of a study-level read decided which)."""
+    archive: Archive = request.app.state.archive
+    rows = archive.catalog.instances_in(request.path_params["study"])
+    only = request.scope.get("state", {}).get("series_allowed")
+    if only is not None:
+        rows = [row for row in rows if row.series_instance_uid in only]
+    return rows
+
+
 def signed_in(scope: Scope) -> Principal | None:
     """The principal :class:`Authenticate` found for this request, if any."""
     found = scope.get("state", {}).get("principal")
@@ -146,7 +159,9 @@ def _check(request: Request, rule: Rule) -> None:
     params = request.path_params
     client = request.client.host if request.client else None
     if rule is Rule.READ_STUDY:
-        access.read(who, params["study"], client=client)
+        # a study of which only some slides are granted: those alone (study_instances)
+        _, only = access.read(who, params["study"], client=client)
+        request.scope.setdefault("state", {})["series_allowed"] = only
     elif rule is Rule.READ_SERIES:
         access.read(who, params["study"], params["series"], client=client)
     elif rule is Rule.STORE:

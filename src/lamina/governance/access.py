@@ -30,6 +30,7 @@ from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import NotFoundError, PermissionDeniedError
 from lamina.governance.decide import Action, Principal, Resource, decide
+from lamina.governance.model import ResourceKind
 
 __all__ = ["NOT_FOUND", "Access"]
 
@@ -161,11 +162,16 @@ class Access:
 
     def read(
         self, principal: Principal, study: str, series: str | None = None, client: str | None = None
-    ) -> Resource:
+    ) -> tuple[Resource, frozenset[str] | None]:
         """Check a read of a study (``series`` None) or of a series, and record the opening of a
-        slide in the audit log when it is the first for a while (blocking)."""
+        slide in the audit log when it is the first for a while (blocking). (the resource, the
+        series that may be read when only some of a study's may: the slides granted alone)."""
         resource = self.study(study) if series is None else self.series(study, series)
-        self.require(principal, Action.READ, resource)
+        only: frozenset[str] | None = None
+        if resource is not None and series is None and not decide(principal, Action.READ, resource).allowed:
+            only = self._granted_series(principal, study) or None
+        if only is None:
+            self.require(principal, Action.READ, resource)
         assert resource is not None
         key = (principal.id, series or study)
         if self._opened.get(key) is _MISSING:
@@ -179,4 +185,19 @@ class Access:
                     target,
                     {"tenant": resource.tenant, "study": study, "series": series, "client": client},
                 )
-        return resource
+        return resource, only
+
+    def _granted_series(self, principal: Principal, study: str) -> frozenset[str]:
+        """The series of ``study`` whose slides the principal's grants in force reach alone."""
+        slides = [
+            grant.resource
+            for grant in principal.grants
+            if grant.resource_kind is ResourceKind.SLIDE and grant.active() and principal.reached_by(grant)
+        ]
+        if not slides:
+            return frozenset()
+        query = select(t.slides.c.series_instance_uid).where(
+            t.slides.c.study_instance_uid == study, t.slides.c.id.in_(slides)
+        )
+        with self.catalog.engine.connect() as conn:
+            return frozenset(row[0] for row in conn.execute(query))

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from lamina.api.auth import study_instances
 from lamina.api.dicomweb import frames, multipart
 from lamina.api.dicomweb.accept import parse_accept
 from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
@@ -234,9 +235,8 @@ class Renderer:
         return self._thumbnail(request, rows)
 
     def study_thumbnail(self, request: Request) -> Response:
-        archive: Archive = request.app.state.archive
         study = request.path_params["study"]
-        rows = archive.catalog.instances_in(study)
+        rows = study_instances(request)
         if not rows:
             raise NotFoundError(f"study {study} is not in this archive")
         # the study's first series (catalog order) stands for the study
@@ -249,8 +249,7 @@ class Renderer:
         return self._render_all(request, archive.catalog.instances_in(params["study"], params["series"]))
 
     def study_rendered(self, request: Request) -> Response:
-        archive: Archive = request.app.state.archive
-        return self._render_all(request, archive.catalog.instances_in(request.path_params["study"]))
+        return self._render_all(request, study_instances(request))
 
     def _render_all(self, request: Request, rows: list[InstanceRow]) -> Response:
         """Every image instance rendered, as one multipart/related answer (PS3.18 10.4.1.1.3).

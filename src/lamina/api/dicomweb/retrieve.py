@@ -30,6 +30,7 @@ from pydicom import uid
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from lamina.api.auth import study_instances
 from lamina.api.dicomweb import multipart
 from lamina.api.dicomweb.accept import LOSSY_SYNTAXES, MediaRange, parse_accept
 from lamina.api.dicomweb.frames import EXPLICIT_LE, can_decode, decode_frame, decoded_frame_bytes
@@ -268,8 +269,7 @@ def retrieve(request: Request, rows: list[InstanceRow]) -> Response:
 
 
 def retrieve_study(request: Request) -> Response:
-    archive: Archive = request.app.state.archive
-    return retrieve(request, archive.catalog.instances_in(request.path_params["study"]))
+    return retrieve(request, study_instances(request))
 
 
 def retrieve_series(request: Request) -> Response:

@@ -14,6 +14,7 @@ import pydicom
 from starlette.requests import Request
 from starlette.responses import Response
 
+from lamina.api.auth import study_instances
 from lamina.api.dicomweb import frames, multipart
 from lamina.api.dicomweb.frames import (
     EXPLICIT_LE,
@@ -59,8 +60,7 @@ def _metadata_response(request: Request, rows: list[InstanceRow]) -> Response:
 
 def study_metadata(request: Request) -> Response:
     """Retrieve Study Metadata."""
-    archive: Archive = request.app.state.archive
-    return _metadata_response(request, archive.catalog.instances_in(request.path_params["study"]))
+    return _metadata_response(request, study_instances(request))
 
 
 def series_metadata(request: Request) -> Response:
