@@ -11,8 +11,8 @@ right and fast). The rule:
   Researchers and committee members get nothing from their role alone.
 - A grant in force gives ``read`` (and ``annotate`` for read+annotate) on one slide or one case to
   a person, to a tenant's pathologists and technicians, or to a project's members. A slide granted
-  alone is read at the series level (its metadata, frames, rendered images, instances); the
-  study-level routes need the case (the case's other slides stay hidden).
+  alone is read alone: at the study level, the answer holds that slide only (the case's other
+  slides stay hidden: :meth:`lamina.governance.access.Access.read`).
 - A platform admin's role, held in any tenant, applies to every tenant: it administers labs,
   operates storage and searches metadata everywhere, and reads no pixels.
 - Nothing else is allowed.
