@@ -46,6 +46,12 @@ def test_the_same_accession_number_in_two_labs_makes_two_cases(
     assert slides[lyon.slide_id or ""].tenant == LYON
     assert slides[nice.slide_id or ""].tenant == NICE
     assert slides[lyon.slide_id or ""].study_instance_uid != slides[nice.slide_id or ""].study_instance_uid
+    # the ingest is recorded with its lab
+    from lamina.archive import audit
+
+    with archive.catalog.begin() as conn:
+        labs = {e.entity: e.detail["tenant"] for e in audit.entries(conn, action="ingest")}
+    assert labs == {f"slide/{lyon.slide_id}": LYON, f"slide/{nice.slide_id}": NICE}
 
 
 def test_a_dicom_slide_whose_case_belongs_to_another_lab_is_refused_and_nothing_is_kept(

@@ -374,6 +374,7 @@ class Catalog:
                         "source": slide.source_path,
                         "source_blake3": slide.source_blake3,
                         "instances": [row.blob_sha256 for row in new.instances],
+                        "tenant": slide.tenant,
                     },
                 )
         except SqlIntegrityError as exc:
