@@ -62,11 +62,23 @@ def slides(ctx: click.Context, as_json: bool) -> None:
         )
         return
     table = Table(title=f"{len(rows)} slide(s) in {archive.settings.home}")
-    for column in ("slide", "barcode", "patient", "case", "stain", "format", "size (px)", "levels", "stored"):
+    for column in (
+        "slide",
+        "lab",
+        "barcode",
+        "patient",
+        "case",
+        "stain",
+        "format",
+        "size (px)",
+        "levels",
+        "stored",
+    ):
         table.add_column(column)
     for s in rows:
         table.add_row(
             s.id,
+            s.tenant or "-",
             _barcode(s) or "-",
             s.patient_id or "[yellow]unidentified[/]",
             s.accession_number or "-",
