@@ -810,6 +810,8 @@ def signin_report(runs: Sequence[SignInRun], connections: Sequence[int]) -> str:
             with_rate = median([item.load.requests_per_s for item in signed])
             without_rate = median([item.load.requests_per_s for item in plain])
             ratio = with_rate / without_rate
+            cpu_with = median([item.load.cpu_ms for item in signed])
+            cpu_without = median([item.load.cpu_ms for item in plain])
             rows.append(
                 [
                     peer,
@@ -820,6 +822,7 @@ def signin_report(runs: Sequence[SignInRun], connections: Sequence[int]) -> str:
                     ", ".join(f"{r:.3f}" for r in ratios),
                     _both(signed, plain, "p99_ms", 2),
                     _both(signed, plain, "cpu_ms", 3),
+                    f"{cpu_without / cpu_with:.3f}" if cpu_with else "-",
                     str(sum(i.load.errors for i in signed + plain)),
                 ]
             )
@@ -842,12 +845,16 @@ def signin_report(runs: Sequence[SignInRun], connections: Sequence[int]) -> str:
         "ratio by run",
         "p99 ms w/wo",
         "CPU ms w/wo",
+        "CPU ratio",
         "errors",
     ]
     lines.append(format_table(headers, rows))
     lines.append(
         f"(medians of {max((item.run for item in runs), default=0) + 1} runs; ratio = median with /"
-        " median without; ratio by run = each run's with / the same run's without)"
+        " median without; ratio by run = each run's with / the same run's without; CPU ms = the"
+        " server process's user + system CPU per frame; CPU ratio = CPU without / CPU with, the frames/s"
+        " ratio of a server whose own CPU is the bottleneck, less sensitive than frames/s to what else"
+        " the machine runs)"
     )
     lines.append("")
     lines.append(format_table(["goal", "target", "measured", "result"], goals))
