@@ -51,6 +51,11 @@ def test_labs_people_and_grants_from_the_command_line(lamina: Run, tmp_path: Pat
     }
     assert "810001234567" in lamina("users", "list", "--tenant", LYON).stdout
     assert json.loads(lamina("users", "list", "--tenant", NICE, "--json").stdout) == []
+    removed = lamina("users", "remove", "810001234567", "--tenant", LYON, "--role", "lab_admin", "--json")
+    assert removed.returncode == 0, removed.stderr
+    assert [(r["tenant"], r["role"]) for r in json.loads(removed.stdout)["roles"]] == [(LYON, "pathologist")]
+    again = lamina("users", "remove", "810001234567", "--tenant", LYON, "--role", "lab_admin")
+    assert again.returncode != 0 and "holds none of lab_admin" in again.stderr, again.stderr
 
     given = lamina(
         "grants", "add", "--tenant", LYON, "--to", f"tenant:{NICE}", "--on", f"slide:{slide_id}",
@@ -70,7 +75,7 @@ def test_labs_people_and_grants_from_the_command_line(lamina: Run, tmp_path: Pat
     # every change audited, by the operator
     entries = json.loads(lamina("audit", "show", "--json").stdout)
     actions = [(e["action"], e["actor"]) for e in entries]
-    for action in ("tenant-add", "role-add", "grant-add", "grant-revoke"):
+    for action in ("tenant-add", "role-add", "role-remove", "grant-add", "grant-revoke"):
         assert any(a == action and actor.startswith("operator:") for a, actor in actions), (action, actions)
 
 

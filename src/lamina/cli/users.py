@@ -1,4 +1,4 @@
-"""``lamina users add|list``: the people who sign in, and the roles they hold in each lab."""
+"""``lamina users add|remove|list``: the people who sign in, and the roles they hold in each lab."""
 
 from __future__ import annotations
 
@@ -59,6 +59,35 @@ def add(
         return
     held = ", ".join(sorted(role.value for role in found.roles_in(code)))
     console.print(f"{found.id} holds in {code}: {held}", highlight=False, markup=False)
+
+
+@users.command("remove")
+@click.argument("person")
+@click.option("--tenant", "tenant", required=True, help="The lab's FINESS number.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice([role.value for role in Role]),
+    help="A role to take away (repeat for several; none: every role held in that lab).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the person, with the roles left, as JSON.")
+@click.pass_context
+@handle_errors
+def remove(ctx: click.Context, person: str, tenant: str, roles: tuple[str, ...], as_json: bool) -> None:
+    """Take roles in a lab from PERSON (all of them without --role). Servers apply it within 30 s;
+    tokens already issued stay valid until they expire but give nothing the roles gave."""
+    pid, code = check_person_id(person), check_finess(tenant, "--tenant")
+    archive = open_archive(ctx)
+    try:
+        found = Registry(archive.catalog).remove_roles(pid, code, [Role(r) for r in roles], operator())
+    finally:
+        archive.close()
+    if as_json:
+        click.echo(json.dumps(_json(found), indent=2))
+        return
+    left = ", ".join(sorted(role.value for role in found.roles_in(code))) or "no role"
+    console.print(f"{found.id} now holds in {code}: {left}", highlight=False, markup=False)
 
 
 @users.command("list")

@@ -14,7 +14,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import RowMapping, and_, insert, or_, select, update
+from sqlalchemy import RowMapping, and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from lamina.archive import audit
@@ -142,6 +142,36 @@ class Registry:
                 f"person/{pid}",
                 {"tenant": code, "roles": [role.value for role in added], "created": not known},
             )
+        return self.person(pid)
+
+    def remove_roles(
+        self, person_id: str, tenant: str, roles: Iterable[Role] = (), actor: str = "lamina"
+    ) -> Person:
+        """Take ``roles`` in ``tenant`` from the person (none named: every role held there);
+        :class:`NotFoundError` if the person holds none of them there. The principals kept by
+        servers see it within their cache's bound (30 s)."""
+        pid = check_person_id(person_id)
+        code = check_finess(tenant, "--tenant")
+        named = sorted({role.value for role in roles})
+        with self.catalog.begin() as conn:
+            query = select(t.role_assignments.c.role).where(
+                t.role_assignments.c.person_id == pid, t.role_assignments.c.tenant == code
+            )
+            held = {str(row[0]) for row in conn.execute(query)}
+            taken = sorted(held & set(named)) if named else sorted(held)
+            if not taken:
+                raise NotFoundError(
+                    f"{pid} holds {'none of ' + ', '.join(named) if named else 'no role'} in {code}; "
+                    "'lamina users list' shows the roles held"
+                )
+            conn.execute(
+                delete(t.role_assignments).where(
+                    t.role_assignments.c.person_id == pid,
+                    t.role_assignments.c.tenant == code,
+                    t.role_assignments.c.role.in_(taken),
+                )
+            )
+            audit.append(conn, actor, "role-remove", f"person/{pid}", {"tenant": code, "roles": taken})
         return self.person(pid)
 
     def person(self, person_id: str) -> Person:
