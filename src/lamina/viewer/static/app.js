@@ -4,13 +4,17 @@
 //   #/slide/STUDY/SERIES                 one slide
 //   #/compare/STUDY/SERIES/STUDY/SERIES  two slides, pan and zoom linked
 // Before any of them, the sign-in form (signin.js) when this tab holds no valid token, and
-// whenever the server refuses it; once signed in, the page asked for is shown.
+// whenever the server refuses it; once signed in, the page asked for is shown. Coming back from
+// the OpenID provider (?code=&state=), the code is exchanged first.
 
 import { h, message } from './dom.js';
 import {
   archiveImage, dicomDate, personName, readSlide, searchSeries, seriesMetadata, seriesThumbnailUrl, slideTitle, value,
 } from './dicomweb.js';
-import { session, requireSignIn, signInView, whenSignInRequired } from './signin.js';
+import {
+  completeProviderSignIn, requireSignIn, resumeRenewal, session, signInView, signOutEverywhere, viewerConfig,
+  whenSignInRequired, whenTokenChanges,
+} from './signin.js';
 import { MAGNIFICATIONS, SlideViewer, ViewerLink } from './slideview.js';
 import { slideHref, worklistView } from './worklist.js';
 
@@ -163,6 +167,7 @@ async function slideView(study, series, signal) {
   const viewer = new SlideViewer(stage, slide);
   markLoaded(viewer);
   const keys = magnificationKeys((m) => magnify(viewer, m));
+  const renewed = followToken([viewer]);
 
   caseSlides(slide, signal).then((others) => {
     slidesList.replaceChildren(...others.map((other) => {
@@ -184,8 +189,16 @@ async function slideView(study, series, signal) {
 
   return () => {
     keys();
+    renewed();
     viewer.destroy();
   };
+}
+
+// The tiles fetched from now on carry the renewed token (OpenSeadragon keeps its headers).
+function followToken(viewers) {
+  return whenTokenChanges((token) => viewers.forEach((viewer) => {
+    viewer.osd.setAjaxHeaders({ Authorization: `Bearer ${token}` }, true);
+  }));
 }
 
 async function compareView(slides, signal) {
@@ -248,8 +261,10 @@ async function compareView(slides, signal) {
     targets.forEach((viewer) => viewer.goToMagnification(magnification));
   };
   const keys = magnificationKeys(apply);
+  const renewed = followToken(viewers);
   return () => {
     keys();
+    renewed();
     viewers.forEach((viewer) => viewer.destroy());
   };
 }
@@ -313,7 +328,21 @@ if (!window.OpenSeadragon) {
     + 'run scripts/install on the server (it runs npm ci), then reload this page.', 'error'));
 } else {
   whenSignInRequired(showSignIn);
-  document.getElementById('sign-out').addEventListener('click', () => requireSignIn('You are signed out.'));
+  document.getElementById('sign-out').addEventListener('click', () => signOutEverywhere('You are signed out.'));
+  start();
+}
+
+// How this node signs in, then the provider's answer when the address is one, then the page.
+async function start() {
+  root.replaceChildren(message('Loading…'));
+  await viewerConfig();
+  let refused = null;
+  try {
+    await completeProviderSignIn();
+  } catch (error) {
+    refused = error.message;
+  }
+  resumeRenewal();
   window.addEventListener('hashchange', route);
-  route();
+  if (refused) requireSignIn(refused); else route();
 }
