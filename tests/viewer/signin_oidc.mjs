@@ -119,6 +119,19 @@ try {
   seen.timer = { before: idle, after: await token(), waited_ms: Date.now() - idleSince, lifetime_ms: lifetime };
   seen.tokens = [first, seen.asked, seen.near_expiry.after, seen.timer.after];
 
+  // a slide open while the token is renewed: its tiles are fetched with the new token from then on
+  await page.click('.cases tbody tr.case a.thumb');
+  await page.waitForSelector('#viewer[data-loaded="true"]', { timeout: WAIT });
+  await settle();
+  const tilesFrom = seen.api.length;
+  const forTiles = await page.evaluate(async () => (await (await import('./signin.js')).refresh()).token);
+  await page.click('button[data-magnification="40"]');
+  await page.waitForTimeout(500);
+  await page.waitForSelector('#viewer[data-loaded="true"]', { timeout: WAIT });
+  await settle();
+  seen.tiles = { token: forTiles, api: seen.api.slice(tilesFrom).filter((request) => request.url.includes('/frames/')) };
+  seen.tokens.push(forTiles);
+
   // sign out: the provider's session is ended too (its end-session page), then back to the form
   await page.click('#sign-out');
   await page.waitForURL((url) => url.href.startsWith(`${config.issuer}/session/end`), { timeout: WAIT });

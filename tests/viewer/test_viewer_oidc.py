@@ -116,8 +116,9 @@ resource = "urn:lamina"
     registry.add_tenant(PARIS, "Anatomie pathologique, Paris")
     registry.add_tenant(OTHER, "Anatomie pathologique, Marseille")
     accessions = {}
-    for lab, seed in ((PARIS, 3), (OTHER, 5)):
-        write_samples(root / lab, ["tiled_tiff"], size=(1024, 768), seed=seed)
+    # Paris's slide large enough that its full-resolution tiles are fetched at 40x only
+    for lab, seed, size in ((PARIS, 3, (2048, 1536)), (OTHER, 5, (1024, 768))):
+        write_samples(root / lab, ["tiled_tiff"], size=size, seed=seed)
         (slide,) = _ingest(archive, root / lab, tenant=lab)  # with the manifest's case
         assert slide.accession_number
         accessions[lab] = slide.accession_number
@@ -205,9 +206,13 @@ def test_the_viewer_signs_in_at_the_provider_renews_and_signs_out(
     timer = seen["timer"]
     assert timer["after"] != timer["before"]
     assert 0.6 * ACCESS_TTL * 1000 < timer["waited_ms"] < ACCESS_TTL * 1000, timer
-    assert len(set(tokens)) == 4
+    # a slide open during a renewal: its next tiles carry the new token
+    tiles = seen["tiles"]
+    assert tiles["api"] and {r["authorization"] for r in tiles["api"]} == {f"Bearer {tiles['token']}"}, tiles
+    assert all(r["status"] == 200 for r in tiles["api"])
+    assert len(set(tokens)) == 5
     refreshes = [e for e in seen["exchanges"] if e["form"]["grant_type"] == "refresh_token"]
-    assert len(refreshes) >= 3 and all(e["status"] == 200 for e in refreshes[:3])
+    assert len(refreshes) >= 4 and all(e["status"] == 200 for e in refreshes[:4])
     # every DICOMweb request carried one of the tab's tokens, in its header only
     sent = {f"Bearer {token}" for token in tokens}
     first_session = [r for r in seen["api"] if r["authorization"] in sent]
