@@ -104,20 +104,25 @@ def register_people(archive: Archive, lab_choice: str, labs: Iterable[str] = ())
                 text("SELECT study_instance_uid FROM studies WHERE tenant = :t LIMIT 1"), {"t": other}
             ).scalar_one()
         )
-    registry.add_person(PATHOLOGIST, lab, [Role.PATHOLOGIST], "Benchmark pathologist", "benchmarks")
-    registry.add_person(GRANTED, lab, [Role.PATHOLOGIST], "Benchmark pathologist with a grant", "benchmarks")
-    if not registry.grants_reaching(GRANTED, {lab}):
-        registry.add_grant(other, GranteeKind.PERSON, GRANTED, ResourceKind.CASE, case, Permission.READ)
-    registry.add_person(ADMIN, lab, [Role.PLATFORM_ADMIN], "Benchmark platform admin", "benchmarks")
+    # one person per lab (a kept catalog measured again with another --lab keeps the earlier ones)
+    pathologist, granted, admin = (f"{PATHOLOGIST}-{lab}", f"{GRANTED}-{lab}", f"{ADMIN}-{lab}")
+    registry.add_person(pathologist, lab, [Role.PATHOLOGIST], "Benchmark pathologist", "benchmarks")
+    registry.add_person(granted, lab, [Role.PATHOLOGIST], "Benchmark pathologist with a grant", "benchmarks")
+    held = registry.grants_reaching(granted, {lab})
+    if held:  # a kept catalog: the grant of an earlier run
+        other = held[0].tenant
+    else:
+        registry.add_grant(other, GranteeKind.PERSON, granted, ResourceKind.CASE, case, Permission.READ)
+    registry.add_person(admin, lab, [Role.PLATFORM_ADMIN], "Benchmark platform admin", "benchmarks")
     issuer = LocalIssuer.open(archive.settings.home)
     people = (
-        Person("pathologist", issuer.issue(PATHOLOGIST, TOKEN_SECONDS), f"lab {lab}: tenant IN (lab)"),
+        Person("pathologist", issuer.issue(pathologist, TOKEN_SECONDS), f"lab {lab}: tenant IN (lab)"),
         Person(
             "pathologist + 1 case grant",
-            issuer.issue(GRANTED, TOKEN_SECONDS),
+            issuer.issue(granted, TOKEN_SECONDS),
             f"lab {lab} and one case of lab {other}: tenant IN (lab) OR study_instance_uid IN (case)",
         ),
-        Person("platform admin", issuer.issue(ADMIN, TOKEN_SECONDS), "every lab: no condition"),
+        Person("platform admin", issuer.issue(admin, TOKEN_SECONDS), "every lab: no condition"),
     )
     return People(lab, studies, slides, len(registry.tenants()), people)
 
