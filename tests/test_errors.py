@@ -51,9 +51,9 @@ def test_sign_in_errors_answer_401_with_the_bearer_challenge_and_403() -> None:
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
     unauthorized = asyncio.run(handle_lamina_error(request, AuthenticationError()))
     assert unauthorized.status_code == 401
-    assert unauthorized.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert unauthorized.headers["WWW-Authenticate"] == 'Bearer realm="lamina", error="invalid_token"'
     missing = asyncio.run(handle_lamina_error(request, AuthenticationError("no token", "invalid_request")))
-    assert missing.headers["WWW-Authenticate"] == 'Bearer error="invalid_request"'
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="lamina", error="invalid_request"'
     forbidden = asyncio.run(handle_lamina_error(request, PermissionDeniedError("read", "not granted")))
     assert forbidden.status_code == 403
     assert "WWW-Authenticate" not in forbidden.headers

@@ -8,6 +8,7 @@ no traceback.
 from __future__ import annotations
 
 import errno
+import math
 from pathlib import Path
 
 
@@ -134,3 +135,12 @@ class PermissionDeniedError(LaminaError):
     def __init__(self, action: str, message: str) -> None:
         self.action = action
         super().__init__(message)
+
+
+class ThrottledError(LaminaError):
+    """Too many failed sign-ins for this person from this client: retry after ``retry_after_s``
+    (429 with ``Retry-After``)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"too many failed sign-ins; retry in {math.ceil(retry_after_s)} s")

@@ -29,6 +29,7 @@ from lamina.archive.receive.association import RELEASED
 from lamina.archive.receive.spool import OWNER
 from lamina.config import Settings
 from lamina.dimse import DimseServer
+from tests.dimse.peers import calling
 from tests.smalldisk import fill, small_disk
 from tests.support import REPO, partial_writes, shared_file
 
@@ -231,6 +232,7 @@ def test_spools_of_earlier_releases_are_swept_by_their_owner(archive: Archive, e
     for index, file in enumerate(exported):
         (series / f"1.2.3.{index}.dcm").write_bytes(file.read_bytes())
     (sealed / RELEASED).write_text("OLDSCU", "utf-8")
+    calling(archive, "OLDSCU")  # the association's calling AE, still configured: its lab receives it
     # Act
     swept = RequestSpools(incoming).sweep()
     server = DimseServer(archive, port=0)

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
-from lamina.errors import NotFoundError, RequestError
-from lamina.governance.passwords import Passwords, Throttle, ThrottledError
+from lamina.errors import NotFoundError, RequestError, ThrottledError
+from lamina.governance.passwords import Passwords, Throttle
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -18,6 +20,7 @@ from lamina.errors import (
     PermissionDeniedError,
     RequestError,
     StorageError,
+    ThrottledError,
 )
 
 STATUS: list[tuple[type[LaminaError], int, str]] = [
@@ -27,6 +30,7 @@ STATUS: list[tuple[type[LaminaError], int, str]] = [
     (NotFoundError, 404, "Not found"),
     (NotAcceptableError, 406, "Not acceptable"),
     (PayloadTooLargeError, 413, "Payload too large"),
+    (ThrottledError, 429, "Too many requests"),
     (IntegrityError, 500, "Stored object damaged"),
     (InsufficientStorageError, 507, "Insufficient storage"),
     (StorageError, 503, "Storage unavailable"),
@@ -49,5 +53,7 @@ async def handle_lamina_error(request: Request, exc: Exception) -> Response:
             answer = problem(status, title, str(exc))
             if isinstance(exc, AuthenticationError):  # RFC 6750 section 3
                 answer.headers["WWW-Authenticate"] = challenge(exc.error)
+            elif isinstance(exc, ThrottledError):
+                answer.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
             return answer
     return problem(500, "Server error", "unexpected error")

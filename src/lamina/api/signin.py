@@ -39,9 +39,10 @@ from starlette.routing import BaseRoute, Route
 
 from lamina.archive import audit
 from lamina.archive.catalog import Catalog
+from lamina.errors import ThrottledError
 from lamina.governance import viewer_client
 from lamina.governance.issuer import LocalIssuer
-from lamina.governance.passwords import Passwords, Throttle, ThrottledError
+from lamina.governance.passwords import Passwords, Throttle
 
 __all__ = ["MAX_FORM_BYTES", "SIGN_IN_LIFETIME_S", "routes"]
 

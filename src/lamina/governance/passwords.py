@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -40,10 +39,10 @@ from sqlalchemy import insert, select, update
 from lamina.archive import audit
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
-from lamina.errors import LaminaError, NotFoundError, RequestError
+from lamina.errors import NotFoundError, RequestError, ThrottledError
 from lamina.governance.model import check_person_id
 
-__all__ = ["HASH_SLOTS", "MAX_LENGTH", "MIN_LENGTH", "Passwords", "Throttle", "ThrottledError"]
+__all__ = ["HASH_SLOTS", "MAX_LENGTH", "MIN_LENGTH", "Passwords", "Throttle"]
 
 log = logging.getLogger("lamina.governance")
 
@@ -56,14 +55,6 @@ _HASHING = threading.BoundedSemaphore(HASH_SLOTS)
 _HASHER = PasswordHasher()
 
 Key = tuple[str, str]
-
-
-class ThrottledError(LaminaError):
-    """Too many failed sign-ins for this person from this client: retry after ``retry_after_s``."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__(f"too many failed sign-ins; retry in {math.ceil(retry_after_s)} s")
 
 
 @dataclass
