@@ -37,7 +37,6 @@ from lamina.config import Settings
 from lamina.governance.registry import Registry
 from lamina.sample import write_samples
 from tests.api.test_signin_oidc import OTHER, PARIS, _toml
-from tests.backends import Backend
 from tests.governance.test_oidc_provider import SCRIPT, Provider
 from tests.support import REPO, need, serving
 from tests.viewer.test_viewer import _ingest, _run, compose
@@ -89,9 +88,9 @@ def viewer_provider() -> Iterator[ViewerProvider]:
 
 
 @pytest.fixture(scope="module")
-def node(
-    viewer_provider: ViewerProvider, module_backend: Backend, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Node]:
+def node(viewer_provider: ViewerProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """On the embedded default only (SQLite and a folder): a browser's sign-in at the provider
+    does not touch the catalog's backend, whose every route the other tests run on both."""
     root = tmp_path_factory.mktemp("oidc-viewer")
     home = root / "lamina-data"
     home.mkdir()
@@ -109,7 +108,7 @@ resource = "urn:lamina"
 """,
         encoding="utf-8",
     )
-    settings = Settings.load(home, env=module_backend.env("oidc-viewer"))
+    settings = Settings.load(home, env={})
     assert settings.auth_viewer is not None and settings.auth_viewer.client_secret == viewer_provider.secret
     archive = Archive.open(settings)
     registry = Registry(archive.catalog)
