@@ -96,7 +96,10 @@ NO_TOKEN_APP = textwrap.dedent('''
     principal = Principals(archive.catalog, [TrustedIssuer(validator)]).resolve(os.environ.pop("BENCH_TOKEN"))
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("lamina.api").setLevel(logging.INFO)
-    app = Injected(create_app(settings, archive), principal)
+    full = create_app(settings, archive)
+    # "--with-sign-in": the whole application, sign-in included, run by this same script (so
+    # that the two servers differ by the sign-in layer alone, not by how they were started)
+    app = full if "--with-sign-in" in sys.argv else Injected(full, principal)
     try:
         uvicorn.Server(server_config(app, settings, "127.0.0.1", int(sys.argv[1]))).run()
     finally:
@@ -109,15 +112,22 @@ NO_TOKEN_APP = textwrap.dedent('''
 
 
 def start_without_token(
-    work: Path, home: Path, port: int, token: str, log: Path, extra_env: dict[str, str] | None = None
+    work: Path,
+    home: Path,
+    port: int,
+    token: str,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    with_sign_in: bool = False,
 ) -> subprocess.Popen[bytes]:
     """The "without a token" server (:data:`NO_TOKEN_APP`) on ``port``, as the principal of
-    ``token``; the caller waits for it to answer."""
+    ``token`` (``with_sign_in``: the same script serving the whole application, sign-in on); the
+    caller waits for it to answer."""
     script = work / "no_token_app.py"
     script.write_text(NO_TOKEN_APP)
     env = {**os.environ, "LAMINA_HOME": str(home), **(extra_env or {}), "BENCH_TOKEN": token}
     return subprocess.Popen(
-        [str(VENV_BIN / "python"), str(script), str(port)],
+        [str(VENV_BIN / "python"), str(script), str(port), *(["--with-sign-in"] if with_sign_in else [])],
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

@@ -469,14 +469,19 @@ def with_and_without_token(
     connections: Sequence[int],
     store_pid: int | None = None,
 ) -> tuple[list[SignInRun], dict[str, int], str]:
-    """``lamina serve`` (sign-in on, the pathologist's token sent with every request) and the same
+    """lamina's application (sign-in on, the pathologist's token sent with every request, served
+    by ``_signin.NO_TOKEN_APP --with-sign-in`` with ``lamina serve``'s uvicorn settings) and the same
     archive served without the sign-in layer (``_signin.NO_TOKEN_APP``, no token sent), both up at
     once, measured in turn at each connection count, ``--signin-runs`` times, the order swapped
     every run; the runs, the servers' peak RSS and the note of :func:`check_sign_in`."""
     token = sign_in(home, env, PATHOLOGIST, ["pathologist"])
     with_port, without_port = free_port(), free_port()
     servers = {
-        True: start_lamina(home, with_port, work / f"{peer}.log", env),
+        # the same script for both, the whole application for this one: they differ by the
+        # sign-in layer alone (lamina serve adds nothing per request, but is started otherwise)
+        True: start_without_token(
+            work, home, with_port, token, work / f"{peer}.log", {**env, "LAMINA_HOME": str(home)}, True
+        ),
         False: start_without_token(
             work, home, without_port, token, work / f"{no_token(peer)}.log", {**env, "LAMINA_HOME": str(home)}
         ),
