@@ -10,8 +10,9 @@ The token's ``iss`` picks the issuer before anything is verified; the issuer's
 The principal holds the roles the registry gives the person on this node, plus those the claims
 give in the node's own tenants (a FINESS the node does not serve is ignored), and the grants in
 force that reach them. It is kept, by the token's SHA-256, until the token expires or
-``ttl_s`` (30 s) pass, whichever comes first: a role removed or a grant revoked takes effect
-within ``ttl_s``; a request that finds its token's principal cached costs a hash and a look-up,
+``ttl_s`` (25 s) pass, whichever comes first; the HTTP layer reuses it on a keep-alive connection
+for 5 s more (``lamina.api.auth``): a role removed or a grant revoked takes effect within 30 s;
+a request that finds its token's principal cached costs a hash and a look-up,
 without a thread (:meth:`Principals.cached`, for the event loop).
 """
 
@@ -37,7 +38,7 @@ from lamina.governance.tokens import INVALID_TOKEN, MAX_TOKEN_BYTES, TokenValida
 __all__ = ["Principals", "TrustedIssuer"]
 
 #: How long a principal is kept: the bound on a revocation taking effect (seconds).
-PRINCIPAL_TTL_S = 30.0
+PRINCIPAL_TTL_S = 25.0
 
 
 @dataclass(frozen=True)
