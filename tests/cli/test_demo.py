@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import httpx
+import pytest
 
 from lamina.api.app import create_app
 from lamina.archive.archive import Archive
@@ -15,6 +16,14 @@ from lamina.cli.demo import DEMO_LABS
 from lamina.config import Settings
 from tests.cli.conftest import Run
 from tests.support import serving
+
+
+@pytest.fixture
+def backend_env() -> dict[str, str]:
+    """The embedded default only (SQLite and a folder): the demo is the embedded default's first run;
+    the registry they read and write is tested on both backends in tests/governance, and the
+    same commands reach PostgreSQL + S3 through the same code."""
+    return {}
 
 
 def _sign_in(base: str, person: str, password: str) -> str:

@@ -10,10 +10,20 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from lamina.sample import write_samples
 
 Run = Callable[..., subprocess.CompletedProcess[str]]  # the fixture lamina, tests/cli/conftest.py
 LYON, NICE = "690781810", "060785011"
+
+
+@pytest.fixture
+def backend_env() -> dict[str, str]:
+    """The embedded default only (SQLite and a folder): these commands parse, print and call the registry;
+    the registry they read and write is tested on both backends in tests/governance, and the
+    same commands reach PostgreSQL + S3 through the same code."""
+    return {}
 
 
 def test_labs_people_and_grants_from_the_command_line(lamina: Run, tmp_path: Path) -> None:

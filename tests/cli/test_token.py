@@ -1,5 +1,5 @@
 """``lamina token``, ``lamina issuer show|rotate`` and ``lamina users password`` as an operator runs
-them, on both backends: a token the node's validator accepts, alone on stdout; rotation keeps the
+them (on the embedded default): a token the node's validator accepts, alone on stdout; rotation keeps the
 tokens given before; a password from stdin or a hidden prompt, verified by the catalog; every
 change audited, never with the token or the password in it."""
 
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from lamina.archive.archive import Archive
@@ -23,6 +24,14 @@ from lamina.governance.passwords import Passwords
 Run = Callable[..., subprocess.CompletedProcess[str]]  # the fixture lamina, tests/cli/conftest.py
 LYON = "690781810"
 SECRET = "correct horse battery staple"
+
+
+@pytest.fixture
+def backend_env() -> dict[str, str]:
+    """The embedded default only (SQLite and a folder): these commands sign tokens and set passwords;
+    the registry they read and write is tested on both backends in tests/governance, and the
+    same commands reach PostgreSQL + S3 through the same code."""
+    return {}
 
 
 def _alice(lamina: Run) -> None:
