@@ -126,11 +126,10 @@ RULES: dict[str, Rule] = {
 def principal(request: Request) -> Principal:
     """The signed-in principal of a request that passed its rule: AuthenticationError if it sent
     no token (or one that cannot be believed), UnavailableError if its issuer could not be asked."""
-    state = request.scope.get("state", {})
-    found = state.get("principal")
-    if isinstance(found, Principal):
+    found = signed_in(request.scope)
+    if found is not None:
         return found
-    refused = state.get("token_refused")
+    refused = request.scope.get("state", {}).get("token_refused")
     if isinstance(refused, AuthenticationError | UnavailableError):
         raise refused
     raise AuthenticationError(_SIGN_IN, error="")
@@ -169,15 +168,11 @@ def _check(request: Request, rule: Rule) -> None:
         access.read(who, params["study"], params["series"], client=client)
     elif rule is Rule.STORE:
         if not any(Action.STORE in who.allowed_in(tenant) for tenant in who.tenants()):
-            raise _refused(Action.STORE, "your roles do not allow storing into any lab")
+            raise PermissionDeniedError(Action.STORE.value, "your roles do not allow storing into any lab")
     elif rule is Rule.ADMINISTER:
         access.require(who, Action.ADMINISTER, Resource("tenant", str(params["finess"])))
     elif rule is Rule.PLATFORM and Action.ADMINISTER not in who.everywhere:
-        raise _refused(Action.ADMINISTER, "only a platform admin may do this")
-
-
-def _refused(action: Action, message: str) -> Exception:
-    return PermissionDeniedError(action.value, message)
+        raise PermissionDeniedError(Action.ADMINISTER.value, "only a platform admin may do this")
 
 
 def _guarded(endpoint: Callable[[Request], Any], rule: Rule) -> Callable[[Request], Any]:

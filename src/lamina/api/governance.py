@@ -49,9 +49,9 @@ from lamina.governance.model import (
     Permission,
     Person,
     ResourceKind,
-    Tenant,
     check_finess,
     check_person_id,
+    parse_target,
 )
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
@@ -75,39 +75,6 @@ _FIELDS = {
 }
 
 T = TypeVar("T")
-
-
-# -- JSON shapes (those of the CLI's --json) ---------------------------------------------------------
-
-
-def _tenant_json(tenant: Tenant) -> dict[str, object]:
-    return {"finess": tenant.finess, "name": tenant.name}
-
-
-def _person_json(person: Person, tenant: str) -> dict[str, object]:
-    """The person with the roles held in ``tenant`` only: a lab sees nothing of the others."""
-    return {
-        "id": person.id,
-        "display_name": person.display_name,
-        "roles": [
-            {"tenant": item.tenant, "role": item.role.value} for item in person.roles if item.tenant == tenant
-        ],
-    }
-
-
-def _grant_json(grant: Grant) -> dict[str, object]:
-    return {
-        "id": grant.id,
-        "tenant": grant.tenant,
-        "to": {"kind": grant.grantee_kind.value, "id": grant.grantee},
-        "on": {"kind": grant.resource_kind.value, "id": grant.resource},
-        "permission": grant.permission.value,
-        "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
-        "created_at": grant.created_at.isoformat(),
-        "created_by": grant.created_by,
-        "revoked_at": grant.revoked_at.isoformat() if grant.revoked_at else None,
-        "active": grant.active(),
-    }
 
 
 # -- the request's body ---------------------------------------------------------------------------------
@@ -168,14 +135,6 @@ def _roles(value: object) -> list[Role]:
     if unknown:
         raise RequestError("roles", f"{', '.join(map(repr, unknown))}: not a role; the roles are {names}")
     return [Role(item) for item in value]
-
-
-def _target(value: str, key: str, kinds: type[GranteeKind] | type[ResourceKind]) -> tuple[str, str]:
-    kind, sep, ident = value.partition(":")
-    names = [member.value for member in kinds]
-    if not sep or kind not in names or not ident:
-        raise RequestError(key, f"{value!r}: write KIND:ID, KIND one of {', '.join(names)}")
-    return kind, ident
 
 
 def _expiry(value: object) -> dt.datetime | None:
@@ -244,7 +203,7 @@ def list_tenants(request: Request) -> Response:
     if not _platform(who):
         mine = who.tenants()
         found = [tenant for tenant in found if tenant.finess in mine]
-    return JSONResponse([_tenant_json(tenant) for tenant in found])
+    return JSONResponse([tenant.as_dict() for tenant in found])
 
 
 async def add_tenant(request: Request) -> Response:
@@ -253,13 +212,13 @@ async def add_tenant(request: Request) -> Response:
     finess, name = check_finess(_text(body, "finess"), "finess"), _text(body, "name")
     with _fields():
         tenant, adopted = await _blocking(_registry(request).add_tenant, finess, name, who.id)
-    return JSONResponse({**_tenant_json(tenant), "adopted": adopted}, status_code=201)
+    return JSONResponse({**tenant.as_dict(), "adopted": adopted}, status_code=201)
 
 
 def list_people(request: Request) -> Response:
     registry = _registry(request)
     code = _lab(registry, request.path_params["finess"])
-    return JSONResponse([_person_json(person, code) for person in registry.people(code)])
+    return JSONResponse([person.as_dict(code) for person in registry.people(code)])
 
 
 async def add_person(request: Request) -> Response:
@@ -282,7 +241,7 @@ async def add_person(request: Request) -> Response:
 
     found = await _blocking(add)
     _changed(request)
-    return JSONResponse(_person_json(found, check_finess(request.path_params["finess"])))
+    return JSONResponse(found.as_dict(check_finess(request.path_params["finess"])))
 
 
 def list_grants(request: Request) -> Response:
@@ -292,14 +251,14 @@ def list_grants(request: Request) -> Response:
     if flag not in ("true", "false"):
         raise RequestError("all", f"{flag!r}: true (revoked and expired grants too) or false")
     found = registry.grants(code, include_ended=flag == "true")
-    return JSONResponse([_grant_json(grant) for grant in found])
+    return JSONResponse([grant.as_dict() for grant in found])
 
 
 async def add_grant(request: Request) -> Response:
     who = principal(request)
     body = await _body(request, ("to", "on"), ("permission", "expires"))
-    to_kind, grantee = _target(_text(body, "to"), "to", GranteeKind)
-    on_kind, resource = _target(_text(body, "on"), "on", ResourceKind)
+    to_kind, grantee = parse_target(_text(body, "to"), "to", GranteeKind)
+    on_kind, resource = parse_target(_text(body, "on"), "on", ResourceKind)
     permission = _text(body, "permission", Permission.READ.value)
     if permission not in {p.value for p in Permission}:
         names = ", ".join(p.value for p in Permission)
@@ -327,7 +286,7 @@ async def add_grant(request: Request) -> Response:
 
     grant = await _blocking(add)
     _changed(request)
-    return JSONResponse(_grant_json(grant), status_code=201)
+    return JSONResponse(grant.as_dict(), status_code=201)
 
 
 def revoke_grant(request: Request) -> Response:
@@ -348,7 +307,7 @@ def revoke_grant(request: Request) -> Response:
     except NotFoundError:  # revoked meanwhile
         raise absent from None
     _changed(request)
-    return JSONResponse(_grant_json(revoked))
+    return JSONResponse(revoked.as_dict())
 
 
 def routes() -> list[BaseRoute]:

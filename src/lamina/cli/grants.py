@@ -11,31 +11,8 @@ from rich.table import Table
 
 from lamina.cli.common import console, handle_errors, open_archive, operator
 from lamina.errors import RequestError
-from lamina.governance.model import Grant, GranteeKind, Permission, ResourceKind
+from lamina.governance.model import GranteeKind, Permission, ResourceKind, parse_target
 from lamina.governance.registry import Registry
-
-
-def _json(grant: Grant) -> dict[str, object]:
-    return {
-        "id": grant.id,
-        "tenant": grant.tenant,
-        "to": {"kind": grant.grantee_kind.value, "id": grant.grantee},
-        "on": {"kind": grant.resource_kind.value, "id": grant.resource},
-        "permission": grant.permission.value,
-        "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
-        "created_at": grant.created_at.isoformat(),
-        "created_by": grant.created_by,
-        "revoked_at": grant.revoked_at.isoformat() if grant.revoked_at else None,
-        "active": grant.active(),
-    }
-
-
-def _target(value: str, option: str, kinds: type[GranteeKind] | type[ResourceKind]) -> tuple[str, str]:
-    kind, sep, ident = value.partition(":")
-    names = [member.value for member in kinds]
-    if not sep or kind not in names or not ident:
-        raise RequestError(option, f"{value!r}: write KIND:ID, KIND one of {', '.join(names)}")
-    return kind, ident
 
 
 def _expiry(value: str | None) -> dt.datetime | None:
@@ -83,8 +60,8 @@ def add(
     ctx: click.Context, tenant: str, to: str, on: str, permission: str, expires: str | None, as_json: bool
 ) -> None:
     """Give a grant on one of the lab's slides or cases."""
-    to_kind, grantee = _target(to, "--to", GranteeKind)
-    on_kind, resource = _target(on, "--on", ResourceKind)
+    to_kind, grantee = parse_target(to, "--to", GranteeKind)
+    on_kind, resource = parse_target(on, "--on", ResourceKind)
     until = _expiry(expires)
     archive = open_archive(ctx)
     try:
@@ -101,7 +78,7 @@ def add(
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps(_json(grant), indent=2))
+        click.echo(json.dumps(grant.as_dict(), indent=2))
     else:
         console.print(f"grant {grant.id}: {to} may {permission} {on}", highlight=False, markup=False)
 
@@ -120,7 +97,7 @@ def list_(ctx: click.Context, tenant: str | None, include_ended: bool, as_json: 
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps([_json(grant) for grant in found], indent=2))
+        click.echo(json.dumps([grant.as_dict() for grant in found], indent=2))
         return
     table = Table(title=f"{len(found)} grant(s) in {archive.settings.home}")
     for column in ("id", "tenant", "to", "on", "permission", "expires", "state"):
@@ -151,6 +128,6 @@ def revoke(ctx: click.Context, grant_id: str, as_json: bool) -> None:
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps(_json(grant), indent=2))
+        click.echo(json.dumps(grant.as_dict(), indent=2))
     else:
         console.print(f"revoked grant {grant.id}", highlight=False, markup=False)

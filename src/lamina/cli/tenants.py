@@ -9,12 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from lamina.cli.common import console, handle_errors, open_archive, operator
-from lamina.governance.model import Tenant, check_finess
+from lamina.governance.model import check_finess
 from lamina.governance.registry import Registry
-
-
-def _json(tenant: Tenant) -> dict[str, object]:
-    return {"finess": tenant.finess, "name": tenant.name}
 
 
 @click.group()
@@ -37,7 +33,7 @@ def add(ctx: click.Context, finess: str, name: str, as_json: bool) -> None:
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps({**_json(tenant), "adopted": adopted}, indent=2))
+        click.echo(json.dumps({**tenant.as_dict(), "adopted": adopted}, indent=2))
         return
     console.print(f"added tenant {tenant.finess} ({tenant.name})", highlight=False, markup=False)
     if any(adopted.values()):
@@ -57,7 +53,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps([_json(tenant) for tenant in found], indent=2))
+        click.echo(json.dumps([tenant.as_dict() for tenant in found], indent=2))
         return
     table = Table(title=f"{len(found)} tenant(s) in {archive.settings.home}")
     table.add_column("FINESS")

@@ -9,17 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from lamina.cli.common import console, handle_errors, open_archive, operator
-from lamina.governance.model import Person, check_finess, check_person_id
+from lamina.governance.model import check_finess, check_person_id
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
-
-
-def _json(person: Person) -> dict[str, object]:
-    return {
-        "id": person.id,
-        "display_name": person.display_name,
-        "roles": [{"tenant": item.tenant, "role": item.role.value} for item in person.roles],
-    }
 
 
 @click.group()
@@ -55,7 +47,7 @@ def add(
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps(_json(found), indent=2))
+        click.echo(json.dumps(found.as_dict(), indent=2))
         return
     held = ", ".join(sorted(role.value for role in found.roles_in(code)))
     console.print(f"{found.id} holds in {code}: {held}", highlight=False, markup=False)
@@ -84,7 +76,7 @@ def remove(ctx: click.Context, person: str, tenant: str, roles: tuple[str, ...],
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps(_json(found), indent=2))
+        click.echo(json.dumps(found.as_dict(), indent=2))
         return
     left = ", ".join(sorted(role.value for role in found.roles_in(code))) or "no role"
     console.print(f"{found.id} now holds in {code}: {left}", highlight=False, markup=False)
@@ -103,7 +95,7 @@ def list_(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps([_json(person) for person in found], indent=2))
+        click.echo(json.dumps([person.as_dict() for person in found], indent=2))
         return
     table = Table(title=f"{len(found)} person(s) in {archive.settings.home}")
     for column in ("person", "name", "roles"):

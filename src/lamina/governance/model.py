@@ -64,6 +64,10 @@ class Tenant:
     finess: str
     name: str
 
+    def as_dict(self) -> dict[str, object]:
+        """The JSON shape of ``--json`` and of the HTTP API."""
+        return {"finess": self.finess, "name": self.name}
+
 
 @dataclass(frozen=True)
 class RoleAssignment:
@@ -80,6 +84,16 @@ class Person:
     def roles_in(self, tenant: str) -> frozenset[Role]:
         """The roles this person holds in ``tenant``."""
         return frozenset(item.role for item in self.roles if item.tenant == tenant)
+
+    def as_dict(self, tenant: str | None = None) -> dict[str, object]:
+        """The JSON shape of ``--json`` and of the HTTP API; with ``tenant``, the roles held there
+        only (a lab sees nothing of the others)."""
+        held = [item for item in self.roles if tenant is None or item.tenant == tenant]
+        return {
+            "id": self.id,
+            "display_name": self.display_name,
+            "roles": [{"tenant": item.tenant, "role": item.role.value} for item in held],
+        }
 
 
 class Permission(StrEnum):
@@ -123,3 +137,30 @@ class Grant:
         """Neither revoked nor expired at ``now`` (default: now)."""
         when = now or dt.datetime.now(dt.UTC)
         return self.revoked_at is None and (self.expires_at is None or when < self.expires_at)
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON shape of ``--json`` and of the HTTP API."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "to": {"kind": self.grantee_kind.value, "id": self.grantee},
+            "on": {"kind": self.resource_kind.value, "id": self.resource},
+            "permission": self.permission.value,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "active": self.active(),
+        }
+
+
+def parse_target(
+    value: str, parameter: str, kinds: type[GranteeKind] | type[ResourceKind]
+) -> tuple[str, str]:
+    """(kind, id) of ``KIND:ID`` (``person:810001234567``, ``slide:SLIDE_ID``); RequestError naming
+    ``parameter`` when the kind is not one of ``kinds`` or a part is missing."""
+    kind, sep, ident = value.partition(":")
+    names = [member.value for member in kinds]
+    if not sep or kind not in names or not ident:
+        raise RequestError(parameter, f"{value!r}: write KIND:ID, KIND one of {', '.join(names)}")
+    return kind, ident
