@@ -9,7 +9,9 @@ Lab A (:data:`LAB_A`) holds one case (``own``). Lab B (:data:`LAB_B`) holds:
 - ``expired``: a slide whose grant to the same pathologist has expired (added with an expiry two
   seconds ahead, through :meth:`Registry.add_grant`, then waited for: the registry refuses an
   expiry in the past);
-- ``casegrant``: a case granted (read) to the whole of lab A (a tenant grant).
+- ``casegrant``: a case granted (read) to the whole of lab A (a tenant grant);
+- ``collected``: a slide of lab B's collection "Second opinions", granted (read) to the same
+  pathologist (a collection grant).
 
 Every slide has its own patient, except ``sibling``, which shares ``granted``'s case. The strings
 that identify each slide (patient, accession number, UIDs, lamina's slide id) are its
@@ -31,6 +33,7 @@ from lamina.archive.discover import discover
 from lamina.archive.ingest import IngestOptions, Ingestor
 from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
+from lamina.governance.collections import Collections
 from lamina.governance.issuer import LocalIssuer
 from lamina.governance.model import GranteeKind, Permission, ResourceKind
 from lamina.governance.registry import Registry
@@ -61,6 +64,7 @@ _SLIDES = (
     ("sibling", LAB_B, ("BZPAT0002", "SLIDEGRANT^Chloe", "B26-00002", "B26-00002-B1")),
     ("expired", LAB_B, ("BZPAT0003", "GRANTEXPIRED^Denis", "B26-00003", "B26-00003-A1")),
     ("casegrant", LAB_B, ("BZPAT0004", "CASEGRANT^Emma", "B26-00004", "B26-00004-A1")),
+    ("collected", LAB_B, ("BZPAT0005", "COLLECTED^Fanny", "B26-00005", "B26-00005-A1")),
 )
 
 
@@ -144,7 +148,8 @@ def build_world(backend: Backend, root: Path) -> Iterator[World]:
             slide_id = _ingest_one(ingestor, root / "samples" / name, seed, tenant, identity)
             slides[name] = _slide(archive, name, tenant, slide_id, identity)
         assert slides["sibling"].study == slides["granted"].study
-        assert len({slides[n].study for n in ("own", "other", "granted", "expired", "casegrant")}) == 5
+        cases = ("own", "other", "granted", "expired", "casegrant", "collected")
+        assert len({slides[n].study for n in cases}) == len(cases)
 
         # the expired grant first: it is given two seconds ahead (add_grant refuses the past)
         ends = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
@@ -153,6 +158,10 @@ def build_world(backend: Backend, root: Path) -> Iterator[World]:
         registry.add_grant(LAB_B, person, GRANTEE, slide, slides["granted"].slide_id, read, None, "tests")
         case = slides["casegrant"].study
         registry.add_grant(LAB_B, GranteeKind.TENANT, LAB_A, ResourceKind.CASE, case, read, None, "tests")
+        shared = Collections(archive.catalog).add(
+            LAB_B, "Second opinions", [slides["collected"].slide_id], "tests"
+        )
+        registry.add_grant(LAB_B, person, GRANTEE, ResourceKind.COLLECTION, shared.id, read, None, "tests")
         for name, role in ROLES.items():
             registry.add_person(PEOPLE[name], LAB_A, [role], f"Lab A {name}", "tests")
 

@@ -2,19 +2,20 @@
 (one person per role in lab A, and no token / malformed / expired / unknown person / another
 node's issuer) × every target (lab A's own case, lab B's never-granted case, a lab-B slide granted
 to lab A's pathologist and its ungranted sibling, a lab-B slide whose grant expired, a lab-B case
-granted to all of lab A, a path mixing lab A's study with lab B's series, guessed UIDs) → the
-status expected, over real HTTP, on both backends; every answer to a lab-A person is searched for
-the identifiers of what that person may not see.
+granted to all of lab A, a lab-B slide in a collection granted to lab A's pathologist, a path
+mixing lab A's study with lab B's series, guessed UIDs) → the status expected, over real HTTP, on
+both backends; every answer to a lab-A person is searched for the identifiers of what that person
+may not see.
 
 The expectations are written here from the rules as lamina.governance.decide documents them, not
 by calling it: a role in lab A gives its actions there (a pathologist and a technician read; a lab
 admin searches and administers; an archivist, a researcher and a committee member see nothing);
 a platform admin searches everywhere and reads no pixels; a grant in force gives read on its
-slide or its case. What a principal may not read and cannot see answers 404 like what does not
-exist; what it can see (search) but may not read answers 403. The labs' administration (lamina's
-``/api/tenants``) is sent to lab A, lab B and a FINESS number of no lab: a lab admin administers
-its own lab, a platform admin every lab; bodies are ``{}`` and grant ids made up, so the matrix
-changes nothing.
+slide, its case, or the slides of its collection. What a principal may not read and cannot see
+answers 404 like what does not exist; what it can see (search) but may not read answers 403. The
+labs' administration (lamina's ``/api/tenants``) is sent to lab A, lab B and a FINESS number of no
+lab: a lab admin administers its own lab, a platform admin every lab; bodies are ``{}`` and grant,
+collection and slide ids made up, so the matrix changes nothing.
 
 A route of the application without a rule stops it from being built (LookupError), and a route
 whose path the matrix cannot fill in fails here: a new route gets a rule and an expectation.
@@ -63,11 +64,13 @@ HANDLER = 1  # the handler answers about a path that names nothing: anything but
 REFUSED = (401, 403, 404)
 
 #: where a route with a study in its path is sent
-TARGETS = ("own", "other", "granted", "sibling", "expired", "casegrant", "mixed", "guessed")
+TARGETS = ("own", "other", "granted", "sibling", "expired", "casegrant", "collected", "mixed", "guessed")
 #: where a route with a lab in its path is sent: lab A, lab B, a FINESS number of no lab here
 LAB_TARGETS = {"own": LAB_A, "other": LAB_B, "guessed": "130781810"}
-#: a grant id of no grant (the matrix changes nothing: it revokes none)
+#: a grant id of no grant, and of no collection (the matrix changes nothing: it revokes none)
 NO_GRANT = "0" * 32
+#: a slide id of no slide
+NO_SLIDE = "0" * 16
 #: a concrete path under each mount of the application
 MOUNT_PATHS = {"MOUNT /": "/", "MOUNT /vendor/openseadragon": "/vendor/openseadragon/openseadragon.min.js"}
 
@@ -84,14 +87,14 @@ def expected_read(role: str, target: str, level: str) -> int:
         return ALLOWED if role in READS_OWN else 403 if role in SEES_OWN else 404
     # lab B's: a person's slide grant gives the slide, at the study level too (the study's answer
     # then holds that slide alone: the bodies are checked for the case's other slides)
-    if target == "granted" and role == GRANTEE_ROLE:
+    if target in ("granted", "collected") and role == GRANTEE_ROLE:
         return ALLOWED
     return 403 if role == EVERYWHERE else 404
 
 
 def expected_administer(role: str, target: str, level: str) -> int:
-    """An ADMINISTER route on lab ``target`` (``level`` "grant": a made-up grant of that lab, which
-    the handler answers 404 to whoever may administer the lab)."""
+    """An ADMINISTER route on lab ``target`` (``level`` "grant": a made-up grant or collection of
+    that lab, which the handler answers 404 to whoever may administer the lab)."""
     if target == "guessed":  # no such lab: 404, but a platform admin passes the rule (the handler says)
         return HANDLER if role == EVERYWHERE else 404
     if role == EVERYWHERE or (role == "lab_admin" and target == "own"):
@@ -104,12 +107,12 @@ def expected_administer(role: str, target: str, level: str) -> int:
 def visible_slides(role: str) -> set[str]:
     """The slides (by target name) a role's QIDO answers may hold."""
     if role == EVERYWHERE:
-        return {"own", "other", "granted", "sibling", "expired", "casegrant"}
+        return {"own", "other", "granted", "sibling", "expired", "casegrant", "collected"}
     seen = {"casegrant"} if role in READS_OWN else set()
     if role in SEARCHES_OWN:
         seen.add("own")
     if role == GRANTEE_ROLE:
-        seen.add("granted")  # the slide alone: its sibling stays hidden
+        seen |= {"granted", "collected"}  # the slide alone: its sibling stays hidden
     return seen
 
 
@@ -183,6 +186,15 @@ def _fill(template: str, target: Target) -> str:
     return path
 
 
+def _lab_path(template: str, finess: str) -> str:
+    return (
+        template.replace("{finess}", finess)
+        .replace("{grant}", NO_GRANT)
+        .replace("{collection}", NO_GRANT)
+        .replace("{slide}", NO_SLIDE)
+    )
+
+
 def cases(world: World) -> list[Case]:
     """Every route key of the application × the targets its path takes."""
     made = []
@@ -196,11 +208,9 @@ def cases(world: World) -> list[Case]:
             made.append(Case(key, rule, "-", "GET", MOUNT_PATHS[key], "-"))
             continue
         if "{finess}" in template:
-            level = "grant" if "{grant}" in template else "lab"
+            level = "grant" if "{grant}" in template or "{collection}" in template else "lab"
             for name, finess in LAB_TARGETS.items():
-                path = _fill(
-                    template.replace("{finess}", finess).replace("{grant}", NO_GRANT), targets["guessed"]
-                )
+                path = _fill(_lab_path(template, finess), targets["guessed"])
                 made.append(Case(key, rule, name, method, path, level))
             continue
         if "{study}" not in template:
@@ -413,5 +423,5 @@ def test_the_matrix_fills_in_every_route_of_the_application(tmp_path: Path) -> N
         if method == "MOUNT":
             assert key in MOUNT_PATHS, key
         else:
-            filled = template.replace("{finess}", LAB_A).replace("{grant}", NO_GRANT)
+            filled = _lab_path(template, LAB_A)
             assert "{" not in _fill(filled, target), key

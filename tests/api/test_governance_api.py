@@ -268,6 +268,57 @@ def test_a_revoked_grant_stops_giving_access_at_once(node: Node) -> None:
     assert after.status_code == 404
 
 
+def test_a_lab_admin_collects_slides_and_grants_the_collection(node: Node) -> None:
+    # Arrange: the guest (Marseille's researcher) reads nothing of Lyon's yet
+    metadata = f"/dicomweb/studies/{node.slide_a.study}/series/{node.slide_a.series}/metadata"
+    base = f"/api/tenants/{LAB_A}/collections"
+    before = node.call("guest", "GET", metadata)
+    # Act: an empty collection, the slide put in it, the collection granted to the guest
+    made = node.call("admin-a", "POST", base, json={"name": "Teaching: lymphomas"})
+    ident = made.json()["id"]
+    filled = node.call("admin-a", "POST", f"{base}/{ident}/slides", json={"slides": [node.slide_a.id]})
+    given = node.call(
+        "admin-a",
+        "POST",
+        f"/api/tenants/{LAB_A}/grants",
+        json={"to": "person:guest", "on": f"collection:{ident}"},
+    )
+    granted = node.call("guest", "GET", metadata)
+    listed = node.call("admin-a", "GET", base)
+    # another lab's admin sees no such collection; a slide of another lab cannot be put in it
+    foreign = node.call("admin-b", "GET", f"/api/tenants/{LAB_B}/collections/{ident}")
+    smuggled = node.call("admin-a", "POST", f"{base}/{ident}/slides", json={"slides": [node.slide_b.id]})
+    # the slide taken out, then the collection deleted: the guest reads nothing again
+    taken = node.call("admin-a", "DELETE", f"{base}/{ident}/slides/{node.slide_a.id}")
+    emptied = node.call("guest", "GET", metadata)
+    deleted = node.call("admin-a", "DELETE", f"{base}/{ident}")
+    gone = node.call("admin-a", "GET", f"{base}/{ident}")
+    grants = node.call("admin-a", "GET", f"/api/tenants/{LAB_A}/grants?all=true").json()
+    # Assert
+    assert before.status_code == 404
+    assert made.status_code == 201 and made.json()["slides"] == [], made.text
+    assert filled.json()["slides"] == [node.slide_a.id]
+    assert given.status_code == 201 and given.json()["on"] == {"kind": "collection", "id": ident}
+    assert granted.status_code == 200, granted.text
+    assert [(c["id"], c["slide_count"]) for c in listed.json()] == [(ident, 1)]
+    assert "slides" not in listed.json()[0]
+    assert foreign.status_code == 404
+    assert _problem(smuggled, 404).startswith(f"no slide {node.slide_b.id} in lab {LAB_A}")
+    assert taken.status_code == 200 and taken.json()["slides"] == []
+    assert emptied.status_code == 404
+    assert deleted.status_code == 200 and gone.status_code == 404
+    (revoked,) = [g for g in grants if g["on"]["id"] == ident]
+    assert revoked["revoked_at"] is not None and not revoked["active"]
+    with node.archive.catalog.engine.connect() as conn:
+        actions = [e.action for e in audit.entries(conn, actor="admin-a")]
+    assert {
+        "collection-add",
+        "collection-slides-add",
+        "collection-slides-remove",
+        "collection-delete",
+    } <= set(actions)
+
+
 # -- what is refused before anything is done ------------------------------------------------------------
 
 
@@ -319,6 +370,9 @@ def test_a_body_over_the_limit_is_413(node: Node) -> None:
         ("grants", {"to": "person:guest", "on": "slide:x", "expires": "2001-01-01"}, "expires: 2001-01-01"),
         ("grants", {"to": "tenant:123", "on": "slide:x"}, "to: '123' is not a FINESS number"),
         ("grants", {"to": "tenant:590000000", "on": "slide:x"}, "to: no lab 590000000"),
+        ("collections", {}, "name: missing"),
+        ("collections", {"name": "x", "slides": "abc"}, "slides: a list of slide ids"),
+        ("collections", {"name": " "}, "name: name the collection"),
     ],
 )
 def test_a_bad_body_is_400_naming_the_field(node: Node, path: str, body: object, starts: str) -> None:

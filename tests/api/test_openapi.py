@@ -94,9 +94,12 @@ def _known(served: ServedArchive) -> dict[str, str]:
         "instance": row.sop_instance_uid,
         "frames": "1",
         "path": "7FE00010",
-        # the labs' administration: the operator's own lab, a grant it does not have
+        # the labs' administration: the operator's own lab, a grant and a collection it does not
+        # have, a slide it has
         "finess": TEST_LAB,
         "grant": "0" * 32,
+        "collection": "0" * 32,
+        "slide": served.slide_ids[0],
     }
 
 

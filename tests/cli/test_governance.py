@@ -1,7 +1,7 @@
-"""``lamina tenants``, ``lamina users`` and ``lamina grants`` as an operator runs them, on both
-backends: a slide stored before tenants becomes the first lab's, a grant is given, listed,
-revoked; tables and JSON; one-line errors naming the parameter; every change audited with the
-operator's name."""
+"""``lamina tenants``, ``lamina users``, ``lamina grants`` and ``lamina collections`` as an
+operator runs them: a slide stored before tenants becomes the first lab's, a grant is given,
+listed, revoked, a collection made, granted and deleted; tables and JSON; one-line errors naming
+the parameter; every change audited with the operator's name."""
 
 from __future__ import annotations
 
@@ -82,10 +82,25 @@ def test_labs_people_and_grants_from_the_command_line(lamina: Run, tmp_path: Pat
     assert history[0]["active"] is False and history[0]["revoked_at"]
     assert "revoked" in lamina("grants", "list", "--all").stdout
 
+    # a collection of the lab's slides, granted, emptied, deleted (its grant revoked with it)
+    made = lamina("collections", "add", "Teaching", "--tenant", LYON, "--slide", slide_id, "--json")
+    assert made.returncode == 0, made.stderr
+    collection = json.loads(made.stdout)
+    assert collection["slides"] == [slide_id] and collection["tenant"] == LYON
+    assert "Teaching" in lamina("collections", "list").stdout
+    on = f"collection:{collection['id']}"
+    shared = lamina("grants", "add", "--tenant", LYON, "--to", "person:810001234567", "--on", on, "--json")
+    assert shared.returncode == 0, shared.stderr
+    emptied = lamina("collections", "remove-slides", collection["id"], slide_id)
+    assert emptied.returncode == 0 and "0 slide(s)" in emptied.stdout, emptied.stderr
+    assert lamina("collections", "delete", collection["id"]).returncode == 0
+    assert json.loads(lamina("collections", "list", "--json").stdout) == []
+    assert json.loads(lamina("grants", "list", "--json").stdout) == []  # revoked with it
+
     # every change audited, by the operator
     entries = json.loads(lamina("audit", "show", "--json").stdout)
     actions = [(e["action"], e["actor"]) for e in entries]
-    for action in ("tenant-add", "role-add", "role-remove", "grant-add", "grant-revoke"):
+    for action in ("tenant-add", "role-add", "role-remove", "grant-add", "grant-revoke", "collection-delete"):
         assert any(a == action and actor.startswith("operator:") for a, actor in actions), (action, actions)
 
 

@@ -117,6 +117,12 @@ RULES: dict[str, Rule] = {
     "GET /api/tenants/{finess}/grants": Rule.ADMINISTER,
     "POST /api/tenants/{finess}/grants": Rule.ADMINISTER,
     "DELETE /api/tenants/{finess}/grants/{grant}": Rule.ADMINISTER,
+    "GET /api/tenants/{finess}/collections": Rule.ADMINISTER,
+    "POST /api/tenants/{finess}/collections": Rule.ADMINISTER,
+    "GET /api/tenants/{finess}/collections/{collection}": Rule.ADMINISTER,
+    "DELETE /api/tenants/{finess}/collections/{collection}": Rule.ADMINISTER,
+    "POST /api/tenants/{finess}/collections/{collection}/slides": Rule.ADMINISTER,
+    "DELETE /api/tenants/{finess}/collections/{collection}/slides/{slide}": Rule.ADMINISTER,
     # the viewer's static files and its library
     "MOUNT /vendor/openseadragon": Rule.PUBLIC,
     "MOUNT /": Rule.PUBLIC,

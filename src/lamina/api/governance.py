@@ -10,13 +10,20 @@ same JSON shapes as their ``--json``).
     The lab's people, with their roles in this lab; give a person roles in it (added if new).
     Only a platform admin gives the ``platform_admin`` role (it holds in every lab).
 ``GET /api/tenants/{finess}/grants[?all=true]``, ``POST`` ``{"to", "on", "permission"?, "expires"?}``
-    The lab's grants in force (``all``: revoked and expired too); give one (201) on a slide or a
-    case of the lab: ``to`` is ``person:ID``, ``tenant:FINESS`` or ``project:ID``, ``on`` is
-    ``slide:ID`` or ``case:STUDY_INSTANCE_UID``, ``permission`` ``read`` (default) or
-    ``read+annotate``, ``expires`` an ISO 8601 date or date and time (UTC when no offset), or
-    null (until revoked).
+    The lab's grants in force (``all``: revoked and expired too); give one (201) on a slide, a
+    case or a collection of the lab: ``to`` is ``person:ID``, ``tenant:FINESS`` or ``project:ID``,
+    ``on`` is ``slide:ID``, ``case:STUDY_INSTANCE_UID`` or ``collection:ID``, ``permission``
+    ``read`` (default) or ``read+annotate``, ``expires`` an ISO 8601 date or date and time (UTC
+    when no offset), or null (until revoked).
 ``DELETE /api/tenants/{finess}/grants/{grant}``
     Revoke one of the lab's grants now; another lab's grant, like an absent one, is 404.
+``GET /api/tenants/{finess}/collections``, ``POST`` ``{"name", "slides"?: [...]}``
+    The lab's collections (named sets of its slides, with their count); make one (201), with the
+    lab's slides named by id. ``on`` of a grant may then be ``collection:ID``.
+``GET /api/tenants/{finess}/collections/{collection}``, ``DELETE``
+    A collection with its slides; delete it (its slides stay; the grants on it are revoked).
+``POST /api/tenants/{finess}/collections/{collection}/slides`` ``{"slides": [...]}``
+    Put the lab's slides in the collection; ``DELETE .../slides/{slide}`` takes one out.
 
 The lab routes pass :data:`~lamina.api.auth.Rule.ADMINISTER` (the lab's admin, or a platform
 admin): a lab the principal cannot see is 404, one it sees but may not administer 403. Bodies are
@@ -42,8 +49,10 @@ from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
 from lamina.errors import NotFoundError, PayloadTooLargeError, PermissionDeniedError, RequestError
+from lamina.governance.collections import Collections
 from lamina.governance.decide import GLOBAL_ROLES, Action, Principal
 from lamina.governance.model import (
+    Collection,
     Grant,
     GranteeKind,
     Permission,
@@ -62,6 +71,8 @@ __all__ = ["MAX_BODY_BYTES", "routes"]
 MAX_BODY_BYTES = 64 * 1024
 _JSON = "application/json"
 _GRANT_ID = re.compile(r"[0-9a-f]{32}")
+#: the most slides named in one request
+MAX_SLIDES_PER_REQUEST = 1_000
 #: the registry's parameter names (the CLI's) to this API's fields
 _FIELDS = {
     "FINESS": "finess",
@@ -72,6 +83,7 @@ _FIELDS = {
     "--to": "to",
     "--on": "on",
     "--expires": "expires",
+    "SLIDE": "slides",
 }
 
 T = TypeVar("T")
@@ -310,6 +322,84 @@ def revoke_grant(request: Request) -> Response:
     return JSONResponse(revoked.as_dict())
 
 
+def _slides(body: dict[str, Any], key: str = "slides") -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise RequestError(key, 'a list of slide ids is expected, e.g. ["4f2a9c0e1b7d3a55"]')
+    if len(value) > MAX_SLIDES_PER_REQUEST:
+        raise RequestError(key, f"at most {MAX_SLIDES_PER_REQUEST} slides in one request: send several")
+    return value
+
+
+def _collection(request: Request) -> tuple[Collections, str, Collection]:
+    """The collection of the path, in the lab of the path (blocking): 404 when absent or
+    another lab's, alike."""
+    collections = Collections(request.app.state.archive.catalog)
+    code = _lab(_registry(request), request.path_params["finess"])
+    ident = str(request.path_params["collection"])
+    if not _GRANT_ID.fullmatch(ident):
+        raise NotFoundError(
+            f"no collection {ident!r} in lab {code}; GET /api/tenants/{code}/collections lists them"
+        )
+    return collections, code, collections.get(ident, code)
+
+
+def list_collections(request: Request) -> Response:
+    code = _lab(_registry(request), request.path_params["finess"])
+    found = Collections(request.app.state.archive.catalog).find(code)
+    return JSONResponse([item.as_dict(with_slides=False) for item in found])
+
+
+async def add_collection(request: Request) -> Response:
+    who = principal(request)
+    body = await _body(request, ("name",), ("slides",))
+    name, slides = _text(body, "name"), _slides(body)
+
+    def add() -> Collection:
+        code = _lab(_registry(request), request.path_params["finess"])
+        with _fields():
+            return Collections(request.app.state.archive.catalog).add(code, name, slides, who.id)
+
+    made = await _blocking(add)
+    return JSONResponse(made.as_dict(), status_code=201)
+
+
+def get_collection(request: Request) -> Response:
+    return JSONResponse(_collection(request)[2].as_dict())
+
+
+async def add_collection_slides(request: Request) -> Response:
+    who = principal(request)
+    collections, code, found = await _blocking(_collection, request)
+    body = await _body(request, ("slides",), ())
+    slides = _slides(body)
+
+    def add() -> Collection:
+        with _fields():
+            return collections.add_slides(found.id, slides, code, who.id)
+
+    changed = await _blocking(add)
+    _changed(request)
+    return JSONResponse(changed.as_dict())
+
+
+def remove_collection_slide(request: Request) -> Response:
+    who = principal(request)
+    collections, code, found = _collection(request)
+    with _fields():
+        changed = collections.remove_slides(found.id, [str(request.path_params["slide"])], code, who.id)
+    _changed(request)
+    return JSONResponse(changed.as_dict())
+
+
+def delete_collection(request: Request) -> Response:
+    who = principal(request)
+    collections, code, found = _collection(request)
+    deleted = collections.delete(found.id, code, who.id)
+    _changed(request)
+    return JSONResponse(deleted.as_dict())
+
+
 def routes() -> list[BaseRoute]:
     """The administration routes, to mount at ``/api``."""
     return [
@@ -320,4 +410,14 @@ def routes() -> list[BaseRoute]:
         Route("/tenants/{finess}/grants", list_grants, methods=["GET"]),
         Route("/tenants/{finess}/grants", add_grant, methods=["POST"]),
         Route("/tenants/{finess}/grants/{grant}", revoke_grant, methods=["DELETE"]),
+        Route("/tenants/{finess}/collections", list_collections, methods=["GET"]),
+        Route("/tenants/{finess}/collections", add_collection, methods=["POST"]),
+        Route("/tenants/{finess}/collections/{collection}", get_collection, methods=["GET"]),
+        Route("/tenants/{finess}/collections/{collection}", delete_collection, methods=["DELETE"]),
+        Route("/tenants/{finess}/collections/{collection}/slides", add_collection_slides, methods=["POST"]),
+        Route(
+            "/tenants/{finess}/collections/{collection}/slides/{slide}",
+            remove_collection_slide,
+            methods=["DELETE"],
+        ),
     ]

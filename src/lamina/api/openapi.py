@@ -33,6 +33,8 @@ _PATH_PARAMETERS = {
     "finess": "The lab's FINESS number (9 characters, e.g. 750712184)",
     "person": "A person's identifier (a login, or the national practitioner number)",
     "grant": "A grant's identifier (32 hexadecimal digits)",
+    "collection": "A collection's identifier (32 hexadecimal digits)",
+    "slide": "A slide's identifier (lamina slides lists them)",
 }
 
 
@@ -229,7 +231,8 @@ OPERATIONS: dict[str, Operation] = {
         [_query("all", "Also the revoked and expired grants", {"type": "boolean"})],
     ),
     "add_grant": Operation(
-        "Give a grant {to, on, permission?, expires?} on one of the lab's slides or cases (the lab's admin)",
+        "Give a grant {to, on, permission?, expires?} on one of the lab's slides, cases or collections "
+        "(the lab's admin)",
         "administration",
         ["application/json"],
         (400, 404, 413),
@@ -238,6 +241,37 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "revoke_grant": Operation(
         "Revoke one of the lab's grants now (the lab's admin)", "administration", ["application/json"]
+    ),
+    "list_collections": Operation(
+        "The lab's collections of slides, with their count (the lab's admin)",
+        "administration",
+        ["application/json"],
+    ),
+    "add_collection": Operation(
+        "Make a collection {name, slides?} of the lab's slides (the lab's admin)",
+        "administration",
+        ["application/json"],
+        (400, 404, 413),
+        body=["application/json"],
+        status=201,
+    ),
+    "get_collection": Operation(
+        "A collection of the lab and its slides (the lab's admin)", "administration", ["application/json"]
+    ),
+    "delete_collection": Operation(
+        "Delete a collection (its slides stay; the grants on it are revoked) (the lab's admin)",
+        "administration",
+        ["application/json"],
+    ),
+    "add_collection_slides": Operation(
+        "Put the lab's slides {slides} in a collection (the lab's admin)",
+        "administration",
+        ["application/json"],
+        (400, 404, 413),
+        body=["application/json"],
+    ),
+    "remove_collection_slide": Operation(
+        "Take a slide out of a collection (the lab's admin)", "administration", ["application/json"]
     ),
     "missing": Operation("OpenSeadragon is not installed: says how to install it", "viewer", [], (404,)),
     "static": Operation("The viewer's files", "viewer", ["text/html", "text/javascript", "text/css"], (404,)),

@@ -147,6 +147,8 @@ def _remove_from_catalog(conn: Connection, slide_id: str, actor: str, reason: st
     series, study = str(slide["series_instance_uid"]), str(slide["study_instance_uid"])
     conn.execute(delete(t.instances).where(t.instances.c.slide_id == slide_id))
     conn.execute(delete(t.slides).where(t.slides.c.id == slide_id))
+    # a deleted slide leaves the collections that held it (lamina.governance.collections)
+    conn.execute(delete(t.collection_slides).where(t.collection_slides.c.slide_id == slide_id))
     # the series goes unless other objects (an annotation stored into it) are still in it
     conn.execute(
         delete(t.series).where(

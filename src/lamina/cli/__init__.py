@@ -9,6 +9,7 @@ import click
 from lamina import __version__
 from lamina.cli.ae import ae
 from lamina.cli.audit import audit
+from lamina.cli.collections import collections
 from lamina.cli.delete import delete
 from lamina.cli.demo import demo
 from lamina.cli.export import export
@@ -62,6 +63,7 @@ for command in (
     tenants,
     users,
     grants,
+    collections,
     token,
     issuer,
 ):

@@ -1,4 +1,5 @@
-"""``lamina grants add|list|revoke``: what a lab lets others read on its slides and cases."""
+"""``lamina grants add|list|revoke``: what a lab lets others read on its slides, cases and
+collections."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def grants() -> None:
 @grants.command("add")
 @click.option("--tenant", required=True, help="The lab giving the grant (it must own what is granted).")
 @click.option("--to", "to", required=True, help="Who: person:ID, tenant:FINESS or project:ID.")
-@click.option("--on", "on", required=True, help="What: slide:SLIDE_ID or case:STUDY_INSTANCE_UID.")
+@click.option(
+    "--on", "on", required=True, help="What: slide:SLIDE_ID, case:STUDY_INSTANCE_UID or collection:ID."
+)
 @click.option(
     "--permission",
     type=click.Choice([p.value for p in Permission]),
@@ -59,7 +62,7 @@ def grants() -> None:
 def add(
     ctx: click.Context, tenant: str, to: str, on: str, permission: str, expires: str | None, as_json: bool
 ) -> None:
-    """Give a grant on one of the lab's slides or cases."""
+    """Give a grant on one of the lab's slides, cases or collections."""
     to_kind, grantee = parse_target(to, "--to", GranteeKind)
     on_kind, resource = parse_target(on, "--on", ResourceKind)
     until = _expiry(expires)

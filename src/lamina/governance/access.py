@@ -30,7 +30,6 @@ from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import NotFoundError, PermissionDeniedError
 from lamina.governance.decide import Action, Principal, Resource, decide
-from lamina.governance.model import ResourceKind
 
 __all__ = ["NOT_FOUND", "Access"]
 
@@ -188,16 +187,13 @@ class Access:
         return resource, only
 
     def _granted_series(self, principal: Principal, study: str) -> frozenset[str]:
-        """The series of ``study`` whose slides the principal's grants in force reach alone."""
-        slides = [
-            grant.resource
-            for grant in principal.grants
-            if grant.resource_kind is ResourceKind.SLIDE and grant.active() and principal.reached_by(grant)
-        ]
+        """The series of ``study`` whose slides the principal's grants in force reach alone (a
+        slide grant, or a collection's)."""
+        slides = principal.granted_slides()
         if not slides:
             return frozenset()
-        query = select(t.slides.c.series_instance_uid).where(
-            t.slides.c.study_instance_uid == study, t.slides.c.id.in_(slides)
+        query = select(t.slides.c.id, t.slides.c.series_instance_uid).where(
+            t.slides.c.study_instance_uid == study
         )
         with self.catalog.engine.connect() as conn:
-            return frozenset(row[0] for row in conn.execute(query))
+            return frozenset(row[1] for row in conn.execute(query) if row[0] in slides)

@@ -9,10 +9,13 @@ right and fast). The rule:
   admin administers the lab (people, grants, rules) and searches; an archivist operates storage
   and sees no pixels; a platform admin administers tenants and operates, and sees no pixels.
   Researchers and committee members get nothing from their role alone.
-- A grant in force gives ``read`` (and ``annotate`` for read+annotate) on one slide or one case to
-  a person, to a tenant's pathologists and technicians, or to a project's members. A slide granted
-  alone is read alone: at the study level, the answer holds that slide only (the case's other
-  slides stay hidden: :meth:`lamina.governance.access.Access.read`).
+- A grant in force gives ``read`` (and ``annotate`` for read+annotate) on one slide, one case or
+  one collection of slides to a person, to a tenant's pathologists and technicians, or to a
+  project's members. A slide granted alone (or through a collection) is read alone: at the study
+  level, the answer holds that slide only (the case's other slides stay hidden:
+  :meth:`lamina.governance.access.Access.read`). A collection's slides are those it held when the
+  principal was read (:attr:`Principal.collections`) for the decision on one slide, and those it
+  holds now in searches.
 - A platform admin's role, held in any tenant, applies to every tenant: it administers labs,
   operates storage and searches metadata everywhere, and reads no pixels.
 - Nothing else is allowed.
@@ -99,6 +102,21 @@ class Principal:
     roles: Mapping[str, frozenset[Role]] = field(default_factory=dict)
     projects: frozenset[str] = frozenset()
     grants: tuple[Grant, ...] = ()
+    #: the slide ids of each collection a grant in ``grants`` is on
+    collections: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def granted_slides(self, now: dt.datetime | None = None) -> frozenset[str]:
+        """The slides granted alone by the grants in force that reach this principal (slide
+        grants, and the slides of the collections granted)."""
+        found: set[str] = set()
+        for grant in self.grants:
+            if not grant.active(now) or not self.reached_by(grant):
+                continue
+            if grant.resource_kind is ResourceKind.SLIDE:
+                found.add(grant.resource)
+            elif grant.resource_kind is ResourceKind.COLLECTION:
+                found |= self.collections.get(grant.resource, frozenset())
+        return frozenset(found)
 
     def tenants(self) -> frozenset[str]:
         """The tenants in which this principal holds any role."""
@@ -170,23 +188,54 @@ def _granted(principal: Principal, resource: Resource, now: dt.datetime | None) 
     for grant in principal.grants:
         if grant.tenant != resource.tenant or not grant.active(now) or not principal.reached_by(grant):
             continue
-        if (grant.resource_kind is ResourceKind.SLIDE and grant.resource == resource.slide_id) or (
-            grant.resource_kind is ResourceKind.CASE and grant.resource == resource.study
+        kind = grant.resource_kind
+        if (
+            (kind is ResourceKind.SLIDE and grant.resource == resource.slide_id)
+            or (kind is ResourceKind.CASE and grant.resource == resource.study)
+            or (
+                kind is ResourceKind.COLLECTION
+                and resource.slide_id is not None
+                and resource.slide_id in principal.collections.get(grant.resource, frozenset())
+            )
         ):
             actions |= _GRANTED[grant.permission]
     return frozenset(actions)
 
 
-def _searchable(principal: Principal, now: dt.datetime | None) -> tuple[list[str], list[str], list[str]]:
-    """What ``principal`` may search: the tenants where a role gives ``search``, and the cases
-    and the slides its grants in force reach. (A principal searching everywhere is not asked.)"""
+@dataclass(frozen=True)
+class _Searchable:
+    """What a principal may search: the tenants where a role gives ``search``, and the cases,
+    the slides and the collections its grants in force reach."""
+
+    tenants: list[str]
+    cases: list[str]
+    slides: list[str]
+    collections: list[str]
+
+    def granted_slides(self) -> ColumnElement[bool] | None:
+        """The condition on ``slides`` that keeps the slides granted alone (None: none)."""
+        conditions: list[ColumnElement[bool]] = []
+        if self.slides:
+            conditions.append(t.slides.c.id.in_(self.slides))
+        if self.collections:
+            held = select(t.collection_slides.c.slide_id).where(
+                t.collection_slides.c.collection_id.in_(self.collections)
+            )
+            conditions.append(t.slides.c.id.in_(held))
+        return or_(*conditions) if conditions else None
+
+
+def _searchable(principal: Principal, now: dt.datetime | None) -> _Searchable:
+    """What ``principal`` may search. (A principal searching everywhere is not asked.)"""
     tenants = sorted(
         tenant for tenant in principal.tenants() if Action.SEARCH in principal.allowed_in(tenant)
     )
     reaching = [g for g in principal.grants if g.active(now) and principal.reached_by(g)]
-    cases = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.CASE})
-    slides = sorted({g.resource for g in reaching if g.resource_kind is ResourceKind.SLIDE})
-    return tenants, cases, slides
+
+    def of(kind: ResourceKind) -> list[str]:
+        return sorted({g.resource for g in reaching if g.resource_kind is kind})
+
+    return _Searchable(tenants, of(ResourceKind.CASE), of(ResourceKind.SLIDE), of(ResourceKind.COLLECTION))
 
 
 def visible_studies(principal: Principal, now: dt.datetime | None = None) -> ColumnElement[bool]:
@@ -195,14 +244,14 @@ def visible_studies(principal: Principal, now: dt.datetime | None = None) -> Col
     one of the case's slides). Used in the query itself, so pages are filtered before paging."""
     if Action.SEARCH in principal.everywhere:
         return true()
-    tenants, cases, slides = _searchable(principal, now)
+    reach = _searchable(principal, now)
     conditions: list[ColumnElement[bool]] = []
-    if tenants:
-        conditions.append(t.studies.c.tenant.in_(tenants))
-    if cases:
-        conditions.append(t.studies.c.study_instance_uid.in_(cases))
-    if slides:
-        owning = select(t.slides.c.study_instance_uid).where(t.slides.c.id.in_(slides))
+    if reach.tenants:
+        conditions.append(t.studies.c.tenant.in_(reach.tenants))
+    if reach.cases:
+        conditions.append(t.studies.c.study_instance_uid.in_(reach.cases))
+    if (alone := reach.granted_slides()) is not None:
+        owning = select(t.slides.c.study_instance_uid).where(alone)
         conditions.append(t.studies.c.study_instance_uid.in_(owning))
     return or_(*conditions) if conditions else false()
 
@@ -213,15 +262,15 @@ def visible_series(principal: Principal, now: dt.datetime | None = None) -> Colu
     that slide's series (the case's other slides stay hidden)."""
     if Action.SEARCH in principal.everywhere:
         return true()
-    tenants, cases, slides = _searchable(principal, now)
+    reach = _searchable(principal, now)
     conditions: list[ColumnElement[bool]] = []
-    if tenants:
-        owned = select(t.studies.c.study_instance_uid).where(t.studies.c.tenant.in_(tenants))
+    if reach.tenants:
+        owned = select(t.studies.c.study_instance_uid).where(t.studies.c.tenant.in_(reach.tenants))
         conditions.append(t.series.c.study_instance_uid.in_(owned))
-    if cases:
-        conditions.append(t.series.c.study_instance_uid.in_(cases))
-    if slides:
-        granted = select(t.slides.c.series_instance_uid).where(t.slides.c.id.in_(slides))
+    if reach.cases:
+        conditions.append(t.series.c.study_instance_uid.in_(reach.cases))
+    if (alone := reach.granted_slides()) is not None:
+        granted = select(t.slides.c.series_instance_uid).where(alone)
         conditions.append(t.series.c.series_instance_uid.in_(granted))
     return or_(*conditions) if conditions else false()
 
@@ -231,11 +280,15 @@ def principal_of(
     roles: Iterable[tuple[str, Role]],
     grants: Iterable[Grant],
     projects: Iterable[str] = (),
+    collections: Mapping[str, Iterable[str]] | None = None,
 ) -> Principal:
-    """A :class:`Principal` from (tenant, role) pairs and the grants in force that may reach it
-    (those that do not are dropped)."""
+    """A :class:`Principal` from (tenant, role) pairs, the grants in force that may reach it
+    (those that do not are dropped) and the slides of the collections granted."""
     held: dict[str, set[Role]] = {}
     for tenant, role in roles:
         held.setdefault(tenant, set()).add(role)
     base = Principal(person_id, {k: frozenset(v) for k, v in held.items()}, frozenset(projects))
-    return Principal(base.id, base.roles, base.projects, tuple(g for g in grants if base.reached_by(g)))
+    kept = tuple(g for g in grants if base.reached_by(g))
+    granted = {g.resource for g in kept if g.resource_kind is ResourceKind.COLLECTION}
+    members = {key: frozenset(value) for key, value in (collections or {}).items() if key in granted}
+    return Principal(base.id, base.roles, base.projects, kept, members)

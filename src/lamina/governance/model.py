@@ -4,9 +4,10 @@ A **tenant** is a pathology structure, known by its FINESS number (the national 
 health establishments: 9 characters, a department code (2 digits, ``2A`` or ``2B``), then 7
 digits). A **person** is whoever signs in, by the identifier the sign-in gives (the national
 practitioner number that Pro Santé Connect's ``SubjectNameID`` carries, or a local login), and
-holds :class:`~lamina.governance.roles.Role` s per tenant. A **grant** is a lab's decision to let
-someone outside its own roles read (or read and annotate) one of its slides or cases, until an
-expiry, until revoked.
+holds :class:`~lamina.governance.roles.Role` s per tenant. A **collection** is a named set of one
+lab's slides (a teaching set, a research cohort, the slides of a second opinion). A **grant** is a
+lab's decision to let someone outside its own roles read (or read and annotate) one of its slides,
+cases or collections, until an expiry, until revoked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from lamina.errors import RequestError
 from lamina.governance.roles import Role
 
 __all__ = [
+    "MAX_COLLECTION_SLIDES",
+    "Collection",
     "Grant",
     "GranteeKind",
     "Permission",
@@ -112,10 +115,44 @@ class GranteeKind(StrEnum):
 
 
 class ResourceKind(StrEnum):
-    """What a grant is on: a slide (by its lamina id), or a case (by its Study Instance UID)."""
+    """What a grant is on: a slide (by its lamina id), a case (by its Study Instance UID), or a
+    collection of slides (by its id)."""
 
     SLIDE = "slide"
     CASE = "case"
+    COLLECTION = "collection"
+
+
+#: The most slides a collection holds (a grant on it is read into every principal it reaches).
+MAX_COLLECTION_SLIDES = 10_000
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A named set of one lab's slides; a grant on it reaches the slides it holds when the grant
+    is used (a slide added later is reached too, one removed no longer)."""
+
+    id: str
+    tenant: str
+    name: str
+    created_at: dt.datetime
+    created_by: str
+    #: the ids of its slides, in the order they were added
+    slides: tuple[str, ...] = ()
+
+    def as_dict(self, with_slides: bool = True) -> dict[str, object]:
+        """The JSON shape of ``--json`` and of the HTTP API (``with_slides`` False: their count)."""
+        shape: dict[str, object] = {
+            "id": self.id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+            "slide_count": len(self.slides),
+        }
+        if with_slides:
+            shape["slides"] = list(self.slides)
+        return shape
 
 
 @dataclass(frozen=True)

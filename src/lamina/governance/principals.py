@@ -145,7 +145,9 @@ class Principals:
             served = self.registry.existing_tenants(m.finess for m in identity.memberships)
             roles += [(m.finess, m.role) for m in identity.memberships if m.finess in served]
         tenants = {tenant for tenant, _ in roles}
-        principal = principal_of(person, roles, self.registry.grants_reaching(person, tenants))
+        grants = self.registry.grants_reaching(person, tenants)
+        collections = self.registry.collections_of(grants)
+        principal = principal_of(person, roles, grants, collections=collections)
         lifetime = min(self.ttl_s, max(0.0, claims.expires_at - self._wall()))
         digest = hashlib.sha256(token.encode("ascii")).digest()
         with self._lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy import RowMapping, and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
@@ -21,6 +21,7 @@ from lamina.archive import audit
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import NotFoundError, RequestError
+from lamina.governance.collections import members
 from lamina.governance.model import (
     Grant,
     GranteeKind,
@@ -206,7 +207,7 @@ class Registry:
         expires_at: dt.datetime | None = None,
         actor: str = "lamina",
     ) -> Grant:
-        """Let ``grantee`` have ``permission`` on one of ``tenant``'s slides or cases, until
+        """Let ``grantee`` have ``permission`` on one of ``tenant``'s slides, cases or collections, until
         ``expires_at`` (None: until revoked). The resource must belong to ``tenant``."""
         now = dt.datetime.now(dt.UTC)
         if expires_at is not None and expires_at <= now:
@@ -312,6 +313,14 @@ class Registry:
         with self.catalog.engine.connect() as conn:
             return [_grant(row) for row in conn.execute(query).mappings()]
 
+    def collections_of(self, grants: Iterable[Grant]) -> Mapping[str, tuple[str, ...]]:
+        """The slides of each collection ``grants`` are on (for the decision on one slide)."""
+        wanted = [g.resource for g in grants if g.resource_kind is ResourceKind.COLLECTION]
+        if not wanted:
+            return {}
+        with self.catalog.engine.connect() as conn:
+            return members(conn, wanted)
+
     def revoke_grant(self, grant_id: str, actor: str = "lamina") -> Grant:
         """End a grant now; :class:`NotFoundError` if there is no such grant still in force."""
         now = dt.datetime.now(dt.UTC)
@@ -360,6 +369,8 @@ def _grantee(kind: GranteeKind, value: str) -> str:
 def _owner(conn: Connection, kind: ResourceKind, resource: str) -> str | None:
     if kind is ResourceKind.SLIDE:
         query = select(t.slides.c.tenant).where(t.slides.c.id == resource)
+    elif kind is ResourceKind.COLLECTION:
+        query = select(t.collections.c.tenant).where(t.collections.c.id == resource)
     else:
         query = select(t.studies.c.tenant).where(t.studies.c.study_instance_uid == resource)
     row = conn.execute(query).first()

@@ -266,6 +266,28 @@ grants = Table(
     Index("ix_grants_resource", "resource_kind", "resource"),
 )
 
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # the lab whose slides it holds, and whose admins edit it and grant it
+    Column("tenant", String(9), ForeignKey("tenants.finess"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    UniqueConstraint("tenant", "name", name="uq_collections_tenant_name"),
+)
+
+collection_slides = Table(
+    "collection_slides",
+    metadata,
+    Column("collection_id", String(32), ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    # a slide of the collection's lab (its row goes with the slide: lamina.archive.delete)
+    Column("slide_id", String(64), primary_key=True),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Index("ix_collection_slides_slide", "slide_id"),
+)
+
 passwords = Table(
     "passwords",
     metadata,
