@@ -18,7 +18,13 @@
 //   one). The person signs in on oidc-provider's development login form (login: "pathologist" or
 //   "technician", any password); the viewer's consent is implied (a first-party client). Its
 //   access tokens carry the person's claims, for the resource "urn:lamina", and live
-//   LAMINA_TEST_ACCESS_TTL seconds (default 300).
+//   LAMINA_TEST_ACCESS_TTL seconds (default 300);
+// - clients signing in like the viewer (secret: "<client_id>-secret") whose access tokens carry
+//   the person's acr only, as Pro Santé Connect's: SubjectNameID and SubjectRefPro are given by the
+//   userinfo endpoint, as JSON ("psc-userinfo-json"), signed RS256 ("psc-userinfo-jws") or signed
+//   then encrypted to lamina's key ("psc-userinfo-jwe", with LAMINA_TEST_ENC_JWK). oidc-provider
+//   refuses at userinfo an access token with an audience (one for a resource server, as lamina's
+//   are): a token for userinfo is one asked without a resource, e.g. by the refresh token.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 
@@ -37,6 +43,20 @@ const VIEWER = {
   token_endpoint_auth_method: 'client_secret_post',
 };
 const encryptionKey = process.env.LAMINA_TEST_ENC_JWK ? JSON.parse(process.env.LAMINA_TEST_ENC_JWK) : null;
+const USERINFO_CLIENTS = [
+  { client_id: 'psc-userinfo-json' },
+  { client_id: 'psc-userinfo-jws', userinfo_signed_response_alg: 'RS256' },
+  ...(encryptionKey ? [{
+    client_id: 'psc-userinfo-jwe',
+    userinfo_signed_response_alg: 'RS256',
+    userinfo_encrypted_response_alg: 'RSA-OAEP-256',
+    userinfo_encrypted_response_enc: 'A256GCM',
+    jwks: { keys: [encryptionKey] },
+  }] : []),
+].map((metadata) => ({ ...VIEWER, client_secret: `${metadata.client_id}-secret`, ...metadata }));
+const USERINFO_IDS = new Set(USERINFO_CLIENTS.map((client) => client.client_id));
+// clients whose consent is implied (first-party)
+const FIRST_PARTY = new Set([VIEWER.client_id, ...USERINFO_IDS]);
 
 function signingKey() {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -108,9 +128,19 @@ function makeProvider(issuer) {
         response_types: [],
       })),
       VIEWER,
+      ...USERINFO_CLIENTS,
     ],
-    // the people who sign in at the login form (accountId: the login typed)
-    findAccount: (ctx, id) => (Object.hasOwn(PEOPLE, id) ? { accountId: id, claims: () => ({ sub: id }) } : undefined),
+    // the people who sign in at the login form (accountId: the login typed); their userinfo (the
+    // ID token keeps the sub only)
+    findAccount: (ctx, id) => (Object.hasOwn(PEOPLE, id) ? {
+      accountId: id,
+      claims: (use) => (use === 'userinfo' ? {
+        sub: id, SubjectNameID: PEOPLE[id].SubjectNameID, SubjectRefPro: PEOPLE[id].SubjectRefPro,
+      } : { sub: id }),
+    } : undefined),
+    claims: {
+      acr: null, auth_time: null, iss: null, sid: null, openid: ['sub', 'SubjectNameID', 'SubjectRefPro'],
+    },
     loadExistingGrant,
     issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
     pkce: { required: () => true },
@@ -119,6 +149,8 @@ function makeProvider(issuer) {
     jwks: { keys: [...keys].reverse() },
     features: {
       devInteractions: { enabled: true },
+      encryption: { enabled: true },
+      jwtUserinfo: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -136,7 +168,12 @@ function makeProvider(issuer) {
       },
     },
     // the person's claims: the signed-in account's (viewer), or the client's (client_credentials)
-    extraTokenClaims: (ctx, token) => PEOPLE[token.accountId] ?? PEOPLE[token.clientId] ?? {},
+    // (the userinfo clients': the acr only, the rest is at userinfo)
+    extraTokenClaims: (ctx, token) => {
+      const person = PEOPLE[token.accountId] ?? PEOPLE[token.clientId] ?? {};
+      if (!USERINFO_IDS.has(token.clientId)) return person;
+      return person.acr ? { acr: person.acr } : {};
+    },
   });
   return provider.callback();
 }
@@ -146,7 +183,7 @@ async function loadExistingGrant(ctx) {
   const { client, session, params } = ctx.oidc;
   const grantId = ctx.oidc.result?.consent?.grantId || session.grantIdFor(client.clientId);
   if (grantId) return ctx.oidc.provider.Grant.find(grantId);
-  if (client.clientId !== VIEWER.client_id || !session.accountId) return undefined;
+  if (!FIRST_PARTY.has(client.clientId) || !session.accountId) return undefined;
   const grant = new ctx.oidc.provider.Grant({ clientId: client.clientId, accountId: session.accountId });
   grant.addOIDCScope(String(params.scope || 'openid'));
   grant.addResourceScope('urn:lamina', 'slides:read');

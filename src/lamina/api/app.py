@@ -40,6 +40,7 @@ from lamina.governance.claims import ClaimsMapping
 from lamina.governance.issuer import LocalIssuer
 from lamina.governance.principals import Principals, TrustedIssuer
 from lamina.governance.tokens import TokenValidator
+from lamina.governance.userinfo import Userinfo, UserinfoReader
 
 #: How long a thread may run Python while the event loop waits for the GIL (CPython's default: 5 ms).
 _SWITCH_INTERVAL_S = 0.001
@@ -91,9 +92,16 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         # sign-in: the node's own issuer, and the OpenID provider of [auth] when configured
         app.state.issuer = LocalIssuer.open(settings.home)
         trusted = [TrustedIssuer(app.state.issuer.validator())]
+        app.state.userinfo = None
         if settings.auth_issuer is not None:
             mapping = settings.auth_claims or ClaimsMapping()
-            trusted.append(TrustedIssuer(TokenValidator(settings.auth_issuer), mapping))
+            validator = TokenValidator(settings.auth_issuer)
+            if settings.auth_issuer.userinfo:
+                # the provider's userinfo, for the token presented or the viewer's sign-in
+                viewer_id = () if settings.auth_viewer is None else (settings.auth_viewer.client_id,)
+                reader = UserinfoReader(settings.auth_issuer, validator.keys, viewer_id)
+                app.state.userinfo = Userinfo(reader)
+            trusted.append(TrustedIssuer(validator, mapping, app.state.userinfo))
         app.state.principals = Principals(opened.catalog, trusted)
         app.state.access = Access(opened.catalog)
         # long work a request starts (the embedded STOW-RS ingest): its own bounded threads, at

@@ -185,7 +185,9 @@ def routes(throttle: Throttle | None = None) -> list[BaseRoute]:
             return _error(413, "invalid_request", f"the form is over {MAX_FORM_BYTES} bytes")
         if isinstance(form, str):
             return _error(400, "invalid_request", form)
-        status, body = await run_in_threadpool(viewer_client.exchange, provider, client, form)
+        status, body = await run_in_threadpool(
+            viewer_client.exchange, provider, client, form, getattr(request.app.state, "userinfo", None)
+        )
         return Response(body, status_code=status, media_type="application/json", headers=_NO_STORE)
 
     return [

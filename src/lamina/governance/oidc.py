@@ -119,6 +119,13 @@ class IssuerConfig:
         How long the keys are kept before being fetched again on the next token.
     timeout_s
         The timeout of each request to the provider.
+    userinfo
+        Whether the claims of the provider's userinfo endpoint (its discovery document's
+        ``userinfo_endpoint``) are added to those of each token (:mod:`lamina.governance.userinfo`):
+        Pro Santé Connect gives ``SubjectRefPro`` there, not in its access tokens.
+    userinfo_unsigned_jwe
+        Whether an encrypted userinfo whose content is plain JSON (not signed) is accepted; by
+        default only a signed one is, since anyone may encrypt to lamina's public key.
     """
 
     issuer: str
@@ -132,6 +139,8 @@ class IssuerConfig:
     refetch_interval_s: float = 10.0
     keys_max_age_s: float = 3600.0
     timeout_s: float = 5.0
+    userinfo: bool = False
+    userinfo_unsigned_jwe: bool = False
 
     def __post_init__(self) -> None:
         if not self.issuer:
@@ -188,6 +197,11 @@ class IssuerConfig:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ConfigurationError(f"{prefix}.{name}: expected a number of seconds, got {value!r}")
                 kwargs[name] = int(value) if name == "leeway_s" else float(value)
+        for name in ("userinfo", "userinfo_unsigned_jwe"):
+            if name in data:
+                if not isinstance(data[name], bool):
+                    raise ConfigurationError(f"{prefix}.{name}: expected true or false, got {data[name]!r}")
+                kwargs[name] = data[name]
         if "decryption_jwks_file" in data:
             kwargs["decryption_keys"] = _read_private_jwks(
                 f"{prefix}.decryption_jwks_file", data["decryption_jwks_file"]
@@ -303,6 +317,7 @@ class IssuerKeys:
         self._lock = threading.Lock()
         self._keys: tuple[Key, ...] | None = None
         self._jwks_uri: str | None = None
+        self._userinfo_endpoint: str | None = None
         self._fetched_at = 0.0
         self._refetched_at: float | None = None
         self._generation = 0
@@ -322,6 +337,23 @@ class IssuerKeys:
         if key is None and self._refetch(generation):
             key = _pick(self._keys or (), kid, alg)
         return key
+
+    def userinfo_endpoint(self) -> str:
+        """The ``userinfo_endpoint`` of the discovery document read with the keys (never from a
+        request).
+
+        Raises
+        ------
+        UnavailableError
+            The provider could not be asked, or its document names no usable userinfo endpoint.
+        """
+        self._current()
+        if self._userinfo_endpoint is None:
+            raise UnavailableError(
+                f"the discovery document at {self._config.discovery_url} has no usable userinfo_endpoint "
+                "(https, or http on loopback); set userinfo = false in [auth] or fix the provider"
+            )
+        return self._userinfo_endpoint
 
     def _current(self) -> tuple[tuple[Key, ...], int]:
         with self._lock:
@@ -375,6 +407,13 @@ class IssuerKeys:
                 self._jwks_uri = _check_url("jwks_uri", jwks_uri)
             except ConfigurationError as error:
                 raise UnavailableError(f"the discovery document at {config.discovery_url}: {error}") from None
+            userinfo = document.get("userinfo_endpoint")
+            try:
+                self._userinfo_endpoint = (
+                    _check_url("userinfo_endpoint", userinfo) if isinstance(userinfo, str) else None
+                )
+            except ConfigurationError:
+                self._userinfo_endpoint = None
         assert self._jwks_uri is not None
         try:
             keys = _signature_keys(self._json(self._jwks_uri, "JWKS"))

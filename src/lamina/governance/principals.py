@@ -34,6 +34,7 @@ from lamina.governance.claims import ClaimsMapping
 from lamina.governance.decide import Principal, principal_of
 from lamina.governance.registry import Registry
 from lamina.governance.tokens import INVALID_TOKEN, MAX_TOKEN_BYTES, TokenValidator
+from lamina.governance.userinfo import Userinfo
 
 __all__ = ["Principals", "TrustedIssuer"]
 
@@ -45,10 +46,12 @@ PRINCIPAL_TTL_S = 25.0
 class TrustedIssuer:
     """An issuer whose tokens this node accepts, and how its claims name people and roles
     (``mapping`` None: lamina's own issuer, whose ``sub`` is a person registered on the node, and
-    whose roles come from the registry alone)."""
+    whose roles come from the registry alone); ``userinfo``: the provider's userinfo, whose
+    claims the mapping sees beside the token's (``userinfo = true`` in ``[auth]``)."""
 
     validator: TokenValidator
     mapping: ClaimsMapping | None = None
+    userinfo: Userinfo | None = None
 
     @property
     def issuer(self) -> str:
@@ -124,13 +127,15 @@ class Principals:
             The token is not valid, names no person, or names a person this node does not know
             (lamina's own tokens).
         UnavailableError
-            The issuer's keys could not be fetched.
+            The issuer's keys, or its userinfo, could not be fetched.
         """
         kept = self.cached(token)
         if kept is not None:
             return kept
         trusted = self._issuer_of(token)
         claims = trusted.validator.validate(token)
+        if trusted.userinfo is not None:
+            claims = trusted.userinfo.claims(token, claims)
         if trusted.mapping is None:
             known = self.registry.known_person(claims.subject) if claims.subject else None
             if known is None:

@@ -21,6 +21,7 @@ cross-origin request to the provider, and the page's content security policy sta
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -31,14 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import ConfigurationError, RequestError, UnavailableError
+from lamina.errors import AuthenticationError, ConfigurationError, RequestError, UnavailableError
 from lamina.governance.oidc import _OPENER, IssuerConfig, _check_url, fetch_json
+from lamina.governance.userinfo import Userinfo
 
 __all__ = ["MAX_TOKEN_FORM_BYTES", "ProviderEndpoints", "ViewerClient", "exchange"]
 
 #: The largest form the viewer sends to ``/auth/oidc/token``, and the largest answer kept.
 MAX_TOKEN_FORM_BYTES = 16 * 1024
 _MAX_ANSWER_BYTES = 256 * 1024
+log = logging.getLogger("lamina.governance")
 _GRANTS = {
     "authorization_code": ("code", "code_verifier", "redirect_uri"),
     "refresh_token": ("refresh_token",),
@@ -136,10 +139,13 @@ def endpoints(config: IssuerConfig) -> ProviderEndpoints:
     return found.get()
 
 
-def exchange(config: IssuerConfig, client: ViewerClient, form: Mapping[str, str]) -> tuple[int, bytes]:
+def exchange(
+    config: IssuerConfig, client: ViewerClient, form: Mapping[str, str], userinfo: Userinfo | None = None
+) -> tuple[int, bytes]:
     """Forward the viewer's code (or refresh token) to the provider's token endpoint, as the
     viewer's client; (the provider's status, its JSON answer). Only the parameters of the grant
-    are forwarded.
+    are forwarded. With ``userinfo`` (``userinfo = true`` in ``[auth]``), the userinfo of the
+    access token answered is read now and kept for it (:func:`_read_userinfo`).
 
     Raises
     ------
@@ -159,8 +165,15 @@ def exchange(config: IssuerConfig, client: ViewerClient, form: Mapping[str, str]
         sent[name] = value
     if client.resource:
         sent["resource"] = client.resource
+    status, body = _token_request(config, client, sent)
+    if userinfo is not None and status == 200:
+        body = _read_userinfo(config, client, userinfo, body)
+    return status, body
+
+
+def _token_request(config: IssuerConfig, client: ViewerClient, sent: dict[str, str]) -> tuple[int, bytes]:
     if client.client_secret:
-        sent["client_secret"] = client.client_secret
+        sent = {**sent, "client_secret": client.client_secret}
     url = endpoints(config).token_endpoint
     request = urllib.request.Request(
         url,
@@ -177,6 +190,50 @@ def exchange(config: IssuerConfig, client: ViewerClient, form: Mapping[str, str]
         raise UnavailableError(
             f"the identity provider at {url} did not answer ({type(error).__name__})"
         ) from None
+
+
+def _read_userinfo(config: IssuerConfig, client: ViewerClient, userinfo: Userinfo, body: bytes) -> bytes:
+    """Read the userinfo of the access token in the provider's answer ``body``, and keep it for
+    that token until it expires; the answer, with the refresh token the provider rotated if it did.
+
+    The access token is for lamina (its ``aud``). Without a ``resource`` (Pro Santé Connect,
+    Keycloak) it also opens the userinfo endpoint. With one (RFC 8707), a provider may refuse it
+    there (oidc-provider does): a token for userinfo is then asked with the refresh token and no
+    ``resource``. Failing, the sign-in goes on: the userinfo is asked with lamina's token when it
+    is first presented, and the provider's answer then decides.
+    """
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body
+    token = answer.get("access_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token:
+        return body
+    expires_in = answer.get("expires_in")
+    lifetime = min(max(float(expires_in), 0.0), 86_400.0) if isinstance(expires_in, int | float) else 300.0
+    refresh = answer.get("refresh_token")
+    try:
+        opener = token
+        if client.resource and isinstance(refresh, str) and refresh:
+            status, second = _token_request(
+                config,
+                client,
+                {"grant_type": "refresh_token", "client_id": client.client_id, "refresh_token": refresh},
+            )
+            found = json.loads(second) if status == 200 else {}
+            opener = found.get("access_token") or token
+            if isinstance(found.get("refresh_token"), str) and found["refresh_token"] != refresh:
+                answer["refresh_token"] = found["refresh_token"]  # rotated: the old one is spent
+                body = json.dumps(answer).encode()
+        claims = userinfo.fetch(opener)
+    except (AuthenticationError, UnavailableError, ValueError, AttributeError) as error:
+        log.warning(
+            "the userinfo of a sign-in could not be read now (%s); it is asked again later",
+            type(error).__name__,
+        )
+        return body
+    userinfo.remember(token, claims, time.time() + lifetime)
+    return body
 
 
 def _bounded(body: bytes, url: str) -> bytes:
