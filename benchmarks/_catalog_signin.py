@@ -5,8 +5,10 @@ Every HTTP route of lamina needs a bearer token. :func:`register_people` records
 node's own issuer:
 
 - a pathologist of one lab (``--lab``: the largest by default, the busiest worklist);
-- the same pathologist's colleague who also holds a case grant of another lab (``visible_studies``
-  becomes ``tenant IN (...) OR study_instance_uid IN (...)``, the shape a grant gives);
+- the same pathologist's colleague who also holds a case grant and a grant on a collection of 10
+  slides of another lab (at the study level, ``visible_study_branches`` gives two disjoint
+  branches, ``tenant = lab`` and the cases granted outside it, which a search pages through as a
+  union; at the series level ``visible_series`` is their OR);
 - a platform admin (``platform_admin``, held in one lab, searches metadata everywhere: no filter).
 
 :func:`sample_lab_keys` draws the search keys among the lab's own slides (a pathologist looks for
@@ -29,6 +31,7 @@ from sqlalchemy import Engine, text
 from _catalog_measure import Keys, Search, Timings
 from lamina.archive.archive import Archive
 from lamina.errors import RequestError
+from lamina.governance.collections import Collections
 from lamina.governance.issuer import LocalIssuer
 from lamina.governance.model import GranteeKind, Permission, ResourceKind
 from lamina.governance.registry import Registry
@@ -109,18 +112,31 @@ def register_people(archive: Archive, lab_choice: str, labs: Iterable[str] = ())
     registry.add_person(pathologist, lab, [Role.PATHOLOGIST], "Benchmark pathologist", "benchmarks")
     registry.add_person(granted, lab, [Role.PATHOLOGIST], "Benchmark pathologist with a grant", "benchmarks")
     held = registry.grants_reaching(granted, {lab})
-    if held:  # a kept catalog: the grant of an earlier run
+    if held:  # a kept catalog: the grants of an earlier run
         other = held[0].tenant
     else:
         registry.add_grant(other, GranteeKind.PERSON, granted, ResourceKind.CASE, case, Permission.READ)
+    if not any(g.resource_kind is ResourceKind.COLLECTION for g in held):
+        with engine.connect() as conn:
+            chosen = [
+                str(row[0])
+                for row in conn.execute(
+                    text("SELECT id FROM slides WHERE tenant = :t ORDER BY id LIMIT 10"), {"t": other}
+                )
+            ]
+        shared = Collections(archive.catalog).add(other, f"Second opinions for {lab}", chosen, "benchmarks")
+        registry.add_grant(
+            other, GranteeKind.PERSON, granted, ResourceKind.COLLECTION, shared.id, Permission.READ
+        )
     registry.add_person(admin, lab, [Role.PLATFORM_ADMIN], "Benchmark platform admin", "benchmarks")
     issuer = LocalIssuer.open(archive.settings.home)
     people = (
         Person("pathologist", issuer.issue(pathologist, TOKEN_SECONDS), f"lab {lab}: tenant IN (lab)"),
         Person(
-            "pathologist + 1 case grant",
+            "pathologist + grants",
             issuer.issue(granted, TOKEN_SECONDS),
-            f"lab {lab} and one case of lab {other}: tenant IN (lab) OR study_instance_uid IN (case)",
+            f"lab {lab}, one case and a collection of 10 slides of lab {other}: studies through the union "
+            "of (tenant = lab) and (the cases granted, outside the lab); series: their OR",
         ),
         Person("platform admin", issuer.issue(admin, TOKEN_SECONDS), "every lab: no condition"),
     )

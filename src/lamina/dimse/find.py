@@ -21,7 +21,7 @@ becomes a response identifier holding exactly the requested keys (:mod:`lamina.m
   instance of a matched series or study), else empty.
 - Answers are encoded in UTF-8 (``ISO_IR 192``): names in the catalog may hold any character.
 - Asked for a principal (the calling AE's, :func:`lamina.dimse.access.principal`), only what it
-  may search is matched, in the query itself (:func:`~lamina.governance.decide.visible_studies`
+  may search is matched, in the query itself (:func:`~lamina.governance.decide.visible_study_branches`
   at STUDY level, :func:`~lamina.governance.decide.visible_series` at SERIES and IMAGE level):
   another lab's studies do not exist for it, and the match limit counts only its own.
 """
@@ -40,14 +40,14 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import from a table
     StudyRootQueryRetrieveInformationModelFind,
 )
-from sqlalchemy import ColumnElement, Engine
+from sqlalchemy import Engine
 
 from lamina.archive.catalog import search
 from lamina.archive.catalog.keys import KEYS, UNIQUE, Level
 from lamina.archive.catalog.search import Criterion, Hit
 from lamina.dimse import status
 from lamina.errors import RequestError
-from lamina.governance.decide import Principal, visible_series, visible_studies
+from lamina.governance.decide import Principal, visible_series, visible_study_branches
 from lamina.mapping.attributes import Element, attributes, catalog_tags, level_of, to_dataset
 
 #: The query levels of the Study Root model, as C-FIND names them.
@@ -163,8 +163,8 @@ class Query:
         return list(dict.fromkeys([*own, *unique]))
 
 
-def _visible(principal: Principal, level: Level) -> ColumnElement[bool]:
-    return visible_studies(principal) if level is Level.STUDY else visible_series(principal)
+def _visible(principal: Principal, level: Level) -> search.Visible:
+    return visible_study_branches(principal) if level is Level.STUDY else visible_series(principal)
 
 
 def _matches(

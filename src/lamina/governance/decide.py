@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, false, or_, select, true
+from sqlalchemy import ColumnElement, and_, false, or_, select, true
 
 from lamina.archive.catalog import tables as t
 from lamina.governance.model import Grant, GranteeKind, Permission, ResourceKind
@@ -50,6 +50,7 @@ __all__ = [
     "principal_of",
     "visible_series",
     "visible_studies",
+    "visible_study_branches",
 ]
 
 
@@ -254,6 +255,28 @@ def visible_studies(principal: Principal, now: dt.datetime | None = None) -> Col
         owning = select(t.slides.c.study_instance_uid).where(alone)
         conditions.append(t.studies.c.study_instance_uid.in_(owning))
     return or_(*conditions) if conditions else false()
+
+
+def visible_study_branches(
+    principal: Principal, now: dt.datetime | None = None
+) -> tuple[ColumnElement[bool], ...] | None:
+    """:func:`visible_studies` as disjoint conditions, for a search that pages through their
+    union (:func:`lamina.archive.catalog.search.find_studies`): one per tenant searched (``tenant =
+    'L'``, read in order from the lab's index) and one for the cases the grants reach outside
+    those tenants. None: no condition (a principal searching everywhere); ``()``: nothing."""
+    if Action.SEARCH in principal.everywhere:
+        return None
+    reach = _searchable(principal, now)
+    branches: list[ColumnElement[bool]] = [t.studies.c.tenant == tenant for tenant in reach.tenants]
+    granted: list[ColumnElement[bool]] = []
+    if reach.cases:
+        granted.append(t.studies.c.study_instance_uid.in_(reach.cases))
+    if (alone := reach.granted_slides()) is not None:
+        granted.append(t.studies.c.study_instance_uid.in_(select(t.slides.c.study_instance_uid).where(alone)))
+    if granted:
+        outside = [t.studies.c.tenant.not_in(reach.tenants)] if reach.tenants else []
+        branches.append(and_(or_(*granted), *outside))
+    return tuple(branches)
 
 
 def visible_series(principal: Principal, now: dt.datetime | None = None) -> ColumnElement[bool]:

@@ -62,7 +62,7 @@ from lamina.archive.catalog.keys import KEYS, Level
 from lamina.archive.catalog.matching import Kind
 from lamina.archive.catalog.search import Criterion, Found, Hit, SeriesHit, Single, StudyHit, Visible
 from lamina.errors import NotAcceptableError, RequestError
-from lamina.governance.decide import visible_series, visible_studies
+from lamina.governance.decide import visible_series, visible_study_branches
 from lamina.mapping.attributes import Element, attributes, level_of, stored_attributes, tags
 
 DICOM_JSON = "application/dicom+json"
@@ -316,7 +316,7 @@ async def _search(request: Request, level: Level) -> Response:
     # only what the principal may see, in the query itself (pages stay right): its labs' studies
     # and those its grants reach; at series and instance levels, a slide granted alone shows alone
     who = principal(request)
-    visible = visible_studies(who) if level is Level.STUDY else visible_series(who)
+    visible: Visible = visible_study_branches(who) if level is Level.STUDY else visible_series(who)
     results, more = await run_in_threadpool(answer, archive.catalog.engine, query, scope, base, visible)
     warnings = list(query.warnings)
     if more and query.capped:

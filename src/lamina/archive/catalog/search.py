@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, exists, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, exists, false, func, or_, select, union_all
 
 from lamina.archive.catalog import matching, modalities
 from lamina.archive.catalog import tables as t
@@ -281,12 +281,19 @@ _SERIES = t.series.join(t.studies, t.series.c.study_instance_uid == t.studies.c.
 
 #: What a principal may see, as a condition on ``studies`` (study level) or on ``series`` (series
 #: and instance levels): :func:`lamina.governance.decide.visible_studies` and ``visible_series``;
+#: at the study level, also a tuple of *disjoint* conditions whose union is what may be seen
+#: (:func:`lamina.governance.decide.visible_study_branches`: one per lab, one for the cases
+#: granted), each of which an index reads in order, so that a page costs what the page holds;
 #: None for everything (a caller that decided so).
-Visible = ColumnElement[bool] | None
+Visible = ColumnElement[bool] | tuple[ColumnElement[bool], ...] | None
 
 
 def _visible(visible: Visible) -> list[ColumnElement[bool]]:
-    return [] if visible is None else [visible]
+    if visible is None:
+        return []
+    if isinstance(visible, tuple):
+        return [or_(*visible) if visible else false()]
+    return [visible]
 
 
 def studies_query(criteria: Sequence[Criterion], visible: Visible = None) -> Select[Any]:
@@ -330,6 +337,48 @@ def instances_query(
 
 
 _QUERIES = {Level.STUDY: studies_query, Level.SERIES: series_query, Level.INSTANCE: instances_query}
+
+
+def _studies_union(
+    criteria: Sequence[Criterion], branches: tuple[ColumnElement[bool], ...], limit: int, offset: int
+) -> Select[Any]:
+    """The page of study UIDs over disjoint ``branches``: each branch's first ``offset + limit``
+    in the stable order (an ordered read of ``ix_studies_tenant_date(_pg)`` for a lab, a few
+    look-ups for the cases granted), merged, ordered and paged. An OR of the branches would make
+    the database read (or sort) every study of the lab, or walk the whole catalog's date index,
+    for each page."""
+    parts = []
+    for branch in branches:
+        ordered = (
+            studies_query(criteria, branch)
+            .add_columns(t.studies.c.study_date, t.studies.c.study_time)
+            .limit(offset + limit)
+            .subquery()
+        )
+        parts.append(select(ordered))
+    merged = union_all(*parts).subquery()
+    order = (
+        merged.c.study_date.desc().nulls_last(),
+        merged.c.study_time.desc().nulls_last(),
+        merged.c.study_instance_uid.desc(),
+    )
+    return select(merged.c.study_instance_uid).order_by(*order).limit(limit).offset(offset)
+
+
+def _page(
+    level: Level,
+    criteria: Sequence[Criterion],
+    visible: Visible,
+    limit: int,
+    offset: int,
+    metadata: bool,
+) -> Select[Any]:
+    """The query of ``limit`` matches from ``offset``, in the stable order."""
+    if level is Level.STUDY and isinstance(visible, tuple) and len(visible) > 1:
+        return _studies_union(criteria, visible, limit, offset)
+    if level is Level.INSTANCE:
+        return instances_query(criteria, visible, metadata=metadata).limit(limit).offset(offset)
+    return _QUERIES[level](criteria, visible).limit(limit).offset(offset)
 
 
 # -- the hits of some rows, with what they need ------------------------------------------------
@@ -445,13 +494,9 @@ def _find(
     metadata: bool,
     visible: Visible,
 ) -> Found[Any]:
-    query = (
-        instances_query(criteria, visible, metadata=metadata)
-        if level is Level.INSTANCE
-        else _QUERIES[level](criteria, visible)
-    )
+    query = _page(level, criteria, visible, limit + 1, offset, metadata)
     with engine.connect() as conn:
-        rows = list(conn.execute(query.limit(limit + 1).offset(offset)).mappings())
+        rows = list(conn.execute(query).mappings())
         hits = _HITS[level](conn, rows[:limit], metadata)
     return Found(hits, len(rows) > limit)
 
@@ -514,7 +559,7 @@ def iter_matches(
     The matches are found by one query; their details are read ``CHUNK`` at a time, each chunk on
     a connection of its own, so that no connection is held while the caller sends what it got."""
     with engine.connect() as conn:
-        rows = list(conn.execute(_QUERIES[level](criteria, visible).limit(limit)).mappings())
+        rows = list(conn.execute(_page(level, criteria, visible, limit, 0, False)).mappings())
     for start in range(0, len(rows), CHUNK):
         with engine.connect() as conn:
             hits: list[Hit] = _HITS[level](conn, rows[start : start + CHUNK], metadata)
