@@ -144,3 +144,17 @@ class ThrottledError(LaminaError):
     def __init__(self, retry_after_s: float) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(f"too many failed sign-ins; retry in {math.ceil(retry_after_s)} s")
+
+
+class GoneError(LaminaError):
+    """What was asked for existed and was deleted on purpose: a slide expired after its care
+    retention, of which only the trace (record and thumbnail) is kept (410 over HTTP)."""
+
+
+class RestoringError(LaminaError):
+    """What was asked for is on a cold tier and is being brought back: ask again after
+    ``retry_after_s`` seconds (202 with ``Retry-After`` over HTTP)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

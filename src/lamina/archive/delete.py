@@ -147,8 +147,10 @@ def _remove_from_catalog(conn: Connection, slide_id: str, actor: str, reason: st
     series, study = str(slide["series_instance_uid"]), str(slide["study_instance_uid"])
     conn.execute(delete(t.instances).where(t.instances.c.slide_id == slide_id))
     conn.execute(delete(t.slides).where(t.slides.c.id == slide_id))
-    # a deleted slide leaves the collections that held it (lamina.governance.collections)
-    conn.execute(delete(t.collection_slides).where(t.collection_slides.c.slide_id == slide_id))
+    # a deleted slide leaves the collections that held it (lamina.governance.collections), and
+    # its flag of interest and trace go with it (the trace's thumbnail is then swept)
+    for table in (t.collection_slides, t.slide_interest, t.slide_traces):
+        conn.execute(delete(table).where(table.c.slide_id == slide_id))
     # the series goes unless other objects (an annotation stored into it) are still in it
     conn.execute(
         delete(t.series).where(

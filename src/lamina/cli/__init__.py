@@ -10,12 +10,14 @@ from lamina import __version__
 from lamina.cli.ae import ae
 from lamina.cli.audit import audit
 from lamina.cli.collections import collections
+from lamina.cli.costs import costs
 from lamina.cli.delete import delete
 from lamina.cli.demo import demo
 from lamina.cli.export import export
 from lamina.cli.grants import grants
 from lamina.cli.ingest import ingest
 from lamina.cli.issuer import issuer
+from lamina.cli.lifecycle import case, hold, interest, lifecycle
 from lamina.cli.passwords import password
 from lamina.cli.sample import sample
 from lamina.cli.send import send
@@ -66,6 +68,11 @@ for command in (
     collections,
     token,
     issuer,
+    costs,
+    case,
+    interest,
+    hold,
+    lifecycle,
 ):
     cli.add_command(command)
 users.add_command(password)

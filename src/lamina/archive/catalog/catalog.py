@@ -74,6 +74,10 @@ class SlideRow:
     created_at: dt.datetime
     tenant: str = ""
     retain_until: dt.datetime | None = None
+    specimen_type: str | None = None
+    tier: str = "hot"
+    last_access_at: dt.datetime | None = None
+    expired_at: dt.datetime | None = None
     patient_id: str | None = None
     patient_name: str | None = None
     accession_number: str | None = None
@@ -291,14 +295,24 @@ class Catalog:
         return None
 
     def referenced_blobs(self) -> set[str]:
+        """Every object the catalog references: the instances', and the thumbnails expired slides
+        keep (their traces)."""
+        thumbnails = select(t.slide_traces.c.thumbnail_sha256).where(
+            t.slide_traces.c.thumbnail_sha256.is_not(None)
+        )
         with self.engine.connect() as conn:
-            return {row[0] for row in conn.execute(select(t.instances.c.blob_sha256))}
+            found = {row[0] for row in conn.execute(select(t.instances.c.blob_sha256))}
+            return found | {row[0] for row in conn.execute(thumbnails)}
 
     def blobs_in_use(self, digests: Sequence[str]) -> set[str]:
-        """Those of ``digests`` that an instance references."""
-        query = select(t.instances.c.blob_sha256).where(t.instances.c.blob_sha256.in_(list(digests)))
+        """Those of ``digests`` that an instance, or an expired slide's trace, references."""
+        wanted = list(digests)
+        instances = select(t.instances.c.blob_sha256).where(t.instances.c.blob_sha256.in_(wanted))
+        traces = select(t.slide_traces.c.thumbnail_sha256).where(
+            t.slide_traces.c.thumbnail_sha256.in_(wanted)
+        )
         with self.engine.connect() as conn:
-            return {row[0] for row in conn.execute(query)}
+            return {row[0] for row in conn.execute(instances)} | {row[0] for row in conn.execute(traces)}
 
     def sop_instance_exists(self, uids: Sequence[str]) -> list[str]:
         with self.engine.connect() as conn:

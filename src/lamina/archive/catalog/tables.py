@@ -129,6 +129,14 @@ slides = Table(
     Column("tenant", String(64), nullable=False, server_default=""),
     # when the care retention of the slide ends (None: not set yet, or kept)
     Column("retain_until", DateTime(timezone=True)),
+    # the care lifecycle (lamina.lifecycle): biopsy, resection, cytology... for retention rules
+    Column("specimen_type", String(64)),
+    # where its objects are: hot (read at once) or cold (restored before reading)
+    Column("tier", String(8), nullable=False, server_default="hot"),
+    # the last opening or retrieval (not per tile), for tier rules
+    Column("last_access_at", DateTime(timezone=True)),
+    # when its pyramid was deleted after its care retention (its trace: slide_traces)
+    Column("expired_at", DateTime(timezone=True)),
     Index("ix_slides_study", "study_instance_uid"),
     Index("ix_slides_retain_until", "retain_until"),
     Index("ix_slides_tenant", "tenant", "created_at"),
@@ -264,6 +272,83 @@ grants = Table(
     Column("revoked_by", String(128)),
     Index("ix_grants_grantee", "grantee_kind", "grantee"),
     Index("ix_grants_resource", "resource_kind", "resource"),
+)
+
+# -- the care lifecycle (lamina.lifecycle) ------------------------------------------------------
+
+case_reports = Table(
+    "case_reports",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # the case, by the lab and its accession number: a report may come before the case's slides
+    Column("tenant", String(9), nullable=False),
+    Column("accession_number", String(64), nullable=False),
+    # FHIR DiagnosticReport.status: final, amended, corrected and appended start (restart) the clock
+    Column("status", String(24), nullable=False),
+    # when the report was validated (DiagnosticReport.issued): the clock's start
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    # the LIS's identifier of the report (DiagnosticReport.id or identifier), if any
+    Column("report_id", String(128)),
+    # fhir or cli, and who sent it
+    Column("source", String(16), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Index("ix_case_reports_case", "tenant", "accession_number", "issued_at"),
+)
+
+slide_interest = Table(
+    "slide_interest",
+    metadata,
+    # a slide of interest: kept beyond care, ready to leave for the archive
+    Column("slide_id", String(16), primary_key=True),
+    Column("category", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("flagged_at", DateTime(timezone=True), nullable=False),
+    Column("flagged_by", String(128), nullable=False),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("slide_id", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("held_at", DateTime(timezone=True), nullable=False),
+    Column("held_by", String(128), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+    Column("released_by", String(128)),
+    Index("ix_holds_slide", "slide_id"),
+)
+
+lifecycle_rules = Table(
+    "lifecycle_rules",
+    metadata,
+    # a lab's retention rules, as their TOML text (lamina.lifecycle.rules)
+    Column("tenant", String(9), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)
+
+slide_traces = Table(
+    "slide_traces",
+    metadata,
+    # what an expired slide keeps: the record of its scan, its thumbnail, what was deleted
+    Column("slide_id", String(16), primary_key=True),
+    Column("expired_at", DateTime(timezone=True), nullable=False),
+    Column("rule", String(128), nullable=False),
+    Column("rule_digest", String(64), nullable=False),
+    Column("report_at", DateTime(timezone=True)),
+    # the JPEG thumbnail in the blob store (None: the rule keeps the record only)
+    Column("thumbnail_sha256", String(64)),
+    Column("thumbnail_width", Integer),
+    Column("thumbnail_height", Integer),
+    # JSON: [{"sop": SOP Instance UID, "sha256": digest, "bytes": n}, ...] of the objects deleted
+    Column("deleted", Text, nullable=False),
+    Column("bytes_freed", BigInteger, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Index("ix_slide_traces_thumbnail", "thumbnail_sha256"),
 )
 
 collections = Table(
