@@ -134,3 +134,18 @@ def test_bad_input_is_one_line_naming_the_option(args: list[str], option: str) -
     assert shown.exit_code == 2
     assert shown.stderr.startswith(f"error: {option}:"), shown.stderr
     assert len(shown.stderr.strip().splitlines()) == 1
+
+
+def test_the_commands_in_the_docs_run() -> None:
+    # docs/costs.md's examples without an archive (the --measured ones are tested above)
+    text = (Path(__file__).parents[2] / "docs" / "costs.md").read_text(encoding="utf-8")
+    commands = [
+        line.removeprefix("$ lamina costs").split("#")[0].split()
+        for line in text.splitlines()
+        if line.startswith("$ lamina costs") and "--measured" not in line
+    ]
+    assert len(commands) == 3
+    for args in commands:
+        shown = costs(*args)
+        assert shown.exit_code == 0, (args, shown.output)
+        assert "cost per slide" in shown.stdout or "cost_per_slide" in shown.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -195,3 +196,19 @@ def test_prices_set_by_key() -> None:
     prices = UnitPrices().with_values({"archive_gb_month": "0.004", "depreciation_years": "7"})
     assert (prices.archive_gb_month, prices.depreciation_years) == (0.004, 7)
     assert prices.scanner(Sector.PUBLIC) == 220_000 and prices.scanner(Sector.PRIVATE) == 350_000
+
+
+def test_the_docs_show_the_figures_lamina_computes() -> None:
+    # docs/costs.md sets lamina's figures beside the report's: they must be the model's own
+    text = (Path(__file__).parents[2] / "docs" / "costs.md").read_text(encoding="utf-8")
+    for preset in (PRIVATE_500K_CASES, PUBLIC_SECTOR):
+        result = estimate(preset)
+        for figure in (
+            f"{result.investment:,.0f} €",
+            f"{result.operation_per_year:,.0f} €",
+            f"{result.archive_per_year:,.0f} €",
+            f"{result.total_over_period:,.0f} €",
+            f"{result.cost_per_slide:.2f} €",
+            f"{result.co2_kg_per_year:,.0f} kg",
+        ):
+            assert figure in text, figure
