@@ -4,6 +4,7 @@ file, line, rule and field."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from lamina.lifecycle.rules import (
     load_rules,
     parse_rules,
 )
+from tests.support import REPO
 
 EXAMPLE = """\
 # lamina lifecycle rules: the first matching rule wins
@@ -319,6 +321,47 @@ def test_nothing_of_a_bad_file_is_kept() -> None:
     """All or nothing: a bad rule after good ones gives an error, never the good ones alone."""
     with pytest.raises(RuleError):
         parse_rules(EXAMPLE + "\n[[rule]]\nname = 'bad'\ncare_days = -3\n")
+
+
+# --- the page: docs/lifecycle.md -------------------------------------------------------------------
+
+
+def _section(page: str, title: str) -> str:
+    start = page.index(f"## {title}\n")
+    end = page.find("\n## ", start + 1)
+    return page[start : end if end >= 0 else None]
+
+
+def test_the_pages_example_and_errors_are_what_the_code_gives() -> None:
+    section = _section((REPO / "docs" / "lifecycle.md").read_text("utf-8"), "Retention rules")
+    [example] = re.findall(r"```toml\n(.*?)```", section, re.S)
+    [shown] = re.findall(r"```text\n(.*?)```", section, re.S)
+    # Act
+    rules = parse_rules(example)
+    errors = [
+        str(_error(example.replace(old, new)))
+        for old, new in [
+            ("care_days = 3650", 'care_days = "thirty"'),
+            ("care_days = 90", "care_dys = 90"),
+            ('name = "paediatric tumours"', 'name "paediatric tumours"'),
+        ]
+    ]
+    # Assert
+    assert [rule.name for rule in rules.rules] == [
+        "paediatric tumours",
+        "breast biopsies",
+        "cytology",
+        "cases left without a report",
+        "default",
+    ]
+    assert rules.rules[2].care_days is None
+    assert rules.rules[3] == Rule(
+        "cases left without a report",
+        specimen_types=("resection",),
+        review_after_days=180,
+        trace=TraceKeeps.RECORD,
+    )
+    assert errors == shown.splitlines()
 
 
 # --- files ---------------------------------------------------------------------------------------
