@@ -11,6 +11,7 @@ from lamina.api.auth import challenge
 from lamina.errors import (
     AuthenticationError,
     ConfigurationError,
+    GoneError,
     InsufficientStorageError,
     IntegrityError,
     LaminaError,
@@ -19,16 +20,21 @@ from lamina.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RequestError,
+    RestoringError,
     StorageError,
     ThrottledError,
 )
 
 STATUS: list[tuple[type[LaminaError], int, str]] = [
+    # a slide on the cold tier, being restored: not an error, ask again after Retry-After
+    (RestoringError, 202, "Restoring"),
     (RequestError, 400, "Bad request"),
     (AuthenticationError, 401, "Unauthorized"),
     (PermissionDeniedError, 403, "Forbidden"),
     (NotFoundError, 404, "Not found"),
     (NotAcceptableError, 406, "Not acceptable"),
+    # a slide expired after its care retention: its trace (record, thumbnail) is all there is
+    (GoneError, 410, "Gone"),
     (PayloadTooLargeError, 413, "Payload too large"),
     (ThrottledError, 429, "Too many requests"),
     (IntegrityError, 500, "Stored object damaged"),
@@ -53,7 +59,7 @@ async def handle_lamina_error(request: Request, exc: Exception) -> Response:
             answer = problem(status, title, str(exc))
             if isinstance(exc, AuthenticationError):  # RFC 6750 section 3
                 answer.headers["WWW-Authenticate"] = challenge(exc.error)
-            elif isinstance(exc, ThrottledError):
+            elif isinstance(exc, ThrottledError | RestoringError):
                 answer.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
             return answer
     return problem(500, "Server error", "unexpected error")

@@ -12,18 +12,22 @@ being found within that time, and the routes find it gone anyway), asks
   :class:`~lamina.errors.PermissionDeniedError` (403).
 
 Reads are recorded in the audit log once per *opening*: the first read of a slide (a series)
-by a person, then again only after ``opening_s`` (30 min) without one, not for every tile.
+by a person, then again only after ``opening_s`` (30 min) without one, not for every tile. The
+same opening sets the slide's ``last_access_at`` (the tier rules' "days without access"), in the
+audit entry's transaction.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select, update
+from sqlalchemy.engine import Connection
 
 from lamina.archive import audit
 from lamina.archive.catalog import Catalog
@@ -184,7 +188,32 @@ class Access:
                     target,
                     {"tenant": resource.tenant, "study": study, "series": series, "client": client},
                 )
+                self._accessed(conn, resource, study, series, only)
         return resource, only
+
+    def _accessed(
+        self,
+        conn: Connection,
+        resource: Resource,
+        study: str,
+        series: str | None,
+        only: frozenset[str] | None,
+    ) -> None:
+        """Record the opening on the slides read (``slides.last_access_at``, for the tier rules of
+        :mod:`lamina.lifecycle`): the series' slide, or the slides of a study read whole (those
+        granted alone when only they may be). One UPDATE by an indexed column, with the audit
+        entry, once per opening: never per tile."""
+        now = dt.datetime.now(dt.UTC)
+        if resource.slide_id is not None:
+            where = t.slides.c.id == resource.slide_id
+        elif series is not None:
+            return  # a series that is no slide's (annotations, reports)
+        elif only is not None:
+            where = and_(t.slides.c.study_instance_uid == study, t.slides.c.series_instance_uid.in_(only))
+        else:
+            where = t.slides.c.study_instance_uid == study
+        live = t.slides.c.expired_at.is_(None)
+        conn.execute(update(t.slides).where(where, live).values(last_access_at=now))
 
     def _granted_series(self, principal: Principal, study: str) -> frozenset[str]:
         """The series of ``study`` whose slides the principal's grants in force reach alone (a

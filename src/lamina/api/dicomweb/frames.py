@@ -37,10 +37,11 @@ from lamina.api.dicomweb.accept import (
     bulk_part_type,
     parse_accept,
 )
+from lamina.api.dicomweb.available import lost_object
 from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
-from lamina.errors import IntegrityError, NotAcceptableError, NotFoundError, RequestError
+from lamina.errors import GoneError, IntegrityError, NotAcceptableError, NotFoundError, RequestError
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 
@@ -163,7 +164,8 @@ def check_answer_size(
 
 def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) -> list[bytes]:
     """The frames' stored bytes; an object that is gone or shorter than its frame index is
-    reported damaged (audited, repair queued) and the request fails.
+    reported damaged (audited, repair queued) and the request fails, unless its slide expired
+    (410) or the instance was deleted (404) since it was read (``available.lost_object``).
 
     Blocking: called in the thread pool, never on the event loop. Reads go through
     ``archive.store.read_range`` unless the object is a local file, so a cache in the store layer
@@ -171,8 +173,8 @@ def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) ->
     """
     sha256 = found.row.blob_sha256
     spans = [found.frame_span(number) for number in numbers]
-    fd = found.fd()
     try:
+        fd = found.fd()  # FileNotFoundError: the object went since the instance was cached
         if fd is not None:
             data = [os.pread(fd, length, offset) for offset, length in spans]
         else:
@@ -180,13 +182,13 @@ def read_frames(found: IndexedInstance, numbers: list[int], archive: Archive) ->
     except (NotFoundError, FileNotFoundError):
         data = []
     short = any(len(got) != length for got, (_, length) in zip(data, spans, strict=False))
-    if len(data) != len(spans) or short:
-        if archive.catalog.instance(found.row.sop_instance_uid) is None:  # deleted by another process
-            raise NotFoundError(f"instance {found.row.sop_instance_uid} is not in this archive")
-        archive.damaged(sha256, f"frames of {found.row.sop_instance_uid}", "dicomweb")
-        raise IntegrityError(
+    if len(data) != len(spans) or short:  # expired (410), deleted (404) or damaged
+        lost_object(
+            archive,
+            found.row,
+            f"frames of {found.row.sop_instance_uid}",
             f"the stored object of instance {found.row.sop_instance_uid} is damaged; "
-            "its repair has been queued"
+            "its repair has been queued",
         )
     return data
 
@@ -237,8 +239,8 @@ def answer(
     check_answer_size(found, numbers, output.target, limit, parameter)
     try:
         data = read_frames(found, numbers, archive)
-    except (IntegrityError, NotFoundError):
-        index.forget(found.row.sop_instance_uid)  # reopened once repaired; gone once deleted
+    except (IntegrityError, NotFoundError, GoneError):
+        index.forget(found.row.sop_instance_uid)  # reopened once repaired; gone once deleted or expired
         raise
     if output.target is not None:
         data = [transcode(found.row, frame, output.target) for frame in data]

@@ -28,6 +28,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import anyio.to_thread
 import numpy as np
@@ -37,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
 from lamina.errors import NotFoundError, UnavailableError
+from lamina.lifecycle.serving import availability
 
 _CACHED = 4096
 #: After a failed confirmation, the next one of that series starts no sooner than this.
@@ -151,7 +153,8 @@ class InstanceIndex:
             task.add_done_callback(self._tasks.discard)
 
     def get(self, study: str, series: str, sop: str) -> IndexedInstance:
-        """The instance, from the cache or the catalog; 404 when it is not in this archive.
+        """The instance, from the cache or the catalog; 404 when it is not in this archive, 410
+        when its slide expired (:func:`lamina.lifecycle.serving.availability`).
 
         Blocking (a catalog query on a miss, and for a cached instance due for its confirmation
         when no other confirmation of its series is in flight): call it in the thread pool, never
@@ -174,15 +177,21 @@ class InstanceIndex:
         if batch and found is not None:
             gone = self.confirm(found.row.series_instance_uid, batch)  # None: failed, served stale
             if gone is not None and sop in gone:
-                raise NotFoundError(missing)
+                self._absent(study, series, missing)
         if found is None:
             try:
                 found = self._load(sop)
             except NotFoundError:
-                raise NotFoundError(missing) from None
+                self._absent(study, series, missing)
         if found.row.study_instance_uid != study or found.row.series_instance_uid != series:
             raise NotFoundError(missing)
         return found
+
+    def _absent(self, study: str, series: str, missing: str) -> NoReturn:
+        """410 when the series is an expired slide's (its instances deleted, its trace kept),
+        else 404 with ``missing``."""
+        availability(self.archive.catalog, study, series)
+        raise NotFoundError(missing) from None
 
     def confirm(self, series: str, sops: Sequence[str]) -> set[str] | None:
         """Ask the catalog whether the cached instances ``sops`` of ``series`` are still there:

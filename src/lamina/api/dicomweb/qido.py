@@ -32,6 +32,10 @@ Behaviour worth knowing (the conformance statement):
   optional keys. A name that is no DICOM keyword or tag, or a malformed value, is a 400 naming it.
 - ``includefield`` attributes of a level below the search's are left out (a study has no
   SOPClassUID); ``includefield=all`` gives every stored attribute of the search's level and above.
+- ``InstanceAvailability (0008,0056)`` is in every result, at every level, from the slides'
+  care lifecycle: ``ONLINE``; ``UNAVAILABLE`` for the series of a slide expired after its care
+  retention (listed still, with 0 instances, its thumbnail kept; its retrievals answer 410) and a
+  study whose slides all expired; ``NEARLINE`` for a slide on the cold tier.
 - Besides DICOM keywords, ``stain`` and ``organ`` (the slide's, as the lab's manifest gave them)
   are search keys, as is ``SpecimenDescriptionSequence.PrimaryAnatomicStructureSequence.CodeMeaning``
   (the organ) and ``SpecimenDescriptionSequence.SpecimenIdentifier``. Slide keys also work in a
@@ -60,9 +64,19 @@ from lamina.archive.archive import Archive
 from lamina.archive.catalog import search
 from lamina.archive.catalog.keys import KEYS, Level
 from lamina.archive.catalog.matching import Kind
-from lamina.archive.catalog.search import Criterion, Found, Hit, SeriesHit, Single, StudyHit, Visible
+from lamina.archive.catalog.search import (
+    Criterion,
+    Found,
+    Hit,
+    InstanceHit,
+    SeriesHit,
+    Single,
+    StudyHit,
+    Visible,
+)
 from lamina.errors import NotAcceptableError, RequestError
 from lamina.governance.decide import visible_series, visible_study_branches
+from lamina.lifecycle.serving import ONLINE, series_availabilities, study_availabilities
 from lamina.mapping.attributes import Element, attributes, level_of, stored_attributes, tags
 
 DICOM_JSON = "application/dicom+json"
@@ -88,6 +102,8 @@ INSTANCE_DEFAULTS = tags(
 )  # fmt: skip
 #: returned by default only when the stored JSON has them
 IF_PRESENT = tags("TimezoneOffsetFromUTC", "RequestAttributesSequence")
+#: InstanceAvailability (0008,0056): at every level, from the slides' care lifecycle
+_AVAILABILITY = tags("InstanceAvailability")[0]
 #: aggregates are computed for the search's own level only
 _AGGREGATES = frozenset(tags(
     "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
@@ -294,13 +310,32 @@ _FINDERS: dict[Level, Callable[..., Found[Any]]] = {
 }
 
 
+def availabilities(engine: Engine, level: Level, hits: Sequence[Hit]) -> list[str]:
+    """InstanceAvailability (0008,0056) of each hit, from its slides' lifecycle (one query a
+    page): ``UNAVAILABLE`` for an expired slide's series (and a study whose slides all expired),
+    ``NEARLINE`` for the cold tier, else ``ONLINE`` (:mod:`lamina.lifecycle.serving`)."""
+    if level is Level.STUDY:
+        studies = [hit.study_instance_uid for hit in hits if isinstance(hit, StudyHit)]
+        by_study = study_availabilities(engine, studies)
+        return [by_study.get(uid, ONLINE) for uid in studies]
+    parents = [hit.series if isinstance(hit, InstanceHit) else hit for hit in hits]
+    series = [item for item in parents if isinstance(item, SeriesHit)]
+    by_series = series_availabilities(engine, {item.series_instance_uid for item in series})
+    return [by_series.get(item.series_instance_uid, ONLINE) for item in series]
+
+
 def answer(
     engine: Engine, query: Query, scope: set[str], base: str, visible: Visible = None
 ) -> tuple[list[Element], bool]:
     """Run the search, keeping what ``visible`` allows (in the query), and render its page;
     ``True`` when more hits follow (blocking: a thread's)."""
     found = _FINDERS[query.level](engine, query.criteria, query.limit, query.offset, visible=visible)
-    return [render(query, scope, hit, base) for hit in found.hits], found.more
+    results = []
+    for hit, available in zip(found.hits, availabilities(engine, query.level, found.hits), strict=True):
+        result = render(query, scope, hit, base)
+        result[_AVAILABILITY] = {"vr": "CS", "Value": [available]}
+        results.append(dict(sorted(result.items())))
+    return results, found.more
 
 
 async def _search(request: Request, level: Level) -> Response:

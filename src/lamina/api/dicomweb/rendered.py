@@ -10,10 +10,14 @@ stored, byte for byte: a tiled viewer's tile costs one ranged read, as a frame d
 else is decoded, so every decode is capped: an image (or region) of more than ``max_pixels``
 pixels is refused with 413 before any pixel is decoded, and so is a stored stream whose own
 header declares more.
+
+An expired slide's series (and a study whose slides all expired) still has its thumbnail: the
+JPEG its trace kept (:mod:`lamina.lifecycle.expire`), sent as stored or scaled to the viewport.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 from dataclasses import dataclass
@@ -27,14 +31,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import study_instances
-from lamina.api.dicomweb import frames, multipart
+from lamina.api.dicomweb import available, frames, multipart
 from lamina.api.dicomweb.accept import parse_accept
 from lamina.api.dicomweb.index import IndexedInstance, InstanceIndex
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
-from lamina.errors import NotAcceptableError, NotFoundError, PayloadTooLargeError, RequestError
+from lamina.errors import (
+    IntegrityError,
+    NotAcceptableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+)
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
+from lamina.lifecycle.serving import SlideState, slide_state, study_traces
 
 Pixels = npt.NDArray[np.uint8]
 
@@ -48,6 +59,8 @@ DEFAULT_QUALITY = 90
 #: Rendered images of one SOP instance never change; a series or study may gain instances.
 _CACHE_INSTANCE = "private, max-age=86400"
 _CACHE_GROUP = "private, max-age=300"
+#: An expired slide's thumbnail never changes (a slide scanned again is another series).
+_CACHE_TRACE = "private, max-age=86400"
 #: zlib level of PNG answers: 3 is about twice as fast as the default for 10 % more bytes.
 _PNG_LEVEL = 3
 _JPEG_BASELINE = TransferSyntax.JPEG_BASELINE_8BIT.value
@@ -225,31 +238,52 @@ class Renderer:
         return self._render_instance(found, options, request.app.state.archive, _CACHE_INSTANCE)
 
     def series_thumbnail(self, request: Request) -> Response:
+        """The slide's thumbnail; an expired slide's is the one its trace kept."""
         archive: Archive = request.app.state.archive
         params = request.path_params
         rows = archive.catalog.instances_in(params["study"], params["series"])
         if not rows:
+            state = slide_state(archive.catalog, params["series"])
+            if state is not None and state.expired:
+                return self._trace_thumbnail(request, state)
             raise NotFoundError(
                 f"series {params['series']} of study {params['study']} is not in this archive"
             )
         return self._thumbnail(request, rows)
 
     def study_thumbnail(self, request: Request) -> Response:
+        """The thumbnail of the study's first slide (catalog order); of a study whose slides all
+        expired, the first one their traces kept."""
         study = request.path_params["study"]
         rows = study_instances(request)
         if not rows:
+            archive: Archive = request.app.state.archive
+            only = request.scope.get("state", {}).get("series_allowed")
+            kept = [state for state in study_traces(archive.catalog, study, only) if state.expired]
+            pictured = [state for state in kept if state.thumbnail_sha256]
+            if pictured:
+                return self._trace_thumbnail(request, pictured[0])
+            if kept:
+                raise kept[0].gone()
             raise NotFoundError(f"study {study} is not in this archive")
         # the study's first series (catalog order) stands for the study
         first = rows[0].series_instance_uid
         return self._thumbnail(request, [row for row in rows if row.series_instance_uid == first])
 
     def series_rendered(self, request: Request) -> Response:
+        available.opening(request)
         archive: Archive = request.app.state.archive
         params = request.path_params
-        return self._render_all(request, archive.catalog.instances_in(params["study"], params["series"]))
+        rows = archive.catalog.instances_in(params["study"], params["series"])
+        if not rows:
+            available.nothing_in_series(request, "no such study or series with images in this archive")
+        return self._render_all(request, rows)
 
     def study_rendered(self, request: Request) -> Response:
-        return self._render_all(request, study_instances(request))
+        rows = study_instances(request)
+        if not rows:
+            available.nothing_in_study(request, "no such study or series with images in this archive")
+        return self._render_all(request, rows)
 
     def _render_all(self, request: Request, rows: list[InstanceRow]) -> Response:
         """Every image instance rendered, as one multipart/related answer (PS3.18 10.4.1.1.3).
@@ -291,6 +325,37 @@ class Renderer:
         index: InstanceIndex = request.app.state.index
         found = index.get(chosen.study_instance_uid, chosen.series_instance_uid, chosen.sop_instance_uid)
         return self._render_instance(found, options, request.app.state.archive, _CACHE_GROUP)
+
+    def _trace_thumbnail(self, request: Request, state: SlideState) -> Response:
+        """The JPEG an expired slide's trace kept, as stored, or scaled down to the ``viewport``
+        asked for (or encoded as PNG when asked); 410 when the rule kept no thumbnail."""
+        if not state.thumbnail_sha256:
+            raise state.gone()
+        archive: Archive = request.app.state.archive
+        try:
+            jpeg = b"".join(archive.store.open(state.thumbnail_sha256))
+        except (NotFoundError, FileNotFoundError):
+            raise IntegrityError(
+                f"the thumbnail kept by the trace of expired slide {state.slide_id} is missing from the store"
+            ) from None
+        text = request.query_params.get("viewport")
+        options = render_options(request, parse_viewport(text) if text else None)
+        if options.media_type == JPEG and options.quality is None and options.viewport is None:
+            return _image(jpeg, JPEG, _CACHE_TRACE)
+        picture = Image.open(io.BytesIO(jpeg))
+        pixels = np.asarray(picture.convert("L" if picture.mode == "L" else "RGB"))
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        width, height = pixels.shape[1], pixels.shape[0]
+        sx, sy, sw, sh = _clip(options.viewport, width, height)
+        if (
+            options.media_type == JPEG
+            and options.quality is None
+            and (sx, sy, sw, sh) == (0, 0, width, height)
+            and fit(width, height, options.viewport) == (width, height)
+        ):
+            return _image(jpeg, JPEG, _CACHE_TRACE)  # a larger viewport adds no detail
+        return self._encode(pixels[sy : sy + sh, sx : sx + sw], options, _CACHE_TRACE)
 
     def thumbnail_source(self, rows: list[InstanceRow], viewport: Viewport | None) -> InstanceRow:
         """The smallest pyramid level or THUMBNAIL image that still fills the viewport (the cheapest

@@ -31,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from lamina.api.auth import study_instances
-from lamina.api.dicomweb import multipart
+from lamina.api.dicomweb import available, multipart
 from lamina.api.dicomweb.accept import LOSSY_SYNTAXES, MediaRange, parse_accept
+from lamina.api.dicomweb.available import lost_object
 from lamina.api.dicomweb.frames import EXPLICIT_LE, can_decode, decode_frame, decoded_frame_bytes
 from lamina.api.dicomweb.index import InstanceIndex
 from lamina.archive.archive import Archive
@@ -151,10 +152,12 @@ def header_dataset(archive: Archive, row: InstanceRow) -> pydicom.Dataset:
         else:
             data = b"".join(archive.store.open(row.blob_sha256))
     except (NotFoundError, FileNotFoundError):
-        archive.damaged(row.blob_sha256, f"retrieve of {row.sop_instance_uid}", "dicomweb")
-        raise IntegrityError(
-            f"the stored object of instance {row.sop_instance_uid} is missing; its repair has been queued"
-        ) from None
+        lost_object(
+            archive,
+            row,
+            f"retrieve of {row.sop_instance_uid}",
+            f"the stored object of instance {row.sop_instance_uid} is missing; its repair has been queued",
+        )
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
 
@@ -211,8 +214,12 @@ def transcoded(archive: Archive, row: InstanceRow, header: bytes) -> Iterator[by
         except (NotFoundError, FileNotFoundError):
             data = b""
         if len(data) != length:
-            archive.damaged(row.blob_sha256, f"retrieve of {row.sop_instance_uid}", "dicomweb")
-            raise IntegrityError(f"the stored object of instance {row.sop_instance_uid} is damaged")
+            lost_object(
+                archive,
+                row,
+                f"retrieve of {row.sop_instance_uid}",
+                f"the stored object of instance {row.sop_instance_uid} is damaged",
+            )
         yield b"".join(decode_frame(row, data[at : at + size]) for at, size in spans)
     if (row.number_of_frames * decoded_frame_bytes(row)) % 2:
         yield b"\x00"
@@ -227,16 +234,18 @@ def stored(archive: Archive, row: InstanceRow) -> Iterator[bytes]:
             digest.update(chunk)
             yield chunk
     except (NotFoundError, FileNotFoundError):
-        archive.damaged(row.blob_sha256, f"retrieve of {row.sop_instance_uid}", "dicomweb")
-        raise IntegrityError(f"the stored object of instance {row.sop_instance_uid} is missing") from None
+        lost_object(
+            archive,
+            row,
+            f"retrieve of {row.sop_instance_uid}",
+            f"the stored object of instance {row.sop_instance_uid} is missing",
+        )
     if digest.hexdigest() != row.blob_sha256:
         archive.damaged(row.blob_sha256, f"retrieve of {row.sop_instance_uid}", "dicomweb")
         raise IntegrityError(f"the stored object of instance {row.sop_instance_uid} is damaged")
 
 
 def retrieve(request: Request, rows: list[InstanceRow]) -> Response:
-    if not rows:
-        raise NotFoundError("no such study, series or instance in this archive")
     archive: Archive = request.app.state.archive
     plans = plan_answer(
         parse_accept(request.headers.get("accept")), rows, request.app.state.settings.max_transcode_bytes
@@ -247,10 +256,12 @@ def retrieve(request: Request, rows: list[InstanceRow]) -> Response:
         if plan.target is not None:
             headers[plan.row.sop_instance_uid] = native_header(archive, plan.row)
         elif not archive.store.exists(plan.row.blob_sha256):
-            archive.damaged(plan.row.blob_sha256, f"retrieve of {plan.row.sop_instance_uid}", "dicomweb")
-            raise IntegrityError(
+            lost_object(
+                archive,
+                plan.row,
+                f"retrieve of {plan.row.sop_instance_uid}",
                 f"the stored object of instance {plan.row.sop_instance_uid} is missing; "
-                "its repair has been queued"
+                "its repair has been queued",
             )
     boundary = multipart.boundary()
     parts = (
@@ -269,13 +280,22 @@ def retrieve(request: Request, rows: list[InstanceRow]) -> Response:
 
 
 def retrieve_study(request: Request) -> Response:
-    return retrieve(request, study_instances(request))
+    """Retrieve Study: its live slides; 410 when they all expired."""
+    rows = study_instances(request)
+    if not rows:
+        available.nothing_in_study(request)
+    return retrieve(request, rows)
 
 
 def retrieve_series(request: Request) -> Response:
+    """Retrieve Series: 410 when its slide expired."""
+    available.opening(request)
     archive: Archive = request.app.state.archive
     params = request.path_params
-    return retrieve(request, archive.catalog.instances_in(params["study"], params["series"]))
+    rows = archive.catalog.instances_in(params["study"], params["series"])
+    if not rows:
+        available.nothing_in_series(request)
+    return retrieve(request, rows)
 
 
 def retrieve_instance(request: Request) -> Response:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lamina.api.auth import study_instances
-from lamina.api.dicomweb import frames, multipart
+from lamina.api.dicomweb import available, frames, multipart
 from lamina.api.dicomweb.frames import (
     EXPLICIT_LE,
     JPEG_BASELINE,
@@ -51,24 +51,30 @@ def instance_url(base: str, row: InstanceRow) -> str:
 
 
 def _metadata_response(request: Request, rows: list[InstanceRow]) -> Response:
-    if not rows:
-        raise NotFoundError("no such study or series in this archive")
     base = dicomweb_base(request)
     items = [dicom_json.absolute(dicom_json.unpack(row.metadata), instance_url(base, row)) for row in rows]
     return Response(b"[" + b",".join(items) + b"]", media_type=DICOM_JSON)
 
 
 def study_metadata(request: Request) -> Response:
-    """Retrieve Study Metadata."""
-    return _metadata_response(request, study_instances(request))
+    """Retrieve Study Metadata (410 when the study's slides all expired)."""
+    rows = study_instances(request)
+    if not rows:
+        available.nothing_in_study(request, "no such study in this archive")
+    return _metadata_response(request, rows)
 
 
 def series_metadata(request: Request) -> Response:
     """Retrieve Series Metadata: what a viewer asks for when it opens a slide (its opening is
-    recorded in the audit log by the route's rule, :meth:`lamina.governance.access.Access.read`)."""
+    recorded in the audit log by the route's rule, :meth:`lamina.governance.access.Access.read`):
+    410 when the slide expired."""
+    available.opening(request)
     archive: Archive = request.app.state.archive
     params = request.path_params
-    return _metadata_response(request, archive.catalog.instances_in(params["study"], params["series"]))
+    rows = archive.catalog.instances_in(params["study"], params["series"])
+    if not rows:
+        available.nothing_in_series(request, "no such study or series in this archive")
+    return _metadata_response(request, rows)
 
 
 def instance_metadata(request: Request) -> Response:
