@@ -20,7 +20,10 @@ from lamina.model.geometry import SizeMm
 from tests.backends import Backend
 from tests.support import ingest_path, partial_writes, shared_file, single, stored_file
 
-HEADER = "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code"
+HEADER = (
+    "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code,"
+    "specimen_type"
+)
 
 
 def _stored(archive: Archive) -> set[str]:

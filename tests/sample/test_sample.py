@@ -54,7 +54,7 @@ def test_manifest(samples: dict[str, SampleFile]) -> None:
     assert tuple(rows[0]) == MANIFEST_HEADER
     first_line = (dest / "manifest.csv").read_text(encoding="utf-8").splitlines()[0]
     assert first_line == (
-        "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code"
+        "file,patient_id,patient_name,birth_date,sex,accession_number,specimen_id,stain,organ,diagnosis_code,specimen_type"
     )
     assert len(rows) == 1 + len(SAMPLE_FORMATS)
     by_file = {row[0]: dict(zip(MANIFEST_HEADER[1:], row[1:], strict=True)) for row in rows[1:]}

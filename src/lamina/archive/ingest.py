@@ -466,6 +466,7 @@ def _record(
         stain=identity.stain,
         organ=identity.organ,
         diagnosis_code=identity.diagnosis_code,
+        specimen_type=identity.specimen_type,
         format=source.format_name,
         source_path=str(candidate.path.absolute()),
         source_blake3=key.digest or "",

@@ -2,8 +2,10 @@
 
 CSV with a header row, or a JSON list of objects. Keys: ``file`` (the file's name) or
 ``barcode`` (the slide's ContainerIdentifier), then any of ``patient_id``, ``patient_name``,
-``birth_date``, ``sex``, ``accession_number``, ``specimen_id``, ``stain``, ``organ``,
-``diagnosis_code`` and ``mpp`` (micrometres per pixel, for files that lack it).
+``birth_date``, ``sex``, ``accession_number``, ``specimen_id``, ``specimen_type`` (biopsy,
+resection, cytology...: for retention rules), ``stain``, ``organ``, ``diagnosis_code``
+(``SCHEME:CODE``, SCHEME one of ICDO3, SNOMEDCT, ADICAP) and ``mpp`` (micrometres per pixel, for
+files that lack it).
 
 Each value is checked against the value representation of the DICOM attribute it fills
 (:data:`ATTRIBUTES`): a backslash (DICOM's value separator), a control character, an ``=`` or
@@ -35,6 +37,7 @@ IDENTITY_KEYS = (
     "stain",
     "organ",
     "diagnosis_code",
+    "specimen_type",
 )
 KEYS = ("file", "barcode", *IDENTITY_KEYS, "mpp")
 MAX_BYTES = 64 << 20
@@ -48,6 +51,7 @@ ATTRIBUTES = {
     "stain": ("SpecimenShortDescription", "LO"),
     "organ": ("SpecimenShortDescription", "LO"),
     "diagnosis_code": ("the catalog's diagnosis code", "LO"),
+    "specimen_type": ("the catalog's specimen type", "LO"),
 }
 
 

@@ -29,6 +29,7 @@ class SlideIdentity:
     stain: str | None = None
     organ: str | None = None
     diagnosis_code: str | None = None
+    specimen_type: str | None = None  # biopsy, resection, cytology... (the catalog's, for retention rules)
 
     @property
     def identified(self) -> bool:

@@ -36,6 +36,7 @@ _MALE = (
     "JACQUES", "PATRICK", "DANIEL", "NICOLAS", "LOUIS",
 )  # fmt: skip
 _STAINS = ("HE", "HE", "PAS", "Masson trichrome")
+_SPECIMEN_TYPES = ("biopsy", "resection")
 # Organ, a plausible ICD-O-3 morphology code for a tumour there, SNOMED CT code of the organ.
 _ORGANS = (
     ("Colon", "8140/3", "71854001"),  # adenocarcinoma NOS
@@ -75,6 +76,8 @@ class Identity:
         Organ the specimen comes from, e.g. ``"Colon"``.
     diagnosis_code : str
         ICD-O-3 morphology code, e.g. ``"8140/3"``.
+    specimen_type : str
+        ``"biopsy"`` or ``"resection"`` (for retention rules).
     """
 
     patient_id: str
@@ -86,6 +89,7 @@ class Identity:
     stain: str
     organ: str
     diagnosis_code: str
+    specimen_type: str = "biopsy"
 
     def as_dict(self) -> dict[str, str]:
         """Return the identity as a ``{manifest column: value}`` mapping.
@@ -144,4 +148,5 @@ def make_identity(seed: int, index: int) -> Identity:
         stain=_STAINS[index % len(_STAINS)],
         organ=organ,
         diagnosis_code=code,
+        specimen_type=_SPECIMEN_TYPES[(seed + index) % len(_SPECIMEN_TYPES)],
     )
