@@ -15,7 +15,11 @@ slide, its case, or the slides of its collection. What a principal may not read 
 answers 404 like what does not exist; what it can see (search) but may not read answers 403. The
 labs' administration (lamina's ``/api/tenants``) is sent to lab A, lab B and a FINESS number of no
 lab: a lab admin administers its own lab, a platform admin every lab; bodies are ``{}`` and grant,
-collection and slide ids made up, so the matrix changes nothing.
+collection and slide ids made up, so the matrix changes nothing. The care lifecycle's slide
+routes (``/api/slides/{slide}/...``) are sent to each slide and to a slide id of none: its state to
+whoever reads the slide or administers its lab, its flag of interest to a pathologist of its lab,
+its holds to its lab's admin (and a platform admin); the LIS's reports (``POST /fhir/...``) to
+whoever may store (the technician); their bodies (``{}``) are refused 400, so nothing changes.
 
 A route of the application without a rule stops it from being built (LookupError), and a route
 whose path the matrix cannot fill in fails here: a new route gets a rule and an expectation.
@@ -71,6 +75,8 @@ LAB_TARGETS = {"own": LAB_A, "other": LAB_B, "guessed": "130781810"}
 NO_GRANT = "0" * 32
 #: a slide id of no slide
 NO_SLIDE = "0" * 16
+#: where a route with a slide id (and no lab) in its path is sent: each slide, and one of no slide
+SLIDE_TARGETS = ("own", "other", "granted", "sibling", "expired", "casegrant", "collected", "guessed")
 #: a concrete path under each mount of the application
 MOUNT_PATHS = {"MOUNT /": "/", "MOUNT /vendor/openseadragon": "/vendor/openseadragon/openseadragon.min.js"}
 
@@ -104,6 +110,23 @@ def expected_administer(role: str, target: str, level: str) -> int:
     return 404
 
 
+def expected_slide(role: str, rule: Rule, target: str) -> int:
+    """A slide route (the lifecycle's: its state, its flag of interest, its holds) on ``target``:
+    reading it (or administering its lab), a pathologist's role in its lab, or administering its
+    lab; refused 403 where the slide can be seen (read, searched), 404 where it cannot."""
+    if target == "guessed":
+        return 404
+    read = expected_read(role, target, "series")
+    administers = role == EVERYWHERE or (role == "lab_admin" and target == "own")
+    if rule is Rule.READ_SLIDE:
+        allowed = read == ALLOWED or administers
+    elif rule is Rule.ANNOTATE_SLIDE:
+        allowed = role == "pathologist" and target == "own"
+    else:
+        allowed = administers
+    return ALLOWED if allowed else 404 if read == 404 else 403
+
+
 def visible_slides(role: str) -> set[str]:
     """The slides (by target name) a role's QIDO answers may hold."""
     if role == EVERYWHERE:
@@ -133,6 +156,8 @@ def expected(principal: str, rule: Rule, target: str, level: str) -> int:
         return expected_administer(principal, target, level)
     if rule is Rule.PLATFORM:
         return ALLOWED if principal == EVERYWHERE else 403
+    if rule in (Rule.READ_SLIDE, Rule.ANNOTATE_SLIDE, Rule.ADMINISTER_SLIDE):
+        return expected_slide(principal, rule, target)
     raise AssertionError(f"no expectation for rule {rule}: write one in test_authorization.expected")
 
 
@@ -213,6 +238,11 @@ def cases(world: World) -> list[Case]:
                 path = _fill(_lab_path(template, finess), targets["guessed"])
                 made.append(Case(key, rule, name, method, path, level))
             continue
+        if "{slide}" in template:
+            for name in SLIDE_TARGETS:
+                slide = world.slides[name].slide_id if name in world.slides else NO_SLIDE
+                made.append(Case(key, rule, name, method, template.replace("{slide}", slide), "slide"))
+            continue
         if "{study}" not in template:
             made.append(Case(key, rule, "-", method, _fill(template, targets["guessed"]), "-"))
             continue
@@ -231,6 +261,11 @@ def _send(client: httpx.Client, case: Case, authorization: str | None) -> httpx.
         return client.post(case.path, content=b"--authz--\r\n", headers=headers)
     if case.method == "POST" and case.key.startswith("POST /api/"):  # {}: 400, nothing changed
         return client.post(case.path, json={}, headers=headers)
+    if case.method == "POST" and case.key.startswith("POST /fhir/"):  # {}: 400, nothing recorded
+        headers["Content-Type"] = "application/fhir+json"
+        return client.post(case.path, content=b"{}", headers=headers)
+    if case.method == "PUT":  # {} (not TOML, not a flag): 400, nothing changed
+        return client.put(case.path, json={}, headers=headers)
     if case.method == "POST":  # the sign-in form, sent without one: 400 from the handler
         return client.post(case.path, content=b"", headers=headers)
     if case.method == "DELETE":

@@ -23,6 +23,11 @@ endpoint of the application, and refuses to build an application with a route th
 - ``READ_STUDY`` / ``READ_SERIES``: :meth:`~lamina.governance.access.Access.read` on the study or
   the series of the path: what it may not read is answered 404 like what does not exist;
 - ``ADMINISTER``: the lab of the path's ``finess`` administered (the lab admins' API);
+- ``READ_SLIDE``, ``ANNOTATE_SLIDE``, ``ADMINISTER_SLIDE``: the path's ``slide`` (a lamina slide
+  id), owned by its lab: read (a role or a grant) or its lab administered; a role in its lab that
+  annotates (a pathologist of the lab: a grant from another lab does not reach its lifecycle);
+  its lab administered. A slide the principal cannot see is 404 like an absent one; the
+  :class:`~lamina.governance.decide.Resource` found is left in ``scope["state"]["slide"]``;
 - ``PLATFORM``: a platform admin (administering every lab: adding one).
 
 No principal where one is needed: 401 with ``WWW-Authenticate: Bearer realm="lamina"``.
@@ -38,18 +43,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
+from sqlalchemy import select
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import InstanceRow
-from lamina.errors import AuthenticationError, PermissionDeniedError, UnavailableError
+from lamina.archive.catalog import tables as t
+from lamina.errors import AuthenticationError, NotFoundError, PermissionDeniedError, UnavailableError
 from lamina.governance.access import Access
-from lamina.governance.decide import Action, Principal, Resource
+from lamina.governance.decide import Action, Principal, Resource, decide
 from lamina.governance.principals import Principals
 
-__all__ = ["RULES", "Authenticate", "Rule", "guard", "principal", "signed_in"]
+__all__ = ["RULES", "Authenticate", "Rule", "guard", "principal", "signed_in", "slide_resource"]
 
 _SIGN_IN = "this route needs a bearer token: sign in, then send it as 'Authorization: Bearer TOKEN'"
 
@@ -65,6 +72,9 @@ class Rule(enum.Enum):
     READ_SERIES = "read the series"
     ADMINISTER = "administer the lab"
     PLATFORM = "administer the platform"
+    READ_SLIDE = "read the slide, or administer its lab"
+    ANNOTATE_SLIDE = "annotate in the slide's lab"
+    ADMINISTER_SLIDE = "administer the slide's lab"
 
 
 _STUDY = "/dicomweb/studies/{study}"
@@ -123,6 +133,16 @@ RULES: dict[str, Rule] = {
     "DELETE /api/tenants/{finess}/collections/{collection}": Rule.ADMINISTER,
     "POST /api/tenants/{finess}/collections/{collection}/slides": Rule.ADMINISTER,
     "DELETE /api/tenants/{finess}/collections/{collection}/slides/{slide}": Rule.ADMINISTER,
+    # the care lifecycle (lamina.api.lifecycle): a lab's rules, a slide's flag of interest, holds
+    "GET /api/tenants/{finess}/lifecycle-rules": Rule.ADMINISTER,
+    "PUT /api/tenants/{finess}/lifecycle-rules": Rule.ADMINISTER,
+    "GET /api/slides/{slide}/lifecycle": Rule.READ_SLIDE,
+    "PUT /api/slides/{slide}/interest": Rule.ANNOTATE_SLIDE,
+    "DELETE /api/slides/{slide}/interest": Rule.ANNOTATE_SLIDE,
+    "POST /api/slides/{slide}/holds": Rule.ADMINISTER_SLIDE,
+    "DELETE /api/slides/{slide}/holds": Rule.ADMINISTER_SLIDE,
+    # the LIS's final reports (lamina.api.fhir): a principal that stores into a lab (its LIS)
+    "POST /fhir/DiagnosticReport": Rule.STORE,
     # the viewer's static files and its library
     "MOUNT /vendor/openseadragon": Rule.PUBLIC,
     "MOUNT /": Rule.PUBLIC,
@@ -179,11 +199,50 @@ def _check(request: Request, rule: Rule) -> None:
         access.require(who, Action.ADMINISTER, Resource("tenant", str(params["finess"])))
     elif rule is Rule.PLATFORM and Action.ADMINISTER not in who.everywhere:
         raise PermissionDeniedError(Action.ADMINISTER.value, "only a platform admin may do this")
+    elif rule in _SLIDE_RULES:
+        resource = slide_resource(request.app.state.archive, str(params["slide"]))
+        _check_slide(who, rule, resource)
+        request.scope.setdefault("state", {})["slide"] = resource
+
+
+#: the slide rules: what the principal must hold in the slide's lab (READ_SLIDE: or read it)
+_SLIDE_RULES: dict[Rule, Action] = {
+    Rule.READ_SLIDE: Action.ADMINISTER,
+    Rule.ANNOTATE_SLIDE: Action.ANNOTATE,
+    Rule.ADMINISTER_SLIDE: Action.ADMINISTER,
+}
+_NO_SLIDE = "no such slide in this archive; 'lamina slides' lists them"
+
+
+def slide_resource(archive: Archive, slide: str) -> Resource | None:
+    """The slide ``slide`` (a lamina slide id) with its lab and case, or None (blocking)."""
+    if not slide or len(slide) > 64 or not slide.isprintable():
+        return None
+    query = select(t.slides.c.tenant, t.slides.c.study_instance_uid).where(t.slides.c.id == slide)
+    with archive.catalog.engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else Resource("slide", str(row[0]), slide, str(row[1]))
+
+
+def _check_slide(who: Principal, rule: Rule, resource: Resource | None) -> None:
+    """Raise unless ``who`` passes the slide ``rule`` on ``resource``: NotFoundError when it
+    cannot see the slide (or there is none), PermissionDeniedError when it sees it."""
+    if resource is None:
+        raise NotFoundError(_NO_SLIDE)
+    action = _SLIDE_RULES[rule]
+    if action in who.allowed_in(resource.tenant):  # a role in the slide's lab, or a global one
+        return
+    read = decide(who, Action.READ, resource)
+    if rule is Rule.READ_SLIDE and read.allowed:
+        return
+    if read.hidden:
+        raise NotFoundError(_NO_SLIDE)
+    raise PermissionDeniedError(action.value, f"your roles in lab {resource.tenant} do not allow this")
 
 
 def _guarded(endpoint: Callable[[Request], Any], rule: Rule) -> Callable[[Request], Any]:
     # only the reads look owners up (a query on a miss): the others check in place
-    blocking = rule in (Rule.READ_STUDY, Rule.READ_SERIES, Rule.ADMINISTER)
+    blocking = rule in (Rule.READ_STUDY, Rule.READ_SERIES, Rule.ADMINISTER, *_SLIDE_RULES)
     if inspect.iscoroutinefunction(endpoint):
 
         @functools.wraps(endpoint)

@@ -22,6 +22,8 @@ from lamina.api.auth import RULES, Rule
 
 PROBLEM = "application/problem+json"
 DICOM_JSON = "application/dicom+json"
+TOML = "application/toml"
+FHIR_JSON = "application/fhir+json"
 _PARAMETER = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z]+)?}")
 
 _PATH_PARAMETERS = {
@@ -273,6 +275,65 @@ OPERATIONS: dict[str, Operation] = {
     "remove_collection_slide": Operation(
         "Take a slide out of a collection (the lab's admin)", "administration", ["application/json"]
     ),
+    "get_lifecycle_rules": Operation(
+        "The lab's retention rules in force, as TOML (the default rules when it has none) (the lab's admin)",
+        "lifecycle",
+        [TOML],
+    ),
+    "put_lifecycle_rules": Operation(
+        "Replace the lab's retention rules (TOML, at most 1 MiB); a malformed document is 400 naming its "
+        "line and field, and the rules in force stay (the lab's admin)",
+        "lifecycle",
+        ["application/json"],
+        (400, 404, 413),
+        body=[TOML, "text/plain"],
+    ),
+    "get_slide_lifecycle": Operation(
+        "A slide's lifecycle: tier, expiry, interest, holds, its case's clock, the rule and what is due "
+        "(who may read the slide, and its lab's admin)",
+        "lifecycle",
+        ["application/json"],
+        (404,),
+    ),
+    "flag_interest": Operation(
+        "Flag a slide as of interest {category, reason} (a pathologist of its lab)",
+        "lifecycle",
+        ["application/json"],
+        (400, 404, 413),
+        body=["application/json"],
+    ),
+    "unflag_interest": Operation(
+        "Take a slide's flag of interest off, with a reason (?reason= or {reason}) (its lab's pathologists)",
+        "lifecycle",
+        ["application/json"],
+        (400, 404, 413),
+        [_query("reason", "Why (audited); or a JSON body {reason}")],
+    ),
+    "add_hold": Operation(
+        "Put a slide under a legal hold {reason} (its lab's admin)",
+        "lifecycle",
+        ["application/json"],
+        (400, 404, 413),
+        body=["application/json"],
+        status=201,
+    ),
+    "release_holds": Operation(
+        "Release the legal holds in force on a slide, with a reason (?reason= or {reason}) (its lab's admin)",
+        "lifecycle",
+        ["application/json"],
+        (400, 404, 413),
+        [_query("reason", "Why (audited); or a JSON body {reason}")],
+    ),
+    "create_diagnostic_report": Operation(
+        "The LIS's report of a case (FHIR R4 DiagnosticReport, its accession number an identifier of type "
+        "v2-0203#ACSN): a final, amended, corrected or appended one starts the clock of the case's "
+        "retention; errors are OperationOutcomes",
+        "FHIR",
+        [FHIR_JSON],
+        (400, 413, 415, 422),
+        body=[FHIR_JSON, "application/json"],
+        status=201,
+    ),
     "missing": Operation("OpenSeadragon is not installed: says how to install it", "viewer", [], (404,)),
     "static": Operation("The viewer's files", "viewer", ["text/html", "text/javascript", "text/css"], (404,)),
 }
@@ -287,6 +348,7 @@ _TITLES = {
     409: "Conflict",
     413: "Too large",
     415: "Unsupported media type",
+    422: "Unprocessable: a valid resource lamina cannot use",
     500: "Server error",
     503: "Storage unavailable",
     507: "Insufficient storage",
@@ -349,7 +411,7 @@ def _operation(path: str, name: str, method: str) -> dict[str, Any]:
     extra = [item for item in op.query if item["name"].startswith("{")]
     if extra:
         operation["description"] = " ".join(item["description"] for item in extra)
-    if op.body and method == "post":
+    if op.body and method in ("post", "put"):
         operation["requestBody"] = {"required": True, "content": {media: {} for media in op.body}}
     return operation
 

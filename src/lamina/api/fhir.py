@@ -1,0 +1,336 @@
+"""The LIS's diagnostic reports over FHIR, mounted at ``/fhir``: ``POST /fhir/DiagnosticReport``.
+
+A validated report of a case starts (an amended, corrected or appended one restarts) the clock of
+its slides' care retention (:mod:`lamina.lifecycle.reports`). The body is a FHIR R4
+``DiagnosticReport`` (``application/fhir+json`` or ``application/json``, at most
+:data:`MAX_BODY_BYTES`), validated with ``fhir.resources``' R4B models (R4B changed nothing in
+DiagnosticReport: an R4 resource validates as it is).
+
+The case
+    is named by its **accession number**: the ``identifier`` whose ``type.coding`` holds the code
+    ``ACSN`` of ``http://terminology.hl7.org/CodeSystem/v2-0203`` (the ANS's French
+    ``FRAccessionNumberIdentifier``, HL7 v2 OBR-18/DICOM (0008,0050)), in
+    ``DiagnosticReport.identifier`` or, as the HL7 Europe imaging report puts it, in the
+    ``identifier`` of a ``basedOn`` reference (the order). Several different ones are refused.
+The lab
+    is the principal's, never a header: the LIS signs in as an account that may store into a lab
+    (a technician-like role, :data:`~lamina.governance.decide.Action.STORE`; the route's rule);
+    one that stores into several labs names the lab as the accession number's ``assigner``
+    (``assigner.identifier`` of system ``urn:oid:1.2.250.1.71.4.2.2``, FINESS), which must be one
+    of its labs (403 otherwise).
+The clock
+    ``status`` ``final``, ``amended``, ``corrected`` or ``appended`` needs ``issued`` (the
+    validation time, with its time zone); other statuses are recorded and start nothing
+    (``issued``, when absent, is the time received); ``entered-in-error`` withdraws the report of
+    the same ``id``.
+
+Answers: 201 with the resource as kept (``id`` lamina's, ``meta.lastUpdated`` the time received;
+the LIS's own ``id`` is kept as the report's identifier) and ``Location: DiagnosticReport/ID``
+(lamina keeps the report's facts, not the resource: there is no read); errors are FHIR
+``OperationOutcome`` s: 400 for a body that is not a valid DiagnosticReport (the issue's
+``expression`` the FHIRPath of the field), 403 for a lab not the principal's, 413 past the bound,
+415 for another media type, 422 for a valid report lamina cannot use (no accession number, no
+``issued`` on a final report, several labs and none named). Recorded with the principal as actor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.identifier import Identifier
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from lamina.api.auth import principal
+from lamina.errors import (
+    LaminaError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RequestError,
+)
+from lamina.governance.decide import Action, Principal
+from lamina.lifecycle.reports import CLOCK_STATUSES, STATUSES, check_accession, record_report
+
+__all__ = ["ACCESSION_TYPE", "FINESS_SYSTEM", "MAX_BODY_BYTES", "ReportError", "routes"]
+
+#: The largest body accepted (a report's narrative fits; attachments belong in a Binary).
+MAX_BODY_BYTES = 256 * 1024
+#: The identifier type of an accession number (HL7 v2 table 0203).
+ACCESSION_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "ACSN")
+#: The FINESS number's identifier system (the ANS's OID).
+FINESS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.2"
+FHIR_JSON = "application/fhir+json"
+_MEDIA = (FHIR_JSON, "application/json")
+_MAX_ISSUES = 20
+#: record_report's parameter names to the resource's FHIRPath
+_PATHS = {
+    "status": "DiagnosticReport.status",
+    "issued": "DiagnosticReport.issued",
+    "id": "DiagnosticReport.id",
+}
+
+
+class ReportError(RequestError):
+    """A DiagnosticReport lamina does not take: ``status`` (400, 415 or 422), the
+    OperationOutcome issue's ``code`` and the FHIRPath ``expression`` of the field."""
+
+    def __init__(self, status: int, code: str, expression: str, message: str) -> None:
+        super().__init__(expression, message)
+        self.status = status
+        self.code = code
+        self.expression = expression
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Issue:
+    code: str
+    diagnostics: str
+    expression: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"severity": "error", "code": self.code, "diagnostics": self.diagnostics}
+        if self.expression:
+            found["expression"] = [self.expression]
+        return found
+
+
+class _InvalidError(RequestError):
+    """Several wrong fields at once (a 400 OperationOutcome with one issue each)."""
+
+    def __init__(self, issues: list[_Issue]) -> None:
+        first = issues[0] if issues else _Issue("invalid", "not a valid DiagnosticReport")
+        super().__init__(first.expression or "body", first.diagnostics)
+        self.issues = issues
+
+
+def _outcome(status: int, issues: list[_Issue]) -> Response:
+    body = {"resourceType": "OperationOutcome", "issue": [issue.as_dict() for issue in issues]}
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON)
+
+
+# -- the body ----------------------------------------------------------------------------------------
+
+
+async def _read(request: Request) -> bytes:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in _MEDIA:
+        raise ReportError(
+            415,
+            "not-supported",
+            "",
+            f"send the resource as {FHIR_JSON} (or application/json), not {media or 'nothing'}",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the body of {declared} bytes is over the {MAX_BODY_BYTES} byte limit")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"the body is over the {MAX_BODY_BYTES} byte limit")
+    return bytes(raw)
+
+
+def _fhirpath(location: tuple[int | str, ...]) -> str:
+    """A pydantic error's location as a FHIRPath from DiagnosticReport."""
+    path = "DiagnosticReport"
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier():
+            path += "." + ("resourceType" if part == "resource_type" else part)
+    return path
+
+
+def parse_report(raw: bytes) -> DiagnosticReport:
+    """The DiagnosticReport of a JSON body, or a 400 :class:`ReportError` per wrong field."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ReportError(
+            400, "structure", "", f"not JSON ({exc}): send a DiagnosticReport resource"
+        ) from None
+    if not isinstance(document, dict) or document.get("resourceType") != "DiagnosticReport":
+        raise ReportError(
+            400,
+            "structure",
+            "DiagnosticReport.resourceType",
+            'send one resource with "resourceType": "DiagnosticReport"',
+        )
+    try:
+        return DiagnosticReport.model_validate(document)
+    except ValidationError as exc:
+        issues = [
+            _Issue("invalid", str(error["msg"]).split("\n", 1)[0], _fhirpath(tuple(error["loc"])))
+            for error in exc.errors()[:_MAX_ISSUES]
+        ]
+        raise _InvalidError(issues) from None
+    except (TypeError, ValueError) as exc:
+        raise ReportError(400, "invalid", "DiagnosticReport", str(exc).split("\n", 1)[0]) from None
+
+
+# -- what lamina takes from it ----------------------------------------------------------------------
+
+
+def _is_accession(identifier: Identifier | None) -> bool:
+    if identifier is None or identifier.type is None:
+        return False
+    return any((coding.system, coding.code) == ACCESSION_TYPE for coding in identifier.type.coding or ())
+
+
+def accession_of(report: DiagnosticReport) -> tuple[str, str | None]:
+    """(accession number, FINESS of its assigner or None), or a 422 :class:`ReportError`."""
+    found: list[tuple[Identifier, str]] = []
+    for index, identifier in enumerate(report.identifier or ()):
+        if _is_accession(identifier):
+            found.append((identifier, f"DiagnosticReport.identifier[{index}]"))
+    for index, reference in enumerate(report.basedOn or ()):
+        if reference.identifier is not None and _is_accession(reference.identifier):
+            found.append((reference.identifier, f"DiagnosticReport.basedOn[{index}].identifier"))
+    if not found:
+        raise ReportError(
+            422,
+            "required",
+            "DiagnosticReport.identifier",
+            "no accession number: add an identifier whose type.coding is "
+            f"{ACCESSION_TYPE[0]}#{ACCESSION_TYPE[1]} and whose value is the case's accession number",
+        )
+    values: dict[str, str] = {}
+    assigners: set[str] = set()
+    for identifier, path in found:
+        if not identifier.value:
+            raise ReportError(422, "required", f"{path}.value", "the accession number's value is missing")
+        try:
+            values.setdefault(check_accession(identifier.value, path), path)
+        except RequestError as exc:
+            raise ReportError(422, "value", f"{path}.value", str(exc).removeprefix(f"{path}: ")) from None
+        assigner = identifier.assigner.identifier if identifier.assigner else None
+        if assigner is not None and assigner.system == FINESS_SYSTEM and assigner.value:
+            assigners.add(assigner.value.strip())
+    if len(values) > 1:
+        raise ReportError(
+            422,
+            "business-rule",
+            found[1][1],
+            f"several accession numbers ({', '.join(sorted(values))}): one case a report",
+        )
+    if len(assigners) > 1:
+        raise ReportError(
+            422,
+            "business-rule",
+            f"{found[0][1]}.assigner",
+            f"several labs ({', '.join(sorted(assigners))}) assign it",
+        )
+    return next(iter(values)), next(iter(assigners), None)
+
+
+def lab_of(who: Principal, assigner: str | None) -> str:
+    """The lab the report is for: the principal's lab where it stores, the one ``assigner`` names
+    when it stores into several (PermissionDeniedError for a lab it does not store into)."""
+    labs = sorted(tenant for tenant in who.tenants() if Action.STORE in who.allowed_in(tenant))
+    if assigner is not None:
+        if assigner not in labs:
+            raise PermissionDeniedError(
+                Action.STORE.value, f"lab {assigner}: your roles do not allow storing reports there"
+            )
+        return assigner
+    if len(labs) == 1:
+        return labs[0]
+    raise ReportError(
+        422,
+        "business-rule",
+        "DiagnosticReport.identifier.assigner",
+        f"you store into several labs ({', '.join(labs)}): name the lab as the accession number's assigner "
+        f"(assigner.identifier, system {FINESS_SYSTEM}, value its FINESS)",
+    )
+
+
+def _clock(report: DiagnosticReport) -> tuple[str, dt.datetime]:
+    status = report.status
+    if status not in STATUSES:
+        raise ReportError(
+            400, "code-invalid", "DiagnosticReport.status", f"{status!r}: one of {', '.join(STATUSES)}"
+        )
+    issued = report.issued
+    if issued is None:
+        if status in CLOCK_STATUSES:
+            raise ReportError(
+                422,
+                "required",
+                "DiagnosticReport.issued",
+                f"a {status} report starts the clock of the case's retention: give issued (its validation)",
+            )
+        return status, dt.datetime.now(dt.UTC)
+    assert isinstance(issued, dt.datetime)
+    return status, issued
+
+
+# -- the endpoint ----------------------------------------------------------------------------------------
+
+
+def _issue_of(exc: LaminaError) -> tuple[int, list[_Issue]] | None:
+    """The OperationOutcome of a refusal (None: not a refusal of the request)."""
+    if isinstance(exc, _InvalidError):
+        return 400, exc.issues
+    if isinstance(exc, ReportError):
+        return exc.status, [_Issue(exc.code, exc.message, exc.expression or None)]
+    if isinstance(exc, RequestError):
+        path = _PATHS.get(exc.parameter)
+        message = str(exc).removeprefix(f"{exc.parameter}: ")
+        return 400, [_Issue("value" if path else "invalid", message, path)]
+    if isinstance(exc, PayloadTooLargeError):
+        return 413, [_Issue("too-long", str(exc))]
+    if isinstance(exc, PermissionDeniedError):
+        return 403, [_Issue("forbidden", str(exc))]
+    if isinstance(exc, NotFoundError):
+        return 404, [_Issue("not-found", str(exc))]
+    return None
+
+
+async def create_diagnostic_report(request: Request) -> Response:
+    """``POST /fhir/DiagnosticReport`` (FHIR create)."""
+    who = principal(request)
+    try:
+        report = parse_report(await _read(request))
+        accession, assigner = accession_of(report)
+        tenant = lab_of(who, assigner)
+        status, issued = _clock(report)
+        recorded = await run_in_threadpool(
+            record_report,
+            request.app.state.archive.catalog,
+            tenant,
+            accession,
+            status,
+            issued,
+            source="fhir",
+            actor=who.id,
+            report_id=report.id,
+        )
+    except LaminaError as exc:
+        found = _issue_of(exc)
+        if found is None:
+            raise
+        return _outcome(*found)
+    kept = orjson.loads(report.model_dump_json(by_alias=True, exclude_none=True))
+    kept["id"] = recorded.id
+    kept["meta"] = {**kept.get("meta", {}), "lastUpdated": recorded.received_at.isoformat()}
+    return Response(
+        orjson.dumps(kept),
+        status_code=201,
+        media_type=FHIR_JSON,
+        headers={"Location": f"DiagnosticReport/{recorded.id}"},
+    )
+
+
+def routes() -> list[BaseRoute]:
+    """The FHIR routes, to mount at ``/fhir``."""
+    return [Route("/DiagnosticReport", create_diagnostic_report, methods=["POST"])]
