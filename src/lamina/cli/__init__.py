@@ -19,6 +19,7 @@ from lamina.cli.ingest import ingest
 from lamina.cli.issuer import issuer
 from lamina.cli.lifecycle import case, hold, interest, lifecycle
 from lamina.cli.passwords import password
+from lamina.cli.report import report
 from lamina.cli.sample import sample
 from lamina.cli.send import send
 from lamina.cli.serve import serve
@@ -73,6 +74,7 @@ for command in (
     interest,
     hold,
     lifecycle,
+    report,
 ):
     cli.add_command(command)
 users.add_command(password)
