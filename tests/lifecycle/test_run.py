@@ -161,3 +161,23 @@ def test_marks_name_what_is_wrong(archive: Archive, lab: dict[str, str]) -> None
         )
     with pytest.raises(RequestError, match="status"):
         record_report(archive.catalog, LAB, "A26-1", "validated", T0, source="cli", actor="a")
+
+
+def test_a_slide_scanned_again_after_expiry_comes_back_in_its_case(archive: Archive, tmp_path: Path) -> None:
+    Registry(archive.catalog).add_tenant(LAB, "HCL")
+    first = _ingest(archive, tmp_path, "scan", "A26-7", 7)
+    record_report(archive.catalog, LAB, "A26-7", "final", T0, source="cli", actor="lis")
+    run(archive.catalog, archive.store, T0 + 40 * DAY, "operator:test")
+    # Act: the same file again (the manifest of the first ingest is still beside it)
+    again = _ingest(archive, tmp_path, "scan", "A26-7", 7)
+    # Assert: a new slide, a new series, in the same case
+    old, new = archive.catalog.slide(first), archive.catalog.slide(again)
+    assert old is not None and new is not None and again != first
+    assert old.expired_at is not None and new.expired_at is None
+    assert new.study_instance_uid == old.study_instance_uid
+    assert new.series_instance_uid != old.series_instance_uid
+    with archive.catalog.engine.connect() as conn:
+        kept = conn.execute(
+            select(t.slide_traces.c.source_blake3).where(t.slide_traces.c.slide_id == first)
+        ).one()
+    assert kept[0] == new.source_blake3

@@ -104,7 +104,13 @@ def expire_slide(
                 result.status, result.reason, result.objects, result.bytes_freed = "kept", kept, [], 0
             else:
                 conn.execute(delete(t.instances).where(t.instances.c.slide_id == slide_id))
-                conn.execute(update(t.slides).where(t.slides.c.id == slide_id).values(expired_at=now))
+                # the source's digest moves to the trace: the same file ingested again (a slide
+                # scanned again, restored from elsewhere) is a new series of the case, not a duplicate
+                conn.execute(
+                    update(t.slides)
+                    .where(t.slides.c.id == slide_id)
+                    .values(expired_at=now, source_blake3=f"expired:{slide_id}")
+                )
                 deleted = [{"sop": sop, "sha256": digest, "bytes": size} for sop, digest, size in objects]
                 conn.execute(
                     insert(t.slide_traces).values(
@@ -113,6 +119,7 @@ def expire_slide(
                         rule=rule,
                         rule_digest=rule_digest,
                         report_at=report_at,
+                        source_blake3=slide.source_blake3,
                         thumbnail_sha256=thumbnail_ref.sha256 if thumbnail_ref else None,
                         thumbnail_width=picture.width if picture else None,
                         thumbnail_height=picture.height if picture else None,

@@ -340,6 +340,8 @@ slide_traces = Table(
     Column("rule", String(128), nullable=False),
     Column("rule_digest", String(64), nullable=False),
     Column("report_at", DateTime(timezone=True)),
+    # the BLAKE3 of the source file, moved here from slides (the same file may come back)
+    Column("source_blake3", String(64)),
     # the JPEG thumbnail in the blob store (None: the rule keeps the record only)
     Column("thumbnail_sha256", String(64)),
     Column("thumbnail_width", Integer),

@@ -71,6 +71,7 @@ def upgrade() -> None:
         sa.Column("rule", sa.String(128), nullable=False),
         sa.Column("rule_digest", sa.String(64), nullable=False),
         sa.Column("report_at", _WHEN),
+        sa.Column("source_blake3", sa.String(64)),
         sa.Column("thumbnail_sha256", sa.String(64)),
         sa.Column("thumbnail_width", sa.Integer),
         sa.Column("thumbnail_height", sa.Integer),
