@@ -231,6 +231,117 @@ def _folders(env_value: str | None, file_value: object) -> tuple[Path, ...]:
     return tuple(Path(str(part)).expanduser().absolute() for part in file_value)
 
 
+_STORAGE_CLASSES_READABLE = (
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "REDUCED_REDUNDANCY",
+)
+_COLD_KEYS = {
+    "url": "LAMINA_COLD_URL",
+    "storage_class": "LAMINA_COLD_STORAGE_CLASS",
+    "restore_delay_s": "LAMINA_COLD_RESTORE_DELAY_S",
+}
+
+
+@dataclass(frozen=True)
+class ColdTierSettings:
+    """The cold tier (``[tiers.cold]`` in lamina.toml, :mod:`lamina.lifecycle.tiers`).
+
+    Parameters
+    ----------
+    url
+        Where its objects go: a folder (``/mnt/tape`` or ``file:///mnt/tape``) or
+        ``s3://bucket/prefix``, reached with the archive's S3 settings (``LAMINA_COLD_URL``).
+    storage_class
+        The S3 storage class its objects are put in (``LAMINA_COLD_STORAGE_CLASS``), one that is
+        read at once (e.g. ``STANDARD_IA``, ``GLACIER_IR``); None leaves the bucket's default.
+    restore_delay_s
+        Seconds before a restored slide's objects may be read (``LAMINA_COLD_RESTORE_DELAY_S``,
+        default 0): models tape or an archive storage class.
+    """
+
+    url: str
+    storage_class: str | None = None
+    restore_delay_s: float = 0.0
+
+
+def _cold_tier(env: dict[str, str], tiers: object) -> ColdTierSettings | None:
+    """``[tiers.cold]`` of lamina.toml, each key overridden by its ``LAMINA_COLD_*`` variable;
+    None when no cold tier is configured."""
+    if tiers is None:
+        tiers = {}
+    if not isinstance(tiers, dict):
+        raise ConfigurationError("lamina.toml: tiers must be a table with a tiers.cold table in it")
+    if unknown := [key for key in tiers if key != "cold"]:
+        raise ConfigurationError(
+            f"lamina.toml: tiers has {', '.join(map(repr, unknown))}: only tiers.cold (the hot tier "
+            "is the archive's blob_url)"
+        )
+    table = tiers.get("cold", {})
+    if not isinstance(table, dict):
+        raise ConfigurationError(
+            "lamina.toml: tiers.cold must be a table (url, storage_class, restore_delay_s)"
+        )
+    for key in table:
+        if key not in _COLD_KEYS:
+            close = difflib.get_close_matches(str(key), list(_COLD_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(
+                f"lamina.toml: tiers.cold {key!r} is not a setting{hint}; "
+                "use url, storage_class, restore_delay_s"
+            )
+    values = {key: env.get(variable) or table.get(key) for key, variable in _COLD_KEYS.items()}
+    url = values["url"]
+    if not url:
+        if values["storage_class"] or values["restore_delay_s"] not in (None, ""):
+            raise ConfigurationError(
+                "tiers.cold url (LAMINA_COLD_URL) is missing: the cold tier needs a folder or s3://bucket/prefix"
+            )
+        return None
+    where = "LAMINA_COLD_URL (or url in the tiers.cold table of lamina.toml)"
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{where}={url!r}: expected a folder or s3://bucket/prefix")
+    url = url.strip()
+    if "://" not in url:
+        url = f"file://{Path(url).expanduser().absolute()}"
+    elif not url.startswith(("file:///", "s3://")):
+        raise ConfigurationError(
+            f"{where}={url!r}: use a folder (/mnt/cold or file:///mnt/cold) or s3://bucket/prefix"
+        )
+    storage_class = values["storage_class"]
+    if storage_class:
+        storage_class = str(storage_class).strip().upper()
+        where_class = "LAMINA_COLD_STORAGE_CLASS (or storage_class in the tiers.cold table of lamina.toml)"
+        if not url.startswith("s3://"):
+            raise ConfigurationError(
+                f"{where_class}={storage_class!r}: a storage class needs an s3:// cold tier"
+            )
+        if storage_class not in _STORAGE_CLASSES_READABLE:
+            raise ConfigurationError(
+                f"{where_class}={storage_class!r}: use a class read at once "
+                f"({', '.join(_STORAGE_CLASSES_READABLE)}); GLACIER and DEEP_ARCHIVE need a restore "
+                "request lamina does not make: model their delay with restore_delay_s on GLACIER_IR"
+            )
+    raw_delay = values["restore_delay_s"]
+    delay = 0.0
+    if raw_delay not in (None, ""):
+        where_delay = (
+            "LAMINA_COLD_RESTORE_DELAY_S (or restore_delay_s in the tiers.cold table of lamina.toml)"
+        )
+        try:
+            if isinstance(raw_delay, bool):
+                raise ValueError(raw_delay)
+            delay = float(raw_delay.strip() if isinstance(raw_delay, str) else raw_delay)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{where_delay}={raw_delay!r}: expected seconds, e.g. 14400") from None
+        if not math.isfinite(delay) or delay < 0:
+            raise ConfigurationError(f"{where_delay}={raw_delay!r}: seconds, 0 or more, e.g. 14400")
+    return ColdTierSettings(url, storage_class or None, delay)
+
+
 class Secret:
     """A value that never prints: ``str()`` and ``repr()`` give ``'**********'``."""
 
@@ -350,6 +461,10 @@ class Settings:
         server's certificate chain and private key; both set, the DIMSE server accepts TLS
         associations only, TLS 1.2 or later), and ``LAMINA_DIMSE_TLS_CA``: PEM file of the CAs
         whose client certificates are required and verified (default none: no client certificate).
+    cold_tier
+        The cold tier of the care lifecycle (:class:`ColdTierSettings`, the ``[tiers.cold]`` table
+        of lamina.toml or ``LAMINA_COLD_URL``, ``LAMINA_COLD_STORAGE_CLASS``,
+        ``LAMINA_COLD_RESTORE_DELAY_S``); None (default) for none. The hot tier is ``blob_url``.
     auth_issuer, auth_claims
         An OpenID provider whose tokens the node accepts beside its own issuer's, and how their
         claims name the person and their roles per lab: the ``[auth]`` table of lamina.toml
@@ -396,6 +511,7 @@ class Settings:
     dimse_tls_cert: Path | None = None
     dimse_tls_key: Path | None = None
     dimse_tls_ca: Path | None = None
+    cold_tier: ColdTierSettings | None = None
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     auth_issuer: IssuerConfig | None = field(default=None, compare=False, repr=False)
     auth_claims: ClaimsMapping | None = field(default=None, compare=False, repr=False)
@@ -469,6 +585,7 @@ class Settings:
             dimse_tls_key=_file(env, file_values, "dimse_tls_key"),
             dimse_tls_ca=_file(env, file_values, "dimse_tls_ca"),
             s3=_s3_settings(env, file_values.get("s3", {})),
+            cold_tier=_cold_tier(env, file_values.get("tiers")),
             **_auth(file_values.get("auth")),
         )
         if not 4096 <= settings.blob_cache_block_bytes <= 64 << 20:
@@ -497,8 +614,9 @@ def _warn_unknown(path: Path, file_values: dict[str, Any]) -> None:
     """Log once the keys of lamina.toml that no setting reads (a misspelt key would otherwise be
     ignored without a word), each with the nearest known key."""
     known = (
-        {item.name for item in fields(Settings)} - {"home", "auth_issuer", "auth_claims", "auth_viewer"}
-    ) | {"auth"}
+        {item.name for item in fields(Settings)}
+        - {"home", "auth_issuer", "auth_claims", "auth_viewer", "cold_tier"}
+    ) | {"auth", "tiers"}
     unknown = [key for key in file_values if key not in known]
     table = file_values.get("s3")
     if isinstance(table, dict):

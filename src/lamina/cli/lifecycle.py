@@ -21,6 +21,7 @@ from lamina.lifecycle.policy import Policies
 from lamina.lifecycle.reports import CLOCK_STATUSES, STATUSES, record_report
 from lamina.lifecycle.rules import load_rules
 from lamina.lifecycle.run import run
+from lamina.lifecycle.tiers import TierMover
 
 _NOW_HELP = "Act as if it were this date and time (ISO 8601; default: now): to see what a date brings."
 
@@ -283,6 +284,7 @@ def run_(ctx: click.Context, now: str | None, tenant: str | None, as_json: bool)
                 when,
                 operator(),
                 tenant=tenant,
+                mover=TierMover.for_archive(archive),
                 progress=lambda _: bar.advance(task),
             )
     finally:

@@ -24,6 +24,7 @@ from lamina.archive.watch import Watcher
 from lamina.errors import StorageError
 from lamina.jobs import tasks
 from lamina.jobs.queue import QUEUE, Worker, make_app, queued
+from lamina.lifecycle import restore
 
 log = logging.getLogger("lamina.jobs")
 _ENDED = {"failed", "cancelled", "aborted"}
@@ -43,6 +44,8 @@ class Jobs:
             self.app = make_app(self.settings)
             self.app.open()
             archive.on_damaged = self.queue_repair
+        # reads of cold slides queue their restore (lamina.lifecycle.restore.cold_check)
+        restore.for_archive(archive, self.app if self.queued else None)
 
     # -- background work ------------------------------------------------------------------------
 

@@ -280,6 +280,12 @@ def register(app: procrastinate.App, archive: Archive) -> None:
     def repair_object_job(sha256: str) -> None:
         archive.repair(sha256)
 
+    @app.task(name="lamina:restore_slide", queue=QUEUE, retry=RETRY, pass_context=True)
+    def restore_slide_job(context: procrastinate.JobContext, slide_id: str, actor: str) -> None:
+        from lamina.lifecycle.restore import run_restore_job
+
+        run_restore_job(archive, slide_id, actor, final=_final(context))
+
     @app.periodic(cron="* * * * *", periodic_id="requeue_stalled")
     @app.task(name="lamina:requeue_stalled", queue=QUEUE, pass_context=False)
     async def requeue_stalled(timestamp: int) -> None:
