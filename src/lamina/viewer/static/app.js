@@ -9,14 +9,15 @@
 
 import { h, message } from './dom.js';
 import {
-  archiveImage, dicomDate, personName, readSlide, searchSeries, seriesMetadata, seriesThumbnailUrl, slideTitle, value,
+  DicomwebError, archiveImage, availability, dicomDate, personName, readSlide, searchSeries, seriesMetadata,
+  seriesThumbnailUrl, slideTitle, value,
 } from './dicomweb.js';
 import {
   completeProviderSignIn, requireSignIn, resumeRenewal, session, signInView, signOutEverywhere, viewerConfig,
   whenSignInRequired, whenTokenChanges,
 } from './signin.js';
 import { MAGNIFICATIONS, SlideViewer, ViewerLink } from './slideview.js';
-import { slideHref, worklistView } from './worklist.js';
+import { availabilityBadge, slideHref, worklistView } from './worklist.js';
 
 const root = document.getElementById('app');
 const where = document.getElementById('where');
@@ -35,8 +36,13 @@ function slideDescription(slide) {
   return slide.specimen.description || [slide.specimen.organ, slide.specimen.stain].filter(Boolean).join(', ');
 }
 
+// A slide on the cold tier answers 202 while it is restored: say so, and ask again after the delay.
+function restoring(seconds, detail) {
+  root.replaceChildren(message(`Restoring the slide… ${detail ? `${detail} ` : ''}(trying again in ${seconds} s)`));
+}
+
 async function loadSlide(study, series, signal) {
-  const slide = readSlide(await seriesMetadata(study, series, signal), study, series);
+  const slide = readSlide(await seriesMetadata(study, series, signal, restoring), study, series);
   if (!slide.levels.length) throw new Error('this series has no tiled slide image (no VOLUME instance)');
   return slide;
 }
@@ -49,6 +55,8 @@ async function caseSlides(slide, signal) {
     return list.map((item) => ({
       study: slide.study,
       series: value(item, 'SeriesInstanceUID'),
+      badge: availabilityBadge(item),
+      expired: availability(item) === 'UNAVAILABLE',
       ...slideTitle(item),
     }));
   } catch (error) {
@@ -144,9 +152,25 @@ function caseHeader(slide) {
       : null);
 }
 
+// An expired slide: the thumbnail its trace kept, and the server's one-line explanation.
+function expiredView(study, series, explanation) {
+  document.title = 'Expired slide — lamina';
+  root.replaceChildren(h('section', { class: 'expired-slide' },
+    message(explanation, 'warning'),
+    archiveImage(seriesThumbnailUrl(study, series, 512), { alt: 'Thumbnail kept of the expired slide', class: 'trace' }),
+    h('p', {}, h('a', { href: '#/' }, 'Back to the worklist'))));
+  return () => {};
+}
+
 async function slideView(study, series, signal) {
   root.replaceChildren(message('Opening the slide…'));
-  const slide = await loadSlide(study, series, signal);
+  let slide;
+  try {
+    slide = await loadSlide(study, series, signal);
+  } catch (error) {
+    if (error instanceof DicomwebError && error.status === 410) return expiredView(study, series, error.message);
+    throw error;
+  }
   where.textContent = [slide.accession, slideName(slide)].filter(Boolean).join(' — ');
   document.title = `${slideName(slide)} — lamina`;
 
@@ -176,7 +200,7 @@ async function slideView(study, series, signal) {
         h('a', { href: slideHref(other.study, other.series), class: 'thumb', 'aria-current': current ? 'page' : null },
           archiveImage(seriesThumbnailUrl(other.study, other.series, 96), { alt: other.name, lazy: true }),
           h('span', { class: 'thumb-text' },
-            h('span', { class: 'thumb-name' }, other.name),
+            h('span', { class: 'thumb-name' }, other.name, other.badge ? ' ' : null, other.badge),
             other.description ? h('span', { class: 'thumb-name muted' }, other.description) : null)),
         current ? null : h('a', {
           href: compareHref(slide, other), class: 'compare-link', title: `Side by side with ${other.name}`,

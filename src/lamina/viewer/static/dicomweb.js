@@ -12,6 +12,7 @@ const ROOT = (document.body.dataset.dicomweb || 'dicomweb').replace(/\/$/, '');
 const TAGS = {
   SOPInstanceUID: '00080018',
   ImageType: '00080008',
+  InstanceAvailability: '00080056',
   StudyDate: '00080020',
   AccessionNumber: '00080050',
   Modality: '00080060',
@@ -86,8 +87,52 @@ export class DicomwebError extends Error {
   }
 }
 
-async function getJson(url, signal) {
-  const response = await authFetch(url, { headers: { Accept: 'application/dicom+json' }, signal });
+// Seconds to wait from a Retry-After header (seconds, or an HTTP date); null when absent.
+function retryAfterSeconds(text) {
+  if (!text) return null;
+  if (/^\d+$/.test(text.trim())) return Number(text.trim());
+  const when = Date.parse(text);
+  return Number.isNaN(when) ? null : Math.max(1, Math.ceil((when - Date.now()) / 1000));
+}
+
+function pause(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, seconds * 1000);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(timer);
+      reject(new DOMException('aborted', 'AbortError'));
+    }, { once: true });
+  });
+}
+
+// authFetch that waits out "202 Accepted" with Retry-After (a slide on the cold tier while it is
+// restored): `onWaiting(seconds, detail)` is told, then the request is sent again after the delay,
+// until another answer comes (or `options.signal` aborts).
+export async function readyFetch(url, options = {}, onWaiting = () => {}) {
+  for (;;) {
+    const response = await authFetch(url, options);
+    if (response.status !== 202) return response;
+    const seconds = Math.min(600, retryAfterSeconds(response.headers.get('Retry-After')) ?? 5);
+    let detail = '';
+    try {
+      detail = (await response.json()).detail || '';
+    } catch {
+      detail = '';
+    }
+    onWaiting(seconds, detail);
+    await pause(seconds, options.signal);
+  }
+}
+
+// Whether a QIDO-RS series (or study) is an expired slide's: InstanceAvailability UNAVAILABLE
+// (its pyramid deleted after its care retention; its thumbnail and record kept); NEARLINE: on the
+// cold tier, restored when opened.
+export function availability(item) {
+  return value(item, 'InstanceAvailability', 'ONLINE');
+}
+
+async function getJson(url, signal, onWaiting) {
+  const response = await readyFetch(url, { headers: { Accept: 'application/dicom+json' }, signal }, onWaiting);
   if (response.status === 204) return [];
   if (!response.ok) {
     let detail = '';
@@ -115,9 +160,10 @@ export function searchSeries(study, signal) {
   return getJson(`${ROOT}/studies/${study}/series?includefield=all`, signal);
 }
 
-// WADO-RS: the metadata of every instance of a series.
-export function seriesMetadata(study, series, signal) {
-  return getJson(`${ROOT}/studies/${study}/series/${series}/metadata`, signal);
+// WADO-RS: the metadata of every instance of a series (the slide's opening): a 410 of an expired
+// slide is a DicomwebError with its one-line explanation; a 202 is waited out (`onWaiting`).
+export function seriesMetadata(study, series, signal, onWaiting) {
+  return getJson(`${ROOT}/studies/${study}/series/${series}/metadata`, signal, onWaiting);
 }
 
 export function seriesUrl(study, series) {
@@ -136,7 +182,8 @@ export function seriesThumbnailUrl(study, series, side = 128) {
 
 async function showImage(img, url) {
   try {
-    const response = await authFetch(url);
+    const response = await readyFetch(url, {}, () => img.classList.add('restoring'));
+    img.classList.remove('restoring');
     if (!response.ok) throw new DicomwebError(response.status, response.statusText, url);
     const shown = URL.createObjectURL(await response.blob());
     const done = () => URL.revokeObjectURL(shown);

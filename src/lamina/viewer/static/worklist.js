@@ -2,8 +2,8 @@
 
 import { h, message } from './dom.js';
 import {
-  DicomwebError, archiveImage, dicomDate, personName, searchSeries, searchStudies, seriesThumbnailUrl, slideTitle,
-  value,
+  DicomwebError, archiveImage, availability, dicomDate, personName, searchSeries, searchStudies, seriesThumbnailUrl,
+  slideTitle, value,
 } from './dicomweb.js';
 
 const PAGE = 50;
@@ -40,14 +40,29 @@ export function slideHref(study, series) {
   return `#/slide/${encodeURIComponent(study)}/${encodeURIComponent(series)}`;
 }
 
+// The badge of a slide that cannot be opened at once (InstanceAvailability), or null.
+export function availabilityBadge(item) {
+  const state = availability(item);
+  if (state === 'UNAVAILABLE') {
+    return h('span', { class: 'badge badge-expired', title: 'Expired after its care retention: only its thumbnail and record are kept' },
+      'expired');
+  }
+  if (state === 'NEARLINE') {
+    return h('span', { class: 'badge badge-cold', title: 'On the cold tier: opening it restores it first' }, 'cold');
+  }
+  return null;
+}
+
 function slideStrip(study, seriesList) {
   if (!seriesList.length) return h('span', { class: 'muted' }, 'no slide');
   return h('ul', { class: 'thumbs' }, seriesList.map((series) => {
     const uid = value(series, 'SeriesInstanceUID');
     const { name, description } = slideTitle(series);
-    return h('li', {},
+    const state = availability(series);
+    return h('li', { class: state === 'UNAVAILABLE' ? 'expired' : null, dataset: { availability: state } },
       h('a', { class: 'thumb', href: slideHref(study, uid), title: [name, description].filter(Boolean).join(' — ') },
         archiveImage(seriesThumbnailUrl(study, uid, 128), { lazy: true, alt: name, width: 128, height: 96 }),
+        availabilityBadge(series),
         h('span', { class: 'thumb-name' }, name),
         description ? h('span', { class: 'thumb-name muted' }, description) : null));
   }));
