@@ -310,3 +310,39 @@ def test_the_cold_tier_settings(tmp_path: Path) -> None:
     (home / "lamina.toml").write_text(f'[tiers.cold]\nurl = "{blobs}"\n', encoding="utf-8")
     with pytest.raises(ConfigurationError, match="is the hot store"):
         ColdTier.open(Settings.load(home, env={}))
+
+
+def test_a_cold_slide_over_dicomweb_is_202_with_retry_after_then_200(tmp_path: Path) -> None:
+    """On the embedded default (a server's restore path; the queued one is tested above)."""
+    from lamina.api.app import create_app
+    from lamina.archive.ingest import Ingestor
+    from tests.signin import signed
+    from tests.support import serving
+
+    write_samples(tmp_path / "in", ["tiled_tiff"], size=(512, 384), seed=7)
+    env = {"LAMINA_COLD_URL": str(tmp_path / "cold"), "LAMINA_COLD_RESTORE_DELAY_S": "1"}
+    settings = Settings.load(tmp_path / "home", env=env)
+    archive = Archive.open(settings)
+    try:
+        ingestor = Ingestor(archive.catalog, archive.store, spool_dir=settings.home)
+        (candidate,) = discover([tmp_path / "in"])
+        done = ingestor.ingest(candidate, load_manifest(tmp_path / "in" / "manifest.csv"))
+        slide = archive.catalog.slide(done.slide_id or "")
+        assert slide is not None
+        mover = TierMover.for_archive(archive)
+        assert mover is not None
+        mover.move_slide(slide.id, Tier.COLD, "lifecycle")
+        url = f"/dicomweb/studies/{slide.study_instance_uid}/series/{slide.series_instance_uid}/metadata"
+        with serving(create_app(settings, archive)) as port:
+            base = f"http://127.0.0.1:{port}"
+            first, second = signed.get(base + url), signed.get(base + url)
+            assert (first.status_code, second.status_code) == (202, 202), first.text
+            assert int(first.headers["Retry-After"]) >= 1 and "cold tier" in first.json()["detail"]
+            assert _requests(archive, slide.id) == 1
+            deadline = time.monotonic() + 20
+            while (answer := signed.get(base + url)).status_code == 202 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert answer.status_code == 200, answer.text
+        assert archive.catalog.slide(slide.id).tier == "hot"  # type: ignore[union-attr]
+    finally:
+        archive.close()

@@ -30,6 +30,7 @@ from sqlalchemy.sql import Select
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import GoneError
+from lamina.lifecycle.restore import cold_check
 
 __all__ = [
     "NEARLINE",
@@ -115,14 +116,16 @@ def slide_state(catalog: Catalog, series: str) -> SlideState | None:
 
 def availability(catalog: Catalog, study: str, series: str) -> None:
     """Raise unless the slide of ``series`` (in ``study``) can be read now: :class:`GoneError`
-    (410) when it expired. Nothing for a series that is no slide's. Blocking: one indexed query."""
+    (410) when it expired, :class:`~lamina.errors.RestoringError` (202) when it is on the cold
+    tier (:func:`lamina.lifecycle.restore.cold_check`: its restore is queued once). Nothing for
+    a series that is no slide's. Blocking: one indexed query (and one insert for a cold slide)."""
     state = slide_state(catalog, series)
     if state is None:
         return
     if state.expired:
         raise state.gone()
-    # The cold tier goes here: a slide whose objects are on the cold tier raises
-    # RestoringError(message, retry_after_s) (202 with Retry-After) while its restore runs.
+    # on the cold tier: its restore asked for once, RestoringError (202 with Retry-After)
+    cold_check(catalog, state.slide_id, state.tier)
 
 
 def study_traces(catalog: Catalog, study: str, series: Collection[str] | None = None) -> list[SlideState]:
