@@ -206,6 +206,7 @@ def _fill(template: str, target: Target) -> str:
         .replace("{instance}", target.instance)
         .replace("{frames}", "1")
         .replace("{path:path}", "7FE00010")  # Pixel Data: the BulkDataURI every image's metadata gives
+        .replace("{name}", "volume.png")  # a plot of the storage report
     )
     assert "{" not in path, f"{template}: a path parameter the matrix cannot fill in; extend _fill"
     return path

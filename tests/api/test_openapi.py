@@ -100,6 +100,8 @@ def _known(served: ServedArchive) -> dict[str, str]:
         "grant": "0" * 32,
         "collection": "0" * 32,
         "slide": served.slide_ids[0],
+        # a plot of the storage report
+        "name": "volume.svg",
     }
 
 

@@ -141,6 +141,12 @@ RULES: dict[str, Rule] = {
     "DELETE /api/slides/{slide}/interest": Rule.ANNOTATE_SLIDE,
     "POST /api/slides/{slide}/holds": Rule.ADMINISTER_SLIDE,
     "DELETE /api/slides/{slide}/holds": Rule.ADMINISTER_SLIDE,
+    # the storage report and the cost calculator (lamina.api.reporting)
+    "GET /api/tenants/{finess}/report": Rule.ADMINISTER,
+    "GET /api/tenants/{finess}/report/plots/{name}": Rule.ADMINISTER,
+    "GET /api/report": Rule.PLATFORM,
+    "GET /api/report/plots/{name}": Rule.PLATFORM,
+    "GET /api/costs": Rule.SIGNED_IN,
     # the LIS's final reports (lamina.api.fhir): a principal that stores into a lab (its LIS)
     "POST /fhir/DiagnosticReport": Rule.STORE,
     # the viewer's static files and its library

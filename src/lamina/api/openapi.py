@@ -75,6 +75,23 @@ _FRAMES = [
     'multipart/related; type="image/jphc"',
 ]
 _IMAGES = ["image/jpeg", "image/png"]
+_COSTS = [
+    _query("preset", "Start from one of the report's worked examples", {"enum": ["private", "public"]}),
+    _query("slides", "Slides a year (instead of cases)", {"type": "number", "minimum": 1, "maximum": 1e9}),
+    _query("cases", "Cases a year", {"type": "number", "minimum": 1, "maximum": 1e9}),
+    _query("slides-per-case", "Slides per case", {"type": "number", "minimum": 0.1, "maximum": 1000}),
+    _query("pathologists", "Pathologists", {"type": "integer", "minimum": 0, "maximum": 1000000}),
+    _query("sites", "Sites", {"type": "integer", "minimum": 1, "maximum": 100000}),
+    _query("scanners", "Scanners", {"type": "integer", "minimum": 0, "maximum": 1000000}),
+    _query(
+        "retention-days", "Days a care slide stays hot", {"type": "number", "minimum": 0, "maximum": 36500}
+    ),
+    _query("interest-share", "Share of slides of interest", {"type": "number", "minimum": 0, "maximum": 1}),
+    _query("sector", "Scanner price HT (public) or TTC (private)", {"enum": ["public", "private"]}),
+    _query("price", "A unit price KEY=VALUE (lamina costs --price); repeatable"),
+    _query("measured", "Slides a year and GB a slide from the catalog", {"type": "boolean"}),
+    _query("tenant", "With measured: this lab's slides (FINESS)"),
+]
 
 
 @dataclass(frozen=True)
@@ -333,6 +350,34 @@ OPERATIONS: dict[str, Operation] = {
         (400, 413, 415, 422),
         body=[FHIR_JSON, "application/json"],
         status=201,
+    ),
+    "tenant_report": Operation(
+        "The lab's storage report: slides and GB per tier, per month, of interest, projected, EUR and CO2 "
+        "(the lab's admin)",
+        "report",
+        ["application/json"],
+    ),
+    "tenant_report_plot": Operation(
+        "A plot of the lab's report (volume, months, projection, co2; .png or .svg) (the lab's admin)",
+        "report",
+        ["image/png", "image/svg+xml"],
+    ),
+    "node_report": Operation(
+        "The storage report of every lab of the node (platform admins)", "report", ["application/json"], ()
+    ),
+    "node_report_plot": Operation(
+        "A plot of the node's report (volume, months, projection, co2; .png or .svg) (platform admins)",
+        "report",
+        ["image/png", "image/svg+xml"],
+        (404,),
+    ),
+    "costs_calculator": Operation(
+        "The report's cost model: investment, operation, archive, per slide and case, storage CO2 "
+        "(lamina costs's options; anyone signed in)",
+        "report",
+        ["application/json"],
+        (400, 404),
+        _COSTS,
     ),
     "missing": Operation("OpenSeadragon is not installed: says how to install it", "viewer", [], (404,)),
     "static": Operation("The viewer's files", "viewer", ["text/html", "text/javascript", "text/css"], (404,)),
