@@ -63,7 +63,7 @@ def handle_errors(func: F) -> F:
             try:
                 return func(*args, **kwargs)
             except LaminaError as exc:
-                err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
                 sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
