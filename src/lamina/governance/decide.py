@@ -32,8 +32,9 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, or_, select, true
+from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, false, or_, select, true, union_all
 
 from lamina.archive.catalog import tables as t
 from lamina.governance.model import Grant, GranteeKind, Permission, ResourceKind
@@ -214,16 +215,36 @@ class _Searchable:
     collections: list[str]
 
     def granted_slides(self) -> ColumnElement[bool] | None:
-        """The condition on ``slides`` that keeps the slides granted alone (None: none)."""
-        conditions: list[ColumnElement[bool]] = []
+        """The condition on ``slides`` that keeps the slides granted alone (None: none): one
+        ``id IN (...)`` over the union of the slides granted and those of the collections granted,
+        which the database plans as a semi-join from those few ids (an OR of the two would make it
+        read the whole slides table)."""
+        parts: list[Select[Any]] = []
         if self.slides:
-            conditions.append(t.slides.c.id.in_(self.slides))
+            parts.append(select(t.slides.c.id).where(t.slides.c.id.in_(self.slides)))
         if self.collections:
-            held = select(t.collection_slides.c.slide_id).where(
-                t.collection_slides.c.collection_id.in_(self.collections)
+            parts.append(
+                select(t.collection_slides.c.slide_id).where(
+                    t.collection_slides.c.collection_id.in_(self.collections)
+                )
             )
-            conditions.append(t.slides.c.id.in_(held))
-        return or_(*conditions) if conditions else None
+        if not parts:
+            return None
+        return t.slides.c.id.in_(parts[0] if len(parts) == 1 else union_all(*parts))
+
+    def granted_studies(self) -> Select[Any] | CompoundSelect[Any] | None:
+        """The Study Instance UIDs the grants reach (cases granted, and the cases of the slides
+        granted alone or through a collection), as one query (None: none)."""
+        parts: list[Select[Any]] = []
+        if self.cases:
+            parts.append(
+                select(t.studies.c.study_instance_uid).where(t.studies.c.study_instance_uid.in_(self.cases))
+            )
+        if (alone := self.granted_slides()) is not None:
+            parts.append(select(t.slides.c.study_instance_uid).where(alone))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else union_all(*parts)
 
 
 def _searchable(principal: Principal, now: dt.datetime | None) -> _Searchable:
@@ -249,11 +270,8 @@ def visible_studies(principal: Principal, now: dt.datetime | None = None) -> Col
     conditions: list[ColumnElement[bool]] = []
     if reach.tenants:
         conditions.append(t.studies.c.tenant.in_(reach.tenants))
-    if reach.cases:
-        conditions.append(t.studies.c.study_instance_uid.in_(reach.cases))
-    if (alone := reach.granted_slides()) is not None:
-        owning = select(t.slides.c.study_instance_uid).where(alone)
-        conditions.append(t.studies.c.study_instance_uid.in_(owning))
+    if (granted := reach.granted_studies()) is not None:
+        conditions.append(t.studies.c.study_instance_uid.in_(granted))
     return or_(*conditions) if conditions else false()
 
 
@@ -268,14 +286,10 @@ def visible_study_branches(
         return None
     reach = _searchable(principal, now)
     branches: list[ColumnElement[bool]] = [t.studies.c.tenant == tenant for tenant in reach.tenants]
-    granted: list[ColumnElement[bool]] = []
-    if reach.cases:
-        granted.append(t.studies.c.study_instance_uid.in_(reach.cases))
-    if (alone := reach.granted_slides()) is not None:
-        granted.append(t.studies.c.study_instance_uid.in_(select(t.slides.c.study_instance_uid).where(alone)))
-    if granted:
+    if (granted := reach.granted_studies()) is not None:
+        # one IN over the union of what the grants reach: a semi-join from those few studies
         outside = [t.studies.c.tenant.not_in(reach.tenants)] if reach.tenants else []
-        branches.append(and_(or_(*granted), *outside))
+        branches.append(and_(t.studies.c.study_instance_uid.in_(granted), *outside))
     return tuple(branches)
 
 
