@@ -20,6 +20,7 @@ from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
 from lamina.archive.discover import discover
+from lamina.archive.fixity import verify
 from lamina.archive.ingest import IngestOptions
 from lamina.archive.manifest import load_manifest
 from lamina.errors import NotFoundError, RequestError
@@ -118,6 +119,10 @@ def test_expiry_follows_the_report_and_spares_interest_and_holds(
     again = run(archive.catalog, archive.store, when + 400 * DAY, "operator:test")
     assert again.done.actions == {} and not again.failed
     assert archive.catalog.referenced_blobs() >= {trace["thumbnail_sha256"]}
+    # fixity reads the trace's thumbnail too, and finds nothing missing nor orphaned
+    checked = verify(archive.catalog, archive.store, orphan_grace_s=0)
+    assert checked.ok and not checked.orphaned
+    assert any(trace["thumbnail_sha256"] == m for m in archive.store.iter_digests())
 
 
 def test_a_report_before_the_slides_counts_when_they_come(archive: Archive, tmp_path: Path) -> None:

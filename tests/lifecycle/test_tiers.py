@@ -346,3 +346,22 @@ def test_a_cold_slide_over_dicomweb_is_202_with_retry_after_then_200(tmp_path: P
         assert archive.catalog.slide(slide.id).tier == "hot"  # type: ignore[union-attr]
     finally:
         archive.close()
+
+
+def test_fixity_checks_each_slide_on_its_tier(archive: Archive, slide: str, tmp_path: Path) -> None:
+    from lamina.archive.fixity import verify
+
+    cold = ColdTier(FileBlobStore(tmp_path / "cold"))
+    digests = _digests(archive, slide)
+    TierMover(archive.catalog, archive.store, cold).move_slide(slide, Tier.COLD, "lifecycle")
+    # Act: without the cold store the cold slide's objects are skipped, not missing; with it they
+    # are checked there, and one removed from the cold tier is missing
+    without = verify(archive.catalog, archive.store, orphan_grace_s=0)
+    with_cold = verify(archive.catalog, archive.store, orphan_grace_s=0, cold_store=cold.store)
+    lost = sorted(digests)[0]
+    cold.store.delete(lost)
+    damaged = verify(archive.catalog, archive.store, orphan_grace_s=0, cold_store=cold.store)
+    # Assert
+    assert without.ok and without.cold_skipped == len(digests) and without.checked == 0
+    assert with_cold.ok and with_cold.cold_skipped == 0 and with_cold.checked == len(digests)
+    assert [m.sha256 for m in damaged.missing] == [lost]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
@@ -138,6 +138,8 @@ class FixityReport:
     corrupt: list[CorruptObject] = field(default_factory=list)
     orphaned: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: objects of cold-tier slides not checked (no cold store was given)
+    cold_skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -184,6 +186,7 @@ class FixityReport:
             "checked": self.checked,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
+            "cold_skipped": self.cold_skipped,
             "missing": [
                 {"sha256": m.sha256, "references": [r.as_dict() for r in m.references]} for m in self.missing
             ],
@@ -310,17 +313,35 @@ def _work(store: BlobStore, shared: _Shared) -> None:
         _check_one(store, digest, shared)
 
 
-def _referenced(catalog: Catalog) -> tuple[dict[str, list[Reference]], dict[str, int]]:
-    """Every referenced digest with its referencing instances and recorded size."""
+def _referenced(catalog: Catalog, tier: str = "hot") -> tuple[dict[str, list[Reference]], dict[str, int]]:
+    """Every digest referenced on ``tier`` (the instances of the slides there, and on the hot tier
+    the instances outside any slide and the thumbnails of expired slides' traces), with its
+    referencing instances and recorded size (a thumbnail's size is its object's: -1, not
+    compared)."""
     references: dict[str, list[Reference]] = {}
     sizes: dict[str, int] = {}
-    query = select(
-        t.instances.c.blob_sha256, t.instances.c.slide_id, t.instances.c.sop_instance_uid, t.instances.c.bytes
+    on_tier = func.coalesce(t.slides.c.tier, "hot") == tier
+    query = (
+        select(
+            t.instances.c.blob_sha256,
+            t.instances.c.slide_id,
+            t.instances.c.sop_instance_uid,
+            t.instances.c.bytes,
+        )
+        .select_from(t.instances.outerjoin(t.slides, t.instances.c.slide_id == t.slides.c.id))
+        .where(on_tier)
+    )
+    thumbnails = select(t.slide_traces.c.thumbnail_sha256, t.slide_traces.c.slide_id).where(
+        t.slide_traces.c.thumbnail_sha256.is_not(None)
     )
     with catalog.engine.connect() as conn:
         for digest, slide_id, uid, size in conn.execute(query):
             references.setdefault(str(digest), []).append(Reference(slide_id, str(uid)))
             sizes[str(digest)] = int(size)
+        if tier == "hot":
+            for digest, slide_id in conn.execute(thumbnails):
+                references.setdefault(str(digest), []).append(Reference(str(slide_id), "thumbnail"))
+                sizes.setdefault(str(digest), -1)
     for refs in references.values():
         refs.sort(key=lambda ref: (ref.slide_id or "", ref.sop_instance_uid))
     return references, sizes
@@ -341,6 +362,7 @@ def verify(
     orphan_grace_s: float = 3600.0,
     actor: str = "lamina",
     nice: int = 0,
+    cold_store: BlobStore | None = None,
 ) -> FixityReport:
     """Re-read and re-hash every referenced object; list missing, corrupt and orphaned objects.
 
@@ -365,6 +387,10 @@ def verify(
     nice : int, optional
         The nice value the reading threads run at (:mod:`lamina.archive.priority`); 0 (default)
         leaves them at the caller's.
+    cold_store : BlobStore, optional
+        The cold tier (:mod:`lamina.lifecycle.tiers`): the objects of the slides on it are
+        checked there. Without it, they are not checked (``cold_skipped`` counts them): they are
+        not in ``store``, and are not missing from it.
 
     Returns
     -------
@@ -384,28 +410,39 @@ def verify(
         raise ValueError(f"workers must be at least 1, got {workers}")
     started = time.perf_counter()
     bucket = TokenBucket(max_bytes_per_s) if max_bytes_per_s is not None else None
-    references, sizes = _referenced(catalog)
-    digests = sorted(references)
-    shared = _Shared(
-        work=iter(digests),
-        expected=sizes,
-        references=references,
-        bucket=bucket,
-        progress=progress,
-        total=sum(sizes.values()),
-    )
-    with background_pool(workers, nice, "fixity") as pool:
-        futures = [pool.submit(_work, store, shared) for _ in range(min(workers, max(1, len(digests))))]
-        for future in futures:
-            future.result()
+    tiers = [("hot", store)]
+    cold_references, _ = _referenced(catalog, "cold")
+    if cold_store is not None:
+        tiers.append(("cold", cold_store))
+    checked, done, missing, corrupt = 0, 0, [], []
+    for tier, tier_store in tiers:
+        references, sizes = _referenced(catalog, tier)
+        digests = sorted(references)
+        shared = _Shared(
+            work=iter(digests),
+            expected=sizes,
+            references=references,
+            bucket=bucket,
+            progress=progress,
+            total=sum(max(0, size) for size in sizes.values()),
+        )
+        with background_pool(workers, nice, "fixity") as pool:
+            count = min(workers, max(1, len(digests)))
+            futures = [pool.submit(_work, tier_store, shared) for _ in range(count)]
+            for future in futures:
+                future.result()
+        checked, done = checked + shared.checked, done + shared.done
+        missing += shared.missing
+        corrupt += shared.corrupt
     orphaned = _orphans(catalog, store, orphan_grace_s)
     report = FixityReport(
-        checked=shared.checked,
-        bytes=shared.done,
-        missing=sorted(shared.missing, key=lambda m: m.sha256),
-        corrupt=sorted(shared.corrupt, key=lambda c: c.sha256),
+        checked=checked,
+        bytes=done,
+        missing=sorted(missing, key=lambda m: m.sha256),
+        corrupt=sorted(corrupt, key=lambda c: c.sha256),
         orphaned=orphaned,
         seconds=time.perf_counter() - started,
+        cold_skipped=0 if cold_store is not None else len(cold_references),
     )
     with catalog.begin() as conn:
         audit.append(

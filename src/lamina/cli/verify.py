@@ -15,6 +15,7 @@ from lamina.archive.fixity import verify as run_fixity
 from lamina.archive.repair import RepairReport, repair
 from lamina.cli.common import console, handle_errors, human_bytes, open_archive
 from lamina.errors import ConfigurationError
+from lamina.lifecycle.tiers import ColdTier
 
 
 def _summary(report: FixityReport, home: str) -> Table:
@@ -85,6 +86,7 @@ def verify(ctx: click.Context, as_json: bool, workers: int, limit: float | None,
             def update(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
+            cold = ColdTier.open(archive.settings)
             report = run_fixity(
                 archive.catalog,
                 archive.store,
@@ -92,6 +94,7 @@ def verify(ctx: click.Context, as_json: bool, workers: int, limit: float | None,
                 max_bytes_per_s=max_bytes,
                 progress=update,
                 nice=archive.settings.background_nice,
+                cold_store=cold.store if cold is not None else None,
             )
         if do_repair and isinstance(archive.store, ReplicatedBlobStore) and not report.ok:
             repaired = repair(report, archive.store, archive.catalog)

@@ -29,6 +29,7 @@ from lamina.archive.sweep import SPOOL_GRACE_S, sweep_job_reports, sweep_job_spo
 from lamina.archive.watch import Claim, Watcher
 from lamina.errors import LaminaError, UnavailableError
 from lamina.jobs.queue import MAX_ATTEMPTS, QUEUE, RETRY, STALLED_AFTER_S
+from lamina.lifecycle.tiers import ColdTier
 
 log = logging.getLogger("lamina.jobs")
 
@@ -214,12 +215,14 @@ def verify_and_queue_repairs(
 ) -> dict[str, int]:
     """A fixity run at ``limit_mb_s``; every missing or corrupt object is handed to ``on_damaged``."""
     limit = max(1, int(limit_mb_s * 1_000_000)) if limit_mb_s > 0 else None
+    cold = ColdTier.open(archive.settings)
     report = verify(
         archive.catalog,
         archive.store,
         max_bytes_per_s=limit,
         actor="lamina-periodic",
         nice=archive.settings.background_nice,
+        cold_store=cold.store if cold is not None else None,
     )
     for digest in [*(m.sha256 for m in report.missing), *(c.sha256 for c in report.corrupt)]:
         on_damaged(digest)
