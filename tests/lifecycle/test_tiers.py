@@ -365,3 +365,29 @@ def test_fixity_checks_each_slide_on_its_tier(archive: Archive, slide: str, tmp_
     assert without.ok and without.cold_skipped == len(digests) and without.checked == 0
     assert with_cold.ok and with_cold.cold_skipped == 0 and with_cold.checked == len(digests)
     assert [m.sha256 for m in damaged.missing] == [lost]
+
+
+def test_expiring_a_cold_slide_empties_the_cold_tier_of_it(
+    archive: Archive, slide: str, tmp_path: Path
+) -> None:
+    cold = ColdTier(FileBlobStore(tmp_path / "cold"))
+    mover = TierMover(archive.catalog, archive.store, cold)
+    digests = _digests(archive, slide)
+    mover.move_slide(slide, Tier.COLD, "lifecycle")
+    restore_at = dt.datetime.now(dt.UTC)
+    from lamina.lifecycle.reports import record_report
+
+    accession = archive.catalog.slide(slide).accession_number  # type: ignore[union-attr]
+    record_report(archive.catalog, LAB, accession or "", "final", restore_at, source="cli", actor="lis")
+    # Act
+    report = run(
+        archive.catalog,
+        archive.store,
+        restore_at + dt.timedelta(days=40),
+        "lifecycle",
+        mover=mover,
+        cold_store=cold.store,
+    )
+    # Assert: expired, and nothing of it left on either tier
+    assert report.done.actions == {"expire": 1} and not report.failed, report.failed
+    assert not any(cold.store.exists(d) or archive.store.exists(d) for d in digests)

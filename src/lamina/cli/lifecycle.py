@@ -276,6 +276,7 @@ def run_(ctx: click.Context, now: str | None, tenant: str | None, as_json: bool)
     when = _when(now, "--now")
     archive = open_archive(ctx)
     try:
+        mover = TierMover.for_archive(archive)
         with Progress(console=console, transient=True, disable=as_json) as bar:
             task = bar.add_task("lifecycle", total=None)
             report = run(
@@ -284,8 +285,9 @@ def run_(ctx: click.Context, now: str | None, tenant: str | None, as_json: bool)
                 when,
                 operator(),
                 tenant=tenant,
-                mover=TierMover.for_archive(archive),
+                mover=mover,
                 progress=lambda _: bar.advance(task),
+                cold_store=mover.cold.store if mover is not None else None,
             )
     finally:
         archive.close()

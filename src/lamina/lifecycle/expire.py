@@ -33,7 +33,7 @@ from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
-from lamina.errors import LaminaError, NotFoundError
+from lamina.errors import ConfigurationError, LaminaError, NotFoundError
 from lamina.lifecycle import trace
 
 __all__ = ["Expired", "expire_slide"]
@@ -66,20 +66,32 @@ def expire_slide(
     report_at: dt.datetime | None,
     thumbnail_side: int | None,
     actor: str,
+    cold_store: BlobStore | None = None,
 ) -> Expired:
     """Expire ``slide_id`` (see the module's docstring); ``thumbnail_side`` None keeps the record
-    only. :class:`NotFoundError` when there is no such slide."""
+    only. With ``cold_store`` (the cold tier), the slide's objects leave it too (a cold slide's,
+    and the copy a restored slide keeps there). :class:`NotFoundError` when there is no such slide."""
     started = time.perf_counter()
     slide = catalog.slide(slide_id)
     if slide is None:
         raise NotFoundError(f"no slide {slide_id} on this node")
     if slide.expired_at is not None:
         result = _already(catalog, slide_id)
-        _remove_objects(catalog, store, result)
+        _remove_objects(catalog, [store, cold_store], result)
         result.seconds = time.perf_counter() - started
         return result
     rows = catalog.instances(slide_id)
-    picture = trace.render(store, rows, thumbnail_side) if thumbnail_side and rows else None
+    # the thumbnail is drawn from where the slide's objects are (a background read of the cold
+    # tier is what an archive storage class allows; the viewer's reads wait for a restore)
+    source = store
+    if slide.tier == "cold":
+        if cold_store is None:
+            raise ConfigurationError(
+                f"slide {slide_id} is on the cold tier, which is not configured here: set "
+                "LAMINA_COLD_URL (or url in tiers.cold of lamina.toml) to expire it"
+            )
+        source = cold_store
+    picture = trace.render(source, rows, thumbnail_side) if thumbnail_side and rows else None
     thumbnail_ref = None
     if picture is not None:
         writer = store.writer()
@@ -145,7 +157,7 @@ def expire_slide(
                 )
                 result.thumbnail_sha256 = thumbnail_ref.sha256 if thumbnail_ref else None
     if result.status != "kept":
-        _remove_objects(catalog, store, result)
+        _remove_objects(catalog, [store, cold_store], result)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -177,17 +189,22 @@ def _already(catalog: Catalog, slide_id: str) -> Expired:
     return Expired(slide_id, "already expired", objects=objects, thumbnail_sha256=row[1] if row else None)
 
 
-def _remove_objects(catalog: Catalog, store: BlobStore, result: Expired) -> None:
+def _remove_objects(catalog: Catalog, stores: list[BlobStore | None], result: Expired) -> None:
     digests = sorted({digest for _, digest, _ in result.objects})
     pending = list(digests)
     try:
         kept = catalog.blobs_in_use(digests) if digests else set()
-        pending = [digest for digest in digests if digest not in kept]
-        while pending:
-            existed = store.exists(pending[-1])
-            store.delete(pending[-1])
-            pending.pop()
-            result.objects_removed += existed
+        for store in stores:
+            if store is None:
+                continue
+            pending = [digest for digest in digests if digest not in kept]
+            removed = 0
+            while pending:
+                existed = store.exists(pending[-1])
+                store.delete(pending[-1])
+                pending.pop()
+                removed += existed
+            result.objects_removed += removed
     except LaminaError as exc:
         result.objects_left = len(pending)
         result.error = (

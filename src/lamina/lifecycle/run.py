@@ -61,13 +61,15 @@ def run(
     mover: Mover | None = None,
     prices: TierPrices | None = None,
     progress: Callable[[PlanItem], None] | None = None,
+    cold_store: BlobStore | None = None,
 ) -> RunReport:
-    """Act on every slide with something due at ``now``."""
+    """Act on every slide with something due at ``now`` (``cold_store``: the cold tier, which an
+    expired slide's objects leave too)."""
     report = RunReport()
     rates = prices or TierPrices()
     for item in plan(catalog, now, tenant=tenant):
         try:
-            _act(catalog, store, item, actor, mover, report, rates)
+            _act(catalog, store, item, actor, mover, report, rates, cold_store)
         except LaminaError as exc:
             report.failed.append((item.slide_id, str(exc)))
         if progress is not None:
@@ -83,6 +85,7 @@ def _act(
     mover: Mover | None,
     report: RunReport,
     rates: TierPrices,
+    cold_store: BlobStore | None,
 ) -> None:
     if item.action is Action.EXPIRE:
         side = item.trace_longest_side if item.trace is TraceKeeps.THUMBNAIL else None
@@ -95,6 +98,7 @@ def _act(
             report_at=item.report_at,
             thumbnail_side=side,
             actor=actor,
+            cold_store=cold_store,
         )
         report.objects_left += result.objects_left
         if result.status == "kept":
