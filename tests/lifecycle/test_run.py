@@ -173,6 +173,9 @@ def test_a_slide_scanned_again_after_expiry_comes_back_in_its_case(archive: Arch
     first = _ingest(archive, tmp_path, "scan", "A26-7", 7)
     record_report(archive.catalog, LAB, "A26-7", "final", T0, source="cli", actor="lis")
     run(archive.catalog, archive.store, T0 + 40 * DAY, "operator:test")
+    with archive.catalog.engine.connect() as conn:
+        expired_state = conn.execute(select(t.studies.c.availability)).scalar_one()
+    assert expired_state == "UNAVAILABLE"
     # Act: the same file again (the manifest of the first ingest is still beside it)
     again = _ingest(archive, tmp_path, "scan", "A26-7", 7)
     # Assert: a new slide, a new series, in the same case
@@ -186,3 +189,19 @@ def test_a_slide_scanned_again_after_expiry_comes_back_in_its_case(archive: Arch
             select(t.slide_traces.c.source_blake3).where(t.slide_traces.c.slide_id == first)
         ).one()
     assert kept[0] == new.source_blake3
+    # the case is ONLINE again (its new slide), as it was UNAVAILABLE once its only slide expired
+    with archive.catalog.engine.connect() as conn:
+        state = conn.execute(
+            select(t.studies.c.availability).where(t.studies.c.study_instance_uid == new.study_instance_uid)
+        ).scalar_one()
+    assert state == "ONLINE"
+
+
+def test_a_study_is_as_available_as_its_most_available_slide() -> None:
+    from lamina.archive.catalog.availability import of_slides
+
+    now = dt.datetime.now(dt.UTC)
+    assert of_slides([]) == "ONLINE"
+    assert of_slides([("hot", now), ("cold", None)]) == "NEARLINE"
+    assert of_slides([("hot", now), ("hot", now)]) == "UNAVAILABLE"
+    assert of_slides([("cold", None), ("hot", None), ("hot", now)]) == "ONLINE"

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
-from lamina.archive.catalog import Catalog, modalities
+from lamina.archive.catalog import Catalog, availability, modalities
 from lamina.archive.catalog import tables as t
 from lamina.errors import LaminaError, NotFoundError, RequestError, StorageError
 
@@ -172,6 +172,7 @@ def _remove_from_catalog(conn: Connection, slide_id: str, actor: str, reason: st
     )
     if not study_removed:
         modalities.refresh(conn, study)
+        availability.refresh(conn, study)
     detail: dict[str, Any] = {
         "reason": reason,
         "series": series,

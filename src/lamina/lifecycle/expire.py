@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
-from lamina.archive.catalog import Catalog
+from lamina.archive.catalog import Catalog, availability
 from lamina.archive.catalog import tables as t
 from lamina.errors import ConfigurationError, LaminaError, NotFoundError
 from lamina.lifecycle import trace
@@ -123,6 +123,7 @@ def expire_slide(
                     .where(t.slides.c.id == slide_id)
                     .values(expired_at=now, source_blake3=f"expired:{slide_id}")
                 )
+                availability.refresh(conn, slide.study_instance_uid)
                 deleted = [{"sop": sop, "sha256": digest, "bytes": size} for sop, digest, size in objects]
                 conn.execute(
                     insert(t.slide_traces).values(

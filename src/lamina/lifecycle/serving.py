@@ -12,9 +12,10 @@ The slide's state is one indexed query (``slides.series_instance_uid`` is unique
 found by its primary key), made only on those paths and on the openings of a slide (series
 metadata, retrieval of a series): never per tile on the frames fast path.
 
-QIDO-RS and the viewer show the same state as DICOM's ``InstanceAvailability (0008,0056)``
-(:func:`instance_availability`): ``ONLINE`` for a slide that can be read at once, ``NEARLINE``
-for one on the cold tier (restored before it is read), ``UNAVAILABLE`` for an expired one.
+QIDO-RS and the viewer show the same state as DICOM's ``InstanceAvailability (0008,0056)``,
+read with the search's own rows (:mod:`lamina.archive.catalog.availability`): ``ONLINE`` for a
+slide that can be read at once, ``NEARLINE`` for one on the cold tier (restored before it is
+read), ``UNAVAILABLE`` for an expired one.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.sql import Select
 
 from lamina.archive.catalog import Catalog
+from lamina.archive.catalog import availability as values
 from lamina.archive.catalog import tables as t
 from lamina.errors import GoneError
 from lamina.lifecycle.restore import cold_check
@@ -38,16 +40,13 @@ __all__ = [
     "UNAVAILABLE",
     "SlideState",
     "availability",
-    "instance_availability",
-    "series_availabilities",
     "slide_state",
-    "study_availabilities",
     "study_availability",
     "study_traces",
 ]
 
 #: InstanceAvailability (0008,0056) values (PS3.3; the DCM code set of that name).
-ONLINE, NEARLINE, UNAVAILABLE = "ONLINE", "NEARLINE", "UNAVAILABLE"
+ONLINE, NEARLINE, UNAVAILABLE = values.ONLINE, values.NEARLINE, values.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -150,40 +149,3 @@ def study_availability(catalog: Catalog, study: str, series: Collection[str] | N
             f"the {len(states)} slides of study {study} expired after their care retention; "
             "only their thumbnails and records are kept"
         )
-
-
-def instance_availability(states: Iterable[SlideState]) -> str:
-    """InstanceAvailability of a series or study from its slides' states: ``ONLINE`` when one of
-    them can be read at once (a study is retrieved as its live slides), else ``NEARLINE`` when one
-    is on the cold tier, else ``UNAVAILABLE`` when they all expired; ``ONLINE`` without slides."""
-    found = [state for state in states]
-    if not found or any(not state.expired and state.tier != "cold" for state in found):
-        return ONLINE
-    if any(not state.expired for state in found):
-        return NEARLINE
-    return UNAVAILABLE
-
-
-def series_availabilities(engine: Engine, series: Collection[str]) -> dict[str, str]:
-    """InstanceAvailability by Series Instance UID, for the slides' series among ``series`` (the
-    others are ``ONLINE``; the catalog's ``engine``). Blocking: one query for a page of hits."""
-    if not series:
-        return {}
-    with engine.connect() as conn:
-        rows = conn.execute(_states().where(t.slides.c.series_instance_uid.in_(list(series)))).all()
-    return {state.series_instance_uid: instance_availability([state]) for state in map(_state, rows)}
-
-
-def study_availabilities(engine: Engine, studies: Collection[str]) -> dict[str, str]:
-    """InstanceAvailability by Study Instance UID, for the studies among ``studies`` that have
-    slides (the catalog's ``engine``). Blocking: one query for a page of hits."""
-    if not studies:
-        return {}
-    query = select(t.slides.c.study_instance_uid, t.slides.c.tier, t.slides.c.expired_at).where(
-        t.slides.c.study_instance_uid.in_(list(studies))
-    )
-    by_study: dict[str, list[SlideState]] = {}
-    with engine.connect() as conn:
-        for study, tier, expired_at in conn.execute(query):
-            by_study.setdefault(str(study), []).append(SlideState("", "", str(tier or "hot"), expired_at))
-    return {study: instance_availability(states) for study, states in by_study.items()}

@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore, open_blobstore
-from lamina.archive.catalog import Catalog
+from lamina.archive.catalog import Catalog, availability
 from lamina.archive.catalog import tables as t
 from lamina.errors import IntegrityError, NotFoundError, RequestError
 from lamina.lifecycle.rules import Tier
@@ -254,6 +254,10 @@ class TierMover:
             if tier is Tier.COLD:
                 self._refuse_held(conn, slide_id)
             conn.execute(update(t.slides).where(t.slides.c.id == slide_id).values(tier=tier.value))
+            study = conn.execute(
+                select(t.slides.c.study_instance_uid).where(t.slides.c.id == slide_id)
+            ).scalar_one()
+            availability.refresh(conn, str(study))
             if tier is Tier.HOT:
                 conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == restore_key(slide_id)))
             audit.append(

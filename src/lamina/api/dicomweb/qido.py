@@ -76,7 +76,6 @@ from lamina.archive.catalog.search import (
 )
 from lamina.errors import NotAcceptableError, RequestError
 from lamina.governance.decide import visible_series, visible_study_branches
-from lamina.lifecycle.serving import ONLINE, series_availabilities, study_availabilities
 from lamina.mapping.attributes import Element, attributes, level_of, stored_attributes, tags
 
 DICOM_JSON = "application/dicom+json"
@@ -310,18 +309,15 @@ _FINDERS: dict[Level, Callable[..., Found[Any]]] = {
 }
 
 
-def availabilities(engine: Engine, level: Level, hits: Sequence[Hit]) -> list[str]:
-    """InstanceAvailability (0008,0056) of each hit, from its slides' lifecycle (one query a
-    page): ``UNAVAILABLE`` for an expired slide's series (and a study whose slides all expired),
-    ``NEARLINE`` for the cold tier, else ``ONLINE`` (:mod:`lamina.lifecycle.serving`)."""
+def availabilities(level: Level, hits: Sequence[Hit]) -> list[str]:
+    """InstanceAvailability (0008,0056) of each hit, read with it (no query): a study's from its
+    row (the most available of its slides), a series' and an instance's from its slide:
+    ``UNAVAILABLE`` expired, ``NEARLINE`` cold, else ``ONLINE``
+    (:mod:`lamina.archive.catalog.availability`)."""
     if level is Level.STUDY:
-        studies = [hit.study_instance_uid for hit in hits if isinstance(hit, StudyHit)]
-        by_study = study_availabilities(engine, studies)
-        return [by_study.get(uid, ONLINE) for uid in studies]
+        return [hit.availability for hit in hits if isinstance(hit, StudyHit)]
     parents = [hit.series if isinstance(hit, InstanceHit) else hit for hit in hits]
-    series = [item for item in parents if isinstance(item, SeriesHit)]
-    by_series = series_availabilities(engine, {item.series_instance_uid for item in series})
-    return [by_series.get(item.series_instance_uid, ONLINE) for item in series]
+    return [item.availability for item in parents if isinstance(item, SeriesHit)]
 
 
 def answer(
@@ -331,7 +327,7 @@ def answer(
     ``True`` when more hits follow (blocking: a thread's)."""
     found = _FINDERS[query.level](engine, query.criteria, query.limit, query.offset, visible=visible)
     results = []
-    for hit, available in zip(found.hits, availabilities(engine, query.level, found.hits), strict=True):
+    for hit, available in zip(found.hits, availabilities(query.level, found.hits), strict=True):
         result = render(query, scope, hit, base)
         result[_AVAILABILITY] = {"vr": "CS", "Value": [available]}
         results.append(dict(sorted(result.items())))

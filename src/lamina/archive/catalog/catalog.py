@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 
 from lamina.archive import audit
-from lamina.archive.catalog import migrations, modalities
+from lamina.archive.catalog import availability, migrations, modalities
 from lamina.archive.catalog import tables as t
 from lamina.errors import ConfigurationError, InsufficientStorageError, RequestError, StorageError
 
@@ -375,6 +375,7 @@ class Catalog:
                 modalities.refresh(conn, slide.study_instance_uid)
                 values = {column.name: getattr(slide, column.name) for column in t.slides.columns}
                 conn.execute(insert(t.slides).values(**values))
+                availability.now_online(conn, slide.study_instance_uid)  # a new slide is hot and live
                 conn.execute(
                     insert(t.instances),
                     [{f.name: getattr(row, f.name) for f in fields(InstanceRow)} for row in new.instances],

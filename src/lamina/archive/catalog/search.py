@@ -22,13 +22,14 @@ then series number, Series Instance UID, instance number and SOP Instance UID.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, exists, false, func, or_, select, union_all
 
-from lamina.archive.catalog import matching, modalities
+from lamina.archive.catalog import availability, matching, modalities
 from lamina.archive.catalog import tables as t
 from lamina.archive.catalog.keys import KEYS, Key, Level, Via
 from lamina.archive.catalog.matching import (
@@ -147,6 +148,8 @@ class StudyHit:
     patient_name: str | None
     patient_birth_date: str | None
     patient_sex: str | None
+    #: InstanceAvailability of its slides (catalog/availability.py)
+    availability: str = "ONLINE"
     modalities: tuple[str, ...] = ()
     series: int = 0
     instances: int = 0
@@ -161,8 +164,16 @@ class SeriesHit:
     modality: str
     series_number: int | None
     container_id: str | None
+    #: its slide's tier and expiry (None: a series without a slide)
+    slide_tier: str | None = None
+    slide_expired_at: dt.datetime | None = None
     instances: int = 0
     metadata: bytes | None = None
+
+    @property
+    def availability(self) -> str:
+        """InstanceAvailability of the series: its slide's."""
+        return availability.of_slide(self.slide_tier, self.slide_expired_at)
 
 
 @dataclass(frozen=True)
@@ -246,12 +257,15 @@ _STUDY_COLUMNS = (
     t.patients.c.patient_name,
     t.patients.c.birth_date.label("patient_birth_date"),
     t.patients.c.sex.label("patient_sex"),
+    t.studies.c.availability,
 )
 _SERIES_COLUMNS = (
     t.series.c.series_instance_uid,
     t.series.c.modality,
     t.series.c.series_number,
     t.slides.c.container_id,
+    t.slides.c.tier.label("slide_tier"),
+    t.slides.c.expired_at.label("slide_expired_at"),
 )
 _INSTANCE_COLUMNS = (
     t.instances.c.sop_instance_uid,

@@ -50,6 +50,8 @@ studies = Table(
     Column("tenant", String(64), nullable=False, server_default=""),
     # the distinct modalities of its series, delimited: \ANN\SM\ (catalog/modalities.py)
     Column("modalities", Text, nullable=False, server_default=""),
+    # InstanceAvailability of its slides: ONLINE, NEARLINE, UNAVAILABLE (catalog/availability.py)
+    Column("availability", String(16), nullable=False, server_default="ONLINE"),
     Index("ix_studies_accession", "accession_number"),
     Index("ix_studies_patient", "patient_pk"),
 )

@@ -19,6 +19,8 @@ _WHEN = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("studies") as batch:
+        batch.add_column(sa.Column("availability", sa.String(16), nullable=False, server_default="ONLINE"))
     with op.batch_alter_table("slides") as batch:
         batch.add_column(sa.Column("specimen_type", sa.String(64)))
         batch.add_column(sa.Column("tier", sa.String(8), nullable=False, server_default="hot"))
@@ -88,3 +90,5 @@ def downgrade() -> None:
     with op.batch_alter_table("slides") as batch:
         for column in ("expired_at", "last_access_at", "tier", "specimen_type"):
             batch.drop_column(column)
+    with op.batch_alter_table("studies") as batch:
+        batch.drop_column("availability")
