@@ -197,3 +197,20 @@ def test_a_slides_state_gives_its_case_clock_the_rule_and_what_is_due(node: Node
     assert node.call("lis-a", "GET", path).status_code == 200
     assert node.call("patho-b", "GET", path).status_code == 404
     assert node.call("admin-b", "GET", path).status_code == 404
+
+
+def test_a_slides_state_says_what_the_principal_may_change(node: Node) -> None:
+    path = f"/api/slides/{node.slide_a.id}/lifecycle"
+    # Act, Assert: the slide's pathologist flags, its lab admin holds, its technician does neither
+    may = {who: node.call(who, "GET", path).json()["may"] for who in ("patho-a", "admin-a", "lis-a")}
+    assert may == {
+        "patho-a": {"flag": True, "hold": False},
+        "admin-a": {"flag": False, "hold": True},
+        "lis-a": {"flag": False, "hold": False},
+    }
+    # what a change answers says it too
+    holds = f"/api/slides/{node.slide_a.id}/holds"
+    changed = node.call("admin-a", "POST", holds, json={"reason": "audit"})
+    assert changed.status_code == 201 and changed.json()["may"] == may["admin-a"], changed.text
+    released = node.call("admin-a", "DELETE", holds, params={"reason": "done"})
+    assert released.status_code == 200 and released.json()["held"] is False, released.text

@@ -11,7 +11,9 @@ interest`` and ``lamina hold``).
 ``GET /api/slides/{slide}/lifecycle``
     The slide's state: tier, expired or not (with its trace), flag of interest, holds in force,
     its case's clock (the latest validated report), the rule that matches and what is due now
-    (:func:`~lamina.lifecycle.evaluate.evaluate`). Whoever may read the slide, and its lab's admin.
+    (:func:`~lamina.lifecycle.evaluate.evaluate`), and what the principal ``may`` change on it
+    (``{"flag": ..., "hold": ...}``: the rules of the two routes below, for a client that offers
+    only what it may do). Whoever may read the slide, and its lab's admin.
 ``PUT /api/slides/{slide}/interest`` ``{"category", "reason"}``, ``DELETE`` (``{"reason"}`` or ``?reason=``)
     Flag the slide as of interest (``research``, ``teaching``, ``innovation``, ``expertise``,
     ``follow-up``), or take the flag off. A pathologist of the slide's lab
@@ -21,7 +23,8 @@ interest`` and ``lamina hold``).
     (:data:`~lamina.api.auth.Rule.ADMINISTER_SLIDE`).
 
 A slide the principal cannot see is 404 like an absent one. Every change is audited with the
-principal as actor, and answers the slide's state (with ``holds_made`` or ``holds_released``).
+principal as actor, and answers the slide's state (with ``may``, and ``holds_made`` or
+``holds_released``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from lamina.api.governance import _body, _text
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import NotFoundError, PayloadTooLargeError, RequestError
-from lamina.governance.decide import Resource
+from lamina.governance.decide import Action, Resource
 from lamina.governance.model import check_finess
 from lamina.governance.registry import Registry
 from lamina.lifecycle.evaluate import SlideFacts, evaluate
@@ -270,8 +273,16 @@ async def _reason(request: Request) -> str:
     return _text(await _body(request, ("reason",), ()), "reason")
 
 
+def _may(request: Request) -> dict[str, bool]:
+    """What the principal may change on the path's slide, as the slide rules of
+    :mod:`lamina.api.auth` decide: flag it as of interest (``ANNOTATE_SLIDE``), hold it or release
+    its holds (``ADMINISTER_SLIDE``): an action its roles allow in the slide's lab."""
+    allowed = principal(request).allowed_in(_slide(request).tenant)
+    return {"flag": Action.ANNOTATE in allowed, "hold": Action.ADMINISTER in allowed}
+
+
 def _state(request: Request, slide_id: str, **extra: Any) -> dict[str, Any]:
-    return {**slide_state(request.app.state.archive.catalog, slide_id), **extra}
+    return {**slide_state(request.app.state.archive.catalog, slide_id), "may": _may(request), **extra}
 
 
 # -- the endpoints ----------------------------------------------------------------------------------------
