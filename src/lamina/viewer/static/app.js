@@ -16,6 +16,7 @@ import {
   completeProviderSignIn, requireSignIn, resumeRenewal, session, signInView, signOutEverywhere, viewerConfig,
   whenSignInRequired, whenTokenChanges,
 } from './signin.js';
+import { lifecyclePanel } from './lifecycle.js';
 import { MAGNIFICATIONS, SlideViewer, ViewerLink } from './slideview.js';
 import { availabilityBadge, slideHref, worklistView } from './worklist.js';
 
@@ -182,6 +183,7 @@ async function slideView(study, series, signal) {
       caseHeader(slide),
       h('h3', {}, 'Slides of this case'), slidesList,
       h('h3', {}, 'Slide'), facts(slide),
+      lifecyclePanel(series, signal),
       associatedImage('Label', slide.label),
       associatedImage('Overview', slide.overview)),
     h('div', { class: 'stage' },
