@@ -167,16 +167,16 @@ def _bytes(env: dict[str, str], file_values: dict[str, Any], key: str, default: 
         ) from None
 
 
-def _cron(raw: object) -> str | None:
+def _cron(raw: object, name: str = "LAMINA_VERIFY_CRON", default: str = "30 2 * * *") -> str | None:
     if raw is None:
-        return "30 2 * * *"
+        return default
     text = str(raw).strip()
     if text.lower() in ("", "off", "none", "never"):
         return None
     from croniter import croniter
 
     if not croniter.is_valid(text):
-        raise ConfigurationError(f"LAMINA_VERIFY_CRON={text!r}: not a cron line (e.g. '30 2 * * *')")
+        raise ConfigurationError(f"{name}={text!r}: not a cron line (e.g. '{default}')")
     return text
 
 
@@ -403,6 +403,9 @@ class Settings:
         When the server re-verifies every stored object (``LAMINA_VERIFY_CRON``, a cron line,
         default ``30 2 * * *``; ``off`` for never), read at ``verify_limit_mb_s``
         (``LAMINA_VERIFY_LIMIT_MB_S``, default 50 MB/s) so that serving keeps its bandwidth.
+    lifecycle_cron
+        When the server runs the care lifecycle (``LAMINA_LIFECYCLE_CRON``, a cron line, default
+        ``30 3 * * *``; ``off`` for never): what ``lamina lifecycle run`` does.
     watch
         Folders the server watches for new slides (``LAMINA_WATCH``, separated by
         ``os.pathsep``; ``watch = [...]`` in lamina.toml), complete after ``watch_stable_s``
@@ -489,6 +492,7 @@ class Settings:
     stow_wait_s: float = 600.0
     job_reports_keep_days: float = 7.0
     verify_cron: str | None = "30 2 * * *"
+    lifecycle_cron: str | None = "30 3 * * *"
     verify_limit_mb_s: float = 50.0
     watch: tuple[Path, ...] = ()
     watch_stable_s: float = 5.0
@@ -555,6 +559,11 @@ class Settings:
             stow_wait_s=_number(env, file_values, "stow_wait_s", 600.0, float),
             job_reports_keep_days=_number(env, file_values, "job_reports_keep_days", 7.0, float),
             verify_cron=_cron(env.get("LAMINA_VERIFY_CRON") or file_values.get("verify_cron")),
+            lifecycle_cron=_cron(
+                env.get("LAMINA_LIFECYCLE_CRON") or file_values.get("lifecycle_cron"),
+                "LAMINA_LIFECYCLE_CRON",
+                "30 3 * * *",
+            ),
             verify_limit_mb_s=_number(env, file_values, "verify_limit_mb_s", 50.0, float),
             watch=_folders(env.get("LAMINA_WATCH"), file_values.get("watch")),
             watch_stable_s=_number(env, file_values, "watch_stable_s", 5.0, float),

@@ -70,3 +70,36 @@ def test_the_server_verifies_on_schedule_and_repairs_from_the_replica(
         assert any(action == "repair" and entity == f"blob/{digest}" for _, action, entity in found)
     finally:
         archive.close()
+
+
+def test_the_server_runs_the_care_lifecycle_on_its_schedule(settings: Settings, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from lamina.archive.discover import discover
+    from lamina.archive.manifest import load_manifest
+    from lamina.governance.registry import Registry
+    from lamina.lifecycle.reports import record_report
+
+    archive = Archive.open(settings)
+    try:
+        write_samples(tmp_path / "src", ["aperio_svs"], size=(1024, 768), seed=13)
+        manifest = load_manifest(tmp_path / "src" / "manifest.csv")
+        (candidate,) = discover([tmp_path / "src" / "aperio_svs.svs"])
+        result = Ingestor(archive.catalog, archive.store).ingest(candidate, manifest)
+        assert result.ok, result.reason
+        slide = archive.catalog.slide(result.slide_id or "")
+        assert slide is not None and slide.accession_number
+        Registry(archive.catalog).add_tenant("690781810", "HCL")
+        # the report was validated 40 days ago: the default rule's 30 days are over
+        issued = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+        record_report(
+            archive.catalog, "690781810", slide.accession_number, "final", issued, source="cli", actor="lis"
+        )
+        served = settings.with_(verify_cron=None, lifecycle_cron="* * * * * */2")
+        with serving(create_app(served)):
+            _wait(lambda: archive.catalog.slide(slide.id).expired_at is not None, 90, "not expired")  # type: ignore[union-attr]
+        with archive.catalog.engine.connect() as conn:
+            found = [(e.actor, e.action) for e in entries(conn)]
+        assert ("lamina-periodic", "expire") in found
+    finally:
+        archive.close()

@@ -205,3 +205,33 @@ def test_a_study_is_as_available_as_its_most_available_slide() -> None:
     assert of_slides([("hot", now), ("cold", None)]) == "NEARLINE"
     assert of_slides([("hot", now), ("hot", now)]) == "UNAVAILABLE"
     assert of_slides([("cold", None), ("hot", None), ("hot", now)]) == "ONLINE"
+
+
+def test_objects_left_by_a_failed_removal_are_removed_by_the_next_run(
+    archive: Archive, lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lamina.errors import StorageError
+    from lamina.lifecycle.expire import expire_slide, leftovers
+
+    digests = {row.blob_sha256 for row in archive.catalog.instances(lab["care"])}
+
+    def broken(sha256: str) -> None:
+        raise StorageError("the store is read-only for a moment")
+
+    # Arrange: the expiry commits, then the store refuses to delete (as a crash after the commit)
+    monkeypatch.setattr(archive.store, "delete", broken)
+    failed = expire_slide(
+        archive.catalog, archive.store, lab["care"], rule="default", rule_digest="x",
+        report_at=T0, thumbnail_side=None, actor="operator:test",
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert failed.status == "expired" and failed.objects_left == len(digests)
+    assert "next 'lamina lifecycle run'" in (failed.error or "")
+    assert leftovers(archive.catalog) == [lab["care"]]
+    assert all(archive.store.exists(digest) for digest in digests)
+    # Act: the next run, whatever is due, finishes it first
+    done = run(archive.catalog, archive.store, T0, "operator:test")
+    # Assert
+    assert done.finished == 1 and not done.failed
+    assert not any(archive.store.exists(digest) for digest in digests)
+    assert leftovers(archive.catalog) == []

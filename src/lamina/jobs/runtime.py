@@ -61,6 +61,8 @@ class Jobs:
             self.worker.start()
         if not self.queued and self.settings.verify_cron:
             self._thread(self._periodic_verify, "lamina-verify")
+        if not self.queued and self.settings.lifecycle_cron:
+            self._thread(self._periodic_lifecycle, "lamina-lifecycle")
         for folder in self.settings.watch:
             self._thread(lambda folder=folder: self._watch(folder), f"lamina-watch-{folder.name}")
 
@@ -107,6 +109,18 @@ class Jobs:
                 log.info("periodic fixity: %s", counts)
             except Exception:
                 log.exception("periodic fixity failed")
+
+    def _periodic_lifecycle(self) -> None:
+        from croniter import croniter
+
+        lower_priority(self.settings.background_nice)
+        assert self.settings.lifecycle_cron is not None
+        cron = croniter(self.settings.lifecycle_cron, time.time())
+        while not self.stop.wait(max(0.0, cron.get_next(float) - time.time())):
+            try:
+                log.info("periodic lifecycle: %s", tasks.run_lifecycle(self.archive))
+            except Exception:
+                log.exception("periodic lifecycle failed")
 
     def queue_repair(self, sha256: str) -> None:
         tasks.queue_repair(self.app, sha256)

@@ -229,6 +229,24 @@ def verify_and_queue_repairs(
     return {"checked": report.checked, "missing": len(report.missing), "corrupt": len(report.corrupt)}
 
 
+def run_lifecycle(archive: Archive) -> dict[str, object]:
+    """The care lifecycle now (:func:`lamina.lifecycle.run.run`), with the cold tier when one is
+    configured; what was done, for the log."""
+    from lamina.lifecycle.run import run
+    from lamina.lifecycle.tiers import TierMover
+
+    mover = TierMover.for_archive(archive)
+    report = run(
+        archive.catalog,
+        archive.store,
+        dt.datetime.now(dt.UTC),
+        "lamina-periodic",
+        mover=mover,
+        cold_store=mover.cold.store if mover is not None else None,
+    )
+    return {**report.done.as_dict(), "failed": len(report.failed), "review": len(report.review)}
+
+
 def queue_repair(app: procrastinate.App, sha256: str) -> None:
     """Queue the repair of one object, once however many times it is found damaged meanwhile."""
     task = app.configure_task("lamina:repair_object", queue=QUEUE, queueing_lock=f"repair:{sha256}")
@@ -303,6 +321,13 @@ def register(app: procrastinate.App, archive: Archive) -> None:
         sweep_jobs(archive, lambda: stow_job_statuses(app))
 
     settings = archive.settings
+    if settings.lifecycle_cron:
+
+        @app.periodic(cron=settings.lifecycle_cron, periodic_id="lifecycle")
+        @app.task(name="lamina:lifecycle", queue=QUEUE, queueing_lock="lifecycle")
+        def periodic_lifecycle(timestamp: int) -> None:
+            log.info("periodic lifecycle: %s", run_lifecycle(archive))
+
     if settings.verify_cron:
 
         @app.periodic(cron=settings.verify_cron, periodic_id="verify")

@@ -9,14 +9,15 @@ The order is deletion's (:mod:`lamina.archive.delete`), with the trace written f
    slide's instances, marks the slide expired, writes its trace (the rule and its digest, the
    report's date, the thumbnail, the SHA-256 and size of every object deleted) and the ``expire``
    audit entry;
-3. the objects no instance references any more are removed from the store.
+3. the objects no instance references any more are removed from the store, and the trace says
+   so (``objects_removed_at``).
 
 A crash before 2 commits leaves the slide whole (and a thumbnail nothing references, which the
-sweep removes); after it, objects that nothing references, which expiring the slide again (the
-trace names them) or the sweep removes. So an expired slide never shows a missing object, and a
-slide is either whole or expired. The slide, its series and its case stay in the catalog: the
-slide is still listed, flagged expired, with its thumbnail; its frames and instances answer
-410 Gone.
+sweep removes); after it, objects that nothing references, which the next lifecycle run removes
+(:func:`leftovers`: the traces without ``objects_removed_at``; the trace names the objects).
+So an expired slide never shows a missing object, and a slide is either whole or expired. The
+slide, its series and its case stay in the catalog: the slide is still listed, flagged expired,
+with its thumbnail; its frames and instances answer 410 Gone.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lamina.archive.catalog import tables as t
 from lamina.errors import ConfigurationError, LaminaError, NotFoundError
 from lamina.lifecycle import trace
 
-__all__ = ["Expired", "expire_slide"]
+__all__ = ["Expired", "expire_slide", "leftovers"]
 
 
 @dataclass
@@ -206,9 +207,31 @@ def _remove_objects(catalog: Catalog, stores: list[BlobStore | None], result: Ex
                 pending.pop()
                 removed += existed
             result.objects_removed += removed
+        with catalog.begin() as conn:
+            conn.execute(
+                update(t.slide_traces)
+                .where(
+                    t.slide_traces.c.slide_id == result.slide_id,
+                    t.slide_traces.c.objects_removed_at.is_(None),
+                )
+                .values(objects_removed_at=dt.datetime.now(dt.UTC))
+            )
     except LaminaError as exc:
         result.objects_left = len(pending)
         result.error = (
             f"slide {result.slide_id} is expired, but {len(pending)} of its objects could not be removed "
-            f"({exc}); run the lifecycle again, or the sweep, to remove them"
+            f"({exc}); the next 'lamina lifecycle run' removes them"
         )
+
+
+def leftovers(catalog: Catalog, limit: int = 1000) -> list[str]:
+    """The expired slides whose objects may not all have left the store (a crash or a storage
+    error after the commit): :func:`expire_slide` on each removes them."""
+    query = (
+        select(t.slide_traces.c.slide_id)
+        .where(t.slide_traces.c.objects_removed_at.is_(None))
+        .order_by(t.slide_traces.c.slide_id)
+        .limit(limit)
+    )
+    with catalog.engine.connect() as conn:
+        return [str(row[0]) for row in conn.execute(query)]

@@ -177,7 +177,9 @@ instances = Table(
     Column("metadata", LargeBinary, nullable=False),
     Index("ix_instances_slide", "slide_id"),
     Index("ix_instances_series", "series_instance_uid"),
-    Index("ix_instances_study", "study_instance_uid"),
+    # with the SOP Instance UID: a search's count of a study's instances, and the one whose JSON
+    # it reads, come from the index alone (no heap page per instance)
+    Index("ix_instances_study", "study_instance_uid", "sop_instance_uid"),
     Index("ix_instances_blob", "blob_sha256"),
 )
 
@@ -352,6 +354,9 @@ slide_traces = Table(
     Column("deleted", Text, nullable=False),
     Column("bytes_freed", BigInteger, nullable=False),
     Column("actor", String(128), nullable=False),
+    # when the deleted objects had all left the store(s): None while some may be left (a crash
+    # after the commit), which the next lifecycle run finishes
+    Column("objects_removed_at", DateTime(timezone=True)),
     Index("ix_slide_traces_thumbnail", "thumbnail_sha256"),
 )
 
