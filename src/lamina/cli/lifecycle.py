@@ -1,5 +1,5 @@
 """``lamina case final``, ``lamina interest``, ``lamina hold`` and ``lamina lifecycle
-plan|run|rules``: the care lifecycle from the command line (the node's operator)."""
+plan|run|restore|rules``: the care lifecycle from the command line (the node's operator)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from rich.table import Table
 
 from lamina.archive.archive import Archive
 from lamina.cli.common import console, handle_errors, open_archive, operator
-from lamina.errors import RequestError
+from lamina.errors import ConfigurationError, RequestError
 from lamina.lifecycle.marks import Interest, Marks, Target
 from lamina.lifecycle.plan import TierPrices, Totals, plan
 from lamina.lifecycle.policy import Policies
 from lamina.lifecycle.reports import CLOCK_STATUSES, STATUSES, record_report
+from lamina.lifecycle.restore import end_request, restore_slide
 from lamina.lifecycle.rules import load_rules
 from lamina.lifecycle.run import run
 from lamina.lifecycle.tiers import TierMover
@@ -308,6 +309,59 @@ def run_(ctx: click.Context, now: str | None, tenant: str | None, as_json: bool)
             )
     if report.failed:
         ctx.exit(1)
+
+
+@lifecycle.command("restore")
+@click.argument("slides", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.pass_context
+@handle_errors
+def restore_(ctx: click.Context, slides: tuple[str, ...], as_json: bool) -> None:
+    """Bring the cold SLIDES back to the hot tier now (copy, verify, switch; the cold copy is
+    kept): what a read of a cold slide asks the restore job for. Waits out the cold tier's
+    restore delay first; a slide already hot is left as it is."""
+    archive = open_archive(ctx)
+    done: list[dict[str, object]] = []
+    try:
+        mover = TierMover.for_archive(archive)
+        if mover is None:
+            raise ConfigurationError(
+                "no cold tier is configured (tiers.cold in lamina.toml, LAMINA_COLD_URL): "
+                "nothing to restore from"
+            )
+        for slide in slides:
+            try:
+                moved = restore_slide(mover, slide, operator())
+            except Exception:  # as the restore job: the request ends, a read asks again
+                end_request(archive.catalog, slide)
+                raise
+            if moved is None:
+                done.append({"slide": slide, "status": "hot"})
+                continue
+            done.append(
+                {
+                    "slide": slide,
+                    "status": "restored" if moved.status == "moved" else moved.status,
+                    "objects": len(moved.objects),
+                    "copied": moved.copied,
+                    "present": moved.present,
+                    "bytes_copied": moved.bytes_copied,
+                    "seconds": round(moved.seconds, 3),
+                }
+            )
+    finally:
+        archive.close()
+    if as_json:
+        click.echo(json.dumps({"restored": done}, indent=2))
+        return
+    for item in done:
+        said = (
+            "already hot"
+            if item["status"] == "hot"
+            else f"{item['status']}: {item['copied']} of {item['objects']} object(s) copied "
+            f"({int(str(item['bytes_copied'])) / 1e6:,.1f} MB) in {item['seconds']} s"
+        )
+        console.print(f"slide {item['slide']}: {said}", highlight=False, markup=False)
 
 
 @lifecycle.group("rules")
