@@ -28,6 +28,10 @@ class Mover(Protocol):
 
     def move(self, slide_id: str, tier: Tier, actor: str) -> None: ...
 
+    def finish(self, actor: str) -> int:
+        """Finish the moves a crash stopped halfway (a slide the plan does not visit again)."""
+        ...
+
 
 @dataclass
 class RunReport:
@@ -70,7 +74,12 @@ def run(
     expired slide's objects leave too)."""
     report = RunReport()
     rates = prices or TierPrices()
-    # first the objects of slides expired before a crash or a storage error (their traces say so)
+    if mover is not None:  # first what a crashed run left halfway
+        try:
+            mover.finish(actor)
+        except LaminaError as exc:
+            report.failed.append(("", f"finishing the moves a crash stopped: {exc}"))
+    # and the objects of slides expired before a crash or a storage error (their traces say so)
     for slide_id in leftovers(catalog):
         try:
             finished = expire_slide(

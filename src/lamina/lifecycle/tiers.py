@@ -13,27 +13,35 @@ A move (:meth:`TierMover.move_slide`) of a slide from tier S to tier T goes:
 3. **switch**: one catalog transaction, with the slide locked, checks it again (not expired, not
    under a legal hold for a move to cold, still on S), sets ``slides.tier`` to T and appends the
    ``tier-move`` audit entry (``tier-restore`` for a restore) with every object's SHA-256 and size;
-   a switch to hot also ends the slide's restore request (:mod:`lamina.lifecycle.restore`);
+   a switch to hot also ends the slide's restore request (:mod:`lamina.lifecycle.restore`); a
+   switch to cold records the deletion to come (a ``job_reports`` row, kind ``tier-delete``,
+   under :func:`delete_key`);
 4. **delete**: the objects on S that nothing read from S references any more are removed, on a
-   move to cold only. A move to hot keeps the cold copy, so that a restored slide returns to cold
-   by rule as a catalog switch and a removal from the hot store, without copying again.
+   move to cold only, and the deletion's record with them. A move to hot keeps the cold copy, so
+   that a restored slide returns to cold by rule as a catalog switch and a removal from the hot
+   store, without copying again.
 
 A crash before 3 commits leaves the slide on S, whole, with objects on T that nothing references
 yet (the next move takes them as they are); after it, the slide is on T, whole and verified, and
 objects on S that the next move removes (it finds the slide on T and goes straight to 4). So the
 slide is always readable from where the catalog says, and running the move again finishes it.
+The lifecycle's run moves no cold slide again (nothing is due for it), and the hot copies of a
+cold slide are referenced (by its instances): neither the run nor the sweep would see them. So
+the run starts with :meth:`TierMover.finish`, step 4 of every move to cold whose deletion is
+still recorded.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from lamina.archive import audit
@@ -47,7 +55,7 @@ if TYPE_CHECKING:
     from lamina.archive.archive import Archive
     from lamina.config import Settings
 
-__all__ = ["ColdTier", "Moved", "TierMover", "restore_key"]
+__all__ = ["ColdTier", "Moved", "TierMover", "delete_key", "restore_key"]
 
 #: The steps of a move, as :class:`TierMover`'s ``on_step`` hears them (crash tests kill there).
 STEPS = ("copy", "verify", "switch", "delete")
@@ -56,6 +64,16 @@ STEPS = ("copy", "verify", "switch", "delete")
 def restore_key(slide_id: str) -> str:
     """The key of a slide's restore request (a ``job_reports`` row, kind ``restore``)."""
     return f"restore:{slide_id}"
+
+
+#: The kind of the ``job_reports`` rows that record a move to cold's deletion to come.
+DELETE_KIND = "tier-delete"
+
+
+def delete_key(slide_id: str) -> str:
+    """The key of the record of a move to cold's deletion from the hot store, written with the
+    switch and removed once the deletion is done (a ``job_reports`` row, kind ``tier-delete``)."""
+    return f"{DELETE_KIND}:{slide_id}"
 
 
 class ColdTier:
@@ -172,6 +190,29 @@ class TierMover:
         """:class:`lamina.lifecycle.run.Mover`: :meth:`move_slide`."""
         self.move_slide(slide_id, tier, actor)
 
+    def finish(self, actor: str) -> int:
+        """Finish the moves to cold that a crash stopped after their switch: step 4 (the deletion
+        from the hot store) of each one still recorded (the module's docstring). A slide no longer
+        cold (restored since) or expired has nothing left to delete: its record goes. Returns the
+        number of moves finished."""
+        with self.catalog.engine.connect() as conn:
+            keys = [
+                str(key)
+                for key in conn.execute(
+                    select(t.job_reports.c.job_key).where(t.job_reports.c.kind == DELETE_KIND)
+                ).scalars()
+            ]
+        for key in keys:
+            slide_id = key.removeprefix(f"{DELETE_KIND}:")
+            slide = self.catalog.slide(slide_id)
+            if slide is None or slide.expired_at is not None or slide.tier != Tier.COLD.value:
+                with self.catalog.begin() as conn:
+                    conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == key))
+                continue
+            objects = sorted({(row.blob_sha256, row.bytes) for row in self.catalog.instances(slide_id)})
+            self._delete(Tier.HOT, Moved(slide_id, Tier.COLD, "already", objects=objects))
+        return len(keys)
+
     def move_slide(self, slide_id: str, tier: Tier, actor: str, *, action: str = "tier-move") -> Moved:
         """Move ``slide_id`` to ``tier`` (copy, verify, switch, delete); ``action`` names the
         audit entry. :class:`NotFoundError` for no such slide, :class:`RequestError` for a move
@@ -258,8 +299,17 @@ class TierMover:
                 select(t.slides.c.study_instance_uid).where(t.slides.c.id == slide_id)
             ).scalar_one()
             availability.refresh(conn, str(study))
-            if tier is Tier.HOT:
-                conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == restore_key(slide_id)))
+            ended = [restore_key(slide_id), delete_key(slide_id)]
+            conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key.in_(ended)))
+            if tier is Tier.COLD:  # the deletion from the hot store to come (step 4)
+                conn.execute(
+                    insert(t.job_reports).values(
+                        job_key=delete_key(slide_id),
+                        kind=DELETE_KIND,
+                        created_at=dt.datetime.now(dt.UTC),
+                        report=json.dumps({"slide": slide_id, "from": source.value}),
+                    )
+                )
             audit.append(
                 conn,
                 actor,
@@ -279,19 +329,20 @@ class TierMover:
 
     def _delete(self, source: Tier, result: Moved) -> None:
         digests = [digest for digest, _ in result.objects]
-        if not digests:
-            return
-        with self.catalog.engine.connect() as conn:
-            kept = in_use_on(conn, source, digests)
-        store = self.store(source)
-        for digest in digests:
-            if digest in kept:
-                continue
-            existed = store.exists(digest)
-            store.delete(digest)
-            result.removed += existed
-            if self.on_step is not None:
-                self.on_step("delete", digest)
+        if digests:
+            with self.catalog.engine.connect() as conn:
+                kept = in_use_on(conn, source, digests)
+            store = self.store(source)
+            for digest in digests:
+                if digest in kept:
+                    continue
+                existed = store.exists(digest)
+                store.delete(digest)
+                result.removed += existed
+                if self.on_step is not None:
+                    self.on_step("delete", digest)
+        with self.catalog.begin() as conn:  # done: the record of the deletion goes
+            conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == delete_key(result.slide_id)))
 
     def _refuse_held(self, conn: Connection | None, slide_id: str) -> None:
         query = (
