@@ -269,6 +269,7 @@ def _cold_campaign(tmp_path: Path, points: int, archives: _TierArchives) -> _Tem
         outcomes[" + ".join([f"{len(cold)} cold", *notes])] += 1
         again, seconds = _timed(home, extra, _run_args(template))
         assert again["failed"] == [], again
+        assert again["moves_finished"] >= bool(crashed.hot_left), again  # the killed run's deletions
         assert again["done"]["actions"] == ({"move-cold": 3 - len(cold)} if len(cold) < 3 else {}), again  # type: ignore[index]
         if not cold:
             work.add(seconds)
@@ -387,7 +388,7 @@ def test_a_run_finishes_the_deletion_of_a_move_to_cold_stopped_after_its_switch(
     # Act: run again
     again = run(archive.catalog, archive.store, later, "lifecycle", mover=mover, cold_store=mover.cold.store)
     # Assert: nothing due, but the deletion finished, its record gone, the slide whole on cold
-    assert again.done.actions == {} and again.failed == []
+    assert again.done.actions == {} and again.failed == [] and again.moves_finished == 1
     assert not any(archive.store.exists(digest) for digest in digests)
     assert all(_sha256(mover.cold.store, digest) == digest for digest in digests)
     with archive.catalog.engine.connect() as conn:

@@ -28,7 +28,7 @@ class Mover(Protocol):
 
     def move(self, slide_id: str, tier: Tier, actor: str) -> None: ...
 
-    def finish(self, actor: str) -> int:
+    def finish(self) -> int:
         """Finish the moves a crash stopped halfway (a slide the plan does not visit again)."""
         ...
 
@@ -45,6 +45,8 @@ class RunReport:
     objects_left: int = 0
     #: slides expired by an earlier run whose leftover objects this run removed
     finished: int = 0
+    #: moves to cold stopped after their switch whose deletion from the hot store this run did
+    moves_finished: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -55,6 +57,7 @@ class RunReport:
             "failed": [{"slide": s, "error": e} for s, e in self.failed],
             "objects_left": self.objects_left,
             "finished": self.finished,
+            "moves_finished": self.moves_finished,
         }
 
 
@@ -76,7 +79,7 @@ def run(
     rates = prices or TierPrices()
     if mover is not None:  # first what a crashed run left halfway
         try:
-            mover.finish(actor)
+            report.moves_finished = mover.finish()
         except LaminaError as exc:
             report.failed.append(("", f"finishing the moves a crash stopped: {exc}"))
     # and the objects of slides expired before a crash or a storage error (their traces say so)

@@ -190,11 +190,12 @@ class TierMover:
         """:class:`lamina.lifecycle.run.Mover`: :meth:`move_slide`."""
         self.move_slide(slide_id, tier, actor)
 
-    def finish(self, actor: str) -> int:
-        """Finish the moves to cold that a crash stopped after their switch: step 4 (the deletion
-        from the hot store) of each one still recorded (the module's docstring). A slide no longer
-        cold (restored since) or expired has nothing left to delete: its record goes. Returns the
-        number of moves finished."""
+    def finish(self) -> int:
+        """Finish the moves to cold that a crash stopped after their switch (audited then): step 4
+        (the deletion from the hot store) of each one still recorded (the module's docstring). A
+        slide no longer cold (restored since) or expired has nothing left to delete: its record
+        goes. A slide being restored is left to its restore, whose switch ends the record (its
+        copy finds the hot objects there). Returns the number of moves finished."""
         with self.catalog.engine.connect() as conn:
             keys = [
                 str(key)
@@ -202,6 +203,7 @@ class TierMover:
                     select(t.job_reports.c.job_key).where(t.job_reports.c.kind == DELETE_KIND)
                 ).scalars()
             ]
+        finished = 0
         for key in keys:
             slide_id = key.removeprefix(f"{DELETE_KIND}:")
             slide = self.catalog.slide(slide_id)
@@ -209,9 +211,16 @@ class TierMover:
                 with self.catalog.begin() as conn:
                     conn.execute(delete(t.job_reports).where(t.job_reports.c.job_key == key))
                 continue
+            with self.catalog.engine.connect() as conn:
+                restoring = conn.execute(
+                    select(t.job_reports.c.job_key).where(t.job_reports.c.job_key == restore_key(slide_id))
+                ).first()
+            if restoring is not None:
+                continue
             objects = sorted({(row.blob_sha256, row.bytes) for row in self.catalog.instances(slide_id)})
             self._delete(Tier.HOT, Moved(slide_id, Tier.COLD, "already", objects=objects))
-        return len(keys)
+            finished += 1
+        return finished
 
     def move_slide(self, slide_id: str, tier: Tier, actor: str, *, action: str = "tier-move") -> Moved:
         """Move ``slide_id`` to ``tier`` (copy, verify, switch, delete); ``action`` names the
