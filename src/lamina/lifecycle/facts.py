@@ -1,11 +1,14 @@
-"""What the rules look at, read from the catalog a batch at a time.
+"""What the rules look at, read from the catalog in one pass.
 
-:func:`slide_facts` walks the slides not yet expired in id order, ``batch`` at a time (a keyset
-page on the primary key: the same cost wherever it is), and gives each slide's
-:class:`~lamina.lifecycle.evaluate.SlideFacts`: its lab, scan date, specimen type, organ,
-diagnosis code, stain, the patient's birth date and the study date (for pediatric), the clock of
-its case (the latest validated report of its accession number in its lab), its last access and
-tier, its flag of interest and whether a hold is in force. Memory stays flat: one batch at a time.
+:func:`slide_facts` reads every slide not yet expired with what the rules look at, in one query
+that joins its case and patient (for pediatric), its case's clock (the latest validated report of
+its accession number in its lab), its flag of interest and whether a hold is in force: the
+database joins whole tables by hashing once, where a page of slides at a time would look each
+case up by its key (a million random reads for a million slides). The rows are streamed
+(``yield_per``) and handed over ``batch`` at a time, so memory stays flat whatever the catalog's
+size. A slide's facts: its lab, scan date, specimen type, organ, diagnosis code, stain, the
+patient's birth date and the study date, the clock, its last access and tier, its interest and
+hold.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import Connection
+from sqlalchemy import Select, and_, func, select
 
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.lifecycle.evaluate import SlideFacts
-from lamina.lifecycle.reports import clock_of
+from lamina.lifecycle.reports import CLOCK_STATUSES
 from lamina.lifecycle.rules import Tier
 
 __all__ = ["FactsRow", "slide_facts"]
@@ -70,67 +73,71 @@ def _date(value: str | None) -> dt.date | None:
         return None
 
 
-def _batch(conn: Connection, after: str | None, size: int, tenant: str | None) -> list[FactsRow]:
-    query = select(*_COLUMNS).select_from(_SOURCE).where(t.slides.c.expired_at.is_(None))
-    if after is not None:
-        query = query.where(t.slides.c.id > after)
-    if tenant is not None:
-        query = query.where(t.slides.c.tenant == tenant)
-    rows = conn.execute(query.order_by(t.slides.c.id).limit(size)).mappings().all()
-    if not rows:
-        return []
-    ids = [str(row["id"]) for row in rows]
-    clocks = clock_of(
-        conn, [(str(row["tenant"]), str(row["accession_number"])) for row in rows if row["accession_number"]]
+_CLOCK = (
+    select(
+        t.case_reports.c.tenant,
+        t.case_reports.c.accession_number,
+        func.max(t.case_reports.c.issued_at).label("clock"),
     )
-    interest = {
-        str(a): str(b)
-        for a, b in conn.execute(
-            select(t.slide_interest.c.slide_id, t.slide_interest.c.category).where(
-                t.slide_interest.c.slide_id.in_(ids)
-            )
+    .where(t.case_reports.c.status.in_(CLOCK_STATUSES))
+    .group_by(t.case_reports.c.tenant, t.case_reports.c.accession_number)
+    .subquery("clock")
+)
+_HELD = select(t.holds.c.slide_id).where(t.holds.c.released_at.is_(None)).distinct().subquery("held")
+
+
+def _query(tenant: str | None) -> Select[Any]:
+    source = (
+        _SOURCE.outerjoin(
+            _CLOCK,
+            and_(
+                _CLOCK.c.tenant == t.studies.c.tenant,
+                _CLOCK.c.accession_number == t.studies.c.accession_number,
+            ),
         )
-    }
-    held = {
-        str(row[0])
-        for row in conn.execute(
-            select(t.holds.c.slide_id).where(t.holds.c.slide_id.in_(ids), t.holds.c.released_at.is_(None))
+        .outerjoin(t.slide_interest, t.slide_interest.c.slide_id == t.slides.c.id)
+        .outerjoin(_HELD, _HELD.c.slide_id == t.slides.c.id)
+    )
+    query = (
+        select(
+            *_COLUMNS,
+            _CLOCK.c.clock,
+            t.slide_interest.c.category.label("interest"),
+            _HELD.c.slide_id.label("held"),
         )
-    }
-    found = []
-    for row in rows:
-        slide_id, tenant_of = str(row["id"]), str(row["tenant"])
-        accession = row["accession_number"]
-        facts = SlideFacts(
-            slide_id=slide_id,
-            tenant=tenant_of,
-            scanned_at=_utc(row["created_at"]) or dt.datetime.now(dt.UTC),
-            specimen_type=row["specimen_type"],
-            organ=row["organ"],
-            diagnosis_code=row["diagnosis_code"],
-            stain=row["stain"],
-            birth_date=_date(row["birth_date"]),
-            study_date=_date(row["study_date"]),
-            final_report_at=clocks.get((tenant_of, str(accession))) if accession else None,
-            last_access_at=_utc(row["last_access_at"]),
-            tier=Tier(row["tier"] or "hot"),
-            interest=interest.get(slide_id),
-            held=slide_id in held,
-            expired=False,
-        )
-        found.append(FactsRow(facts, int(row["bytes"]), accession))
-    return found
+        .select_from(source)
+        .where(t.slides.c.expired_at.is_(None))
+    )
+    return query if tenant is None else query.where(t.slides.c.tenant == tenant)
+
+
+def _row(row: Any) -> FactsRow:
+    tenant_of = str(row["tenant"])
+    facts = SlideFacts(
+        slide_id=str(row["id"]),
+        tenant=tenant_of,
+        scanned_at=_utc(row["created_at"]) or dt.datetime.now(dt.UTC),
+        specimen_type=row["specimen_type"],
+        organ=row["organ"],
+        diagnosis_code=row["diagnosis_code"],
+        stain=row["stain"],
+        birth_date=_date(row["birth_date"]),
+        study_date=_date(row["study_date"]),
+        final_report_at=_utc(row["clock"]),
+        last_access_at=_utc(row["last_access_at"]),
+        tier=Tier(row["tier"] or "hot"),
+        interest=row["interest"],
+        held=row["held"] is not None,
+        expired=False,
+    )
+    return FactsRow(facts, int(row["bytes"]), row["accession_number"])
 
 
 def slide_facts(
     catalog: Catalog, *, batch: int = 1000, tenant: str | None = None
 ) -> Iterator[list[FactsRow]]:
-    """The facts of every slide not yet expired (of ``tenant``), ``batch`` at a time, in id order."""
-    after: str | None = None
-    while True:
-        with catalog.engine.connect() as conn:
-            rows = _batch(conn, after, batch, tenant)
-        if not rows:
-            return
-        yield rows
-        after = rows[-1].facts.slide_id
+    """The facts of every slide not yet expired (of ``tenant``), ``batch`` at a time."""
+    with catalog.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(_query(tenant))
+        for rows in result.mappings().partitions(batch):
+            yield [_row(row) for row in rows]

@@ -137,7 +137,7 @@ def plan(
     policies: Policies | None = None,
 ) -> Iterator[PlanItem]:
     """The slides with something due at ``now`` (with ``everything``, every slide not expired),
-    in slide id order, one batch in memory at a time."""
+    streamed from one query, one batch in memory at a time."""
     rules_of = policies or Policies(catalog)
     for rows in slide_facts(catalog, batch=batch, tenant=tenant):
         for row in rows:
