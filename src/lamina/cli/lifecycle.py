@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 import click
+import orjson
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
@@ -237,6 +239,7 @@ def plan_(
     when = _when(now, "--now")
     archive = open_archive(ctx)
     totals, prices = Totals(), TierPrices()
+    out = sys.stdout.buffer
     table = Table(title=f"due at {when.isoformat(timespec='minutes')}")
     for column in ("slide", "lab", "case", "action", "rule", "why", "GB"):
         table.add_column(column)
@@ -244,7 +247,7 @@ def plan_(
         for item in plan(archive.catalog, when, tenant=tenant, everything=everything):
             totals.add(item, prices)
             if as_json:
-                click.echo(json.dumps(item.as_dict()))
+                out.write(orjson.dumps(item.as_dict()) + b"\n")
             elif totals.slides <= limit:
                 table.add_row(
                     item.slide_id,
@@ -258,7 +261,8 @@ def plan_(
     finally:
         archive.close()
     if as_json:
-        click.echo(json.dumps({"totals": totals.as_dict()}))
+        out.write(orjson.dumps({"totals": totals.as_dict()}) + b"\n")
+        out.flush()
         return
     console.print(table)
     if totals.slides > limit:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 
 from lamina.errors import InvalidValueError
@@ -89,10 +89,15 @@ class SlideFacts:
     expired: bool
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, dt.datetime):
-                _aware(f"SlideFacts.{item.name}", value)
+        # the datetime fields by name: a plan builds a million of these
+        for name in _MOMENTS:
+            value = getattr(self, name)
+            if value is not None:
+                _aware(f"SlideFacts.{name}", value)
+
+
+#: the datetime fields of SlideFacts, checked aware
+_MOMENTS = ("scanned_at", "final_report_at", "last_access_at")
 
 
 def _aware(name: str, value: dt.datetime) -> None:
