@@ -13,9 +13,20 @@
   then ``lamina lifecycle run --now`` (40 days later) expires them all: slides expired per second,
   thumbnails traced, on the embedded default (a folder) and on the scaled deployment
   (PostgreSQL + SeaweedFS's S3 on loopback).
+- **restore**: a synthetic Aperio SVS of ``--restore-gb`` GB (``_svs.py``, as ``ingest.py``
+  makes it; cached in ``--svs-work``) ingested into the scaled deployment (the hot tier: one S3
+  prefix), moved to the cold tier (another prefix of the bucket, in ``STANDARD_IA``) by
+  :class:`~lamina.lifecycle.tiers.TierMover`, then brought back by ``lamina lifecycle restore
+  SLIDE --json`` (what a read's restore job does: copy cold → hot, verify each object's SHA-256,
+  switch the catalog). Timed: the command's wall time, from its start to its exit (the process's
+  start-up included), median of ``--runs``; the restore's own time (from the command's JSON) is
+  shown beside it. Between runs the slide returns to cold (a switch and a removal from the hot
+  store: the cold copy is kept), so every run copies the whole slide. Goal: <= 60 s for 2 GB,
+  the report's acceptable wait for a cold slide.
 
     .venv/bin/python benchmarks/lifecycle.py                       # everything (after catalog.py --keep)
     .venv/bin/python benchmarks/lifecycle.py --only run --run-slides 30
+    .venv/bin/python benchmarks/lifecycle.py --only restore --restore-gb 2
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from _common import format_table, machine, median, run_measured
-from _scaled import missing, scaled_deployment
+from _scaled import BUCKET, missing, scaled_deployment
+from _svs import ensure_svs
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
 from lamina.config import Settings
@@ -48,6 +60,8 @@ DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LAMINA = Path(sys.executable).with_name("lamina")
 NOW = "2027-06-01T00:00:00+00:00"
 PLAN_GOAL_S = 30.0
+RESTORE_GOAL_S = 60.0
+MPP = "0.499"  # as ingest.py: the synthetic SVS has no MPP of its own
 LAB = "750712184"
 #: the run's cases are reported a day ago; the run acts 40 days later (simulated time)
 REPORTED = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat(timespec="seconds")
@@ -280,6 +294,107 @@ def run_rates(arguments: argparse.Namespace, work: Path) -> dict[str, Any]:
     return found
 
 
+# -- restore: a slide back from the cold tier ------------------------------------------------------
+
+
+def _restored(home: Path, env: dict[str, str], slide: str, log: Path) -> dict[str, Any]:
+    """``lamina lifecycle restore SLIDE --json`` once, timed; the slide checked hot."""
+    measured = run_measured([str(LAMINA), "lifecycle", "restore", slide, "--json"], log, env=env)
+    if measured.returncode != 0:
+        raise RuntimeError(f"lamina lifecycle restore failed: see {log}")
+    text_out = log.read_text(encoding="utf-8")
+    (item,) = json.loads(text_out[text_out.index("{") :])["restored"]
+    if item["status"] != "restored":
+        raise RuntimeError(f"the slide was not restored: {item}")
+    archive = Archive.open(Settings.load(home, env=env))
+    try:
+        found = archive.catalog.slide(slide)
+        if found is None or found.tier != "hot":
+            raise RuntimeError(f"slide {slide} is not hot after its restore")
+    finally:
+        archive.close()
+    return {**item, "wall": measured.seconds, "peak_rss": measured.peak_rss}
+
+
+def restore_time(arguments: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import subprocess
+
+    from lamina.lifecycle.rules import Tier
+    from lamina.lifecycle.tiers import TierMover
+
+    problem = missing(arguments.server)
+    if problem:
+        return {"skipped": problem}
+    source = ensure_svs(arguments.svs_work, arguments.restore_gb)
+    with scaled_deployment(work / "scaled", arguments.server) as deployment:
+        deployment.prepare("restore")
+        deployment.cleanup("restore-cold")
+        try:
+            home = work / "restore-home"
+            shutil.rmtree(home, ignore_errors=True)
+            home.mkdir(parents=True)
+            env = _env(
+                home,
+                extra={
+                    **deployment.env("restore"),
+                    "LAMINA_COLD_URL": f"s3://{BUCKET}/{deployment.prefix('restore-cold')}",
+                    "LAMINA_COLD_STORAGE_CLASS": "STANDARD_IA",
+                },
+            )
+            say(f"restore: ingesting {source.name} ({source.stat().st_size / 1e9:.2f} GB), PostgreSQL + S3")
+            lamina = [str(LAMINA)]
+            subprocess.run(
+                [*lamina, "tenants", "add", LAB, "Bench lab"], env=env, check=True, capture_output=True
+            )
+            started = time.perf_counter()
+            subprocess.run(
+                [*lamina, "ingest", str(source), "--mpp", MPP, "--tenant", LAB],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            say(f"  ingested in {time.perf_counter() - started:.0f} s")
+            archive = Archive.open(Settings.load(home, env=env))
+            try:
+                (slide,) = [row.id for row in archive.catalog.slides()]
+                stored = sum(row.bytes for row in archive.catalog.instances(slide))
+                mover = TierMover.for_archive(archive)
+                assert mover is not None
+                moved = mover.move_slide(slide, Tier.COLD, "bench")
+                say(f"  to cold in {moved.seconds:.1f} s ({moved.copied} objects, {stored / 1e9:.2f} GB)")
+            finally:
+                archive.close()
+            runs: list[dict[str, Any]] = []
+            for number in range(arguments.runs):
+                if number:  # back to cold: a switch and a removal from the hot store
+                    archive = Archive.open(Settings.load(home, env=env))
+                    try:
+                        mover = TierMover.for_archive(archive)
+                        assert mover is not None
+                        again = mover.move_slide(slide, Tier.COLD, "bench")
+                        assert again.copied == 0 and again.removed == len(again.objects), again
+                    finally:
+                        archive.close()
+                found = _restored(home, env, slide, work / f"restore-{number + 1}.log")
+                say(
+                    f"  run {number + 1}: {found['wall']:.1f} s (restore {found['seconds']:.1f} s, "
+                    f"{found['copied']} objects copied, {found['bytes_copied'] / 1e9:.2f} GB)"
+                )
+                runs.append(found)
+        finally:
+            deployment.cleanup("restore")
+            deployment.cleanup("restore-cold")
+    return {
+        "slide_gb": stored / 1e9,
+        "objects": len(moved.objects),
+        "wall": median([item["wall"] for item in runs]),
+        "restore": median([float(item["seconds"]) for item in runs]),
+        "to_cold": moved.seconds,
+        "peak_rss": max(item["peak_rss"] for item in runs),
+        "runs": [item["wall"] for item in runs],
+    }
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -328,6 +443,39 @@ def report_text(results: dict[str, Any]) -> str:
                     ]
                 )
         lines.append(format_table(["lamina lifecycle run", "expired", "s", "slides/s", "peak RSS"], rows))
+    found = results.get("restore")
+    if found:
+        if lines[-1]:
+            lines.append("")
+        header = [
+            "restore, cold S3 → hot S3",
+            "GB",
+            "objects",
+            "median s (command)",
+            "restore s",
+            "MB/s",
+            "/ goal 60 s",
+            "result",
+        ]
+        if "skipped" in found:
+            row = ["lamina lifecycle restore", "-", "-", "-", "-", "-", "-", found["skipped"]]
+        else:
+            row = [
+                "lamina lifecycle restore",
+                f"{found['slide_gb']:.2f}",
+                str(found["objects"]),
+                f"{found['wall']:.1f}",
+                f"{found['restore']:.1f}",
+                f"{found['slide_gb'] * 1e3 / found['restore']:.0f}",
+                f"{found['wall'] / RESTORE_GOAL_S:.2f}",
+                "PASS" if found["wall"] <= RESTORE_GOAL_S else "FAIL",
+            ]
+        lines.append(format_table(header, [row]))
+        if "skipped" not in found:
+            lines.append(
+                f"restore runs (command wall s): {', '.join(f'{s:.1f}' for s in found['runs'])}; "
+                f"to cold first: {found['to_cold']:.1f} s; peak RSS {found['peak_rss'] / 2**20:.0f} MiB"
+            )
     return "\n".join(lines)
 
 
@@ -339,9 +487,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--database", default="lamina_bench_catalog", help="a catalog kept by catalog.py --keep"
     )
-    parser.add_argument("--only", default="plan-pg,plan-sqlite,run", help="plan-pg, plan-sqlite, run")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each plan (median)")
+    parser.add_argument(
+        "--only", default="plan-pg,plan-sqlite,run,restore", help="plan-pg, plan-sqlite, run, restore"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs of each plan and restore (median)")
     parser.add_argument("--run-slides", type=int, default=60, help="slides expired by the run")
+    parser.add_argument("--restore-gb", type=float, default=2.0, help="size of the slide restored (GB)")
+    parser.add_argument(
+        "--svs-work", type=Path, default=Path("/tmp/lamina-bench"), help="where the synthetic SVS is cached"
+    )
     parser.add_argument("--rebuild-sqlite", action="store_true", help="copy the SQLite catalog again")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lamina-bench-lifecycle"))
     parser.add_argument("--output", type=Path, default=None, help="where the table is written")
@@ -355,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["plan_sqlite"] = plan_sqlite(arguments, arguments.work)
     if "run" in wanted:
         results["run"] = run_rates(arguments, arguments.work)
+    if "restore" in wanted:
+        results["restore"] = restore_time(arguments, arguments.work)
     table = report_text(results)
     print(table)
     output = arguments.output or arguments.work / f"lifecycle-{results['date']}.txt"
