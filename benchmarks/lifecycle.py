@@ -206,10 +206,15 @@ def plan_sqlite(arguments: argparse.Namespace, work: Path) -> dict[str, Any]:
             conn.execute(text("ANALYZE"))
         engine.dispose()
         say(f"  built in {time.perf_counter() - started:.0f} s, {database.stat().st_size / 1e9:.2f} GB")
-    return {
-        **_plan(home, _env(home), work / "plan-sqlite.log", arguments.runs),
-        "bytes": database.stat().st_size,
-    }
+    engine = create_engine(f"sqlite:///{database}")
+    with engine.connect() as conn:
+        counts = {
+            table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+            for table in ("slides", "studies", "case_reports", "slide_interest", "holds")
+        }
+    engine.dispose()
+    found = _plan(home, _env(home), work / "plan-sqlite.log", arguments.runs)
+    return {**found, "bytes": database.stat().st_size, "counts": counts}
 
 
 # -- run: expiring slides -------------------------------------------------------------------------
@@ -411,7 +416,7 @@ def report_text(results: dict[str, Any]) -> str:
             rows.append(
                 [
                     f"lamina lifecycle plan, {label}",
-                    f"{found.get('counts', {}).get('slides', 1_000_002):,}",
+                    f"{found['counts']['slides']:,}",
                     f"{found['due']:,}",
                     f"{found['seconds']:.1f}",
                     f"{found['peak_rss'] / 2**20:.0f}",

@@ -247,7 +247,7 @@ def plan_(
         for item in plan(archive.catalog, when, tenant=tenant, everything=everything):
             totals.add(item, prices)
             if as_json:
-                out.write(orjson.dumps(item.as_dict()) + b"\n")
+                out.write(item.json_line())
             elif totals.slides <= limit:
                 table.add_row(
                     item.slide_id,
