@@ -158,3 +158,54 @@ class RestoringError(LaminaError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message)
+
+
+class RuleError(RequestError):
+    """A rule file or a rule is malformed. The message starts with where: the file (``source``),
+    the ``line`` (1-based, where known), the rule (``where``: ``rule 'name'``, ``rule #3`` or
+    ``[defaults]``) and the ``field``; ``reason`` says what is expected."""
+
+    def __init__(
+        self,
+        source: str,
+        reason: str,
+        *,
+        line: int | None = None,
+        where: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.where = where
+        self.field = field
+        self.reason = reason
+        parts = [quote_name(source)]
+        if line is not None:
+            parts.append(f"line {line}")
+        if where is not None:
+            parts.append(where)
+        if field is not None:
+            parts.append(f"field {field}")
+        super().__init__(", ".join(parts), reason)
+
+
+class ReportError(RequestError):
+    """A DiagnosticReport lamina does not take: ``status`` (400, 415 or 422), the
+    OperationOutcome issue's ``code`` and the FHIRPath ``expression`` of the field."""
+
+    def __init__(self, status: int, code: str, expression: str, message: str) -> None:
+        super().__init__(expression, message)
+        self.status = status
+        self.code = code
+        self.expression = expression
+        self.message = message
+
+
+class InvalidResourceError(RequestError):
+    """Several fields of a FHIR resource are wrong at once: ``issues`` holds (OperationOutcome
+    issue code, diagnostics, FHIRPath expression or None), one per field (400)."""
+
+    def __init__(self, issues: list[tuple[str, str, str | None]]) -> None:
+        _code, diagnostics, expression = issues[0] if issues else ("invalid", "not a valid resource", None)
+        super().__init__(expression or "body", diagnostics)
+        self.issues = issues

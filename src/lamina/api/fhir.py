@@ -50,10 +50,12 @@ from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
 from lamina.errors import (
+    InvalidResourceError,
     LaminaError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    ReportError,
     RequestError,
 )
 from lamina.governance.decide import Action, Principal
@@ -78,18 +80,6 @@ _PATHS = {
 }
 
 
-class ReportError(RequestError):
-    """A DiagnosticReport lamina does not take: ``status`` (400, 415 or 422), the
-    OperationOutcome issue's ``code`` and the FHIRPath ``expression`` of the field."""
-
-    def __init__(self, status: int, code: str, expression: str, message: str) -> None:
-        super().__init__(expression, message)
-        self.status = status
-        self.code = code
-        self.expression = expression
-        self.message = message
-
-
 @dataclass(frozen=True)
 class _Issue:
     code: str
@@ -101,15 +91,6 @@ class _Issue:
         if self.expression:
             found["expression"] = [self.expression]
         return found
-
-
-class _InvalidError(RequestError):
-    """Several wrong fields at once (a 400 OperationOutcome with one issue each)."""
-
-    def __init__(self, issues: list[_Issue]) -> None:
-        first = issues[0] if issues else _Issue("invalid", "not a valid DiagnosticReport")
-        super().__init__(first.expression or "body", first.diagnostics)
-        self.issues = issues
 
 
 def _outcome(status: int, issues: list[_Issue]) -> Response:
@@ -173,7 +154,7 @@ def parse_report(raw: bytes) -> DiagnosticReport:
             _Issue("invalid", str(error["msg"]).split("\n", 1)[0], _fhirpath(tuple(error["loc"])))
             for error in exc.errors()[:_MAX_ISSUES]
         ]
-        raise _InvalidError(issues) from None
+        raise InvalidResourceError([(i.code, i.diagnostics, i.expression) for i in issues]) from None
     except (TypeError, ValueError) as exc:
         raise ReportError(400, "invalid", "DiagnosticReport", str(exc).split("\n", 1)[0]) from None
 
@@ -279,8 +260,8 @@ def _clock(report: DiagnosticReport) -> tuple[str, dt.datetime]:
 
 def _issue_of(exc: LaminaError) -> tuple[int, list[_Issue]] | None:
     """The OperationOutcome of a refusal (None: not a refusal of the request)."""
-    if isinstance(exc, _InvalidError):
-        return 400, exc.issues
+    if isinstance(exc, InvalidResourceError):
+        return 400, [_Issue(code, diagnostics, expression) for code, diagnostics, expression in exc.issues]
     if isinstance(exc, ReportError):
         return exc.status, [_Issue(exc.code, exc.message, exc.expression or None)]
     if isinstance(exc, RequestError):

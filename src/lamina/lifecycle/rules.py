@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import RequestError, quote_name
+from lamina.errors import RequestError, RuleError
 from lamina.governance.model import check_finess
 
 __all__ = [
@@ -70,35 +70,6 @@ class TraceKeeps(StrEnum):
 
     THUMBNAIL = "thumbnail"
     RECORD = "record"
-
-
-class RuleError(RequestError):
-    """A rule file or a rule is malformed. The message starts with where: the file (``source``),
-    the ``line`` (1-based, where known), the rule (``where``: ``rule 'name'``, ``rule #3`` or
-    ``[defaults]``) and the ``field``; ``reason`` says what is expected."""
-
-    def __init__(
-        self,
-        source: str,
-        reason: str,
-        *,
-        line: int | None = None,
-        where: str | None = None,
-        field: str | None = None,
-    ) -> None:
-        self.source = source
-        self.line = line
-        self.where = where
-        self.field = field
-        self.reason = reason
-        parts = [quote_name(source)]
-        if line is not None:
-            parts.append(f"line {line}")
-        if where is not None:
-            parts.append(where)
-        if field is not None:
-            parts.append(f"field {field}")
-        super().__init__(", ".join(parts), reason)
 
 
 class _FieldError(Exception):
