@@ -407,16 +407,23 @@ def _series(row: Any, study: StudyHit, **extra: Any) -> SeriesHit:
 def _instances_and_first(
     conn: Connection, column: Any, uids: list[str], metadata: bool
 ) -> dict[str, tuple[int, bytes | None]]:
-    """For each study or series UID: its number of instances and one instance's stored JSON."""
-    counted = conn.execute(
-        select(column, func.count(), func.min(t.instances.c.sop_instance_uid))
-        .where(column.in_(uids))
-        .group_by(column)
-    ).all()
-    first = {sop: uid for uid, _, sop in counted}
-    stored = _stored(conn, list(first)) if metadata else {}
-    by_uid = {first[sop]: blob for sop, blob in stored.items()}
-    return {uid: (int(count), by_uid.get(uid)) for uid, count, _ in counted}
+    """For each study or series UID: its number of instances and one instance's stored JSON.
+
+    The counts come from the index on ``column`` alone (an index-only scan: no heap page per
+    instance), and the JSON, when asked, from one instance of each (the first its index finds: a
+    page of 50 studies reads 50 rows, not the 1,500 of their instances)."""
+    counted = conn.execute(select(column, func.count()).where(column.in_(uids)).group_by(column)).all()
+    stored: dict[str, bytes] = {}
+    if metadata and counted:
+        firsts = [
+            select(column, t.instances.c.metadata).where(column == uid).limit(1).subquery()
+            for uid, _ in counted
+        ]
+        for start in range(0, len(firsts), 200):
+            parts = [select(first) for first in firsts[start : start + 200]]
+            query = parts[0] if len(parts) == 1 else union_all(*parts)
+            stored.update({str(uid): bytes(blob) for uid, blob in conn.execute(query)})
+    return {str(uid): (int(count), stored.get(str(uid))) for uid, count in counted}
 
 
 def _stored(conn: Connection, sops: list[str]) -> dict[str, bytes]:

@@ -177,9 +177,7 @@ instances = Table(
     Column("metadata", LargeBinary, nullable=False),
     Index("ix_instances_slide", "slide_id"),
     Index("ix_instances_series", "series_instance_uid"),
-    # with the SOP Instance UID: a search's count of a study's instances, and the one whose JSON
-    # it reads, come from the index alone (no heap page per instance)
-    Index("ix_instances_study", "study_instance_uid", "sop_instance_uid"),
+    Index("ix_instances_study", "study_instance_uid"),
     Index("ix_instances_blob", "blob_sha256"),
 )
 

@@ -1,8 +1,6 @@
 """The care lifecycle: final reports of cases, slides of interest, legal holds, the labs'
 retention rules, the traces of expired slides, and each slide's tier and last access; studies'
-availability; and the SOP Instance UID in the index of instances by study (searches count a
-study's instances from the index alone: on a 10 M-instance catalog, a page of 50 studies reads
-150 index pages instead of 360 heap pages, 3 ms instead of 26 ms).
+availability.
 
 Revision ID: 0012
 Revises: 0011
@@ -86,13 +84,9 @@ def upgrade() -> None:
         sa.Column("objects_removed_at", _WHEN),
     )
     op.create_index("ix_slide_traces_thumbnail", "slide_traces", ["thumbnail_sha256"])
-    op.drop_index("ix_instances_study", table_name="instances")
-    op.create_index("ix_instances_study", "instances", ["study_instance_uid", "sop_instance_uid"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_instances_study", table_name="instances")
-    op.create_index("ix_instances_study", "instances", ["study_instance_uid"])
     for table in ("slide_traces", "lifecycle_rules", "holds", "slide_interest", "case_reports"):
         op.drop_table(table)
     with op.batch_alter_table("slides") as batch:
