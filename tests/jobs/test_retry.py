@@ -108,7 +108,13 @@ def test_an_ingest_retried_while_s3_is_down_completes_when_it_is_back(
         # nothing visible, nothing moved to failed/, the scan does not queue it again
         assert archive.catalog.count_slides() == 0
         assert slide.exists() and not (folder / "failed").exists()
-        (job,) = app.job_manager.list_jobs(task="lamina:ingest_watched")
+        # the worker logs the retry before it records the attempt: wait for the record
+        deadline = time.monotonic() + 30
+        while True:
+            (job,) = app.job_manager.list_jobs(task="lamina:ingest_watched")
+            if job.attempts >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert job.attempts >= 1 and job.status == "todo"
         relay.restore()
         done = folder / "done" / slide.name
