@@ -50,10 +50,10 @@ from lamina.governance.decide import Action, Resource
 from lamina.governance.model import check_finess
 from lamina.governance.registry import Registry
 from lamina.lifecycle.evaluate import SlideFacts, evaluate
+from lamina.lifecycle.facts import facts_of
 from lamina.lifecycle.marks import Interest, Marks, Target
 from lamina.lifecycle.policy import Policies
-from lamina.lifecycle.reports import clock_of
-from lamina.lifecycle.rules import DEFAULT_RULES, MAX_BYTES, RuleError, Tier
+from lamina.lifecycle.rules import DEFAULT_RULES, MAX_BYTES, RuleError
 
 __all__ = ["TOML", "routes", "slide_state"]
 
@@ -66,60 +66,18 @@ _FIELDS = {"--reason": "reason", "--category": "category"}
 # -- a slide's state --------------------------------------------------------------------------------
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
+def _iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    found = _utc(value)
-    return None if found is None else found.isoformat()
-
-
-def _date(value: str | None) -> dt.date | None:
-    """A DICOM DA (YYYYMMDD), or None when absent or not a date."""
-    if not value or len(value) != 8 or not value.isdigit():
-        return None
-    try:
-        return dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
-    except ValueError:
-        return None
-
-
-_SLIDE = t.slides.join(t.studies, t.slides.c.study_instance_uid == t.studies.c.study_instance_uid).outerjoin(
-    t.patients, t.studies.c.patient_pk == t.patients.c.pk
-)
+    return (value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)).isoformat()
 
 
 def _read_state(conn: Connection, slide_id: str) -> tuple[SlideFacts, dict[str, Any]]:
     """The slide's facts (as :mod:`lamina.lifecycle.facts` reads them) and what the answer adds."""
-    row = (
-        conn.execute(
-            select(
-                t.slides.c.tenant,
-                t.slides.c.created_at,
-                t.slides.c.specimen_type,
-                t.slides.c.organ,
-                t.slides.c.diagnosis_code,
-                t.slides.c.stain,
-                t.slides.c.tier,
-                t.slides.c.last_access_at,
-                t.slides.c.expired_at,
-                t.studies.c.accession_number,
-                t.studies.c.study_date,
-                t.patients.c.birth_date,
-            )
-            .select_from(_SLIDE)
-            .where(t.slides.c.id == slide_id)
-        )
-        .mappings()
-        .first()
-    )
-    if row is None:
+    found = facts_of(conn, slide_id)
+    if found is None:
         raise NotFoundError("no such slide in this archive; 'lamina slides' lists them")
-    tenant, accession = str(row["tenant"]), row["accession_number"]
-    clock = clock_of(conn, [(tenant, str(accession))]).get((tenant, str(accession))) if accession else None
+    facts, accession = found.facts, found.accession_number
     interest = (
         conn.execute(
             select(
@@ -154,26 +112,9 @@ def _read_state(conn: Connection, slide_id: str) -> tuple[SlideFacts, dict[str, 
         .mappings()
         .first()
     )
-    facts = SlideFacts(
-        slide_id=slide_id,
-        tenant=tenant,
-        scanned_at=_utc(row["created_at"]) or dt.datetime.now(dt.UTC),
-        specimen_type=row["specimen_type"],
-        organ=row["organ"],
-        diagnosis_code=row["diagnosis_code"],
-        stain=row["stain"],
-        birth_date=_date(row["birth_date"]),
-        study_date=_date(row["study_date"]),
-        final_report_at=clock,
-        last_access_at=_utc(row["last_access_at"]),
-        tier=Tier(row["tier"] or "hot"),
-        interest=None if interest is None else str(interest["category"]),
-        held=bool(holds),
-        expired=row["expired_at"] is not None,
-    )
     extra: dict[str, Any] = {
         "accession_number": accession,
-        "expired_at": _iso(row["expired_at"]),
+        "expired_at": _iso(trace["expired_at"]) if trace is not None else None,
         "interest": None
         if interest is None
         else {

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, and_, func, select
+from sqlalchemy.engine import Connection
 
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
@@ -26,7 +27,7 @@ from lamina.lifecycle.evaluate import SlideFacts
 from lamina.lifecycle.reports import CLOCK_STATUSES
 from lamina.lifecycle.rules import Tier
 
-__all__ = ["FactsRow", "slide_facts"]
+__all__ = ["FactsRow", "facts_of", "slide_facts"]
 
 _SOURCE = t.slides.join(t.studies, t.slides.c.study_instance_uid == t.studies.c.study_instance_uid).outerjoin(
     t.patients, t.studies.c.patient_pk == t.patients.c.pk
@@ -41,6 +42,7 @@ _COLUMNS = (
     t.slides.c.stain,
     t.slides.c.tier,
     t.slides.c.last_access_at,
+    t.slides.c.expired_at,
     t.slides.c.bytes,
     t.studies.c.accession_number,
     t.studies.c.study_date,
@@ -86,7 +88,7 @@ _CLOCK = (
 _HELD = select(t.holds.c.slide_id).where(t.holds.c.released_at.is_(None)).distinct().subquery("held")
 
 
-def _query(tenant: str | None) -> Select[Any]:
+def _query() -> Select[Any]:
     source = (
         _SOURCE.outerjoin(
             _CLOCK,
@@ -98,17 +100,13 @@ def _query(tenant: str | None) -> Select[Any]:
         .outerjoin(t.slide_interest, t.slide_interest.c.slide_id == t.slides.c.id)
         .outerjoin(_HELD, _HELD.c.slide_id == t.slides.c.id)
     )
-    query = (
-        select(
-            *_COLUMNS,
-            _CLOCK.c.clock,
-            t.slide_interest.c.category.label("interest"),
-            _HELD.c.slide_id.label("held"),
-        )
-        .select_from(source)
-        .where(t.slides.c.expired_at.is_(None))
-    )
-    return query if tenant is None else query.where(t.slides.c.tenant == tenant)
+    query = select(
+        *_COLUMNS,
+        _CLOCK.c.clock,
+        t.slide_interest.c.category.label("interest"),
+        _HELD.c.slide_id.label("held"),
+    ).select_from(source)
+    return query
 
 
 def _row(row: Any) -> FactsRow:
@@ -128,7 +126,7 @@ def _row(row: Any) -> FactsRow:
         tier=Tier(row["tier"] or "hot"),
         interest=row["interest"],
         held=row["held"] is not None,
-        expired=False,
+        expired=row["expired_at"] is not None,
     )
     return FactsRow(facts, int(row["bytes"]), row["accession_number"])
 
@@ -137,7 +135,41 @@ def slide_facts(
     catalog: Catalog, *, batch: int = 1000, tenant: str | None = None
 ) -> Iterator[list[FactsRow]]:
     """The facts of every slide not yet expired (of ``tenant``), ``batch`` at a time."""
+    query = _query().where(t.slides.c.expired_at.is_(None))
+    if tenant is not None:
+        query = query.where(t.slides.c.tenant == tenant)
     with catalog.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=batch).execute(_query(tenant))
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
         for rows in result.mappings().partitions(batch):
             yield [_row(row) for row in rows]
+
+
+def facts_of(conn: Connection, slide_id: str) -> FactsRow | None:
+    """The facts of one slide, expired or not (None: no such slide), as :func:`slide_facts`
+    reads them, with the clock, interest and hold looked up for that slide alone (correlated
+    subqueries on their indexes, not the whole tables hashed)."""
+    clock = (
+        select(func.max(t.case_reports.c.issued_at))
+        .where(
+            t.case_reports.c.tenant == t.studies.c.tenant,
+            t.case_reports.c.accession_number == t.studies.c.accession_number,
+            t.case_reports.c.status.in_(CLOCK_STATUSES),
+        )
+        .scalar_subquery()
+    )
+    interest = select(t.slide_interest.c.category).where(t.slide_interest.c.slide_id == t.slides.c.id)
+    held = select(t.holds.c.slide_id).where(
+        t.holds.c.slide_id == t.slides.c.id, t.holds.c.released_at.is_(None)
+    )
+    query = (
+        select(
+            *_COLUMNS,
+            clock.label("clock"),
+            interest.scalar_subquery().label("interest"),
+            held.limit(1).scalar_subquery().label("held"),
+        )
+        .select_from(_SOURCE)
+        .where(t.slides.c.id == slide_id)
+    )
+    row = conn.execute(query).mappings().first()
+    return None if row is None else _row(row)

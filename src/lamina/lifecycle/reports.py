@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from lamina.archive import audit
@@ -26,7 +25,7 @@ from lamina.archive.catalog import tables as t
 from lamina.errors import RequestError
 from lamina.governance.model import check_finess
 
-__all__ = ["CLOCK_STATUSES", "STATUSES", "CaseReport", "clock_of", "record_report"]
+__all__ = ["CLOCK_STATUSES", "STATUSES", "CaseReport", "record_report"]
 
 #: FHIR R4 DiagnosticReport.status values
 STATUSES = (
@@ -162,32 +161,3 @@ def _slides_of_case(conn: Connection, tenant: str, accession: str) -> int:
         .where(t.studies.c.tenant == tenant, t.studies.c.accession_number == accession)
     )
     return int(conn.execute(query).scalar_one())
-
-
-def clock_of(conn: Connection, cases: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dt.datetime]:
-    """The clock (the latest validated report's ``issued`` time) of each (tenant, accession) that
-    has one."""
-    wanted = sorted(set(cases))
-    found: dict[tuple[str, str], dt.datetime] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        accessions = sorted({accession for _, accession in chunk})
-        query = (
-            select(
-                t.case_reports.c.tenant,
-                t.case_reports.c.accession_number,
-                func.max(t.case_reports.c.issued_at),
-            )
-            .where(
-                and_(
-                    t.case_reports.c.accession_number.in_(accessions),
-                    t.case_reports.c.status.in_(CLOCK_STATUSES),
-                )
-            )
-            .group_by(t.case_reports.c.tenant, t.case_reports.c.accession_number)
-        )
-        keep = set(chunk)
-        for tenant, accession, issued in conn.execute(query):
-            if (tenant, accession) in keep:
-                found[(tenant, accession)] = issued if issued.tzinfo else issued.replace(tzinfo=dt.UTC)
-    return found
