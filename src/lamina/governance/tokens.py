@@ -114,7 +114,39 @@ class Claims(Mapping[str, Any]):
 
 
 class _RefusedError(Exception):
-    """Why a token is refused, for the DEBUG log only."""
+    """Why a token (or a userinfo answer) is refused, for the DEBUG log only."""
+
+
+def _decrypted(text: str, config: IssuerConfig, registry: JWERegistry) -> bytes:
+    """The plaintext of a JWE to lamina's decryption keys. A JWE alone proves nothing (anyone may
+    encrypt to lamina's public key): what it holds must still be verified."""
+    if config.decryption_keys is None:
+        raise _RefusedError("encrypted, and no decryption key is configured")
+    try:
+        return jwe.decrypt_compact(text, config.decryption_keys, registry=registry).plaintext or b""
+    except (JoseError, ValueError, TypeError) as error:
+        raise _RefusedError(f"cannot be decrypted ({type(error).__name__})") from None
+
+
+def _signed_payload(signed: str, config: IssuerConfig, keys: IssuerKeys, registry: _AllowList) -> bytes:
+    """The payload of a JWS the issuer signed: an allow-listed algorithm, a key of the issuer's
+    (by ``kid``), a valid signature."""
+    try:
+        header = jws.extract_compact(signed.encode("ascii")).headers()
+    except (JoseError, ValueError, TypeError, UnicodeError) as error:
+        raise _RefusedError(f"malformed ({type(error).__name__})") from None
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in config.algorithms:
+        raise _RefusedError(f"alg {alg!r} is not allowed")
+    if kid is not None and not isinstance(kid, str):
+        raise _RefusedError("kid is not a string")
+    key = keys.find(kid, alg)
+    if key is None:
+        raise _RefusedError(f"no key of the issuer for kid {kid!r}")
+    try:
+        return jws.deserialize_compact(signed, key, registry=registry).payload or b""
+    except (JoseError, ValueError, TypeError) as error:
+        raise _RefusedError(f"signature ({type(error).__name__})") from None
 
 
 class TokenValidator:
@@ -196,37 +228,20 @@ class TokenValidator:
         if signed.count(".") != 2:
             raise _RefusedError("not a JWS compact serialization")
         try:
-            header = jws.extract_compact(signed.encode("ascii")).headers()
-        except (JoseError, ValueError, TypeError, UnicodeDecodeError) as error:
-            raise _RefusedError(f"malformed ({type(error).__name__})") from None
-        alg, kid = header.get("alg"), header.get("kid")
-        if not isinstance(alg, str) or alg not in self.config.algorithms:
-            raise _RefusedError(f"alg {alg!r} is not allowed")
-        if kid is not None and not isinstance(kid, str):
-            raise _RefusedError("kid is not a string")
-        key = self.keys.find(kid, alg)
-        if key is None:
-            raise _RefusedError(f"no key of the issuer for kid {kid!r}")
-        try:
-            verified = jws.deserialize_compact(signed, key, registry=self._jws)
-            payload = json.loads(verified.payload or b"")
-        except (JoseError, ValueError, TypeError) as error:
-            raise _RefusedError(f"signature or payload ({type(error).__name__})") from None
+            payload = json.loads(_signed_payload(signed, self.config, self.keys, self._jws))
+        except ValueError as error:
+            raise _RefusedError(f"payload ({type(error).__name__})") from None
         if not isinstance(payload, dict):
             raise _RefusedError("the payload is not a JSON object")
         self._check_claims(payload, int(now))
         return Claims(payload)
 
     def _decrypt(self, token: str) -> str:
-        """The JWS inside a JWE. A JWE alone proves nothing (anyone may encrypt to lamina's public
-        key), so its plaintext must be a token the issuer signed."""
-        if self.config.decryption_keys is None:
-            raise _RefusedError("encrypted, and no decryption key is configured")
+        """The JWS inside a JWE."""
         try:
-            plain = jwe.decrypt_compact(token, self.config.decryption_keys, registry=self._jwe).plaintext
-            return (plain or b"").decode("ascii")
-        except (JoseError, ValueError, TypeError, UnicodeDecodeError) as error:
-            raise _RefusedError(f"cannot be decrypted ({type(error).__name__})") from None
+            return _decrypted(token, self.config, self._jwe).decode("ascii")
+        except UnicodeDecodeError:
+            raise _RefusedError("the decrypted token is not ASCII") from None
 
     def _check_claims(self, payload: dict[str, Any], now: int) -> None:
         config = self.config

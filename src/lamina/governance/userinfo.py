@@ -45,13 +45,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from joserfc import jwe, jws
-from joserfc.errors import JoseError
 from joserfc.jwe import JWERegistry
 
 from lamina.errors import AuthenticationError, UnavailableError
 from lamina.governance.oidc import _OPENER, IssuerConfig, IssuerKeys, _Redirected
-from lamina.governance.tokens import INVALID_TOKEN, Claims, _AllowList
+from lamina.governance.tokens import (
+    INVALID_TOKEN,
+    Claims,
+    _AllowList,
+    _decrypted,
+    _RefusedError,
+    _signed_payload,
+)
 
 __all__ = ["MAX_USERINFO_BYTES", "TOKEN_ONLY", "Userinfo", "UserinfoReader", "fetch_userinfo", "merge"]
 
@@ -85,10 +90,6 @@ _JWT = "application/jwt"
 
 #: ``fetch(url, access_token, timeout_s) -> (content type, body)``
 UserinfoFetch = Callable[[str, str, float], tuple[str, bytes]]
-
-
-class _RefusedError(Exception):
-    """Why a userinfo answer is not believed, for the DEBUG log only."""
 
 
 def fetch_userinfo(url: str, access_token: str, timeout_s: float) -> tuple[str, bytes]:
@@ -204,31 +205,13 @@ class UserinfoReader:
         return self._verify(text)
 
     def _decrypt(self, text: str) -> str:
-        if self.config.decryption_keys is None:
-            raise _RefusedError("encrypted, and no decryption key is configured")
         try:
-            plain = jwe.decrypt_compact(text, self.config.decryption_keys, registry=self._jwe).plaintext
-            return (plain or b"").decode("utf-8").strip()
-        except (JoseError, ValueError, TypeError, UnicodeDecodeError) as error:
-            raise _RefusedError(f"cannot be decrypted ({type(error).__name__})") from None
+            return _decrypted(text, self.config, self._jwe).decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise _RefusedError("the decrypted answer is not UTF-8") from None
 
     def _verify(self, text: str) -> dict[str, Any]:
-        try:
-            header = jws.extract_compact(text.encode("ascii")).headers()
-        except (JoseError, ValueError, TypeError, UnicodeError) as error:
-            raise _RefusedError(f"malformed ({type(error).__name__})") from None
-        alg, kid = header.get("alg"), header.get("kid")
-        if not isinstance(alg, str) or alg not in self.config.algorithms:
-            raise _RefusedError(f"alg {alg!r} is not allowed")
-        if kid is not None and not isinstance(kid, str):
-            raise _RefusedError("kid is not a string")
-        key = self.keys.find(kid, alg)
-        if key is None:
-            raise _RefusedError(f"no key of the issuer for kid {kid!r}")
-        try:
-            payload = jws.deserialize_compact(text, key, registry=self._jws).payload or b""
-        except (JoseError, ValueError, TypeError) as error:
-            raise _RefusedError(f"signature ({type(error).__name__})") from None
+        payload = _signed_payload(text, self.config, self.keys, self._jws)
         claims = _json_object(payload)
         if claims.get("iss") != self.config.issuer:
             raise _RefusedError(f"iss {claims.get('iss')!r} is not the issuer")
