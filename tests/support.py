@@ -73,6 +73,37 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
+def ingest_case(
+    ingestor: Ingestor,
+    folder: Path,
+    *,
+    seed: int,
+    tenant: str,
+    size: tuple[int, int] = (1024, 768),
+    **identity: str,
+) -> str:
+    """One synthetic Aperio SVS in ``folder`` whose manifest row carries ``identity`` (manifest
+    columns: patient_id, accession_number, specimen_id...), ingested into ``tenant``; its slide id."""
+    import csv
+
+    from lamina.archive.manifest import load_manifest
+    from lamina.sample import write_samples
+
+    (sample,) = write_samples(folder, ["aperio_svs"], size=size, seed=seed)
+    manifest = folder / "manifest.csv"
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    row.update(identity)
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row), lineterminator="\n")
+        writer.writeheader()
+        writer.writerow(row)
+    (candidate,) = discover([sample.path])
+    result = ingestor.ingest(candidate, load_manifest(manifest), IngestOptions(tenant=tenant))
+    assert result.status == "ingested", result.reason
+    return result.slide_id or ""
+
+
 def ingest_path(ingestor: Ingestor, path: Path, **options: object) -> IngestResult:
     candidates = discover([path])
     assert len(candidates) == 1, candidates

@@ -20,7 +20,6 @@ that identify each slide (patient, accession number, UIDs, lamina's slide id) ar
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import time
 from collections.abc import Iterator
@@ -29,18 +28,15 @@ from pathlib import Path
 
 from lamina.api.app import create_app
 from lamina.archive.archive import Archive
-from lamina.archive.discover import discover
-from lamina.archive.ingest import IngestOptions, Ingestor
-from lamina.archive.manifest import load_manifest
+from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from lamina.governance.collections import Collections
 from lamina.governance.issuer import LocalIssuer
 from lamina.governance.model import GranteeKind, Permission, ResourceKind
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
-from lamina.sample import write_samples
 from tests.backends import Backend
-from tests.support import serving
+from tests.support import ingest_case, serving
 
 __all__ = ["BAD_TOKENS", "GRANTEE", "LAB_A", "LAB_B", "ROLES", "Slide", "World", "build_world"]
 
@@ -98,20 +94,11 @@ class World:
 
 def _ingest_one(ingestor: Ingestor, folder: Path, seed: int, tenant: str, identity: tuple[str, ...]) -> str:
     """One small SVS with ``identity`` (patient id, name, accession, specimen) into ``tenant``."""
-    (sample,) = write_samples(folder, ["aperio_svs"], size=(512, 384), seed=seed)
-    manifest = folder / "manifest.csv"
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        (row,) = list(csv.DictReader(fh))
     patient_id, name, accession, specimen = identity
-    row.update(patient_id=patient_id, patient_name=name, accession_number=accession, specimen_id=specimen)
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row), lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(row)
-    (candidate,) = discover([sample.path])
-    result = ingestor.ingest(candidate, load_manifest(manifest), IngestOptions(tenant=tenant))
-    assert result.status == "ingested", result.reason
-    return result.slide_id or ""
+    return ingest_case(
+        ingestor, folder, seed=seed, tenant=tenant, size=(512, 384),
+        patient_id=patient_id, patient_name=name, accession_number=accession, specimen_id=specimen,
+    )  # fmt: skip
 
 
 def _slide(archive: Archive, name: str, tenant: str, slide_id: str, identity: tuple[str, ...]) -> Slide:

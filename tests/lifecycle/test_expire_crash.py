@@ -20,7 +20,6 @@ The default run kills at a few points; ``--slow`` at 200 per deployment.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import io
@@ -41,18 +40,15 @@ from PIL import Image
 from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
-from lamina.archive.discover import discover
 from lamina.archive.fixity import verify
-from lamina.archive.ingest import IngestOptions
-from lamina.archive.manifest import load_manifest
 from lamina.archive.sweep import sweep
 from lamina.config import Settings
 from lamina.governance.registry import Registry
 from lamina.lifecycle.marks import Marks, Target
 from lamina.lifecycle.reports import record_report
-from lamina.sample import write_samples
 from tests.archive.test_crash import LAMINA, SLOW_POINTS, _Archives, _Durations, _env, _points, _report
 from tests.backends import Backend
+from tests.support import ingest_case
 
 LAB = "690781810"
 T0 = dt.datetime(2026, 3, 2, 14, 0, tzinfo=dt.UTC)
@@ -64,20 +60,10 @@ THUMBNAIL_SIDE = 1024  # the default rule's trace
 
 
 def _sample(archive: Archive, root: Path, name: str, accession: str, seed: int) -> str:
-    folder = root / name
-    (sample,) = write_samples(folder, ["aperio_svs"], size=(1536, 1024), seed=seed)
-    manifest = folder / "manifest.csv"
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        (row,) = list(csv.DictReader(fh))
-    row.update(patient_id=f"P{seed}", accession_number=accession, specimen_id=f"{accession}-A1")
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row), lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(row)
-    (candidate,) = discover([sample.path])
-    result = archive.receiver().ingestor.ingest(candidate, load_manifest(manifest), IngestOptions(tenant=LAB))
-    assert result.status == "ingested", result.reason
-    return result.slide_id or ""
+    return ingest_case(
+        archive.receiver().ingestor, root / name, seed=seed, tenant=LAB, size=(1536, 1024),
+        patient_id=f"P{seed}", accession_number=accession, specimen_id=f"{accession}-A1",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ nothing more."""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 import json
@@ -19,10 +18,7 @@ from sqlalchemy import select
 from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
-from lamina.archive.discover import discover
 from lamina.archive.fixity import verify
-from lamina.archive.ingest import IngestOptions
-from lamina.archive.manifest import load_manifest
 from lamina.errors import NotFoundError, RequestError
 from lamina.governance.registry import Registry
 from lamina.lifecycle.evaluate import Action
@@ -31,7 +27,7 @@ from lamina.lifecycle.plan import plan
 from lamina.lifecycle.policy import Policies
 from lamina.lifecycle.reports import record_report
 from lamina.lifecycle.run import run
-from lamina.sample import write_samples
+from tests.support import ingest_case
 
 LAB = "690781810"
 DAY = dt.timedelta(days=1)
@@ -39,20 +35,10 @@ T0 = dt.datetime(2026, 3, 2, 14, 0, tzinfo=dt.UTC)
 
 
 def _ingest(archive: Archive, root: Path, name: str, accession: str, seed: int) -> str:
-    folder = root / name
-    (sample,) = write_samples(folder, ["aperio_svs"], size=(1536, 1024), seed=seed)
-    manifest = folder / "manifest.csv"
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        (row,) = list(csv.DictReader(fh))
-    row.update(patient_id=f"P{seed}", accession_number=accession, specimen_id=f"{accession}-A1")
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row), lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(row)
-    (candidate,) = discover([sample.path])
-    result = archive.receiver().ingestor.ingest(candidate, load_manifest(manifest), IngestOptions(tenant=LAB))
-    assert result.status == "ingested", result.reason
-    return result.slide_id or ""
+    return ingest_case(
+        archive.receiver().ingestor, root / name, seed=seed, tenant=LAB, size=(1536, 1024),
+        patient_id=f"P{seed}", accession_number=accession, specimen_id=f"{accession}-A1",
+    )  # fmt: skip
 
 
 @pytest.fixture

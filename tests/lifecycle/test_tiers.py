@@ -8,7 +8,6 @@ move finishes; a held slide never goes cold. And the ``[tiers.cold]`` settings."
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import time
@@ -23,7 +22,6 @@ from lamina.archive.archive import Archive
 from lamina.archive.blobstore import BlobStore, FileBlobStore
 from lamina.archive.catalog import tables as t
 from lamina.archive.discover import discover
-from lamina.archive.ingest import IngestOptions
 from lamina.archive.manifest import load_manifest
 from lamina.config import ColdTierSettings, Settings
 from lamina.errors import ConfigurationError, RequestError, RestoringError
@@ -36,6 +34,7 @@ from lamina.lifecycle.run import run
 from lamina.lifecycle.tiers import STEPS, ColdTier, TierMover, restore_key
 from lamina.sample import write_samples
 from tests.backends import Backend
+from tests.support import ingest_case
 
 LAB = "690781810"
 DELAY_S = 0.6
@@ -46,20 +45,10 @@ class _Crash(BaseException):
 
 
 def _ingest(archive: Archive, root: Path, accession: str, seed: int) -> str:
-    folder = root / f"s{seed}"
-    (sample,) = write_samples(folder, ["aperio_svs"], size=(1024, 768), seed=seed)
-    manifest = folder / "manifest.csv"
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        (row,) = list(csv.DictReader(fh))
-    row.update(patient_id=f"P{seed}", accession_number=accession, specimen_id=f"{accession}-A1")
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row), lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(row)
-    (candidate,) = discover([sample.path])
-    result = archive.receiver().ingestor.ingest(candidate, load_manifest(manifest), IngestOptions(tenant=LAB))
-    assert result.status == "ingested", result.reason
-    return result.slide_id or ""
+    return ingest_case(
+        archive.receiver().ingestor, root / f"s{seed}", seed=seed, tenant=LAB,
+        patient_id=f"P{seed}", accession_number=accession, specimen_id=f"{accession}-A1",
+    )  # fmt: skip
 
 
 def _cold_settings(archive: Archive, backend: Backend, tmp_path: Path, delay_s: float = 0.0) -> Settings:

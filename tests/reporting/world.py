@@ -9,7 +9,6 @@ the cold tier); lab B (:data:`LAB_B`) holds ``other`` (2025-03-01, outside the l
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,11 @@ from sqlalchemy import update
 
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
-from lamina.archive.discover import discover
-from lamina.archive.ingest import IngestOptions
-from lamina.archive.manifest import load_manifest
 from lamina.governance.registry import Registry
 from lamina.lifecycle.expire import expire_slide
 from lamina.lifecycle.marks import Interest, Marks, Target
-from lamina.sample import write_samples
 from tests.signin import TEST_LAB
+from tests.support import ingest_case
 
 LAB_A = TEST_LAB  # Paris
 LAB_B = "690781810"  # Lyon
@@ -47,22 +43,10 @@ class World:
 
 
 def _ingest(archive: Archive, root: Path, name: str, tenant: str, seed: int) -> str:
-    folder = root / name
-    (sample,) = write_samples(folder, ["aperio_svs"], size=(768, 512), seed=seed)
-    manifest = folder / "manifest.csv"
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        (row,) = list(csv.DictReader(fh))
-    row.update(patient_id=f"P{seed}", accession_number=f"R26-{seed}", specimen_id=f"R26-{seed}-A1")
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row), lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(row)
-    (candidate,) = discover([sample.path])
-    result = archive.receiver().ingestor.ingest(
-        candidate, load_manifest(manifest), IngestOptions(tenant=tenant)
-    )
-    assert result.status == "ingested", result.reason
-    return result.slide_id or ""
+    return ingest_case(
+        archive.receiver().ingestor, root / name, seed=seed, tenant=tenant, size=(768, 512),
+        patient_id=f"P{seed}", accession_number=f"R26-{seed}", specimen_id=f"R26-{seed}-A1",
+    )  # fmt: skip
 
 
 def build_world(archive: Archive, root: Path) -> World:
