@@ -65,7 +65,7 @@ from lamina.governance.model import (
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
 
-__all__ = ["MAX_BODY_BYTES", "routes"]
+__all__ = ["MAX_BODY_BYTES", "json_body", "path_lab", "routes", "text_field"]
 
 #: The largest JSON body accepted.
 MAX_BODY_BYTES = 64 * 1024
@@ -92,7 +92,7 @@ T = TypeVar("T")
 # -- the request's body ---------------------------------------------------------------------------------
 
 
-async def _body(request: Request, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+async def json_body(request: Request, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
     """The JSON object of the body, at most :data:`MAX_BODY_BYTES`, with every ``required`` key
     and no key outside ``required`` and ``optional``."""
     media = request.headers.get("content-type", _JSON).split(";", 1)[0].strip().lower()
@@ -126,7 +126,7 @@ def _example(keys: tuple[str, ...]) -> str:
     return "{" + ", ".join(f'"{key}": ...' for key in keys) + "}"
 
 
-def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
+def text_field(body: dict[str, Any], key: str, default: str | None = None) -> str:
     value = body.get(key, default)
     if not isinstance(value, str):
         raise RequestError(key, f"a string is expected, not {_kind(value)}")
@@ -189,7 +189,7 @@ def _platform(who: Principal) -> bool:
     return Action.ADMINISTER in who.everywhere
 
 
-def _lab(registry: Registry, finess: str) -> str:
+def path_lab(registry: Registry, finess: str) -> str:
     """The lab of the path (its rule passed: a platform admin may name one that does not exist)."""
     code = check_finess(finess, "finess")
     if code not in registry.existing_tenants([code]):
@@ -220,8 +220,8 @@ def list_tenants(request: Request) -> Response:
 
 async def add_tenant(request: Request) -> Response:
     who = principal(request)
-    body = await _body(request, ("finess", "name"), ())
-    finess, name = check_finess(_text(body, "finess"), "finess"), _text(body, "name")
+    body = await json_body(request, ("finess", "name"), ())
+    finess, name = check_finess(text_field(body, "finess"), "finess"), text_field(body, "name")
     with _fields():
         tenant, adopted = await _blocking(_registry(request).add_tenant, finess, name, who.id)
     return JSONResponse({**tenant.as_dict(), "adopted": adopted}, status_code=201)
@@ -229,16 +229,16 @@ async def add_tenant(request: Request) -> Response:
 
 def list_people(request: Request) -> Response:
     registry = _registry(request)
-    code = _lab(registry, request.path_params["finess"])
+    code = path_lab(registry, request.path_params["finess"])
     return JSONResponse([person.as_dict(code) for person in registry.people(code)])
 
 
 async def add_person(request: Request) -> Response:
     who = principal(request)
-    body = await _body(request, ("person", "roles"), ("name",))
-    person = check_person_id(_text(body, "person"), "person")
+    body = await json_body(request, ("person", "roles"), ("name",))
+    person = check_person_id(text_field(body, "person"), "person")
     roles = _roles(body["roles"])
-    name = _text(body, "name", "")
+    name = text_field(body, "name", "")
     if set(roles) & GLOBAL_ROLES and not _platform(who):
         raise PermissionDeniedError(
             Action.ADMINISTER.value,
@@ -247,7 +247,7 @@ async def add_person(request: Request) -> Response:
     registry = _registry(request)
 
     def add() -> Person:
-        code = _lab(registry, request.path_params["finess"])
+        code = path_lab(registry, request.path_params["finess"])
         with _fields():
             return registry.add_person(person, code, roles, name, who.id)
 
@@ -258,7 +258,7 @@ async def add_person(request: Request) -> Response:
 
 def list_grants(request: Request) -> Response:
     registry = _registry(request)
-    code = _lab(registry, request.path_params["finess"])
+    code = path_lab(registry, request.path_params["finess"])
     flag = request.query_params.get("all", "false").lower()
     if flag not in ("true", "false"):
         raise RequestError("all", f"{flag!r}: true (revoked and expired grants too) or false")
@@ -268,10 +268,10 @@ def list_grants(request: Request) -> Response:
 
 async def add_grant(request: Request) -> Response:
     who = principal(request)
-    body = await _body(request, ("to", "on"), ("permission", "expires"))
-    to_kind, grantee = parse_target(_text(body, "to"), "to", GranteeKind)
-    on_kind, resource = parse_target(_text(body, "on"), "on", ResourceKind)
-    permission = _text(body, "permission", Permission.READ.value)
+    body = await json_body(request, ("to", "on"), ("permission", "expires"))
+    to_kind, grantee = parse_target(text_field(body, "to"), "to", GranteeKind)
+    on_kind, resource = parse_target(text_field(body, "on"), "on", ResourceKind)
+    permission = text_field(body, "permission", Permission.READ.value)
     if permission not in {p.value for p in Permission}:
         names = ", ".join(p.value for p in Permission)
         raise RequestError("permission", f"{permission!r}: one of {names}")
@@ -279,7 +279,7 @@ async def add_grant(request: Request) -> Response:
     registry = _registry(request)
 
     def add() -> Grant:
-        code = _lab(registry, request.path_params["finess"])
+        code = path_lab(registry, request.path_params["finess"])
         if to_kind == GranteeKind.TENANT.value:
             lab = check_finess(grantee, "to")
             if lab not in registry.existing_tenants([lab]):
@@ -304,7 +304,7 @@ async def add_grant(request: Request) -> Response:
 def revoke_grant(request: Request) -> Response:
     who = principal(request)
     registry = _registry(request)
-    code = _lab(registry, request.path_params["finess"])
+    code = path_lab(registry, request.path_params["finess"])
     grant_id = str(request.path_params["grant"])
     absent = NotFoundError(
         f"no grant {grant_id!r} in force in lab {code}; GET /api/tenants/{code}/grants lists them"
@@ -335,7 +335,7 @@ def _collection(request: Request) -> tuple[Collections, str, Collection]:
     """The collection of the path, in the lab of the path (blocking): 404 when absent or
     another lab's, alike."""
     collections = Collections(request.app.state.archive.catalog)
-    code = _lab(_registry(request), request.path_params["finess"])
+    code = path_lab(_registry(request), request.path_params["finess"])
     ident = str(request.path_params["collection"])
     if not _GRANT_ID.fullmatch(ident):
         raise NotFoundError(
@@ -345,18 +345,18 @@ def _collection(request: Request) -> tuple[Collections, str, Collection]:
 
 
 def list_collections(request: Request) -> Response:
-    code = _lab(_registry(request), request.path_params["finess"])
+    code = path_lab(_registry(request), request.path_params["finess"])
     found = Collections(request.app.state.archive.catalog).find(code)
     return JSONResponse([item.as_dict(with_slides=False) for item in found])
 
 
 async def add_collection(request: Request) -> Response:
     who = principal(request)
-    body = await _body(request, ("name",), ("slides",))
-    name, slides = _text(body, "name"), _slides(body)
+    body = await json_body(request, ("name",), ("slides",))
+    name, slides = text_field(body, "name"), _slides(body)
 
     def add() -> Collection:
-        code = _lab(_registry(request), request.path_params["finess"])
+        code = path_lab(_registry(request), request.path_params["finess"])
         with _fields():
             return Collections(request.app.state.archive.catalog).add(code, name, slides, who.id)
 
@@ -371,7 +371,7 @@ def get_collection(request: Request) -> Response:
 async def add_collection_slides(request: Request) -> Response:
     who = principal(request)
     collections, code, found = await _blocking(_collection, request)
-    body = await _body(request, ("slides",), ())
+    body = await json_body(request, ("slides",), ())
     slides = _slides(body)
 
     def add() -> Collection:

@@ -42,12 +42,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
-from lamina.api.governance import _body, _text
+from lamina.api.governance import json_body, path_lab, text_field
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import NotFoundError, PayloadTooLargeError, RequestError
 from lamina.governance.decide import Action, Resource
-from lamina.governance.model import check_finess
 from lamina.governance.registry import Registry
 from lamina.lifecycle.evaluate import SlideFacts, evaluate
 from lamina.lifecycle.facts import facts_of
@@ -211,7 +210,7 @@ async def _reason(request: Request) -> str:
         and "transfer-encoding" not in request.headers
     ):
         raise RequestError("reason", 'say why: ?reason=... or a JSON body {"reason": "..."}')
-    return _text(await _body(request, ("reason",), ()), "reason")
+    return text_field(await json_body(request, ("reason",), ()), "reason")
 
 
 def _may(request: Request) -> dict[str, bool]:
@@ -230,10 +229,7 @@ def _state(request: Request, slide_id: str, **extra: Any) -> dict[str, Any]:
 
 
 def _lab(request: Request) -> str:
-    code = check_finess(str(request.path_params["finess"]), "finess")
-    if code not in Registry(request.app.state.archive.catalog).existing_tenants([code]):
-        raise NotFoundError(f"no lab {code} on this node; GET /api/tenants lists the labs you can see")
-    return code
+    return path_lab(Registry(request.app.state.archive.catalog), str(request.path_params["finess"]))
 
 
 def get_lifecycle_rules(request: Request) -> Response:
@@ -306,8 +302,8 @@ def get_slide_lifecycle(request: Request) -> Response:
 async def flag_interest(request: Request) -> Response:
     who = principal(request)
     slide = str(_slide(request).slide_id)
-    body = await _body(request, ("category", "reason"), ())
-    category, reason = _category(_text(body, "category")), _text(body, "reason")
+    body = await json_body(request, ("category", "reason"), ())
+    category, reason = _category(text_field(body, "category")), text_field(body, "reason")
 
     def flag() -> dict[str, Any]:
         with _fields():
@@ -333,7 +329,7 @@ async def unflag_interest(request: Request) -> Response:
 async def add_hold(request: Request) -> Response:
     who = principal(request)
     slide = str(_slide(request).slide_id)
-    reason = _text(await _body(request, ("reason",), ()), "reason")
+    reason = text_field(await json_body(request, ("reason",), ()), "reason")
 
     def hold() -> dict[str, Any]:
         with _fields():

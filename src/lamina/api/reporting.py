@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
+from lamina.api.governance import path_lab
 from lamina.archive.catalog import Catalog
 from lamina.costs.measured import MeasuredVolumes, measure
 from lamina.costs.model import PRIVATE_500K_CASES, PUBLIC_SECTOR, CostInputs, Sector, UnitPrices, estimate
@@ -79,17 +80,9 @@ _PRICE_BOUNDS = {
 # -- the report --------------------------------------------------------------------------------------------
 
 
-def _lab(catalog: Catalog, finess: str) -> str:
-    """The lab of the path (its rule passed: a platform admin may name one that does not exist)."""
-    code = check_finess(finess, "finess")
-    if code not in Registry(catalog).existing_tenants([code]):
-        raise NotFoundError(f"no lab {code} on this node; GET /api/tenants lists the labs you can see")
-    return code
-
-
 def _report(request: Request, lab: bool) -> dict[str, Any]:
     catalog: Catalog = request.app.state.archive.catalog
-    tenant = _lab(catalog, request.path_params["finess"]) if lab else None
+    tenant = path_lab(Registry(catalog), request.path_params["finess"]) if lab else None
     return storage_report(catalog, dt.datetime.now(dt.UTC), tenant=tenant).as_dict()
 
 
@@ -130,7 +123,7 @@ def _plot(request: Request, lab: bool) -> Response:
     if name not in _PLOT_NAMES:
         raise NotFoundError(f"no plot {name[:64]!r}; the plots are {', '.join(sorted(_PLOT_NAMES))}")
     catalog: Catalog = request.app.state.archive.catalog
-    tenant = _lab(catalog, request.path_params["finess"]) if lab else None
+    tenant = path_lab(Registry(catalog), request.path_params["finess"]) if lab else None
     state = request.app.state
     kept = getattr(state, "report_plots", None)
     if not isinstance(kept, _Plots):
