@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, insert, literal, or_, select
 
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc as _utc
 
 GENESIS = "0" * 64
 
@@ -70,11 +71,6 @@ class AuditEntry:
     entity: str
     detail: dict[str, Any]
     hash: str
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    """Aware UTC (SQLite hands back naive datetimes; every entry is written in UTC)."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _detail(text: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc as _utc
 from lamina.costs.model import GB, CostInputs
 from lamina.errors import NotFoundError
 
@@ -74,10 +75,6 @@ class MeasuredVolumes:
             "slides_per_year": self.slides_per_year,
             "gb_per_slide": self.gb_per_slide,
         }
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def measure(

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from lamina.archive import audit
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc
 from lamina.errors import NotFoundError, RequestError
 from lamina.governance.model import MAX_COLLECTION_SLIDES, Collection, ResourceKind, check_finess
 
@@ -252,7 +253,6 @@ def _name(value: str) -> str:
 
 
 def _collection(row: RowMapping, slides: tuple[str, ...]) -> Collection:
-    created = row["created_at"]
-    if created.tzinfo is None:  # SQLite: written in UTC
-        created = created.replace(tzinfo=dt.UTC)
-    return Collection(row["id"], row["tenant"], row["name"], created, row["created_by"], slides)
+    return Collection(
+        row["id"], row["tenant"], row["name"], utc(row["created_at"]), row["created_by"], slides
+    )

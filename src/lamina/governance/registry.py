@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from lamina.archive import audit
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc_or_none as _aware
 from lamina.errors import NotFoundError, RequestError
 from lamina.governance.collections import members
 from lamina.governance.model import (
@@ -401,10 +402,3 @@ def _grant(row: RowMapping) -> Grant:
         _aware(row["revoked_at"]),
         row["revoked_by"],
     )
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite gives back naive datetimes: they were written in UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)

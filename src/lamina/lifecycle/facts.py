@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc_or_none as _utc
 from lamina.lifecycle.evaluate import SlideFacts
 from lamina.lifecycle.reports import CLOCK_STATUSES
 from lamina.lifecycle.rules import Tier
@@ -57,12 +58,6 @@ class FactsRow:
     facts: SlideFacts
     bytes: int
     accession_number: str | None
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _date(value: str | None) -> dt.date | None:

@@ -42,6 +42,7 @@ from sqlalchemy import delete, func, insert, select
 
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc as _utc
 from lamina.errors import NotFoundError, RestoringError, StorageError, UnavailableError
 from lamina.lifecycle.rules import Tier
 from lamina.lifecycle.tiers import Moved, TierMover, restore_key
@@ -96,10 +97,6 @@ class Request:
         now = now or dt.datetime.now(dt.UTC)
         expected_end = self.ready_at + dt.timedelta(seconds=self.bytes / COPY_BYTES_PER_S + STALE_AFTER_S)
         return now > expected_end
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value  # SQLite drops the zone
 
 
 def read_request(catalog: Catalog, slide_id: str) -> Request | None:

@@ -33,6 +33,7 @@ from sqlalchemy.sql import ColumnElement
 
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc as _utc
 from lamina.costs.model import GB
 from lamina.lifecycle.plan import TierPrices
 from lamina.lifecycle.rules import Tier
@@ -229,10 +230,6 @@ PROJECTION_METHOD = (
 
 
 # -- the queries ------------------------------------------------------------------------------------------
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _month_starts(now: dt.datetime, count: int) -> list[dt.datetime]:

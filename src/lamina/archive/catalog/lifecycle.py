@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine, Select, and_, or_, select
 
 from lamina.archive.catalog import tables as t
 from lamina.archive.catalog.catalog import Catalog
+from lamina.archive.catalog.times import utc as _utc
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,6 @@ class ExpiringSlide:
     id: str
     tenant: str
     retain_until: dt.datetime
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    """Aware UTC; a naive datetime is taken as UTC (SQLite hands back naive ones)."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def expiring_query(
