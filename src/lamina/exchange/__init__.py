@@ -1,0 +1,6 @@
+"""Slides of interest leaving the lab: de-identification, pseudonymisation, patients' opposition
+and the push to an archive node (``role = "archive"``).
+
+- :mod:`.keys`: the site's secret keys (its own, and one per health-data warehouse it links with)
+  and what is derived from them: pseudonyms, replacement UIDs, each patient's date offset.
+"""
