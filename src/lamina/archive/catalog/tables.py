@@ -388,3 +388,82 @@ passwords = Table(
     Column("hash", String(255), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# -- the exchange between a site and the archive (lamina.exchange) --------------------------------
+
+consents = Table(
+    "consents",
+    metadata,
+    # one row per decision, never updated: the newest (highest id) of a patient in a lab is in force
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(9), nullable=False),
+    # the patient: their PatientID at a site, their pseudonym at the archive (one of the two)
+    Column("patient_id", String(64)),
+    Column("patient_pseudonym", String(64)),
+    # deny (the patient opposes research use) or allow (the opposition is lifted)
+    Column("decision", String(8), nullable=False),
+    Column("purpose", String(16), nullable=False, server_default="research"),
+    # fhir (the LIS's Consent), cli (the operator), site (told by the site, at the archive)
+    Column("source", String(8), nullable=False),
+    Column("fhir_id", String(128)),
+    # why, in words, when the operator gave it (kept here, not in the audit log)
+    Column("reason", Text),
+    Column("actor", String(128), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Index("ix_consents_patient", "tenant", "patient_id"),
+    Index("ix_consents_pseudonym", "tenant", "patient_pseudonym"),
+)
+
+pseudonyms = Table(
+    "pseudonyms",
+    metadata,
+    # the correspondence kept at the site: which value a pseudonym it sent stands for
+    Column("tenant", String(9), primary_key=True),
+    # PatientID or AccessionNumber
+    Column("kind", String(16), primary_key=True),
+    # the health-data warehouse whose key made it; "" for the site's own key (a key part: not NULL)
+    Column("warehouse", String(64), primary_key=True, server_default=""),
+    Column("pseudonym", String(64), primary_key=True),
+    Column("value", String(64), nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+)
+
+transfers = Table(
+    "transfers",
+    metadata,
+    # the push of one slide of interest to the archive, at the site
+    Column("slide_id", String(16), primary_key=True),
+    Column("tenant", String(9), nullable=False),
+    # queued, sent, verified (the archive acknowledged it), refused, quarantined
+    Column("status", String(16), nullable=False),
+    Column("reason", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("verified_at", DateTime(timezone=True)),
+    Column("archive_url", Text),
+    # the de-identified UIDs the archive knows the slide by
+    Column("study_instance_uid_out", String(64)),
+    Column("series_instance_uid_out", String(64)),
+    # the archive's acknowledgement, as JSON
+    Column("acknowledgement", Text),
+    Index("ix_transfers_due", "status", "next_attempt_at"),
+)
+
+archive_received = Table(
+    "archive_received",
+    metadata,
+    # a de-identified slide received from a site, at the archive (slide_id: the archive's own)
+    Column("slide_id", String(16), primary_key=True),
+    # the sending lab (FINESS) and the site node's name
+    Column("tenant", String(9), nullable=False),
+    Column("site", String(255), nullable=False),
+    Column("patient_pseudonym", String(64), nullable=False),
+    Column("category", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    # when it was withdrawn from research (its patient opposed, told by the site); None: usable
+    Column("withdrawn_at", DateTime(timezone=True)),
+    Index("ix_archive_received_patient", "tenant", "patient_pseudonym"),
+)

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from lamina.errors import ConfigurationError
 
 #: the newest revision in versions/
-HEAD = "0012"
+HEAD = "0013"
 _HERE = Path(__file__).parent
 
 
