@@ -342,6 +342,127 @@ def _cold_tier(env: dict[str, str], tiers: object) -> ColdTierSettings | None:
     return ColdTierSettings(url, storage_class or None, delay)
 
 
+_EXCHANGE_KEYS = {
+    "key_file": "LAMINA_EXCHANGE_KEY_FILE",
+    "warehouses": None,
+    "archive_url": "LAMINA_ARCHIVE_URL",
+    "archive_token_file": "LAMINA_ARCHIVE_TOKEN_FILE",
+    "limit_mb_per_s": "LAMINA_EXCHANGE_LIMIT_MB_PER_S",
+}
+
+
+@dataclass(frozen=True)
+class ExchangeSettings:
+    """Slides of interest leaving a site for the archive (``[exchange]`` in lamina.toml,
+    :mod:`lamina.exchange`).
+
+    Parameters
+    ----------
+    key_file
+        The site's secret key (``LAMINA_EXCHANGE_KEY_FILE``; None: ``HOME/keys/site.key``, made
+        on first use): its pseudonyms, replacement UIDs and date offsets.
+    warehouses
+        The health-data warehouses the site links with, each with its key file
+        (``[exchange.warehouses] NAME = "path"``), by name.
+    archive_url
+        The archive node the site pushes to (``LAMINA_ARCHIVE_URL``, ``https://...``).
+    archive_token_file
+        The file holding the site's bearer token at the archive (``LAMINA_ARCHIVE_TOKEN_FILE``).
+    limit_mb_per_s
+        The push's bandwidth in MB/s (``LAMINA_EXCHANGE_LIMIT_MB_PER_S``; 0, the default: none).
+    """
+
+    key_file: Path | None = None
+    warehouses: tuple[tuple[str, Path], ...] = ()
+    archive_url: str | None = None
+    archive_token_file: Path | None = None
+    limit_mb_per_s: float = 0.0
+
+    def site_key_file(self, home: Path) -> Path:
+        """The site key's file: ``key_file``, else ``home/keys/site.key``."""
+        return self.key_file or home / "keys" / "site.key"
+
+
+def _exchange(env: dict[str, str], table: object) -> ExchangeSettings:
+    """``[exchange]`` of lamina.toml, each key overridden by its ``LAMINA_*`` variable."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise ConfigurationError(
+            "lamina.toml: exchange must be a table (key_file, warehouses, archive_url, ...)"
+        )
+    for key in table:
+        if key not in _EXCHANGE_KEYS:
+            close = difflib.get_close_matches(str(key), list(_EXCHANGE_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(
+                f"lamina.toml: exchange {key!r} is not a setting{hint}; use {', '.join(_EXCHANGE_KEYS)}"
+            )
+
+    def where(key: str) -> str:
+        variable = _EXCHANGE_KEYS[key]
+        return f"{variable} (or {key} in the exchange table of lamina.toml)"
+
+    def raw(key: str) -> object:
+        variable = _EXCHANGE_KEYS[key]
+        value = (env.get(variable) if variable else None) or table.get(key)
+        return None if value == "" else value
+
+    def path(key: str) -> Path | None:
+        value = raw(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{where(key)}={value!r}: expected a file's path")
+        return Path(value).expanduser().absolute()
+
+    warehouses = table.get("warehouses", {})
+    if not isinstance(warehouses, dict):
+        raise ConfigurationError('lamina.toml: exchange.warehouses must be a table of NAME = "key file path"')
+    found: list[tuple[str, Path]] = []
+    for name, key_path in warehouses.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", str(name)):
+            raise ConfigurationError(
+                f"lamina.toml: exchange.warehouses {name!r}: a name is 1 to 64 letters, digits, '.', '_' "
+                "or '-'"
+            )
+        if not isinstance(key_path, str) or not key_path:
+            raise ConfigurationError(
+                f"lamina.toml: exchange.warehouses {name!r} = {key_path!r}: expected its key file's path"
+            )
+        found.append((str(name), Path(key_path).expanduser().absolute()))
+    url = raw("archive_url")
+    if url is not None:
+        if not isinstance(url, str) or not url.strip().startswith(("https://", "http://")):
+            raise ConfigurationError(
+                f"{where('archive_url')}={url!r}: expected the archive node's address, "
+                "e.g. https://archive.example.org"
+            )
+        url = url.strip().rstrip("/")
+    limit_raw = raw("limit_mb_per_s")
+    limit = 0.0
+    if limit_raw is not None:
+        try:
+            if isinstance(limit_raw, bool):
+                raise ValueError(limit_raw)
+            limit = float(str(limit_raw).strip())
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"{where('limit_mb_per_s')}={limit_raw!r}: expected MB/s, e.g. 20 (0: no limit)"
+            ) from None
+        if not math.isfinite(limit) or limit < 0:
+            raise ConfigurationError(
+                f"{where('limit_mb_per_s')}={limit_raw!r}: MB/s, 0 or more, e.g. 20 (0: no limit)"
+            )
+    return ExchangeSettings(
+        key_file=path("key_file"),
+        warehouses=tuple(found),
+        archive_url=url,
+        archive_token_file=path("archive_token_file"),
+        limit_mb_per_s=limit,
+    )
+
+
 class Secret:
     """A value that never prints: ``str()`` and ``repr()`` give ``'**********'``."""
 
@@ -468,6 +589,10 @@ class Settings:
         The cold tier of the care lifecycle (:class:`ColdTierSettings`, the ``[tiers.cold]`` table
         of lamina.toml or ``LAMINA_COLD_URL``, ``LAMINA_COLD_STORAGE_CLASS``,
         ``LAMINA_COLD_RESTORE_DELAY_S``); None (default) for none. The hot tier is ``blob_url``.
+    exchange
+        Slides of interest pushed from a site to the archive (:class:`ExchangeSettings`, the
+        ``[exchange]`` table of lamina.toml: the site key, the warehouses' keys, the archive's
+        address and token, the push's bandwidth).
     auth_issuer, auth_claims
         An OpenID provider whose tokens the node accepts beside its own issuer's, and how their
         claims name the person and their roles per lab: the ``[auth]`` table of lamina.toml
@@ -516,6 +641,7 @@ class Settings:
     dimse_tls_key: Path | None = None
     dimse_tls_ca: Path | None = None
     cold_tier: ColdTierSettings | None = None
+    exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
     s3: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     auth_issuer: IssuerConfig | None = field(default=None, compare=False, repr=False)
     auth_claims: ClaimsMapping | None = field(default=None, compare=False, repr=False)
@@ -595,6 +721,7 @@ class Settings:
             dimse_tls_ca=_file(env, file_values, "dimse_tls_ca"),
             s3=_s3_settings(env, file_values.get("s3", {})),
             cold_tier=_cold_tier(env, file_values.get("tiers")),
+            exchange=_exchange(env, file_values.get("exchange")),
             **_auth(file_values.get("auth")),
         )
         if not 4096 <= settings.blob_cache_block_bytes <= 64 << 20:

@@ -30,8 +30,12 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lamina.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from lamina.config import Settings
 
 __all__ = ["KEY_BYTES", "ExchangeKeys", "read_key"]
 
@@ -99,6 +103,13 @@ class ExchangeKeys:
             {name: read_key(path) for name, path in (warehouses or {}).items()},
             where=str(site_file),
         )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ExchangeKeys:
+        """The keys of a node's ``[exchange]`` settings: the site key (made on first use in
+        ``HOME/keys/site.key`` unless ``key_file`` names another) and each warehouse's."""
+        exchange = settings.exchange
+        return cls.load(exchange.site_key_file(settings.home), dict(exchange.warehouses))
 
     # -- pseudonyms -----------------------------------------------------------------------------
 
