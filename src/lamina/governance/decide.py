@@ -72,13 +72,16 @@ class Action(StrEnum):
     ADMINISTER = "administer"
     #: storage work that needs no pixels: fixity, tiers, lifecycle runs
     OPERATE = "operate"
+    #: record a patient's opposition to research use (or its lifting) in the lab: its
+    #: pathologists, its admins, and the LIS's account (a technician-like role)
+    CONSENT = "consent"
 
 
 #: what each role allows on its own tenant's resources
 ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = {
-    Role.PATHOLOGIST: frozenset({Action.READ, Action.SEARCH, Action.ANNOTATE}),
-    Role.TECHNICIAN: frozenset({Action.READ, Action.SEARCH, Action.STORE}),
-    Role.LAB_ADMIN: frozenset({Action.SEARCH, Action.ADMINISTER, Action.DELETE}),
+    Role.PATHOLOGIST: frozenset({Action.READ, Action.SEARCH, Action.ANNOTATE, Action.CONSENT}),
+    Role.TECHNICIAN: frozenset({Action.READ, Action.SEARCH, Action.STORE, Action.CONSENT}),
+    Role.LAB_ADMIN: frozenset({Action.SEARCH, Action.ADMINISTER, Action.DELETE, Action.CONSENT}),
     Role.ARCHIVIST: frozenset({Action.OPERATE}),
     Role.RESEARCHER: frozenset(),
     Role.COMMITTEE_MEMBER: frozenset(),
