@@ -1,0 +1,165 @@
+"""De-identification of a slide's DICOM instances (PS3.15 Annex E), for slides leaving the site.
+
+- :func:`is_sent`: whether an instance leaves at all (LABEL never; OVERVIEW only blanked);
+- :func:`deidentify_instance`: one stored Part 10 instance into a de-identified one: header by
+  the tables of :mod:`.rules` (a keep list), frames copied byte for byte (:mod:`.stream`);
+- :func:`identity_findings`: the same checks on a dataset received by an archive.
+
+A slide whose de-identification cannot be made certain is quarantined for a person to review:
+the functions return one-line reasons that name attributes by keyword and tag, never a value.
+
+>>> from lamina.exchange.deid import is_sent
+>>> is_sent("VOLUME", ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]), is_sent("LABEL", [])
+(True, False)
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+
+from lamina.exchange.deid.findings import identifying_values, identity_findings
+from lamina.exchange.deid.images import BLANKED, blank_overview, image_flavor, is_sent
+from lamina.exchange.deid.stream import (
+    copy_pixel_data,
+    encode_header,
+    file_meta,
+    unsupported_syntax,
+)
+from lamina.exchange.deid.transform import deidentify_dataset
+from lamina.exchange.keys import ExchangeKeys
+from lamina.model.enums import ImageFlavorValues
+
+__all__ = ["DeidOptions", "DeidOutcome", "deidentify_instance", "identity_findings", "is_sent"]
+
+_PIXEL_HEADER = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
+_ITEM = struct.Struct("<II")
+
+
+@dataclass(frozen=True)
+class DeidOptions:
+    """``keep_overview``: send the OVERVIEW with its label area blanked (:mod:`.images`).
+    ``warehouses``: the health-data warehouses whose pseudonyms go in OtherPatientIDsSequence
+    (each needs a key in ``[exchange.warehouses]``)."""
+
+    keep_overview: bool = False
+    warehouses: tuple[str, ...] = ()
+
+
+@dataclass
+class DeidOutcome:
+    """What became of one instance. When ``quarantine`` is not empty nothing was written."""
+
+    sop_instance_uid: str = ""
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+    quarantine: list[str] = field(default_factory=list)
+    #: Attributes removed or emptied, by keyword and tag (values are never named).
+    removed: list[str] = field(default_factory=list)
+    #: Where each frame lies in the new file, when each frame is one fragment (lamina's layout);
+    #: otherwise None: index the file again with formats.dicom_frames.locate_frames.
+    frame_offsets: npt.NDArray[np.uint64] | None = None
+    frame_lengths: npt.NDArray[np.uint32] | None = None
+    size: int = 0
+
+    @property
+    def sent(self) -> bool:
+        return not self.quarantine
+
+
+def deidentify_instance(
+    source: BinaryIO, out: BinaryIO, keys: ExchangeKeys, options: DeidOptions = DeidOptions()
+) -> DeidOutcome:
+    """De-identify the Part 10 instance read from ``source`` (seekable, at its start) into
+    ``out``. Nothing is written to ``out`` when the outcome is quarantined (a label, an image
+    with burned-in text, an attribute no table covers, an identifying value left over)."""
+    outcome = DeidOutcome()
+    try:
+        header = pydicom.dcmread(source, stop_before_pixels=True)
+    except Exception:
+        outcome.quarantine.append("not a readable DICOM Part 10 file (its header cannot be read)")
+        return outcome
+    pixels_at = source.tell()
+    syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+    reason = unsupported_syntax(syntax)
+    if reason:
+        outcome.quarantine.append(reason)
+        return outcome
+    kind = image_flavor("", [str(v) for v in header.get("ImageType", [])])
+    frames: list[bytes] | None = None
+    if kind == ImageFlavorValues.OVERVIEW and options.keep_overview:
+        source.seek(0)
+        blanked = blank_overview(source)
+        if isinstance(blanked, str):
+            outcome.quarantine.append(blanked)
+            return outcome
+        header, frames = blanked  # type: ignore[assignment]  # a FileDataset's data, blanked
+        syntax = str(header.file_meta.TransferSyntaxUID)
+    elif not is_sent("", [str(v) for v in header.get("ImageType", [])], options.keep_overview):
+        outcome.quarantine.append(f"ImageType (0008,0008): a {kind or 'unknown'} image is not sent")
+        return outcome
+    if str(header.get("BurnedInAnnotation", "")).upper() == "YES":
+        outcome.quarantine.append("BurnedInAnnotation (0028,0301) is YES on an image to be sent")
+    result = deidentify_dataset(header, keys, options.warehouses)
+    outcome.removed = result.removed
+    outcome.quarantine.extend(result.quarantine)
+    ds = result.dataset
+    outcome.sop_instance_uid = str(ds.get("SOPInstanceUID", ""))
+    outcome.series_instance_uid = str(ds.get("SeriesInstanceUID", ""))
+    outcome.study_instance_uid = str(ds.get("StudyInstanceUID", ""))
+    if outcome.quarantine:
+        return outcome
+    if frames is not None:
+        ds.DeidentificationMethod = [*ds.DeidentificationMethod, BLANKED]
+    ds.file_meta = file_meta(str(ds.SOPClassUID), outcome.sop_instance_uid, syntax)
+    encoded = encode_header(ds)
+    outcome.quarantine.extend(_left_over(encoded, header))
+    if outcome.quarantine:
+        return outcome
+    out.write(encoded)
+    if frames is not None:
+        pixels: BinaryIO = io.BytesIO(_encapsulated(frames))
+    else:
+        source.seek(pixels_at)
+        pixels = source
+    try:
+        copied = copy_pixel_data(pixels, out, len(encoded), int(ds.get("NumberOfFrames", 1)))
+    except ValueError as exc:
+        # out holds a partial file: the caller discards it (the outcome says why)
+        outcome.quarantine.append(f"PixelData (7FE0,0010): {exc}")
+        return outcome
+    outcome.frame_offsets, outcome.frame_lengths, outcome.size = (
+        copied.frame_offsets,
+        copied.frame_lengths,
+        copied.size,
+    )
+    return outcome
+
+
+def _left_over(encoded: bytes, source: Dataset) -> list[str]:
+    """The last check: no identifying value of the source (names, IDs, dates of birth, barcodes,
+    labels, institutions) is anywhere in the new header, as UTF-8, upper case or Latin-1."""
+    found = []
+    upper = encoded.upper()
+    for where, value in identifying_values(source):
+        forms = {value.encode("utf-8"), value.encode("latin-1", "ignore")}
+        if any(form in encoded for form in forms) or value.upper().encode("utf-8") in upper:
+            found.append(f"an identifying value of {where} is still in the header")
+    return sorted(set(found))
+
+
+def _encapsulated(frames: list[bytes]) -> bytes:
+    """A Pixel Data element of ``frames``, one fragment each, an empty Basic Offset Table."""
+    parts = [_PIXEL_HEADER, _ITEM.pack(0xE000FFFE, 0)]
+    for frame in frames:
+        padded = frame + b"\x00" * (len(frame) & 1)
+        parts += [_ITEM.pack(0xE000FFFE, len(padded)), padded]
+    parts.append(_ITEM.pack(0xE0DDFFFE, 0))
+    return b"".join(parts)
