@@ -117,7 +117,7 @@ def _walk(ds: Dataset, trail: tuple[BaseTag, ...], found: list[str]) -> None:
         found.append(f"{trail_words(list(trail))}: sequences nested deeper than {MAX_DEPTH}")
         return
     for tag in list(ds.keys()):
-        if tag.group in (0x0002, 0x7FE0) or tag.element == 0:
+        if tag.group == 0x0002 or tag == 0x7FE00010 or tag.element == 0:
             continue
         element = ds[tag]
         where = trail_words([*trail, tag])

@@ -76,7 +76,7 @@ class _Walk:
             self.quarantine(f"{trail_words(trail)}: sequences nested deeper than {MAX_DEPTH}")
             return out
         for tag in list(source.keys()):
-            if tag.group in (0x0002, 0x7FE0) or tag.element == 0:  # file meta, pixels, group lengths
+            if tag.group == 0x0002 or tag == 0x7FE00010 or tag.element == 0:  # meta, pixels, lengths
                 continue
             element = source[tag]
             if tag.is_private:
