@@ -74,10 +74,9 @@ PrimaryAnatomicStructureSequence PrimaryAnatomicStructureModifierSequence Specim
 SpecimenPreparationSequence SpecimenPreparationStepContentItemSequence ValueType RelationshipType
 ConceptNameCodeSequence ConceptCodeSequence NumericValue FloatingPointValue
 MeasurementUnitsCodeSequence CodeValue CodingSchemeDesignator CodingSchemeVersion CodeMeaning
-LongCodeValue URNCodeValue ContextIdentifier ContextGroupVersion MappingResource
+LongCodeValue URNCodeValue ContextIdentifier MappingResource
 ContextGroupExtensionFlag ReferencedImageSequence ReferencedSeriesSequence ReferencedInstanceSequence
 ReferencedImageNavigationSequence ReferencedFrameNumber PresentationLUTShape QualityControlImage
-TimezoneOffsetFromUTC
 StudyTime SeriesTime ContentTime AcquisitionTime InstanceCreationTime
 PatientIdentityRemoved DeidentificationMethod DeidentificationMethodCodeSequence
 LongitudinalTemporalInformationModified
@@ -90,7 +89,10 @@ _DEVICE = "Manufacturer ManufacturerModelName DeviceSerialNumber DeviceUID Softw
 _EMPTY = """PatientBirthDate PatientSex ReferringPhysicianName StudyID
 IssuerOfTheContainerIdentifierSequence IssuerOfTheSpecimenIdentifierSequence AcquisitionContextSequence"""
 
-_DATES = "StudyDate SeriesDate ContentDate AcquisitionDate AcquisitionDateTime InstanceCreationDate"
+#: ContextGroupVersion is a code's context version, not the patient's, but a DT: the profile
+#: replaces it (D) and the option moves every DT, so it is moved with the others.
+_DATES = """StudyDate SeriesDate ContentDate AcquisitionDate AcquisitionDateTime InstanceCreationDate
+ContextGroupVersion"""
 
 #: Identifying attributes of the profile a slide may carry: removed without a second look.
 _REMOVE = """
@@ -119,7 +121,7 @@ ClinicalTrialProtocolID ClinicalTrialProtocolName ClinicalTrialSiteID ClinicalTr
 ClinicalTrialSubjectID ClinicalTrialSubjectReadingID ClinicalTrialTimePointID
 ClinicalTrialCoordinatingCenterName PersonName VerifyingObserverName VerifyingObserverSequence
 TextComments AcquisitionDeviceProcessingDescription DeviceDescription DeviceLabel
-InstanceCreatorUID StorageMediaFileSetUID
+InstanceCreatorUID StorageMediaFileSetUID TimezoneOffsetFromUTC
 """
 
 _CLEAN = "StudyDescription SeriesDescription SpecimenShortDescription"
