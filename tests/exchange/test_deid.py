@@ -309,3 +309,18 @@ def test_identity_findings_name_what_a_received_file_still_carries(slide: list[P
     ):
         assert expected in text, text
     assert not any(value in text for value in SECRETS.values())
+
+
+class _SmallReads(io.FileIO):
+    """A file that refuses to hand over more than a chunk at once (nor to be read whole)."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        assert size is not None and 0 <= size <= 4 << 20, f"a read of {size} bytes"
+        return super().read(size)
+
+
+def test_the_copy_reads_in_bounded_chunks(slide: list[Path]) -> None:
+    out = io.BytesIO()
+    with _SmallReads(str(sent(slide)[0])) as fh:
+        outcome = deidentify_instance(fh, out, KEYS, OPTIONS)  # type: ignore[arg-type]
+    assert outcome.quarantine == [] and outcome.size == len(out.getvalue())
