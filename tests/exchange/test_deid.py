@@ -322,5 +322,5 @@ class _SmallReads(io.FileIO):
 def test_the_copy_reads_in_bounded_chunks(slide: list[Path]) -> None:
     out = io.BytesIO()
     with _SmallReads(str(sent(slide)[0])) as fh:
-        outcome = deidentify_instance(fh, out, KEYS, OPTIONS)  # type: ignore[arg-type]
+        outcome = deidentify_instance(fh, out, KEYS, OPTIONS)
     assert outcome.quarantine == [] and outcome.size == len(out.getvalue())
