@@ -19,7 +19,9 @@ collection and slide ids made up, so the matrix changes nothing. The care lifecy
 routes (``/api/slides/{slide}/...``) are sent to each slide and to a slide id of none: its state to
 whoever reads the slide or administers its lab, its flag of interest to a pathologist of its lab,
 its holds to its lab's admin (and a platform admin); the LIS's reports (``POST /fhir/...``) to
-whoever may store (the technician); their bodies (``{}``) are refused 400, so nothing changes.
+whoever may store (the technician), patients' oppositions (``POST /fhir/Consent``) to whoever may
+record them (a pathologist, a technician, a lab admin); their bodies (``{}``) are refused 400, so
+nothing changes.
 
 A route of the application without a rule stops it from being built (LookupError), and a route
 whose path the matrix cannot fill in fails here: a new route gets a rule and an expectation.
@@ -150,6 +152,8 @@ def expected(principal: str, rule: Rule, target: str, level: str) -> int:
         return ALLOWED
     if rule is Rule.STORE:
         return ALLOWED if principal == "technician" else 403
+    if rule is Rule.CONSENT:  # patients' oppositions: the lab's pathologists, admins, technicians
+        return ALLOWED if principal in ("pathologist", "technician", "lab_admin") else 403
     if rule in (Rule.READ_STUDY, Rule.READ_SERIES):
         return expected_read(principal, target, level)
     if rule is Rule.ADMINISTER:

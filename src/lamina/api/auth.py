@@ -20,6 +20,8 @@ endpoint of the application, and refuses to build an application with a route th
 - ``SEARCH``: any principal; the search itself keeps what it may see, in SQL
   (:func:`~lamina.governance.decide.visible_studies`);
 - ``STORE``: a principal that may store into some tenant; the handler picks which one;
+- ``CONSENT``: a principal that may record patients' oppositions in some tenant; the handler
+  picks which one;
 - ``READ_STUDY`` / ``READ_SERIES``: :meth:`~lamina.governance.access.Access.read` on the study or
   the series of the path: what it may not read is answered 404 like what does not exist;
 - ``ADMINISTER``: the lab of the path's ``finess`` administered (the lab admins' API);
@@ -75,6 +77,7 @@ class Rule(enum.Enum):
     READ_SLIDE = "read the slide, or administer its lab"
     ANNOTATE_SLIDE = "annotate in the slide's lab"
     ADMINISTER_SLIDE = "administer the slide's lab"
+    CONSENT = "record oppositions in some lab"
 
 
 _STUDY = "/dicomweb/studies/{study}"
@@ -149,6 +152,9 @@ RULES: dict[str, Rule] = {
     "GET /api/costs": Rule.SIGNED_IN,
     # the LIS's final reports (lamina.api.fhir): a principal that stores into a lab (its LIS)
     "POST /fhir/DiagnosticReport": Rule.STORE,
+    # patients' oppositions from the LIS (lamina.api.fhir_consent): a principal that may record
+    # them in a lab (its pathologists, admins, technicians: the LIS's account)
+    "POST /fhir/Consent": Rule.CONSENT,
     # the viewer's static files and its library
     "MOUNT /vendor/openseadragon": Rule.PUBLIC,
     "MOUNT /": Rule.PUBLIC,
@@ -201,6 +207,11 @@ def _check(request: Request, rule: Rule) -> None:
     elif rule is Rule.STORE:
         if not any(Action.STORE in who.allowed_in(tenant) for tenant in who.tenants()):
             raise PermissionDeniedError(Action.STORE.value, "your roles do not allow storing into any lab")
+    elif rule is Rule.CONSENT:
+        if not any(Action.CONSENT in who.allowed_in(tenant) for tenant in who.tenants()):
+            raise PermissionDeniedError(
+                Action.CONSENT.value, "your roles do not allow recording oppositions in any lab"
+            )
     elif rule is Rule.ADMINISTER:
         access.require(who, Action.ADMINISTER, Resource("tenant", str(params["finess"])))
     elif rule is Rule.PLATFORM and Action.ADMINISTER not in who.everywhere:

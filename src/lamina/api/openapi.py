@@ -351,6 +351,16 @@ OPERATIONS: dict[str, Operation] = {
         body=[FHIR_JSON, "application/json"],
         status=201,
     ),
+    "create_consent": Operation(
+        "A patient's opposition to research use, or its lifting, from the LIS (FHIR R4 Consent: scope "
+        "research, provision deny or permit for purpose v3-ActReason#HRESCH, the PatientID as "
+        "patient.identifier); errors are OperationOutcomes",
+        "FHIR",
+        [FHIR_JSON],
+        (400, 413, 415, 422),
+        body=[FHIR_JSON, "application/json"],
+        status=201,
+    ),
     "tenant_report": Operation(
         "The lab's storage report: slides and GB per tier, per month, of interest, projected, EUR and CO2 "
         "(the lab's admin)",
