@@ -6,10 +6,12 @@ bucket and prefix, optionally in a storage class. ``slides.tier`` says where a s
 
 A move (:meth:`TierMover.move_slide`) of a slide from tier S to tier T goes:
 
-1. **copy**: each object of the slide's instances is copied from S to T (an object T already has,
-   of the right size, is kept: both stores are content-addressed, so an object's name is the
-   SHA-256 its writer computed and checked as it was committed; a copy is idempotent);
-2. **verify**: each object copied is read back from T and its SHA-256 computed again;
+1. **copy**: each object of the slide's instances is copied from S to T, in parallel ranges
+   (:func:`~lamina.archive.blobstore.transfer.copy_object`; an object T already has, of the right
+   size, is kept: both stores are content-addressed, so an object's name is the SHA-256 its
+   writer computed and checked as it was committed; a copy is idempotent);
+2. **verify**: each object copied is read back from T, in parallel ranges, and its SHA-256
+   computed again;
 3. **switch**: one catalog transaction, with the slide locked, checks it again (not expired, not
    under a legal hold for a move to cold, still on S), sets ``slides.tier`` to T and appends the
    ``tier-move`` audit entry (``tier-restore`` for a restore) with every object's SHA-256 and size;
@@ -34,7 +36,6 @@ still recorded.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from sqlalchemy.engine import Connection
 
 from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore, open_blobstore
+from lamina.archive.blobstore.transfer import copy_object, object_sha256
 from lamina.archive.catalog import Catalog, availability
 from lamina.archive.catalog import tables as t
 from lamina.errors import IntegrityError, NotFoundError, RequestError
@@ -261,15 +263,13 @@ class TierMover:
             if dst.exists(digest) and dst.size(digest) == size:
                 result.present += 1
                 continue
-            with dst.writer() as writer:
-                for chunk in src.open(digest):
-                    writer.write(chunk)
-                ref = writer.commit()
-            if ref.sha256 != digest or ref.size != size:
+            try:
+                copy_object(src, dst, digest, size)
+            except IntegrityError as exc:
                 raise IntegrityError(
-                    f"slide {result.slide_id}: object {digest} read from the {source} tier as {ref.sha256} "
-                    f"({ref.size} bytes): damaged there, not moved; 'lamina verify --repair' repairs it"
-                )
+                    f"slide {result.slide_id}, the {source} tier: {exc}; not moved; "
+                    "'lamina verify --repair' repairs it"
+                ) from None
             if target is Tier.COLD:
                 self.cold.put_in_class(digest, size)
             copied.append(digest)
@@ -277,8 +277,9 @@ class TierMover:
             result.bytes_copied += size
             if self.on_step is not None:
                 self.on_step("copy", digest)
+        sizes = dict(result.objects)
         for digest in copied:
-            found = _sha256(dst, digest)
+            found = object_sha256(dst, digest, sizes[digest])
             if found != digest:
                 raise IntegrityError(
                     f"slide {result.slide_id}: object {digest} reads back from the {target} tier as {found}; "
@@ -392,9 +393,3 @@ def in_use_on(conn: Connection, tier: Tier, digests: Sequence[str]) -> set[str]:
         found |= {str(row[0]) for row in conn.execute(traces)}
     return found
 
-
-def _sha256(store: BlobStore, digest: str) -> str:
-    hasher = hashlib.sha256()
-    for chunk in store.open(digest):
-        hasher.update(chunk)
-    return hasher.hexdigest()

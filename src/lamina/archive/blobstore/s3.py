@@ -387,11 +387,13 @@ class S3BlobStore(BlobStore):
                     if older_than_s <= 0 or item["LastModified"] < cutoff:
                         self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
                         removed += 1
-            # listed in full before any is aborted: aborting while paging could skip some
+            # listed in full before any is aborted: aborting while paging could skip some; under
+            # sha256/ too, where a copy between tiers uploads (blobstore.transfer)
             uploads = [
                 upload
+                for prefix in (start, f"{self.prefix}sha256/")
                 for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                    Bucket=self.bucket, Prefix=start
+                    Bucket=self.bucket, Prefix=prefix
                 )
                 for upload in page.get("Uploads", [])
             ]
