@@ -1,0 +1,679 @@
+"""The push of slides of interest from a site to the archive node (``lamina push``, the job).
+
+A slide of interest (:mod:`lamina.lifecycle.marks`) of a patient who has not opposed is
+**queued** (a ``transfers`` row). Pushing it, in one attempt:
+
+1. its instances that leave (:func:`~lamina.exchange.deid.is_sent`: never the label; the
+   overview only blanked, with ``keep_overview``) are de-identified into ``HOME/outgoing/SLIDE``
+   (:func:`~lamina.exchange.deid.deidentify_instance`: the header rewritten, the frames copied
+   byte for byte, never decoded); any doubt **quarantines** the slide for a person to review;
+2. the pseudonyms sent are remembered at the site (:mod:`lamina.exchange.pseudonyms`);
+3. the slide is **announced** to the archive (``POST /api/exchange/slides``: its de-identified
+   UIDs, the patient's pseudonym, the category and reason, and per instance the SHA-256 of its
+   frames in order). An archive that already verified it answers so, and nothing is sent again
+   (a slide is never stored twice: its UIDs are keyed, the same at every push);
+4. its instances go in one STOW-RS request (``multipart/related``), at most ``limit_mb_per_s``;
+   the slide is **sent**;
+5. the archive **verifies** it (``POST /api/exchange/slides/{series}/verify``): every announced
+   instance stored, the SHA-256 of its frames equal, no identity left. Its acknowledgement is
+   kept: **verified**.
+
+An archive that cannot be reached, or answers 5xx, 408, 429 or "incomplete", leaves the slide
+queued for a later attempt, after a back-off that doubles from 30 s to 6 h (the reason kept
+beside it, so the operator and the viewer see it); an archive that refuses it (4xx) makes it
+**refused**, with the archive's reason. A patient's opposition recorded after the push is told
+to the archive (``POST /api/exchange/withdrawals``, by pseudonym): **withdrawn**.
+
+Each attempt starts from the catalog's state and the stored instances, so a push killed at any
+point runs again from its start without loss or duplicate (the archive answers "duplicate" for
+instances it has). The bearer token is sent to the archive only, never logged nor put in an error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from sqlalchemy import and_, insert, or_, select, update
+
+from lamina.archive import audit
+from lamina.archive.catalog import tables as t
+from lamina.archive.catalog.times import utc_or_none
+from lamina.errors import ConfigurationError, LaminaError, NotFoundError
+from lamina.exchange import consent, pseudonyms
+from lamina.exchange.deid import DeidOptions, deidentify_instance, is_sent
+from lamina.exchange.keys import ExchangeKeys
+
+if TYPE_CHECKING:
+    from lamina.archive.archive import Archive
+    from lamina.archive.catalog.catalog import InstanceRow, SlideRow
+
+__all__ = ["STATUSES", "PushResult", "Pusher", "backoff_s"]
+
+#: A transfer's states (``transfers.status``).
+STATUSES = ("queued", "sent", "verified", "refused", "quarantined", "withdrawn")
+#: The first and the longest wait between two attempts.
+FIRST_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 6 * 3600.0
+_CHUNK = 1 << 20
+_RETRIED = frozenset({408, 425, 429})
+
+
+def backoff_s(attempts: int) -> float:
+    """The wait after ``attempts`` failed attempts: 30 s, 60 s, 120 s, ... at most 6 h."""
+    return float(min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2.0 ** max(0, attempts - 1)))
+
+
+@dataclass
+class PushResult:
+    """One slide's attempt: its status after it, and why."""
+
+    slide_id: str
+    status: str
+    reason: str | None = None
+    instances: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    deid_seconds: float = 0.0
+    acknowledgement: dict[str, Any] | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "slide_id": self.slide_id,
+            "status": self.status,
+            "reason": self.reason,
+            "instances": self.instances,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "deid_seconds": round(self.deid_seconds, 3),
+            "acknowledgement": self.acknowledgement,
+        }
+
+
+class _RetryError(LaminaError):
+    """An attempt to make again later (the archive unreachable, busy, or incomplete)."""
+
+
+class _RefusedError(LaminaError):
+    """The archive refused the slide: not sent again until a person acts."""
+
+
+@dataclass
+class _Outgoing:
+    """A slide's de-identified instances, ready to send."""
+
+    files: list[Path] = field(default_factory=list)
+    announced: list[dict[str, Any]] = field(default_factory=list)
+    study: str = ""
+    series: str = ""
+    quarantine: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+class _Throttle:
+    """At most ``mb_per_s`` MB a second over the whole push (0: no limit)."""
+
+    def __init__(self, mb_per_s: float) -> None:
+        self.rate = mb_per_s * 1e6
+        self.started = time.monotonic()
+        self.sent = 0
+
+    def take(self, size: int) -> None:
+        if self.rate <= 0:
+            return
+        self.sent += size
+        ahead = self.sent / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+class Pusher:
+    """Pushes a site's slides of interest to its archive (the module's docstring).
+
+    Parameters
+    ----------
+    archive
+        The site.
+    url, token
+        The archive node's base URL (its ``/dicomweb`` and ``/api`` below it) and the bearer token
+        it issued to this lab; by default ``[exchange] archive_url`` and ``archive_token_file``.
+    limit_mb_per_s
+        The bandwidth of the push (0: none); by default ``[exchange] limit_mb_per_s``.
+    site
+        The site's name, told to the archive (by default its public URL, else its host name).
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        limit_mb_per_s: float | None = None,
+        site: str | None = None,
+        keys: ExchangeKeys | None = None,
+        options: DeidOptions | None = None,
+        actor: str = "lamina",
+        client: httpx.Client | None = None,
+        on_result: Callable[[PushResult], None] | None = None,
+    ) -> None:
+        settings = archive.settings
+        exchange = settings.exchange
+        self.archive = archive
+        self.url = (url or exchange.archive_url or "").rstrip("/")
+        if not self.url:
+            raise ConfigurationError(
+                "no archive to push to: give --to URL, or set archive_url in [exchange] of lamina.toml "
+                "(LAMINA_ARCHIVE_URL)"
+            )
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"the archive URL {self.url!r} must start with https:// (or http://)")
+        self.token = token if token is not None else _token_of(exchange.archive_token_file)
+        self.limit = exchange.limit_mb_per_s if limit_mb_per_s is None else limit_mb_per_s
+        self.site = site or settings.public_url or _hostname()
+        self.keys = keys or ExchangeKeys.for_settings(settings)
+        self.options = options or DeidOptions(warehouses=tuple(name for name, _ in exchange.warehouses))
+        self.actor = actor
+        self.on_result = on_result
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.client = client or httpx.Client(
+            timeout=httpx.Timeout(300.0, connect=10.0), follow_redirects=False, headers=headers
+        )
+        self.outgoing = settings.home / "outgoing"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Pusher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- the queue --------------------------------------------------------------------------------
+
+    def queue(self, tenant: str | None = None) -> int:
+        """Queue every slide of interest not queued yet (of ``tenant``, else of every lab); a
+        slide of a patient who opposes is recorded refused at once. The number queued."""
+        catalog = self.archive.catalog
+        now = dt.datetime.now(dt.UTC)
+        query = (
+            select(t.slides.c.id, t.slides.c.tenant, t.slides.c.study_instance_uid)
+            .select_from(
+                t.slide_interest.join(t.slides, t.slides.c.id == t.slide_interest.c.slide_id).outerjoin(
+                    t.transfers, t.transfers.c.slide_id == t.slides.c.id
+                )
+            )
+            .where(t.transfers.c.slide_id.is_(None), t.slides.c.expired_at.is_(None))
+        )
+        if tenant is not None:
+            query = query.where(t.slides.c.tenant == tenant)
+        queued = 0
+        with catalog.begin() as conn:
+            for slide_id, lab, _ in conn.execute(query).all():
+                patient = _patient_of(conn, str(slide_id))
+                refused = patient is not None and consent.opposed(conn, str(lab), patient)
+                conn.execute(
+                    insert(t.transfers).values(
+                        slide_id=slide_id,
+                        tenant=lab,
+                        status="refused" if refused else "queued",
+                        reason=_OPPOSED if refused else None,
+                        attempts=0,
+                        next_attempt_at=now,
+                        queued_at=now,
+                        archive_url=self.url,
+                    )
+                )
+                queued += not refused
+        return queued
+
+    def due(self, now: dt.datetime | None = None, slides: Sequence[str] = ()) -> list[str]:
+        """The queued or sent slides whose next attempt is due (``slides``: these, due or not)."""
+        now = now or dt.datetime.now(dt.UTC)
+        transfers = t.transfers
+        query = select(transfers.c.slide_id).where(transfers.c.status.in_(("queued", "sent")))
+        if slides:
+            query = query.where(transfers.c.slide_id.in_(list(slides)))
+        else:
+            query = query.where(
+                or_(transfers.c.next_attempt_at.is_(None), transfers.c.next_attempt_at <= now)
+            )
+        with self.archive.catalog.engine.connect() as conn:
+            return [str(row[0]) for row in conn.execute(query.order_by(transfers.c.queued_at)).all()]
+
+    def run(self, slides: Sequence[str] = (), tenant: str | None = None) -> list[PushResult]:
+        """Queue what is new, tell the archive of new oppositions, then push what is due."""
+        self.queue(tenant)
+        results = [*self.tell_withdrawals()]
+        for slide_id in self.due(slides=slides):
+            result = self.push_slide(slide_id)
+            results.append(result)
+            if self.on_result is not None:
+                self.on_result(result)
+        return results
+
+    # -- one slide --------------------------------------------------------------------------------
+
+    def push_slide(self, slide_id: str) -> PushResult:
+        """One attempt at pushing ``slide_id`` (queued first if it is not)."""
+        started = time.perf_counter()
+        catalog = self.archive.catalog
+        slide = catalog.slide(slide_id)
+        if slide is None:
+            raise NotFoundError(f"no slide {slide_id} on this node")
+        interest = _interest(self.archive, slide_id)
+        if interest is None:
+            raise NotFoundError(
+                f"slide {slide_id} is not a slide of interest: flag it first (lamina interest)"
+            )
+        with catalog.engine.connect() as conn:
+            row = conn.execute(select(t.transfers).where(t.transfers.c.slide_id == slide_id)).first()
+        if row is None:
+            self.queue(slide.tenant)
+        result = PushResult(slide_id, "queued")
+        work = self.outgoing / slide_id
+        try:
+            if slide.expired_at is not None:
+                raise _RefusedError("the slide has expired: its pyramid is gone")
+            with catalog.engine.connect() as conn:
+                if slide.patient_id and consent.opposed(conn, slide.tenant, slide.patient_id):
+                    raise _RefusedError(_OPPOSED)
+            prepared = time.perf_counter()
+            outgoing = self._deidentify(slide, work)
+            result.deid_seconds = time.perf_counter() - prepared
+            result.instances, result.bytes = len(outgoing.files), outgoing.bytes
+            if outgoing.quarantine:
+                self._finish(result, "quarantined", "; ".join(outgoing.quarantine)[:4000])
+                return result
+            self._remember(slide)
+            announced = self._announce(slide, interest, outgoing)
+            if announced.get("status") != "verified":
+                self._stow(outgoing)
+                self._mark(slide_id, status="sent", sent_at=dt.datetime.now(dt.UTC), reason=None)
+                announced = self._verify(outgoing)
+            result.acknowledgement = announced.get("acknowledgement") or {}
+            self._finish(result, "verified", None, outgoing)
+        except _RefusedError as exc:
+            self._finish(result, "refused", str(exc))
+        except _RetryError as exc:
+            self._retry(result, str(exc))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            result.seconds = time.perf_counter() - started
+        return result
+
+    def _deidentify(self, slide: SlideRow, work: Path) -> _Outgoing:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, mode=0o700)
+        store = self.archive.store
+        outgoing = _Outgoing()
+        for row in sorted(self.archive.catalog.instances(slide.id), key=_order):
+            if not is_sent(row.flavor, (), self.options.keep_overview):
+                continue
+            target = work / f"{len(outgoing.files):04d}.dcm"
+            with _readable(store, row.blob_sha256, work) as source, target.open("wb") as out:
+                outcome = deidentify_instance(source, out, self.keys, self.options)
+            if outcome.quarantine:
+                outgoing.quarantine.extend(
+                    f"instance {row.sop_instance_uid}: {why}" for why in outcome.quarantine
+                )
+                continue
+            if outcome.frame_offsets is None or outcome.frame_lengths is None:
+                outgoing.quarantine.append(
+                    f"instance {row.sop_instance_uid}: frames in several fragments each, whose digests "
+                    "the archive cannot check as announced"
+                )
+                continue
+            outgoing.files.append(target)
+            outgoing.bytes += target.stat().st_size
+            outgoing.study, outgoing.series = outcome.study_instance_uid, outcome.series_instance_uid
+            outgoing.announced.append(
+                {
+                    "sop_instance_uid": outcome.sop_instance_uid,
+                    "number_of_frames": row.number_of_frames,
+                    "frames_sha256": _frames_sha256(target, outcome.frame_offsets, outcome.frame_lengths),
+                }
+            )
+        if not outgoing.files and not outgoing.quarantine:
+            outgoing.quarantine.append("no instance of the slide may leave (only a label or an overview)")
+        return outgoing
+
+    def _remember(self, slide: SlideRow) -> None:
+        with self.archive.catalog.begin() as conn:
+            accession = conn.execute(
+                select(t.studies.c.accession_number).where(
+                    t.studies.c.study_instance_uid == slide.study_instance_uid
+                )
+            ).scalar()
+            values: list[tuple[str, str, Callable[[str, str | None], str]]] = []
+            if slide.patient_id:
+                values.append(("PatientID", slide.patient_id, self.keys.patient_pseudonym))
+            if accession:
+                values.append(("AccessionNumber", str(accession), self.keys.accession_pseudonym))
+            for kind, value, derive in values:
+                for warehouse in (None, *self.options.warehouses):
+                    pseudonyms.remember(conn, slide.tenant, kind, value, derive(value, warehouse), warehouse)
+
+    # -- the archive's protocol -------------------------------------------------------------------
+
+    def _announce(self, slide: SlideRow, interest: tuple[str, str], outgoing: _Outgoing) -> dict[str, Any]:
+        body = {
+            "site": self.site,
+            "study_instance_uid": outgoing.study,
+            "series_instance_uid": outgoing.series,
+            "patient_pseudonym": self.keys.patient_pseudonym(slide.patient_id or ""),
+            "category": interest[0],
+            "reason": interest[1],
+            "instances": outgoing.announced,
+        }
+        return self._call("announcing the slide", "POST", "/api/exchange/slides", json_body=body)
+
+    def _stow(self, outgoing: _Outgoing) -> None:
+        boundary = uuid.uuid4().hex
+        heads = [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() for _ in outgoing.files]
+        tail = f"--{boundary}--\r\n".encode()
+        length = sum(len(h) + p.stat().st_size + 2 for h, p in zip(heads, outgoing.files, strict=True))
+        throttle = _Throttle(self.limit)
+
+        def body() -> Iterator[bytes]:
+            for head, path in zip(heads, outgoing.files, strict=True):
+                yield head
+                with path.open("rb") as fh:
+                    while chunk := fh.read(_CHUNK):
+                        throttle.take(len(chunk))
+                        yield chunk
+                yield b"\r\n"
+            yield tail
+
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Length": str(length + len(tail)),
+            "Accept": "application/dicom+json",
+        }
+        answer = self._call(
+            "sending the instances (STOW-RS)", "POST", "/dicomweb/studies", content=body(), headers=headers
+        )
+        failed = _failures(answer)
+        if failed:
+            raise _RefusedError(f"the archive refused {len(failed)} instance(s): {'; '.join(failed)}"[:4000])
+
+    def _verify(self, outgoing: _Outgoing) -> dict[str, Any]:
+        return self._call(
+            "verifying the slide", "POST", f"/api/exchange/slides/{outgoing.series}/verify", json_body={}
+        )
+
+    def tell_withdrawals(self) -> list[PushResult]:
+        """Tell the archive of each patient who opposed after their slides were sent: the slides
+        become withdrawn (the archive hides them from research at once)."""
+        transfers = t.transfers
+        results: list[PushResult] = []
+        with self.archive.catalog.engine.connect() as conn:
+            rows = conn.execute(
+                select(transfers.c.slide_id, transfers.c.tenant, t.patients.c.patient_id)
+                .select_from(
+                    transfers.join(t.slides, t.slides.c.id == transfers.c.slide_id)
+                    .join(t.studies, t.studies.c.study_instance_uid == t.slides.c.study_instance_uid)
+                    .join(t.patients, t.patients.c.pk == t.studies.c.patient_pk)
+                )
+                .where(transfers.c.status.in_(("sent", "verified")))
+            ).all()
+            opposed = [row for row in rows if consent.opposed(conn, str(row[1]), str(row[2]))]
+        told: dict[tuple[str, str], int | None] = {}
+        for slide_id, tenant, patient_id in opposed:
+            pseudonym = self.keys.patient_pseudonym(str(patient_id))
+            result = PushResult(str(slide_id), "withdrawn")
+            try:
+                if (tenant, pseudonym) not in told:
+                    answer = self._call(
+                        "telling the archive of an opposition",
+                        "POST",
+                        "/api/exchange/withdrawals",
+                        json_body={"patient_pseudonym": pseudonym},
+                    )
+                    told[(tenant, pseudonym)] = int(answer.get("withdrawn", 0))
+                self._finish(result, "withdrawn", _OPPOSED)
+            except (_RetryError, _RefusedError) as exc:
+                result.status, result.reason = "verified", f"the archive was not told yet: {exc}"
+            results.append(result)
+        return results
+
+    def _call(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        content: Iterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        url = self.url + path
+        try:
+            response = self.client.request(method, url, json=json_body, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _RetryError(
+                f"{what}: the archive at {self.url} cannot be reached ({type(exc).__name__})"
+            ) from None
+        try:
+            answer = response.json() if response.content else {}
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        code = response.status_code
+        if code < 300 or (code == 409 and answer.get("status") == "incomplete"):
+            if code == 409:
+                missing = answer.get("missing") or []
+                raise _RetryError(f"{what}: the archive has not stored {len(missing)} instance(s) yet")
+            return answer
+        said = _said(answer) or response.reason_phrase
+        if code >= 500 or code in _RETRIED:
+            raise _RetryError(f"{what}: the archive answered {code} ({said})")
+        if code == 409 and path == "/dicomweb/studies":  # every instance failed: the reasons
+            raise _RefusedError(f"{what}: {'; '.join(_failures(answer)) or said}")
+        raise _RefusedError(f"{what}: the archive answered {code} ({said})")
+
+    # -- the catalog ------------------------------------------------------------------------------
+
+    def _mark(self, slide_id: str, **values: Any) -> None:
+        with self.archive.catalog.begin() as conn:
+            conn.execute(update(t.transfers).where(t.transfers.c.slide_id == slide_id).values(**values))
+
+    def _finish(
+        self, result: PushResult, status: str, reason: str | None, outgoing: _Outgoing | None = None
+    ) -> None:
+        result.status, result.reason = status, reason
+        now = dt.datetime.now(dt.UTC)
+        values: dict[str, Any] = {"status": status, "reason": reason, "next_attempt_at": None}
+        if status == "verified":
+            values |= {
+                "verified_at": now,
+                "acknowledgement": json.dumps(result.acknowledgement or {}),
+                "archive_url": self.url,
+            }
+            if outgoing is not None:
+                values |= {
+                    "study_instance_uid_out": outgoing.study,
+                    "series_instance_uid_out": outgoing.series,
+                }
+        with self.archive.catalog.begin() as conn:
+            row = conn.execute(
+                select(t.transfers.c.tenant, t.transfers.c.attempts).where(
+                    t.transfers.c.slide_id == result.slide_id
+                )
+            ).first()
+            attempts = int(row[1]) + 1 if row is not None else 1
+            conn.execute(
+                update(t.transfers)
+                .where(t.transfers.c.slide_id == result.slide_id)
+                .values(attempts=attempts, **values)
+            )
+            audit.append(
+                conn,
+                self.actor,
+                f"exchange-{status}",
+                f"slide/{result.slide_id}",
+                {
+                    "tenant": row[0] if row is not None else "",
+                    "archive": self.url,
+                    "reason": reason,
+                    "instances": result.instances,
+                    "series_out": outgoing.series if outgoing is not None else None,
+                },
+            )
+
+    def _retry(self, result: PushResult, reason: str) -> None:
+        result.status, result.reason = "queued", reason
+        with self.archive.catalog.begin() as conn:
+            attempts = (
+                conn.execute(
+                    select(t.transfers.c.attempts).where(t.transfers.c.slide_id == result.slide_id)
+                ).scalar()
+                or 0
+            ) + 1
+            status = conn.execute(
+                select(t.transfers.c.status).where(t.transfers.c.slide_id == result.slide_id)
+            ).scalar()
+            conn.execute(
+                update(t.transfers)
+                .where(and_(t.transfers.c.slide_id == result.slide_id))
+                .values(
+                    attempts=attempts,
+                    reason=reason,
+                    status=status if status == "sent" else "queued",
+                    next_attempt_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=backoff_s(attempts)),
+                )
+            )
+        result.status = str(status) if status == "sent" else "queued"
+
+
+_OPPOSED = "the patient opposes research use of their slides (consent)"
+
+
+def transfer_of(archive: Archive, slide_id: str) -> dict[str, Any] | None:
+    """A slide's transfer as JSON (status, reason, attempts, times), for the API and the viewer."""
+    with archive.catalog.engine.connect() as conn:
+        row = conn.execute(select(t.transfers).where(t.transfers.c.slide_id == slide_id)).first()
+    if row is None:
+        return None
+    when = {
+        name: (utc_or_none(getattr(row, name)) or None)
+        for name in ("queued_at", "sent_at", "verified_at", "next_attempt_at")
+    }
+    return {
+        "status": row.status,
+        "reason": row.reason,
+        "attempts": row.attempts,
+        **{name: value.isoformat() if value else None for name, value in when.items()},
+    }
+
+
+def _interest(archive: Archive, slide_id: str) -> tuple[str, str] | None:
+    from lamina.lifecycle.marks import Marks
+
+    return Marks(archive.catalog).interest_of(slide_id)
+
+
+def _patient_of(conn: Any, slide_id: str) -> str | None:
+    value = conn.execute(
+        select(t.patients.c.patient_id)
+        .select_from(
+            t.slides.join(t.studies, t.studies.c.study_instance_uid == t.slides.c.study_instance_uid).join(
+                t.patients, t.patients.c.pk == t.studies.c.patient_pk
+            )
+        )
+        .where(t.slides.c.id == slide_id)
+    ).scalar()
+    return None if value is None else str(value)
+
+
+def _order(row: InstanceRow) -> tuple[int, str]:
+    return (row.level if row.level is not None else 1_000, row.sop_instance_uid)
+
+
+class _readable:  # noqa: N801 - a context manager used like open()
+    """A seekable file of a stored object: the store's own file, or a copy in ``work``."""
+
+    def __init__(self, store: Any, digest: str, work: Path) -> None:
+        self.store, self.digest, self.work = store, digest, work
+        self.copy: Path | None = None
+
+    def __enter__(self) -> Any:
+        local = self.store.local_path(self.digest)
+        if local is not None:
+            self.fh = Path(local).open("rb")
+            return self.fh
+        self.copy = self.work / f"source-{self.digest[:16]}"
+        with self.copy.open("wb") as out:
+            for chunk in self.store.open(self.digest):
+                out.write(chunk)
+        self.fh = self.copy.open("rb")
+        return self.fh
+
+    def __exit__(self, *_: object) -> None:
+        self.fh.close()
+        if self.copy is not None:
+            self.copy.unlink(missing_ok=True)
+
+
+def _frames_sha256(path: Path, offsets: Any, lengths: Any) -> str:
+    """The SHA-256 of the frames of the file at ``path``, in order."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as fh:
+        for offset, length in zip(offsets, lengths, strict=True):
+            fh.seek(int(offset))
+            hasher.update(fh.read(int(length)))
+    return hasher.hexdigest()
+
+
+def _failures(answer: dict[str, Any]) -> list[str]:
+    """The failed instances of a STOW-RS answer: UID, reason code, and the archive's words."""
+    failed = (answer.get("00081198") or {}).get("Value") or []
+    found = []
+    for item in failed[:100]:
+        if not isinstance(item, dict):
+            continue
+        uid = ((item.get("00081155") or {}).get("Value") or ["?"])[0]
+        code = ((item.get("00081197") or {}).get("Value") or ["?"])[0]
+        words = ((item.get("00000902") or {}).get("Value") or [""])[0]
+        found.append(f"{uid}: failure {code}" + (f" ({words})" if words else ""))
+    return found
+
+
+def _said(answer: dict[str, Any]) -> str:
+    """The archive's own words in an error answer (problem+json, lamina's status bodies)."""
+    for key in ("detail", "reasons", "title", "status"):
+        value = answer.get(key)
+        if isinstance(value, list):
+            value = "; ".join(str(item) for item in value[:20])
+        if value:
+            return str(value)[:2000]
+    return ""
+
+
+def _token_of(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text("utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"archive_token_file {path}: cannot be read ({exc.strerror}); put the token the archive "
+            "issued to this lab there"
+        ) from None
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
