@@ -13,7 +13,7 @@ from lamina.cli.collections import collections
 from lamina.cli.costs import costs
 from lamina.cli.delete import delete
 from lamina.cli.demo import demo
-from lamina.cli.exchange import consent, pseudonym
+from lamina.cli.exchange import consent, pseudonym, push
 from lamina.cli.export import export
 from lamina.cli.grants import grants
 from lamina.cli.ingest import ingest
@@ -78,6 +78,7 @@ for command in (
     report,
     consent,
     pseudonym,
+    push,
 ):
     cli.add_command(command)
 users.add_command(password)

@@ -10,6 +10,7 @@ operator's account beside); anyone else is refused.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -105,3 +106,96 @@ def resolve_(ctx: click.Context, pseudonym_: str, tenant: str, warehouse: str | 
     finally:
         archive.close()
     click.echo(f"{found.kind} {found.value}")
+
+
+@click.command()
+@click.argument("slide_ids", metavar="[SLIDE...]", nargs=-1)
+@click.option("--to", "url", default=None, help="The archive node's URL (default [exchange] archive_url).")
+@click.option(
+    "--token",
+    default=None,
+    help="The bearer token the archive issued to this lab (default: the file archive_token_file).",
+)
+@click.option(
+    "--limit-mb-per-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="The push's bandwidth in MB/s, so care traffic is not starved (default [exchange]; 0: none).",
+)
+@click.option("--tenant", default=None, help="Only this lab's slides of interest (FINESS).")
+@click.option("--keep-overview", is_flag=True, help="Send the overview image with its label area blanked.")
+@click.option("--status", "status_only", is_flag=True, help="Show each transfer's state; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome of every slide as JSON.")
+@click.pass_context
+@handle_errors
+def push(
+    ctx: click.Context,
+    slide_ids: tuple[str, ...],
+    url: str | None,
+    token: str | None,
+    limit_mb_per_s: float | None,
+    tenant: str | None,
+    keep_overview: bool,
+    status_only: bool,
+    as_json: bool,
+) -> None:
+    """Push the slides of interest to the archive: de-identified, pseudonymised, verified there.
+
+    Without SLIDE, every slide of interest not yet at the archive whose next attempt is due; a
+    slide that failed is tried again after a back-off, unless named. Exits 1 if a slide was
+    refused or quarantined, 2 if some wait for a later attempt (the archive unreachable).
+    """
+    from lamina.exchange.deid import DeidOptions
+    from lamina.exchange.push import Pusher, transfers_of
+
+    archive = open_archive(ctx)
+    try:
+        if status_only:
+            rows = transfers_of(archive, tenant)
+            if as_json:
+                click.echo(json.dumps({"transfers": rows}, indent=2))
+            else:
+                for row in rows:
+                    reason = f" ({row['reason']})" if row["reason"] else ""
+                    console.print(
+                        f"{row['slide_id']}  {row['status']:<11} attempts {row['attempts']}{reason}",
+                        highlight=False,
+                        markup=False,
+                    )
+            return
+
+        def said(result: Any) -> None:
+            if not as_json:
+                reason = f": {result.reason}" if result.reason else ""
+                console.print(
+                    f"{result.slide_id}  {result.status}  {result.instances} instance(s), "
+                    f"{result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s{reason}",
+                    highlight=False,
+                    markup=False,
+                )
+
+        exchange = archive.settings.exchange
+        options = DeidOptions(
+            keep_overview=keep_overview, warehouses=tuple(name for name, _ in exchange.warehouses)
+        )
+        with Pusher(
+            archive,
+            url=url,
+            token=token,
+            limit_mb_per_s=limit_mb_per_s,
+            options=options,
+            actor=operator(),
+            on_result=said,
+        ) as pusher:
+            results = pusher.run(slide_ids, tenant)
+    finally:
+        archive.close()
+    if as_json:
+        click.echo(json.dumps({"results": [result.json() for result in results]}, indent=2))
+    elif not results:
+        console.print("nothing to push", highlight=False, markup=False)
+    statuses = {result.status for result in results}
+    if statuses & {"refused", "quarantined"}:
+        ctx.exit(1)
+    if statuses & {"queued", "sent"}:
+        ctx.exit(2)

@@ -564,15 +564,29 @@ def transfer_of(archive: Archive, slide_id: str) -> dict[str, Any] | None:
     """A slide's transfer as JSON (status, reason, attempts, times), for the API and the viewer."""
     with archive.catalog.engine.connect() as conn:
         row = conn.execute(select(t.transfers).where(t.transfers.c.slide_id == slide_id)).first()
-    if row is None:
-        return None
+    return None if row is None else _transfer_json(row)
+
+
+def transfers_of(archive: Archive, tenant: str | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
+    """Every transfer (of ``tenant``), oldest first, at most ``limit``."""
+    query = select(t.transfers).order_by(t.transfers.c.queued_at).limit(limit)
+    if tenant is not None:
+        query = query.where(t.transfers.c.tenant == tenant)
+    with archive.catalog.engine.connect() as conn:
+        return [_transfer_json(row) for row in conn.execute(query).all()]
+
+
+def _transfer_json(row: Any) -> dict[str, Any]:
     when = {
         name: (utc_or_none(getattr(row, name)) or None)
         for name in ("queued_at", "sent_at", "verified_at", "next_attempt_at")
     }
     return {
+        "slide_id": row.slide_id,
+        "tenant": row.tenant,
         "status": row.status,
         "reason": row.reason,
+        "series_instance_uid_out": row.series_instance_uid_out,
         "attempts": row.attempts,
         **{name: value.isoformat() if value else None for name, value in when.items()},
     }
