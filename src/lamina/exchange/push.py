@@ -238,15 +238,18 @@ class Pusher:
         return queued
 
     def due(self, now: dt.datetime | None = None, slides: Sequence[str] = ()) -> list[str]:
-        """The queued or sent slides whose next attempt is due (``slides``: these, due or not)."""
+        """The queued or sent slides whose next attempt is due; ``slides``: these, due or not, and
+        refused or quarantined ones too (a person names them once they acted)."""
         now = now or dt.datetime.now(dt.UTC)
         transfers = t.transfers
-        query = select(transfers.c.slide_id).where(transfers.c.status.in_(("queued", "sent")))
-        if slides:
-            query = query.where(transfers.c.slide_id.in_(list(slides)))
+        query = select(transfers.c.slide_id)
+        if slides:  # named by a person: also those refused or quarantined before
+            retried = ("queued", "sent", "refused", "quarantined")
+            query = query.where(transfers.c.status.in_(retried), transfers.c.slide_id.in_(list(slides)))
         else:
             query = query.where(
-                or_(transfers.c.next_attempt_at.is_(None), transfers.c.next_attempt_at <= now)
+                transfers.c.status.in_(("queued", "sent")),
+                or_(transfers.c.next_attempt_at.is_(None), transfers.c.next_attempt_at <= now),
             )
         with self.archive.catalog.engine.connect() as conn:
             return [str(row[0]) for row in conn.execute(query.order_by(transfers.c.queued_at)).all()]
@@ -298,7 +301,7 @@ class Pusher:
             self._remember(slide)
             announced = self._announce(slide, interest, outgoing)
             if announced.get("status") != "verified":
-                self._stow(outgoing)
+                self._stow(outgoing, slide.tenant)
                 self._mark(slide_id, status="sent", sent_at=dt.datetime.now(dt.UTC), reason=None)
                 announced = self._verify(outgoing)
             result.acknowledgement = announced.get("acknowledgement") or {}
@@ -369,6 +372,7 @@ class Pusher:
     def _announce(self, slide: SlideRow, interest: tuple[str, str], outgoing: _Outgoing) -> dict[str, Any]:
         body = {
             "site": self.site,
+            "tenant": slide.tenant,
             "study_instance_uid": outgoing.study,
             "series_instance_uid": outgoing.series,
             "patient_pseudonym": self.keys.patient_pseudonym(slide.patient_id or ""),
@@ -378,7 +382,7 @@ class Pusher:
         }
         return self._call("announcing the slide", "POST", "/api/exchange/slides", json_body=body)
 
-    def _stow(self, outgoing: _Outgoing) -> None:
+    def _stow(self, outgoing: _Outgoing, tenant: str) -> None:
         boundary = uuid.uuid4().hex
         heads = [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() for _ in outgoing.files]
         tail = f"--{boundary}--\r\n".encode()
@@ -401,7 +405,11 @@ class Pusher:
             "Accept": "application/dicom+json",
         }
         answer = self._call(
-            "sending the instances (STOW-RS)", "POST", "/dicomweb/studies", content=body(), headers=headers
+            "sending the instances (STOW-RS)",
+            "POST",
+            f"/dicomweb/studies?tenant={tenant}",
+            content=body(),
+            headers=headers,
         )
         failed = _failures(answer)
         if failed:
@@ -479,7 +487,7 @@ class Pusher:
         said = _said(answer) or response.reason_phrase
         if code >= 500 or code in _RETRIED:
             raise _RetryError(f"{what}: the archive answered {code} ({said})")
-        if code == 409 and path == "/dicomweb/studies":  # every instance failed: the reasons
+        if code == 409 and path.startswith("/dicomweb/studies"):  # every instance failed: the reasons
             raise _RefusedError(f"{what}: {'; '.join(_failures(answer)) or said}")
         raise _RefusedError(f"{what}: the archive answered {code} ({said})")
 
