@@ -527,6 +527,10 @@ class Settings:
     lifecycle_cron
         When the server runs the care lifecycle (``LAMINA_LIFECYCLE_CRON``, a cron line, default
         ``30 3 * * *``; ``off`` for never): what ``lamina lifecycle run`` does.
+    push_cron
+        When a site pushes its slides of interest to its archive (``LAMINA_PUSH_CRON``, default
+        every ten minutes; ``off`` for never): what ``lamina push`` does, on a site whose
+        ``[exchange] archive_url`` is set.
     watch
         Folders the server watches for new slides (``LAMINA_WATCH``, separated by
         ``os.pathsep``; ``watch = [...]`` in lamina.toml), complete after ``watch_stable_s``
@@ -618,6 +622,7 @@ class Settings:
     job_reports_keep_days: float = 7.0
     verify_cron: str | None = "30 2 * * *"
     lifecycle_cron: str | None = "30 3 * * *"
+    push_cron: str | None = "*/10 * * * *"
     verify_limit_mb_s: float = 50.0
     watch: tuple[Path, ...] = ()
     watch_stable_s: float = 5.0
@@ -689,6 +694,11 @@ class Settings:
                 env.get("LAMINA_LIFECYCLE_CRON") or file_values.get("lifecycle_cron"),
                 "LAMINA_LIFECYCLE_CRON",
                 "30 3 * * *",
+            ),
+            push_cron=_cron(
+                env.get("LAMINA_PUSH_CRON") or file_values.get("push_cron"),
+                "LAMINA_PUSH_CRON",
+                "*/10 * * * *",
             ),
             verify_limit_mb_s=_number(env, file_values, "verify_limit_mb_s", 50.0, float),
             watch=_folders(env.get("LAMINA_WATCH"), file_values.get("watch")),

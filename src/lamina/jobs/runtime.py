@@ -63,6 +63,8 @@ class Jobs:
             self._thread(self._periodic_verify, "lamina-verify")
         if not self.queued and self.settings.lifecycle_cron:
             self._thread(self._periodic_lifecycle, "lamina-lifecycle")
+        if not self.queued and tasks.pushes(self.settings):
+            self._thread(self._periodic_push, "lamina-push")
         for folder in self.settings.watch:
             self._thread(lambda folder=folder: self._watch(folder), f"lamina-watch-{folder.name}")
 
@@ -121,6 +123,18 @@ class Jobs:
                 log.info("periodic lifecycle: %s", tasks.run_lifecycle(self.archive))
             except Exception:
                 log.exception("periodic lifecycle failed")
+
+    def _periodic_push(self) -> None:
+        from croniter import croniter
+
+        lower_priority(self.settings.background_nice)
+        assert self.settings.push_cron is not None
+        cron = croniter(self.settings.push_cron, time.time())
+        while not self.stop.wait(max(0.0, cron.get_next(float) - time.time())):
+            try:
+                log.info("periodic push: %s", tasks.run_push(self.archive))
+            except Exception:
+                log.exception("periodic push failed")
 
     def queue_repair(self, sha256: str) -> None:
         tasks.queue_repair(self.app, sha256)

@@ -27,6 +27,7 @@ from lamina.archive.manifest import load_manifest
 from lamina.archive.receive.jobspool import JobSpools
 from lamina.archive.sweep import SPOOL_GRACE_S, sweep_job_reports, sweep_job_spools
 from lamina.archive.watch import Claim, Watcher
+from lamina.config import Settings
 from lamina.errors import LaminaError, UnavailableError
 from lamina.jobs.queue import MAX_ATTEMPTS, QUEUE, RETRY, STALLED_AFTER_S
 from lamina.lifecycle.tiers import ColdTier
@@ -247,6 +248,21 @@ def run_lifecycle(archive: Archive) -> dict[str, object]:
     return {**report.done.as_dict(), "failed": len(report.failed), "review": len(report.review)}
 
 
+def pushes(settings: Settings) -> bool:
+    """Whether this node pushes slides of interest on a schedule: a site with an archive."""
+    return bool(settings.push_cron and settings.role == "site" and settings.exchange.archive_url)
+
+
+def run_push(archive: Archive) -> dict[str, object]:
+    """``lamina push`` now (:class:`lamina.exchange.push.Pusher`): the count of each status."""
+    from collections import Counter
+
+    from lamina.exchange.push import Pusher
+
+    with Pusher(archive, actor="lamina-periodic") as pusher:
+        return dict(Counter(result.status for result in pusher.run()))
+
+
 def queue_repair(app: procrastinate.App, sha256: str) -> None:
     """Queue the repair of one object, once however many times it is found damaged meanwhile."""
     task = app.configure_task("lamina:repair_object", queue=QUEUE, queueing_lock=f"repair:{sha256}")
@@ -327,6 +343,14 @@ def register(app: procrastinate.App, archive: Archive) -> None:
         @app.task(name="lamina:lifecycle", queue=QUEUE, queueing_lock="lifecycle")
         def periodic_lifecycle(timestamp: int) -> None:
             log.info("periodic lifecycle: %s", run_lifecycle(archive))
+
+    if pushes(settings):
+        assert settings.push_cron is not None
+
+        @app.periodic(cron=settings.push_cron, periodic_id="push")
+        @app.task(name="lamina:push", queue=QUEUE, queueing_lock="push")
+        def periodic_push(timestamp: int) -> None:
+            log.info("periodic push: %s", run_push(archive))
 
     if settings.verify_cron:
 
