@@ -98,6 +98,19 @@ def _read_state(conn: Connection, slide_id: str) -> tuple[SlideFacts, dict[str, 
         .mappings()
         .all()
     )
+    transfer = (
+        conn.execute(
+            select(
+                t.transfers.c.status,
+                t.transfers.c.reason,
+                t.transfers.c.attempts,
+                t.transfers.c.verified_at,
+                t.transfers.c.next_attempt_at,
+            ).where(t.transfers.c.slide_id == slide_id)
+        )
+        .mappings()
+        .first()
+    )
     trace = (
         conn.execute(
             select(
@@ -126,6 +139,15 @@ def _read_state(conn: Connection, slide_id: str) -> tuple[SlideFacts, dict[str, 
             {"id": h["id"], "reason": h["reason"], "held_at": _iso(h["held_at"]), "held_by": h["held_by"]}
             for h in holds
         ],
+        "transfer": None
+        if transfer is None
+        else {
+            "status": transfer["status"],
+            "reason": transfer["reason"],
+            "attempts": transfer["attempts"],
+            "verified_at": _iso(transfer["verified_at"]),
+            "next_attempt_at": _iso(transfer["next_attempt_at"]),
+        },
         "trace": None
         if trace is None
         else {
@@ -156,6 +178,7 @@ def slide_state(catalog: Catalog, slide_id: str, now: dt.datetime | None = None)
         "expired_at": extra["expired_at"],
         "trace": extra["trace"],
         "interest": extra["interest"],
+        "transfer": extra["transfer"],
         "held": facts.held,
         "holds": extra["holds"],
         "report_at": _iso(facts.final_report_at),

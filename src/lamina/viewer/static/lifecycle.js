@@ -61,6 +61,23 @@ const day = (iso) => (iso ? iso.slice(0, 10) : '');  // the API's times are UTC 
 const category = (value) => (CATEGORIES.find(([name]) => name === value) || [value, value])[1];
 const rule = (name) => (name ? `rule '${name}'` : 'the default rule');
 
+// Where the slide stands on its way to the archive (lamina push), in words.
+const TRANSFER = {
+  queued: 'Queued for the archive',
+  sent: 'Sent to the archive, awaiting its verification',
+  verified: 'At the archive, de-identified and verified',
+  refused: 'Refused by the archive',
+  quarantined: 'Held back for review before leaving (de-identification not certain)',
+  withdrawn: 'Withdrawn from research at the archive (the patient opposed)',
+};
+function transferLine(transfer) {
+  const said = TRANSFER[transfer.status] || transfer.status;
+  const when = transfer.status === 'verified' ? ` on ${day(transfer.verified_at)}` : '';
+  const retry = transfer.status === 'queued' && transfer.attempts > 0 && transfer.next_attempt_at
+    ? `; next attempt ${transfer.next_attempt_at.slice(0, 16).replace('T', ' ')} UTC` : '';
+  return `${said}${when}${transfer.reason ? ` — ${transfer.reason}` : ''}${retry}`;
+}
+
 // The state in words, one line each: [kind, text]; kind names a CSS class and the test's hook.
 export function describe(state) {
   if (state.expired) {
@@ -76,6 +93,9 @@ export function describe(state) {
     const { interest } = state;
     lines.push(['interest', `Slide of interest: ${category(interest.category).toLowerCase()} — '${interest.reason}' `
       + `(${interest.flagged_by}, ${day(interest.flagged_at)}): never expired`]);
+  }
+  if (state.transfer) {
+    lines.push(['transfer', transferLine(state.transfer)]);
   }
   if (!state.report_at) {
     lines.push(['clock', state.action === 'review'
