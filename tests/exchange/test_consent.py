@@ -130,6 +130,8 @@ def test_withdraw_marks_every_received_slide_of_the_pseudonym_and_lab(site: Arch
         for slide, lab, patient in received:
             conn.execute(
                 insert(t.archive_received).values(
+                    series_instance_uid=f"2.25.{slide[1]}",
+                    study_instance_uid="2.25.9",
                     slide_id=slide,
                     tenant=lab,
                     site="site-lyon",

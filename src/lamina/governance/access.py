@@ -33,7 +33,7 @@ from lamina.archive import audit
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import NotFoundError, PermissionDeniedError
-from lamina.governance.decide import Action, Principal, Resource, decide
+from lamina.governance.decide import Action, Principal, Resource, decide, withdrawn_slides, withdrawn_studies
 
 __all__ = ["NOT_FOUND", "Access"]
 
@@ -102,10 +102,13 @@ class Access:
         """The case ``study`` with its tenant, or None when there is none (blocking on a miss)."""
         found = self._studies.get(study)
         if found is _MISSING:
-            query = select(t.studies.c.tenant).where(t.studies.c.study_instance_uid == study)
+            withdrawn = t.studies.c.study_instance_uid.in_(withdrawn_studies())
+            query = select(t.studies.c.tenant, withdrawn).where(t.studies.c.study_instance_uid == study)
             with self.catalog.engine.connect() as conn:
                 row = conn.execute(query).first()
-            found = None if row is None else Resource("case", str(row[0]), study=study)
+            found = (
+                None if row is None else Resource("case", str(row[0]), study=study, withdrawn=bool(row[1]))
+            )
             self._studies.put(study, found)
         return found  # type: ignore[no-any-return]
 
@@ -115,7 +118,7 @@ class Access:
         found = self.cached_series(study, series)
         if found is _MISSING:
             query = (
-                select(t.studies.c.tenant, t.slides.c.id)
+                select(t.studies.c.tenant, t.slides.c.id, t.slides.c.id.in_(withdrawn_slides()))
                 .select_from(
                     t.series.join(
                         t.studies, t.series.c.study_instance_uid == t.studies.c.study_instance_uid
@@ -125,7 +128,7 @@ class Access:
             )
             with self.catalog.engine.connect() as conn:
                 row = conn.execute(query).first()
-            found = None if row is None else Resource("slide", str(row[0]), row[1], study)
+            found = None if row is None else Resource("slide", str(row[0]), row[1], study, bool(row[2]))
             self._series.put((study, series), found)
         assert found is None or isinstance(found, Resource)
         return found
@@ -136,7 +139,8 @@ class Access:
         return self._series.get((study, series))
 
     def forget(self) -> None:
-        """Drop the owners kept (after a deletion in this process)."""
+        """Drop the owners kept (after a deletion, or a withdrawal from research, in this
+        process)."""
         self._studies.clear()
         self._series.clear()
 
@@ -222,7 +226,7 @@ class Access:
         if not slides:
             return frozenset()
         query = select(t.slides.c.id, t.slides.c.series_instance_uid).where(
-            t.slides.c.study_instance_uid == study
+            t.slides.c.study_instance_uid == study, t.slides.c.id.not_in(withdrawn_slides())
         )
         with self.catalog.engine.connect() as conn:
             return frozenset(row[1] for row in conn.execute(query) if row[0] in slides)

@@ -18,6 +18,10 @@ right and fast). The rule:
   holds now in searches.
 - A platform admin's role, held in any tenant, applies to every tenant: it administers labs,
   operates storage and searches metadata everywhere, and reads no pixels.
+- A slide received at the archive and withdrawn from research (its patient opposed:
+  ``archive_received.withdrawn_at``, :mod:`lamina.exchange.consent`) is reached by no grant, in
+  :func:`decide` (:attr:`Resource.withdrawn`) and in the searches' conditions alike; its lab's own
+  roles still reach it (it is their slide).
 - Nothing else is allowed.
 
 What a principal may not read does not exist for it: a retrieval of another lab's slide, or of a
@@ -52,6 +56,8 @@ __all__ = [
     "visible_series",
     "visible_studies",
     "visible_study_branches",
+    "withdrawn_slides",
+    "withdrawn_studies",
 ]
 
 
@@ -75,13 +81,21 @@ class Action(StrEnum):
     #: record a patient's opposition to research use (or its lifting) in the lab: its
     #: pathologists, its admins, and the LIS's account (a technician-like role)
     CONSENT = "consent"
+    #: at the archive: announce, verify and withdraw the lab's de-identified slides of interest
+    #: (lamina.exchange.receiving): the account the archive issued to the sending lab, a
+    #: technician or an admin of that lab there
+    EXCHANGE_RECEIVE = "exchange-receive"
 
 
 #: what each role allows on its own tenant's resources
 ROLE_ACTIONS: Mapping[Role, frozenset[Action]] = {
     Role.PATHOLOGIST: frozenset({Action.READ, Action.SEARCH, Action.ANNOTATE, Action.CONSENT}),
-    Role.TECHNICIAN: frozenset({Action.READ, Action.SEARCH, Action.STORE, Action.CONSENT}),
-    Role.LAB_ADMIN: frozenset({Action.SEARCH, Action.ADMINISTER, Action.DELETE, Action.CONSENT}),
+    Role.TECHNICIAN: frozenset(
+        {Action.READ, Action.SEARCH, Action.STORE, Action.CONSENT, Action.EXCHANGE_RECEIVE}
+    ),
+    Role.LAB_ADMIN: frozenset(
+        {Action.SEARCH, Action.ADMINISTER, Action.DELETE, Action.CONSENT, Action.EXCHANGE_RECEIVE}
+    ),
     Role.ARCHIVIST: frozenset({Action.OPERATE}),
     Role.RESEARCHER: frozenset(),
     Role.COMMITTEE_MEMBER: frozenset(),
@@ -156,12 +170,15 @@ class Principal:
 @dataclass(frozen=True)
 class Resource:
     """What is asked for: a tenant itself (``kind`` ``tenant``), or a slide or a case with the
-    tenant that owns it (``slide_id`` of the slide, ``study`` of its case, for case grants)."""
+    tenant that owns it (``slide_id`` of the slide, ``study`` of its case, for case grants);
+    ``withdrawn``: the slide (or a slide of the case) was withdrawn from research at the archive,
+    so that no grant reaches it."""
 
     kind: str
     tenant: str
     slide_id: str | None = None
     study: str | None = None
+    withdrawn: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +207,8 @@ def decide(
 
 def _granted(principal: Principal, resource: Resource, now: dt.datetime | None) -> frozenset[Action]:
     actions: set[Action] = set()
+    if resource.withdrawn:  # withdrawn from research: only its lab's own roles reach it
+        return frozenset()
     for grant in principal.grants:
         if grant.tenant != resource.tenant or not grant.active(now) or not principal.reached_by(grant):
             continue
@@ -233,7 +252,8 @@ class _Searchable:
             )
         if not parts:
             return None
-        return t.slides.c.id.in_(parts[0] if len(parts) == 1 else union_all(*parts))
+        granted = t.slides.c.id.in_(parts[0] if len(parts) == 1 else union_all(*parts))
+        return and_(granted, t.slides.c.id.not_in(withdrawn_slides()))
 
     def granted_studies(self) -> Select[Any] | CompoundSelect[Any] | None:
         """The Study Instance UIDs the grants reach (cases granted, and the cases of the slides
@@ -241,13 +261,33 @@ class _Searchable:
         parts: list[Select[Any]] = []
         if self.cases:
             parts.append(
-                select(t.studies.c.study_instance_uid).where(t.studies.c.study_instance_uid.in_(self.cases))
+                select(t.studies.c.study_instance_uid).where(
+                    t.studies.c.study_instance_uid.in_(self.cases),
+                    t.studies.c.study_instance_uid.not_in(withdrawn_studies()),
+                )
             )
         if (alone := self.granted_slides()) is not None:
             parts.append(select(t.slides.c.study_instance_uid).where(alone))
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def withdrawn_slides() -> Select[Any]:
+    """The ids of the slides withdrawn from research at the archive (a subquery; empty on a site
+    node). Those still expected have no slide id yet and are left out, so that ``NOT IN`` never
+    meets a NULL."""
+    received = t.archive_received
+    return select(received.c.slide_id).where(
+        received.c.withdrawn_at.is_not(None), received.c.slide_id.is_not(None)
+    )
+
+
+def withdrawn_studies() -> Select[Any]:
+    """The cases holding a slide withdrawn from research (a subquery): a case grant no longer
+    reaches them (a case is one patient's: their slides are withdrawn together)."""
+    received = t.archive_received
+    return select(received.c.study_instance_uid).where(received.c.withdrawn_at.is_not(None))
 
 
 def _searchable(principal: Principal, now: dt.datetime | None) -> _Searchable:
@@ -308,7 +348,12 @@ def visible_series(principal: Principal, now: dt.datetime | None = None) -> Colu
         owned = select(t.studies.c.study_instance_uid).where(t.studies.c.tenant.in_(reach.tenants))
         conditions.append(t.series.c.study_instance_uid.in_(owned))
     if reach.cases:
-        conditions.append(t.series.c.study_instance_uid.in_(reach.cases))
+        conditions.append(
+            and_(
+                t.series.c.study_instance_uid.in_(reach.cases),
+                t.series.c.study_instance_uid.not_in(withdrawn_studies()),
+            )
+        )
     if (alone := reach.granted_slides()) is not None:
         granted = select(t.slides.c.series_instance_uid).where(alone)
         conditions.append(t.series.c.series_instance_uid.in_(granted))

@@ -454,15 +454,25 @@ transfers = Table(
 archive_received = Table(
     "archive_received",
     metadata,
-    # a de-identified slide received from a site, at the archive (slide_id: the archive's own)
-    Column("slide_id", String(16), primary_key=True),
+    # a de-identified slide a site announced, then sent, at the archive (lamina.exchange.receiving):
+    # one row per series, whichever lab announced it first (a UID is the world's, never two labs')
+    Column("series_instance_uid", String(64), primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False),
+    # the archive's own slide, once verified (None while expected)
+    Column("slide_id", String(16), unique=True),
     # the sending lab (FINESS) and the site node's name
     Column("tenant", String(9), nullable=False),
     Column("site", String(255), nullable=False),
     Column("patient_pseudonym", String(64), nullable=False),
     Column("category", String(32), nullable=False),
     Column("reason", Text, nullable=False),
+    # expected (announced, not verified yet) or verified
+    Column("status", String(16), nullable=False, server_default="expected"),
+    # the announcement as the site sent it last (JSON: the instances, their frames' SHA-256)
+    Column("announced", Text),
+    # when it was first announced
     Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("verified_at", DateTime(timezone=True)),
     # when it was withdrawn from research (its patient opposed, told by the site); None: usable
     Column("withdrawn_at", DateTime(timezone=True)),
     Index("ix_archive_received_patient", "tenant", "patient_pseudonym"),

@@ -1,6 +1,7 @@
 """The exchange between sites and the archive: patients' oppositions (consents), the site's
 correspondence of pseudonyms, the push's state per slide (transfers), and the slides the archive
-received (archive_received, with their withdrawal from research).
+announced and received (archive_received: expected, then verified, with their withdrawal from
+research).
 
 Revision ID: 0013
 Revises: 0012
@@ -64,13 +65,18 @@ def upgrade() -> None:
     op.create_index("ix_transfers_due", "transfers", ["status", "next_attempt_at"])
     op.create_table(
         "archive_received",
-        sa.Column("slide_id", sa.String(16), primary_key=True),
+        sa.Column("series_instance_uid", sa.String(64), primary_key=True),
+        sa.Column("study_instance_uid", sa.String(64), nullable=False),
+        sa.Column("slide_id", sa.String(16), unique=True),
         sa.Column("tenant", sa.String(9), nullable=False),
         sa.Column("site", sa.String(255), nullable=False),
         sa.Column("patient_pseudonym", sa.String(64), nullable=False),
         sa.Column("category", sa.String(32), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False, server_default="expected"),
+        sa.Column("announced", sa.Text),
         sa.Column("received_at", _WHEN, nullable=False),
+        sa.Column("verified_at", _WHEN),
         sa.Column("withdrawn_at", _WHEN),
     )
     op.create_index("ix_archive_received_patient", "archive_received", ["tenant", "patient_pseudonym"])
