@@ -154,6 +154,9 @@ def expected(principal: str, rule: Rule, target: str, level: str) -> int:
         return ALLOWED if principal == "technician" else 403
     if rule is Rule.CONSENT:  # patients' oppositions: the lab's pathologists, admins, technicians
         return ALLOWED if principal in ("pathologist", "technician", "lab_admin") else 403
+    if rule is Rule.EXCHANGE:  # the archive's side of the exchange: this world is a site, whose
+        # handler answers 404 (only an archive answers) to whoever passes the rule
+        return HANDLER if principal in ("technician", "lab_admin") else 403
     if rule in (Rule.READ_STUDY, Rule.READ_SERIES):
         return expected_read(principal, target, level)
     if rule is Rule.ADMINISTER:

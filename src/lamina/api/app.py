@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from lamina import __version__, viewer
-from lamina.api import dicomweb, fhir, fhir_consent, governance, lifecycle, reporting, signin
+from lamina.api import dicomweb, exchange, fhir, fhir_consent, governance, lifecycle, reporting, signin
 from lamina.api.auth import Authenticate, guard
 from lamina.api.dicomweb.fastpath import FramesFastPath
 from lamina.api.errorlog import ErrorLog
@@ -127,7 +127,10 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         Route("/openapi.json", openapi),
         *signin.routes(),
         Mount("/dicomweb", routes=dicomweb.routes()),
-        Mount("/api", routes=[*governance.routes(), *lifecycle.routes(), *reporting.routes()]),
+        Mount(
+            "/api",
+            routes=[*governance.routes(), *lifecycle.routes(), *reporting.routes(), *exchange.routes()],
+        ),
         Mount("/fhir", routes=[*fhir.routes(), *fhir_consent.routes()]),
         # the viewer's mount at / takes every other path: it comes last
         *viewer.routes(openseadragon_dir=settings.viewer_vendor_dir),

@@ -22,6 +22,8 @@ endpoint of the application, and refuses to build an application with a route th
 - ``STORE``: a principal that may store into some tenant; the handler picks which one;
 - ``CONSENT``: a principal that may record patients' oppositions in some tenant; the handler
   picks which one;
+- ``EXCHANGE``: a principal that may send slides of interest to the archive for some tenant
+  (:data:`~lamina.governance.decide.Action.EXCHANGE_RECEIVE`); the handler picks which one;
 - ``READ_STUDY`` / ``READ_SERIES``: :meth:`~lamina.governance.access.Access.read` on the study or
   the series of the path: what it may not read is answered 404 like what does not exist;
 - ``ADMINISTER``: the lab of the path's ``finess`` administered (the lab admins' API);
@@ -55,7 +57,7 @@ from lamina.archive.catalog import InstanceRow
 from lamina.archive.catalog import tables as t
 from lamina.errors import AuthenticationError, NotFoundError, PermissionDeniedError, UnavailableError
 from lamina.governance.access import Access
-from lamina.governance.decide import Action, Principal, Resource, decide
+from lamina.governance.decide import Action, Principal, Resource, decide, withdrawn_slides
 from lamina.governance.principals import Principals
 
 __all__ = ["RULES", "Authenticate", "Rule", "guard", "principal", "signed_in", "slide_resource"]
@@ -78,6 +80,7 @@ class Rule(enum.Enum):
     ANNOTATE_SLIDE = "annotate in the slide's lab"
     ADMINISTER_SLIDE = "administer the slide's lab"
     CONSENT = "record oppositions in some lab"
+    EXCHANGE = "send slides of interest to the archive for some lab"
 
 
 _STUDY = "/dicomweb/studies/{study}"
@@ -155,6 +158,11 @@ RULES: dict[str, Rule] = {
     # patients' oppositions from the LIS (lamina.api.fhir_consent): a principal that may record
     # them in a lab (its pathologists, admins, technicians: the LIS's account)
     "POST /fhir/Consent": Rule.CONSENT,
+    # the archive's side of the exchange (lamina.api.exchange): the account the archive issued to
+    # a sending lab (a technician or an admin of that lab); answered on an archive node only
+    "POST /api/exchange/slides": Rule.EXCHANGE,
+    "POST /api/exchange/slides/{series}/verify": Rule.EXCHANGE,
+    "POST /api/exchange/withdrawals": Rule.EXCHANGE,
     # the viewer's static files and its library
     "MOUNT /vendor/openseadragon": Rule.PUBLIC,
     "MOUNT /": Rule.PUBLIC,
@@ -212,6 +220,13 @@ def _check(request: Request, rule: Rule) -> None:
             raise PermissionDeniedError(
                 Action.CONSENT.value, "your roles do not allow recording oppositions in any lab"
             )
+    elif rule is Rule.EXCHANGE:
+        if not any(Action.EXCHANGE_RECEIVE in who.allowed_in(tenant) for tenant in who.tenants()):
+            raise PermissionDeniedError(
+                Action.EXCHANGE_RECEIVE.value,
+                "your roles do not allow sending slides to this archive for any lab (a technician or "
+                "an admin of the sending lab may)",
+            )
     elif rule is Rule.ADMINISTER:
         access.require(who, Action.ADMINISTER, Resource("tenant", str(params["finess"])))
     elif rule is Rule.PLATFORM and Action.ADMINISTER not in who.everywhere:
@@ -235,10 +250,11 @@ def slide_resource(archive: Archive, slide: str) -> Resource | None:
     """The slide ``slide`` (a lamina slide id) with its lab and case, or None (blocking)."""
     if not slide or len(slide) > 64 or not slide.isprintable():
         return None
-    query = select(t.slides.c.tenant, t.slides.c.study_instance_uid).where(t.slides.c.id == slide)
+    withdrawn = t.slides.c.id.in_(withdrawn_slides())
+    query = select(t.slides.c.tenant, t.slides.c.study_instance_uid, withdrawn).where(t.slides.c.id == slide)
     with archive.catalog.engine.connect() as conn:
         row = conn.execute(query).first()
-    return None if row is None else Resource("slide", str(row[0]), slide, str(row[1]))
+    return None if row is None else Resource("slide", str(row[0]), slide, str(row[1]), bool(row[2]))
 
 
 def _check_slide(who: Principal, rule: Rule, resource: Resource | None) -> None:

@@ -361,6 +361,32 @@ OPERATIONS: dict[str, Operation] = {
         body=[FHIR_JSON, "application/json"],
         status=201,
     ),
+    "announce_slide": Operation(
+        "At the archive: a site announces a de-identified slide of interest (series, patient pseudonym, "
+        "category, reason, each instance's frame count and frames' SHA-256); expected, or verified "
+        "already with its acknowledgement; 409 when another lab announced the series",
+        "exchange",
+        ["application/json"],
+        (400, 404, 409, 413),
+        body=["application/json"],
+    ),
+    "verify_slide": Operation(
+        "At the archive: verify an announced series (each instance stored, its frames' SHA-256, no "
+        "identity): verified with the acknowledgement, 409 incomplete with the missing instances, 422 "
+        "refused with the reasons",
+        "exchange",
+        ["application/json"],
+        (400, 404, 409, 413, 422),
+        body=["application/json"],
+    ),
+    "withdraw_patient": Operation(
+        "At the archive: the sending lab's patient (by pseudonym) opposes research use: their slides "
+        "are withdrawn from research at once",
+        "exchange",
+        ["application/json"],
+        (400, 404, 413),
+        body=["application/json"],
+    ),
     "tenant_report": Operation(
         "The lab's storage report: slides and GB per tier, per month, of interest, projected, EUR and CO2 "
         "(the lab's admin)",

@@ -64,7 +64,16 @@ class Archive:
 
     def receiver(self, on_step: Callable[[IngestStep], None] | None = None) -> Receiver:
         """The way instances and slide files enter this archive (:mod:`lamina.archive.receive`)."""
-        return Receiver(self.catalog, self.store, work_dir=self.settings.home, on_step=on_step)
+        admit = None
+        if self.settings.role == "archive":  # only de-identified, announced slides arrive here
+            from lamina.exchange.receiving import arrival_problem
+
+            catalog = self.catalog
+
+            def admit(path: Path, tenant: str) -> str | None:
+                return arrival_problem(catalog, tenant, path)
+
+        return Receiver(self.catalog, self.store, work_dir=self.settings.home, on_step=on_step, admit=admit)
 
     def spool(self, key: str) -> BlobStore:
         """Where the uploads of one request wait for their job (STOW-RS through the queue):

@@ -7,7 +7,8 @@ This module only translates: the body streams into the request's spool (one file
 never held in memory whole), the parts that are not ``application/dicom`` are refused, the
 others are handed to :meth:`~lamina.archive.receive.Receiver.receive` (embedded) or to the job
 queue (a PostgreSQL catalog), and the outcomes become the DICOM JSON answer: 200 all stored,
-202 some failed, 409 all failed; 507 when nothing could be stored for lack of space.
+202 some failed, 409 all failed; 507 when nothing could be stored for lack of space. The reasons of
+the failures (a code in the body) are said in words in the ``Warning`` header.
 """
 
 from __future__ import annotations
@@ -149,4 +150,20 @@ def _response(base: str, outcomes: list[Outcome]) -> Response:
     if failed:
         body[_FAILED] = element(_FAILED, *failed)
     status = 200 if not failed else (202 if stored else 409)
-    return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)
+    headers = {"Warning": warning} if (warning := _warnings(outcomes)) else None
+    return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+#: the most failures whose reason the Warning header repeats, and the most characters of each
+_WARNED, _WARNING_CHARS = 10, 1000
+
+
+def _warnings(outcomes: list[Outcome]) -> str:
+    """Why instances failed, in words (the answer's Failure Reason is a code only): one
+    ``299 lamina "UID: reason"`` per failure (PS3.18 10.5.3's Warning header), the first few."""
+    found = []
+    for item in [item for item in outcomes if not item.ok and item.reason][:_WARNED]:
+        text = f"{item.sop_instance_uid or '(unread)'}: {item.reason}"[:_WARNING_CHARS]
+        text = "".join(c if c.isprintable() and c.isascii() and c not in '"\\' else "'" for c in text)
+        found.append(f'299 lamina "{text}"')
+    return ", ".join(found)

@@ -19,6 +19,9 @@ class FailureReason(IntEnum):
     PROCESSING_FAILURE = 0x0110
     #: "Refused: SOP Class not supported" (PS3.18: "Referenced SOP Class not supported")
     SOP_CLASS_NOT_SUPPORTED = 0x0122
+    #: "Refused: Not authorized": an archive node refuses an instance that shows identity, or
+    #: that its lab did not announce (lamina.exchange.receiving)
+    NOT_AUTHORIZED = 0x0124
     #: "Refused: Out of Resources": no space left (the spool, the blob store, the catalog) or a
     #: data set over a limit
     OUT_OF_RESOURCES = 0xA700

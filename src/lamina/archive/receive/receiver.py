@@ -60,6 +60,11 @@ class Receiver:
         Where conversions keep their temporary files (the data folder).
     on_step
         Told each :class:`~lamina.archive.ingest.IngestStep` of every slide's ingest.
+    admit
+        Asked of every VL WSI instance before it is stored (its file and the lab it goes into):
+        why it must be refused, or None (an archive node's exchange check,
+        :func:`lamina.exchange.receiving.arrival_problem`). One instance refused refuses its
+        whole series, so that no slide is stored in part.
     """
 
     def __init__(
@@ -68,10 +73,12 @@ class Receiver:
         store: BlobStore,
         work_dir: Path | None = None,
         on_step: Callable[[IngestStep], None] | None = None,
+        admit: Callable[[Path, str], str | None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.on_step = on_step
+        self.admit = admit
         self.ingestor = Ingestor(catalog, store, spool_dir=work_dir, on_step=on_step)
 
     # -- instances ------------------------------------------------------------------------------
@@ -113,9 +120,25 @@ class Receiver:
             for outcome, path in members:
                 if outcome.sop_class_uid != VLWholeSlideMicroscopyImageStorage:
                     self._store_object(outcome, path, actor, final, tenant)
+            if slide and self.admit is not None:
+                slide = self._admitted(slide, tenant)
             if slide:
                 receipt.slides.append(self._ingest_series(slide, actor, final, tenant))
         return receipt
+
+    def _admitted(self, members: list[tuple[Outcome, Path]], tenant: str) -> list[tuple[Outcome, Path]]:
+        """``members`` when :attr:`admit` refuses none of them, else none (each refused member
+        with its reason, the others with the first refusal's)."""
+        assert self.admit is not None
+        refusals = [(outcome, self.admit(path, tenant)) for outcome, path in members]
+        first = next((why for _, why in refusals if why), None)
+        if first is None:
+            return members
+        for outcome, why in refusals:
+            outcome.fail(
+                FailureReason.NOT_AUTHORIZED, why or f"another instance of its series was refused: {first}"
+            )
+        return []
 
     def _store_object(self, outcome: Outcome, path: Path, actor: str, final: bool, tenant: str = "") -> None:
         try:
