@@ -2,8 +2,9 @@
 its own data folder (the archive ``lamina serve`` with ``role = "archive"``, the site ``lamina
 push``).
 
-Identity planted in every place the site's slide holds it (its manifest: names, IDs, birth date,
-accession, specimen; the SVS's label and macro images) must be nowhere in what the archive holds
+Identity planted in every place the site's slide holds it (its file name; its TIFF descriptions'
+Filename and User; its manifest: names, IDs, birth date, accession, specimen; the SVS's label and
+macro images) must be nowhere in what the archive holds
 (every byte of its catalog and blob store) nor in what it serves (metadata and instances over
 DICOMweb); the pseudonym is stable across two pushes; tissue frames are byte-identical; the label
 and overview stay at the site. A push to an unreachable archive waits and is delivered later; a
@@ -27,13 +28,16 @@ from sqlalchemy import select
 
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
+from lamina.archive.discover import discover
+from lamina.archive.ingest import IngestOptions
+from lamina.archive.manifest import load_manifest
 from lamina.config import Settings
 from lamina.governance.issuer import LocalIssuer
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
 from lamina.lifecycle.marks import Interest, Marks, Target
+from lamina.sample import write_samples
 from tests.cli.test_serve import lamina_serve
-from tests.support import ingest_case
 
 LAB, OTHER = "690781810", "130786049"
 PLANTED = {
@@ -65,13 +69,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
     site = Archive.open(_settings(tmp_path / "site"))
     try:
         Registry(site.catalog).add_tenant(LAB, "Anatomie pathologique, site", "tests")
-        slides = [
-            ingest_case(
-                site.receiver().ingestor, tmp_path / f"in{seed}", seed=seed, tenant=LAB, size=(768, 512),
-                **PLANTED | {"accession_number": PLANTED["accession_number"] + str(seed)},
-            )
-            for seed in (3, 4)
-        ]  # fmt: skip
+        slides = [_planted_case(site, tmp_path / f"in{seed}", seed) for seed in (3, 4)]
         for slide_id in slides:
             Marks(site.catalog).flag(Target(slide=slide_id), Interest.RESEARCH, "a rare case", "patho")
     finally:
@@ -88,6 +86,32 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
     finally:
         archive.close()
     yield {"site": tmp_path / "site", "archive": archive_settings, "slides": slides, "tokens": tokens}
+
+
+def _planted_case(site: Archive, folder: Path, seed: int) -> str:
+    """A synthetic Aperio SVS whose file name, TIFF descriptions (Filename, User) and manifest
+    row (names, IDs, birth date, accession, specimen) carry the planted identity; its slide id."""
+    (sample,) = write_samples(folder, ["aperio_svs"], size=(768, 512), seed=seed)
+    data = sample.path.read_bytes()
+    for key, planted in (("Filename = ", "PLNTFILE"), ("User = ", "PLANTUSER")):
+        start = data.index(key.encode()) + len(key)
+        end = data.index(b"|", start)
+        value = data[start:end]
+        assert len(value) >= len(planted)
+        data = data.replace(value, planted.encode().ljust(len(value), b"X"))  # same length: offsets kept
+    named = folder / f"{PLANTED['patient_name'].split('^')[0]}_{seed}.svs"
+    named.write_bytes(data)
+    sample.path.unlink()
+    identity = PLANTED | {"file": named.name, "accession_number": PLANTED["accession_number"] + str(seed)}
+    (folder / "manifest.csv").write_text(
+        ",".join(identity) + "\n" + ",".join(identity.values()) + "\n", encoding="utf-8"
+    )
+    (candidate,) = discover([named])
+    result = site.receiver().ingestor.ingest(
+        candidate, load_manifest(folder / "manifest.csv"), IngestOptions(tenant=LAB)
+    )
+    assert result.status == "ingested", result.reason
+    return str(result.slide_id)
 
 
 def _lamina(home: object, *args: str) -> subprocess.CompletedProcess[str]:
@@ -111,7 +135,15 @@ def _every_byte(home: Path) -> Iterator[tuple[Path, bytes]]:
 
 
 def _needles() -> list[bytes]:
-    values = [*PLANTED.values(), "ZYXWOLSKA", "PLANTINE", "ACCPLANT771", "1938-02-14"]
+    values = [
+        *PLANTED.values(),
+        "ZYXWOLSKA",
+        "PLANTINE",
+        "ACCPLANT771",
+        "1938-02-14",
+        "PLNTFILE",
+        "PLANTUSER",
+    ]
     return [value.encode() for value in values]
 
 
@@ -190,6 +222,9 @@ def test_a_slide_of_interest_reaches_the_archive_de_identified_and_verified(worl
         )
         assert other.status_code in (200, 204) and (other.status_code == 204 or other.json() == [])
 
+    site_bytes = b"".join(data for _, data in _every_byte(site_home))
+    for needle in (b"IPP-PLANT-99173", b"ZYXWOLSKA", b"ACCPLANT7713", b"SPECPLANT-5521"):
+        assert needle in site_bytes, f"the control: {needle!r} is at the site"
     for needle in _needles():
         assert needle not in served, f"{needle!r} served by the archive"
         for path, data in _every_byte(archive_settings.home):
