@@ -14,17 +14,17 @@ archive; each lab sees only its own slides there.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import sqlite3
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
@@ -37,7 +37,9 @@ from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
 from lamina.lifecycle.marks import Interest, Marks, Target
 from lamina.sample import write_samples
+from tests.backends import Backend
 from tests.cli.test_serve import lamina_serve
+from tests.support import lamina_env
 
 LAB, OTHER = "690781810", "130786049"
 PLANTED = {
@@ -49,24 +51,20 @@ PLANTED = {
 }
 
 
-@pytest.fixture
-def backend_env() -> dict[str, str]:
-    """The embedded default: each node its own SQLite catalog and folder."""
-    return {}
-
-
-def _settings(home: Path, **toml: str) -> Settings:
+def _settings(home: Path, env: dict[str, str], **toml: str) -> Settings:
     home.mkdir(parents=True, exist_ok=True)
     if toml:
         (home / "lamina.toml").write_text("".join(f'{k} = "{v}"\n' for k, v in toml.items()))
-    return Settings.load(home, env={})
+    return Settings.load(home, env=env)
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[dict[str, object]]:
+def world(tmp_path: Path, backend: Backend) -> Iterator[dict[str, object]]:
     """The site (lab LAB, two slides of one patient flagged of interest) and the archive (labs
-    LAB and OTHER, a sender account in each, with its token)."""
-    site = Archive.open(_settings(tmp_path / "site"))
+    LAB and OTHER, a sender account in each, with its token), each on its own catalog and store
+    of the test's backend."""
+    site_settings = _settings(tmp_path / "site", backend.env("site"))
+    site = Archive.open(site_settings)
     try:
         Registry(site.catalog).add_tenant(LAB, "Anatomie pathologique, site", "tests")
         slides = [_planted_case(site, tmp_path / f"in{seed}", seed) for seed in (3, 4)]
@@ -74,7 +72,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
             Marks(site.catalog).flag(Target(slide=slide_id), Interest.RESEARCH, "a rare case", "patho")
     finally:
         site.close()
-    archive_settings = _settings(tmp_path / "archive", role="archive")
+    archive_settings = _settings(tmp_path / "archive", backend.env("archive"), role="archive")
     archive = Archive.open(archive_settings)
     try:
         registry = Registry(archive.catalog)
@@ -85,7 +83,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
             tokens[lab] = LocalIssuer.open(archive_settings.home).issue(person, 3600)
     finally:
         archive.close()
-    yield {"site": tmp_path / "site", "archive": archive_settings, "slides": slides, "tokens": tokens}
+    yield {"site": site_settings, "archive": archive_settings, "slides": slides, "tokens": tokens}
 
 
 def _planted_case(site: Archive, folder: Path, seed: int) -> str:
@@ -114,24 +112,44 @@ def _planted_case(site: Archive, folder: Path, seed: int) -> str:
     return str(result.slide_id)
 
 
-def _lamina(home: object, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "AWS_"))}
-    env |= {"LAMINA_HOME": str(home), "COLUMNS": "200"}
+def _lamina(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lamina", *args], capture_output=True, text=True, env=env, timeout=180
+        [sys.executable, "-m", "lamina", *args],
+        capture_output=True,
+        text=True,
+        env=lamina_env(settings, LAMINA_PUSH_CRON="off"),
+        timeout=180,
     )
 
 
-def _push(home: object, base: str, token: str, *args: str) -> tuple[int, list[dict[str, object]]]:
-    done = _lamina(home, "push", "--to", base, "--token", token, "--json", *args)
+def _push(settings: Settings, base: str, token: str, *args: str) -> tuple[int, list[dict[str, object]]]:
+    done = _lamina(settings, "push", "--to", base, "--token", token, "--json", *args)
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout)["results"]
 
 
-def _every_byte(home: Path) -> Iterator[tuple[Path, bytes]]:
-    for path in sorted(home.rglob("*")):
+def _holdings(settings: Settings) -> Iterator[tuple[str, bytes]]:
+    """Everything a node holds: the files of its home, every value of every catalog row (bytes
+    also decompressed where they are zlib, as the instances' DICOM JSON is), every stored object."""
+    for path in sorted(settings.home.rglob("*")):
         if path.is_file():
-            yield path, path.read_bytes()
+            yield str(path), path.read_bytes()
+    node = Archive.open(settings)
+    try:
+        with node.catalog.engine.connect() as conn:
+            for table in t.metadata.sorted_tables:
+                for row in conn.execute(select(table)):
+                    for value in row:
+                        if isinstance(value, bytes):
+                            yield table.name, value
+                            with contextlib.suppress(zlib.error):
+                                yield table.name, zlib.decompress(value)
+                        elif value is not None:
+                            yield table.name, str(value).encode()
+        for digest in node.store.iter_digests():
+            yield f"object {digest}", b"".join(node.store.open(digest))
+    finally:
+        node.close()
 
 
 def _needles() -> list[bytes]:
@@ -153,7 +171,7 @@ def test_a_slide_of_interest_reaches_the_archive_de_identified_and_verified(worl
     tokens = world["tokens"]
     assert isinstance(tokens, dict)
     site_home = world["site"]
-    assert isinstance(site_home, Path)
+    assert isinstance(site_home, Settings)
     slides = world["slides"]
     assert isinstance(slides, list)
 
@@ -185,8 +203,7 @@ def test_a_slide_of_interest_reaches_the_archive_de_identified_and_verified(worl
         code, again = _push(site_home, base, tokens[LAB])
         assert code == 0 and again == []
         stored = _instances(archive_settings)
-        with sqlite3.connect(site_home / "catalog.sqlite") as db:
-            db.execute("DELETE FROM transfers")
+        _forget_transfers(site_home)
         code, again = _push(site_home, base, tokens[LAB], *slides)
         assert code == 0 and [r["status"] for r in again] == ["verified", "verified"], again
         assert _instances(archive_settings) == stored
@@ -222,16 +239,17 @@ def test_a_slide_of_interest_reaches_the_archive_de_identified_and_verified(worl
         )
         assert other.status_code in (200, 204) and (other.status_code == 204 or other.json() == [])
 
-    site_bytes = b"".join(data for _, data in _every_byte(site_home))
+    site_bytes = b"".join(data for _, data in _holdings(site_home))
     for needle in (b"IPP-PLANT-99173", b"ZYXWOLSKA", b"ACCPLANT7713", b"SPECPLANT-5521"):
         assert needle in site_bytes, f"the control: {needle!r} is at the site"
     for needle in _needles():
         assert needle not in served, f"{needle!r} served by the archive"
-        for path, data in _every_byte(archive_settings.home):
-            assert needle not in data, f"{needle!r} found in {path}"
+    for where, data in _holdings(archive_settings):
+        for needle in _needles():
+            assert needle not in data, f"{needle!r} found in {where}"
 
     # tissue frames byte-identical, label and overview left at the site
-    site = Archive.open(Settings.load(site_home, env={}))
+    site = Archive.open(site_home)
     archive = Archive.open(archive_settings)
     try:
         with archive.catalog.engine.connect() as conn:
@@ -253,16 +271,35 @@ def test_a_slide_of_interest_reaches_the_archive_de_identified_and_verified(worl
     with lamina_serve(archive_settings) as (_, base):
         code, told = _push(site_home, base, tokens[LAB])
         assert {r["status"] for r in told} == {"withdrawn"}, told
-    with sqlite3.connect(archive_settings.home / "catalog.sqlite") as db:
-        withdrawn = db.execute(
-            "SELECT count(*) FROM archive_received WHERE withdrawn_at IS NOT NULL"
-        ).fetchone()
-    assert withdrawn == (2,)
+    archive = Archive.open(archive_settings)
+    try:
+        with archive.catalog.engine.connect() as conn:
+            received = t.archive_received
+            withdrawn = conn.execute(
+                select(func.count()).select_from(received).where(received.c.withdrawn_at.is_not(None))
+            ).scalar_one()
+    finally:
+        archive.close()
+    assert withdrawn == 2
 
 
 def _instances(settings: Settings) -> list[tuple[str, str]]:
-    with sqlite3.connect(settings.home / "catalog.sqlite") as db:
-        return sorted(db.execute("SELECT sop_instance_uid, blob_sha256 FROM instances").fetchall())
+    node = Archive.open(settings)
+    try:
+        with node.catalog.engine.connect() as conn:
+            query = select(t.instances.c.sop_instance_uid, t.instances.c.blob_sha256)
+            return sorted((str(a), str(b)) for a, b in conn.execute(query))
+    finally:
+        node.close()
+
+
+def _forget_transfers(settings: Settings) -> None:
+    node = Archive.open(settings)
+    try:
+        with node.catalog.begin() as conn:
+            conn.execute(delete(t.transfers))
+    finally:
+        node.close()
 
 
 def _slide_of_series(archive: Archive, series: str) -> str:
