@@ -4,6 +4,7 @@ offset, UIDs are new and stable, the output is as valid as the input, doubtful s
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -128,6 +129,10 @@ def test_frames_are_copied_byte_for_byte_and_the_frame_index_follows(slide: list
             zip(outcome.frame_offsets.tolist(), outcome.frame_lengths.tolist(), strict=True)
         )
         assert outcome.size == len(raw)
+        frames = hashlib.sha256()
+        for offset, length in zip(outcome.frame_offsets.tolist(), outcome.frame_lengths.tolist(), strict=True):
+            frames.update(raw[offset : offset + length])
+        assert outcome.frames_sha256 == frames.hexdigest()  # hashed as the frames were copied
 
 
 def test_dates_move_back_by_one_offset_per_patient_and_times_stay(tmp_path: Path, slide: list[Path]) -> None:

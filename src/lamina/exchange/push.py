@@ -32,7 +32,6 @@ instances it has). The bearer token is sent to the archive only, never logged no
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 import time
@@ -331,7 +330,7 @@ class Pusher:
                     f"instance {row.sop_instance_uid}: {why}" for why in outcome.quarantine
                 )
                 continue
-            if outcome.frame_offsets is None or outcome.frame_lengths is None:
+            if outcome.frames_sha256 is None:
                 outgoing.quarantine.append(
                     f"instance {row.sop_instance_uid}: frames in several fragments each, whose digests "
                     "the archive cannot check as announced"
@@ -344,7 +343,7 @@ class Pusher:
                 {
                     "sop_instance_uid": outcome.sop_instance_uid,
                     "number_of_frames": row.number_of_frames,
-                    "frames_sha256": _frames_sha256(target, outcome.frame_offsets, outcome.frame_lengths),
+                    "frames_sha256": outcome.frames_sha256,
                 }
             )
         if not outgoing.files and not outgoing.quarantine:
@@ -646,16 +645,6 @@ class _readable:  # noqa: N801 - a context manager used like open()
         self.fh.close()
         if self.copy is not None:
             self.copy.unlink(missing_ok=True)
-
-
-def _frames_sha256(path: Path, offsets: Any, lengths: Any) -> str:
-    """The SHA-256 of the frames of the file at ``path``, in order."""
-    hasher = hashlib.sha256()
-    with path.open("rb") as fh:
-        for offset, length in zip(offsets, lengths, strict=True):
-            fh.seek(int(offset))
-            hasher.update(fh.read(int(length)))
-    return hasher.hexdigest()
 
 
 def _failures(answer: dict[str, Any]) -> list[str]:

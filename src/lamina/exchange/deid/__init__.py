@@ -68,6 +68,8 @@ class DeidOutcome:
     frame_offsets: npt.NDArray[np.uint64] | None = None
     frame_lengths: npt.NDArray[np.uint32] | None = None
     size: int = 0
+    #: SHA-256 of the frames in order, hashed as they were copied (None without the index)
+    frames_sha256: str | None = None
 
     @property
     def sent(self) -> bool:
@@ -140,6 +142,7 @@ def deidentify_instance(
         copied.frame_lengths,
         copied.size,
     )
+    outcome.frames_sha256 = copied.frames_sha256
     return outcome
 
 

@@ -10,10 +10,11 @@ right, and the new frame index is the old one shifted by the header's change in 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +42,9 @@ class CopiedPixels:
     frame_offsets: npt.NDArray[np.uint64] | None
     frame_lengths: npt.NDArray[np.uint32] | None
     size: int
+    #: SHA-256 of the frames' fragments in order (the Basic Offset Table left out), hashed as
+    #: they were copied; None with the index
+    frames_sha256: str | None = None
 
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
@@ -80,6 +84,7 @@ def copy_pixel_data(source: BinaryIO, out: BinaryIO, written: int, number_of_fra
     (length,) = struct.unpack("<I", head[8:12])
     offsets: list[int] = []
     lengths: list[int] = []
+    frames = hashlib.sha256()
     if length != 0xFFFFFFFF:
         _copy(source, out, length)
         position += length
@@ -97,13 +102,15 @@ def copy_pixel_data(source: BinaryIO, out: BinaryIO, written: int, number_of_fra
             if not first:
                 offsets.append(position)
                 lengths.append(item_length)
+            _copy(source, out, item_length, None if first else frames)
             first = False
-            _copy(source, out, item_length)
             position += item_length
     if source.read(1):
         raise ValueError("the file goes on after its Pixel Data (attributes there are not reviewed)")
     if offsets and len(offsets) == number_of_frames:
-        return CopiedPixels(np.asarray(offsets, np.uint64), np.asarray(lengths, np.uint32), position)
+        return CopiedPixels(
+            np.asarray(offsets, np.uint64), np.asarray(lengths, np.uint32), position, frames.hexdigest()
+        )
     return CopiedPixels(None, None, position)
 
 
@@ -114,11 +121,13 @@ def _exactly(source: BinaryIO, size: int) -> bytes:
     return data
 
 
-def _copy(source: BinaryIO, out: BinaryIO, size: int) -> None:
+def _copy(source: BinaryIO, out: BinaryIO, size: int, hasher: Any = None) -> None:
     left = size
     while left:
         chunk = source.read(min(left, _CHUNK))
         if not chunk:
             raise ValueError("the file ends inside its Pixel Data: it is truncated")
         out.write(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
         left -= len(chunk)
