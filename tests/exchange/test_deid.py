@@ -125,12 +125,10 @@ def test_frames_are_copied_byte_for_byte_and_the_frame_index_follows(slide: list
         spans = locate_frames(
             io.BytesIO(raw), raw.index(b"\xe0\x7f\x10\x00OB"), count, True, True, 0, len(raw)
         )
-        assert [span.fragments[0] for span in spans] == list(
-            zip(outcome.frame_offsets.tolist(), outcome.frame_lengths.tolist(), strict=True)
-        )
+        assert [span.fragments[0] for span in spans] == spans_of(outcome)
         assert outcome.size == len(raw)
         frames = hashlib.sha256()
-        for offset, length in zip(outcome.frame_offsets.tolist(), outcome.frame_lengths.tolist(), strict=True):
+        for offset, length in spans_of(outcome):
             frames.update(raw[offset : offset + length])
         assert outcome.frames_sha256 == frames.hexdigest()  # hashed as the frames were copied
 
@@ -329,3 +327,9 @@ def test_the_copy_reads_in_bounded_chunks(slide: list[Path]) -> None:
     with _SmallReads(str(sent(slide)[0])) as fh:
         outcome = deidentify_instance(fh, out, KEYS, OPTIONS)
     assert outcome.quarantine == [] and outcome.size == len(out.getvalue())
+
+
+def spans_of(outcome: DeidOutcome) -> list[tuple[int, int]]:
+    """(offset, length) of each frame in the de-identified file, as the outcome indexes them."""
+    assert outcome.frame_offsets is not None and outcome.frame_lengths is not None
+    return list(zip(outcome.frame_offsets.tolist(), outcome.frame_lengths.tolist(), strict=True))
