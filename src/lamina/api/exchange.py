@@ -3,7 +3,9 @@
 - ``POST /exchange/slides``: a site announces a de-identified slide of interest (JSON, at most
   :data:`MAX_BODY_BYTES`); 200 ``{"status": "expected"}`` or, for a series verified already,
   ``{"status": "verified", "acknowledgement": {...}}``; 409 when another lab announced it.
-- ``POST /exchange/slides/{series}/verify``: 200 verified with the acknowledgement; 409
+- ``POST /exchange/slides/{series}/verify`` (``{"instances": [{"sop_instance_uid",
+  "frames_sha256"}]}`` when the announcement left the digests out): 200 verified with the
+  acknowledgement; 409
   ``{"status": "incomplete", "missing": [...]}``; 422 ``{"status": "refused", "reasons": [...]}``.
 - ``POST /exchange/withdrawals`` ``{"patient_pseudonym"}``: the lab's patient opposes research use;
   200 ``{"withdrawn": n}`` (:func:`lamina.exchange.consent.withdraw`, audited).
@@ -30,6 +32,7 @@ from lamina.exchange.receiving import (
     Announcement,
     ExchangeError,
     announce,
+    parse_digests,
     require_archive,
     sending_lab,
     verify,
@@ -82,16 +85,18 @@ async def verify_slide(request: Request) -> Response:
     """``POST /api/exchange/slides/{series}/verify`` (a body, when any, may name the ``tenant``)."""
     require_archive(request.app.state.settings)
     who = principal(request)
-    asked = None
+    asked, digests = None, {}
     if request.headers.get("content-length", "").strip("0") or "transfer-encoding" in request.headers:
         body = await _body(request)
-        if unknown := sorted(set(body) - {"tenant"}):
-            raise RequestError(", ".join(unknown), "unknown key(s); the only key is tenant")
+        if unknown := sorted(set(body) - {"tenant", "instances"}):
+            raise RequestError(", ".join(unknown), "unknown key(s); the keys are tenant and instances")
         asked = body.get("tenant")
+        if "instances" in body:
+            digests = parse_digests(body["instances"])
     tenant = sending_lab(who, asked)
     series = str(request.path_params["series"])
     try:
-        answer = await run_in_threadpool(verify, request.app.state.archive, tenant, series, who.id)
+        answer = await run_in_threadpool(verify, request.app.state.archive, tenant, series, who.id, digests)
     except ExchangeError as exc:
         return _refusal(exc)
     request.app.state.access.forget()  # a slide withdrawn before it was verified is hidden now

@@ -3,20 +3,23 @@
 A slide of interest (:mod:`lamina.lifecycle.marks`) of a patient who has not opposed is
 **queued** (a ``transfers`` row). Pushing it, in one attempt:
 
-1. its instances that leave (:func:`~lamina.exchange.deid.is_sent`: never the label; the
-   overview only blanked, with ``keep_overview``) are de-identified into ``HOME/outgoing/SLIDE``
-   (:func:`~lamina.exchange.deid.deidentify_instance`: the header rewritten, the frames copied
-   byte for byte, never decoded); any doubt **quarantines** the slide for a person to review;
+1. the new header of each instance that leaves is made (:func:`~lamina.exchange.deid.is_sent`:
+   never the label; the overview only blanked, with ``keep_overview``;
+   :func:`~lamina.exchange.deid.prepare_instance`), reading only the headers; any doubt
+   **quarantines** the slide for a person to review, before a byte is sent;
 2. the pseudonyms sent are remembered at the site (:mod:`lamina.exchange.pseudonyms`);
-3. the slide is **announced** to the archive (``POST /api/exchange/slides``: its de-identified
-   UIDs, the patient's pseudonym, the category and reason, and per instance the SHA-256 of its
-   frames in order). An archive that already verified it answers so, and nothing is sent again
-   (a slide is never stored twice: its UIDs are keyed, the same at every push);
-4. its instances go in one STOW-RS request (``multipart/related``), at most ``limit_mb_per_s``;
-   the slide is **sent**;
-5. the archive **verifies** it (``POST /api/exchange/slides/{series}/verify``): every announced
-   instance stored, the SHA-256 of its frames equal, no identity left. Its acknowledgement is
-   kept: **verified**.
+3. the slide is **announced** to the archive (``POST /api/exchange/slides``: its lab, its
+   de-identified UIDs, the patient's pseudonym, the category and reason, its instances and their
+   frame counts). An archive that already verified it answers so, and nothing is sent again (a
+   slide is never stored twice: its UIDs are keyed, the same at every push);
+4. its instances go in one STOW-RS request (``multipart/related``), at most ``limit_mb_per_s``,
+   each de-identified as it is sent: its header, then its frames copied from the store byte for
+   byte, never decoded, hashed on the way (:func:`~lamina.exchange.deid.write_prepared`, on a
+   thread feeding the request through a bounded queue: no copy on disk, memory bounded); the
+   slide is **sent**;
+5. the archive **verifies** it (``POST /api/exchange/slides/{series}/verify`` with the SHA-256 of
+   each instance's frames): every announced instance stored, the SHA-256 of its frames equal, no
+   identity left. Its acknowledgement is kept: **verified**.
 
 An archive that cannot be reached, or answers 5xx, 408, 429 or "incomplete", leaves the slide
 queued for a later attempt, after a back-off that doubles from 30 s to 6 h (the reason kept
@@ -32,8 +35,10 @@ instances it has). The bearer token is sent to the archive only, never logged no
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
-import shutil
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +54,7 @@ from lamina.archive.catalog import tables as t
 from lamina.archive.catalog.times import utc_or_none
 from lamina.errors import ConfigurationError, LaminaError, NotFoundError
 from lamina.exchange import consent, pseudonyms
-from lamina.exchange.deid import DeidOptions, deidentify_instance, is_sent
+from lamina.exchange.deid import DeidOptions, PreparedInstance, is_sent, prepare_instance, write_prepared
 from lamina.exchange.keys import ExchangeKeys
 
 if TYPE_CHECKING:
@@ -108,14 +113,48 @@ class _RefusedError(LaminaError):
 
 @dataclass
 class _Outgoing:
-    """A slide's de-identified instances, ready to send."""
+    """A slide's instances that leave, prepared: (instance, its object, the object's size)."""
 
-    files: list[Path] = field(default_factory=list)
+    instances: list[tuple[PreparedInstance, str, int]] = field(default_factory=list)
     announced: list[dict[str, Any]] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
     study: str = ""
     series: str = ""
     quarantine: list[str] = field(default_factory=list)
     bytes: int = 0
+
+
+class _QuarantinedError(LaminaError):
+    """An instance found damaged while it was sent: the slide waits for a person."""
+
+
+class _QueueWriter:
+    """A file-like ``write`` that hands 1 MiB chunks to a bounded queue (the request's body);
+    gives up once ``stop`` is set (the request ended)."""
+
+    def __init__(self, chunks: queue.Queue[bytes | BaseException | None], stop: threading.Event) -> None:
+        self.chunks, self.stop = chunks, stop
+        self.buffer = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.buffer += data
+        if len(self.buffer) >= _CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.put(bytes(self.buffer))
+            self.buffer.clear()
+
+    def put(self, item: bytes | BaseException | None) -> None:
+        while not self.stop.is_set():
+            try:
+                self.chunks.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise _RetryError("the request ended before the instance was sent")
 
 
 class _Throttle:
@@ -187,7 +226,6 @@ class Pusher:
         self.client = client or httpx.Client(
             timeout=httpx.Timeout(300.0, connect=10.0), follow_redirects=False, headers=headers
         )
-        self.outgoing = settings.home / "outgoing"
 
     def close(self) -> None:
         self.client.close()
@@ -283,7 +321,6 @@ class Pusher:
         if row is None:
             self.queue(slide.tenant)
         result = PushResult(slide_id, "queued")
-        work = self.outgoing / slide_id
         try:
             if slide.expired_at is not None:
                 raise _RefusedError("the slide has expired: its pyramid is gone")
@@ -291,9 +328,9 @@ class Pusher:
                 if slide.patient_id and consent.opposed(conn, slide.tenant, slide.patient_id):
                     raise _RefusedError(_OPPOSED)
             prepared = time.perf_counter()
-            outgoing = self._deidentify(slide, work)
+            outgoing = self._prepare(slide)
             result.deid_seconds = time.perf_counter() - prepared
-            result.instances, result.bytes = len(outgoing.files), outgoing.bytes
+            result.instances, result.bytes = len(outgoing.instances), outgoing.bytes
             if outgoing.quarantine:
                 self._finish(result, "quarantined", "; ".join(outgoing.quarantine)[:4000])
                 return result
@@ -307,46 +344,37 @@ class Pusher:
             self._finish(result, "verified", None, outgoing)
         except _RefusedError as exc:
             self._finish(result, "refused", str(exc))
+        except _QuarantinedError as exc:
+            self._finish(result, "quarantined", str(exc))
         except _RetryError as exc:
             self._retry(result, str(exc))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
             result.seconds = time.perf_counter() - started
         return result
 
-    def _deidentify(self, slide: SlideRow, work: Path) -> _Outgoing:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, mode=0o700)
+    def _prepare(self, slide: SlideRow) -> _Outgoing:
+        """Each instance that leaves, its new header made (its frames read later, as they are
+        sent); the quarantine's reasons, if any."""
         store = self.archive.store
         outgoing = _Outgoing()
         for row in sorted(self.archive.catalog.instances(slide.id), key=_order):
             if not is_sent(row.flavor, (), self.options.keep_overview):
                 continue
-            target = work / f"{len(outgoing.files):04d}.dcm"
-            with _readable(store, row.blob_sha256, work) as source, target.open("wb") as out:
-                outcome = deidentify_instance(source, out, self.keys, self.options)
+            with _blob_file(store, row.blob_sha256, row.bytes) as source:
+                prepared = prepare_instance(source, self.keys, self.options)
+            outcome = prepared.outcome
             if outcome.quarantine:
                 outgoing.quarantine.extend(
                     f"instance {row.sop_instance_uid}: {why}" for why in outcome.quarantine
                 )
                 continue
-            if outcome.frames_sha256 is None:
-                outgoing.quarantine.append(
-                    f"instance {row.sop_instance_uid}: frames in several fragments each, whose digests "
-                    "the archive cannot check as announced"
-                )
-                continue
-            outgoing.files.append(target)
-            outgoing.bytes += target.stat().st_size
+            outgoing.instances.append((prepared, row.blob_sha256, row.bytes))
+            outgoing.bytes += prepared.size(row.bytes)
             outgoing.study, outgoing.series = outcome.study_instance_uid, outcome.series_instance_uid
             outgoing.announced.append(
-                {
-                    "sop_instance_uid": outcome.sop_instance_uid,
-                    "number_of_frames": row.number_of_frames,
-                    "frames_sha256": outcome.frames_sha256,
-                }
+                {"sop_instance_uid": outcome.sop_instance_uid, "number_of_frames": row.number_of_frames}
             )
-        if not outgoing.files and not outgoing.quarantine:
+        if not outgoing.instances and not outgoing.quarantine:
             outgoing.quarantine.append("no instance of the slide may leave (only a label or an overview)")
         return outgoing
 
@@ -382,25 +410,26 @@ class Pusher:
         return self._call("announcing the slide", "POST", "/api/exchange/slides", json_body=body)
 
     def _stow(self, outgoing: _Outgoing, tenant: str) -> None:
+        """One STOW-RS request of the slide's instances, each de-identified as it is sent (its
+        frames copied from the store into the request, hashed on the way)."""
         boundary = uuid.uuid4().hex
-        heads = [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() for _ in outgoing.files]
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
         tail = f"--{boundary}--\r\n".encode()
-        length = sum(len(h) + p.stat().st_size + 2 for h, p in zip(heads, outgoing.files, strict=True))
+        length = len(outgoing.instances) * (len(head) + 2) + outgoing.bytes + len(tail)
         throttle = _Throttle(self.limit)
 
         def body() -> Iterator[bytes]:
-            for head, path in zip(heads, outgoing.files, strict=True):
+            for prepared, digest, size in outgoing.instances:
                 yield head
-                with path.open("rb") as fh:
-                    while chunk := fh.read(_CHUNK):
-                        throttle.take(len(chunk))
-                        yield chunk
+                for chunk in self._instance_bytes(prepared, digest, size, outgoing):
+                    throttle.take(len(chunk))
+                    yield chunk
                 yield b"\r\n"
             yield tail
 
         headers = {
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Content-Length": str(length + len(tail)),
+            "Content-Length": str(length),
             "Accept": "application/dicom+json",
         }
         answer = self._call(
@@ -414,9 +443,48 @@ class Pusher:
         if failed:
             raise _RefusedError(f"the archive refused {len(failed)} instance(s): {'; '.join(failed)}"[:4000])
 
+    def _instance_bytes(
+        self, prepared: PreparedInstance, digest: str, size: int, outgoing: _Outgoing
+    ) -> Iterator[bytes]:
+        """The de-identified instance's bytes, written by a thread (:func:`write_prepared`) into
+        a bounded queue; its frames' digest kept in ``outgoing.digests``."""
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+        stop = threading.Event()
+        sink = _QueueWriter(chunks, stop)
+
+        def produce() -> None:
+            try:
+                with _blob_file(self.archive.store, digest, size) as source:
+                    outcome = write_prepared(prepared, source, sink)  # type: ignore[arg-type]
+                sink.flush()
+                if outcome.quarantine or outcome.frames_sha256 is None:
+                    why = "; ".join(outcome.quarantine) or "frames in several fragments each"
+                    raise _QuarantinedError(f"instance {outcome.sop_instance_uid}: {why}")
+                outgoing.digests[outcome.sop_instance_uid] = outcome.frames_sha256
+                sink.put(None)
+            except BaseException as exc:  # handed to the request's thread
+                sink.put(exc)
+
+        thread = threading.Thread(target=produce, name="lamina-push", daemon=True)
+        thread.start()
+        try:
+            while (item := chunks.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
     def _verify(self, outgoing: _Outgoing) -> dict[str, Any]:
+        digests = [
+            {"sop_instance_uid": uid, "frames_sha256": sha256} for uid, sha256 in outgoing.digests.items()
+        ]
         return self._call(
-            "verifying the slide", "POST", f"/api/exchange/slides/{outgoing.series}/verify", json_body={}
+            "verifying the slide",
+            "POST",
+            f"/api/exchange/slides/{outgoing.series}/verify",
+            json_body={"instances": digests},
         )
 
     def tell_withdrawals(self) -> list[PushResult]:
@@ -622,29 +690,40 @@ def _order(row: InstanceRow) -> tuple[int, str]:
     return (row.level if row.level is not None else 1_000, row.sop_instance_uid)
 
 
-class _readable:  # noqa: N801 - a context manager used like open()
-    """A seekable file of a stored object: the store's own file, or a copy in ``work``."""
+class _BlobRaw(io.RawIOBase):
+    """A stored object as a seekable raw file, read by ranges (a folder's or S3's)."""
 
-    def __init__(self, store: Any, digest: str, work: Path) -> None:
-        self.store, self.digest, self.work = store, digest, work
-        self.copy: Path | None = None
+    def __init__(self, store: Any, digest: str, size: int) -> None:
+        self.store, self.digest, self.length, self.position = store, digest, size, 0
+        self.name = f"object {digest}"  # what pydicom calls a file by
 
-    def __enter__(self) -> Any:
-        local = self.store.local_path(self.digest)
-        if local is not None:
-            self.fh = Path(local).open("rb")
-            return self.fh
-        self.copy = self.work / f"source-{self.digest[:16]}"
-        with self.copy.open("wb") as out:
-            for chunk in self.store.open(self.digest):
-                out.write(chunk)
-        self.fh = self.copy.open("rb")
-        return self.fh
+    def readable(self) -> bool:
+        return True
 
-    def __exit__(self, *_: object) -> None:
-        self.fh.close()
-        if self.copy is not None:
-            self.copy.unlink(missing_ok=True)
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.length}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self.length - self.position)
+        if wanted <= 0:
+            return 0
+        data = self.store.read_range(self.digest, self.position, wanted)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def _blob_file(store: Any, digest: str, size: int) -> io.BufferedReader:
+    """A stored object as a seekable, buffered file (8 MiB reads)."""
+    return io.BufferedReader(_BlobRaw(store, digest, size), buffer_size=8 << 20)
 
 
 def _failures(answer: dict[str, Any]) -> list[str]:

@@ -137,8 +137,9 @@ def _hex64(value: object, field: str) -> str:
 class AnnouncedInstance:
     sop_instance_uid: str
     number_of_frames: int
-    #: SHA-256 of the concatenation of every frame's bytes, in frame order
-    frames_sha256: str
+    #: SHA-256 of the concatenation of every frame's bytes, in frame order; None when the site
+    #: gives it with the verification instead (it hashes the frames as it sends them)
+    frames_sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -174,12 +175,14 @@ class Announcement:
         instances: list[AnnouncedInstance] = []
         for number, item in enumerate(items):
             where = f"instances[{number}]"
-            if not isinstance(item, dict) or set(item) != {
+            if not isinstance(item, dict) or not {"sop_instance_uid", "number_of_frames"} <= set(item) <= {
                 "sop_instance_uid",
                 "number_of_frames",
                 "frames_sha256",
             }:
-                raise RequestError(where, "an object with sop_instance_uid, number_of_frames, frames_sha256")
+                raise RequestError(
+                    where, "an object with sop_instance_uid, number_of_frames and (optional) frames_sha256"
+                )
             frames = item["number_of_frames"]
             if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= _MAX_FRAMES:
                 raise RequestError(f"{where}.number_of_frames", f"an integer from 1 to {_MAX_FRAMES}")
@@ -187,7 +190,9 @@ class Announcement:
                 AnnouncedInstance(
                     _uid(item["sop_instance_uid"], f"{where}.sop_instance_uid"),
                     frames,
-                    _hex64(item["frames_sha256"], f"{where}.frames_sha256"),
+                    None
+                    if item.get("frames_sha256") is None
+                    else _hex64(item["frames_sha256"], f"{where}.frames_sha256"),
                 )
             )
         if len({item.sop_instance_uid for item in instances}) != len(instances):
@@ -378,11 +383,32 @@ def _header_findings(archive: Archive, stored: _Stored) -> list[str]:
     return identity_findings(header)
 
 
-def verify(archive: Archive, tenant: str, series: str, actor: str) -> dict[str, Any]:
+def parse_digests(value: object) -> dict[str, str]:
+    """The ``instances`` of a verification's body: ``[{"sop_instance_uid", "frames_sha256"}]``,
+    checked (:class:`RequestError` naming the field), by SOP Instance UID."""
+    if not isinstance(value, list) or len(value) > MAX_INSTANCES:
+        raise RequestError("instances", f"a list of at most {MAX_INSTANCES} objects")
+    found: dict[str, str] = {}
+    for number, item in enumerate(value):
+        where = f"instances[{number}]"
+        if not isinstance(item, dict) or set(item) != {"sop_instance_uid", "frames_sha256"}:
+            raise RequestError(where, "an object with sop_instance_uid and frames_sha256")
+        found[_uid(item["sop_instance_uid"], f"{where}.sop_instance_uid")] = _hex64(
+            item["frames_sha256"], f"{where}.frames_sha256"
+        )
+    return found
+
+
+def verify(
+    archive: Archive, tenant: str, series: str, actor: str, digests: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Verify the lab's announced ``series`` (the module's docstring): the answer's body when
     verified; :class:`ExchangeError` 409 ``incomplete`` with the missing SOP Instance UIDs, or
-    422 ``refused`` with the reasons; NotFoundError when the lab announced no such series."""
+    422 ``refused`` with the reasons; NotFoundError when the lab announced no such series.
+    ``digests``: the frames' SHA-256 of each instance, given now by a site that hashed them as it
+    sent them (each must equal the one announced, when one was)."""
     _uid(series, "series_instance_uid")
+    digests = dict(digests or {})
     catalog = archive.catalog
     with catalog.engine.connect() as conn:
         row = _row(conn, series)
@@ -407,7 +433,13 @@ def verify(archive: Archive, tenant: str, series: str, actor: str) -> dict[str, 
                 f"{item.number_of_frames} announced"
             )
             continue
-        if frames_sha256(archive, found) != item.frames_sha256:
+        given = digests.get(item.sop_instance_uid)
+        expected = item.frames_sha256 or given
+        if expected is None:
+            reasons.append(f"{item.sop_instance_uid}: no SHA-256 of its frames was announced nor given")
+        elif given is not None and given != expected:
+            reasons.append(f"{item.sop_instance_uid}: the SHA-256 given differs from the one announced")
+        elif frames_sha256(archive, found) != expected:
             reasons.append(
                 f"{item.sop_instance_uid}: the SHA-256 of the frames stored is not the one announced"
             )
@@ -422,10 +454,23 @@ def verify(archive: Archive, tenant: str, series: str, actor: str) -> dict[str, 
     assert slide_id is not None
     now = dt.datetime.now(dt.UTC)
     with catalog.begin() as conn:
+        checked = [
+            {
+                "sop_instance_uid": i.sop_instance_uid,
+                "number_of_frames": i.number_of_frames,
+                "frames_sha256": i.frames_sha256 or digests[i.sop_instance_uid],
+            }
+            for i in announced
+        ]
         conn.execute(
             update(t.archive_received)
             .where(t.archive_received.c.series_instance_uid == series)
-            .values(status="verified", slide_id=slide_id, verified_at=now)
+            .values(
+                status="verified",
+                slide_id=slide_id,
+                verified_at=now,
+                announced=orjson.dumps(checked).decode(),
+            )
         )
         audit.append(
             conn,

@@ -37,7 +37,16 @@ from lamina.exchange.deid.transform import deidentify_dataset
 from lamina.exchange.keys import ExchangeKeys
 from lamina.model.enums import ImageFlavorValues
 
-__all__ = ["DeidOptions", "DeidOutcome", "deidentify_instance", "identity_findings", "is_sent"]
+__all__ = [
+    "DeidOptions",
+    "DeidOutcome",
+    "PreparedInstance",
+    "deidentify_instance",
+    "identity_findings",
+    "is_sent",
+    "prepare_instance",
+    "write_prepared",
+]
 
 _PIXEL_HEADER = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
 _ITEM = struct.Struct("<II")
@@ -76,24 +85,44 @@ class DeidOutcome:
         return not self.quarantine
 
 
-def deidentify_instance(
-    source: BinaryIO, out: BinaryIO, keys: ExchangeKeys, options: DeidOptions = DeidOptions()
-) -> DeidOutcome:
-    """De-identify the Part 10 instance read from ``source`` (seekable, at its start) into
-    ``out``. Nothing is written to ``out`` when the outcome is quarantined (a label, an image
-    with burned-in text, an attribute no table covers, an identifying value left over)."""
+@dataclass
+class PreparedInstance:
+    """An instance whose new header is made (:func:`prepare_instance`), its frames not yet
+    copied (:func:`write_prepared`): what is sent is known, and its size, before a byte of it."""
+
+    outcome: DeidOutcome
+    header: bytes = b""
+    #: where the source's Pixel Data element starts
+    pixels_at: int = 0
+    number_of_frames: int = 1
+    #: the blanked overview's Pixel Data element, which replaces the source's
+    pixels: bytes | None = None
+
+    def size(self, source_size: int) -> int:
+        """The size of the de-identified file, from the source's size."""
+        body = len(self.pixels) if self.pixels is not None else source_size - self.pixels_at
+        return len(self.header) + body
+
+
+def prepare_instance(
+    source: BinaryIO, keys: ExchangeKeys, options: DeidOptions = DeidOptions()
+) -> PreparedInstance:
+    """The new header of the Part 10 instance read from ``source`` (seekable, at its start),
+    reading only its header (and, for an overview kept blanked, its small image); the outcome
+    says why it is quarantined, when it is."""
     outcome = DeidOutcome()
+    prepared = PreparedInstance(outcome)
     try:
         header = pydicom.dcmread(source, stop_before_pixels=True)
     except Exception:
         outcome.quarantine.append("not a readable DICOM Part 10 file (its header cannot be read)")
-        return outcome
-    pixels_at = source.tell()
+        return prepared
+    prepared.pixels_at = source.tell()
     syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
     reason = unsupported_syntax(syntax)
     if reason:
         outcome.quarantine.append(reason)
-        return outcome
+        return prepared
     kind = image_flavor("", [str(v) for v in header.get("ImageType", [])])
     frames: list[bytes] | None = None
     if kind == ImageFlavorValues.OVERVIEW and options.keep_overview:
@@ -101,12 +130,12 @@ def deidentify_instance(
         blanked = blank_overview(source)
         if isinstance(blanked, str):
             outcome.quarantine.append(blanked)
-            return outcome
+            return prepared
         header, frames = blanked  # type: ignore[assignment]  # a FileDataset's data, blanked
         syntax = str(header.file_meta.TransferSyntaxUID)
     elif not is_sent("", [str(v) for v in header.get("ImageType", [])], options.keep_overview):
         outcome.quarantine.append(f"ImageType (0008,0008): a {kind or 'unknown'} image is not sent")
-        return outcome
+        return prepared
     if str(header.get("BurnedInAnnotation", "")).upper() == "YES":
         outcome.quarantine.append("BurnedInAnnotation (0028,0301) is YES on an image to be sent")
     result = deidentify_dataset(header, keys, options.warehouses)
@@ -117,24 +146,36 @@ def deidentify_instance(
     outcome.series_instance_uid = str(ds.get("SeriesInstanceUID", ""))
     outcome.study_instance_uid = str(ds.get("StudyInstanceUID", ""))
     if outcome.quarantine:
-        return outcome
+        return prepared
     if frames is not None:
         ds.DeidentificationMethod = [*ds.DeidentificationMethod, BLANKED]
     ds.file_meta = file_meta(str(ds.SOPClassUID), outcome.sop_instance_uid, syntax)
     encoded = encode_header(ds)
     outcome.quarantine.extend(_left_over(encoded, header))
     if outcome.quarantine:
+        return prepared
+    prepared.header = encoded
+    prepared.number_of_frames = int(ds.get("NumberOfFrames", 1))
+    prepared.pixels = _encapsulated(frames) if frames is not None else None
+    return prepared
+
+
+def write_prepared(prepared: PreparedInstance, source: BinaryIO, out: BinaryIO) -> DeidOutcome:
+    """Write a prepared instance to ``out``: its new header, then its frames copied from
+    ``source`` byte for byte (hashed as they go). A Pixel Data found damaged on the way is a
+    quarantine, with ``out`` holding a partial file that the caller discards."""
+    outcome = prepared.outcome
+    if outcome.quarantine:
         return outcome
-    out.write(encoded)
-    if frames is not None:
-        pixels: BinaryIO = io.BytesIO(_encapsulated(frames))
+    out.write(prepared.header)
+    if prepared.pixels is not None:
+        pixels: BinaryIO = io.BytesIO(prepared.pixels)
     else:
-        source.seek(pixels_at)
+        source.seek(prepared.pixels_at)
         pixels = source
     try:
-        copied = copy_pixel_data(pixels, out, len(encoded), int(ds.get("NumberOfFrames", 1)))
+        copied = copy_pixel_data(pixels, out, len(prepared.header), prepared.number_of_frames)
     except ValueError as exc:
-        # out holds a partial file: the caller discards it (the outcome says why)
         outcome.quarantine.append(f"PixelData (7FE0,0010): {exc}")
         return outcome
     outcome.frame_offsets, outcome.frame_lengths, outcome.size = (
@@ -144,6 +185,19 @@ def deidentify_instance(
     )
     outcome.frames_sha256 = copied.frames_sha256
     return outcome
+
+
+def deidentify_instance(
+    source: BinaryIO, out: BinaryIO, keys: ExchangeKeys, options: DeidOptions = DeidOptions()
+) -> DeidOutcome:
+    """De-identify the Part 10 instance read from ``source`` (seekable, at its start) into
+    ``out``: :func:`prepare_instance`, then :func:`write_prepared`. Nothing is written to
+    ``out`` when the outcome is quarantined (a label, an image with burned-in text, an attribute
+    no table covers, an identifying value left over)."""
+    prepared = prepare_instance(source, keys, options)
+    if prepared.outcome.quarantine:
+        return prepared.outcome
+    return write_prepared(prepared, source, out)
 
 
 def _left_over(encoded: bytes, source: Dataset) -> list[str]:
