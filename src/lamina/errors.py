@@ -209,3 +209,13 @@ class InvalidResourceError(RequestError):
         _code, diagnostics, expression = issues[0] if issues else ("invalid", "not a valid resource", None)
         super().__init__(expression or "body", diagnostics)
         self.issues = issues
+
+
+class ExchangeError(RequestError):
+    """An archive's refusal of a slide a site sends, which the site acts on: ``status`` (409,
+    422) and the JSON ``body`` to answer (:mod:`lamina.exchange.receiving`)."""
+
+    def __init__(self, status: int, body: dict[str, object], message: str) -> None:
+        super().__init__("series_instance_uid", message)
+        self.status = status
+        self.body = body

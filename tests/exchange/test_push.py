@@ -3,7 +3,7 @@ its own data folder (the archive ``lamina serve`` with ``role = "archive"``, the
 push``).
 
 Identity planted in every place the site's slide holds it (its file name; its TIFF descriptions'
-Filename and User; its manifest: names, IDs, birth date, accession, specimen; the SVS's label and
+Filename, User and Barcode; its manifest: names, IDs, birth date, accession, specimen; the SVS's label and
 macro images) must be nowhere in what the archive holds
 (every byte of its catalog and blob store) nor in what it serves (metadata and instances over
 DICOMweb); the pseudonym is stable across two pushes; tissue frames are byte-identical; the label
@@ -63,6 +63,9 @@ def _planted_case(site: Archive, folder: Path, seed: int) -> str:
         value = data[start:end]
         assert len(value) >= len(planted)
         data = data.replace(value, planted.encode().ljust(len(value), b"X"))  # same length: offsets kept
+    # the scanner's barcode field, in place of one of the same length
+    assert b"Time Zone = GMT+01:00" in data
+    data = data.replace(b"Time Zone = GMT+01:00", b"Barcode = BRCPLANT7XX")
     named = folder / f"{PLANTED['patient_name'].split('^')[0]}_{seed}.svs"
     named.write_bytes(data)
     sample.path.unlink()
@@ -127,6 +130,7 @@ def _needles() -> list[bytes]:
         "1938-02-14",
         "PLNTFILE",
         "PLANTUSER",
+        "BRCPLANT7",
     ]
     return [value.encode() for value in values]
 
@@ -206,7 +210,7 @@ def test_a_slide_of_interest_reaches_the_archive_de_identified_and_verified(worl
         assert other.status_code in (200, 204) and (other.status_code == 204 or other.json() == [])
 
     site_bytes = b"".join(data for _, data in _holdings(site_home))
-    for needle in (b"IPP-PLANT-99173", b"ZYXWOLSKA", b"ACCPLANT7713", b"SPECPLANT-5521"):
+    for needle in (b"IPP-PLANT-99173", b"ZYXWOLSKA", b"ACCPLANT7713", b"SPECPLANT-5521", b"BRCPLANT7"):
         assert needle in site_bytes, f"the control: {needle!r} is at the site"
     for needle in _needles():
         assert needle not in served, f"{needle!r} served by the archive"

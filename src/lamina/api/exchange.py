@@ -26,11 +26,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
-from lamina.errors import PayloadTooLargeError, RequestError
+from lamina.errors import ExchangeError, PayloadTooLargeError, RequestError
 from lamina.exchange.consent import withdraw
 from lamina.exchange.receiving import (
     Announcement,
-    ExchangeError,
     announce,
     parse_digests,
     require_archive,

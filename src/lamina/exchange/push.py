@@ -52,7 +52,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from lamina.archive import audit
 from lamina.archive.catalog import tables as t
 from lamina.archive.catalog.times import utc_or_none
-from lamina.errors import ConfigurationError, LaminaError, NotFoundError
+from lamina.errors import ConfigurationError, NotFoundError
 from lamina.exchange import consent, pseudonyms
 from lamina.exchange.deid import DeidOptions, PreparedInstance, is_sent, prepare_instance, write_prepared
 from lamina.exchange.keys import ExchangeKeys
@@ -103,11 +103,12 @@ class PushResult:
         }
 
 
-class _RetryError(LaminaError):
-    """An attempt to make again later (the archive unreachable, busy, or incomplete)."""
+class _RetryError(Exception):
+    """An attempt to make again later (the archive unreachable, busy, or incomplete): the
+    push's own flow, caught in this module and recorded as the transfer's reason."""
 
 
-class _RefusedError(LaminaError):
+class _RefusedError(Exception):
     """The archive refused the slide: not sent again until a person acts."""
 
 
@@ -124,7 +125,7 @@ class _Outgoing:
     bytes: int = 0
 
 
-class _QuarantinedError(LaminaError):
+class _QuarantinedError(Exception):
     """An instance found damaged while it was sent: the slide waits for a person."""
 
 

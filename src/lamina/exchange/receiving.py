@@ -43,7 +43,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.config import Settings
-from lamina.errors import LaminaError, NotFoundError, PermissionDeniedError, RequestError
+from lamina.errors import ExchangeError, LaminaError, NotFoundError, PermissionDeniedError, RequestError
 from lamina.exchange.consent import opposed_pseudonym
 from lamina.exchange.deid import identity_findings
 from lamina.governance.decide import Action, Principal
@@ -78,15 +78,6 @@ _NOT_ARCHIVE = (
     "this node is a site (role {role!r}): the exchange's routes answer on the archive only "
     '(role = "archive" in lamina.toml, or LAMINA_ROLE=archive); send to the archive\'s URL'
 )
-
-
-class ExchangeError(RequestError):
-    """A refusal the site acts on: ``status`` (409, 422) and the JSON ``body`` to answer."""
-
-    def __init__(self, status: int, body: dict[str, Any], message: str) -> None:
-        super().__init__("series_instance_uid", message)
-        self.status = status
-        self.body = body
 
 
 def require_archive(settings: Settings) -> None:

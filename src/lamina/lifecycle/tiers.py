@@ -392,4 +392,3 @@ def in_use_on(conn: Connection, tier: Tier, digests: Sequence[str]) -> set[str]:
         )
         found |= {str(row[0]) for row in conn.execute(traces)}
     return found
-
