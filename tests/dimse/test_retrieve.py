@@ -243,6 +243,8 @@ def test_a_damaged_object_is_not_sent_and_the_rest_is(
     assert (entry.detail["completed"], entry.detail["failed"]) == (len(rows) - 1, 1)
 
 
+# the cancel is the DIMSE service's, whatever the catalog and store: the embedded default only
+@pytest.mark.parametrize("backend", ["sqlite-folder"], indirect=True)
 def test_a_cancel_stops_the_move_before_the_next_instance(
     archive: Archive, server: DimseServer, samples: dict[str, Path], tmp_path: Path
 ) -> None:
