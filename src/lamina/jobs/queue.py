@@ -97,7 +97,7 @@ class Worker:
             except Exception:  # a worker that stops must say so; the server goes on serving
                 log.exception("the job worker stopped")
             finally:
-                loop.close()
+                _close_loop(loop)
 
         self._thread = threading.Thread(target=run, name="lamina-worker", daemon=True)
         self._thread.start()
@@ -109,3 +109,20 @@ class Worker:
             loop.call_soon_threadsafe(task.cancel)
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a worker's loop as ``asyncio.run`` does: what is still pending (the connection
+    pool's own workers, after a cancel) is cancelled and awaited first, so that no coroutine is
+    left to be collected after its loop is closed."""
+    try:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    except Exception:  # closing must not fail the stop
+        log.exception("closing the job worker's event loop")
+    finally:
+        loop.close()
