@@ -224,6 +224,7 @@ class Pusher:
         self.actor = actor
         self.on_result = on_result
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.warning = ""
         self.client = client or httpx.Client(
             timeout=httpx.Timeout(300.0, connect=10.0), follow_redirects=False, headers=headers
         )
@@ -442,7 +443,10 @@ class Pusher:
         )
         failed = _failures(answer)
         if failed:
-            raise _RefusedError(f"the archive refused {len(failed)} instance(s): {'; '.join(failed)}"[:4000])
+            words = f" ({self.warning})" if self.warning else ""
+            raise _RefusedError(
+                f"the archive refused {len(failed)} instance(s): {'; '.join(failed)}{words}"[:4000]
+            )
 
     def _instance_bytes(
         self, prepared: PreparedInstance, digest: str, size: int, outgoing: _Outgoing
@@ -547,6 +551,7 @@ class Pusher:
         if not isinstance(answer, dict):
             answer = {}
         code = response.status_code
+        self.warning = response.headers.get("Warning", "")[:2000]  # a STOW-RS refusal's words
         if code < 300 or (code == 409 and answer.get("status") == "incomplete"):
             if code == 409:
                 missing = answer.get("missing") or []
@@ -556,7 +561,8 @@ class Pusher:
         if code >= 500 or code in _RETRIED:
             raise _RetryError(f"{what}: the archive answered {code} ({said})")
         if code == 409 and path.startswith("/dicomweb/studies"):  # every instance failed: the reasons
-            raise _RefusedError(f"{what}: {'; '.join(_failures(answer)) or said}")
+            words = f" ({self.warning})" if self.warning else ""
+            raise _RefusedError(f"{what}: {'; '.join(_failures(answer)) or said}{words}"[:4000])
         raise _RefusedError(f"{what}: the archive answered {code} ({said})")
 
     # -- the catalog ------------------------------------------------------------------------------
