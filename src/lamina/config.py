@@ -11,6 +11,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,6 +269,19 @@ class ColdTierSettings:
     restore_delay_s: float = 0.0
 
 
+def _known_keys(name: str, table: dict[str, Any], keys: Iterable[str]) -> None:
+    """A :class:`ConfigurationError` for the first key of the lamina.toml table ``name`` that is
+    not one of ``keys``, with the nearest known key."""
+    known = list(keys)
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(
+                f"lamina.toml: {name} {key!r} is not a setting{hint}; use {', '.join(known)}"
+            )
+
+
 def _cold_tier(env: dict[str, str], tiers: object) -> ColdTierSettings | None:
     """``[tiers.cold]`` of lamina.toml, each key overridden by its ``LAMINA_COLD_*`` variable;
     None when no cold tier is configured."""
@@ -285,14 +299,7 @@ def _cold_tier(env: dict[str, str], tiers: object) -> ColdTierSettings | None:
         raise ConfigurationError(
             "lamina.toml: tiers.cold must be a table (url, storage_class, restore_delay_s)"
         )
-    for key in table:
-        if key not in _COLD_KEYS:
-            close = difflib.get_close_matches(str(key), list(_COLD_KEYS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigurationError(
-                f"lamina.toml: tiers.cold {key!r} is not a setting{hint}; "
-                "use url, storage_class, restore_delay_s"
-            )
+    _known_keys("tiers.cold", table, _COLD_KEYS)
     values = {key: env.get(variable) or table.get(key) for key, variable in _COLD_KEYS.items()}
     url = values["url"]
     if not url:
@@ -391,13 +398,7 @@ def _exchange(env: dict[str, str], table: object) -> ExchangeSettings:
         raise ConfigurationError(
             "lamina.toml: exchange must be a table (key_file, warehouses, archive_url, ...)"
         )
-    for key in table:
-        if key not in _EXCHANGE_KEYS:
-            close = difflib.get_close_matches(str(key), list(_EXCHANGE_KEYS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigurationError(
-                f"lamina.toml: exchange {key!r} is not a setting{hint}; use {', '.join(_EXCHANGE_KEYS)}"
-            )
+    _known_keys("exchange", table, _EXCHANGE_KEYS)
 
     def where(key: str) -> str:
         variable = _EXCHANGE_KEYS[key]

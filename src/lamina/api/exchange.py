@@ -17,18 +17,17 @@ answers 404, saying that only an archive answers them.
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
-from lamina.errors import ExchangeError, PayloadTooLargeError, RequestError
+from lamina.api.governance import json_body
+from lamina.errors import ExchangeError, RequestError
 from lamina.exchange.consent import withdraw
 from lamina.exchange.receiving import (
+    ANNOUNCEMENT_KEYS,
     Announcement,
     announce,
     parse_digests,
@@ -41,25 +40,6 @@ __all__ = ["MAX_BODY_BYTES", "routes"]
 
 #: the largest body taken: an announcement of 1,000 instances is about 200 KB
 MAX_BODY_BYTES = 512 * 1024
-_JSON = "application/json"
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    media = request.headers.get("content-type", _JSON).split(";", 1)[0].strip().lower()
-    if media != _JSON:
-        raise RequestError("Content-Type", f"send the body as {_JSON}, not {media or 'nothing'}")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"the body is over the {MAX_BODY_BYTES} byte limit")
-    try:
-        found = orjson.loads(bytes(raw))
-    except orjson.JSONDecodeError:
-        raise RequestError("body", "not JSON: send a JSON object") from None
-    if not isinstance(found, dict):
-        raise RequestError("body", "send a JSON object")
-    return found
 
 
 def _refusal(exc: ExchangeError) -> Response:
@@ -70,7 +50,7 @@ async def announce_slide(request: Request) -> Response:
     """``POST /api/exchange/slides``."""
     require_archive(request.app.state.settings)
     who = principal(request)
-    body = await _body(request)
+    body = await json_body(request, (), ANNOUNCEMENT_KEYS, MAX_BODY_BYTES)  # missing keys: from_json
     tenant = sending_lab(who, body.get("tenant"))
     announcement = Announcement.from_json(body)
     try:
@@ -86,9 +66,7 @@ async def verify_slide(request: Request) -> Response:
     who = principal(request)
     asked, digests = None, {}
     if request.headers.get("content-length", "").strip("0") or "transfer-encoding" in request.headers:
-        body = await _body(request)
-        if unknown := sorted(set(body) - {"tenant", "instances"}):
-            raise RequestError(", ".join(unknown), "unknown key(s); the keys are tenant and instances")
+        body = await json_body(request, (), ("tenant", "instances"), MAX_BODY_BYTES)
         asked = body.get("tenant")
         if "instances" in body:
             digests = parse_digests(body["instances"])
@@ -106,12 +84,10 @@ async def withdraw_patient(request: Request) -> Response:
     """``POST /api/exchange/withdrawals``."""
     require_archive(request.app.state.settings)
     who = principal(request)
-    body = await _body(request)
-    if unknown := sorted(set(body) - {"patient_pseudonym", "tenant"}):
-        raise RequestError(", ".join(unknown), "unknown key(s); the keys are patient_pseudonym, tenant")
+    body = await json_body(request, ("patient_pseudonym",), ("tenant",))
     pseudonym = body.get("patient_pseudonym")
     if not isinstance(pseudonym, str):
-        raise RequestError("patient_pseudonym", "missing: the patient's pseudonym, 64 hexadecimal digits")
+        raise RequestError("patient_pseudonym", "the patient's pseudonym: a string of 64 hexadecimal digits")
     tenant = sending_lab(who, body.get("tenant"))
     count = await run_in_threadpool(withdraw, request.app.state.archive.catalog, tenant, pseudonym, who.id)
     request.app.state.access.forget()  # hidden from grants at once, not after the owners' cache

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.identifier import Identifier
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -81,7 +81,7 @@ _PATHS = {
 
 
 @dataclass(frozen=True)
-class _Issue:
+class Issue:
     code: str
     diagnostics: str
     expression: str | None = None
@@ -93,7 +93,7 @@ class _Issue:
         return found
 
 
-def _outcome(status: int, issues: list[_Issue]) -> Response:
+def outcome(status: int, issues: list[Issue]) -> Response:
     body = {"resourceType": "OperationOutcome", "issue": [issue.as_dict() for issue in issues]}
     return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON)
 
@@ -101,7 +101,7 @@ def _outcome(status: int, issues: list[_Issue]) -> Response:
 # -- the body ----------------------------------------------------------------------------------------
 
 
-async def _read(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in _MEDIA:
         raise ReportError(
@@ -121,9 +121,9 @@ async def _read(request: Request) -> bytes:
     return bytes(raw)
 
 
-def _fhirpath(location: tuple[int | str, ...]) -> str:
-    """A pydantic error's location as a FHIRPath from DiagnosticReport."""
-    path = "DiagnosticReport"
+def _fhirpath(root: str, location: tuple[int | str, ...]) -> str:
+    """A pydantic error's location as a FHIRPath from the resource ``root``."""
+    path = root
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
@@ -132,31 +132,36 @@ def _fhirpath(location: tuple[int | str, ...]) -> str:
     return path
 
 
-def parse_report(raw: bytes) -> DiagnosticReport:
-    """The DiagnosticReport of a JSON body, or a 400 :class:`ReportError` per wrong field."""
+Resource = TypeVar("Resource", bound=BaseModel)
+
+
+def parse_resource(raw: bytes, model: type[Resource], name: str) -> Resource:
+    """The FHIR resource ``name`` of a JSON body, validated by ``model``; a 400
+    :class:`ReportError` (not JSON, another resource) or :class:`InvalidResourceError` (one issue
+    per wrong field, at most :data:`_MAX_ISSUES`)."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        raise ReportError(400, "structure", "", f"not JSON ({exc}): send a {name} resource") from None
+    if not isinstance(document, dict) or document.get("resourceType") != name:
         raise ReportError(
-            400, "structure", "", f"not JSON ({exc}): send a DiagnosticReport resource"
-        ) from None
-    if not isinstance(document, dict) or document.get("resourceType") != "DiagnosticReport":
-        raise ReportError(
-            400,
-            "structure",
-            "DiagnosticReport.resourceType",
-            'send one resource with "resourceType": "DiagnosticReport"',
+            400, "structure", f"{name}.resourceType", f'send one resource with "resourceType": "{name}"'
         )
     try:
-        return DiagnosticReport.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
-        issues = [
-            _Issue("invalid", str(error["msg"]).split("\n", 1)[0], _fhirpath(tuple(error["loc"])))
+        issues: list[tuple[str, str, str | None]] = [
+            ("invalid", str(error["msg"]).split("\n", 1)[0], _fhirpath(name, tuple(error["loc"])))
             for error in exc.errors()[:_MAX_ISSUES]
         ]
-        raise InvalidResourceError([(i.code, i.diagnostics, i.expression) for i in issues]) from None
+        raise InvalidResourceError(issues) from None
     except (TypeError, ValueError) as exc:
-        raise ReportError(400, "invalid", "DiagnosticReport", str(exc).split("\n", 1)[0]) from None
+        raise ReportError(400, "invalid", name, str(exc).split("\n", 1)[0]) from None
+
+
+def parse_report(raw: bytes) -> DiagnosticReport:
+    """The DiagnosticReport of a JSON body, or a 400 error per wrong field."""
+    return parse_resource(raw, DiagnosticReport, "DiagnosticReport")
 
 
 # -- what lamina takes from it ----------------------------------------------------------------------
@@ -258,22 +263,22 @@ def _clock(report: DiagnosticReport) -> tuple[str, dt.datetime]:
 # -- the endpoint ----------------------------------------------------------------------------------------
 
 
-def _issue_of(exc: LaminaError) -> tuple[int, list[_Issue]] | None:
+def issue_of(exc: LaminaError) -> tuple[int, list[Issue]] | None:
     """The OperationOutcome of a refusal (None: not a refusal of the request)."""
     if isinstance(exc, InvalidResourceError):
-        return 400, [_Issue(code, diagnostics, expression) for code, diagnostics, expression in exc.issues]
+        return 400, [Issue(code, diagnostics, expression) for code, diagnostics, expression in exc.issues]
     if isinstance(exc, ReportError):
-        return exc.status, [_Issue(exc.code, exc.message, exc.expression or None)]
+        return exc.status, [Issue(exc.code, exc.message, exc.expression or None)]
     if isinstance(exc, RequestError):
         path = _PATHS.get(exc.parameter)
         message = str(exc).removeprefix(f"{exc.parameter}: ")
-        return 400, [_Issue("value" if path else "invalid", message, path)]
+        return 400, [Issue("value" if path else "invalid", message, path)]
     if isinstance(exc, PayloadTooLargeError):
-        return 413, [_Issue("too-long", str(exc))]
+        return 413, [Issue("too-long", str(exc))]
     if isinstance(exc, PermissionDeniedError):
-        return 403, [_Issue("forbidden", str(exc))]
+        return 403, [Issue("forbidden", str(exc))]
     if isinstance(exc, NotFoundError):
-        return 404, [_Issue("not-found", str(exc))]
+        return 404, [Issue("not-found", str(exc))]
     return None
 
 
@@ -281,7 +286,7 @@ async def create_diagnostic_report(request: Request) -> Response:
     """``POST /fhir/DiagnosticReport`` (FHIR create)."""
     who = principal(request)
     try:
-        report = parse_report(await _read(request))
+        report = parse_report(await read_body(request))
         accession, assigner = accession_of(report)
         tenant = lab_of(who, assigner)
         status, issued = _clock(report)
@@ -297,10 +302,10 @@ async def create_diagnostic_report(request: Request) -> Response:
             report_id=report.id,
         )
     except LaminaError as exc:
-        found = _issue_of(exc)
+        found = issue_of(exc)
         if found is None:
             raise
-        return _outcome(*found)
+        return outcome(*found)
     kept = orjson.loads(report.model_dump_json(by_alias=True, exclude_none=True))
     kept["id"] = recorded.id
     kept["meta"] = {**kept.get("meta", {}), "lastUpdated": recorded.received_at.isoformat()}

@@ -28,14 +28,13 @@ from typing import Any
 
 import orjson
 from fhir.resources.R4B.consent import Consent as FhirConsent
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
-from lamina.api.fhir import FHIR_JSON, FINESS_SYSTEM, _Issue, _issue_of, _outcome, _read
+from lamina.api.fhir import FHIR_JSON, FINESS_SYSTEM, Issue, issue_of, outcome, parse_resource, read_body
 from lamina.archive.catalog import Catalog
 from lamina.config import Settings
 from lamina.errors import (
@@ -57,41 +56,13 @@ SCOPES = ("http://terminology.hl7.org/CodeSystem/consentscope", ("research", "pa
 #: the purpose an opposition is about: research (HL7 v3 ActReason)
 PURPOSE_CODE = ("http://terminology.hl7.org/CodeSystem/v3-ActReason", "HRESCH")
 _DECISIONS = {"deny": "deny", "permit": "allow"}
-_MAX_ISSUES = 20
 #: record's parameter names to the resource's FHIRPath
 _PATHS = {"id": "Consent.id", "PATIENT_ID": "Consent.patient.identifier.value"}
 
 
-def _fhirpath(location: tuple[int | str, ...]) -> str:
-    path = "Consent"
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part.isidentifier():
-            path += "." + ("resourceType" if part == "resource_type" else part)
-    return path
-
-
 def parse_consent(raw: bytes) -> FhirConsent:
     """The Consent of a JSON body, or a 400 error per wrong field."""
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ReportError(400, "structure", "", f"not JSON ({exc}): send a Consent resource") from None
-    if not isinstance(document, dict) or document.get("resourceType") != "Consent":
-        raise ReportError(
-            400, "structure", "Consent.resourceType", 'send one resource with "resourceType": "Consent"'
-        )
-    try:
-        return FhirConsent.model_validate(document)
-    except ValidationError as exc:
-        issues: list[tuple[str, str, str | None]] = [
-            ("invalid", str(error["msg"]).split("\n", 1)[0], _fhirpath(tuple(error["loc"])))
-            for error in exc.errors()[:_MAX_ISSUES]
-        ]
-        raise InvalidResourceError(issues) from None
-    except (TypeError, ValueError) as exc:
-        raise ReportError(400, "invalid", "Consent", str(exc).split("\n", 1)[0]) from None
+    return parse_resource(raw, FhirConsent, "Consent")
 
 
 def _decision(consent: FhirConsent) -> str:
@@ -180,7 +151,7 @@ async def create_consent(request: Request) -> Response:
     """``POST /fhir/Consent`` (FHIR create)."""
     who = principal(request)
     try:
-        consent = parse_consent(await _read(request))
+        consent = parse_consent(await read_body(request))
         decision = _decision(consent)
         patient, assigner = _patient(consent)
         tenant = lab_of(who, assigner)
@@ -195,17 +166,17 @@ async def create_consent(request: Request) -> Response:
             consent.id,
         )
     except NotFoundError as exc:  # the patient has no slide in the lab
-        return _outcome(422, [_Issue("not-found", str(exc), "Consent.patient.identifier")])
+        return outcome(422, [Issue("not-found", str(exc), "Consent.patient.identifier")])
     except RequestError as exc:
         if isinstance(exc, ReportError | InvalidResourceError):
-            return _outcome(*(_issue_of(exc) or (400, [_Issue("invalid", str(exc))])))
+            return outcome(*(issue_of(exc) or (400, [Issue("invalid", str(exc))])))
         message = str(exc).removeprefix(f"{exc.parameter}: ")
-        return _outcome(400, [_Issue("value", message, _PATHS.get(exc.parameter, "Consent"))])
+        return outcome(400, [Issue("value", message, _PATHS.get(exc.parameter, "Consent"))])
     except LaminaError as exc:
-        found = _issue_of(exc)
+        found = issue_of(exc)
         if found is None:
             raise
-        return _outcome(*found)
+        return outcome(*found)
     kept: dict[str, Any] = orjson.loads(consent.model_dump_json(by_alias=True, exclude_none=True))
     kept["id"] = str(recorded.id)
     kept["meta"] = {**kept.get("meta", {}), "lastUpdated": recorded.recorded_at.isoformat()}

@@ -92,20 +92,22 @@ T = TypeVar("T")
 # -- the request's body ---------------------------------------------------------------------------------
 
 
-async def json_body(request: Request, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
-    """The JSON object of the body, at most :data:`MAX_BODY_BYTES`, with every ``required`` key
-    and no key outside ``required`` and ``optional``."""
+async def json_body(
+    request: Request, required: tuple[str, ...], optional: tuple[str, ...], limit: int = MAX_BODY_BYTES
+) -> dict[str, Any]:
+    """The JSON object of the body, at most ``limit`` bytes (default :data:`MAX_BODY_BYTES`), with
+    every ``required`` key and no key outside ``required`` and ``optional``."""
     media = request.headers.get("content-type", _JSON).split(";", 1)[0].strip().lower()
     if media != _JSON:
         raise RequestError("Content-Type", f"send the body as {_JSON}, not {media or 'nothing'}")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(f"the body of {declared} bytes is over the {MAX_BODY_BYTES} byte limit")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the body of {declared} bytes is over the {limit} byte limit")
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"the body is over the {MAX_BODY_BYTES} byte limit")
+        if len(raw) > limit:
+            raise PayloadTooLargeError(f"the body is over the {limit} byte limit")
     try:
         found = orjson.loads(bytes(raw))
     except orjson.JSONDecodeError:

@@ -46,6 +46,7 @@ from lamina.api.governance import json_body, path_lab, text_field
 from lamina.archive.catalog import Catalog
 from lamina.archive.catalog import tables as t
 from lamina.errors import NotFoundError, PayloadTooLargeError, RequestError
+from lamina.exchange.push import transfer_of
 from lamina.governance.decide import Action, Resource
 from lamina.governance.registry import Registry
 from lamina.lifecycle.evaluate import SlideFacts, evaluate
@@ -98,19 +99,6 @@ def _read_state(conn: Connection, slide_id: str) -> tuple[SlideFacts, dict[str, 
         .mappings()
         .all()
     )
-    transfer = (
-        conn.execute(
-            select(
-                t.transfers.c.status,
-                t.transfers.c.reason,
-                t.transfers.c.attempts,
-                t.transfers.c.verified_at,
-                t.transfers.c.next_attempt_at,
-            ).where(t.transfers.c.slide_id == slide_id)
-        )
-        .mappings()
-        .first()
-    )
     trace = (
         conn.execute(
             select(
@@ -139,15 +127,7 @@ def _read_state(conn: Connection, slide_id: str) -> tuple[SlideFacts, dict[str, 
             {"id": h["id"], "reason": h["reason"], "held_at": _iso(h["held_at"]), "held_by": h["held_by"]}
             for h in holds
         ],
-        "transfer": None
-        if transfer is None
-        else {
-            "status": transfer["status"],
-            "reason": transfer["reason"],
-            "attempts": transfer["attempts"],
-            "verified_at": _iso(transfer["verified_at"]),
-            "next_attempt_at": _iso(transfer["next_attempt_at"]),
-        },
+        "transfer": transfer_of(conn, slide_id),
         "trace": None
         if trace is None
         else {

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from lamina.archive import audit
 from lamina.archive.catalog import tables as t
@@ -615,37 +615,36 @@ class Pusher:
             )
 
     def _retry(self, result: PushResult, reason: str) -> None:
-        result.status, result.reason = "queued", reason
+        """Another attempt later, after the back-off; a slide sent stays sent (its verification
+        is what is retried)."""
         with self.archive.catalog.begin() as conn:
-            attempts = (
-                conn.execute(
-                    select(t.transfers.c.attempts).where(t.transfers.c.slide_id == result.slide_id)
-                ).scalar()
-                or 0
-            ) + 1
-            status = conn.execute(
-                select(t.transfers.c.status).where(t.transfers.c.slide_id == result.slide_id)
-            ).scalar()
+            row = conn.execute(
+                select(t.transfers.c.attempts, t.transfers.c.status).where(
+                    t.transfers.c.slide_id == result.slide_id
+                )
+            ).first()
+            attempts = (int(row[0]) if row is not None else 0) + 1
+            status = "sent" if row is not None and row[1] == "sent" else "queued"
             conn.execute(
                 update(t.transfers)
-                .where(and_(t.transfers.c.slide_id == result.slide_id))
+                .where(t.transfers.c.slide_id == result.slide_id)
                 .values(
                     attempts=attempts,
                     reason=reason,
-                    status=status if status == "sent" else "queued",
+                    status=status,
                     next_attempt_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=backoff_s(attempts)),
                 )
             )
-        result.status = str(status) if status == "sent" else "queued"
+        result.status, result.reason = status, reason
 
 
 _OPPOSED = "the patient opposes research use of their slides (consent)"
 
 
-def transfer_of(archive: Archive, slide_id: str) -> dict[str, Any] | None:
-    """A slide's transfer as JSON (status, reason, attempts, times), for the API and the viewer."""
-    with archive.catalog.engine.connect() as conn:
-        row = conn.execute(select(t.transfers).where(t.transfers.c.slide_id == slide_id)).first()
+def transfer_of(conn: Connection, slide_id: str) -> dict[str, Any] | None:
+    """A slide's transfer as JSON (status, reason, attempts, times), for the API and the viewer;
+    None when it was never queued."""
+    row = conn.execute(select(t.transfers).where(t.transfers.c.slide_id == slide_id)).first()
     return None if row is None else _transfer_json(row)
 
 

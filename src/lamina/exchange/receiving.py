@@ -124,6 +124,13 @@ def _hex64(value: object, field: str) -> str:
     return value
 
 
+#: the keys of an announcement's body (``tenant`` optional)
+ANNOUNCEMENT_KEYS = (
+    "site", "study_instance_uid", "series_instance_uid", "patient_pseudonym", "category", "reason",
+    "instances", "tenant",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AnnouncedInstance:
     sop_instance_uid: str
@@ -148,10 +155,7 @@ class Announcement:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Announcement:
         """Checked from the JSON body: :class:`RequestError` naming the field otherwise."""
-        known = {
-            "site", "study_instance_uid", "series_instance_uid", "patient_pseudonym", "category",
-            "reason", "instances", "tenant",
-        }  # fmt: skip
+        known = set(ANNOUNCEMENT_KEYS)
         if unknown := sorted(set(body) - known):
             raise RequestError(", ".join(unknown), f"unknown key(s); the keys are {', '.join(sorted(known))}")
         if missing := sorted(known - {"tenant"} - set(body)):

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,43 +99,36 @@ class Jobs:
                 log.exception("watching %s failed; again in 10 s", folder)
                 self.stop.wait(10)
 
-    def _periodic_verify(self) -> None:
+    def _periodic(self, cron_line: str, what: str, work: Callable[[], object]) -> None:
+        """Run ``work`` at each time of ``cron_line`` until the server stops, logging what it did
+        (or why it failed: the next time runs all the same)."""
         from croniter import croniter
 
         lower_priority(self.settings.background_nice)
-        cron = croniter(self.settings.verify_cron, time.time())
+        cron = croniter(cron_line, time.time())
         while not self.stop.wait(max(0.0, cron.get_next(float) - time.time())):
             try:
-                counts = tasks.verify_and_queue_repairs(
-                    self.archive, self.settings.verify_limit_mb_s, self.archive.on_damaged
-                )
-                log.info("periodic fixity: %s", counts)
+                log.info("periodic %s: %s", what, work())
             except Exception:
-                log.exception("periodic fixity failed")
+                log.exception("periodic %s failed", what)
+
+    def _periodic_verify(self) -> None:
+        assert self.settings.verify_cron is not None
+        self._periodic(
+            self.settings.verify_cron,
+            "fixity",
+            lambda: tasks.verify_and_queue_repairs(
+                self.archive, self.settings.verify_limit_mb_s, self.archive.on_damaged
+            ),
+        )
 
     def _periodic_lifecycle(self) -> None:
-        from croniter import croniter
-
-        lower_priority(self.settings.background_nice)
         assert self.settings.lifecycle_cron is not None
-        cron = croniter(self.settings.lifecycle_cron, time.time())
-        while not self.stop.wait(max(0.0, cron.get_next(float) - time.time())):
-            try:
-                log.info("periodic lifecycle: %s", tasks.run_lifecycle(self.archive))
-            except Exception:
-                log.exception("periodic lifecycle failed")
+        self._periodic(self.settings.lifecycle_cron, "lifecycle", lambda: tasks.run_lifecycle(self.archive))
 
     def _periodic_push(self) -> None:
-        from croniter import croniter
-
-        lower_priority(self.settings.background_nice)
         assert self.settings.push_cron is not None
-        cron = croniter(self.settings.push_cron, time.time())
-        while not self.stop.wait(max(0.0, cron.get_next(float) - time.time())):
-            try:
-                log.info("periodic push: %s", tasks.run_push(self.archive))
-            except Exception:
-                log.exception("periodic push failed")
+        self._periodic(self.settings.push_cron, "push", lambda: tasks.run_push(self.archive))
 
     def queue_repair(self, sha256: str) -> None:
         tasks.queue_repair(self.app, sha256)
