@@ -70,7 +70,7 @@ def _stop(process: subprocess.Popen[str]) -> float:
 
 
 @pytest.mark.parametrize("dimse", [False, True], ids=["http", "http+dimse"])
-def test_an_idle_server_stops_within_a_second_of_sigterm(settings: Settings, dimse: bool) -> None:
+def test_an_idle_server_stops_at_once_on_sigterm(settings: Settings, dimse: bool) -> None:
     Archive.open(settings).close()
     extra = ["--dimse-port", str(_free_port())] if dimse else []
     with (
@@ -84,7 +84,10 @@ def test_an_idle_server_stops_within_a_second_of_sigterm(settings: Settings, dim
         took = _stop(process)
 
         output = process.communicate()[0]
-        assert took < 1.0, (took, output)
+        # a server that waited for the client's open connection would take the whole grace
+        # (30 s); an idle one stops at once (about 0.3 s here; the bound leaves room for a
+        # loaded machine, where the interpreter's exit alone took 1.3 s once)
+        assert took < 5.0, (took, output)
         assert process.returncode == 0, output
         assert "Traceback" not in output, output
 
