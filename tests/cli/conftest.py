@@ -24,3 +24,22 @@ def lamina(backend_env: dict[str, str], tmp_path: Path) -> Run:
         )
 
     return run
+
+
+@pytest.fixture
+def lamina_here(backend_env: dict[str, str], tmp_path: Path) -> Run:
+    """``lamina(*args)`` run in this process (click's runner): the same command, arguments,
+    output streams and exit code, without starting an interpreter for each call. For the tests of
+    what a command answers to bad arguments, where a process adds nothing but its start-up."""
+    from click.testing import CliRunner
+
+    from lamina.cli import cli
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {"LAMINA_HOME": str(tmp_path / "home"), "COLUMNS": "200", **backend_env}
+        result = CliRunner().invoke(cli, list(args), env=env, prog_name="lamina")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return subprocess.CompletedProcess(["lamina", *args], result.exit_code, result.stdout, result.stderr)
+
+    return run

@@ -46,7 +46,10 @@ def test_add_list_remove_with_tables_and_json(lamina: Run) -> None:
         (["PACS", "--host", "h", "--port", "dicom"], "--port: 'dicom' is not a number"),
     ],
 )
-def test_bad_values_are_one_line_naming_the_parameter(lamina: Run, args: list[str], message: str) -> None:
+def test_bad_values_are_one_line_naming_the_parameter(
+    lamina_here: Run, args: list[str], message: str
+) -> None:
+    lamina = lamina_here
     done = lamina("ae", "add", *args)
     assert done.returncode == 2
     assert message in done.stderr
@@ -104,8 +107,9 @@ def test_a_calling_ae_of_a_lab_with_its_operations(lamina: Run) -> None:
     ],
 )  # fmt: skip
 def test_bad_calling_ae_values_are_one_line_naming_the_parameter(
-    lamina: Run, args: list[str], message: str
+    lamina_here: Run, args: list[str], message: str
 ) -> None:
+    lamina = lamina_here
     assert lamina("tenants", "add", LAB, "Anatomie pathologique").returncode == 0
     done = lamina("ae", "add", "SCANNER1", *args)
     assert done.returncode == 2

@@ -17,6 +17,9 @@ from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from tests.support import TESTDATA, dciodvfy_errors, ingest_path, need, shared_file, stored_file
 
+# the conversion is the subject; both backends' keeping of it is checked by tests/archive
+pytestmark = pytest.mark.backend_independent
+
 
 @dataclass(frozen=True)
 class Expect:

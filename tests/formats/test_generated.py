@@ -23,6 +23,9 @@ from lamina.archive.manifest import load_manifest
 from lamina.sample import SAMPLE_FORMATS, write_samples
 from tests.support import dciodvfy_errors, stored_file
 
+# the conversion is the subject; both backends' keeping of it is checked by tests/archive
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.mark.parametrize("sample_format", SAMPLE_FORMATS)
 def test_generated_sample_ingests_conformant(

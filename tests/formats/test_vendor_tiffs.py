@@ -34,6 +34,9 @@ from lamina.formats.registry import detect_format, open_source
 from lamina.sample import SampleFile, write_samples
 from tests.support import dciodvfy_errors, ingest_path, stored_file
 
+# the conversion is the subject; both backends' keeping of it is checked by tests/archive
+pytestmark = pytest.mark.backend_independent
+
 SIZE = (1024, 768)
 ACQUIRED = dt.datetime(2026, 11, 28, 9, 14, 2)
 

@@ -2,38 +2,65 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
 from lamina import __version__
-from lamina.cli.ae import ae
-from lamina.cli.audit import audit
-from lamina.cli.collections import collections
-from lamina.cli.costs import costs
-from lamina.cli.delete import delete
-from lamina.cli.demo import demo
-from lamina.cli.exchange import consent, pseudonym, push
-from lamina.cli.export import export
-from lamina.cli.grants import grants
-from lamina.cli.ingest import ingest
-from lamina.cli.issuer import issuer
-from lamina.cli.lifecycle import case, hold, interest, lifecycle
-from lamina.cli.passwords import password
-from lamina.cli.report import report
-from lamina.cli.sample import sample
-from lamina.cli.send import send
-from lamina.cli.serve import serve
-from lamina.cli.slides import slides
-from lamina.cli.tenants import tenants
-from lamina.cli.token import token
-from lamina.cli.users import users
-from lamina.cli.verify import verify
-from lamina.cli.watch import watch
-from lamina.cli.worker import worker
+
+#: Each sub-command and where it is defined: a command's module is imported when it runs (or
+#: when the help lists it), so that ``lamina ae list`` does not load the server, the DICOM
+#: network stack and every reader first.
+COMMANDS = {
+    "ingest": "lamina.cli.ingest:ingest",
+    "slides": "lamina.cli.slides:slides",
+    "export": "lamina.cli.export:export",
+    "delete": "lamina.cli.delete:delete",
+    "sample": "lamina.cli.sample:sample",
+    "demo": "lamina.cli.demo:demo",
+    "serve": "lamina.cli.serve:serve",
+    "worker": "lamina.cli.worker:worker",
+    "verify": "lamina.cli.verify:verify",
+    "audit": "lamina.cli.audit:audit",
+    "watch": "lamina.cli.watch:watch",
+    "ae": "lamina.cli.ae:ae",
+    "send": "lamina.cli.send:send",
+    "tenants": "lamina.cli.tenants:tenants",
+    "users": "lamina.cli.users:users",
+    "grants": "lamina.cli.grants:grants",
+    "collections": "lamina.cli.collections:collections",
+    "token": "lamina.cli.token:token",
+    "issuer": "lamina.cli.issuer:issuer",
+    "costs": "lamina.cli.costs:costs",
+    "case": "lamina.cli.lifecycle:case",
+    "interest": "lamina.cli.lifecycle:interest",
+    "hold": "lamina.cli.lifecycle:hold",
+    "lifecycle": "lamina.cli.lifecycle:lifecycle",
+    "report": "lamina.cli.report:report",
+    "consent": "lamina.cli.exchange:consent",
+    "pseudonym": "lamina.cli.exchange:pseudonym",
+    "push": "lamina.cli.exchange:push",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported by name, the first time they are asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, _, attribute = COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            if not isinstance(command, click.Command):  # pragma: no cover - a wrong table entry
+                raise TypeError(f"{COMMANDS[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lamina")
 @click.option(
     "--home",
@@ -48,40 +75,6 @@ def cli(ctx: click.Context, home: str | None) -> None:
     # readers report damaged files through lamina's own errors; their log lines are noise here
     for name in ("tifffile", "pydicom", "opentile", "wsidicom"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-for command in (
-    ingest,
-    slides,
-    export,
-    delete,
-    sample,
-    demo,
-    serve,
-    worker,
-    verify,
-    audit,
-    watch,
-    ae,
-    send,
-    tenants,
-    users,
-    grants,
-    collections,
-    token,
-    issuer,
-    costs,
-    case,
-    interest,
-    hold,
-    lifecycle,
-    report,
-    consent,
-    pseudonym,
-    push,
-):
-    cli.add_command(command)
-users.add_command(password)
 
 
 def main() -> None:

@@ -104,3 +104,12 @@ def list_(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
         roles = "; ".join(f"{item.tenant} {item.role.value}" for item in person.roles)
         table.add_row(escape(person.id), escape(person.display_name) or "-", roles or "-")
     console.print(table)
+
+
+def _with_password() -> None:
+    from lamina.cli.passwords import password  # passwords imports nothing of this module
+
+    users.add_command(password)
+
+
+_with_password()
