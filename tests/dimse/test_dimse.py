@@ -306,36 +306,34 @@ def test_find_at_study_series_and_image_level(
         assert list(image.ImageType) == list(by_uid[image.SOPInstanceUID].ImageType)
 
 
-@pytest.mark.parametrize(
-    ("keys", "matches"),
-    [
-        (("PatientName=m*",), 1),  # PN: wild card, any case
-        (("PatientName=MÜLLER^ANNA", "SpecificCharacterSet=ISO_IR 192"), 1),
-        ((f"PatientID={PATIENT_ID[:4]}*",), 1),
-        ((f"PatientID={PATIENT_ID.lower()}",), 0),  # other strings: exact case
-        ((f"AccessionNumber={ACCESSION}",), 1),
-        (("StudyDate=20000101-20301231",), 1),
-        (("StudyDate=-19991231",), 0),
-        (("PatientID=NOBODY",), 0),
-        (("StudyInstanceUID=1.2.3\\1.2.4",), 0),
-        (("PatientID=",), 1),  # universal matching
-        ((f"AccessionNumber=OTHER\\{ACCESSION}",), 1),  # several values: any of them
-        (("ModalitiesInStudy=SM",), 1),
-        (("ModalitiesInStudy=CT",), 0),
-    ],
-)
+#: C-FIND keys and how many studies of the stored slide each matches.
+FIND_CASES: list[tuple[tuple[str, ...], int]] = [
+    (("PatientName=m*",), 1),  # PN: wild card, any case
+    (("PatientName=MÜLLER^ANNA", "SpecificCharacterSet=ISO_IR 192"), 1),
+    ((f"PatientID={PATIENT_ID[:4]}*",), 1),
+    ((f"PatientID={PATIENT_ID.lower()}",), 0),  # other strings: exact case
+    ((f"AccessionNumber={ACCESSION}",), 1),
+    (("StudyDate=20000101-20301231",), 1),
+    (("StudyDate=-19991231",), 0),
+    (("PatientID=NOBODY",), 0),
+    (("StudyInstanceUID=1.2.3\\1.2.4",), 0),
+    (("PatientID=",), 1),  # universal matching
+    ((f"AccessionNumber=OTHER\\{ACCESSION}",), 1),  # several values: any of them
+    (("ModalitiesInStudy=SM",), 1),
+    (("ModalitiesInStudy=CT",), 0),
+]
+
+
 def test_find_matching(
-    server: DimseServer,
-    archive: Archive,
-    profile: Path,
-    exported: ExportedSlide,
-    tmp_path: Path,
-    keys: tuple[str, ...],
-    matches: int,
+    server: DimseServer, archive: Archive, profile: Path, exported: ExportedSlide, tmp_path: Path
 ) -> None:
+    # one stored slide, every matching rule asked of it (one association each, as findscu does)
     _stored_slide(server, archive, profile, exported)
-    found = _find(server, tmp_path / "found", "STUDY", "StudyInstanceUID", *keys)
-    assert len(found) == matches
+    found = {
+        keys: len(_find(server, tmp_path / f"found{n}", "STUDY", "StudyInstanceUID", *keys))
+        for n, (keys, _) in enumerate(FIND_CASES)
+    }
+    assert found == dict(FIND_CASES)
 
 
 def test_find_with_a_bad_identifier_fails(server: DimseServer, tmp_path: Path) -> None:
