@@ -114,8 +114,7 @@ def test_a_vsi_and_its_ets_folder_are_one_candidate_named_as_vsi() -> None:
     # Assert
     assert candidate.path.name == "vsi-ets-test-jpg2k.vsi"
     assert [p.suffix for p in candidate.members] == [".vsi", ".ets"]
-    with pytest.raises(UnsupportedFormatError, match="Evident VSI files are not supported yet"):
-        detect_format(candidate.path)
+    assert detect_format(candidate.path).format_name == "olympus_vsi"
 
 
 def test_a_file_no_reader_claims_lists_the_readers(tmp_path: Path) -> None:

@@ -187,9 +187,12 @@ def lossy_encoding(samples: int) -> FrameEncoding:
     return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, Method.ISO_10918_1)
 
 
-def encode(pixels: npt.NDArray[np.uint8], encoding: FrameEncoding) -> bytes:
-    """Encode one frame in ``encoding`` (one of ``lossless_encoding`` / ``lossy_encoding``)."""
+def encode(pixels: npt.NDArray[Any], encoding: FrameEncoding) -> bytes:
+    """Encode one frame in ``encoding`` (one of ``lossless_encoding`` / ``lossy_encoding``);
+    uint8 samples, or uint16 grey samples (JPEG 2000 only)."""
     data = np.ascontiguousarray(pixels if pixels.shape[-1] != 1 else pixels[..., 0])
+    if data.dtype != np.uint8 and encoding.transfer_syntax is not TransferSyntax.JPEG_2000_LOSSLESS:
+        raise CodecError(f"lamina encodes {data.dtype} samples in JPEG 2000 only")
     if encoding.transfer_syntax is TransferSyntax.JPEG_2000_LOSSLESS:
         return bytes(
             imagecodecs.jpeg2k_encode(
@@ -211,10 +214,9 @@ _DECODERS: dict[TransferSyntax, tuple[str, Callable[[bytes], Any]]] = {
 }
 
 
-def decode(
-    frame: bytes, encoding: FrameEncoding, size: tuple[int, int] | None = None
-) -> npt.NDArray[np.uint8]:
-    """Decode one frame of ``encoding`` to RGB (or grey) pixels, shape (rows, columns, samples).
+def decode(frame: bytes, encoding: FrameEncoding, size: tuple[int, int] | None = None) -> npt.NDArray[Any]:
+    """Decode one frame of ``encoding`` to RGB (or grey) pixels, shape (rows, columns, samples):
+    uint8, or uint16 for a frame of more than 8 bits (JPEG 2000, JPEG-LS).
 
     ``size`` (columns, rows), when given, bounds the work: a frame whose header declares a larger
     image is refused before a decoder allocates it. Raises CodecError, naming the codec and what
@@ -237,7 +239,9 @@ def decode(
         raise CodecError(f"the {name} header declares an image too large to decode") from exc
     except Exception as exc:  # imagecodecs raises one error class per codec
         raise CodecError(f"the {name} data is damaged ({library_message(exc)})") from exc
-    array = np.asarray(pixels, dtype=np.uint8)
+    array = np.asarray(pixels)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise CodecError(f"the {name} frame decodes to {array.dtype} samples, not 8 or 16-bit unsigned")
     return array[..., None] if array.ndim == 2 else array
 
 

@@ -202,7 +202,7 @@ class DicomImage(SourceImage):
             return None
         return [self._spans[frame].length for frame in self._order if frame is not None]
 
-    def decode_tile(self, col: int, row: int) -> Pixels:
+    def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
         index = row * self.grid.width + col
         shape = (self.tile_size.height, self.tile_size.width, self.samples_per_pixel)
         frame = self._order[index]

@@ -11,12 +11,13 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, VLWholeSlideMicroscopyImageStorage
+from pydicom.uid import UID, VLWholeSlideMicroscopyImageStorage, generate_uid
 
 from lamina import __version__
-from lamina.formats.source import FrameEncoding, SlideMetadata, SourceImage
+from lamina.formats.source import FrameEncoding, OpticalPath, SlideMetadata, SourceImage
 from lamina.model.enums import (
     DimensionOrganizationTypeValues,
     ImageFlavorValues,
@@ -200,18 +201,49 @@ def nominal_spacing(source: SourceImage) -> SizeMm:
 
 
 def optical_path(ds: Dataset, meta: SlideMetadata, photometric: str) -> None:
-    path = Dataset()
-    path.OpticalPathIdentifier = "1"
-    path.IlluminationTypeCodeSequence = DicomSequence([code("111744", "DCM", "Brightfield illumination")])
-    path.IlluminationColorCodeSequence = DicomSequence([code("414298005", "SCT", "Full Spectrum")])
-    if photometric != PhotometricInterpretationValues.MONOCHROME2:
-        path.ICCProfile = meta.icc_profile or srgb_profile()
-        if not meta.icc_profile:
-            path.ColorSpace = "SRGB"
-    if meta.objective_power:
-        path.ObjectiveLensPower = f"{meta.objective_power:g}"
-    ds.NumberOfOpticalPaths = 1
-    ds.OpticalPathSequence = DicomSequence([path])
+    """One Optical Path Sequence item per channel (one for a brightfield scan)."""
+    channels = meta.optical_paths or (OpticalPath(),)
+    items = []
+    for number, channel in enumerate(channels, start=1):
+        path = Dataset()
+        path.OpticalPathIdentifier = str(number)
+        if channel.description:
+            described = channel.description
+            if channel.emission_nm:
+                described += f" (emission {channel.emission_nm:g} nm)"
+            path.OpticalPathDescription = described[:1024]
+        illumination = (
+            code("111743", "DCM", "Epifluorescence illumination")
+            if channel.fluorescence
+            else code("111744", "DCM", "Brightfield illumination")
+        )
+        path.IlluminationTypeCodeSequence = DicomSequence([illumination])
+        if channel.illumination_nm:
+            path.IlluminationWaveLength = float(channel.illumination_nm)
+        else:
+            path.IlluminationColorCodeSequence = DicomSequence([code("414298005", "SCT", "Full Spectrum")])
+        if photometric != PhotometricInterpretationValues.MONOCHROME2:
+            path.ICCProfile = meta.icc_profile or srgb_profile()
+            if not meta.icc_profile:
+                path.ColorSpace = "SRGB"
+        elif channel.color is not None:
+            _palette(path, channel.color)
+        if meta.objective_power:
+            path.ObjectiveLensPower = f"{meta.objective_power:g}"
+        items.append(path)
+    ds.NumberOfOpticalPaths = len(items)
+    ds.OpticalPathSequence = DicomSequence(items)
+
+
+def _palette(path: Dataset, color: tuple[int, int, int]) -> None:
+    """The channel's colour as a Palette Color Lookup Table of the optical path (PS3.3 C.8.12.5.1):
+    256 entries of 16 bits from black to the colour, which viewers use to tint the grey samples."""
+    ramp = np.linspace(0.0, 1.0, 256)
+    path.PaletteColorLookupTableUID = generate_uid()
+    for name, value in zip(("Red", "Green", "Blue"), color, strict=True):
+        setattr(path, f"{name}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        table = np.round(ramp * value * 257).astype("<u2")
+        setattr(path, f"{name}PaletteColorLookupTableData", table.tobytes())
 
 
 def acquisition_datetime(acquired: dt.datetime) -> str:
@@ -247,14 +279,19 @@ def image(
         ds.PlanarConfiguration = 0
     ds.Rows = source.tile_size.height
     ds.Columns = source.tile_size.width
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
+    ds.BitsAllocated = 8 if source.bits_stored <= 8 else 16
+    ds.BitsStored = source.bits_stored
+    ds.HighBit = source.bits_stored - 1
     ds.PixelRepresentation = 0
+    if encoding.photometric_interpretation == PhotometricInterpretationValues.MONOCHROME2:
+        # grey samples are shown as stored (PS3.3 C.8.12.4: 1C for MONOCHROME2)
+        ds.PresentationLUTShape = "IDENTITY"
+        ds.RescaleIntercept = 0
+        ds.RescaleSlope = 1
     ds.NumberOfFrames = source.frame_count
     ds.TotalPixelMatrixColumns = source.size.width
     ds.TotalPixelMatrixRows = source.size.height
-    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.TotalPixelMatrixFocalPlanes = source.focal_planes
     origin = Dataset()
     origin.XOffsetInSlideCoordinateSystem = 0
     origin.YOffsetInSlideCoordinateSystem = 0
@@ -288,6 +325,9 @@ def _frames(ds: Dataset, ctx: SeriesContext, source: SourceImage, image_type: li
         measures = Dataset()
         measures.PixelSpacing = [f"{spacing.height:.10g}", f"{spacing.width:.10g}"]
         measures.SliceThickness = "0.001"
+        if source.focal_planes > 1:
+            between = ctx.metadata.focal_plane_spacing_mm or 0.001
+            measures.SpacingBetweenSlices = f"{between:.10g}"
         shared.PixelMeasuresSequence = DicomSequence([measures])
         ds.ImagedVolumeWidth = spacing.width * source.size.width
         ds.ImagedVolumeHeight = spacing.height * source.size.height
@@ -295,9 +335,11 @@ def _frames(ds: Dataset, ctx: SeriesContext, source: SourceImage, image_type: li
     frame_type = Dataset()
     frame_type.FrameType = image_type
     shared.WholeSlideMicroscopyImageFrameTypeSequence = DicomSequence([frame_type])
-    path_id = Dataset()
-    path_id.OpticalPathIdentifier = "1"
-    shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
+    if source.optical_paths == 1:
+        # several optical paths: each frame's is implied by its place (TILED_FULL)
+        path_id = Dataset()
+        path_id.OpticalPathIdentifier = "1"
+        shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     ds.DimensionOrganizationType = str(DimensionOrganizationTypeValues.TILED_FULL)
     organisation = Dataset()
@@ -308,6 +350,18 @@ def _frames(ds: Dataset, ctx: SeriesContext, source: SourceImage, image_type: li
         index = Dataset()
         index.DimensionIndexPointer = keyword
         index.FunctionalGroupPointer = "PlanePositionSlideSequence"
+        index.DimensionOrganizationUID = ctx.dimension_organization_uid
+        indices.append(index)
+    if source.focal_planes > 1:
+        index = Dataset()
+        index.DimensionIndexPointer = "ZOffsetInSlideCoordinateSystem"
+        index.FunctionalGroupPointer = "PlanePositionSlideSequence"
+        index.DimensionOrganizationUID = ctx.dimension_organization_uid
+        indices.append(index)
+    if source.optical_paths > 1:
+        index = Dataset()
+        index.DimensionIndexPointer = "OpticalPathIdentifier"
+        index.FunctionalGroupPointer = "OpticalPathIdentificationSequence"
         index.DimensionOrganizationUID = ctx.dimension_organization_uid
         indices.append(index)
     ds.DimensionIndexSequence = DicomSequence(indices)

@@ -157,6 +157,9 @@ def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedI
         if copy:
             assert image.encoding is not None
             encoding = image.encoding
+        elif image.bits_stored > 8:
+            # JPEG baseline holds 8 bits: deeper samples are kept in lossless JPEG 2000
+            encoding = codec.lossless_encoding(image.samples_per_pixel)
         elif image.source_lossy and (isinstance(image, GeneratedLevel) or image.lossy_ratio is None):
             # computed pixels of a lossy slide (JPEG keeps the pyramid's size in proportion), or
             # lossy pixels whose compression ratio is unknown (DICOM needs one: ours is known)
@@ -175,19 +178,23 @@ def _encoded_frames(
     """The image's tiles decoded and encoded again. A tile that cannot be decoded is refused here
     with the image and the tile (the readers name the page or frame when they know it)."""
     grid = image.grid
-    for row in range(grid.height):
-        for col in range(grid.width):
-            try:
-                pixels = image.decode_tile(col, row)
-            except LaminaError:
-                raise
-            except Exception as exc:
-                raise CorruptSourceError(
-                    path or Path("?"),
-                    f"{name}, tile ({col}, {row}) cannot be decoded: {codec.damage(exc)}; "
-                    "the file is damaged: copy it again from the scanner",
-                ) from exc
-            yield codec.encode(pixels, encoding)
+    for z, c in image.planes():
+        for row in range(grid.height):
+            for col in range(grid.width):
+                try:
+                    pixels = image.decode_tile(col, row, z, c)
+                except LaminaError:
+                    raise
+                except Exception as exc:
+                    where = f"tile ({col}, {row})" + (
+                        f" of focal plane {z + 1}, channel {c + 1}" if image.frame_count > grid.area else ""
+                    )
+                    raise CorruptSourceError(
+                        path or Path("?"),
+                        f"{name}, {where} cannot be decoded: {codec.damage(exc)}; "
+                        "the file is damaged: copy it again from the scanner",
+                    ) from exc
+                yield codec.encode(pixels, encoding)
 
 
 #: What a generated level must not take from the level it was computed from.
@@ -277,7 +284,8 @@ def write_instance(
         spool.seek(0)
     length_array = np.asarray(lengths, dtype=np.uint64)
     padded = length_array + (length_array & 1)
-    raw = image.frame_count * image.tile_size.area * image.samples_per_pixel
+    sample_bytes = 2 if image.bits_stored > 8 else 1
+    raw = image.frame_count * image.tile_size.area * image.samples_per_pixel * sample_bytes
     total = int(length_array.sum())
     lossy: tuple[str, float | None] | None = None
     if plan.encoding.lossy_method is not None:

@@ -160,7 +160,7 @@ class TiffTiledImage(SourceImage):
                 yield (tile,) if head is None else (head, tile[2:])
             index = end + 1
 
-    def decode_tile(self, col: int, row: int) -> Pixels:
+    def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
         index = row * self.grid.width + col
         count = self._counts[index]
         shape = (self.tile_size.height, self.tile_size.width, self.samples_per_pixel)
@@ -201,7 +201,7 @@ class DecodedImage(SourceImage):
         self.encoding = None
         self.source_lossy = source_lossy
 
-    def decode_tile(self, col: int, row: int) -> Pixels:
+    def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
         tw, th = self.tile_size.width, self.tile_size.height
         tile = self._pixels[row * th : (row + 1) * th, col * tw : (col + 1) * tw]
         if tile.shape[:2] == (th, tw):
@@ -210,7 +210,7 @@ class DecodedImage(SourceImage):
         out[: tile.shape[0], : tile.shape[1]] = tile
         return out
 
-    def decode_region(self) -> Pixels:
+    def decode_region(self, z: int = 0, c: int = 0) -> Pixels:
         return self._pixels
 
 

@@ -168,7 +168,7 @@ class OpenTileImage(SourceImage):
         row, col = divmod(index, self.grid.width)
         return self._wrap(self._tile(col, row))
 
-    def decode_tile(self, col: int, row: int) -> Pixels:
+    def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
         shape = (self.tile_size.height, self.tile_size.width, self.samples_per_pixel)
         frame = self.read_frame(row * self.grid.width + col) if self.encoding is not None else b""
         with reading(self._path, f"tile ({col}, {row}) of {self._name}"):

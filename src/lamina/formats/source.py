@@ -33,7 +33,15 @@ exception of a reader library. Images raise the same when a tile cannot be read.
 Required members of an image
 ----------------------------
 ``flavor``, ``size``, ``tile_size``, ``samples_per_pixel``, ``pixel_spacing``, ``encoding``,
-``source_lossy``, ``decode_tile(col, row)``.
+``source_lossy``, ``decode_tile(col, row, z, c)``.
+
+Focal planes and channels
+-------------------------
+An image of a z-stack or of a fluorescence scan has ``focal_planes`` and ``optical_paths`` above
+one (the slide's :attr:`SlideMetadata.optical_paths` describe the channels). Its frames are in
+DICOM's TILED_FULL order (PS3.3 C.7.6.17.3): column fastest, then row, then focal plane, then
+optical path, so frame ``index`` is ``col + row * columns + z * tiles + c * tiles * planes``.
+``bits_stored`` is 8, or up to 16 for the grey samples of a fluorescence camera (``uint16``).
 
 Optional speed-ups of an image
 ------------------------------
@@ -72,7 +80,8 @@ from lamina.model.enums import (
 from lamina.model.geometry import SizeMm, SizePx
 from lamina.model.slide import SlideIdentity
 
-Pixels = npt.NDArray[np.uint8]
+#: A tile's samples: uint8, or uint16 for the grey samples of a fluorescence camera.
+Pixels = npt.NDArray[Any]
 _DAMAGED = "the file is damaged or truncated: copy it again from the scanner"
 ReadObserver = Callable[[Path, int, bytes], None]
 Buffer = bytes | bytearray | memoryview
@@ -130,6 +139,24 @@ class SourceOptions:
 
 
 @dataclass(frozen=True)
+class OpticalPath:
+    """One channel of a scan, as DICOM's Optical Path Sequence item describes it (PS3.3 C.8.12.5).
+
+    A brightfield scan has one, with no values; each fluorescence channel has its own."""
+
+    #: OpticalPathDescription: the channel's name as the scanner gives it ("DAPI", "C405").
+    description: str | None = None
+    #: IlluminationWaveLength in nm: the excitation.
+    illumination_nm: float | None = None
+    #: The emission's wavelength in nm (kept in the description; DICOM has no attribute for it
+    #: outside a filter's pass band).
+    emission_nm: float | None = None
+    #: The colour the scanner shows the channel in (sRGB), written as the optical path's palette.
+    color: tuple[int, int, int] | None = None
+    fluorescence: bool = False
+
+
+@dataclass(frozen=True)
 class SlideMetadata:
     """What the file says about the scan. Everything optional: nothing is invented."""
 
@@ -146,6 +173,10 @@ class SlideMetadata:
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     frame_of_reference_uid: str | None = None
+    #: The channels, in the order of the images' optical path index (empty: one brightfield path).
+    optical_paths: tuple[OpticalPath, ...] = ()
+    #: The distance between focal planes of a z-stack, in mm (SpacingBetweenSlices).
+    focal_plane_spacing_mm: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,6 +215,11 @@ class SourceImage(ABC):
     lossy_ratio: float | None = None
     #: Per-image DICOM attributes kept from a DICOM source (``None`` for other formats).
     dataset: Any = None
+    #: Focal planes (z) and optical paths (channels); see the module docstring for the order.
+    focal_planes: int = 1
+    optical_paths: int = 1
+    #: BitsStored: 8, or up to 16 (BitsAllocated 16) for grey fluorescence samples.
+    bits_stored: int = 8
     #: Told of the bytes an image reads from its file, ``(path, offset, data)``, so that the
     #: source's fingerprint is computed without reading the file a second time (optional).
     read_observer: ReadObserver | None = None
@@ -194,7 +230,23 @@ class SourceImage(ABC):
 
     @property
     def frame_count(self) -> int:
-        return self.grid.area
+        return self.grid.area * self.focal_planes * self.optical_paths
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger[Any]]:
+        """The samples' type: uint8, or uint16 above 8 bits stored."""
+        return np.uint8 if self.bits_stored <= 8 else np.uint16
+
+    def frame_index(self, col: int, row: int, z: int = 0, c: int = 0) -> int:
+        """The 0-based index of a tile's frame in TILED_FULL order."""
+        grid = self.grid
+        return col + row * grid.width + (z + c * self.focal_planes) * grid.area
+
+    def planes(self) -> Iterator[tuple[int, int]]:
+        """Every (z, c) in frame order: the focal planes of the first channel, then the next..."""
+        for c in range(self.optical_paths):
+            for z in range(self.focal_planes):
+                yield z, c
 
     def read_frame(self, index: int) -> bytes:
         """The encoded frame ``index`` (row-major). Only when ``encoding`` is not ``None``."""
@@ -213,17 +265,18 @@ class SourceImage(ABC):
             yield (frame,)
 
     @abstractmethod
-    def decode_tile(self, col: int, row: int) -> Pixels:
-        """The tile's pixels, ``(tile_height, tile_width, samples)``, padded to the full tile."""
+    def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
+        """The tile's pixels, ``(tile_height, tile_width, samples)``, padded to the full tile;
+        of focal plane ``z`` and optical path ``c``."""
 
-    def decode_region(self) -> Pixels:
+    def decode_region(self, z: int = 0, c: int = 0) -> Pixels:
         """The whole image decoded. Only for small images (associated images, small levels)."""
         grid = self.grid
         tw, th = self.tile_size.width, self.tile_size.height
-        out = np.zeros((grid.height * th, grid.width * tw, self.samples_per_pixel), np.uint8)
+        out = np.zeros((grid.height * th, grid.width * tw, self.samples_per_pixel), self.dtype)
         for row in range(grid.height):
             for col in range(grid.width):
-                out[row * th : (row + 1) * th, col * tw : (col + 1) * tw] = self.decode_tile(col, row)
+                out[row * th : (row + 1) * th, col * tw : (col + 1) * tw] = self.decode_tile(col, row, z, c)
         return out[: self.size.height, : self.size.width]
 
 

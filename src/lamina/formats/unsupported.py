@@ -20,7 +20,6 @@ NOT_YET = {
     ".mrxs": "3DHistech MRXS",
     ".bif": "Roche BIF",
     ".scn": "Leica SCN",
-    ".vsi": "Evident VSI",
     ".isyntax": "Philips iSyntax",
     ".czi": "Zeiss CZI",
     ".qptiff": "PerkinElmer QPTIFF",
