@@ -126,3 +126,9 @@ def test_unreachable_catalog_or_store_says_what_without_secrets(tmp_path: Path) 
     assert store.returncode == 2
     assert "http://127.0.0.1:1" in store.stderr and "AWS_ENDPOINT_URL" in store.stderr
     assert "topsecret" not in store.stderr + store.stdout
+
+
+def test_a_lossy_quality_out_of_range_names_the_option(lamina_here: Run, tmp_path: Path) -> None:
+    done = lamina_here("ingest", "--lossy", "0", str(tmp_path / "slide.svs"))
+    assert done.returncode == 2
+    assert "--lossy" in done.stderr and "1<=x<=100" in done.stderr

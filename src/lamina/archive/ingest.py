@@ -77,6 +77,8 @@ class IngestOptions:
     #: the lab (FINESS number) the slide belongs to; "" on a node without tenants. A case stays in
     #: one lab: a slide whose case belongs to another is refused.
     tenant: str = ""
+    #: ``--lossy QUALITY``: re-encoded 8-bit pixels as JPEG at this quality (1-100), not lossless
+    lossy_quality: int | None = None
 
 
 @dataclass
@@ -302,7 +304,7 @@ class Ingestor:
             minted.add(uid)
             return uid
 
-        plans = plan_slide(source, mint)
+        plans = plan_slide(source, mint, options.lossy_quality)
         # only the UIDs a DICOM source brings can be in the archive already (a new UID is random:
         # probing for it would cost a random read of the largest index, and the insert checks it)
         kept = [plan.sop_instance_uid for plan in plans if plan.sop_instance_uid not in minted]

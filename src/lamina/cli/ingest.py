@@ -38,6 +38,14 @@ from lamina.model.geometry import SizeMm
     default=None,
     help="The lab (FINESS number) the slides belong to; default the node's only lab.",
 )
+@click.option(
+    "--lossy",
+    "lossy_quality",
+    type=click.IntRange(1, 100),
+    help="Write the pixels lamina must re-encode (LZW, uncompressed, PNG...) as JPEG at this "
+    "quality instead of lossless JPEG 2000; recorded in each instance (LossyImageCompression, "
+    "ratio, method). Tiles copied as stored are never re-encoded.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @handle_errors
@@ -47,6 +55,7 @@ def ingest(
     manifest: Path | None,
     mpp: float | None,
     tenant: str | None,
+    lossy_quality: int | None,
     as_json: bool,
 ) -> None:
     """Ingest slide files or folders (recursively) as DICOM WSI.
@@ -61,7 +70,9 @@ def ingest(
         archive.close()
         raise
     receiver = archive.receiver()
-    options = IngestOptions(pixel_spacing=SizeMm.from_mpp(mpp) if mpp else None, tenant=owner)
+    options = IngestOptions(
+        pixel_spacing=SizeMm.from_mpp(mpp) if mpp else None, tenant=owner, lossy_quality=lossy_quality
+    )
     results: list[IngestResult] = []
     candidates = discover(paths)
     show = not as_json and sys.stderr.isatty()

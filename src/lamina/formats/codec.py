@@ -187,9 +187,9 @@ def lossy_encoding(samples: int) -> FrameEncoding:
     return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, Method.ISO_10918_1)
 
 
-def encode(pixels: npt.NDArray[Any], encoding: FrameEncoding) -> bytes:
+def encode(pixels: npt.NDArray[Any], encoding: FrameEncoding, quality: int = JPEG_QUALITY) -> bytes:
     """Encode one frame in ``encoding`` (one of ``lossless_encoding`` / ``lossy_encoding``);
-    uint8 samples, or uint16 grey samples (JPEG 2000 only)."""
+    uint8 samples, or uint16 grey samples (JPEG 2000 only). ``quality``: JPEG's, 1 to 100."""
     data = np.ascontiguousarray(pixels if pixels.shape[-1] != 1 else pixels[..., 0])
     if data.dtype != np.uint8 and encoding.transfer_syntax is not TransferSyntax.JPEG_2000_LOSSLESS:
         raise CodecError(f"lamina encodes {data.dtype} samples in JPEG 2000 only")
@@ -200,7 +200,7 @@ def encode(pixels: npt.NDArray[Any], encoding: FrameEncoding) -> bytes:
             )
         )
     if encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
-        return bytes(imagecodecs.jpeg8_encode(data, level=JPEG_QUALITY, subsampling=(2, 2)))
+        return bytes(imagecodecs.jpeg8_encode(data, level=quality, subsampling=(2, 2)))
     raise CodecError(f"lamina does not encode {encoding.transfer_syntax}")
 
 

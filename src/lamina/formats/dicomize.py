@@ -98,6 +98,8 @@ class PlannedInstance:
     level: int | None  # pyramid level index for VOLUME images
     encoding: FrameEncoding
     copy: bool  # frames copied as stored (True) or re-encoded (False)
+    #: JPEG quality of re-encoded lossy frames
+    quality: int = codec.JPEG_QUALITY
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,14 @@ def describe_image(plan: PlannedInstance) -> str:
     return f"level {plan.level}"
 
 
-def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedInstance]:
-    """Every instance the slide becomes: the full pyramid, then the associated images."""
+def plan_slide(
+    source: SlideSource, new_uid: Callable[[], str], lossy_quality: int | None = None
+) -> list[PlannedInstance]:
+    """Every instance the slide becomes: the full pyramid, then the associated images.
+
+    ``lossy_quality`` (``lamina ingest --lossy QUALITY``, 1 to 100): the 8-bit pixels lamina
+    re-encodes are written as JPEG at that quality instead of JPEG 2000 lossless; frames copied
+    as stored stay as they are, and samples of more than 8 bits stay lossless."""
     images: list[tuple[SourceImage, int | None]] = [
         (image, level) for level, image in enumerate(complete_pyramid(source.levels))
     ]
@@ -154,6 +162,7 @@ def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedI
     plans = []
     for number, (image, level) in enumerate(images, start=1):
         copy = image.encoding is not None
+        quality = codec.JPEG_QUALITY
         if copy:
             assert image.encoding is not None
             encoding = image.encoding
@@ -166,14 +175,18 @@ def plan_slide(source: SlideSource, new_uid: Callable[[], str]) -> list[PlannedI
             encoding = codec.lossy_encoding(image.samples_per_pixel)
         else:
             encoding = codec.lossless_encoding(image.samples_per_pixel)
+        if not copy and lossy_quality is not None and image.bits_stored <= 8:
+            encoding, quality = codec.lossy_encoding(image.samples_per_pixel), lossy_quality
         kept = image.dataset is not None and not isinstance(image, GeneratedLevel)
         uid = str(image.dataset.SOPInstanceUID) if kept else new_uid()
-        plans.append(PlannedInstance(image, uid, _image_type(image, level), number, level, encoding, copy))
+        plans.append(
+            PlannedInstance(image, uid, _image_type(image, level), number, level, encoding, copy, quality)
+        )
     return plans
 
 
 def _encoded_frames(
-    image: SourceImage, encoding: FrameEncoding, path: Path | None, name: str
+    image: SourceImage, encoding: FrameEncoding, path: Path | None, name: str, quality: int
 ) -> Iterator[bytes]:
     """The image's tiles decoded and encoded again. A tile that cannot be decoded is refused here
     with the image and the tile (the readers name the page or frame when they know it)."""
@@ -194,7 +207,7 @@ def _encoded_frames(
                         f"{name}, {where} cannot be decoded: {codec.damage(exc)}; "
                         "the file is damaged: copy it again from the scanner",
                     ) from exc
-                yield codec.encode(pixels, encoding)
+                yield codec.encode(pixels, encoding, quality)
 
 
 #: What a generated level must not take from the level it was computed from.
@@ -274,7 +287,7 @@ def write_instance(
         frames = (
             image.iter_frames()
             if plan.copy
-            else _encoded_frames(image, plan.encoding, ctx.source_path, describe_image(plan))
+            else _encoded_frames(image, plan.encoding, ctx.source_path, describe_image(plan), plan.quality)
         )
         collected = []
         for frame in frames:
