@@ -58,16 +58,16 @@ def test_pydicom_warnings_stay_off_the_terminal(tmp_path: Path, run: Run) -> Non
     assert "dicom_wsi/" in done.stdout and "ingested" in done.stdout
 
 
-def test_a_qptiff_is_listed_without_a_format(tmp_path: Path, run: Run) -> None:
+def test_a_qptiff_is_listed_with_its_format(tmp_path: Path, run: Run) -> None:
     qptiff = shared_file("perkinelmer-qptiff/small_vectra.qptiff")
     done = run(tmp_path / "home", "ingest", "--json", str(qptiff))
     (summary,) = json.loads(done.stdout)
-    assert summary["format"] is None
-    assert summary["reason"].startswith("PerkinElmer QPTIFF files are not supported yet; ")
+    assert summary["format"] == "perkinelmer_qptiff", summary
+    assert summary["status"] == "ingested", summary
     table = run(tmp_path / "home", "ingest", str(qptiff)).stdout
     row = next(line for line in table.splitlines() if "small_vectra.qptiff" in line and "│" in line)
     assert "tiled_tiff" not in row
-    assert [cell.strip() for cell in row.split("│")][3] == "-"
+    assert [cell.strip() for cell in row.split("│")][3] == "perkinelmer_qptiff"
 
 
 @pytest.mark.parametrize("name", ["cut\nslide.svs", "[red]cut.svs", "cut\x1b[31m.svs"])

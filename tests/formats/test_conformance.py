@@ -62,7 +62,13 @@ MATRIX = [
     Expect("dicom-wsi2dcm/jpeg2000.dicom", "dicom_wsi", levels=3, size=(957, 715)),
     Expect("dicom-wsi2dcm/raw.dicom", "dicom_wsi", levels=3, size=(957, 715)),
     Expect("dicom-pathml/small_dicom.dcm", None, "is not a valid UID"),
-    Expect("perkinelmer-qptiff/small_vectra.qptiff", None, "PerkinElmer QPTIFF files are not supported yet"),
+    Expect(
+        "perkinelmer-qptiff/small_vectra.qptiff",
+        "perkinelmer_qptiff",
+        levels=3,
+        size=(1920, 1440),
+        openslide=False,
+    ),
     Expect(
         "hamamatsu-ndpi/test3-DAPI-2-(387).ndpi",
         "hamamatsu_ndpi",

@@ -96,14 +96,18 @@ def test_a_tiff_header_named_svs_is_claimed_by_the_svs_reader(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("name", ["small_vectra.qptiff", "renamed.tif"])
-def test_a_qptiff_is_named_and_claimed_by_no_reader(name: str, tmp_path: Path) -> None:
+def test_a_qptiff_is_claimed_by_the_qptiff_reader(name: str, tmp_path: Path) -> None:
     # Arrange: the real QPTIFF, also under a plain TIFF name (recognised by its content)
     path = tmp_path / name
     shutil.copyfile(shared_file("perkinelmer-qptiff/small_vectra.qptiff"), path)
-    # Act / Assert: no reader claims it (the summary's format column stays empty)
-    assert not any(reader.detect(path) for reader in available_formats())
-    with pytest.raises(UnsupportedFormatError, match="PerkinElmer QPTIFF files are not supported yet"):
-        detect_format(path)
+    # Act / Assert: the QPTIFF reader wins over the tiled TIFF reader that also claims any TIFF
+    assert detect_format(path).format_name == "perkinelmer_qptiff"
+
+
+def test_a_damaged_tiff_named_qptiff_is_claimed_by_the_qptiff_reader(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.qptiff"
+    cut.write_bytes(b"II*\x00\x08\x00\x00\x00")
+    assert detect_format(cut).format_name == "perkinelmer_qptiff"
 
 
 def test_a_vsi_and_its_ets_folder_are_one_candidate_named_as_vsi() -> None:

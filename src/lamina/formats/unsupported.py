@@ -22,11 +22,9 @@ NOT_YET = {
     ".scn": "Leica SCN",
     ".isyntax": "Philips iSyntax",
     ".czi": "Zeiss CZI",
-    ".qptiff": "PerkinElmer QPTIFF",
 }
 #: TIFF-family formats by tifffile's flag for them.
 TIFF_VENDORS = {
-    "is_qpi": "PerkinElmer QPTIFF",
     "is_scn": "Leica SCN",
     "is_bif": "Roche BIF",
 }
