@@ -131,3 +131,21 @@ def test_an_unsupported_pixel_type_is_named(archive: Archive, ingestor: Ingestor
     assert result.status == "failed"
     assert "pixel type Gray32Float" in (result.reason or "")
     assert archive.catalog.count_slides() == 0
+
+
+def test_the_subblock_directory_says_how_tiles_were_compressed(tmp_path: Path) -> None:
+    import pylibCZIrw.czi as pyczi
+
+    from lamina.errors import CorruptSourceError
+    from lamina.formats.czi import subblock_compressions
+
+    path = tmp_path / "zstd.czi"
+    with pyczi.create_czi(str(path), exist_ok=True, compression_options="zstd1:ExplicitLevel=2") as writer:
+        writer.write(np.zeros((64, 64), np.uint16), location=(0, 0))
+    assert subblock_compressions(path) == {6}  # zstd1: lossless, so the slide is not marked lossy
+    damaged = tmp_path / "damaged.czi"
+    data = bytearray(path.read_bytes())
+    data[32 + 52 : 32 + 60] = (len(data) * 4).to_bytes(8, "little")  # DirectoryPosition past the end
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CorruptSourceError, match=r"DirectoryPosition .* is outside the file"):
+        subblock_compressions(damaged)

@@ -16,6 +16,7 @@ series, several samples per channel with several channels.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from lamina.formats.source import (
     SourceImage,
     SourceOptions,
 )
-from lamina.model.enums import ImageFlavorValues
+from lamina.model.enums import ImageFlavorValues, LossyImageCompressionMethodValues
 from lamina.model.geometry import SizeMm, SizePx
 
 MAGIC = b"ZISRAWFILE"
@@ -39,6 +40,56 @@ TILE = 512
 #: pylibCZIrw's pixel types lamina reads: (samples per pixel, bits stored).
 PIXEL_TYPES = {"Bgr24": (3, 8), "Gray8": (1, 8), "Gray16": (1, 16)}
 _DAMAGED = "the file is damaged or truncated: copy it again from the scanner"
+#: Subblock compressions (DirectoryEntryDV.Compression) that lose pixels: JPEG, and JPEG XR, whose
+#: lossless mode the directory does not tell apart (lamina says lossy, the safe side).
+LOSSY_COMPRESSIONS = {
+    1: LossyImageCompressionMethodValues.ISO_10918_1,
+    4: LossyImageCompressionMethodValues.ISO_29199_2,
+}
+_SEGMENT = struct.Struct("<16sqq")
+_ENTRY = struct.Struct("<2siqiiB5xi")  # DirectoryEntryDV without its dimension entries
+_DIMENSION_SIZE = 20
+
+
+def subblock_compressions(path: Path) -> set[int]:
+    """The compressions of the file's subblocks, from its subblock directory (ZISRAWDIRECTORY),
+    read with every count and position checked against the file's size."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(_SEGMENT.size + 80)
+        if len(head) < _SEGMENT.size + 80:
+            raise CorruptSourceError(path, f"the file header segment is cut short; {_DAMAGED}")
+        (directory_at,) = struct.unpack_from("<q", head, _SEGMENT.size + 52)
+        if not 0 < directory_at <= size - _SEGMENT.size - 128:
+            raise CorruptSourceError(
+                path, f"DirectoryPosition {directory_at} is outside the file ({size} bytes); {_DAMAGED}"
+            )
+        fh.seek(directory_at)
+        segment = fh.read(_SEGMENT.size + 128)
+        name, _, used = _SEGMENT.unpack_from(segment)
+        if name.rstrip(b"\0") != b"ZISRAWDIRECTORY":
+            raise CorruptSourceError(path, f"no subblock directory at byte {directory_at}; {_DAMAGED}")
+        (count,) = struct.unpack_from("<i", segment, _SEGMENT.size)
+        if not 0 <= count <= (size - directory_at) // _ENTRY.size:
+            raise CorruptSourceError(
+                path, f"the directory's EntryCount {count} does not fit the file; {_DAMAGED}"
+            )
+        data = fh.read(min(max(0, used - 128), size - directory_at))
+    found: set[int] = set()
+    at = 0
+    for _ in range(count):
+        if at + _ENTRY.size > len(data):
+            raise CorruptSourceError(
+                path, f"the subblock directory is cut short at entry {len(found)}; {_DAMAGED}"
+            )
+        schema, _, _, _, compression, _, dimensions = _ENTRY.unpack_from(data, at)
+        if schema != b"DV" or not 0 <= dimensions <= 16:
+            raise CorruptSourceError(
+                path, f"subblock directory entry at byte {directory_at + 160 + at} is damaged; {_DAMAGED}"
+            )
+        found.add(compression)
+        at += _ENTRY.size + dimensions * _DIMENSION_SIZE
+    return found
 
 
 def _library_error(path: Path, what: str, exc: Exception) -> CorruptSourceError:
@@ -58,7 +109,9 @@ class CziLevel(SourceImage):
         self.samples_per_pixel = samples
         self.pixel_spacing = source.spacing
         self.encoding = None
-        self.source_lossy = False
+        self.source_lossy = source.lossy_method is not None
+        self.lossy_method = source.lossy_method
+        self.lossy_ratio = source.lossy_ratio
         self.bits_stored = bits
         self.focal_planes = source.planes
         self.optical_paths = source.channels if samples == 1 else 1
@@ -160,6 +213,10 @@ class CziSource(SlideSource):
             raise MissingMetadataError(path, "the CZI gives no pixel spacing (Scaling); give it with --mpp")
         self.spacing = spacing
         self._z_spacing_mm = scaling[2] * 1000.0 if scaling[2] else None
+        methods = {LOSSY_COMPRESSIONS[c] for c in subblock_compressions(path) if c in LOSSY_COMPRESSIONS}
+        self.lossy_method = max(methods) if methods else None
+        raw = rect.w * rect.h * samples * (bits // 8) * self.channels * self.planes
+        self.lossy_ratio = raw / max(1, path.stat().st_size) if methods else None
         self._levels = [CziLevel(self, rect.x, rect.y, SizePx(rect.w, rect.h), samples, bits)]
         self._metadata = self._read_metadata(samples)
 

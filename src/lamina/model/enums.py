@@ -48,6 +48,9 @@ class LossyImageCompressionMethodValues(StrEnum):
     ISO_13818_2 = "ISO_13818_2"  # MPEG-2
     ISO_14496_10 = "ISO_14496_10"  # H.264
     ISO_23008_2 = "ISO_23008_2"  # HEVC
+    # defined terms may be extended (PS3.3 C.7.6.1.1.5.1 lists none for these scanners' codecs):
+    ISO_29199_2 = "ISO_29199_2"  # JPEG XR (Zeiss CZI subblocks)
+    PHILIPS_ISYNTAX = "PHILIPS_ISYNTAX"  # Philips' wavelet coefficients (iSyntax)
 
 
 class ImageFlavorValues(StrEnum):
