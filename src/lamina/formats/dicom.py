@@ -1,10 +1,13 @@
 """DICOM WSI written by other systems (scanners, converters, PACS): validated, repaired, copied.
 
 Frames are copied as stored when their transfer syntax is compressed; uncompressed frames are
-re-encoded losslessly. Identity and UIDs are kept. What is safely repairable (a missing type 2
-attribute, a photometric interpretation that contradicts the JPEG stream) is repaired by the
-writer and reported; what is not (invalid UIDs, no ImageType, inconsistent frame counts) is
-refused with the reason.
+re-encoded losslessly. Focal planes (z-stacks) and optical paths (channels) are read from
+TILED_FULL and TILED_SPARSE instances alike (see :mod:`lamina.formats.dicom_planes`), and grey
+samples of up to 16 bits (BitsAllocated 16, MONOCHROME2). A level whose planes or channels are
+split across several instances is refused, naming them. Identity and UIDs are kept. What is
+safely repairable (a missing type 2 attribute, a photometric interpretation that contradicts the
+JPEG stream) is repaired by the writer and reported; what is not (invalid UIDs, no ImageType,
+inconsistent frame counts) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from lamina.errors import CodecError, CorruptSourceError, UnsupportedFormatError
 from lamina.formats import codec
 from lamina.formats.dicom_frames import FrameSpan, locate_frames, read_span
 from lamina.formats.dicom_header import describe_tag, read_header
+from lamina.formats.dicom_planes import (
+    FrameLayout,
+    complete_spacing_between_slices,
+    focal_plane_spacing_mm,
+    optical_path_ids,
+    optical_paths,
+    tiled_full_layout,
+    tiled_sparse_layout,
+)
 from lamina.formats.source import (
     FrameEncoding,
     Pixels,
@@ -114,6 +126,8 @@ class DicomImage(SourceImage):
         )
         self.tile_size = SizePx(_count(self.path, dataset, "Columns"), _count(self.path, dataset, "Rows"))
         self.samples_per_pixel = _count(self.path, dataset, "SamplesPerPixel")
+        allocated = _count(self.path, dataset, "BitsAllocated", 8)
+        self.bits_stored = min(_count(self.path, dataset, "BitsStored", allocated), allocated)
         self.pixel_spacing = spacing
         ts = str(dataset.file_meta.TransferSyntaxUID)
         marked = str(dataset.get("LossyImageCompression", "")) == LossyImageCompressionValues.LOSSY
@@ -121,7 +135,11 @@ class DicomImage(SourceImage):
         if self.source_lossy and ts not in _LOSSY_TS:
             self.lossy_method, self.lossy_ratio = _lossy_history(dataset)
         self._photometric = _photometric(self.path, dataset)
-        self._order = self._tile_order()
+        self.layout = self._layout()
+        self.focal_planes = self.layout.focal_planes
+        self.optical_paths = self.layout.optical_paths
+        complete_spacing_between_slices(dataset, self.layout)
+        self._order = self.layout.order
         self._native = ts in _NATIVE
         self._stream = _COPIED.get(ts) or _TRANSCODED.get(ts)
         self.encoding: FrameEncoding | None = None
@@ -144,48 +162,29 @@ class DicomImage(SourceImage):
             return codec.ycbcr_photometric()
         return codec.ycbcr_photometric() if declared is Photometric.YBR_FULL else declared
 
-    def _tile_order(self) -> list[int | None]:
-        """Frame index for each tile in TILED_FULL order (None where a sparse image has none)."""
-        grid = self.grid
-        count = len(self._spans)
-        organisation = str(self.dataset.get("DimensionOrganizationType", ""))
-        if organisation != DimensionOrganizationTypeValues.TILED_SPARSE:
-            if count != grid.area:
-                raise CorruptSourceError(
-                    self.path,
-                    f"NumberOfFrames {count} does not match a TILED_FULL grid of {grid} tiles "
-                    "(several focal planes or optical paths are not supported yet)",
-                )
-            return list(range(count))
-        order: list[int | None] = [None] * grid.area
-        per_frame = self.dataset.get("PerFrameFunctionalGroupsSequence")
-        if per_frame is None or len(per_frame) != count:
-            raise CorruptSourceError(
-                self.path, "TILED_SPARSE without a PerFrameFunctionalGroupsSequence item per frame"
-            )
-        for index, item in enumerate(per_frame):
-            try:
-                position = item.PlanePositionSlideSequence[0]
-                col = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // self.tile_size.width
-                row = (int(position.RowPositionInTotalImagePixelMatrix) - 1) // self.tile_size.height
-            except (AttributeError, IndexError, TypeError, ValueError) as exc:
-                raise CorruptSourceError(
-                    self.path,
-                    f"frame {index + 1} has no readable PlanePositionSlideSequence "
-                    f"(Column and Row Position In Total Image Pixel Matrix); {_DAMAGED}",
-                ) from exc
-            if not (0 <= col < grid.width and 0 <= row < grid.height):
-                raise CorruptSourceError(self.path, f"frame {index + 1} lies outside the total pixel matrix")
-            order[row * grid.width + col] = index
-        return order
+    def _layout(self) -> FrameLayout:
+        """The stored frame of each tile of each focal plane and optical path, in TILED_FULL order."""
+        dataset, count = self.dataset, len(self._spans)
+        planes = _count(self.path, dataset, "TotalPixelMatrixFocalPlanes", 1)
+        if str(dataset.get("DimensionOrganizationType", "")) == DimensionOrganizationTypeValues.TILED_SPARSE:
+            return tiled_sparse_layout(self.path, dataset, count, self.grid, self.tile_size, planes)
+        paths = _count(self.path, dataset, "NumberOfOpticalPaths", max(1, len(optical_path_ids(dataset))))
+        return tiled_full_layout(self.path, count, self.grid, planes, paths)
+
+    @property
+    def _background(self) -> int:
+        """What a tile a sparse image leaves out holds: white for brightfield, black for
+        fluorescence (as the pyramid pads)."""
+        return 0 if self.optical_paths > 1 or self.bits_stored > 8 else 255
 
     @cached_property
     def _blank(self) -> bytes:
         assert self.encoding is not None
-        white = np.full((self.tile_size.height, self.tile_size.width, self.samples_per_pixel), 255, np.uint8)
+        shape = (self.tile_size.height, self.tile_size.width, self.samples_per_pixel)
+        blank = np.full(shape, self._background, self.dtype)
         if self.encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
-            return codec.encode(white, codec.lossy_encoding(self.samples_per_pixel))
-        return codec.encode(white, codec.lossless_encoding(self.samples_per_pixel))
+            return codec.encode(blank, codec.lossy_encoding(self.samples_per_pixel))
+        return codec.encode(blank, codec.lossless_encoding(self.samples_per_pixel))
 
     def read_frame(self, index: int) -> bytes:
         frame = self._order[index]
@@ -203,11 +202,10 @@ class DicomImage(SourceImage):
         return [self._spans[frame].length for frame in self._order if frame is not None]
 
     def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
-        index = row * self.grid.width + col
         shape = (self.tile_size.height, self.tile_size.width, self.samples_per_pixel)
-        frame = self._order[index]
+        frame = self._order[self.frame_index(col, row, z, c)]
         if frame is None:
-            return np.full(shape, 255, np.uint8)
+            return np.full(shape, self._background, self.dtype)
         data = read_span(self._fd, self._spans[frame])
         if not self._native:
             assert self._stream is not None
@@ -226,8 +224,14 @@ class DicomImage(SourceImage):
                     f"{pixels.shape[2]} samples, not the {shape[1]}x{shape[0]}x{shape[2]} of Columns, "
                     f"Rows and SamplesPerPixel; {_DAMAGED}",
                 )
+            if pixels.dtype != self.dtype:
+                raise CorruptSourceError(
+                    self.path,
+                    f"frame {frame + 1} decodes to {pixels.dtype} samples, BitsStored "
+                    f"{self.bits_stored} makes them {np.dtype(self.dtype)}; {_DAMAGED}",
+                )
             return pixels
-        array = np.frombuffer(data, np.uint8)
+        array = np.frombuffer(data, "<u2" if self.bits_stored > 8 else np.uint8)
         if self.samples_per_pixel > 1 and str(self.dataset.get("PlanarConfiguration", 0)) == "1":
             return array.reshape(self.samples_per_pixel, shape[0], shape[1]).transpose(1, 2, 0).copy()
         return array.reshape(shape)
@@ -259,6 +263,7 @@ class DicomSource(SlideSource):
             volumes = [image for image in images if image.flavor is ImageFlavorValues.VOLUME]
             if not volumes:
                 raise UnsupportedFormatError(path, "the series has no VOLUME image (only associated images)")
+            _refuse_split_levels(path, volumes)
         except BaseException:
             for image in images:
                 image.close()
@@ -306,20 +311,22 @@ class DicomSource(SlideSource):
             "SamplesPerPixel",
         ):
             _count(path, dataset, keyword)
-        if _count(path, dataset, "BitsAllocated", 8) != 8:
-            raise UnsupportedFormatError(
-                path, f"BitsAllocated {dataset.BitsAllocated}: lamina reads 8-bit slides"
-            )
+        sample_bytes = _sample_bytes(path, dataset)
         if "PixelData" not in dataset and tell >= size:
             raise CorruptSourceError(path, "no Pixel Data: the file is truncated or holds no image")
         ts = str(dataset.file_meta.get("TransferSyntaxUID", ""))
         if ts not in _COPIED and ts not in _NATIVE and ts not in _TRANSCODED:
             raise UnsupportedFormatError(path, f"transfer syntax {ts} is not supported yet")
+        if sample_bytes > 1 and ts == uid.JPEGBaseline8Bit:
+            raise CorruptSourceError(
+                path, f"BitsAllocated 16 in JPEG baseline frames, which hold 8; {_DAMAGED}"
+            )
         frames = _count(path, dataset, "NumberOfFrames", 1)
         frame_size = (
             _count(path, dataset, "Rows")
             * _count(path, dataset, "Columns")
             * _count(path, dataset, "SamplesPerPixel")
+            * sample_bytes
         )
         try:
             spans = locate_frames(
@@ -346,7 +353,9 @@ class DicomSource(SlideSource):
 
     @cached_property
     def metadata(self) -> SlideMetadata:
-        ds = self._levels[0].dataset
+        base = self._levels[0]
+        assert isinstance(base, DicomImage)
+        ds = base.dataset
         specimen = ds.get("SpecimenDescriptionSequence")
         specimen_id = str(specimen[0].get("SpecimenIdentifier", "")) if specimen else ""
         versions = ds.get("SoftwareVersions")
@@ -377,12 +386,55 @@ class DicomSource(SlideSource):
             study_instance_uid=str(ds.StudyInstanceUID),
             series_instance_uid=str(ds.SeriesInstanceUID),
             frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")) or None,
+            optical_paths=optical_paths(ds),
+            focal_plane_spacing_mm=(
+                focal_plane_spacing_mm(ds, base.layout.z_offsets_um) if base.focal_planes > 1 else None
+            ),
         )
 
     def close(self) -> None:
         for image in [*self._levels, *self._associated]:
             if isinstance(image, DicomImage):
                 image.close()
+
+
+def _refuse_split_levels(path: Path, volumes: Sequence[DicomImage]) -> None:
+    """Refuse a series that stores one pyramid level in several instances (one per focal plane or
+    optical path, as some converters write): lamina keeps one instance per level."""
+    by_size: dict[SizePx, list[DicomImage]] = {}
+    for image in volumes:
+        by_size.setdefault(image.size, []).append(image)
+    for size, images in by_size.items():
+        if len(images) > 1:
+            names = ", ".join(
+                f"{image.path.name} ({image.focal_planes} focal planes, {image.optical_paths} optical paths, "
+                f"SOPInstanceUID {image.dataset.SOPInstanceUID})"
+                for image in images
+            )
+            raise UnsupportedFormatError(
+                path,
+                f"the level of {size} pixels is stored in {len(images)} instances: {names}; lamina "
+                "does not merge focal planes or optical paths split across instances yet: export "
+                "the level as one instance holding all of them",
+            )
+
+
+def _sample_bytes(path: Path, dataset: Dataset) -> int:
+    """Bytes per sample: 1 (BitsAllocated 8), or 2 for unsigned grey samples of 9 to 16 bits."""
+    allocated = _count(path, dataset, "BitsAllocated", 8)
+    if allocated == 8:
+        return 1
+    stored = _count(path, dataset, "BitsStored", allocated)
+    photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
+    signed = str(dataset.get("PixelRepresentation", 0)) == "1"
+    if allocated != 16 or not 8 < stored <= 16 or photometric != Photometric.MONOCHROME2 or signed:
+        raise UnsupportedFormatError(
+            path,
+            f"BitsAllocated {allocated}, BitsStored {stored}, {photometric or 'no photometric'}"
+            f"{', signed' if signed else ''}: lamina reads 8-bit samples, or unsigned MONOCHROME2 samples "
+            "of up to 16 bits",
+        )
+    return 2
 
 
 def _lossy_history(dataset: Dataset) -> tuple[LossyImageCompressionMethodValues | None, float | None]:
