@@ -66,6 +66,7 @@ MATRIX = [
         "perkinelmer-qptiff/small_vectra.qptiff",
         "perkinelmer_qptiff",
         levels=3,
+        flavors=("LABEL", "OVERVIEW", "THUMBNAIL"),
         size=(1920, 1440),
         openslide=False,
     ),

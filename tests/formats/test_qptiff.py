@@ -66,8 +66,14 @@ def test_every_channel_is_tifffiles_page_and_named_in_its_optical_path(
     path = shared_file(QPTIFF)
     # Act
     instances = _instances(archive, ingestor, path, tmp_path)
-    # Assert: one instance per level (lamina computes 960x720 and 480x360), 3 channels each
-    assert sorted(ds.TotalPixelMatrixColumns for ds in instances) == [480, 960, 1920]
+    # Assert: one instance per level (lamina computes 960x720 and 480x360), 3 channels each; the
+    # RGB thumbnail, overview and label, each with one brightfield optical path of its own
+    volumes = [ds for ds in instances if "VOLUME" in ds.ImageType]
+    assert sorted(ds.TotalPixelMatrixColumns for ds in volumes) == [480, 960, 1920]
+    others = [ds for ds in instances if "VOLUME" not in ds.ImageType]
+    assert sorted(ds.ImageType[2] for ds in others) == ["LABEL", "OVERVIEW", "THUMBNAIL"]
+    for other in others:
+        assert other.NumberOfOpticalPaths == 1 and other.OpticalPathSequence[0].OpticalPathIdentifier == "4"
     ds = _base(instances)
     assert (ds.NumberOfOpticalPaths, ds.NumberOfFrames) == (3, 3 * 4 * 3)
     assert (ds.PhotometricInterpretation, ds.BitsStored) == ("MONOCHROME2", 8)
@@ -100,10 +106,8 @@ def test_the_associated_images_are_the_rgb_pages(tmp_path: Path) -> None:
     path = shared_file(QPTIFF)
     # Act
     with QptiffSource(path, SourceOptions()) as source, tifffile.TiffFile(path) as tiff:
-        # Assert: read and checked; held back from the DICOM series until the writer gives an RGB
-        # image of a multichannel slide its own optical path (see QptiffSource._open)
-        assert source.associated == []
-        images = {image.flavor.value: image for image in source.withheld}
+        # Assert: each with its own brightfield optical path in the DICOM (the writer's)
+        images = {image.flavor.value: image for image in source.associated}
         assert sorted(images) == ["LABEL", "OVERVIEW", "THUMBNAIL"]
         for flavor, page in (("THUMBNAIL", 3), ("OVERVIEW", 4), ("LABEL", 5)):
             assert np.array_equal(images[flavor].decode_region(), tiff.pages[page].asarray()), flavor
@@ -207,7 +211,7 @@ def test_a_tiled_16_bit_scan_keeps_its_levels_and_samples(tmp_path: Path) -> Non
                 assert plane.dtype == np.uint16
                 assert np.array_equal(plane, channels[c][::step, ::step]), (level.size, c)
         assert [p.description for p in source.metadata.optical_paths] == ["DAPI", "CD8"]
-        assert [a.flavor.value for a in source.withheld] == ["THUMBNAIL"]
+        assert [a.flavor.value for a in source.associated] == ["THUMBNAIL"]
 
 
 def test_tiled_jpeg_channels_are_copied_as_stored(tmp_path: Path) -> None:

@@ -200,13 +200,23 @@ def nominal_spacing(source: SourceImage) -> SizeMm:
     return SizeMm(mm, mm)
 
 
-def optical_path(ds: Dataset, meta: SlideMetadata, photometric: str) -> None:
+def image_optical_paths(source: SourceImage, meta: SlideMetadata) -> list[tuple[str, OpticalPath]]:
+    """The optical paths of one instance, with their identifiers: the slide's channels for its
+    levels; for an image of one path in a slide of several (the RGB label, overview or thumbnail
+    of a fluorescence scan), one brightfield path whose identifier follows the channels', so that
+    an identifier means one path in the whole series."""
+    channels = meta.optical_paths
+    if source.optical_paths == len(channels) and channels:
+        return [(str(number), channel) for number, channel in enumerate(channels, start=1)]
+    return [(str(len(channels) + 1) if channels else "1", OpticalPath())]
+
+
+def optical_path(ds: Dataset, source: SourceImage, meta: SlideMetadata, photometric: str) -> None:
     """One Optical Path Sequence item per channel (one for a brightfield scan)."""
-    channels = meta.optical_paths or (OpticalPath(),)
     items = []
-    for number, channel in enumerate(channels, start=1):
+    for identifier, channel in image_optical_paths(source, meta):
         path = Dataset()
-        path.OpticalPathIdentifier = str(number)
+        path.OpticalPathIdentifier = identifier
         if channel.description:
             described = channel.description
             if channel.emission_nm:
@@ -338,7 +348,7 @@ def _frames(ds: Dataset, ctx: SeriesContext, source: SourceImage, image_type: li
     if source.optical_paths == 1:
         # several optical paths: each frame's is implied by its place (TILED_FULL)
         path_id = Dataset()
-        path_id.OpticalPathIdentifier = "1"
+        path_id.OpticalPathIdentifier = image_optical_paths(source, ctx.metadata)[0][0]
         shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     ds.DimensionOrganizationType = str(DimensionOrganizationTypeValues.TILED_FULL)
@@ -384,6 +394,6 @@ def build_dataset(
     patient_study_series(ds, ctx)
     equipment(ds, ctx.metadata)
     specimen(ds, ctx)
-    optical_path(ds, ctx.metadata, encoding.photometric_interpretation)
+    optical_path(ds, source, ctx.metadata, encoding.photometric_interpretation)
     image(ds, ctx, source, encoding, image_type, instance_number, lossy)
     return ds

@@ -321,7 +321,6 @@ class QptiffSource(SlideSource):
     def __init__(self, path: Path, options: SourceOptions) -> None:
         super().__init__(path, options)
         #: The associated images not written (see the end of ``_open``).
-        self.withheld: list[SourceImage] = []
         self._tiff = open_tiff(path)
         try:
             self._open(path, options)
@@ -368,14 +367,9 @@ class QptiffSource(SlideSource):
                 continue
             with reading_page(path, page, f"the {flavor.lower()} image"):
                 images.append(decoded_page(page, flavor))
-        # The writer gives every instance the slide's optical paths (dicom_modules.optical_path):
-        # an RGB thumbnail of a 3-channel scan would declare 3 paths for its one frame, which
-        # DICOM refuses. Until an associated image gets its own (brightfield) path, the RGB
-        # images of a multichannel scan are read, checked and held back.
-        if self._levels[0].optical_paths == 1:
-            self._associated = images
-        else:
-            self.withheld = images
+        # an RGB image of a multichannel scan gets its own brightfield optical path in the DICOM
+        # (dicom_modules.image_optical_paths)
+        self._associated = images
         self._metadata = self._read_metadata([described[page.index] for page in base])
 
     @staticmethod
