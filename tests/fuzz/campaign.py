@@ -62,6 +62,7 @@ REAL = (
     "perkinelmer-qptiff/small_vectra.qptiff",
     "ome-tiff-nonwsi/multi-channel-z-series.ome.tif",
     "hamamatsu-ndpi/test3-DAPI-2-(387).ndpi",
+    "olympus-vsi",
 )
 #: Options every seed is ingested with: a spacing, so that files without one get past it.
 MPP = 0.25
@@ -70,10 +71,17 @@ TIME_LIMIT_S = 60
 
 @dataclass(frozen=True)
 class Seed:
-    """A slide to mutate: its name in reports and its files (one, or a DICOM series)."""
+    """A slide to mutate: its name in reports and its files (one, a DICOM series, or a slide file
+    with its data folder: an MRXS, a VSI); ``root`` is where their relative paths start."""
 
     name: str
     files: tuple[Path, ...]
+    root: Path | None = None
+
+    def relative(self, index: int) -> Path:
+        """Where file ``index`` goes in a copy of the slide."""
+        path = self.files[index]
+        return path.relative_to(self.root) if self.root is not None else Path(path.name)
 
 
 @dataclass
@@ -97,24 +105,40 @@ def sample_seeds(folder: Path, size: tuple[int, int] = (256, 192), seed: int = 1
 
 
 def _seed(name: str, path: Path) -> Seed:
-    files = tuple(sorted(p for p in path.iterdir() if p.is_file())) if path.is_dir() else (path,)
-    return Seed(name, files)
+    """A file, a folder of files (a DICOM series, a VSI with its folder) or a slide file with its
+    data folder beside it, as ``discover`` groups them."""
+    if path.is_dir():
+        return Seed(name, tuple(sorted(p for p in path.rglob("*") if p.is_file())), path)
+    for folder in _data_folders(path):
+        if folder.is_dir():
+            data = sorted(p for p in folder.rglob("*") if p.is_file())
+            return Seed(name, (path, *data), path.parent)
+    return Seed(name, (path,))
+
+
+def _data_folders(path: Path) -> tuple[Path, ...]:
+    """Where a slide file's data folder would be: ``NAME/`` for MRXS, ``_NAME_/`` for VSI."""
+    return (path.with_suffix(""), path.with_name(f"_{path.stem}_"))
+
+
+def _owned(path: Path) -> bool:
+    """Whether ``path`` is the data folder of a slide file beside it."""
+    siblings = [*path.parent.glob(f"{path.name}.*"), *path.parent.glob(f"{path.name[1:-1]}.*")]
+    return path.is_dir() and any(p.is_file() and path in _data_folders(p) for p in siblings)
 
 
 def real_seeds(root: Path = TESTDATA) -> list[Seed]:
-    seeds = []
-    for relative in REAL:
-        path = root / relative
-        if path.is_dir():
-            seeds.append(Seed(relative, tuple(sorted(p for p in path.iterdir() if p.is_file()))))
-        elif path.is_file():
-            seeds.append(Seed(relative, (path,)))
-    return seeds
+    return [_seed(relative, root / relative) for relative in REAL if (root / relative).exists()]
 
 
 def corpus_seeds(folder: Path) -> list[Seed]:
-    """The committed corpus (``tests/fuzz/corpus/seeds``): files, and folders of a DICOM series."""
-    return [_seed(path.name, path) for path in sorted(folder.iterdir()) if path.suffix != ".md"]
+    """The committed corpus (``tests/fuzz/corpus/seeds``): files, folders of a DICOM series, and
+    slide files with their data folders."""
+    return [
+        _seed(path.name, path)
+        for path in sorted(folder.iterdir())
+        if path.suffix != ".md" and not _owned(path)
+    ]
 
 
 def mutants(seed: Seed, rng: random.Random, count: int) -> Iterator[tuple[int, Mutant]]:
@@ -132,7 +156,8 @@ def write_mutant(seed: Seed, member: int, mutant: Mutant, folder: Path) -> Candi
     folder.mkdir(parents=True)
     written = []
     for index, path in enumerate(seed.files):
-        target = folder / path.name
+        target = folder / seed.relative(index)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if index == member:
             target.write_bytes(mutant.data)
         else:
@@ -143,7 +168,7 @@ def write_mutant(seed: Seed, member: int, mutant: Mutant, folder: Path) -> Candi
     found = discover([folder])
     # a mutant whose series UID no longer matches is two candidates: ingest the first (the
     # mutated file's own group), as a folder of mixed series would be
-    mutated = folder / seed.files[member].name
+    mutated = folder / seed.relative(member)
     return next((c for c in found if mutated in c.members), found[0])
 
 
