@@ -216,7 +216,7 @@ def test_catalog_records_the_sources_fingerprint(archive: Archive, ingestor: Ing
     assert slide.source_bytes == source.stat().st_size
 
 
-def test_an_mrxs_slide_is_one_candidate_refused_with_its_name(ingestor: Ingestor, tmp_path: Path) -> None:
+def test_an_mrxs_slide_is_one_candidate_its_slidedat_named(ingestor: Ingestor, tmp_path: Path) -> None:
     scanner = tmp_path / "scanner"
     (scanner / "scan").mkdir(parents=True)
     (scanner / "scan.mrxs").write_text("[GENERAL]\nSLIDE_VERSION=01.02\n")
@@ -227,7 +227,7 @@ def test_an_mrxs_slide_is_one_candidate_refused_with_its_name(ingestor: Ingestor
     assert len(candidates[0].members) == 4
     result = ingestor.ingest(candidates[0])
     assert result.status == "failed"
-    assert (result.reason or "").startswith("3DHistech MRXS files are not supported yet; until lamina")
+    assert (result.reason or "").startswith("Slidedat.ini: line 1 is neither [group] nor key = value")
 
 
 def test_a_dicom_source_reusing_stored_sop_instance_uids_is_refused_before_writing(

@@ -109,7 +109,7 @@ def test_an_mrxs_slide_with_its_folder_is_one_unit(archive: Archive, tmp_path: P
     watcher = Watcher(archive, folder, stable_s=0)
     (result,) = watcher.scan_once()
     assert result.status == "failed"
-    assert (result.reason or "").startswith("3DHistech MRXS files are not supported yet; until lamina")
+    assert (result.reason or "").startswith("Slidedat.ini: line 1 is neither [group] nor key = value")
     failed = folder / "failed"
     assert (failed / "scan.mrxs").is_file()
     assert sorted(p.name for p in (failed / "scan").iterdir()) == [
