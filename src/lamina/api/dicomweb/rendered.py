@@ -5,6 +5,27 @@ query parameter or else the Accept header. ``viewport=vw,vh`` scales the image d
 (never up: a larger viewport adds no detail), ``viewport=vw,vh,sx,sy,sw,sh`` first takes the
 region (sx, sy, sw, sh) of the source; ``quality=1..100`` sets the JPEG quality.
 
+Grey samples of more than 8 bits (fluorescence channels: 16-bit MONOCHROME2) are shown through a
+window (PS3.18 8.3.5.1.3): ``window=center,width[,function]``, the function one of VOI LUT
+Function's terms (LINEAR, the default, LINEAR_EXACT, SIGMOID; ``linear-exact`` is read too).
+Without one, the window is the 0.5th to 99.5th percentiles of the samples rendered (the frame's,
+or the whole region's for an instance: one window for all its tiles, so no seams), linear-exact
+(their minimum to maximum when the percentiles are equal, as in a sparse plane):
+a few hot or dead pixels do not squeeze the rest into a handful of grey levels. 8-bit grey is
+windowed only when asked; colour images never are. Then, when the frame's optical path has a
+Palette Color Lookup Table (a fluorescence channel's colour), the windowed grey goes through it
+and the answer is RGB: the server colours, so a viewer composites channels by adding the images
+it is given (canvas ``lighter``), and a thumbnail looks as the viewer does. A windowed frame's
+answer says its window in a ``Lamina-Window: center,width,function`` header: the viewer reads the
+default window of a channel once, from the smallest level, then asks every tile with it (a window
+of each tile's own would show seams between tiles).
+
+A frame of a z-stack or of several channels is addressed by its number (TILED_FULL, optical path
+outermost, then focal plane, then rows, then columns). An instance rendered (and a thumbnail) of
+such an image is its middle focal plane, every channel windowed on its own, coloured by its
+palette and added: what a fluorescence slide looks like at a glance, where its first channel
+alone would show one stain out of several.
+
 A stored JPEG frame that nothing changes (no scaling, no region, no quality asked) is sent as
 stored, byte for byte: a tiled viewer's tile costs one ranged read, as a frame does. Anything
 else is decoded, so every decode is capped: an image (or region) of more than ``max_pixels``
@@ -17,10 +38,16 @@ JPEG its trace kept (:mod:`lamina.lifecycle.expire`), sent as stored or scaled t
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import math
 import struct
+import threading
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -46,8 +73,11 @@ from lamina.errors import (
 from lamina.formats import codec
 from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.lifecycle.serving import SlideState, slide_state, study_traces
+from lamina.mapping import dicom_json
 
 Pixels = npt.NDArray[np.uint8]
+#: Decoded samples: uint8, or uint16 for frames of more than 8 bits.
+Samples = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
 
 JPEG = "image/jpeg"
 PNG = "image/png"
@@ -65,6 +95,13 @@ _CACHE_TRACE = "private, max-age=86400"
 _PNG_LEVEL = 3
 _JPEG_BASELINE = TransferSyntax.JPEG_BASELINE_8BIT.value
 _PICTURE_FLAVORS = ("VOLUME", "THUMBNAIL")
+#: The default window of samples of more than 8 bits: these percentiles of the samples rendered.
+DEFAULT_WINDOW_PERCENTILES = (0.5, 99.5)
+#: VOI LUT Function (0028,1056) terms, with the spellings PS3.18's ``window`` examples use.
+_WINDOW_FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
+_LAYOUTS_KEPT = 256
+#: The header of a windowed frame's answer that says its window: ``center,width,function``.
+WINDOW_HEADER = "Lamina-Window"
 
 
 @dataclass(frozen=True)
@@ -77,10 +114,64 @@ class Viewport:
 
 
 @dataclass(frozen=True)
+class Window:
+    """``window=center,width[,function]``: the VOI LUT applied to grey samples (PS3.3 C.11.2.1.2)."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+    @classmethod
+    def spanning(cls, low: float, high: float) -> Window:
+        """The linear-exact window that maps ``low`` to black and ``high`` to white."""
+        return cls((low + high) / 2, max(high - low, 1e-6), "LINEAR_EXACT")
+
+    def apply(self, samples: npt.NDArray[Any]) -> Pixels:
+        """``samples`` as 0..255, rounded to the nearest (half to even)."""
+        x = samples.astype(np.float64)
+        c, w = self.center, self.width
+        if self.function == "LINEAR_EXACT":
+            y = (x - c) / w * 255.0 + 127.5
+        elif self.function == "SIGMOID":
+            y = 255.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        else:  # LINEAR, with its half-pixel offsets (PS3.3 C.11.2.1.2.1)
+            y = ((x - (c - 0.5)) / (w - 1.0) + 0.5) * 255.0 if w > 1 else np.where(x < c - 0.5, 0.0, 255.0)
+        return np.rint(np.clip(y, 0.0, 255.0)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
 class RenderOptions:
     media_type: str
     viewport: Viewport | None
     quality: int | None
+    window: Window | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What an instance's metadata says of its frames beyond the tile grid: focal planes, optical
+    paths, and the colour (Red, Green, Blue palette, as 8-bit tables) of each path that has one."""
+
+    planes: int = 1
+    paths: int = 1
+    palettes: tuple[Pixels | None, ...] = ()
+
+    def palette(self, path: int) -> Pixels | None:
+        return self.palettes[path] if path < len(self.palettes) else None
+
+    @classmethod
+    def from_metadata(cls, blob: bytes) -> Layout:
+        """From an instance's stored DICOM JSON; tolerant: what is missing or odd counts as absent."""
+        if not blob:
+            return cls()
+        try:
+            data = json.loads(dicom_json.unpack(blob))
+        except (ValueError, zlib.error):
+            return cls()
+        planes = _first_int(data, "00480303")
+        paths = _first_int(data, "00480302")
+        items = data.get("00480105", {}).get("Value") or []
+        return cls(planes, paths, tuple(_palette(item) for item in items))
 
 
 def choose_media_type(request: Request) -> str:
@@ -131,11 +222,47 @@ def parse_quality(text: str | None) -> int | None:
     return quality
 
 
+def parse_window(text: str | None) -> Window | None:
+    """``center,width[,function]`` (PS3.18 8.3.5.1.3); None when absent; 400 naming ``window`` else."""
+    if text is None or not text.strip():
+        return None
+    pieces = [piece.strip() for piece in text.split(",")]
+    if len(pieces) not in (2, 3):
+        raise RequestError("window", f"{text!r}: give center,width or center,width,function")
+    try:
+        center, width = float(pieces[0]), float(pieces[1])
+    except ValueError as exc:
+        raise RequestError("window", f"{text!r}: center and width are numbers") from exc
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise RequestError("window", f"{text!r}: center and width are finite numbers")
+    name = pieces[2].upper().replace("-", "_") if len(pieces) == 3 else "LINEAR"
+    function = _WINDOW_FUNCTIONS.get(name)
+    if function is None:
+        raise RequestError("window", f"{text!r}: the function is LINEAR, LINEAR_EXACT or SIGMOID")
+    if width < (1 if function == "LINEAR" else 0) or width == 0:
+        least = ">= 1 for LINEAR" if function == "LINEAR" else "> 0"
+        raise RequestError("window", f"{text!r}: the width is {least}")
+    return Window(center, width, function)
+
+
+def default_window(samples: npt.NDArray[Any]) -> Window:
+    """The window of samples rendered without one: their 0.5th to 99.5th percentiles (numpy's
+    linear interpolation), linear-exact; when those are equal (a sparse plane: a few cells on a
+    black field), their minimum to maximum; a flat image gets a window one sample wide."""
+    low, high = (float(v) for v in np.percentile(samples, DEFAULT_WINDOW_PERCENTILES))
+    if high <= low:
+        low, high = float(samples.min()), float(samples.max())
+    return Window.spanning(low, high if high > low else low + 1)
+
+
 def render_options(request: Request, default_viewport: Viewport | None = None) -> RenderOptions:
     text = request.query_params.get("viewport")
     viewport = parse_viewport(text) if text else default_viewport
     return RenderOptions(
-        choose_media_type(request), viewport, parse_quality(request.query_params.get("quality"))
+        choose_media_type(request),
+        viewport,
+        parse_quality(request.query_params.get("quality")),
+        parse_window(request.query_params.get("window")),
     )
 
 
@@ -192,6 +319,38 @@ class Renderer:
     def __init__(self, max_pixels: int = MAX_RENDERED_PIXELS, thumbnail_side: int = THUMBNAIL_SIDE) -> None:
         self.max_pixels = max_pixels
         self.thumbnail_side = thumbnail_side
+        self._layouts: OrderedDict[tuple[str, str], Layout] = OrderedDict()
+        self._layouts_lock = threading.Lock()
+
+    def layout(self, found: IndexedInstance) -> Layout:
+        """The instance's focal planes, optical paths and palettes, read once from its metadata."""
+        key = (found.row.sop_instance_uid, found.row.blob_sha256)
+        with self._layouts_lock:
+            if key in self._layouts:
+                self._layouts.move_to_end(key)
+                return self._layouts[key]
+        layout = Layout.from_metadata(found.row.metadata)
+        with self._layouts_lock:
+            self._layouts[key] = layout
+            while len(self._layouts) > _LAYOUTS_KEPT:
+                self._layouts.popitem(last=False)
+        return layout
+
+    def frame_palette(self, found: IndexedInstance, number: int) -> Pixels | None:
+        """The palette of the optical path of frame ``number`` (TILED_FULL, optical path outermost),
+        or None: colour frames, paths without one, frames not in the full order."""
+        row = found.row
+        if row.samples_per_pixel != 1:
+            return None
+        layout = self.layout(found)
+        tiles = math.ceil(row.total_pixel_matrix_columns / max(1, row.columns)) * math.ceil(
+            row.total_pixel_matrix_rows / max(1, row.rows)
+        )
+        if layout.paths == 1:
+            return layout.palette(0)
+        if row.number_of_frames != tiles * layout.planes * layout.paths:
+            return None
+        return layout.palette((number - 1) // (tiles * layout.planes))
 
     def routes(self) -> list[BaseRoute]:
         """Routes relative to the DICOMweb root; they never match what the WADO-RS routes match."""
@@ -217,14 +376,23 @@ class Renderer:
             raise RequestError("frames", "a rendered frame is one frame: ask for each frame on its own")
         options = render_options(request)
         row = found.row
+        palette = self.frame_palette(found, numbers[0])
         data = frames.read_frames(found, numbers, request.app.state.archive)[0]
-        if self._can_send_stored(found, options, row.columns, row.rows):
+        if palette is None and self._can_send_stored(found, options, row.columns, row.rows):
             return _image(data, JPEG, _CACHE_INSTANCE)
         region = _clip(options.viewport, row.columns, row.rows)
         self._check_size(region[2], region[3], "the frame")
-        pixels = self.decode(found, data)
+        samples = self.decode(found, data)
         sx, sy, sw, sh = region
-        return self._encode(pixels[sy : sy + sh, sx : sx + sw], options, _CACHE_INSTANCE)
+        part = samples[sy : sy + sh, sx : sx + sw]
+        window = options.window
+        if window is None and part.shape[2] == 1 and part.dtype != np.uint8:
+            window = default_window(part)
+        answer = self._encode(self.display(part, row, palette, window), options, _CACHE_INSTANCE)
+        if window is not None:
+            # the window applied, so that a viewer asks every tile of the image with the same one
+            answer.headers[WINDOW_HEADER] = f"{window.center:.10g},{window.width:.10g},{window.function}"
+        return answer
 
     def instance_rendered(self, request: Request) -> Response:
         found = self._instance(request)
@@ -386,6 +554,7 @@ class Renderer:
         return (
             options.media_type == JPEG
             and options.quality is None
+            and options.window is None
             and row.transfer_syntax_uid == _JPEG_BASELINE
             and row.photometric_interpretation != "MONOCHROME1"
             and (options.viewport is None or options.viewport.region is None)
@@ -405,7 +574,9 @@ class Renderer:
         row = found.row
         width, height = row.total_pixel_matrix_columns, row.total_pixel_matrix_rows
         single = row.number_of_frames == 1 and (row.columns, row.rows) == (width, height)
-        if single and self._can_send_stored(found, options, width, height):
+        layout = self.layout(found) if row.samples_per_pixel == 1 else Layout()
+        plain = layout.planes == layout.paths == 1 and layout.palette(0) is None
+        if single and plain and self._can_send_stored(found, options, width, height):
             return _image(frames.read_frames(found, [1], archive)[0], JPEG, cache)
         sx, sy, sw, sh = _clip(options.viewport, width, height)
         self._check_size(sw, sh, "the image" if (sw, sh) == (width, height) else "the region")
@@ -421,26 +592,88 @@ class Renderer:
         tiles = [
             (col, line) for line in range(first_row, last_row + 1) for col in range(first_col, last_col + 1)
         ]
-        stored = frames.read_frames(found, [line * across + col + 1 for col, line in tiles], archive)
-        canvas = np.full((sh, sw, row.samples_per_pixel), 255, dtype=np.uint8)
+        per_plane = across * down
+        # a z-stack or several channels in the full order: the middle plane, every channel added
+        stacked = row.number_of_frames == per_plane * layout.planes * layout.paths
+        plane = layout.planes // 2 if stacked else 0
+        paths = range(layout.paths) if stacked else range(1)
+        total: npt.NDArray[np.uint16] | None = None
+        for path in paths:
+            first = (plane + path * layout.planes) * per_plane
+            numbers = [first + line * across + col + 1 for col, line in tiles]
+            canvas = self._assemble(
+                found, frames.read_frames(found, numbers, archive), tiles, (sx, sy, sw, sh)
+            )
+            shown = self.display(canvas, row, layout.palette(path), options.window)
+            if len(paths) == 1:
+                return self._encode(shown, options, cache)
+            colour = np.broadcast_to(shown, (*shown.shape[:2], 3)).astype(np.uint16)
+            total = colour if total is None else total + colour
+        assert total is not None
+        return self._encode(np.minimum(total, 255).astype(np.uint8), options, cache)
+
+    def _assemble(
+        self,
+        found: IndexedInstance,
+        stored: list[bytes],
+        tiles: list[tuple[int, int]],
+        region: tuple[int, int, int, int],
+    ) -> npt.NDArray[Any]:
+        """The region (sx, sy, sw, sh) of one plane of one path from its decoded tiles."""
+        row = found.row
+        sx, sy, sw, sh = region
+        canvas: npt.NDArray[Any] | None = None
         for (col, line), data in zip(tiles, stored, strict=True):
             pixels = self.decode(found, data)
+            if canvas is None:  # white under 8-bit tiles, as before; black under deeper (fluorescence)
+                fill = 255 if pixels.dtype == np.uint8 else 0
+                canvas = np.full((sh, sw, row.samples_per_pixel), fill, dtype=pixels.dtype)
             left, top = col * row.columns - sx, line * row.rows - sy
             # the part of this tile inside the region, in tile and in canvas coordinates
             x0, y0 = max(0, -left), max(0, -top)
             x1, y1 = min(pixels.shape[1], sw - left), min(pixels.shape[0], sh - top)
             if x1 > x0 and y1 > y0:
                 canvas[top + y0 : top + y1, left + x0 : left + x1] = pixels[y0:y1, x0:x1]
-        return self._encode(canvas, options, cache)
+        assert canvas is not None
+        return canvas
 
-    def decode(self, found: IndexedInstance, data: bytes) -> Pixels:
-        """One stored frame as RGB (or grey) pixels; 413 before decoding when it is over the limit."""
+    def display(
+        self, samples: npt.NDArray[Any], row: InstanceRow, palette: Pixels | None, window: Window | None
+    ) -> Pixels:
+        """Decoded samples as 8-bit pixels to encode: grey of more than 8 bits (or any grey, when a
+        ``window`` is asked) through the window, then through the optical path's ``palette`` (RGB);
+        colour, and 8-bit grey without window or palette, unchanged."""
+        if samples.shape[2] != 1:
+            return samples.astype(np.uint8, copy=False)
+        inverted = row.photometric_interpretation == "MONOCHROME1"
+        shown: Pixels
+        if samples.dtype != np.uint8 or window is not None:
+            stored = 255 - samples if inverted and samples.dtype == np.uint8 else samples  # as stored
+            shown = (window or default_window(stored)).apply(stored)
+            if inverted:
+                shown = 255 - shown
+        else:
+            shown = samples.astype(np.uint8, copy=False)
+        if palette is not None:
+            return palette[shown[..., 0]]
+        return shown
+
+    def decode(self, found: IndexedInstance, data: bytes) -> Samples:
+        """One stored frame as RGB (or grey) pixels, shape (rows, columns, samples): uint8, or
+        uint16 grey for frames of more than 8 bits (MONOCHROME1 is inverted for 8-bit only: deeper
+        samples are inverted once windowed, by :meth:`display`); 413 before decoding when it is
+        over the limit."""
         row = found.row
         syntax = row.transfer_syntax_uid
+        pixels: Samples
         if syntax == TransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN.value:
             expected = row.rows * row.columns * row.samples_per_pixel
             if len(data) < expected:
                 raise NotAcceptableError(f"a native frame of {len(data)} bytes is shorter than {expected}")
+            if row.samples_per_pixel == 1 and len(data) >= 2 * expected:  # 16 bits allocated
+                return (
+                    np.frombuffer(data, "<u2", expected).astype(np.uint16).reshape(row.rows, row.columns, 1)
+                )
             pixels = np.frombuffer(data, np.uint8, expected).reshape(
                 row.rows, row.columns, row.samples_per_pixel
             )
@@ -455,7 +688,7 @@ class Renderer:
                 )
             except ValueError as exc:
                 raise NotAcceptableError(f"frames stored as {syntax} cannot be rendered here") from exc
-        if row.photometric_interpretation == "MONOCHROME1":
+        if row.photometric_interpretation == "MONOCHROME1" and pixels.dtype == np.uint8:
             pixels = 255 - pixels
         return pixels
 
@@ -472,6 +705,44 @@ class Renderer:
             return _image(bytes(imagecodecs.png_encode(image, level=_PNG_LEVEL)), PNG, cache)
         quality = options.quality or DEFAULT_QUALITY
         return _image(bytes(imagecodecs.jpeg8_encode(image, level=quality)), JPEG, cache)
+
+
+def _first_int(data: dict[str, Any], tag: str) -> int:
+    """The first value of an integer attribute of DICOM JSON, at least 1 (1 when absent)."""
+    found = (data.get(tag) or {}).get("Value") or [1]
+    try:
+        return max(1, int(found[0]))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _lut(item: dict[str, Any], color: str) -> Pixels | None:
+    """One Palette Color Lookup Table of an optical path item, resampled to 256 8-bit entries."""
+    descriptor_tag, data_tag = {"Red": ("00281101", "00281201"), "Green": ("00281102", "00281202"),
+                                "Blue": ("00281103", "00281203")}[color]  # fmt: skip
+    descriptor = (item.get(descriptor_tag) or {}).get("Value") or []
+    element = item.get(data_tag) or {}
+    if len(descriptor) != 3 or "InlineBinary" not in element:
+        return None  # a table sent as bulk data is not fetched for this: the channel shows grey
+    bits = int(descriptor[2])
+    raw = base64.b64decode(element["InlineBinary"])
+    table = np.frombuffer(raw, "<u2" if bits > 8 else np.uint8)
+    entries = int(descriptor[0]) or 65536
+    table = table[:entries]
+    if table.size == 0:
+        return None
+    # the window gives 0..255: spread over the table's entries, then to 8 bits
+    index = np.rint(np.arange(256) * (table.size - 1) / 255).astype(np.intp)
+    values = table[index].astype(np.uint32)
+    return (values >> 8 if bits > 8 else values).astype(np.uint8)
+
+
+def _palette(item: dict[str, Any]) -> Pixels | None:
+    """The (256, 3) RGB table of an optical path item's palette, or None without a whole one."""
+    tables = [_lut(item, color) for color in ("Red", "Green", "Blue")]
+    if any(table is None for table in tables):
+        return None
+    return np.stack([t for t in tables if t is not None], axis=1)
 
 
 def _clip(viewport: Viewport | None, width: int, height: int) -> tuple[int, int, int, int]:

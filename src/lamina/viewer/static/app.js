@@ -16,6 +16,7 @@ import {
   completeProviderSignIn, requireSignIn, resumeRenewal, session, signInView, signOutEverywhere, viewerConfig,
   whenSignInRequired, whenTokenChanges,
 } from './signin.js';
+import { readStack, resolveWindows, stackPanel } from './channels.js';
 import { lifecyclePanel } from './lifecycle.js';
 import { MAGNIFICATIONS, SlideViewer, ViewerLink } from './slideview.js';
 import { availabilityBadge, slideHref, worklistView } from './worklist.js';
@@ -43,8 +44,12 @@ function restoring(seconds, detail) {
 }
 
 async function loadSlide(study, series, signal) {
-  const slide = readSlide(await seriesMetadata(study, series, signal, restoring), study, series);
+  const metadata = await seriesMetadata(study, series, signal, restoring);
+  const slide = readSlide(metadata, study, series);
   if (!slide.levels.length) throw new Error('this series has no tiled slide image (no VOLUME instance)');
+  // focal planes and fluorescence channels (channels.js): each channel's window, read once
+  slide.stack = readStack(metadata, slide.levels);
+  if (slide.stack) await resolveWindows(slide.stack, slide.levels, signal);
   return slide;
 }
 
@@ -178,10 +183,12 @@ async function slideView(study, series, signal) {
   const stage = h('div', { class: 'osd', id: 'viewer' });
   const slidesList = h('ul', { class: 'case-slides' });
   const compareMenu = h('div', { class: 'group compare-menu' });
+  const stackHolder = h('div', { class: 'stack-holder' });
   root.replaceChildren(h('section', { class: 'slide-page' },
     h('aside', { class: 'side' },
       caseHeader(slide),
       h('h3', {}, 'Slides of this case'), slidesList,
+      stackHolder,
       h('h3', {}, 'Slide'), facts(slide),
       lifecyclePanel(series, signal),
       associatedImage('Label', slide.label),
@@ -192,6 +199,7 @@ async function slideView(study, series, signal) {
 
   const viewer = new SlideViewer(stage, slide);
   markLoaded(viewer);
+  if (slide.stack) stackHolder.append(stackPanel(slide.stack, () => viewer.showStack()));
   const keys = magnificationKeys((m) => magnify(viewer, m));
   const renewed = followToken([viewer]);
 

@@ -3,6 +3,7 @@
 
 /* global OpenSeadragon */
 
+import { frameNumber, windowQuery } from './channels.js';
 import { REFUSED, authorization, requireSignIn } from './signin.js';
 
 // Objective magnification of 1 µm per screen pixel: 40x is about 0.25 µm per pixel.
@@ -12,8 +13,9 @@ export const MAGNIFICATIONS = [5, 10, 20, 40];
 // An OpenSeadragon tile source reading the DICOM pyramid directly: one OpenSeadragon level per
 // VOLUME instance, frames in TILED_FULL (row-major) order, each tile a rendered frame.
 // Edge frames are padded to the full tile size; OpenSeadragon draws only their part inside
-// the image (the tile's source bounds), so nothing is stretched.
-export function dicomTileSource(levels) {
+// the image (the tile's source bounds), so nothing is stretched. With `stack` (channels.js) and
+// a `channel` of it: the frames of the stack's current plane of that channel, with its window.
+export function dicomTileSource(levels, stack = null, channel = null) {
   const ladder = [...levels].sort((a, b) => a.width - b.width);  // OpenSeadragon level 0 = smallest
   const full = ladder[ladder.length - 1];
   const at = (level) => ladder[Math.max(0, Math.min(ladder.length - 1, level))];
@@ -35,7 +37,9 @@ export function dicomTileSource(levels) {
     getTileHeight: (level) => at(level).tileHeight,
     getTileUrl: (level, x, y) => {
       const image = at(level);
-      return `${image.url}/frames/${y * across(image) + x + 1}/rendered`;
+      if (!stack) return `${image.url}/frames/${y * across(image) + x + 1}/rendered`;
+      const frame = frameNumber(image, stack, x, y, stack.plane, channel ? channel.index : 0);
+      return `${image.url}/frames/${frame}/rendered${channel ? windowQuery(channel) : ''}`;
     },
     // a tile is its URL: OpenSeadragon's default key adds the request's headers, the token
     getTileHashKey: (level, x, y, url) => url,
@@ -64,9 +68,11 @@ export class SlideViewer {
     // micrometres per pixel of the largest level; without it, magnification is unknown
     this.mpp = slide.mpp ? slide.mpp[0] : null;
     const header = authorization();
+    this.stack = slide.stack || null;
+    if (this.stack) element.classList.add('osd-stack');
     this.osd = OpenSeadragon({
       element,
-      tileSources: dicomTileSource(slide.levels),
+      tileSources: this.stack ? this.stackSources() : dicomTileSource(slide.levels),
       // tiles by XMLHttpRequest, with the token (an <img> cannot send it)
       loadTilesWithAjax: true,
       ajaxHeaders: { Authorization: header },
@@ -104,9 +110,33 @@ export class SlideViewer {
     });
   }
 
+  // One tiled image per visible channel of the stack's current plane, added on the canvas.
+  stackSources() {
+    const shown = this.stack.channels.filter((channel) => channel.on);
+    return shown.map((channel) => ({
+      tileSource: dicomTileSource(this.slide.levels, this.stack, channel),
+      compositeOperation: 'lighter',
+    }));
+  }
+
+  // Shows the stack as it now is (plane, channels on, windows): the tiled images replaced.
+  showStack() {
+    const world = this.osd.world;
+    while (world.getItemCount()) world.removeItem(world.getItemAt(0));
+    for (const source of this.stackSources()) this.osd.addTiledImage(source);
+  }
+
+  // What maps viewport to image coordinates: the viewport, or with several tiled images (the
+  // channels of a stack, all on the same place) the first of them (the viewport's own methods
+  // warn then, though they would be right).
+  mapper() {
+    const world = this.osd.world;
+    return world.getItemCount() > 1 ? world.getItemAt(0) : this.osd.viewport;
+  }
+
   // Screen pixels per pixel of the largest level.
   imageZoom() {
-    return this.osd.viewport.viewportToImageZoom(this.osd.viewport.getZoom(true));
+    return this.mapper().viewportToImageZoom(this.osd.viewport.getZoom(true));
   }
 
   // Micrometres per screen pixel, or null when the slide has no pixel spacing.
@@ -122,7 +152,7 @@ export class SlideViewer {
   goToMagnification(magnification, immediately = false) {
     if (!this.mpp) return;
     const imageZoom = (this.mpp * magnification) / MICRONS_AT_1X;
-    this.osd.viewport.zoomTo(this.osd.viewport.imageToViewportZoom(imageZoom), null, immediately);
+    this.osd.viewport.zoomTo(this.mapper().imageToViewportZoom(imageZoom), null, immediately);
   }
 
   home() {
@@ -131,7 +161,7 @@ export class SlideViewer {
 
   // The centre of the view in micrometres from the slide's top-left corner (pixels without spacing).
   centerMicrons() {
-    const centre = this.osd.viewport.viewportToImageCoordinates(this.osd.viewport.getCenter(true));
+    const centre = this.mapper().viewportToImageCoordinates(this.osd.viewport.getCenter(true));
     const mpp = this.mpp || 1;
     return { x: centre.x * mpp, y: centre.y * mpp };
   }
@@ -140,8 +170,9 @@ export class SlideViewer {
   showAt(microns, micronsPerPixel) {
     const mpp = this.mpp || 1;
     const viewport = this.osd.viewport;
-    viewport.zoomTo(viewport.imageToViewportZoom(mpp / micronsPerPixel), null, true);
-    viewport.panTo(viewport.imageToViewportCoordinates(microns.x / mpp, microns.y / mpp), true);
+    const mapper = this.mapper();
+    viewport.zoomTo(mapper.imageToViewportZoom(mpp / micronsPerPixel), null, true);
+    viewport.panTo(mapper.imageToViewportCoordinates(microns.x / mpp, microns.y / mpp), true);
   }
 
   changed() {
