@@ -79,7 +79,7 @@ def _written_pixels(folder: Path) -> np.ndarray:
     from lamina.sample.identity import make_identity
 
     index = SAMPLE_FORMATS.index("zeiss_czi")
-    return make_slide(make_identity(0, index), (1100, 900), index).pixels
+    return make_slide(make_identity(0, index), (1100, 900), index).pixels  # seed 0: 0 * 7 + index
 
 
 def test_a_fluorescence_z_stack_keeps_every_plane_and_channel(

@@ -128,3 +128,10 @@ def test_a_file_no_reader_claims_lists_the_readers(tmp_path: Path) -> None:
         detect_format(text)
     assert "not a slide format lamina reads (DICOM WSI, Aperio SVS" in str(raised.value)
     assert str(raised.value).endswith("tiled pyramidal TIFF)")
+
+
+def test_a_format_no_reader_claims_is_refused_by_its_name(tmp_path: Path) -> None:
+    vms = tmp_path / "scan.vms"
+    vms.write_bytes(b"[Virtual Microscope Specimen]\nNoLayers=1\n")
+    with pytest.raises(UnsupportedFormatError, match="Hamamatsu VMS files are not supported yet"):
+        detect_format(vms)

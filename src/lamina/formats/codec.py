@@ -187,16 +187,19 @@ def lossy_encoding(samples: int) -> FrameEncoding:
     return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, Method.ISO_10918_1)
 
 
-def encode(pixels: npt.NDArray[Any], encoding: FrameEncoding, quality: int = JPEG_QUALITY) -> bytes:
+def encode(
+    pixels: npt.NDArray[Any], encoding: FrameEncoding, quality: int = JPEG_QUALITY, threads: int = _THREADS
+) -> bytes:
     """Encode one frame in ``encoding`` (one of ``lossless_encoding`` / ``lossy_encoding``);
-    uint8 samples, or uint16 grey samples (JPEG 2000 only). ``quality``: JPEG's, 1 to 100."""
+    uint8 samples, or uint16 grey samples (JPEG 2000 only). ``quality``: JPEG's, 1 to 100;
+    ``threads``: the JPEG 2000 encoder's (1 when frames are encoded side by side)."""
     data = np.ascontiguousarray(pixels if pixels.shape[-1] != 1 else pixels[..., 0])
     if data.dtype != np.uint8 and encoding.transfer_syntax is not TransferSyntax.JPEG_2000_LOSSLESS:
         raise CodecError(f"lamina encodes {data.dtype} samples in JPEG 2000 only")
     if encoding.transfer_syntax is TransferSyntax.JPEG_2000_LOSSLESS:
         return bytes(
             imagecodecs.jpeg2k_encode(
-                data, level=0, codecformat="J2K", reversible=True, mct=data.ndim == 3, numthreads=_THREADS
+                data, level=0, codecformat="J2K", reversible=True, mct=data.ndim == 3, numthreads=threads
             )
         )
     if encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import struct
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -185,29 +188,44 @@ def plan_slide(
     return plans
 
 
+#: Frames encoded side by side (the encoders release the GIL); decoding stays in one thread, since
+#: not every reader's ``decode_tile`` may be called from several.
+_ENCODERS = os.cpu_count() or 1
+
+
 def _encoded_frames(
     image: SourceImage, encoding: FrameEncoding, path: Path | None, name: str, quality: int
 ) -> Iterator[bytes]:
-    """The image's tiles decoded and encoded again. A tile that cannot be decoded is refused here
-    with the image and the tile (the readers name the page or frame when they know it)."""
+    """The image's tiles decoded and encoded again, in frame order. Tiles are decoded one after
+    the other and encoded by a pool of one thread per core, at most two tiles per thread ahead
+    (memory: a few tiles). A tile that cannot be decoded is refused here with the image and the
+    tile (the readers name the page or frame when they know it)."""
     grid = image.grid
-    for z, c in image.planes():
-        for row in range(grid.height):
-            for col in range(grid.width):
-                try:
-                    pixels = image.decode_tile(col, row, z, c)
-                except LaminaError:
-                    raise
-                except Exception as exc:
-                    where = f"tile ({col}, {row})" + (
-                        f" of focal plane {z + 1}, channel {c + 1}" if image.frame_count > grid.area else ""
-                    )
-                    raise CorruptSourceError(
-                        path or Path("?"),
-                        f"{name}, {where} cannot be decoded: {codec.damage(exc)}; "
-                        "the file is damaged: copy it again from the scanner",
-                    ) from exc
-                yield codec.encode(pixels, encoding, quality)
+    with ThreadPoolExecutor(_ENCODERS, thread_name_prefix="lamina-encode") as pool:
+        pending: deque[Future[bytes]] = deque()
+        for z, c in image.planes():
+            for row in range(grid.height):
+                for col in range(grid.width):
+                    try:
+                        pixels = image.decode_tile(col, row, z, c)
+                    except LaminaError:
+                        raise
+                    except Exception as exc:
+                        where = f"tile ({col}, {row})" + (
+                            f" of focal plane {z + 1}, channel {c + 1}"
+                            if image.frame_count > grid.area
+                            else ""
+                        )
+                        raise CorruptSourceError(
+                            path or Path("?"),
+                            f"{name}, {where} cannot be decoded: {codec.damage(exc)}; "
+                            "the file is damaged: copy it again from the scanner",
+                        ) from exc
+                    pending.append(pool.submit(codec.encode, pixels, encoding, quality, 1))
+                    if len(pending) >= 2 * _ENCODERS:
+                        yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 #: What a generated level must not take from the level it was computed from.

@@ -1,10 +1,11 @@
 """Slide formats lamina recognises but does not read yet, so that their refusal names them.
 
 A file no reader claims is refused as ``<vendor> files are not supported yet`` when its content
-says what it is (a TIFF that tifffile recognises as PerkinElmer QPTIFF, Leica SCN or Roche BIF)
-or, failing that, its extension; otherwise as "not a slide format lamina reads". The tiled TIFF
-reader leaves these files alone, so that the ingest summary does not list a QPTIFF as a tiled
-TIFF it then refuses.
+says what it is (a TIFF that tifffile flags as one of ``TIFF_VENDORS``) or, failing that, its
+extension; otherwise as "not a slide format lamina reads". The tiled TIFF reader leaves such TIFFs
+alone, so that the ingest summary does not list them as tiled TIFFs it then refuses. Every format
+the report names has a reader now; these are the other formats OpenSlide or Bio-Formats read that
+labs may still hold (the scanners that write them are older or rare in French labs).
 """
 
 from __future__ import annotations
@@ -16,22 +17,19 @@ import tifffile
 from lamina.formats.tiff_common import is_tiff
 
 #: By extension (lower case).
-NOT_YET = {
-    ".mrxs": "3DHistech MRXS",
-    ".bif": "Roche BIF",
-    ".scn": "Leica SCN",
-    ".isyntax": "Philips iSyntax",
-    ".czi": "Zeiss CZI",
+NOT_YET: dict[str, str] = {
+    ".vms": "Hamamatsu VMS",
+    ".vmu": "Hamamatsu VMU",
+    ".svslide": "Sakura SVSlide",
+    ".kfb": "KFBio KFB",
+    ".sdpc": "SQRAY SDPC",
 }
 #: TIFF-family formats by tifffile's flag for them.
-TIFF_VENDORS = {
-    "is_scn": "Leica SCN",
-    "is_bif": "Roche BIF",
-}
+TIFF_VENDORS: dict[str, str] = {}
 
 
 def tiff_vendor(tiff: tifffile.TiffFile) -> str | None:
-    """The format of a TIFF lamina does not read yet (QPTIFF, SCN, BIF), if it is one."""
+    """The format of a TIFF lamina does not read yet, if it is one of ``TIFF_VENDORS``."""
     return next((name for flag, name in TIFF_VENDORS.items() if getattr(tiff, flag, False)), None)
 
 

@@ -14,7 +14,7 @@ The formats imitate what the vendors' and third-party writers produce (see
 the modules :mod:`~lamina.sample.svs`, :mod:`~lamina.sample.tiff`,
 :mod:`~lamina.sample.dicom`, :mod:`~lamina.sample.ome`,
 :mod:`~lamina.sample.philips`, :mod:`~lamina.sample.ndpi`,
-:mod:`~lamina.sample.histech`). Output is
+:mod:`~lamina.sample.histech`, :mod:`~lamina.sample.mrxs`). Output is
 deterministic for a given seed, and a format's slide does not depend on which
 other formats are written with it.
 """
@@ -40,6 +40,10 @@ SAMPLE_FORMATS: tuple[str, ...] = (
     "philips_tiff",
     "hamamatsu_ndpi",
     "histech_tiff",
+    "zeiss_czi",
+    "leica_scn",
+    "roche_bif",
+    "mirax_mrxs",
 )
 """Formats :func:`write_samples` can write, in the default order."""
 
@@ -47,6 +51,9 @@ MANIFEST_HEADER: tuple[str, ...] = ("file", *MANIFEST_FIELDS)
 """Header row of ``manifest.csv``."""
 
 _MIN_SIDE = 64
+#: The number of formats when the first samples were written: a format's tissue comes from
+#: ``seed * 7 + its index``, so that adding a format changes no other format's sample.
+_SEED_STRIDE = 7
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,30 @@ def _write_histech(dest: Path, slide: SlideContent, identity: Identity, seed: in
     return write_histech_tiff(dest / "histech_tiff.tiff", slide)
 
 
+def _write_czi(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.czi import write_czi
+
+    return write_czi(dest / "zeiss_czi.czi", slide)
+
+
+def _write_scn(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.scn import write_scn
+
+    return write_scn(dest / "leica_scn.scn", slide, identity)
+
+
+def _write_mrxs(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.mrxs import write_mrxs
+
+    return write_mrxs(dest / "mirax_mrxs.mrxs", slide, identity)
+
+
+def _write_bif(dest: Path, slide: SlideContent, identity: Identity, seed: int) -> Path:
+    from lamina.sample.bif import write_bif
+
+    return write_bif(dest / "roche_bif.bif", slide, identity)
+
+
 _WRITERS: dict[str, Callable[[Path, SlideContent, Identity, int], Path]] = {
     "aperio_svs": _write_svs,
     "tiled_tiff": _write_tiff,
@@ -122,6 +153,10 @@ _WRITERS: dict[str, Callable[[Path, SlideContent, Identity, int], Path]] = {
     "philips_tiff": _write_philips,
     "hamamatsu_ndpi": _write_ndpi,
     "histech_tiff": _write_histech,
+    "zeiss_czi": _write_czi,
+    "leica_scn": _write_scn,
+    "roche_bif": _write_bif,
+    "mirax_mrxs": _write_mrxs,
 }
 
 
@@ -182,7 +217,7 @@ def write_samples(
     for name in chosen:
         index = SAMPLE_FORMATS.index(name)
         identity = make_identity(seed, index)
-        slide = make_slide(identity, size, seed * len(SAMPLE_FORMATS) + index, label_size, overview_size)
+        slide = make_slide(identity, size, seed * _SEED_STRIDE + index, label_size, overview_size)
         path = _WRITERS[name](dest, slide, identity, seed)
         samples.append(SampleFile(path, name, identity.as_dict()))
     with (dest / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,26 @@ def _write(
             scale_y=mpp * 1e-6,
             scale_z=z_step_um * 1e-6 if z_step_um else None,
         )
+    _deterministic(path)
+
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_FILE_GUIDS = slice(32 + 16, 32 + 48)  # PrimaryFileGuid and FileGuid of the ZISRAWFILE segment
+
+
+def _deterministic(path: Path) -> None:
+    """Replace the random GUIDs libCZI's writer puts in the file header and in each subblock's
+    metadata (RetilingId) by ones derived from the file's name, so that the same slide makes the
+    same bytes (the samples are deterministic)."""
+    data = bytearray(path.read_bytes())
+    base = uuid.uuid5(uuid.NAMESPACE_URL, f"lamina-sample:{path.name}")
+    data[_FILE_GUIDS] = base.bytes + base.bytes
+    count = iter(range(1 << 62))
+
+    def derived(match: re.Match[bytes]) -> bytes:
+        return str(uuid.uuid5(base, str(next(count)))).encode()
+
+    path.write_bytes(_UUID.sub(derived, bytes(data)))
 
 
 def write_czi(path: Path, slide: SlideContent) -> Path:
