@@ -8,6 +8,12 @@ The macro page is the overview; opentile crops the label out of its left part. M
 from the Hamamatsu tags: Make, Model, Software, DateTime, SourceLens (magnification),
 ScannerSerialNumber, and SlideLabel, which lamina takes as the slide's barcode. Pixel spacing
 comes from XResolution/YResolution (pixels per centimetre).
+
+A z-stack keeps a whole pyramid per focal plane, each page tagged with its ZOffsetFromSlideCenter
+(nm): the pages of one level become one instance with every plane, lowest Z offset first, their
+tiles copied (see :mod:`lamina.formats.focal_stack`), and SpacingBetweenSlices is the distance
+between planes. Levels stored for some planes only are computed by lamina from the level above,
+every plane kept; planes not evenly spaced are refused, DICOM's TILED_FULL holding one spacing.
 """
 
 from __future__ import annotations

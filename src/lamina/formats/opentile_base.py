@@ -6,10 +6,16 @@ Philips TIFF it fills sparse tiles with a blank tile, for 3DHISTECH TIFF it read
 tiles. Each opentile level becomes an :class:`OpenTileImage` whose frames are ``get_tile`` bytes
 (plus an Adobe marker where RGB-coded JPEG needs one); labels, overviews and thumbnails are
 decoded, being small. A vendor reader is a small subclass of :class:`OpenTileSource`.
+
+A z-stack (an NDPI keeps one image per level and focal plane, tagged with its Z offset) becomes
+one :class:`~lamina.formats.focal_stack.FocalStack` per level, planes lowest Z offset first, its
+tiles copied as for one plane; SpacingBetweenSlices is the distance between the planes, which must
+be even. Levels that lack some planes are left out: lamina computes them from the level above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +28,7 @@ import tifffile
 from lamina.errors import CodecError, CorruptSourceError, SourceError, UnsupportedFormatError
 from lamina.formats import codec
 from lamina.formats.codec import library_message
+from lamina.formats.focal_stack import FocalStack, plane_spacing_mm
 from lamina.formats.images import DecodedImage
 from lamina.formats.source import (
     FrameEncoding,
@@ -237,28 +244,76 @@ class OpenTileSource(SlideSource):
     def _open_levels(self) -> list[SourceImage]:
         with reading(self.path, "the pyramid levels"):
             found = sorted(self._tiler.levels, key=lambda lv: -lv.image_size.width * lv.image_size.height)
-            sizes = {(lv.image_size.width, lv.image_size.height) for lv in found}
             spacing = found[0].pixel_spacing if found else None
             file_spacing = SizeMm(float(spacing.width), float(spacing.height)) if spacing else None
+            groups: dict[tuple[int, int], list[Any]] = {}
+            for level in found:  # sorted() is stable: a size's images stay in file order
+                size = (int(level.image_size.width), int(level.image_size.height))
+                groups.setdefault(size, []).append(level)
+            planes = {size: [float(image.focal_plane) for image in images] for size, images in groups.items()}
         if not found:
             raise CorruptSourceError(self.path, f"opentile finds no pyramid level; {_DAMAGED}")
         bits = {int(lv.bit_depth) for lv in found} - {8}
         if bits:
             raise UnsupportedFormatError(self.path, f"{bits.pop()}-bit samples: lamina reads 8-bit slides")
-        if len(sizes) != len(found):
-            raise UnsupportedFormatError(
-                self.path,
-                f"{len(found)} images make {len(sizes)} pyramid levels: "
-                "the slide has several focal planes (z-stack); lamina reads one",
-            )
         base = require_spacing(self.path, file_spacing, self.options, self.spacing_location)
         width = int(found[0].image_size.width)
-        return [
-            OpenTileImage(
-                self.path, level, f"level {index}", base.scaled(_nominal(width / int(level.image_size.width)))
+        if len(groups) == len(found):
+            return [
+                OpenTileImage(self.path, level, f"level {index}", self._spacing(base, width, level))
+                for index, level in enumerate(found)
+            ]
+        return self._open_stacks(list(groups.values()), list(planes.values()), base)
+
+    def _spacing(self, base: SizeMm, width: int, level: Any) -> SizeMm:
+        return base.scaled(_nominal(width / int(level.image_size.width)))
+
+    def _open_stacks(
+        self, groups: list[list[Any]], planes: list[list[float]], base: SizeMm
+    ) -> list[SourceImage]:
+        """A z-stack: the images of each size are the focal planes of one level.
+
+        The levels that hold every plane of the largest one become :class:`FocalStack` images,
+        down to the first that lacks some: it and those below are left out, and lamina computes
+        them, every plane kept, from the smallest level read (z-stack NDPIs keep every plane at
+        every level, the layout Bio-Formats reads; tifffile already leaves out levels whose planes
+        are not the top level's)."""
+        offsets = sorted(planes[0])
+        width = int(groups[0][0].image_size.width)
+        for images, zs in zip(groups, planes, strict=True):
+            if len(set(zs)) != len(zs):
+                size = images[0].image_size
+                raise UnsupportedFormatError(
+                    self.path,
+                    f"{len(images)} images of {size.width}x{size.height} pixels, at Z offsets "
+                    f"{', '.join(f'{z:g}' for z in zs)} µm, make one pyramid level: "
+                    "images of one focal plane repeat, and lamina cannot tell which to read",
+                )
+        if len(offsets) == 1:
+            raise UnsupportedFormatError(
+                self.path,
+                f"its largest level has one focal plane but smaller ones have several "
+                f"({sum(map(len, groups))} images make {len(groups)} pyramid levels): {_CONVERT}",
             )
-            for index, level in enumerate(found)
-        ]
+        spacing = plane_spacing_mm(self.path, offsets)
+        self._metadata = dataclasses.replace(self._metadata, focal_plane_spacing_mm=spacing)
+        stacks: list[SourceImage] = []
+        for index, (images, zs) in enumerate(zip(groups, planes, strict=True)):
+            if sorted(zs) != offsets:
+                break  # this level and those below are computed by lamina, every plane kept
+            ordered = sorted(zip(zs, images, strict=True), key=lambda pair: pair[0])
+            level_spacing = self._spacing(base, width, images[0])
+            stacks.append(
+                FocalStack(
+                    [
+                        OpenTileImage(
+                            self.path, image, f"level {index}, focal plane at {z:g} µm", level_spacing
+                        )
+                        for z, image in ordered
+                    ]
+                )
+            )
+        return stacks
 
     def _open_associated(self, tiff: tifffile.TiffFile) -> list[SourceImage]:
         with reading(self.path, "the associated images"):

@@ -21,6 +21,12 @@ This writer reproduces that:
   X/Y/Z offsets from the slide centre (65422-65424, nm), SlideLabel (65427,
   the specimen ID) and ScannerSerialNumber (65442).
 
+With ``focal_planes`` above one the file is a z-stack in the layout Bio-Formats' NDPIReader
+reads: the whole pyramid of each focal plane in turn (here the plane at Z offset 0 first, then
+the others nearest first), each page's ZOffsetFromSlideCenter (65424) in nm. Each plane is the
+tissue blurred by its distance from focus and shifted by its side, so that planes differ;
+``plane_levels`` keeps the other planes at the top levels only, to test readers against such files.
+
 tifffile reports ``is_ndpi`` and exposes the stripes as tiles; opentile opens
 it with its NDPI tiler and OpenSlide with its ``hamamatsu`` driver.
 """
@@ -33,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from lamina.sample._tiff import ASCII, FLOAT, LONG, RATIONAL, SHORT, SLONG, Page, TagValue, write_tiff
 from lamina.sample.content import BACKGROUND, SlideContent, pyramid
 from lamina.sample.identity import Identity
 
-__all__ = ["MPP", "write_ndpi"]
+__all__ = ["MPP", "plane_offsets_nm", "write_ndpi"]
 
 MPP = 0.2268
 QUALITY = 80
@@ -103,7 +109,44 @@ def _tags(identity: Identity, magnification: float, per_cm: float) -> dict[int, 
     }
 
 
-def write_ndpi(path: Path, slide: SlideContent, identity: Identity) -> Path:
+def plane_offsets_nm(focal_planes: int, spacing_nm: int) -> list[int]:
+    """The Z offsets of the planes in the order the file stores them: 0 (the nominal focus) first,
+    then below and above it, nearest first (``[0, -s, s, -2s, 2s, ...]``), in nm."""
+    steps = sorted(range(-(focal_planes // 2), focal_planes - focal_planes // 2), key=lambda k: (abs(k), k))
+    return [k * spacing_nm for k in steps]
+
+
+def _plane_pixels(pixels: NDArray[np.uint8], step: int) -> NDArray[np.uint8]:
+    """Level 0 of the plane ``step`` spacings from focus: blurred by the distance, shifted by the side."""
+    if step == 0:
+        return pixels
+    blurred = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(1.5 * abs(step)))
+    return np.roll(np.asarray(blurred), 3 * step, axis=1)
+
+
+def _level_pages(
+    pixels: NDArray[np.uint8], identity: Identity, z_nm: int, count: int | None = None
+) -> list[Page]:
+    pages = []
+    for index, level in enumerate(_levels(pixels)[:count]):
+        scale = 4**index
+        data, starts = _striped_jpeg(level)
+        tags = _tags(identity, _MAGNIFICATION / scale, 1e4 / (MPP * scale))
+        tags[65424] = (SLONG, [z_nm])
+        tags[65426] = (LONG, starts)
+        pages.append(Page(level.shape[1], level.shape[0], [data], 7, 6, tags=tags))
+    return pages
+
+
+def write_ndpi(
+    path: Path,
+    slide: SlideContent,
+    identity: Identity,
+    *,
+    focal_planes: int = 1,
+    plane_spacing_nm: int = 1000,
+    plane_levels: int | None = None,
+) -> Path:
     """Write a Hamamatsu NDPI file.
 
     Parameters
@@ -114,6 +157,13 @@ def write_ndpi(path: Path, slide: SlideContent, identity: Identity) -> Path:
         Tissue and macro pixels (the label is part of the macro).
     identity : Identity
         The specimen ID is the NDPI SlideLabel.
+    focal_planes : int, optional
+        Focal planes (z-stack); 1, the default, writes one plane.
+    plane_spacing_nm : int, optional
+        The distance between neighbouring planes, in nm.
+    plane_levels : int or None, optional
+        How many of the largest levels hold every plane; the others hold the plane at focus
+        only. ``None``: every level holds every plane.
 
     Returns
     -------
@@ -121,12 +171,9 @@ def write_ndpi(path: Path, slide: SlideContent, identity: Identity) -> Path:
         ``path``.
     """
     pages = []
-    for index, level in enumerate(_levels(slide.pixels)):
-        scale = 4**index
-        data, starts = _striped_jpeg(level)
-        tags = _tags(identity, _MAGNIFICATION / scale, 1e4 / (MPP * scale))
-        tags[65426] = (LONG, starts)
-        pages.append(Page(level.shape[1], level.shape[0], [data], 7, 6, tags=tags))
+    for z_nm in plane_offsets_nm(focal_planes, plane_spacing_nm):
+        pixels = _plane_pixels(slide.pixels, z_nm // plane_spacing_nm)
+        pages += _level_pages(pixels, identity, z_nm, None if z_nm == 0 else plane_levels)
     macro = np.asarray(slide.overview.convert("RGB"))
     buffer = io.BytesIO()
     Image.fromarray(macro).save(buffer, "JPEG", quality=QUALITY, subsampling=2)
