@@ -289,9 +289,11 @@ def image(
         ds.PlanarConfiguration = 0
     ds.Rows = source.tile_size.height
     ds.Columns = source.tile_size.width
-    ds.BitsAllocated = 8 if source.bits_stored <= 8 else 16
-    ds.BitsStored = source.bits_stored
-    ds.HighBit = source.bits_stored - 1
+    # the VL WSI IOD enumerates BitsStored 8 and 16 (a 12-bit camera's samples are stored in 16)
+    bits = 8 if source.bits_stored <= 8 else 16
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     if encoding.photometric_interpretation == PhotometricInterpretationValues.MONOCHROME2:
         # grey samples are shown as stored (PS3.3 C.8.12.4: 1C for MONOCHROME2)

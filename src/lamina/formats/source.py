@@ -41,7 +41,8 @@ An image of a z-stack or of a fluorescence scan has ``focal_planes`` and ``optic
 one (the slide's :attr:`SlideMetadata.optical_paths` describe the channels). Its frames are in
 DICOM's TILED_FULL order (PS3.3 C.7.6.17.3): column fastest, then row, then focal plane, then
 optical path, so frame ``index`` is ``col + row * columns + z * tiles + c * tiles * planes``.
-``bits_stored`` is 8, or up to 16 for the grey samples of a fluorescence camera (``uint16``).
+``bits_stored`` is 8, or up to 16 for the grey samples of a fluorescence camera (``uint16``);
+the DICOM says 16 for any of 9 to 16 (the VL WSI IOD enumerates BitsStored 8 and 16).
 
 Optional speed-ups of an image
 ------------------------------
