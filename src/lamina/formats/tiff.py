@@ -3,7 +3,8 @@
 The pyramid is the first image series as tifffile sees it: reduced-resolution pages
 (NewSubfileType 1) or SubIFDs. Series named ``label``, ``macro`` or ``thumbnail`` (OME-TIFF
 from slide scanners) become the associated images. A TIFF that is not tiled, holds several
-focal planes or fluorescence channels, or has no pixel spacing is refused with the reason.
+focal planes or fluorescence channels, or has no pixel spacing is refused with the reason; an
+OME-TIFF with channels or focal planes is read by ``ome.py`` (``ome_planes.py``) instead.
 """
 
 from __future__ import annotations
