@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lamina.sample import SAMPLE_FORMATS
 from tests.support import REPO
 from tests.test_docs import Command, parse, prompted_lines, run
 
@@ -25,4 +26,5 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     run(commands, tmp_path)
 
     # Assert: what the walk-through exports
-    assert len(list((tmp_path / "out").iterdir())) == 8  # 7 samples and the TCGA slide
+    # every sample and the TCGA slide
+    assert len(list((tmp_path / "out").iterdir())) == len(SAMPLE_FORMATS) + 1

@@ -54,7 +54,7 @@ SLOW_POINTS = 200
 #: the kill points of the default run, per operation and backend: a sample that keeps the run
 #: short (a STOW-RS point starts the server twice)
 DEFAULT_POINTS = {
-    "ingest": {"sqlite-folder": 3, "postgresql-s3": 3},
+    "ingest": {"sqlite-folder": 6, "postgresql-s3": 6},
     "stow": {"sqlite-folder": 1, "postgresql-s3": 1},
     "delete": {"sqlite-folder": 2, "postgresql-s3": 2},
 }
