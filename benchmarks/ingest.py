@@ -2,13 +2,23 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/ingest.py [--size-gb 1.5] [--runs 3] [--work DIR] [--keep] [--json]
-        [--cache drop|warm] [--only PEER,...] [--lamina PATH] [--postgres URL]
+    .venv/bin/python benchmarks/ingest.py [--format FMT] [--size-gb 1.5] [--runs 3] [--work DIR]
+        [--keep] [--json] [--cache drop|warm] [--only PEER,...] [--lamina PATH] [--postgres URL]
 
-The input is a synthetic Aperio SVS of about ``--size-gb`` GB with real JPEG tiles: the level-0
-tiles of ``CMU-1-Small-Region.svs`` repeated, copied as stored (never decoded), in a real pyramid
-(levels downsampled by 4, 16 and 64, a thumbnail, a label and a macro image). It is built once and
-kept in the work folder.
+With ``--format`` other than ``aperio_svs`` (the default, described here) the input is a file of
+that format built by ``_formats.py`` (a Zeiss CZI, a Leica SCN, a Roche BIF...), and the peers are
+lamina, wsidicomizer where it reads the format (with what it needs to read it), and ``cp`` +
+``sha256sum``; for a pixel-exact format (lamina re-encodes every tile losslessly) also
+wsidicomizer writing lossless JPEG 2000 (the same work as lamina's) and lamina writing JPEG at
+quality 90 (``--lossy 90``, the same work as wsidicomizer's defaults). The goals then are the
+issue's: for a tile-copy format lamina at least 1.5x faster than wsidicomizer and under 500 MB;
+for a pixel-exact format at least as fast as wsidicomizer. Every peer's CPU time is measured too
+(user + system of its process tree), and "cores" is CPU time / run time.
+
+The default input is a synthetic Aperio SVS of about ``--size-gb`` GB with real JPEG tiles: the
+level-0 tiles of ``CMU-1-Small-Region.svs`` repeated, copied as stored (never decoded), in a real
+pyramid (levels downsampled by 4, 16 and 64, a thumbnail, a label and a macro image). It is built
+once and kept in the work folder.
 
 lamina runs twice: embedded (``lamina``: a SQLite catalog and a folder in ``LAMINA_HOME``) and as
 the scaled deployment (``lamina-pg-s3``: a PostgreSQL catalog and an S3 bucket, see ``_scaled.py``:
@@ -32,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import sys
@@ -57,6 +68,7 @@ from _common import (
     timed_sync,
     tree_size,
 )
+from _formats import FORMATS, ensure_input, input_files
 from _scaled import DEFAULT_POSTGRES, ScaledDeployment, scaled_deployment
 from _scaled import missing as scaled_missing
 from _svs import check_svs, ensure_svs
@@ -67,9 +79,15 @@ DEFAULT_WORK = Path("/tmp/lamina-bench")
 
 MPP = "0.499"
 RATIO_GOAL = 1.5
+PIXEL_EXACT_GOAL = 1.0
 RSS_GOAL = 500 * MB
 # Every peer copies the compressed tiles, so less output than this means a run did not finish.
 MIN_OUTPUT_SHARE = 0.5
+# A pixel-exact input is uncompressed: the peers' output is a fraction of it (lossless JPEG 2000
+# about 40 %, JPEG about 6 %), so only an output this small means a run did not finish.
+MIN_OUTPUT_SHARE_RAW = 0.01
+SVS = "aperio_svs"
+LOSSY_QUALITY = "90"  # wsidicomizer's default JPEG quality, for lamina-jpeg90
 
 
 # --- the peers -------------------------------------------------------------------------------
@@ -94,7 +112,9 @@ class Peer:
     scaled: bool = False
 
     def argv(self, source: Path, output: Path) -> list[str]:
-        return [part.format(input=source, output=output) for part in self.template]
+        # {data}: the folder beside a slide that has one (MRXS)
+        data = source.with_suffix("")
+        return [part.format(input=source, output=output, data=data) for part in self.template]
 
     def env(self, output: Path) -> dict[str, str]:
         env = dict(os.environ)
@@ -122,8 +142,10 @@ def _missing_executable(path: Path | str | None, what: str) -> str | None:
     return None
 
 
-def peers(lamina: Path, threads: int, postgres: str = DEFAULT_POSTGRES) -> list[Peer]:
+def peers(lamina: Path, threads: int, postgres: str = DEFAULT_POSTGRES, fmt: str = SVS) -> list[Peer]:
     """The programs compared, in the order they run within each round."""
+    if fmt != SVS:
+        return format_peers(lamina, postgres, fmt)
     wsidicomizer = VENV_BIN / "wsidicomizer"
     orthanc = shutil.which("OrthancWSIDicomizer")
     copy = "{output}/copy.svs"
@@ -168,6 +190,93 @@ def peers(lamina: Path, threads: int, postgres: str = DEFAULT_POSTGRES) -> list[
     ]
 
 
+def format_peers(lamina: Path, postgres: str, fmt: str) -> list[Peer]:
+    """The peers for an input of ``fmt`` (not SVS), in the order they run within each round.
+
+    The file carries its own pixel spacing, so lamina gets no ``--mpp``. wsidicomizer gets what
+    it needs to read the format (``InputFormat.wsidicomizer``), or is listed as not reading it.
+    For a pixel-exact format two more peers do the other's work: wsidicomizer writing lossless
+    JPEG 2000 (``--quality 0.5``: its command line reads 0 as "not given" and uses 80 dB, and
+    rounds 0.5 down to 0, which is lossless), and lamina writing JPEG at wsidicomizer's default
+    quality (``--lossy 90``).
+    """
+    spec = FORMATS[fmt]
+    wsidicomizer = VENV_BIN / "wsidicomizer"
+    copy = "{output}/copy" + spec.suffix
+    lamina_missing = _missing_executable(lamina, "lamina (not installed yet?)")
+    reads = spec.wsidicomizer is not None
+    wsi_missing = _missing_executable(wsidicomizer, "wsidicomizer") if reads else f"does not read {fmt}"
+    wsi_args = spec.wsidicomizer or ()
+    ingest = (str(lamina), "ingest", "{input}")
+    result = [
+        Peer("lamina", ingest, missing=lamina_missing, home_env="LAMINA_HOME"),
+        Peer(
+            "lamina-pg-s3",
+            ingest,
+            missing=lamina_missing or scaled_missing(postgres),
+            home_env="LAMINA_HOME",
+            scaled=True,
+        ),
+        Peer(
+            "wsidicomizer",
+            (str(wsidicomizer), "-i", "{input}", "-o", "{output}", *wsi_args),
+            missing=wsi_missing,
+        ),
+    ]
+    if spec.kind == "pixel-exact":
+        result += [
+            Peer(
+                "wsidicomizer-j2k-lossless",
+                (
+                    str(wsidicomizer),
+                    "-i",
+                    "{input}",
+                    "-o",
+                    "{output}",
+                    *wsi_args,
+                    "--format",
+                    "jpeg2000",
+                    "--quality",
+                    "0.5",
+                ),
+                missing=wsi_missing,
+            ),
+            Peer(
+                "lamina-jpeg90",
+                (*ingest, "--lossy", LOSSY_QUALITY),
+                missing=lamina_missing,
+                home_env="LAMINA_HOME",
+            ),
+        ]
+    if spec.folder:  # the slide file and its data folder, every file hashed
+        return [
+            *result,
+            Peer(
+                "cp+sha256sum",
+                (
+                    "sh",
+                    "-c",
+                    'cp -r "$1" "$2" "$3"/ && find "$3" -type f -print0 | xargs -0 sha256sum',
+                    "sh",
+                    "{input}",
+                    "{data}",
+                    "{output}",
+                ),
+                make_output=True,
+            ),
+            Peer("cp", ("cp", "-r", "{input}", "{data}", "{output}/"), make_output=True),
+        ]
+    return [
+        *result,
+        Peer(
+            "cp+sha256sum",
+            ("sh", "-c", 'cp "$1" "$2" && sha256sum "$2"', "sh", "{input}", copy),
+            make_output=True,
+        ),
+        Peer("cp", ("cp", "{input}", copy), make_output=True),
+    ]
+
+
 # --- measuring -------------------------------------------------------------------------------
 
 
@@ -179,10 +288,16 @@ class Run:
     flush_seconds: float
     peak_rss: int
     output_bytes: int
+    cpu_seconds: float = 0.0
 
     @property
     def total_seconds(self) -> float:
         return self.seconds + self.flush_seconds
+
+    @property
+    def cores(self) -> float:
+        """CPU time over run time: how many cores the peer kept busy on average."""
+        return self.cpu_seconds / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -205,6 +320,12 @@ class Outcome:
         return max(run.peak_rss for run in self.runs)
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_once(
     peer: Peer,
     source: Path,
@@ -212,6 +333,8 @@ def run_once(
     log: Path,
     cold: bool,
     deployment: ScaledDeployment | None = None,
+    min_share: float = MIN_OUTPUT_SHARE,
+    files: Sequence[Path] = (),
 ) -> Run | str:
     """Run a peer once into a fresh ``output``; return the run, or why it failed.
 
@@ -229,8 +352,11 @@ def run_once(
         deployment.prepare(output.name)
         env |= deployment.env(output.name)
     try:
-        prepare_cache(cold, [source])
+        files = list(files) or [source]
+        prepare_cache(cold, files)
+        cpu_before = children_cpu()
         measured = run_measured(peer.argv(source, output), log, env=env)
+        cpu = children_cpu() - cpu_before
         flush = timed_sync()
         if measured.returncode != 0:
             return f"exit status {measured.returncode}: {log_tail(log)} (log: {log})"
@@ -241,13 +367,14 @@ def run_once(
     finally:
         if peer.scaled and deployment is not None:
             deployment.cleanup(output.name)
-    if written < source.stat().st_size * MIN_OUTPUT_SHARE:
+    size = sum(path.stat().st_size for path in files)
+    if written < size * min_share:
         return (
             f"exit status 0 but only {megabytes(written)} MB written for a"
-            f" {megabytes(source.stat().st_size)} MB input: the tiles were not all stored"
+            f" {megabytes(size)} MB input: the tiles were not all stored"
             f" (log: {log})"
         )
-    return Run(measured.seconds, flush, measured.peak_rss, written)
+    return Run(measured.seconds, flush, measured.peak_rss, written, cpu)
 
 
 def benchmark(
@@ -258,6 +385,8 @@ def benchmark(
     cold: bool,
     keep: bool,
     deployment: ScaledDeployment | None = None,
+    min_share: float = MIN_OUTPUT_SHARE,
+    files: Sequence[Path] = (),
 ) -> list[Outcome]:
     """Run every available peer ``runs`` times, interleaved round by round."""
     outcomes = [Outcome(peer, failure=peer.missing) for peer in candidates]
@@ -269,7 +398,7 @@ def benchmark(
             output = work / "out" / f"{name}-{index}"
             print(f"run {index}/{runs}: {name} ...", file=sys.stderr, flush=True)
             log = work / "logs" / f"{name}-{index}.log"
-            result = run_once(outcome.peer, source, output, log, cold, deployment)
+            result = run_once(outcome.peer, source, output, log, cold, deployment, min_share, files)
             if isinstance(result, str):
                 outcome.failure = f"failed on run {index}: {result}"
             else:
@@ -293,8 +422,10 @@ class Goal:
     passed: bool | None
 
 
-def goals(outcomes: Sequence[Outcome]) -> list[Goal]:
+def goals(outcomes: Sequence[Outcome], fmt: str = SVS) -> list[Goal]:
     """Check lamina's goals against wsidicomizer, the cp+sha256sum floor, and memory."""
+    if fmt != SVS:
+        return format_goals(outcomes, fmt)
     by_name = {outcome.peer.name: outcome for outcome in outcomes}
     lamina = by_name["lamina"]
     scaled = by_name["lamina-pg-s3"]
@@ -309,6 +440,59 @@ def goals(outcomes: Sequence[Outcome]) -> list[Goal]:
         _goal("peak RSS", rss_target, rss, "{:,.1f} MB", _below_rss),
         _goal("peak RSS on PostgreSQL + S3", rss_target, scaled_rss, "{:,.1f} MB", _below_rss),
     ]
+
+
+def format_goals(outcomes: Sequence[Outcome], fmt: str) -> list[Goal]:
+    """The issue's goals for an input of ``fmt``: against wsidicomizer (for a pixel-exact format
+    both against its defaults and against its lossless JPEG 2000, lamina's own work), memory, and
+    the time over cp+sha256sum (reported, no target)."""
+    by_name = {outcome.peer.name: outcome for outcome in outcomes}
+    lamina = by_name["lamina"]
+    rss = lamina.peak_rss / MB if lamina.ok else None
+    rss_target = f"< {RSS_GOAL / MB:.0f} MB"
+    floor = _time_ratio(lamina, by_name["cp+sha256sum"])
+    reported = Goal("lamina time / cp+sha256sum time", "(reported)", "n/a", None)
+    if floor is not None:
+        reported = Goal(reported.name, reported.target, f"{floor:.2f}x", None)
+    if FORMATS[fmt].kind == "tile-copy":
+        speedup = _time_ratio(by_name["wsidicomizer"], lamina)
+        checks = [
+            _goal("speed-up over wsidicomizer", f">= {RATIO_GOAL}x", speedup, "{:.2f}x", _at_least),
+            _goal("peak RSS", rss_target, rss, "{:,.1f} MB", _below_rss),
+        ]
+    else:
+        lossless = _time_ratio(by_name["wsidicomizer-j2k-lossless"], lamina)
+        default = _time_ratio(by_name["wsidicomizer"], lamina)
+        lossy = _time_ratio(by_name["wsidicomizer"], by_name["lamina-jpeg90"])
+        target = f">= {PIXEL_EXACT_GOAL:g}x"
+        checks = [
+            _goal(
+                "speed-up over wsidicomizer, both lossless JPEG 2000",
+                target,
+                lossless,
+                "{:.2f}x",
+                _pixel_exact,
+            ),
+            _goal(
+                "speed-up over wsidicomizer's defaults (JPEG q90)", target, default, "{:.2f}x", _pixel_exact
+            ),
+            _goal(
+                "--lossy 90 speed-up over wsidicomizer (both JPEG q90)",
+                target,
+                lossy,
+                "{:.2f}x",
+                _pixel_exact,
+            ),
+            _goal("peak RSS", rss_target, rss, "{:,.1f} MB", _below_rss),
+        ]
+    if "lamina-pg-s3" in by_name and by_name["lamina-pg-s3"].ok:
+        scaled_rss = by_name["lamina-pg-s3"].peak_rss / MB
+        checks.append(_goal("peak RSS on PostgreSQL + S3", rss_target, scaled_rss, "{:,.1f} MB", _below_rss))
+    return [*checks, reported]
+
+
+def _pixel_exact(value: float) -> bool:
+    return value >= PIXEL_EXACT_GOAL
 
 
 def _time_ratio(numerator: Outcome, denominator: Outcome) -> float | None:
@@ -340,7 +524,7 @@ def peer_row(outcome: Outcome, input_bytes: int) -> list[str]:
     """One table row: medians of total, run and flush time, throughput, peak RSS, output size."""
     if not outcome.ok:
         status = "unavailable" if outcome.peer.missing else "failed"
-        return [outcome.peer.name, status, "-", "-", "-", "-", "-", "-", "0"]
+        return [outcome.peer.name, status, "-", "-", "-", "-", "-", "-", "-", "-", "0"]
     total = outcome.median("total_seconds")
     return [
         outcome.peer.name,
@@ -349,6 +533,8 @@ def peer_row(outcome: Outcome, input_bytes: int) -> list[str]:
         f"{outcome.median('seconds'):.2f}",
         f"{outcome.median('flush_seconds'):.2f}",
         f"{input_bytes / total / MB:,.1f}",
+        f"{outcome.median('cpu_seconds'):.1f}",
+        f"{outcome.median('cores'):.2f}",
         megabytes(outcome.peak_rss),
         megabytes(outcome.median("output_bytes")),
         str(len(outcome.runs)),
@@ -364,8 +550,11 @@ def report_text(report: dict[str, Any], outcomes: Sequence[Outcome], checks: lis
         + ", ".join(
             value if value.startswith(key) else f"{key} {value}" for key, value in report["versions"].items()
         ),
-        f"input: {slide['path']} ({megabytes(slide['bytes'])} MB, levels {slide['levels']})",
+        f"input: {report['format']}: {report['description']}",
+        f"input file: {slide['path']} ({megabytes(slide['bytes'])} MB{slide.get('files', '')},"
+        f" levels {slide['levels']})",
         f"page cache: {report['cache']}",
+        f"load average (1, 5, 15 min): {report.get('load', 'not measured')}",
         "",
     ]
     headers = [
@@ -375,13 +564,18 @@ def report_text(report: dict[str, Any], outcomes: Sequence[Outcome], checks: lis
         "run s",
         "flush s",
         "MB/s",
+        "CPU s",
+        "cores",
         "peak RSS MB",
         "output MB",
         "runs",
     ]
     rows = [peer_row(outcome, slide["bytes"]) for outcome in outcomes]
     lines.append(format_table(headers, rows))
-    lines.append("(time = run + flush to disk, median; MB/s = input size / time; 1 MB = 10^6 bytes)")
+    lines.append(
+        "(time = run + flush to disk, median; MB/s = input size / time; 1 MB = 10^6 bytes;"
+        " CPU = user + system of the process tree; cores = CPU / run time)"
+    )
     by_name = {outcome.peer.name: outcome for outcome in outcomes}
     if "lamina" in by_name and "lamina-pg-s3" in by_name:
         ratio = _time_ratio(by_name["lamina-pg-s3"], by_name["lamina"])
@@ -424,6 +618,7 @@ def report_json(report: dict[str, Any], outcomes: Sequence[Outcome], checks: lis
                     "flush_seconds": run.flush_seconds,
                     "peak_rss_bytes": run.peak_rss,
                     "output_bytes": run.output_bytes,
+                    "cpu_seconds": run.cpu_seconds,
                 }
                 for run in outcome.runs
             ],
@@ -435,6 +630,7 @@ def report_json(report: dict[str, Any], outcomes: Sequence[Outcome], checks: lis
                 "median_run_seconds": outcome.median("seconds"),
                 "median_flush_seconds": outcome.median("flush_seconds"),
                 "mb_per_s": size / total / MB,
+                "median_cpu_seconds": outcome.median("cpu_seconds"),
                 "peak_rss_bytes": outcome.peak_rss,
                 "output_bytes": outcome.median("output_bytes"),
             }
@@ -458,6 +654,8 @@ def versions(lamina: Path) -> dict[str, str]:
         "sha256sum": command_version(["sha256sum", "--version"]),
         "tifffile": package_version("tifffile"),
         "openslide": openslide.__library_version__,
+        "pylibCZIrw": package_version("pylibCZIrw"),
+        "czifile": package_version("czifile"),
     }
 
 
@@ -477,7 +675,13 @@ def cache_mode(requested: str) -> tuple[bool, str]:
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gb", type=float, default=1.5, help="size of the synthetic SVS (GB)")
+    parser.add_argument(
+        "--format",
+        choices=(SVS, *FORMATS),
+        default=SVS,
+        help="the input's format (default aperio_svs; the others are built by _formats.py)",
+    )
+    parser.add_argument("--size-gb", type=float, default=1.5, help="size of the synthetic input (GB)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each peer; medians are shown")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="cache and scratch folder")
     parser.add_argument("--keep", action="store_true", help="keep every output folder")
@@ -505,10 +709,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Build or reuse the input, run the peers, print the table and the goals."""
     arguments = parse_arguments(argv)
     work = arguments.work.absolute()
-    source = ensure_svs(work, arguments.size_gb)
-    slide = check_svs(source)
+    fmt = arguments.format
+    if fmt == SVS:
+        source = ensure_svs(work, arguments.size_gb)
+        slide = check_svs(source)
+        description = "synthetic Aperio SVS, CMU-1-Small-Region's JPEG tiles repeated (_svs.py)"
+        min_share = MIN_OUTPUT_SHARE
+    else:
+        spec = FORMATS[fmt]
+        source = ensure_input(fmt, work, arguments.size_gb)
+        slide = spec.check(source)
+        reads = f"reads it {spec.wsidicomizer_note}" if spec.wsidicomizer is not None else "does not read it"
+        description = f"{spec.description} ({spec.kind}; wsidicomizer {reads})"
+        min_share = MIN_OUTPUT_SHARE if spec.kind == "tile-copy" else MIN_OUTPUT_SHARE_RAW
+    files = input_files(fmt, source)
+    if len(files) > 1:
+        folder = source.with_suffix("").name
+        slide["files"] = f" in {len(files)} files: the slide file and its folder {folder}/"
     threads = len(os.sched_getaffinity(0))
-    candidates = peers(arguments.lamina, threads, arguments.postgres)
+    candidates = peers(arguments.lamina, threads, arguments.postgres, fmt)
     if arguments.only:
         wanted = {name.strip() for name in arguments.only.split(",")}
         candidates = [peer for peer in candidates if peer.name in wanted]
@@ -516,21 +735,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "machine": machine(),
         "versions": versions(arguments.lamina),
-        "input": {"path": str(source), "bytes": source.stat().st_size, **slide},
+        "format": fmt,
+        "description": description,
+        "input": {"path": str(source), "bytes": sum(path.stat().st_size for path in files), **slide},
         "cache": cache,
         "runs": arguments.runs,
     }
+    load_before = _load()
     with contextlib.ExitStack() as stack:
         deployment = None
         if any(peer.scaled and peer.missing is None for peer in candidates):
             deployment = stack.enter_context(scaled_deployment(work, arguments.postgres))
             report["versions"] |= deployment.versions()
-        outcomes = benchmark(candidates, source, work, arguments.runs, cold, arguments.keep, deployment)
-    checks = goals(_with_skipped(outcomes, peers(arguments.lamina, threads, arguments.postgres)))
+        outcomes = benchmark(
+            candidates, source, work, arguments.runs, cold, arguments.keep, deployment, min_share, files
+        )
+    report["load"] = f"{load_before} before the runs, {_load()} after"
+    every = peers(arguments.lamina, threads, arguments.postgres, fmt)
+    checks = goals(_with_skipped(outcomes, every), fmt)
     print(report_text(report, outcomes, checks))
     if arguments.json:
         print(json.dumps(report_json(report, outcomes, checks), indent=2))
     return 0
+
+
+def _load() -> str:
+    """The machine's load averages, which say whether other work shared it during the runs."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _with_skipped(outcomes: Sequence[Outcome], every: Sequence[Peer]) -> list[Outcome]:
