@@ -40,6 +40,7 @@ from lamina.formats.dicomize import (
     write_instance,
 )
 from lamina.formats.pyramid import GeneratedLevel, WrittenLevel
+from lamina.formats.quarters import QuarterSpool, can_spool
 from lamina.formats.registry import detect_format
 from lamina.formats.source import Buffer, SlideSource, SourceImage, SourceOptions
 from lamina.mapping import dicom_json
@@ -218,6 +219,15 @@ class Ingestor:
             "free space there, then ingest again",
         )
 
+    def _next_level_spool(self, plans: list[PlannedInstance], number: int) -> QuarterSpool | None:
+        """A spool for the level below plan ``number`` when that plan re-encodes its tiles: the
+        level is then made from them as they pass, not from the frames decoded again."""
+        plan = plans[number]
+        child = plans[number + 1].image if number + 1 < len(plans) else None
+        if plan.copy or not isinstance(child, GeneratedLevel) or child.parent is not plan.image:
+            return None
+        return QuarterSpool(plan.image, child, self.spool_dir) if can_spool(plan.image, child) else None
+
     def _feed_next_level(self, plans: list[PlannedInstance], written: WrittenInstance, ref: BlobRef) -> None:
         """A generated level is computed from the frames just written for the level above."""
         for plan in plans:
@@ -322,14 +332,26 @@ class Ingestor:
         total = sum(_expected_bytes(plan.image) for plan in plans)
         state = [0]
         refs: list[tuple[WrittenInstance, BlobRef]] = []
+        spools: list[QuarterSpool] = []
         try:
-            for plan in plans:
+            for number, plan in enumerate(plans):
+                spool = self._next_level_spool(plans, number)
+                if spool is not None:
+                    spools.append(spool)
                 with self.store.writer() as writer:
                     sink = _ProgressSink(writer, progress, state, total)
-                    written = write_instance(plan, ctx, sink, self.spool_dir)
+                    written = write_instance(
+                        plan, ctx, sink, self.spool_dir, spool.add if spool is not None else None
+                    )
                     ref = writer.commit()
                 refs.append((written, ref))
-                self._feed_next_level(plans, written, ref)
+                if spool is not None:
+                    spool.finish()
+                    child = plans[number + 1].image
+                    assert isinstance(child, GeneratedLevel)
+                    child.spool = spool
+                else:
+                    self._feed_next_level(plans, written, ref)
             if key.digest is not None:
                 digest = key.digest
             else:
@@ -356,6 +378,8 @@ class Ingestor:
                     if attempt:
                         raise
         except BaseException:
+            for spool in spools:
+                spool.close()
             # objects this ingest created, unless a slide committed meanwhile uses them (the same
             # content written by a concurrent ingest of the same source)
             created_here = [ref.sha256 for _, ref in refs if ref.created]
@@ -364,6 +388,8 @@ class Ingestor:
                 if digest_ not in in_use:
                     self.store.delete(digest_)
             raise
+        for spool in spools:
+            spool.close()
         result.status, result.slide_id = IngestStatus.INGESTED, sid
         result.levels = sum(1 for plan in plans if plan.level is not None)
         result.instances = len(plans)

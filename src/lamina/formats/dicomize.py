@@ -33,7 +33,7 @@ from lamina.formats import codec
 from lamina.formats.dicom_header import tag_trail, trail_words
 from lamina.formats.dicom_modules import SeriesContext, build_dataset
 from lamina.formats.pyramid import GeneratedLevel, complete_pyramid
-from lamina.formats.source import Buffer, FrameEncoding, SlideSource, SourceImage
+from lamina.formats.source import Buffer, FrameEncoding, Pixels, SlideSource, SourceImage
 from lamina.model.enums import (
     DerivedPixelContrastValues,
     ImageFlavorValues,
@@ -193,8 +193,17 @@ def plan_slide(
 _ENCODERS = os.cpu_count() or 1
 
 
+#: Told of every tile decoded to be re-encoded: ``(col, row, z, c, pixels)``, in frame order.
+TileObserver = Callable[[int, int, int, int, Pixels], None]
+
+
 def _encoded_frames(
-    image: SourceImage, encoding: FrameEncoding, path: Path | None, name: str, quality: int
+    image: SourceImage,
+    encoding: FrameEncoding,
+    path: Path | None,
+    name: str,
+    quality: int,
+    on_tile: TileObserver | None = None,
 ) -> Iterator[bytes]:
     """The image's tiles decoded and encoded again, in frame order. Tiles are decoded one after
     the other and encoded by a pool of one thread per core, at most two tiles per thread ahead
@@ -221,6 +230,8 @@ def _encoded_frames(
                             f"{name}, {where} cannot be decoded: {codec.damage(exc)}; "
                             "the file is damaged: copy it again from the scanner",
                         ) from exc
+                    if on_tile is not None:
+                        on_tile(col, row, z, c, pixels)
                     pending.append(pool.submit(codec.encode, pixels, encoding, quality, 1))
                     if len(pending) >= 2 * _ENCODERS:
                         yield pending.popleft().result()
@@ -294,9 +305,16 @@ def _merge_shared(built: Dataset, original: Sequence[Dataset]) -> None:
 
 
 def write_instance(
-    plan: PlannedInstance, ctx: SeriesContext, sink: Sink, spool_dir: Path | None = None
+    plan: PlannedInstance,
+    ctx: SeriesContext,
+    sink: Sink,
+    spool_dir: Path | None = None,
+    on_tile: TileObserver | None = None,
 ) -> WrittenInstance:
-    """Write one Part-10 object to ``sink`` and return where each frame landed in it."""
+    """Write one Part-10 object to ``sink`` and return where each frame landed in it.
+
+    ``on_tile`` is told of every tile of an image that is re-encoded (the next level is made from
+    them: :mod:`lamina.formats.quarters`)."""
     image = plan.image
     lengths = image.frame_lengths() if plan.copy else None
     spool = None
@@ -305,7 +323,9 @@ def write_instance(
         frames = (
             image.iter_frames()
             if plan.copy
-            else _encoded_frames(image, plan.encoding, ctx.source_path, describe_image(plan), plan.quality)
+            else _encoded_frames(
+                image, plan.encoding, ctx.source_path, describe_image(plan), plan.quality, on_tile
+            )
         )
         collected = []
         for frame in frames:

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lamina.formats import codec
+from lamina.formats.quarters import QuarterSpool
 from lamina.formats.source import FrameEncoding, Pixels, SourceImage
 from lamina.model.enums import ImageFlavorValues
 from lamina.model.geometry import SizePx
@@ -34,9 +35,12 @@ def downsample2(pixels: Pixels) -> Pixels:
     return halved
 
 
-def _background(image: SourceImage) -> int:
+def background(image: SourceImage) -> int:
     """What pads a tile past the image's edge: white for brightfield, black for fluorescence."""
     return 0 if image.optical_paths > 1 or image.bits_stored > 8 else 255
+
+
+_fill = background
 
 
 #: More levels than any slide has: 2**48 pixels across.
@@ -60,12 +64,16 @@ class GeneratedLevel(SourceImage):
         self.bits_stored = parent.bits_stored
         # how the pixels it is computed from were compressed (JPEG, or lossy JPEG 2000)
         self.lossy_method = parent.lossy_method or (parent.encoding.lossy_method if parent.encoding else None)
+        #: The tiles made while the level above was encoded (formats.quarters), when it was
+        self.spool: QuarterSpool | None = None
 
     def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
+        if self.spool is not None:
+            return self.spool.tile(col, row, z, c)
         parent = self.parent
         tw, th = self.tile_size.width, self.tile_size.height
         grid = parent.grid
-        background = _background(self)
+        background = _fill(self)
         block = np.full((2 * th, 2 * tw, self.samples_per_pixel), background, self.dtype)
         for dy in (0, 1):
             for dx in (0, 1):
