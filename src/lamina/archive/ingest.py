@@ -340,9 +340,7 @@ class Ingestor:
                     spools.append(spool)
                 with self.store.writer() as writer:
                     sink = _ProgressSink(writer, progress, state, total)
-                    written = write_instance(
-                        plan, ctx, sink, self.spool_dir, spool.add if spool is not None else None
-                    )
+                    written = write_instance(plan, ctx, sink, self.spool_dir, spool)
                     ref = writer.commit()
                 refs.append((written, ref))
                 if spool is not None:

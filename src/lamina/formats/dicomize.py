@@ -193,8 +193,21 @@ def plan_slide(
 _ENCODERS = os.cpu_count() or 1
 
 
-#: Told of every tile decoded to be re-encoded: ``(col, row, z, c, pixels)``, in frame order.
-TileObserver = Callable[[int, int, int, int, Pixels], None]
+class TileObserver(Protocol):
+    """Told of every tile decoded to be re-encoded (the next level is made from them): ``half``
+    runs in the encoders' threads, ``place`` in frame order."""
+
+    def half(self, col: int, row: int, pixels: Pixels) -> Pixels: ...
+
+    def place(self, col: int, row: int, z: int, c: int, half: Pixels) -> None: ...
+
+
+def _encode_tile(
+    pixels: Pixels, encoding: FrameEncoding, quality: int, observer: TileObserver | None, col: int, row: int
+) -> tuple[bytes, Pixels | None]:
+    """One tile's frame, and its half for the next level (in an encoder's thread)."""
+    half = observer.half(col, row, pixels) if observer is not None else None
+    return codec.encode(pixels, encoding, quality, 1), half
 
 
 def _encoded_frames(
@@ -211,7 +224,15 @@ def _encoded_frames(
     tile (the readers name the page or frame when they know it)."""
     grid = image.grid
     with ThreadPoolExecutor(_ENCODERS, thread_name_prefix="lamina-encode") as pool:
-        pending: deque[Future[bytes]] = deque()
+        pending: deque[tuple[tuple[int, int, int, int], Future[tuple[bytes, Pixels | None]]]] = deque()
+
+        def done() -> bytes:
+            (col, row, z, c), future = pending.popleft()
+            frame, half = future.result()
+            if on_tile is not None and half is not None:
+                on_tile.place(col, row, z, c, half)
+            return frame
+
         for z, c in image.planes():
             for row in range(grid.height):
                 for col in range(grid.width):
@@ -230,13 +251,12 @@ def _encoded_frames(
                             f"{name}, {where} cannot be decoded: {codec.damage(exc)}; "
                             "the file is damaged: copy it again from the scanner",
                         ) from exc
-                    if on_tile is not None:
-                        on_tile(col, row, z, c, pixels)
-                    pending.append(pool.submit(codec.encode, pixels, encoding, quality, 1))
+                    task = pool.submit(_encode_tile, pixels, encoding, quality, on_tile, col, row)
+                    pending.append(((col, row, z, c), task))
                     if len(pending) >= 2 * _ENCODERS:
-                        yield pending.popleft().result()
+                        yield done()
         while pending:
-            yield pending.popleft().result()
+            yield done()
 
 
 #: What a generated level must not take from the level it was computed from.

@@ -50,8 +50,23 @@ class QuarterSpool:
         self._file = tempfile.TemporaryFile(dir=str(folder) if folder else None)  # noqa: SIM115 - closed in close()
         self._written = 0  # child tiles written, in frame order
 
+    def half(self, col: int, row: int, pixels: Pixels) -> Pixels:
+        """Parent tile (col, row)'s pixels halved (its real pixels: the padding cut off). Pure:
+        may run in any thread; its result goes to :meth:`place`."""
+        from lamina.formats.pyramid import downsample2
+
+        parent = self._parent
+        th, tw = parent.tile_size.height, parent.tile_size.width
+        high = min(th, parent.size.height - row * th)
+        wide = min(tw, parent.size.width - col * tw)
+        return downsample2(pixels[:high, :wide])
+
     def add(self, col: int, row: int, z: int, c: int, pixels: Pixels) -> None:
         """Parent tile (col, row) of plane (z, c), decoded, padded to the tile size."""
+        self.place(col, row, z, c, self.half(col, row, pixels))
+
+    def place(self, col: int, row: int, z: int, c: int, half: Pixels) -> None:
+        """Put tile (col, row)'s :meth:`half` in the next level; tiles in frame order."""
         parent = self._parent
         plane = z + c * parent.focal_planes
         target = (plane, row // 2)
@@ -59,12 +74,7 @@ class QuarterSpool:
             self._flush()
             self._row = target
             self._row_buffer.fill(self._background)
-        from lamina.formats.pyramid import downsample2
-
         th, tw = parent.tile_size.height, parent.tile_size.width
-        high = min(th, parent.size.height - row * th)
-        wide = min(tw, parent.size.width - col * tw)
-        half = downsample2(pixels[:high, :wide])
         top = (row % 2) * (th // 2)
         left = col * (tw // 2)
         self._row_buffer[top : top + half.shape[0], left : left + half.shape[1]] = half
