@@ -73,3 +73,30 @@ def test_copied_tiles_are_never_re_encoded(archive: Archive, ingestor: Ingestor,
         first_tile = fh.read(page.databytecounts[0])
     frame = next(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
     assert frame.rstrip(b"\0").endswith(first_tile[2:].rstrip(b"\0"))  # the entropy-coded data as stored
+
+
+def test_jpeg_ls_is_the_other_lossless_choice(archive: Archive, ingestor: Ingestor, tmp_path: Path) -> None:
+    # Act
+    result = ingest_path(
+        ingestor, shared_file(DEFLATE), pixel_spacing=SizeMm.from_mpp(0.5), lossless="jpeg-ls"
+    )
+    # Assert: every level JPEG-LS lossless, every pixel of level 0 the source's
+    assert result.status == "ingested", result.reason
+    rows = [r for r in archive.catalog.instances(result.slide_id or "") if r.level is not None]
+    assert {r.transfer_syntax_uid for r in rows} == {pydicom.uid.JPEGLSLossless}
+    path = _level0(archive, result.slide_id or "", tmp_path)
+    assert dciodvfy_errors(path) == []
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "RGB" and ds.LossyImageCompression == "00"
+    source = tifffile.imread(shared_file(DEFLATE), level=0)
+    size = (int(ds.Columns), int(ds.Rows))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
+    pixels = codec.decode(frame, codec.lossless_encoding(3, "jpeg-ls"), size)
+    rows_, cols = min(size[1], source.shape[0]), min(size[0], source.shape[1])
+    assert np.array_equal(pixels[:rows_, :cols], source[:rows_, :cols])
+
+
+def test_jpeg_ls_keeps_16_bit_samples() -> None:
+    samples = np.random.default_rng(1).integers(0, 65535, (64, 48, 1), dtype=np.uint16)
+    encoding = codec.lossless_encoding(1, "jpeg-ls")
+    assert np.array_equal(codec.decode(codec.encode(samples, encoding), encoding), samples)

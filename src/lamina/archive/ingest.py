@@ -80,6 +80,8 @@ class IngestOptions:
     tenant: str = ""
     #: ``--lossy QUALITY``: re-encoded 8-bit pixels as JPEG at this quality (1-100), not lossless
     lossy_quality: int | None = None
+    #: ``--lossless``: the codec of pixel-exact frames (``jpeg2000`` or ``jpeg-ls``)
+    lossless: str = "jpeg2000"
 
 
 @dataclass
@@ -314,7 +316,7 @@ class Ingestor:
             minted.add(uid)
             return uid
 
-        plans = plan_slide(source, mint, options.lossy_quality)
+        plans = plan_slide(source, mint, options.lossy_quality, options.lossless)
         # only the UIDs a DICOM source brings can be in the archive already (a new UID is random:
         # probing for it would cost a random read of the largest index, and the insert checks it)
         kept = [plan.sop_instance_uid for plan in plans if plan.sop_instance_uid not in minted]

@@ -143,13 +143,17 @@ def describe_image(plan: PlannedInstance) -> str:
 
 
 def plan_slide(
-    source: SlideSource, new_uid: Callable[[], str], lossy_quality: int | None = None
+    source: SlideSource,
+    new_uid: Callable[[], str],
+    lossy_quality: int | None = None,
+    lossless: str = "jpeg2000",
 ) -> list[PlannedInstance]:
     """Every instance the slide becomes: the full pyramid, then the associated images.
 
     ``lossy_quality`` (``lamina ingest --lossy QUALITY``, 1 to 100): the 8-bit pixels lamina
     re-encodes are written as JPEG at that quality instead of JPEG 2000 lossless; frames copied
-    as stored stay as they are, and samples of more than 8 bits stay lossless."""
+    as stored stay as they are, and samples of more than 8 bits stay lossless. ``lossless``
+    (``--lossless``): the codec of pixel-exact frames, one of ``codec.LOSSLESS_CODECS``."""
     images: list[tuple[SourceImage, int | None]] = [
         (image, level) for level, image in enumerate(complete_pyramid(source.levels))
     ]
@@ -170,14 +174,14 @@ def plan_slide(
             assert image.encoding is not None
             encoding = image.encoding
         elif image.bits_stored > 8:
-            # JPEG baseline holds 8 bits: deeper samples are kept in lossless JPEG 2000
-            encoding = codec.lossless_encoding(image.samples_per_pixel)
+            # JPEG baseline holds 8 bits: deeper samples are kept lossless
+            encoding = codec.lossless_encoding(image.samples_per_pixel, lossless)
         elif image.source_lossy and (isinstance(image, GeneratedLevel) or image.lossy_ratio is None):
             # computed pixels of a lossy slide (JPEG keeps the pyramid's size in proportion), or
             # lossy pixels whose compression ratio is unknown (DICOM needs one: ours is known)
             encoding = codec.lossy_encoding(image.samples_per_pixel)
         else:
-            encoding = codec.lossless_encoding(image.samples_per_pixel)
+            encoding = codec.lossless_encoding(image.samples_per_pixel, lossless)
         if not copy and lossy_quality is not None and image.bits_stored <= 8:
             encoding, quality = codec.lossy_encoding(image.samples_per_pixel), lossy_quality
         kept = image.dataset is not None and not isinstance(image, GeneratedLevel)
