@@ -247,6 +247,12 @@ def format_peers(lamina: Path, postgres: str, fmt: str) -> list[Peer]:
                 missing=lamina_missing,
                 home_env="LAMINA_HOME",
             ),
+            Peer(
+                "lamina-jpegls",
+                (*ingest, "--lossless", "jpeg-ls"),
+                missing=lamina_missing,
+                home_env="LAMINA_HOME",
+            ),
         ]
     if spec.folder:  # the slide file and its data folder, every file hashed
         return [
@@ -480,6 +486,15 @@ def format_goals(outcomes: Sequence[Outcome], fmt: str) -> list[Goal]:
                 "--lossy 90 speed-up over wsidicomizer (both JPEG q90)",
                 target,
                 lossy,
+                "{:.2f}x",
+                _pixel_exact,
+            ),
+            _goal(
+                "--lossless jpeg-ls speed-up over wsidicomizer lossless JPEG 2000",
+                target,
+                _time_ratio(by_name["wsidicomizer-j2k-lossless"], by_name["lamina-jpegls"])
+                if "lamina-jpegls" in by_name
+                else None,
                 "{:.2f}x",
                 _pixel_exact,
             ),
