@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -285,10 +284,6 @@ class CziSource(SlideSource):
     @property
     def metadata(self) -> SlideMetadata:
         return self._metadata
-
-    @property
-    def files(self) -> Sequence[Path]:
-        return [self.path]
 
     def close(self) -> None:
         context = getattr(self, "_context", None)

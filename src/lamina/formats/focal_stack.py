@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lamina.errors import UnsupportedFormatError
+from lamina.formats.planes import JoinedFrames
 from lamina.formats.source import Buffer, Pixels, ReadObserver, SourceImage
 
 #: How far a step between planes may stray from the mean step and still count as even (µm):
@@ -59,6 +60,7 @@ class FocalStack(SourceImage):
             if not same or plane.focal_planes != 1 or plane.optical_paths != 1:
                 raise ValueError("the planes of a focal stack are single-plane images of one geometry")
         self._planes = tuple(planes)
+        self._frames = JoinedFrames(self._planes)
         self.flavor = first.flavor
         self.size = first.size
         self.tile_size = first.tile_size
@@ -82,27 +84,16 @@ class FocalStack(SourceImage):
             plane.read_observer = observer
 
     def read_frame(self, index: int) -> bytes:
-        z, at = divmod(index, self.grid.area)
-        if not 0 <= z < self.focal_planes:
-            raise IndexError(f"frame {index} of {self.frame_count}")
-        return self._planes[z].read_frame(at)
+        return self._frames.read_frame(index, self.grid.area)
 
     def frame_lengths(self) -> Sequence[int] | None:
-        lengths: list[int] = []
-        for plane in self._planes:
-            found = plane.frame_lengths()
-            if found is None:
-                return None
-            lengths += found
-        return lengths
+        return self._frames.frame_lengths()
 
     def iter_frames(self) -> Iterator[bytes]:
-        for plane in self._planes:
-            yield from plane.iter_frames()
+        return self._frames.iter_frames()
 
     def iter_frame_parts(self) -> Iterator[Sequence[Buffer]]:
-        for plane in self._planes:
-            yield from plane.iter_frame_parts()
+        return self._frames.iter_frame_parts()
 
     def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
         if c != 0 or not 0 <= z < self.focal_planes:

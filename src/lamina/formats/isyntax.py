@@ -15,7 +15,6 @@ truncated file. Its pixel path is libisyntax's ``read_region``, as OpenSlide's i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +151,6 @@ class IsyntaxSource(SlideSource):
     @property
     def metadata(self) -> SlideMetadata:
         return self._metadata
-
-    @property
-    def files(self) -> Sequence[Path]:
-        return [self.path]
 
     def close(self) -> None:
         slide = getattr(self, "slide", None)

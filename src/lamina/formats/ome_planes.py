@@ -20,8 +20,6 @@ Color, IlluminationType; the objective's NominalMagnification; AcquisitionDate) 
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +28,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from lamina.errors import CorruptSourceError, UnsupportedFormatError
-from lamina.formats.codec import damage
 from lamina.formats.images import TiffTiledImage
+from lamina.formats.planes import STRIP_TILE, JoinedFrames, StripBands, page_tile
 from lamina.formats.source import (
     Buffer,
     OpticalPath,
@@ -45,13 +42,9 @@ from lamina.model.enums import ImageFlavorValues
 from lamina.model.geometry import SizeMm, SizePx
 
 _DAMAGED = "the file is damaged or truncated: copy it again from the scanner"
-#: The tile of a stripped page, decoded from the strips that cover it.
-STRIP_TILE = 512
 #: Bands of a stripped level kept decoded (the band being written, and one for the 2x2 reads of a
 #: generated level, of any plane).
 _BANDS_KEPT = 4
-#: A strip decoded at once; a taller one (a whole plane in one strip) is refused, not read whole.
-MAX_STRIP_BYTES = 256 << 20
 #: The OME-XML read at most (it lists one TiffData per plane: a few MB for thousands of planes).
 MAX_XML_BYTES = 64 << 20
 _JPEG = 7
@@ -209,76 +202,6 @@ def _instrument(root: Any, image: Any) -> tuple[float | None, str | None, str | 
 # --- one pyramid level -----------------------------------------------------------------------------
 
 
-class _Bands:
-    """The stripped planes of a level, decoded in bands of whole strips (a few kept)."""
-
-    def __init__(self, path: Path, fd: int, keyframe: tifffile.TiffPage, band: int, dtype: Any) -> None:
-        self._path, self._fd, self._keyframe, self._band, self._dtype = path, fd, keyframe, band, dtype
-        self._width, self._height = int(keyframe.imagewidth), int(keyframe.imagelength)
-        self._samples = int(keyframe.samplesperpixel)
-        self._rows = min(int(keyframe.rowsperstrip or self._height), self._height)
-        strip_bytes = self._rows * self._width * self._samples * np.dtype(dtype).itemsize
-        if strip_bytes > MAX_STRIP_BYTES:
-            raise UnsupportedFormatError(
-                path,
-                f"page {keyframe.index} is stored in strips of {self._rows} rows ({strip_bytes >> 20} MB "
-                "each): convert it to a tiled pyramid (e.g. bfconvert -tilex 512 -tiley 512)",
-            )
-        self._kept: OrderedDict[tuple[int, int], Pixels] = OrderedDict()
-        self.observer: ReadObserver | None = None
-
-    def band(self, page: tifffile.TiffPage | tifffile.TiffFrame, plane: int, index: int) -> Pixels:
-        """Rows ``[index * band, (index + 1) * band)`` of ``page``, the last band padded with 0."""
-        key = (plane, index)
-        if key in self._kept:
-            self._kept.move_to_end(key)
-            return self._kept[key]
-        out = np.zeros((self._band, self._width, self._samples), self._dtype)
-        top = index * self._band
-        bottom = min(top + self._band, self._height)
-        strips = -(-self._height // self._rows)
-        if len(page.dataoffsets) != strips:
-            raise CorruptSourceError(
-                self._path,
-                f"page {page.index} lists {len(page.dataoffsets)} strips, but {self._height} rows in strips "
-                f"of {self._rows} make {strips}; {_DAMAGED}",
-            )
-        for strip in range(top // self._rows, -(-bottom // self._rows)):
-            first = strip * self._rows
-            rows = min(self._rows, self._height - first)
-            pixels = _read_segment(self._path, self._fd, page, strip, self.observer)
-            pixels = pixels.reshape(-1, self._width, self._samples)[:rows]
-            lo, hi = max(first, top), min(first + rows, bottom)
-            out[lo - top : hi - top] = pixels[lo - first : hi - first]
-        self._kept[key] = out
-        while len(self._kept) > _BANDS_KEPT:
-            self._kept.popitem(last=False)
-        return out
-
-
-def _read_segment(
-    path: Path,
-    fd: int,
-    page: tifffile.TiffPage | tifffile.TiffFrame,
-    index: int,
-    observer: ReadObserver | None,
-) -> Pixels:
-    """Tile or strip ``index`` of ``page`` read and decoded, or CorruptSourceError naming it."""
-    offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
-    data = os.pread(fd, count, offset)
-    if len(data) != count:
-        raise CorruptSourceError(path, f"truncated: segment {index} of page {page.index} ends past the end")
-    if observer is not None:
-        observer(path, offset, data)
-    try:
-        segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-        return np.asarray(segment)
-    except Exception as exc:
-        raise CorruptSourceError(
-            path, f"page {page.index}, segment {index} cannot be decoded: {damage(exc)}; {_DAMAGED}"
-        ) from exc
-
-
 class _PlaneTiles(TiffTiledImage):
     """The JPEG tiles of one plane, copied as stored (the keyframe says how they are encoded)."""
 
@@ -320,18 +243,20 @@ class OmePlanesLevel(SourceImage):
         self.encoding = None
         self.source_lossy = int(keyframe.compression) in (_JPEG, 33003, 33005, 34712)
         self._fd = fd = tiff.filehandle.fileno()
-        self._copied: list[_PlaneTiles] = []
-        self._bands: _Bands | None = None
+        self._copied = JoinedFrames(())
+        self._bands: StripBands | None = None
         if keyframe.is_tiled:
             self.tile_size = SizePx(int(keyframe.tilewidth), int(keyframe.tilelength))
             if int(keyframe.compression) == _JPEG and keyframe.dtype == np.uint8:
                 copied = [_PlaneTiles(tiff, keyframe, page, spacing) for page in self._pages]
                 if copied[0].encoding is not None:
-                    self._copied = copied
+                    self._copied = JoinedFrames(copied)
                     self.encoding = copied[0].encoding
         else:
             self.tile_size = SizePx(STRIP_TILE, STRIP_TILE)
-            self._bands = _Bands(self._path, fd, keyframe, STRIP_TILE, self.dtype)
+            self._bands = StripBands(
+                self._path, fd, keyframe, self._pages, STRIP_TILE, self.dtype, _BANDS_KEPT
+            )
         check_geometry(self._path, f"page {keyframe.index}", self.size, self.tile_size)
         if keyframe.is_tiled:
             for page in self._pages:
@@ -341,50 +266,27 @@ class OmePlanesLevel(SourceImage):
 
     def set_observer(self, observer: ReadObserver) -> None:
         self.read_observer = observer
-        for image in self._copied:
+        for image in self._copied.images:
             image.read_observer = observer
         if self._bands is not None:
             self._bands.observer = observer
 
     def read_frame(self, index: int) -> bytes:
-        if not self._copied:
+        if not self._copied.images:
             return super().read_frame(index)
-        plane, at = divmod(index, self.grid.area)
-        return self._copied[plane].read_frame(at)
+        return self._copied.read_frame(index, self.grid.area)
 
     def frame_lengths(self) -> Sequence[int] | None:
-        if not self._copied:
-            return None
-        lengths: list[int] = []
-        for image in self._copied:
-            found = image.frame_lengths()
-            if found is None:
-                return None
-            lengths.extend(found)
-        return lengths
+        return self._copied.frame_lengths() if self._copied.images else None
 
     def iter_frame_parts(self) -> Iterator[Sequence[Buffer]]:
-        if not self._copied:
-            yield from super().iter_frame_parts()
-            return
-        for image in self._copied:
-            yield from image.iter_frame_parts()
+        if not self._copied.images:
+            return super().iter_frame_parts()
+        return self._copied.iter_frame_parts()
 
     def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
         plane = z + c * self.focal_planes
-        page = self._pages[plane]
-        tw, th = self.tile_size.width, self.tile_size.height
-        shape = (th, tw, self.samples_per_pixel)
-        if self._bands is not None:
-            tile = self._bands.band(page, plane, row)[:, col * tw : (col + 1) * tw]
-            if tile.shape[1] == tw:
-                return tile
-            out = np.zeros(shape, self.dtype)
-            out[:, : tile.shape[1]] = tile
-            return out
-        index = row * self.grid.width + col
-        if not int(page.databytecounts[index]):
-            return np.zeros(shape, self.dtype)
-        observer = None if self._copied else self.read_observer  # copied frames tell it already
-        segment = _read_segment(self._path, self._fd, page, index, observer)
-        return segment.reshape(shape).astype(self.dtype, copy=False)
+        observer = None if self._copied.images else self.read_observer  # copied frames tell it already
+        return page_tile(
+            self, self._path, self._fd, self._pages[plane], plane, col, row, self._bands, observer
+        )

@@ -14,9 +14,7 @@ kept (two of them, for the 2x2 reads of a generated level) and each strip is rea
 
 from __future__ import annotations
 
-import os
 import re
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from defusedxml import ElementTree
 
 from lamina.errors import CorruptSourceError, UnsupportedFormatError
 from lamina.formats.images import TiffTiledImage, decoded_page
+from lamina.formats.planes import STRIP_TILE, JoinedFrames, StripBands, page_tile
 from lamina.formats.source import (
     Buffer,
     OpticalPath,
@@ -55,7 +54,6 @@ from lamina.model.slide import SlideIdentity
 
 _DAMAGED = "the file is damaged or truncated: copy it again from the scanner"
 #: The tile of a stripped page, decoded from the strips that cover it.
-STRIP_TILE = 512
 #: JPEG and JPEG 2000 (TIFF Compression values): the pixels went through lossy compression.
 _LOSSY = {7, 33003, 33005, 34712}
 _VOLUME = {"fullresolution", "reducedresolution"}
@@ -159,60 +157,6 @@ def parse_description(path: Path, page: tifffile.TiffPage) -> QpiDescription:
     )
 
 
-class _StrippedChannel:
-    """One stripped channel page, read in bands of whole strips (see the module docstring)."""
-
-    def __init__(self, path: Path, fd: int, page: tifffile.TiffPage, band: int, dtype: Any) -> None:
-        self._path, self._fd, self._page, self._band, self._dtype = path, fd, page, band, dtype
-        self._width, self._height = int(page.imagewidth), int(page.imagelength)
-        self._samples = int(page.samplesperpixel)
-        self._rows = min(int(page.rowsperstrip or self._height), self._height)
-        strips = -(-self._height // self._rows)
-        if len(page.dataoffsets) != strips:
-            raise CorruptSourceError(
-                path,
-                f"page {page.index} lists {len(page.dataoffsets)} strips, but {self._height} rows in strips "
-                f"of {self._rows} make {strips}; {_DAMAGED}",
-            )
-        self._bands: OrderedDict[int, Pixels] = OrderedDict()
-        self.observer: ReadObserver | None = None
-
-    def band(self, index: int) -> Pixels:
-        """Rows ``[index * band, (index + 1) * band)`` decoded, the last band padded with 0."""
-        if index in self._bands:
-            self._bands.move_to_end(index)
-            return self._bands[index]
-        out = np.zeros((self._band, self._width, self._samples), self._dtype)
-        top = index * self._band
-        bottom = min(top + self._band, self._height)
-        page = self._page
-        for strip in range(top // self._rows, -(-bottom // self._rows)):
-            offset, count = int(page.dataoffsets[strip]), int(page.databytecounts[strip])
-            first = strip * self._rows
-            rows = min(self._rows, self._height - first)
-            data = os.pread(self._fd, count, offset)
-            if len(data) != count:
-                raise CorruptSourceError(
-                    self._path, f"truncated: strip {strip} of page {page.index} ends past the end of the file"
-                )
-            if self.observer is not None:
-                self.observer(self._path, offset, data)
-            try:
-                segment, _, _ = page.decode(data, strip)
-                pixels = np.asarray(segment).reshape(-1, self._width, self._samples)[:rows]
-            except Exception as exc:
-                raise CorruptSourceError(
-                    self._path,
-                    f"page {page.index}, strip {strip} cannot be decoded; {_DAMAGED}",
-                ) from exc
-            lo, hi = max(first, top), min(first + rows, bottom)
-            out[lo - top : hi - top] = pixels[lo - first : hi - first]
-        self._bands[index] = out
-        while len(self._bands) > 2:
-            self._bands.popitem(last=False)
-        return out
-
-
 class QptiffLevel(SourceImage):
     """One pyramid level: one page per channel (or one RGB page), frames channel after channel."""
 
@@ -233,79 +177,49 @@ class QptiffLevel(SourceImage):
         self.bits_stored = int(first.bitspersample)
         self.source_lossy = int(first.compression) in _LOSSY
         self.encoding = None
-        self._tiled: list[TiffTiledImage] = []
-        self._copied: list[TiffTiledImage] = []
-        self._stripped: list[_StrippedChannel] = []
+        self._copied = JoinedFrames(())
+        self._bands: StripBands | None = None
         self._fd = fd = tiff.filehandle.fileno()
         if first.is_tiled:
             self.tile_size = SizePx(int(first.tilewidth), int(first.tilelength))
-            self._tiled = [TiffTiledImage(tiff, page, self.flavor, spacing) for page in self._pages]
-            encodings = {image.encoding for image in self._tiled}
+            tiled = [TiffTiledImage(tiff, page, self.flavor, spacing) for page in self._pages]
+            encodings = {image.encoding for image in tiled}
             if None not in encodings and len(encodings) == 1 and self.bits_stored == 8:
                 # JPEG (or JPEG 2000) tiles, the same for every channel: copied as stored
-                self._copied = self._tiled
-                self.encoding = self._tiled[0].encoding
-            self.source_lossy = any(image.source_lossy for image in self._tiled)
+                self._copied = JoinedFrames(tiled)
+                self.encoding = tiled[0].encoding
+            self.source_lossy = any(image.source_lossy for image in tiled)
         else:
             self.tile_size = SizePx(STRIP_TILE, STRIP_TILE)
-            self._stripped = [
-                _StrippedChannel(self._path, fd, page, STRIP_TILE, self.dtype) for page in self._pages
-            ]
+            # two bands a channel: the one being written, and the one the 2x2 reads ask again
+            self._bands = StripBands(
+                self._path, fd, first, self._pages, STRIP_TILE, self.dtype, 2 * len(self._pages)
+            )
         check_geometry(self._path, f"page {first.index}", self.size, self.tile_size)
 
     def set_observer(self, observer: ReadObserver) -> None:
         self.read_observer = observer
-        for image in self._tiled:
+        for image in self._copied.images:
             image.read_observer = observer
-        for channel in self._stripped:
-            channel.observer = observer
+        if self._bands is not None:
+            self._bands.observer = observer
 
     def read_frame(self, index: int) -> bytes:
-        if not self._copied:
+        if not self._copied.images:
             return super().read_frame(index)
-        c, at = divmod(index, self.grid.area)
-        return self._copied[c].read_frame(at)
+        return self._copied.read_frame(index, self.grid.area)
 
     def frame_lengths(self) -> Sequence[int] | None:
-        if not self._copied:
-            return None
-        lengths: list[int] = []
-        for image in self._copied:
-            found = image.frame_lengths()
-            if found is None:
-                return None
-            lengths.extend(found)
-        return lengths
+        return self._copied.frame_lengths() if self._copied.images else None
 
     def iter_frame_parts(self) -> Iterator[Sequence[Buffer]]:
-        if not self._copied:
-            yield from super().iter_frame_parts()
-        for image in self._copied:
-            yield from image.iter_frame_parts()
+        if not self._copied.images:
+            return super().iter_frame_parts()
+        return self._copied.iter_frame_parts()
 
     def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
-        page = self._pages[c]
-        tw, th = self.tile_size.width, self.tile_size.height
-        if self._stripped:
-            band = self._stripped[c].band(row)
-            tile = band[:, col * tw : (col + 1) * tw]
-            if tile.shape[1] == tw:
-                return tile
-            out = np.zeros((th, tw, self.samples_per_pixel), self.dtype)
-            out[:, : tile.shape[1]] = tile
-            return out
-        with reading_page(self._path, page, f"tile ({col}, {row})"):
-            index = row * self.grid.width + col
-            count = int(page.databytecounts[index])
-            shape = (th, tw, self.samples_per_pixel)
-            if not count:
-                return np.zeros(shape, self.dtype)
-            offset = int(page.dataoffsets[index])
-            data = os.pread(self._fd, count, offset)
-            if self.read_observer is not None and not self._copied:
-                self.read_observer(self._path, offset, data)
-            segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-            return np.asarray(segment).reshape(shape).astype(self.dtype, copy=False)
+        observer = None if self._copied.images else self.read_observer  # copied frames tell it already
+        return page_tile(self, self._path, self._fd, self._pages[c], c, col, row, self._bands, observer)
 
 
 class QptiffSource(SlideSource):
