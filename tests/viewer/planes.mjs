@@ -85,7 +85,7 @@ try {
   await asked([frame(2, 0)], from);
   await page.waitForTimeout(250);
   seen.windowed = { frames: since(from), windows: [...new Set(tiles.slice(from).map((one) => one.window))] };
-  seen.lit = await page.evaluate(() => {
+  const lit = () => page.evaluate(() => {
     const canvas = [...document.querySelectorAll('#viewer canvas')].sort((a, b) => b.width * b.height - a.width * a.height)[0];
     const copy = document.createElement('canvas');
     copy.width = canvas.width;
@@ -97,6 +97,13 @@ try {
     for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 30) lit += 1;
     return lit / (data.length / 4);
   });
+  // the tile is drawn once it has loaded and decoded: a loaded machine takes longer than a fixed wait
+  const drawnBy = Date.now() + WAIT;
+  seen.lit = await lit();
+  while (seen.lit <= 0.001 && Date.now() < drawnBy) {
+    await page.waitForTimeout(100);
+    seen.lit = await lit();
+  }
   await page.screenshot({ path: `${config.shots}-planes.png` });
   await settle();
 } finally {
