@@ -178,13 +178,16 @@ def test_a_kill_between_spooling_and_queueing_leaves_a_spool_the_sweep_removes(
     killed_key = killed.stdout.strip()
     assert set(JobSpools.of(queued.settings).newest_writes()) == {live_key, killed_key}
     assert killed_key not in tasks.stow_job_statuses(app)
-    time.sleep(3.0)
+    killed_at = JobSpools.of(queued.settings).newest_writes()[killed_key]
+    time.sleep(6.0)
     # a request spooling now (its job not queued yet) is not what a kill left: the sweep's age
-    # bound counts from before it began, however long spooling takes on a busy machine, plus the
-    # second S3 drops from LastModified (an object written at 12.9 s is listed as 12 s)
-    began = time.monotonic()
+    # bound lies halfway between the two spools' newest writes as the store lists them (S3 drops
+    # the second from LastModified), which leaves the sweep over 2 s to list and read the queue
+    # on a busy machine before its cutoff would reach the newer spool
     spooling_key, _ = _spool(queued, instances[:1])
-    recent = time.monotonic() - began + 1.5  # the killed spool is 3 s older than that still
+    spooling_at = JobSpools.of(queued.settings).newest_writes()[spooling_key]
+    assert spooling_at - killed_at >= 5.0
+    recent = time.time() - (killed_at + spooling_at) / 2
     # Act
     removed = tasks.sweep_jobs(queued, lambda: tasks.stow_job_statuses(app), older_than_s=recent)
     # Assert
