@@ -242,6 +242,22 @@ def format_peers(lamina: Path, postgres: str, fmt: str) -> list[Peer]:
                 missing=wsi_missing,
             ),
             Peer(
+                "wsidicomizer-htj2k-lossless",
+                (
+                    str(wsidicomizer),
+                    "-i",
+                    "{input}",
+                    "-o",
+                    "{output}",
+                    *wsi_args,
+                    "--format",
+                    "htjpeg2000",
+                    "--quality",
+                    "0.5",
+                ),
+                missing=wsi_missing,
+            ),
+            Peer(
                 "lamina-jpeg90",
                 (*ingest, "--lossy", LOSSY_QUALITY),
                 missing=lamina_missing,
