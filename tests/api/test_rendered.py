@@ -147,7 +147,7 @@ def test_a_stored_jpeg_frame_is_sent_as_stored(served_archive: ServedArchive) ->
 
     assert answer.status_code == 200
     assert answer.headers["content-type"] == JPEG
-    assert answer.headers["cache-control"] == "private, max-age=86400"
+    assert answer.headers["cache-control"] == "private, max-age=86400, immutable"
     assert answer.content == _stored(served_archive, row, 3)
 
 

@@ -16,6 +16,12 @@ runs in the thread pool and gives the same answer or the proper error. The autho
 is taken here too, from what is kept (``Access.allowed_now``: the series' owner known, the
 principal allowed to read it, its opening recorded in the audit log); else the routed handler
 decides (and records the opening).
+
+A viewer's tile, a rendered frame asked for without parameters (``.../frames/N/rendered`` as
+JPEG) of a stored JPEG baseline colour frame, is its stored bytes (``rendered.stored_as_rendered``):
+it is answered here too, with the routed handler's headers. Both carry the frames' caching headers
+(``frames.caching_headers``: private, a day, immutable, an ETag) and answer a matching
+If-None-Match with 304 before anything is read.
 """
 
 from __future__ import annotations
@@ -28,8 +34,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lamina.api.auth import signed_in
 from lamina.api.dicomweb import multipart
-from lamina.api.dicomweb.frames import can_decode, negotiated_frames
+from lamina.api.dicomweb.frames import caching_headers, can_decode, frames_etag, matches, negotiated_frames
 from lamina.api.dicomweb.index import InstanceIndex
+from lamina.api.dicomweb.rendered import (
+    JPEG,
+    STORED_JPEG,
+    frame_etag,
+    rendered_media_type,
+    stored_as_rendered,
+)
 from lamina.archive.blobstore import BlobStore
 from lamina.errors import LaminaError
 
@@ -48,7 +61,8 @@ class FramesFastPath:
                 answer = answer.complete(await answer.read())
             if answer is not None:
                 headers, body = answer
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                status = 304 if not body else 200
+                await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -56,7 +70,11 @@ class FramesFastPath:
     def _answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes] | _Fetch | None:
         parts = scope["path"].split("/")
         # ['', 'dicomweb', 'studies', study, 'series', series, 'instances', sop, 'frames', number]
-        if len(parts) != 10 or parts[4] != "series" or parts[6] != "instances" or parts[8] != "frames":
+        # and [..., 'rendered']: a viewer's tile, a stored JPEG frame sent as it is (no parameters)
+        as_image = len(parts) == 11 and parts[10] == "rendered" and not scope.get("query_string")
+        if len(parts) != 10 and not as_image:
+            return None
+        if parts[4] != "series" or parts[6] != "instances" or parts[8] != "frames":
             return None
         if not parts[9].isdigit():  # one frame only: a list goes to the thread pool
             return None
@@ -71,20 +89,35 @@ class FramesFastPath:
         principal = signed_in(scope)
         if principal is None or not state.access.allowed_now(principal, parts[3], parts[5]):  # type: ignore[union-attr]
             return None
-        accept = origin = None
+        accept = origin = if_none_match = None
         for name, value in scope["headers"]:
             if name == b"accept":
                 accept = value.decode("latin-1")
             elif name == b"origin":
                 origin = value
+            elif name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
         row = found.row
         number = int(parts[9])
-        try:
-            output = negotiated_frames(accept, row.transfer_syntax_uid, can_decode(row))
-        except LaminaError:
+        if as_image:
+            # what rendered.Renderer.frame_rendered sends as stored, and nothing else
+            if not (stored_as_rendered(row) and rendered_media_type(accept) == JPEG):
+                return None
+            part_type = ""
+            tag = frame_etag(row, number, STORED_JPEG)
+        else:
+            try:
+                output = negotiated_frames(accept, row.transfer_syntax_uid, can_decode(row))
+            except LaminaError:
+                return None
+            if output.target is not None:
+                return None
+            part_type = output.part_type
+            tag = frames_etag(row, [number], part_type)
+        if not 1 <= number <= row.number_of_frames:
             return None
-        if output.target is not None or not 1 <= number <= row.number_of_frames:
-            return None
+        if matches(if_none_match, tag):  # the browser has it: 304, nothing read
+            return _cached(tag, origin), b""
         offset, length = found.frame_span(number)
         if length > state.settings.max_frames_bytes:  # type: ignore[union-attr]
             return None
@@ -97,24 +130,34 @@ class FramesFastPath:
                 store = state.archive.store  # type: ignore[union-attr]
                 cached = store.cached_range(row.blob_sha256, offset, length)
                 if cached is None:
-                    return _Fetch(store, row.blob_sha256, offset, length, output.part_type, origin)
+                    return _Fetch(store, row.blob_sha256, offset, length, part_type, origin, tag)
                 frame = cached
         except OSError:
             return None
-        return _framed(frame, length, output.part_type, origin)
+        return _framed(frame, length, part_type, origin, tag)
+
+
+def _cached(tag: str, origin: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The caching headers of a frame (``frames.caching_headers``: a rendered one's are the
+    same), and CORS's."""
+    headers = [(name.lower().encode(), value.encode()) for name, value in caching_headers(tag).items()]
+    if origin is not None:
+        headers += [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", b"ETag")]
+    return headers
 
 
 def _framed(
-    frame: bytes, length: int, part_type: str, origin: bytes | None
+    frame: bytes, length: int, part_type: str, origin: bytes | None, tag: str
 ) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
     if len(frame) != length:  # damaged or gone: the routed handler reports it
         return None
+    if not part_type:  # a rendered frame: the stored JPEG itself
+        headers = [(b"content-type", b"image/jpeg"), (b"content-length", b"%d" % len(frame))]
+        return [*headers, *_cached(tag, origin)], frame
     head, content_type = _framing(part_type)
     body = b"".join((head, frame, _TAIL))
     # with its length, uvicorn sends the body as it is; without, chunked (one more copy of it)
-    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-    if origin is not None:
-        headers.append((b"access-control-allow-origin", b"*"))
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *_cached(tag, origin)]
     return headers, body
 
 
@@ -128,8 +171,9 @@ class _Fetch:
     sha256: str
     offset: int
     length: int
-    part_type: str
+    part_type: str  # empty: a rendered frame (the stored JPEG, no multipart)
     origin: bytes | None
+    tag: str
 
     async def read(self) -> bytes:
         try:
@@ -138,7 +182,7 @@ class _Fetch:
             return b""
 
     def complete(self, frame: bytes) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
-        return _framed(frame, self.length, self.part_type, self.origin)
+        return _framed(frame, self.length, self.part_type, self.origin, self.tag)
 
 
 #: One boundary per process: 96 random bits, which no frame will contain.

@@ -21,6 +21,7 @@ Anything else is 406, naming what can be had.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -51,6 +52,9 @@ JPEG_BASELINE = str(uid.JPEGBaseline8Bit)
 MAX_DECODED_BYTES = 64 << 20
 #: The most frame numbers one request may list (its answer's bytes are bounded by a setting).
 MAX_FRAMES_PER_REQUEST = 4096
+#: Frames of one SOP instance never change: kept by the browser (never a shared cache: sign-in)
+#: for a day without asking again, then revalidated with If-None-Match.
+CACHE_FRAMES = "private, max-age=86400, immutable"
 #: Transfer syntaxes whose frames lamina can decode (``codec.decode``) or take as they are.
 _NATIVE = frozenset({EXPLICIT_LE, str(uid.ImplicitVRLittleEndian)})
 _DECODED = frozenset(str(syntax) for syntax in TransferSyntax if syntax.encapsulated)
@@ -217,12 +221,33 @@ def transcode(row: InstanceRow, data: bytes, target: str) -> bytes:
     return codec.encode(pixels, codec.lossy_encoding(row.samples_per_pixel))
 
 
-def frames_body(parts: list[bytes], output: FrameOutput) -> Response:
-    boundary = multipart.boundary()
-    return Response(
-        multipart.body(((output.part_type, part) for part in parts), boundary),
-        headers={"Content-Type": multipart.content_type(output.media_type, boundary)},
+def frames_etag(row: InstanceRow, numbers: list[int], part_type: str) -> str:
+    """The ETag of a frames answer: weak, since the multipart boundary differs from answer to
+    answer while the frames (the stored object's, by content, in ``part_type``) are the same."""
+    key = f"{row.sop_instance_uid}|{row.blob_sha256}|{','.join(map(str, numbers))}|{part_type}"
+    return 'W/"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
+
+
+def matches(if_none_match: str | None, tag: str) -> bool:
+    """If-None-Match's weak comparison (RFC 9110 13.1.2): ``*`` or the tag, W/ or not."""
+    if not if_none_match:
+        return False
+    wanted = tag.removeprefix("W/")
+    return any(
+        item.strip() == "*" or item.strip().removeprefix("W/") == wanted for item in if_none_match.split(",")
     )
+
+
+def caching_headers(tag: str) -> dict[str, str]:
+    return {"ETag": tag, "Cache-Control": CACHE_FRAMES, "Vary": "Accept"}
+
+
+def frames_body(parts: list[bytes], output: FrameOutput, tag: str | None = None) -> Response:
+    boundary = multipart.boundary()
+    headers = {"Content-Type": multipart.content_type(output.media_type, boundary)}
+    if tag is not None:
+        headers.update(caching_headers(tag))
+    return Response(multipart.body(((output.part_type, part) for part in parts), boundary), headers=headers)
 
 
 def answer(
@@ -233,9 +258,14 @@ def answer(
     archive: Archive,
     limit: int,
     parameter: str = "frames",
+    if_none_match: str | None = None,
 ) -> Response:
-    """The frames ``numbers`` of ``found`` as the Accept header asks, in at most ``limit`` bytes."""
+    """The frames ``numbers`` of ``found`` as the Accept header asks, in at most ``limit`` bytes;
+    304 when ``if_none_match`` names them."""
     output = frame_output(accept, found.row)
+    tag = frames_etag(found.row, numbers, output.part_type)
+    if matches(if_none_match, tag):
+        return Response(status_code=304, headers=caching_headers(tag))
     check_answer_size(found, numbers, output.target, limit, parameter)
     try:
         data = read_frames(found, numbers, archive)
@@ -244,7 +274,7 @@ def answer(
         raise
     if output.target is not None:
         data = [transcode(found.row, frame, output.target) for frame in data]
-    return frames_body(data, output)
+    return frames_body(data, output, tag)
 
 
 def frames(request: Request) -> Response:
@@ -256,5 +286,11 @@ def frames(request: Request) -> Response:
     numbers = parse_frame_numbers(params["frames"], found.row.number_of_frames)
     state = request.app.state
     return answer(
-        index, found, numbers, request.headers.get("accept"), state.archive, state.settings.max_frames_bytes
+        index,
+        found,
+        numbers,
+        request.headers.get("accept"),
+        state.archive,
+        state.settings.max_frames_bytes,
+        if_none_match=request.headers.get("if-none-match"),
     )

@@ -39,6 +39,8 @@ JPEG its trace kept (:mod:`lamina.lifecycle.expire`), sent as stored or scaled t
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import io
 import json
 import math
@@ -87,7 +89,12 @@ MAX_RENDERED_PIXELS = 4096 * 4096
 THUMBNAIL_SIDE = 256
 DEFAULT_QUALITY = 90
 #: Rendered images of one SOP instance never change; a series or study may gain instances.
+#: ``private``: answers behind sign-in are never for shared caches. A day, not a year: a slide
+#: deleted (retention, withdrawal) does not linger in a workstation's browser cache for long.
 _CACHE_INSTANCE = "private, max-age=86400"
+#: A rendered frame is immutable (per SOP instance, stored object and frame): the browser keeps it
+#: without asking again within its age, and after that asks with If-None-Match (304, no body).
+_CACHE_FRAME = "private, max-age=86400, immutable"
 _CACHE_GROUP = "private, max-age=300"
 #: An expired slide's thumbnail never changes (a slide scanned again is another series).
 _CACHE_TRACE = "private, max-age=86400"
@@ -177,6 +184,16 @@ class Layout:
 def choose_media_type(request: Request) -> str:
     """``image/jpeg`` or ``image/png`` from ``accept=`` (which wins) or the Accept header; 406 else."""
     wanted = request.query_params.get("accept") or request.headers.get("accept")
+    chosen = rendered_media_type(wanted)
+    if chosen is None:
+        raise NotAcceptableError(f"rendered images are sent as {JPEG} or {PNG}; ask for one of them")
+    return chosen
+
+
+@functools.lru_cache(maxsize=256)
+def rendered_media_type(wanted: str | None) -> str | None:
+    """``image/jpeg`` or ``image/png`` for an Accept value (clients repeat a few: parsed once);
+    None when neither will do."""
     for media_range in parse_accept(wanted):
         if media_range.quality <= 0:
             continue
@@ -185,7 +202,21 @@ def choose_media_type(request: Request) -> str:
             return media_type
         if media_type in ("image/*", "*/*"):
             return JPEG
-    raise NotAcceptableError(f"rendered images are sent as {JPEG} or {PNG}; ask for one of them")
+    return None
+
+
+#: The options of a rendered frame asked for without parameters, as JPEG: the stored frame.
+STORED_JPEG = RenderOptions(JPEG, None, None, None)
+
+
+def stored_as_rendered(row: InstanceRow) -> bool:
+    """Whether a frame of ``row`` rendered as JPEG without parameters is its stored bytes: JPEG
+    baseline colour (grey frames may have a palette; MONOCHROME1 is inverted)."""
+    return (
+        row.transfer_syntax_uid == _JPEG_BASELINE
+        and row.samples_per_pixel != 1
+        and row.photometric_interpretation != "MONOCHROME1"
+    )
 
 
 def parse_viewport(text: str) -> Viewport:
@@ -376,10 +407,13 @@ class Renderer:
             raise RequestError("frames", "a rendered frame is one frame: ask for each frame on its own")
         options = render_options(request)
         row = found.row
+        tag = frame_etag(row, numbers[0], options)
+        if not_modified(request, tag):
+            return Response(status_code=304, headers=_frame_headers(tag))
         palette = self.frame_palette(found, numbers[0])
         data = frames.read_frames(found, numbers, request.app.state.archive)[0]
         if palette is None and self._can_send_stored(found, options, row.columns, row.rows):
-            return _image(data, JPEG, _CACHE_INSTANCE)
+            return _image(data, JPEG, _CACHE_FRAME, tag)
         region = _clip(options.viewport, row.columns, row.rows)
         self._check_size(region[2], region[3], "the frame")
         samples = self.decode(found, data)
@@ -388,7 +422,8 @@ class Renderer:
         window = options.window
         if window is None and part.shape[2] == 1 and part.dtype != np.uint8:
             window = default_window(part)
-        answer = self._encode(self.display(part, row, palette, window), options, _CACHE_INSTANCE)
+        answer = self._encode(self.display(part, row, palette, window), options, _CACHE_FRAME)
+        answer.headers["ETag"] = tag
         if window is not None:
             # the window applied, so that a viewer asks every tile of the image with the same one
             answer.headers[WINDOW_HEADER] = f"{window.center:.10g},{window.width:.10g},{window.function}"
@@ -755,8 +790,29 @@ def _clip(viewport: Viewport | None, width: int, height: int) -> tuple[int, int,
     return sx, sy, min(sw, width - sx), min(sh, height - sy)
 
 
-def _image(data: bytes, media_type: str, cache: str) -> Response:
-    return Response(data, media_type=media_type, headers={"Cache-Control": cache, "Vary": "Accept"})
+def _image(data: bytes, media_type: str, cache: str, etag: str | None = None) -> Response:
+    headers = {"Cache-Control": cache, "Vary": "Accept"}
+    if etag is not None:
+        headers["ETag"] = etag
+    return Response(data, media_type=media_type, headers=headers)
+
+
+def frame_etag(row: InstanceRow, number: int, options: RenderOptions) -> str:
+    """The strong ETag of a rendered frame: its instance's stored object (by content), the frame,
+    and what was asked (media type, viewport, quality, window): the same tag, the same bytes.
+    Computed before anything is read, so a revalidation costs no read."""
+    key = f"{row.sop_instance_uid}|{row.blob_sha256}|{number}|{options!r}"
+    return '"' + hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + '"'
+
+
+def not_modified(request: Request, tag: str) -> bool:
+    """Whether the request's If-None-Match names ``tag`` (or ``*``)."""
+    return frames.matches(request.headers.get("if-none-match"), tag)
+
+
+def _frame_headers(tag: str) -> dict[str, str]:
+    """The headers a 304 repeats (RFC 9110 15.4.5): its validator and caching."""
+    return {"ETag": tag, "Cache-Control": _CACHE_FRAME, "Vary": "Accept"}
 
 
 def routes(max_pixels: int = MAX_RENDERED_PIXELS) -> list[BaseRoute]:

@@ -8,6 +8,8 @@ queries the catalog (and bulk data reads the store).
 
 from __future__ import annotations
 
+import gzip
+import re
 from typing import Any
 
 import pydicom
@@ -50,10 +52,32 @@ def instance_url(base: str, row: InstanceRow) -> str:
     return f"{series}/instances/{row.sop_instance_uid}"
 
 
+#: Answers shorter than this go as they are (one packet either way).
+GZIP_FROM_BYTES = 1400
+#: gzip's level for metadata: 5 is within a few per cent of 9's size at a third of its time.
+GZIP_LEVEL = 5
+_GZIP = re.compile(r"(?:^|,)\s*gzip\s*(?:;\s*q\s*=\s*(?!0(?:\.0*)?\s*(?:,|$))[0-9.]+\s*)?(?:,|$)", re.I)
+
+
+def accepts_gzip(request: Request) -> bool:
+    """Whether Accept-Encoding lists gzip (and not with q=0)."""
+    return bool(_GZIP.search(request.headers.get("accept-encoding", "")))
+
+
+def json_answer(request: Request, body: bytes, media_type: str = DICOM_JSON) -> Response:
+    """A JSON answer, gzip-compressed when the client takes it and it is worth it: a slide's
+    metadata (tens of kilobytes of DICOM JSON) shrinks about tenfold, which a thin link feels."""
+    headers = {"Vary": "Accept-Encoding"}
+    if len(body) >= GZIP_FROM_BYTES and accepts_gzip(request):
+        body = gzip.compress(body, GZIP_LEVEL, mtime=0)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=media_type, headers=headers)
+
+
 def _metadata_response(request: Request, rows: list[InstanceRow]) -> Response:
     base = dicomweb_base(request)
     items = [dicom_json.absolute(dicom_json.unpack(row.metadata), instance_url(base, row)) for row in rows]
-    return Response(b"[" + b",".join(items) + b"]", media_type=DICOM_JSON)
+    return json_answer(request, b"[" + b",".join(items) + b"]")
 
 
 def study_metadata(request: Request) -> Response:

@@ -46,6 +46,35 @@ export function dicomTileSource(levels, stack = null, channel = null) {
   });
 }
 
+// Which OpenSeadragon drawer to use, measured (benchmarks/viewer.py, docs/serving.md "Speed"):
+// WebGL on a software renderer (SwiftShader, llvmpipe: a PC or virtual desktop without a GPU)
+// spends seconds a view; the canvas drawer there draws the same view in tens of milliseconds.
+// With a GPU, OpenSeadragon's own choice, WebGL. Decided once per page.
+const SOFTWARE_GL = /swiftshader|llvmpipe|softpipe|software|basic render|mesa offscreen/i;
+let chosenDrawer = null;
+
+export function glRenderer() {
+  try {
+    const canvas = document.createElement('canvas');
+    const gl = canvas.getContext('webgl2') || canvas.getContext('webgl');
+    if (!gl) return null;
+    const info = gl.getExtension('WEBGL_debug_renderer_info');
+    const name = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER) || '');
+    gl.getExtension('WEBGL_lose_context')?.loseContext();
+    return name;
+  } catch {
+    return null;
+  }
+}
+
+export function chooseDrawer() {
+  if (!chosenDrawer) {
+    const renderer = glRenderer();
+    chosenDrawer = renderer && !SOFTWARE_GL.test(renderer) ? 'webgl' : 'canvas';
+  }
+  return chosenDrawer;
+}
+
 function niceLength(maxMicrons) {
   // the largest 1, 2 or 5 x 10^k micrometres not over maxMicrons
   const power = 10 ** Math.floor(Math.log10(maxMicrons));
@@ -73,6 +102,7 @@ export class SlideViewer {
     this.osd = OpenSeadragon({
       element,
       tileSources: this.stack ? this.stackSources() : dicomTileSource(slide.levels),
+      drawer: chooseDrawer(),
       // tiles by XMLHttpRequest, with the token (an <img> cannot send it)
       loadTilesWithAjax: true,
       ajaxHeaders: { Authorization: header },
@@ -81,18 +111,25 @@ export class SlideViewer {
       showNavigator: true,
       navigatorPosition: 'TOP_RIGHT',
       navigatorAutoFade: false,
-      animationTime: 0.4,
-      blendTime: 0.1,
+      // speed (measured, benchmarks/viewer.py): no fade-in of tiles; the level a view needs is
+      // fetched at once, the lower ones already held (the whole slide, loaded on opening) shown
+      // under it meanwhile, not every level in between fetched first
+      animationTime: 0.3,
+      blendTime: 0,
+      immediateRender: true,
       springStiffness: 9,
       // beyond the scan's own resolution by up to 4x (digital zoom), like a 40x view of a 20x scan
       maxZoomPixelRatio: 4,
       minZoomImageRatio: 0.8,
       visibilityRatio: 0.3,
-      immediateRender: false,
-      imageLoaderLimit: 8,
+      // a view's tiles asked for at once, not one a frame (OpenSeadragon's default: a 1920 x 1080
+      // view of 240-pixel tiles at 40x is 45 tiles, 45 frames, most of a second on a busy PC)
+      maxTilesPerFrame: 64,
+      imageLoaderLimit: 12,
       timeout: 30000,
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     });
+    element.dataset.drawer = this.osd.drawer ? this.osd.drawer.getType() : '';
     this.scaleBar = document.createElement('div');
     this.scaleBar.className = 'scale-bar';
     this.scaleBar.innerHTML = '<span class="scale-bar-line"></span><span class="scale-bar-text"></span>';
