@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "lamina"
-LOWER = ("model", "formats", "archive", "mapping", "jobs")
+LOWER = ("model", "formats", "archive", "mapping", "jobs", "annotations")
 UPPER = ("lamina.api", "lamina.dimse", "lamina.cli", "lamina.viewer")
 
 

@@ -333,3 +333,102 @@ def test_an_annotation_another_tool_stores_by_stow_rs_is_shown(world: World) -> 
     (feature,) = shown[0]["features"]["features"]
     assert feature["properties"]["label"] == "nuclei" and feature["properties"]["kind"] == "polygon"
     assert feature["geometry"]["coordinates"] == [[[5, 5], [25, 5], [15, 30], [5, 5]]]
+
+
+def _stow(world: World, dataset: object) -> None:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)  # type: ignore[attr-defined]
+    body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n--b--\r\n"
+    stored = httpx.post(
+        f"{world.base}/dicomweb/studies/{world.study}",
+        content=body,
+        headers={
+            **world.headers["author"],
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
+        },
+        timeout=60,
+    )
+    assert stored.status_code == 200, stored.text
+
+
+def _shown(world: World, sop: str) -> dict[str, object]:
+    answer = _list(world, "colleague")
+    assert answer.status_code == 200
+    (found,) = [a for a in answer.json()["annotations"] if a["id"] == sop]
+    return found  # type: ignore[no-any-return]
+
+
+def test_a_structured_report_s_image_region_is_shown(world: World) -> None:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from lamina.annotations.service import Annotations
+
+    level0, _ = Annotations(world.archive.catalog, world.archive.store).level0(world.study, world.series)
+    source = Annotations.header(level0)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # closed: SCOORD's polygon
+        graphic_data=np.array([[10, 10], [90, 10], [50, 70], [10, 10]], dtype=np.float32),
+        source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+    )
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="region 1"),
+        referenced_region=region,
+        finding_type=codes.SCT.Neoplasm,
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_person_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Person,
+                observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name="Path^Sam"),
+            )
+        ),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[group],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source], content=report[0], series_instance_uid=hd.UID(), series_number=8,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="another tool",
+    )  # fmt: skip
+    # Act
+    _stow(world, sr)
+    shown = _shown(world, sr.SOPInstanceUID)
+    # Assert
+    assert shown["source"] == "SR" and shown["mine"] is False
+    (feature,) = shown["features"]["features"]  # type: ignore[index]
+    assert feature["properties"]["label"] == "Neoplasm" and feature["properties"]["kind"] == "polygon"
+    assert feature["geometry"]["coordinates"] == [[[10, 10], [90, 10], [50, 70], [10, 10]]]
+    area = feature["properties"]["measurement"]["area_mm2"]
+    assert area == pytest.approx(80 * 60 / 2 * world.spacing**2, rel=1e-5)
+
+
+def test_a_segmentation_s_outline_is_shown(world: World) -> None:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from lamina.annotations.service import Annotations
+
+    level0, _ = Annotations(world.archive.catalog, world.archive.store).level0(world.study, world.series)
+    source = Annotations.header(level0)
+    mask = np.zeros((level0.total_pixel_matrix_rows, level0.total_pixel_matrix_columns), dtype=bool)
+    mask[100:200, 50:250] = True  # a 200 x 100 rectangle at (50, 100)
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="tumour bed", segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )  # fmt: skip
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=mask[None, :, :, None].astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
+        series_instance_uid=hd.UID(), series_number=9, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="another tool", manufacturer_model_name="x", software_versions="1",
+        device_serial_number="1", tile_pixel_array=True,
+    )  # fmt: skip
+    # Act
+    _stow(world, seg)
+    shown = _shown(world, seg.SOPInstanceUID)
+    # Assert
+    assert shown["source"] == "SEG"
+    (feature,) = shown["features"]["features"]  # type: ignore[index]
+    assert feature["properties"]["label"] == "tumour bed"
+    ring = feature["geometry"]["coordinates"][0]
+    assert sorted(map(tuple, ring[:-1])) == [(50, 100), (50, 200), (250, 100), (250, 200)]

@@ -103,6 +103,9 @@ def _label(item: Dataset, siblings: Any) -> str:
 def _shape(graphic: str, points: np.ndarray, label: str) -> Shape | None:
     if len(points) == 0 or not np.isfinite(points).all():
         return None
+    closed = len(points) >= 4 and np.array_equal(points[0], points[-1])
+    if graphic == "POLYLINE" and closed:  # SCOORD's polygon: a polyline back to its start
+        graphic = "POLYGON"
     if graphic in _GRAPHIC:
         kind, geometry = _GRAPHIC[graphic]
         if geometry == "LineString" and len(points) < 2:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from lamina.archive import audit
 from lamina.archive.blobstore import BlobStore
 from lamina.archive.catalog import Catalog, InstanceRow, availability, modalities
 from lamina.archive.catalog import tables as t
-from lamina.errors import NotFoundError
+from lamina.errors import LaminaError, NotFoundError
 from lamina.mapping import dicom_json
 
 __all__ = ["CACHED", "SOURCES", "Annotation", "Annotations"]
@@ -50,6 +51,7 @@ SOURCES = {ann.ANN_CLASS: "ANN", _SEG: "SEG", **dict.fromkeys(_SR, "SR")}
 CACHED = 256
 #: objects larger than this are not read for a listing (bytes)
 MAX_OBJECT = 256 << 20
+_log = logging.getLogger(__name__)
 _Loaded = tuple[list[Shape], str | None, str | None]
 _NO_SLIDE = "no slide with this study and series here (the series must be a slide's)"
 
@@ -194,7 +196,13 @@ class Annotations:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        result = self._load(row, series, level0, slide_rows)
+        try:
+            result = self._load(row, series, level0, slide_rows)
+        except LaminaError:  # the store unavailable, an object missing: said, not hidden
+            raise
+        except Exception as exc:  # another tool's object lamina cannot read: left out, said in the log
+            _log.warning("annotation object %s left out of the listing: %s", row.sop_instance_uid, exc)
+            result = None
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > CACHED:
