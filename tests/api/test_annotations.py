@@ -17,7 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from lamina.api import annotations as annotations_api
 from lamina.api.app import create_app
+from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
@@ -164,6 +166,20 @@ def test_an_annotation_is_saved_shown_to_a_colleague_refused_to_another_lab_and_
     assert httpx.delete(url, headers=world.headers["author"], timeout=60).status_code == 404
     assert made["id"] not in _list(world, "colleague").text
     assert world.archive.catalog.instance(made["id"]) is None
+    # saving and deleting audited, under the author's id
+    with world.archive.catalog.engine.connect() as conn:
+        entries = [e for e in audit.entries(conn, actor="author") if e.entity == f"instance/{made['id']}"]
+    assert [e.action for e in entries] == ["store", "annotate", "delete"]
+
+
+def test_a_body_over_the_limit_is_refused_and_nothing_stored(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(annotations_api, "MAX_BODY", 1000)
+    before = len(world.archive.catalog.instances_in(world.study))
+    features = {"type": "FeatureCollection", "features": _features()["features"] * 20}  # type: ignore[operator]
+    assert _create(world, "author", features).status_code == 413
+    assert len(world.archive.catalog.instances_in(world.study)) == before
 
 
 def test_another_lab_cannot_annotate_the_slide(world: World) -> None:
@@ -394,7 +410,7 @@ def test_a_structured_report_s_image_region_is_shown(world: World) -> None:
     _stow(world, sr)
     shown = _shown(world, sr.SOPInstanceUID)
     # Assert
-    assert shown["source"] == "SR" and shown["mine"] is False
+    assert shown["source"] == "SR" and shown["mine"] is False and shown["author"] == "Path Sam"
     (feature,) = shown["features"]["features"]  # type: ignore[index]
     assert feature["properties"]["label"] == "Neoplasm" and feature["properties"]["kind"] == "polygon"
     assert feature["geometry"]["coordinates"] == [[[10, 10], [90, 10], [50, 70], [10, 10]]]
