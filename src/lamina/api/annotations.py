@@ -38,8 +38,9 @@ from lamina.api.auth import principal
 from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
-from lamina.archive.receive import Outcome
+from lamina.archive.receive import FailureReason, Outcome
 from lamina.errors import (
+    InsufficientStorageError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -155,13 +156,19 @@ async def _create(
             level0, _ = service.level0(study, series)
             size = (level0.total_pixel_matrix_columns, level0.total_pixel_matrix_rows)
             shapes = read_features(features, size, where)
-            author = Author(who.id, _display_name(archive, who.id), resource.tenant)
+            # the author's lab: the slide's when the author holds a role there, else their own
+            # (a pathologist of another lab reading through a grant)
+            labs = sorted(who.tenants())
+            lab = resource.tenant if resource.tenant in labs or not labs else labs[0]
+            author = Author(who.id, _display_name(archive, who.id), lab)
             path, sop = service.prepare(study, series, shapes, author, folder)
             return path, sop, resource.tenant
 
         path, sop, tenant = await run_sync(prepare)
         outcome = await _store(request, path, study, tenant, who.id)
     if not outcome.ok:
+        if outcome.failure_reason is FailureReason.OUT_OF_RESOURCES:
+            raise InsufficientStorageError("", outcome.reason)
         raise StorageError(f"the annotation could not be stored: {outcome.reason}")
     request.app.state.index.forget(sop)
 
