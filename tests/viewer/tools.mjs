@@ -225,6 +225,7 @@ async function annotate() {
     await listCount(seen.imported_list.length - 1 - seen.imported_list.slice(1).indexOf(item));
   }
   seen.after_delete = await listed();
+  await page.screenshot({ path: `${config.downloads}/page-annotated.png` });
 }
 
 async function signOut() {

@@ -20,14 +20,16 @@ export const KINDS = [
 const DEFAULT_COLOR = '#00a0ff';
 const round = (value) => Math.round(value * 100) / 100;
 
-// A drawn shape as a GeoJSON feature (level-0 pixels, rounded to a hundredth).
-export function toFeature({ kind, points, label, color }, mpp) {
-  const coordinates = points.map(([x, y]) => [round(x), round(y)]);
+// A drawn shape as a GeoJSON feature (level-0 pixels, rounded to a hundredth), cut at the edges of
+// the image of `size` [width, height] (the server refuses points outside it).
+export function toFeature({ kind, points, label, color }, mpp, size) {
+  const inside = (value, limit) => Math.min(Math.max(value, 0), limit);
+  const coordinates = points.map(([x, y]) => [round(inside(x, size[0])), round(inside(y, size[1]))]);
   const geometry = kind === 'point' ? { type: 'Point', coordinates: coordinates[0] }
     : kind === 'line' ? { type: 'LineString', coordinates }
       : { type: 'Polygon', coordinates: [[...coordinates, coordinates[0]]] };
   const properties = { label, color, kind };
-  const measurement = measurementOf(kind, points, mpp);
+  const measurement = measurementOf(kind, coordinates, mpp);
   if (measurement) properties.measurement = measurement;
   return { type: 'Feature', geometry, properties };
 }
@@ -173,7 +175,8 @@ export function annotationPanel(viewer, overlay, { study, series, choose }) {
     if (!drafts.length) return;
     save.disabled = true;
     try {
-      const features = { type: 'FeatureCollection', features: drafts.map((draft) => toFeature(draft, mpp)) };
+      const size = [viewer.slide.levels[0].width, viewer.slide.levels[0].height];
+      const features = { type: 'FeatureCollection', features: drafts.map((draft) => toFeature(draft, mpp, size)) };
       await request(API, {
         method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ study, series, features }),
       });
