@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +31,9 @@ from lamina.governance.passwords import Passwords
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
 from lamina.sample import write_samples
+from lamina.viewer import STATIC_DIR
 from tests.signin import OPERATOR, TEST_LAB, register_operator
-from tests.support import serving
+from tests.support import serving, tool
 from tests.viewer.test_viewer import OTHER_LAB, PASSWORD, _ingest, _run
 
 COLLEAGUE = "patho-tools"
@@ -229,3 +231,34 @@ _QUPATH: dict[str, Any] = {
         }
     ],
 }
+
+
+def test_measures_use_the_spacing_across_and_down() -> None:
+    """measure.js alone (Node): a slide whose pixels are 0.5 µm across and 0.25 µm down."""
+    node = tool("node")
+    script = (
+        f"import * as m from {json.dumps((STATIC_DIR / 'measure.js').as_uri())};"
+        "const mpp = [0.5, 0.25];"
+        "const square = [[0, 0], [400, 0], [400, 800], [0, 800]];"
+        "console.log(JSON.stringify({"
+        "  across: m.lengthMicrons([[0, 0], [100, 0]], mpp), down: m.lengthMicrons([[0, 0], [0, 100]], mpp),"
+        "  diagonal: m.lengthMicrons([[0, 0], [300, 400]], mpp), area: m.areaMicrons2(square, mpp),"
+        "  mm: m.formatLength(1500, mpp), um: m.formatLength(12.345, mpp), pixels: m.formatLength(12, null),"
+        "  mm2: m.formatArea(40000, mpp), line: m.measurementOf('line', [[0, 0], [0, 4000]], mpp),"
+        "  outline: m.measurementOf('freehand', square, mpp), point: m.measurementOf('point', [[1, 1]], mpp),"
+        "}));"
+    )
+    run = subprocess.run(
+        [node, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+
+    assert (got["across"], got["down"]) == (50, 25)
+    assert got["diagonal"] == pytest.approx(math.hypot(150, 100))
+    assert got["area"] == 400 * 0.5 * 800 * 0.25  # a 200 µm square
+    assert (got["mm"], got["um"], got["pixels"]) == ("1.500 mm", "12.3 µm", "12 px")
+    assert got["mm2"] == "0.04000 mm²"
+    assert got["line"] == {"length_mm": 1.0}
+    assert got["outline"] == {"area_mm2": pytest.approx(0.04)}
+    assert got["point"] is None
