@@ -133,20 +133,11 @@ def _points(gtype: str, coordinates: Any, where: str, size: tuple[int, int]) -> 
         raise RequestError(where, f"a {gtype} needs a list of [x, y] positions")
     if len(pairs) > MAX_POINTS + 1:
         raise RequestError(where, f"at most {MAX_POINTS} points in one shape, not {len(pairs)}")
-    for index, pair in enumerate(pairs):
-        if (
-            not isinstance(pair, list)
-            or len(pair) not in (2, 3)  # a third (z) value is ignored
-            or not all(type(v) in (int, float) and math.isfinite(v) for v in pair)
-        ):
-            raise RequestError(
-                f"{where}[{index}]" if gtype != "Point" else where, "a position [x, y] of numbers"
-            )
-    points = np.array([pair[:2] for pair in pairs], dtype=np.float64).reshape(-1, 2)
+    points = _array(pairs, gtype, where)
     if gtype == "Polygon":
         if len(points) > 1 and np.array_equal(points[0], points[-1]):
             points = points[:-1]  # GeoJSON closes its rings; DICOM's POLYGON is implicitly closed
-        if len(np.unique(points, axis=0)) < 3:
+        if not _three_distinct(points):
             raise RequestError(where, "a Polygon needs at least 3 points")
     elif gtype == "LineString" and len(points) < 2:
         raise RequestError(where, "a LineString needs at least 2 points")
@@ -158,6 +149,47 @@ def _points(gtype: str, coordinates: Any, where: str, size: tuple[int, int]) -> 
             where, f"the point ({x:g}, {y:g}) is outside the slide's level 0 ({columns} x {rows} pixels)"
         )
     return points
+
+
+def _array(pairs: list[Any], gtype: str, where: str) -> np.ndarray:
+    """The (n, 2) positions of ``pairs``: converted by numpy at once (a million points in well
+    under a second), then, when that fails or gives anything but finite numbers, looked at one by
+    one to name the first wrong position."""
+    if not pairs:
+        return np.empty((0, 2), dtype=np.float64)
+    try:
+        found = np.array(pairs)
+    except ValueError:  # ragged
+        found = None
+    if (
+        found is not None
+        and found.ndim == 2
+        and found.shape[1] in (2, 3)  # a third (z) value is ignored
+        and found.dtype.kind in "iuf"
+        and np.isfinite(found).all()
+    ):
+        return np.asarray(found[:, :2], dtype=np.float64)
+    for index, pair in enumerate(pairs):  # noqa: B007 (the index after the loop names the position)
+        if (
+            not isinstance(pair, list)
+            or len(pair) not in (2, 3)
+            or not all(type(v) in (int, float) and math.isfinite(v) for v in pair)
+        ):
+            break
+    else:
+        index = 0
+    raise RequestError(f"{where}[{index}]" if gtype != "Point" else where, "a position [x, y] of numbers")
+
+
+def _three_distinct(points: np.ndarray) -> bool:
+    """Whether ``points`` holds at least three different points (without sorting them)."""
+    if len(points) < 3:
+        return False
+    other = (points != points[0]).any(axis=1)
+    if not other.any():
+        return False
+    second = points[int(np.argmax(other))]
+    return bool((other & (points != second).any(axis=1)).any())
 
 
 def _kind_of(gtype: str, points: np.ndarray) -> str:
