@@ -29,9 +29,15 @@ export function rectangle([ax, ay], [bx, by]) {
 export class Overlay {
   constructor(viewer) {
     this.viewer = viewer;
-    this.layers = new Map();
-    this.draft = null;  // the shape being captured: { kind, points, color }
+    // each layer's group of shapes, in image pixels under one transform that maps them to the
+    // screen (set each frame: the shapes are built again only when they change, so thousands of
+    // outlines pan and zoom smoothly); their captions in screen pixels, placed each frame
+    this.layers = new Map();  // name -> { group, captions: [{ text, anchor }] }
+    this.draft = null;  // the shape being captured: { kind, color, points, cursor }
     this.svg = svg('svg', { class: 'tool-overlay', 'aria-hidden': 'true' });
+    this.shapes = svg('g', { class: 'shapes' });
+    this.captions = svg('g', { class: 'captions' });
+    this.svg.append(this.shapes, this.captions);
     viewer.element.append(this.svg);
     this.redraw = this.redraw.bind(this);
     for (const event of ['update-viewport', 'resize', 'rotate', 'open']) viewer.osd.addHandler(event, this.redraw);
@@ -53,16 +59,43 @@ export class Overlay {
     return [point.x, point.y];
   }
 
-  // Shapes of one layer: [{ kind, points, color, label, text, dashed }], drawn in that order.
+  // Shapes of one layer: [{ kind, points, color, label, text, dashed }], drawn in that order; the
+  // layers in the order they were first set, the shape being drawn over them.
   setLayer(name, shapes) {
-    this.layers.set(name, shapes);
+    let layer = this.layers.get(name);
+    if (!layer) {
+      layer = { group: svg('g', { class: `layer layer-${name}` }), captions: [] };
+      this.layers.set(name, layer);
+      this.shapes.append(layer.group);
+      const draft = this.layers.get('draft');
+      if (draft && name !== 'draft') this.shapes.append(draft.group);  // the draft stays on top
+    }
+    layer.group.replaceChildren(...shapes.map((shape) => this.draw(shape)));
+    layer.captions = shapes.map((shape) => this.caption(shape)).filter(Boolean);
+    this.captions.replaceChildren(...[...this.layers.values()].flatMap((each) => each.captions.map((c) => c.text)));
     this.redraw();
   }
 
+  showDraft() {
+    this.setLayer('draft', this.draft ? [this.preview(this.draft)] : []);
+  }
+
+  // Each frame: the image-to-screen transform (OpenSeadragon's mapping is affine: zoom, rotation,
+  // pan), and the captions beside their shapes.
   redraw() {
-    const shapes = [...this.layers.values()].flat();
-    if (this.draft) shapes.push(this.preview(this.draft));
-    this.svg.replaceChildren(...shapes.map((shape) => this.draw(shape)));
+    const size = 10000;  // far apart, for precision
+    const [ox, oy] = this.toScreen([0, 0]);
+    const [ax, ay] = this.toScreen([size, 0]);
+    const [bx, by] = this.toScreen([0, size]);
+    const matrix = [(ax - ox) / size, (ay - oy) / size, (bx - ox) / size, (by - oy) / size, ox, oy];
+    this.shapes.setAttribute('transform', `matrix(${matrix.join(' ')})`);
+    for (const layer of this.layers.values()) {
+      for (const { text, anchor } of layer.captions) {
+        const [x, y] = this.toScreen(anchor);
+        text.setAttribute('x', (x + 8).toFixed(1));
+        text.setAttribute('y', (y - 8).toFixed(1));
+      }
+    }
   }
 
   // The shape being captured as it would be if the mouse were released (or clicked) now, dashed.
@@ -77,33 +110,38 @@ export class Overlay {
     return { ...shape, points: [...points, cursor], open: true };
   }
 
+  // A shape in image pixels; its strokes keep their screen width whatever the zoom.
   draw(shape) {
     const group = svg('g', { class: `shape shape-${shape.kind}` });
     const color = shape.color || '#ffd400';
-    const points = shape.points.map((point) => this.toScreen(point));
-    const listed = points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ');
-    const line = { stroke: color, 'stroke-width': 2, fill: 'none', 'stroke-dasharray': shape.dashed ? '6 4' : null };
+    const listed = shape.points.map(([x, y]) => `${x},${y}`).join(' ');
+    const stroke = { 'vector-effect': 'non-scaling-stroke', fill: 'none' };
+    const line = { ...stroke, stroke: color, 'stroke-width': 2, 'stroke-dasharray': shape.dashed ? '6 4' : null };
     if (shape.kind === 'point') {
-      const [x, y] = points[0];
-      group.append(svg('circle', { cx: x, cy: y, r: 5, fill: color, stroke: '#000', 'stroke-width': 1 }));
+      // a dot of a zero-length path with round caps: 10 screen pixels at any zoom, outlined
+      const [x, y] = shape.points[0];
+      const dot = { ...stroke, d: `M${x} ${y}h0`, 'stroke-linecap': 'round' };
+      group.append(svg('path', { ...dot, stroke: '#000', 'stroke-width': 12 }), svg('path', { ...dot, stroke: color, 'stroke-width': 10 }));
     } else if (shape.kind === 'line' || shape.open) {
       group.append(svg('polyline', { points: listed, ...line }));
     } else {
       group.append(svg('polygon', { points: listed, ...line, fill: color, 'fill-opacity': 0.12 }));
     }
-    const caption = [shape.label, shape.text].filter(Boolean).join(' · ');
-    if (caption && points.length) {
-      // beside the right-most point, on a dark halo so it reads on any stain
-      const [x, y] = points.reduce((a, b) => (b[0] > a[0] ? b : a));
-      // styled here, not in CSS: the screenshot draws this SVG as an image, without the page's CSS
-      const text = svg('text', {
-        x: x + 8, y: y - 8, class: 'shape-text', fill: '#fff', stroke: '#000', 'stroke-width': 3,
-        'paint-order': 'stroke', 'font-size': 13, 'font-family': 'system-ui, sans-serif',
-      });
-      text.textContent = caption;
-      group.append(text);
-    }
     return group;
+  }
+
+  // A shape's label and measure, beside its right-most point, on a dark halo so it reads on any
+  // stain; null without either. Styled here, not in CSS: the screenshot draws this SVG as an
+  // image, without the page's CSS.
+  caption(shape) {
+    const words = [shape.label, shape.text].filter(Boolean).join(' · ');
+    if (!words || !shape.points.length) return null;
+    const text = svg('text', {
+      class: 'shape-text', fill: '#fff', stroke: '#000', 'stroke-width': 3,
+      'paint-order': 'stroke', 'font-size': 13, 'font-family': 'system-ui, sans-serif',
+    });
+    text.textContent = words;
+    return { text, anchor: shape.points.reduce((a, b) => (b[0] > a[0] ? b : a)) };
   }
 
   // Starts capturing a shape of `kind` in `color`; done(points) once drawn. One capture at a time.
@@ -143,7 +181,7 @@ export class Overlay {
         this.svg.setPointerCapture(event.pointerId);
         this.draft = { kind, color, points: [point], cursor: point };
       }
-      this.redraw();
+      this.showDraft();
     });
     on(this.svg, 'pointermove', (event) => {
       if (!this.draft) return;
@@ -151,7 +189,7 @@ export class Overlay {
       const points = this.draft.points;
       if (kind === 'freehand' && screenDistance(points[points.length - 1], point) >= NEAR) points.push(point);
       this.draft.cursor = point;
-      this.redraw();
+      this.showDraft();
     });
     on(this.svg, 'pointerup', (event) => {
       if (!this.draft || kind === 'polygon') return;
@@ -189,7 +227,7 @@ export class Overlay {
 
   cancelDraft() {
     this.draft = null;
-    this.redraw();
+    this.showDraft();
   }
 
   // Ends any capture: the layer gives the mouse back to OpenSeadragon.
