@@ -23,6 +23,7 @@ from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from lamina.config import Settings
 from lamina.governance.issuer import LocalIssuer
+from lamina.governance.model import GranteeKind, Permission, ResourceKind
 from lamina.governance.registry import Registry
 from lamina.governance.roles import Role
 from tests.backends import Backend
@@ -63,9 +64,14 @@ def world(module_backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> 
             "author": (LAB_A, [Role.PATHOLOGIST, Role.TECHNICIAN], "Dr Ada Author"),
             "colleague": (LAB_A, [Role.PATHOLOGIST], "Dr Colin Colleague"),
             "outsider": (LAB_B, [Role.PATHOLOGIST], "Dr Olga Outsider"),
+            "grantee": (LAB_B, [Role.PATHOLOGIST], "Dr Gil Grantee"),
         }
         for person, (lab, roles, name) in people.items():
             registry.add_person(person, lab, roles, name, "tests")
+        # a second opinion: lab A grants its slide to a pathologist of lab B
+        registry.add_grant(
+            LAB_A, GranteeKind.PERSON, "grantee", ResourceKind.SLIDE, slide_id, Permission.READ, None, "tests"
+        )
         issuer = LocalIssuer.open(settings.home)
         headers = {person: {"Authorization": f"Bearer {issuer.issue(person, 3600)}"} for person in people}
         app = create_app(settings, archive)
@@ -445,3 +451,24 @@ def test_a_segmentation_s_outline_is_shown(world: World) -> None:
     assert feature["properties"]["label"] == "tumour bed"
     ring = feature["geometry"]["coordinates"][0]
     assert sorted(map(tuple, ring[:-1])) == [(50, 100), (50, 200), (250, 100), (250, 200)]
+
+
+def test_a_pathologist_of_another_lab_granted_the_slide_sees_and_adds_annotations(world: World) -> None:
+    # Arrange: the author's annotation
+    made = _create(world, "author", _features()).json()
+    # Act
+    seen = _list(world, "grantee")
+    own = _create(world, "grantee", _features())
+    # Assert: seen, exported, not deletable; their own saved under their name and lab
+    assert seen.status_code == 200 and made["id"] in {a["id"] for a in seen.json()["annotations"]}
+    url = f"{world.base}/api/annotations/{made['id']}"
+    assert httpx.get(url + "/geojson", headers=world.headers["grantee"], timeout=60).status_code == 200
+    assert httpx.delete(url, headers=world.headers["grantee"], timeout=60).status_code == 403
+    assert own.status_code == 201 and own.json()["mine"] is True and own.json()["author"] == "Dr Gil Grantee"
+    row = world.archive.catalog.instance(own.json()["id"])
+    assert row is not None
+    ds = pydicom.dcmread(io.BytesIO(b"".join(world.archive.store.open(row.blob_sha256))))
+    creator = ds.ContentCreatorIdentificationCodeSequence[0]
+    assert creator.InstitutionName == LAB_B
+    assert creator.PersonIdentificationCodeSequence[0].CodeValue == "grantee"
+    assert httpx.get(url + "/geojson", headers=world.headers["outsider"], timeout=60).status_code == 404
