@@ -15,6 +15,7 @@ from wsidicom import WsiDicom
 from lamina.archive.archive import Archive
 from lamina.archive.ingest import Ingestor
 from lamina.formats import codec
+from lamina.formats.source import FrameEncoding, TransferSyntax
 from lamina.sample import write_samples
 from lamina.sample.czi import write_czi_fluorescence
 from tests.support import dciodvfy_errors, ingest_path, stored_file
@@ -40,7 +41,8 @@ def _plane(ds: pydicom.Dataset, z: int = 0, c: int = 0) -> np.ndarray:
     frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
     planes = int(ds.get("TotalPixelMatrixFocalPlanes", 1))
     samples = int(ds.SamplesPerPixel)
-    encoding = codec.lossless_encoding(samples)
+    syntax = TransferSyntax(str(ds.file_meta.TransferSyntaxUID))
+    encoding = FrameEncoding(syntax, ds.PhotometricInterpretation)
     out = np.zeros((down * rows, across * cols, samples), np.uint16 if ds.BitsAllocated == 16 else np.uint8)
     first = (z + c * planes) * across * down
     for index in range(across * down):
@@ -61,7 +63,9 @@ def test_a_brightfield_mosaic_is_pixel_exact(archive: Archive, ingestor: Ingesto
     assert result.status == "ingested", result.reason
     assert result.format == "zeiss_czi"
     ds, _ = _level0(archive, result.slide_id or "", tmp_path)
-    assert ds.PhotometricInterpretation == "YBR_RCT" and ds.LossyImageCompression == "00"
+    # pixel-exact in JPEG-LS, the default for a re-encoded pyramid
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    assert ds.PhotometricInterpretation == "RGB" and ds.LossyImageCompression == "00"
     assert float(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0]) == (
         pytest.approx(0.0002195)
     )

@@ -232,11 +232,12 @@ def _decoded(ds: pydicom.Dataset, frame: bytes) -> np.ndarray:
     if not ts.is_encapsulated:
         dtype = "<u2" if ds.BitsAllocated == 16 else np.uint8
         return np.frombuffer(frame, dtype).reshape(ds.Rows, ds.Columns, ds.SamplesPerPixel)
-    pixels = np.asarray(
-        imagecodecs.jpeg8_decode(frame)
-        if ts == pydicom.uid.JPEGBaseline8Bit
-        else imagecodecs.jpeg2k_decode(frame)
-    )
+    if ts == pydicom.uid.JPEGBaseline8Bit:
+        pixels = np.asarray(imagecodecs.jpeg8_decode(frame))
+    elif ts == pydicom.uid.JPEGLSLossless:
+        pixels = np.asarray(imagecodecs.jpegls_decode(frame))
+    else:
+        pixels = np.asarray(imagecodecs.jpeg2k_decode(frame))
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 

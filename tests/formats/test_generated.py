@@ -56,4 +56,6 @@ def test_generated_sample_ingests_conformant(
     assert [(level.size.width, level.size.height) for level in wsi.levels] == [
         (r.total_pixel_matrix_columns, r.total_pixel_matrix_rows) for r in levels
     ]
-    assert openslide.OpenSlide(exported.files[0]).level_count == len(levels)
+    # OpenSlide 4 reads JPEG 2000, not the JPEG-LS of a re-encoded pyramid: the export for it
+    for_openslide = archive.export(tmp_path / "j2k", [result.slide_id or ""], transfer_syntax="jpeg2000")[0]
+    assert openslide.OpenSlide(for_openslide.files[0]).level_count == len(levels)

@@ -45,12 +45,12 @@ def _planes(ds: pydicom.Dataset) -> np.ndarray:
     down = -(-ds.TotalPixelMatrixRows // rows)
     dtype = np.uint16 if ds.BitsAllocated == 16 else np.uint8
     out = np.zeros((ds.NumberOfOpticalPaths, down * rows, across * cols), dtype)
+    jpegls = ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    decode = imagecodecs.jpegls_decode if jpegls else imagecodecs.jpeg2k_decode
     for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames)):
         c, at = divmod(index, across * down)
         row, col = divmod(at, across)
-        out[c, row * rows : (row + 1) * rows, col * cols : (col + 1) * cols] = imagecodecs.jpeg2k_decode(
-            frame
-        )
+        out[c, row * rows : (row + 1) * rows, col * cols : (col + 1) * cols] = decode(frame)
     return out[:, : ds.TotalPixelMatrixRows, : ds.TotalPixelMatrixColumns]
 
 
@@ -77,7 +77,7 @@ def test_every_channel_is_tifffiles_page_and_named_in_its_optical_path(
     ds = _base(instances)
     assert (ds.NumberOfOpticalPaths, ds.NumberOfFrames) == (3, 3 * 4 * 3)
     assert (ds.PhotometricInterpretation, ds.BitsStored) == ("MONOCHROME2", 8)
-    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
     assert float(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0]) == (
         pytest.approx(0.0004965, rel=1e-3)
     )

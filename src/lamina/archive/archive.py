@@ -73,7 +73,14 @@ class Archive:
             def admit(path: Path, tenant: str) -> str | None:
                 return arrival_problem(catalog, tenant, path)
 
-        return Receiver(self.catalog, self.store, work_dir=self.settings.home, on_step=on_step, admit=admit)
+        return Receiver(
+            self.catalog,
+            self.store,
+            work_dir=self.settings.home,
+            on_step=on_step,
+            admit=admit,
+            lossless=self.settings.lossless_codec,
+        )
 
     def spool(self, key: str) -> BlobStore:
         """Where the uploads of one request wait for their job (STOW-RS through the queue):
@@ -147,9 +154,19 @@ class Archive:
         self.catalog.close()
 
     def export(
-        self, dest: Path, slide_ids: list[str] | None = None, actor: str = "lamina"
+        self,
+        dest: Path,
+        slide_ids: list[str] | None = None,
+        actor: str = "lamina",
+        transfer_syntax: str | None = None,
     ) -> list[ExportedSlide]:
-        """Copy each slide's instances as Part-10 files into ``dest/<slide id>/``, checking digests."""
+        """Copy each slide's instances as Part-10 files into ``dest/<slide id>/``, checking digests.
+
+        ``transfer_syntax`` ``"jpeg2000"``: instances stored in JPEG-LS or HTJ2K lossless are
+        written with their frames in JPEG 2000 lossless instead, pixels unchanged (for readers
+        such as OpenSlide 4 that take no other lossless codec); the others as stored."""
+        from lamina.formats.transcode import REWRITTEN, to_jpeg2000
+
         slides = self.catalog.slides() if not slide_ids else [self._slide(sid) for sid in slide_ids]
         exported = []
         for slide in slides:
@@ -160,9 +177,14 @@ class Archive:
                 suffix = f"level-{row.level}" if row.level is not None else row.flavor.lower()
                 target = folder / f"{row.instance_number:02d}-{suffix}.dcm"
                 self._copy_verified(row.blob_sha256, target)
+                if transfer_syntax == "jpeg2000" and row.transfer_syntax_uid in REWRITTEN:
+                    to_jpeg2000(target, target, spool_dir=folder)
                 files.append(target)
             with self.catalog.begin() as conn:
-                audit.append(conn, actor, "export", f"slide/{slide.id}", {"dest": str(folder)})
+                detail = {"dest": str(folder)}
+                if transfer_syntax is not None:
+                    detail["transfer_syntax"] = transfer_syntax
+                audit.append(conn, actor, "export", f"slide/{slide.id}", detail)
             exported.append(ExportedSlide(slide, folder, files))
         return exported
 

@@ -31,6 +31,7 @@ from lamina.errors import (
     UnavailableError,
     quote_name,
 )
+from lamina.formats.codec import DEFAULT_LOSSLESS
 from lamina.formats.dicom_modules import SeriesContext
 from lamina.formats.dicomize import (
     PlannedInstance,
@@ -80,8 +81,9 @@ class IngestOptions:
     tenant: str = ""
     #: ``--lossy QUALITY``: re-encoded 8-bit pixels as JPEG at this quality (1-100), not lossless
     lossy_quality: int | None = None
-    #: ``--lossless``: the codec of pixel-exact frames (``jpeg2000`` or ``jpeg-ls``)
-    lossless: str = "jpeg2000"
+    #: ``--lossless``: the codec of pixel-exact frames (``jpeg-ls`` or ``jpeg2000``); None: the
+    #: node's ``lossless_codec``
+    lossless: str | None = None
 
 
 @dataclass
@@ -158,12 +160,15 @@ class Ingestor:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         spool_dir: Path | None = None,
         on_step: Callable[[IngestStep], None] | None = None,
+        lossless: str = DEFAULT_LOSSLESS,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.clock = clock
         self.spool_dir = spool_dir
         self.on_step = on_step
+        #: the node's codec of pixel-exact frames (``lossless_codec``), unless an ingest asks
+        self.lossless = lossless
 
     def _step(self, step: IngestStep) -> None:
         if self.on_step is not None:
@@ -316,7 +321,8 @@ class Ingestor:
             minted.add(uid)
             return uid
 
-        plans = plan_slide(source, mint, options.lossy_quality, options.lossless)
+        lossless = options.lossless or self.lossless
+        plans = plan_slide(source, mint, options.lossy_quality, lossless)
         # only the UIDs a DICOM source brings can be in the archive already (a new UID is random:
         # probing for it would cost a random read of the largest index, and the insert checks it)
         kept = [plan.sop_instance_uid for plan in plans if plan.sop_instance_uid not in minted]

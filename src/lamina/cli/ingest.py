@@ -50,11 +50,11 @@ from lamina.model.geometry import SizeMm
 @click.option(
     "--lossless",
     type=click.Choice(LOSSLESS_CODECS),
-    default="jpeg2000",
-    show_default=True,
-    help="The codec of the pixels lamina re-encodes losslessly: JPEG 2000, which every DICOM WSI "
-    "reader reads (OpenSlide included), or JPEG-LS, 5 times faster and a little smaller, which "
-    "OpenSlide does not read.",
+    default=None,
+    help="The codec of the pixels lamina re-encodes losslessly: JPEG-LS, 5 times faster than "
+    "JPEG 2000 and a little smaller, or JPEG 2000, the one OpenSlide 4 reads. Default: "
+    "lossless_codec of lamina.toml, else JPEG-LS for a slide whose pyramid is re-encoded and "
+    "JPEG 2000 for the few frames re-encoded beside copied tiles.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
@@ -66,7 +66,7 @@ def ingest(
     mpp: float | None,
     tenant: str | None,
     lossy_quality: int | None,
-    lossless: str,
+    lossless: str | None,
     as_json: bool,
 ) -> None:
     """Ingest slide files or folders (recursively) as DICOM WSI.

@@ -540,7 +540,12 @@ class CallerReceiver(Receiver):
     next start."""
 
     def __init__(self, archive: Archive) -> None:
-        super().__init__(archive.catalog, archive.store, work_dir=archive.settings.home)
+        super().__init__(
+            archive.catalog,
+            archive.store,
+            work_dir=archive.settings.home,
+            lossless=archive.settings.lossless_codec,
+        )
         self.directory = PeerDirectory(archive.catalog)
 
     def receive(

@@ -175,10 +175,23 @@ def j2k_encoding(info: J2kInfo) -> FrameEncoding:
     return FrameEncoding(TransferSyntax.JPEG_2000, photometric, Method.ISO_15444_1)
 
 
-#: The lossless codecs lamina writes pixel-exact frames in: JPEG 2000 (the default: every DICOM
-#: WSI reader, OpenSlide included, reads it) or JPEG-LS (5 times faster to encode and decode, and
-#: a little smaller on tissue, but OpenSlide's DICOM reader does not read it).
-LOSSLESS_CODECS = ("jpeg2000", "jpeg-ls")
+#: The lossless codecs lamina writes pixel-exact frames in: JPEG-LS (the default, chosen by
+#: measured speed and size: 5 times faster to encode and decode than JPEG 2000 and a little
+#: smaller on tissue; docs/decisions/0011) or JPEG 2000 (OpenSlide 4's DICOM reader reads only
+#: this one; ``lamina export --transfer-syntax jpeg2000`` writes it from JPEG-LS too).
+LOSSLESS_CODECS = ("jpeg-ls", "jpeg2000")
+#: ``auto``: JPEG-LS for a slide whose pyramid lamina re-encodes (pixel-exact sources: there the
+#: codec's speed decides the ingest's); JPEG 2000 for the few frames it re-encodes in a slide
+#: whose base level is copied as stored (labels, overviews, missing levels), so that every reader
+#: of those copied tiles, OpenSlide included, still opens the whole series.
+DEFAULT_LOSSLESS = "auto"
+
+
+def lossless_codec_of(choice: str, base_copied: bool) -> str:
+    """The codec that ``choice`` (``auto`` or one of ``LOSSLESS_CODECS``) gives a slide."""
+    if choice != "auto":
+        return choice
+    return "jpeg2000" if base_copied else "jpeg-ls"
 
 
 def lossless_encoding(samples: int, codec_name: str = "jpeg2000") -> FrameEncoding:
@@ -194,6 +207,19 @@ def lossy_encoding(samples: int) -> FrameEncoding:
     """What lamina writes when it re-encodes pixels that were already lossy (generated levels)."""
     photometric = Photometric.MONOCHROME2 if samples == 1 else Photometric.YBR_FULL_422
     return FrameEncoding(TransferSyntax.JPEG_BASELINE_8BIT, photometric, Method.ISO_10918_1)
+
+
+def encode_like(pixels: npt.NDArray[Any], encoding: FrameEncoding) -> bytes:
+    """Encode a frame lamina adds to an image whose frames are in ``encoding`` (a blank tile of a
+    sparse image): in the same codec, losslessly unless the image is baseline JPEG (a JPEG 2000
+    lossless codestream sits among lossy JPEG 2000 frames as well)."""
+    samples = pixels.shape[-1] if pixels.ndim == 3 else 1
+    syntax = encoding.transfer_syntax
+    if syntax is TransferSyntax.JPEG_BASELINE_8BIT:
+        return encode(pixels, lossy_encoding(samples))
+    if syntax is TransferSyntax.JPEG_LS_LOSSLESS:
+        return encode(pixels, lossless_encoding(samples, "jpeg-ls"))
+    return encode(pixels, lossless_encoding(samples, "jpeg2000"))
 
 
 def encode(

@@ -182,9 +182,7 @@ class DicomImage(SourceImage):
         assert self.encoding is not None
         shape = (self.tile_size.height, self.tile_size.width, self.samples_per_pixel)
         blank = np.full(shape, self._background, self.dtype)
-        if self.encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
-            return codec.encode(blank, codec.lossy_encoding(self.samples_per_pixel))
-        return codec.encode(blank, codec.lossless_encoding(self.samples_per_pixel))
+        return codec.encode_like(blank, self.encoding)
 
     def read_frame(self, index: int) -> bytes:
         frame = self._order[index]

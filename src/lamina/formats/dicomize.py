@@ -146,18 +146,20 @@ def plan_slide(
     source: SlideSource,
     new_uid: Callable[[], str],
     lossy_quality: int | None = None,
-    lossless: str = "jpeg2000",
+    lossless: str = codec.DEFAULT_LOSSLESS,
 ) -> list[PlannedInstance]:
     """Every instance the slide becomes: the full pyramid, then the associated images.
 
     ``lossy_quality`` (``lamina ingest --lossy QUALITY``, 1 to 100): the 8-bit pixels lamina
-    re-encodes are written as JPEG at that quality instead of JPEG 2000 lossless; frames copied
-    as stored stay as they are, and samples of more than 8 bits stay lossless. ``lossless``
-    (``--lossless``): the codec of pixel-exact frames, one of ``codec.LOSSLESS_CODECS``."""
+    re-encodes are written as JPEG at that quality instead of losslessly; frames copied as stored
+    stay as they are, and samples of more than 8 bits stay lossless. ``lossless``
+    (``--lossless``): the codec of pixel-exact frames, ``auto`` or one of
+    ``codec.LOSSLESS_CODECS`` (:func:`codec.lossless_codec_of`)."""
     images: list[tuple[SourceImage, int | None]] = [
         (image, level) for level, image in enumerate(complete_pyramid(source.levels))
     ]
     base = images[0][0]
+    lossless = codec.lossless_codec_of(lossless, base.encoding is not None)
     for image in source.associated:
         if image.flavor is ImageFlavorValues.THUMBNAIL and image.pixel_spacing is None and base.pixel_spacing:
             # a thumbnail shows the whole base level: its spacing follows from the sizes

@@ -100,9 +100,7 @@ class TiffTiledImage(SourceImage):
         """The frame used where a sparse TIFF has no tile: white, in this image's encoding."""
         assert self.encoding is not None
         white = np.full((self.tile_size.height, self.tile_size.width, self.samples_per_pixel), 255, np.uint8)
-        if self.encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
-            return codec.encode(white, codec.lossy_encoding(self.samples_per_pixel))
-        return codec.encode(white, codec.lossless_encoding(self.samples_per_pixel))
+        return codec.encode_like(white, self.encoding)
 
     def _wrap(self, raw: bytes) -> bytes:
         if self._tables is not None or self._mark_rgb:

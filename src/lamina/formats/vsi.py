@@ -29,7 +29,6 @@ from lamina.formats.source import (
     SlideSource,
     SourceImage,
     SourceOptions,
-    TransferSyntax,
     check_geometry,
 )
 from lamina.formats.tiff_common import is_tiff
@@ -105,9 +104,7 @@ class VsiLevel(SourceImage):
         tile = np.full(
             (self.tile_size.height, self.tile_size.width, self.samples_per_pixel), value, self.dtype
         )
-        if self.encoding is not None and self.encoding.transfer_syntax is TransferSyntax.JPEG_BASELINE_8BIT:
-            return codec.encode(tile, codec.lossy_encoding(self.samples_per_pixel))
-        return codec.encode(tile, codec.lossless_encoding(self.samples_per_pixel))
+        return codec.encode_like(tile, self.encoding or codec.lossless_encoding(self.samples_per_pixel))
 
     def decode_tile(self, col: int, row: int, z: int = 0, c: int = 0) -> Pixels:
         index = self.frame_index(col, row, z, c)

@@ -30,6 +30,7 @@ from lamina.archive.objects import STORABLE, store_object
 from lamina.archive.receive.examine import examine, read_header
 from lamina.archive.receive.outcome import FailureReason, Outcome, StoreStatus
 from lamina.errors import InsufficientStorageError, LaminaError, UnavailableError
+from lamina.formats.codec import DEFAULT_LOSSLESS
 from lamina.formats.dicom import is_dicom
 
 
@@ -74,12 +75,13 @@ class Receiver:
         work_dir: Path | None = None,
         on_step: Callable[[IngestStep], None] | None = None,
         admit: Callable[[Path, str], str | None] | None = None,
+        lossless: str = DEFAULT_LOSSLESS,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.on_step = on_step
         self.admit = admit
-        self.ingestor = Ingestor(catalog, store, spool_dir=work_dir, on_step=on_step)
+        self.ingestor = Ingestor(catalog, store, spool_dir=work_dir, on_step=on_step, lossless=lossless)
 
     # -- instances ------------------------------------------------------------------------------
 
