@@ -23,6 +23,11 @@ The clock
     validation time, with its time zone); other statuses are recorded and start nothing
     (``issued``, when absent, is the time received); ``entered-in-error`` withdraws the report of
     the same ``id``.
+The report's link
+    the first ``presentedForm`` that has a ``url`` (with its ``contentType`` and ``title``) is kept
+    with the report: the viewer shows it as a "Report" link beside the case's slides
+    (``GET /api/slides/related``). Only an absolute ``http``/``https`` URL is taken; another
+    (``javascript:``, ``data:``...) is refused 400 naming ``presentedForm[i].url``.
 
 Answers: 201 with the resource as kept (``id`` lamina's, ``meta.lastUpdated`` the time received;
 the LIS's own ``id`` is kept as the report's identifier) and ``Location: DiagnosticReport/ID``
@@ -59,7 +64,14 @@ from lamina.errors import (
     RequestError,
 )
 from lamina.governance.decide import Action, Principal
-from lamina.lifecycle.reports import CLOCK_STATUSES, STATUSES, check_accession, record_report
+from lamina.lifecycle.reports import (
+    CLOCK_STATUSES,
+    STATUSES,
+    ReportForm,
+    check_accession,
+    check_form_url,
+    record_report,
+)
 
 __all__ = ["ACCESSION_TYPE", "FINESS_SYSTEM", "MAX_BODY_BYTES", "ReportError", "routes"]
 
@@ -240,6 +252,21 @@ def lab_of(who: Principal, assigner: str | None) -> str:
     )
 
 
+def form_of(report: DiagnosticReport) -> ReportForm | None:
+    """The report's link (the first ``presentedForm`` with a ``url``: its media type and title
+    with it), or None; a 400 :class:`ReportError` naming the field for a URL that is not http(s)."""
+    for index, attachment in enumerate(report.presentedForm or ()):
+        if not attachment.url:
+            continue
+        path = f"DiagnosticReport.presentedForm[{index}].url"
+        try:
+            url = check_form_url(str(attachment.url), path)
+        except RequestError as exc:
+            raise ReportError(400, "value", path, str(exc).removeprefix(f"{path}: ")) from None
+        return ReportForm(url, attachment.contentType, attachment.title)
+    return None
+
+
 def _clock(report: DiagnosticReport) -> tuple[str, dt.datetime]:
     status = report.status
     if status not in STATUSES:
@@ -290,6 +317,7 @@ async def create_diagnostic_report(request: Request) -> Response:
         accession, assigner = accession_of(report)
         tenant = lab_of(who, assigner)
         status, issued = _clock(report)
+        form = form_of(report)
         recorded = await run_in_threadpool(
             record_report,
             request.app.state.archive.catalog,
@@ -300,6 +328,7 @@ async def create_diagnostic_report(request: Request) -> Response:
             source="fhir",
             actor=who.id,
             report_id=report.id,
+            form=form,
         )
     except LaminaError as exc:
         found = issue_of(exc)

@@ -13,6 +13,7 @@ a report that counts is never expired by age.
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 
@@ -25,7 +26,15 @@ from lamina.archive.catalog import tables as t
 from lamina.errors import RequestError
 from lamina.governance.model import check_finess
 
-__all__ = ["CLOCK_STATUSES", "STATUSES", "CaseReport", "record_report"]
+__all__ = [
+    "CLOCK_STATUSES",
+    "STATUSES",
+    "CaseReport",
+    "ReportForm",
+    "check_form_url",
+    "record_report",
+    "report_form",
+]
 
 #: FHIR R4 DiagnosticReport.status values
 STATUSES = (
@@ -43,6 +52,43 @@ STATUSES = (
 #: the statuses of a validated report: they start (or restart) the case's clock
 CLOCK_STATUSES = ("final", "amended", "corrected", "appended")
 _MAX_ACCESSION = 64
+#: the longest report URL kept (an LIS's links are far shorter)
+MAX_FORM_URL = 2048
+_MAX_FORM_TYPE = 128
+_MAX_FORM_TITLE = 255
+
+
+@dataclass(frozen=True)
+class ReportForm:
+    """Where the report itself is read (FHIR ``DiagnosticReport.presentedForm``): its http(s) URL,
+    media type and title as the LIS gives them."""
+
+    url: str
+    content_type: str | None = None
+    title: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"url": self.url, "content_type": self.content_type, "title": self.title}
+
+
+def check_form_url(value: str, parameter: str = "url") -> str:
+    """``value`` if it is an absolute http or https URL of at most :data:`MAX_FORM_URL`
+    characters (what a browser may open as a link: never ``javascript:`` or ``data:``), else
+    :class:`RequestError` naming ``parameter``."""
+    text = value.strip()
+    if not text or len(text) > MAX_FORM_URL or not text.isprintable() or any(c.isspace() for c in text):
+        raise RequestError(parameter, f"a report URL is 1 to {MAX_FORM_URL} characters, no spaces")
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise RequestError(parameter, f"{text[:80]!r}: only an absolute http or https URL is kept")
+    return text
+
+
+def _check_form(form: ReportForm) -> ReportForm:
+    url = check_form_url(form.url, "presentedForm.url")
+    content_type = (form.content_type or "").strip()[:_MAX_FORM_TYPE] or None
+    title = (form.title or "").strip()[:_MAX_FORM_TITLE] or None
+    return ReportForm(url, content_type, title)
 
 
 @dataclass(frozen=True)
@@ -58,6 +104,7 @@ class CaseReport:
     actor: str
     #: slides of the case on this node when the report came (0: kept for when they arrive)
     slides: int = 0
+    form: ReportForm | None = None
 
     def as_dict(self) -> dict[str, object]:
         """The JSON shape of ``--json`` and of the API."""
@@ -73,6 +120,7 @@ class CaseReport:
             "actor": self.actor,
             "slides": self.slides,
             "starts_clock": self.status in CLOCK_STATUSES,
+            "form": None if self.form is None else self.form.as_dict(),
         }
 
 
@@ -96,6 +144,7 @@ def record_report(
     source: str,
     actor: str,
     report_id: str | None = None,
+    form: ReportForm | None = None,
 ) -> CaseReport:
     """Record a report of the case ``accession_number`` of ``tenant`` (audited)."""
     code = check_finess(tenant, "tenant")
@@ -112,7 +161,10 @@ def record_report(
         raise RequestError("issued", f"{issued.isoformat()} is in the future: the report's validation time")
     if report_id is not None and (len(report_id) > 128 or not report_id.isprintable()):
         raise RequestError("id", "a report identifier is at most 128 printable characters")
-    report = CaseReport(uuid.uuid4().hex, code, accession, status, issued, now, report_id, source, actor)
+    form = None if form is None else _check_form(form)
+    report = CaseReport(
+        uuid.uuid4().hex, code, accession, status, issued, now, report_id, source, actor, form=form
+    )
     with catalog.begin() as conn:
         if status == "entered-in-error" and report_id:
             conn.execute(
@@ -133,6 +185,9 @@ def record_report(
                 report_id=report_id,
                 source=source,
                 actor=actor,
+                form_url=None if form is None else form.url,
+                form_type=None if form is None else form.content_type,
+                form_title=None if form is None else form.title,
             )
         )
         slides = _slides_of_case(conn, code, accession)
@@ -147,6 +202,7 @@ def record_report(
                 "report_id": report_id,
                 "source": source,
                 "slides": slides,
+                "form_url": None if form is None else form.url,
             },
         )
     return CaseReport(**{**report.__dict__, "slides": slides})
@@ -161,3 +217,33 @@ def _slides_of_case(conn: Connection, tenant: str, accession: str) -> int:
         .where(t.studies.c.tenant == tenant, t.studies.c.accession_number == accession)
     )
     return int(conn.execute(query).scalar_one())
+
+
+def report_form(conn: Connection, tenant: str, accession: str) -> tuple[CaseReport, ReportForm] | None:
+    """The newest report of the case ``accession`` of ``tenant`` that gives its URL (by its
+    validation time, then its arrival), with that URL; None when none does."""
+    c = t.case_reports.c
+    query = (
+        select(t.case_reports)
+        .where(c.tenant == tenant, c.accession_number == accession, c.form_url.is_not(None))
+        .where(c.status.not_in(("entered-in-error", "cancelled")))
+        .order_by(c.issued_at.desc(), c.received_at.desc())
+        .limit(1)
+    )
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        return None
+    form = ReportForm(str(row["form_url"]), row["form_type"], row["form_title"])
+    report = CaseReport(
+        str(row["id"]),
+        str(row["tenant"]),
+        str(row["accession_number"]),
+        str(row["status"]),
+        row["issued_at"],
+        row["received_at"],
+        row["report_id"],
+        str(row["source"]),
+        str(row["actor"]),
+        form=form,
+    )
+    return report, form

@@ -295,6 +295,10 @@ case_reports = Table(
     # fhir or cli, and who sent it
     Column("source", String(16), nullable=False),
     Column("actor", String(128), nullable=False),
+    # the report itself, where the LIS gives its URL (DiagnosticReport.presentedForm): http(s) only
+    Column("form_url", Text),
+    Column("form_type", String(128)),
+    Column("form_title", String(255)),
     Index("ix_case_reports_case", "tenant", "accession_number", "issued_at"),
 )
 

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from lamina.errors import ConfigurationError
 
 #: the newest revision in versions/
-HEAD = "0013"
+HEAD = "0014"
 _HERE = Path(__file__).parent
 
 
