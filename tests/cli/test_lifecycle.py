@@ -92,3 +92,16 @@ def test_rules_are_checked_whole_and_the_rules_in_force_stay(lamina: Run, tmp_pa
     assert shown.stdout == good.read_text()
     wrong = lamina("case", "final", "S26-1", "--at", "yesterday")
     assert wrong.returncode == 2 and "--at" in wrong.stderr
+
+
+def test_a_report_with_its_link_and_a_link_that_is_not_http(lamina: Run) -> None:
+    # Arrange
+    assert lamina("tenants", "add", LAB, "HCL").returncode == 0
+    url = "https://lis.example.org/cr-acp/S26-9.pdf"
+    # Act
+    kept = lamina("case", "final", "S26-9", "--url", url, "--json")
+    refused = lamina("case", "final", "S26-9", "--url", "javascript:alert(1)")
+    # Assert: the link kept with the report (the viewer's Report link); another scheme refused
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["form"] == {"url": url, "content_type": None, "title": None}
+    assert refused.returncode == 2 and "--url" in refused.stderr and "http" in refused.stderr

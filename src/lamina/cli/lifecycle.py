@@ -20,7 +20,7 @@ from lamina.errors import ConfigurationError, RequestError
 from lamina.lifecycle.marks import Interest, Marks, Target
 from lamina.lifecycle.plan import TierPrices, Totals, plan
 from lamina.lifecycle.policy import Policies
-from lamina.lifecycle.reports import CLOCK_STATUSES, STATUSES, record_report
+from lamina.lifecycle.reports import CLOCK_STATUSES, STATUSES, ReportForm, check_form_url, record_report
 from lamina.lifecycle.restore import end_request, restore_slide
 from lamina.lifecycle.rules import load_rules
 from lamina.lifecycle.run import run
@@ -73,11 +73,20 @@ def case() -> None:
     show_default=True,
     help="amended or corrected restarts the clock.",
 )
+@click.option(
+    "--url", default=None, help="Where the report is read (http or https): the viewer's Report link."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report recorded as JSON.")
 @click.pass_context
 @handle_errors
 def final(
-    ctx: click.Context, accession: str, tenant: str | None, at: str | None, status: str, as_json: bool
+    ctx: click.Context,
+    accession: str,
+    tenant: str | None,
+    at: str | None,
+    status: str,
+    url: str | None,
+    as_json: bool,
 ) -> None:
     """Record the validated report of the case ACCESSION: its slides' care retention starts."""
     assert status in STATUSES
@@ -91,6 +100,7 @@ def final(
             _when(at, "--at"),
             source="cli",
             actor=operator(),
+            form=None if url is None else ReportForm(check_form_url(url, "--url")),
         )
     finally:
         archive.close()
