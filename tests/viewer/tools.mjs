@@ -244,6 +244,8 @@ try {
   await signOut();
   seen.colleague_sign_in = await signIn(page, config.colleague, config.password);
   await page.waitForSelector(`${VIEWER}[data-loaded="true"]`, { timeout: WAIT });
+  await page.reload();  // the tab keeps its sign-in: the slide and its annotations read afresh
+  await page.waitForSelector(`${VIEWER}[data-loaded="true"]`, { timeout: WAIT });
   await listCount(1);
   seen.colleague_list = await listed();
   seen.colleague_shapes = await page.locator('.tool-overlay .shape').count();
