@@ -24,7 +24,18 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from lamina import __version__, viewer
-from lamina.api import dicomweb, exchange, fhir, fhir_consent, governance, lifecycle, reporting, signin
+from lamina.api import annotations as annotations_api
+from lamina.api import (
+    dicomweb,
+    exchange,
+    fhir,
+    fhir_consent,
+    governance,
+    lifecycle,
+    related,
+    reporting,
+    signin,
+)
 from lamina.api.auth import Authenticate, guard
 from lamina.api.dicomweb.fastpath import FramesFastPath
 from lamina.api.errorlog import ErrorLog
@@ -129,7 +140,14 @@ def create_app(settings: Settings, archive: Archive | None = None) -> _FastApp:
         Mount("/dicomweb", routes=dicomweb.routes()),
         Mount(
             "/api",
-            routes=[*governance.routes(), *lifecycle.routes(), *reporting.routes(), *exchange.routes()],
+            routes=[
+                *governance.routes(),
+                *lifecycle.routes(),
+                *reporting.routes(),
+                *exchange.routes(),
+                *related.routes(),
+                *annotations_api.routes(),
+            ],
         ),
         Mount("/fhir", routes=[*fhir.routes(), *fhir_consent.routes()]),
         # the viewer's mount at / takes every other path: it comes last

@@ -32,7 +32,9 @@ endpoint of the application, and refuses to build an application with a route th
   annotates (a pathologist of the lab: a grant from another lab does not reach its lifecycle);
   its lab administered. A slide the principal cannot see is 404 like an absent one; the
   :class:`~lamina.governance.decide.Resource` found is left in ``scope["state"]["slide"]``;
-- ``PLATFORM``: a platform admin (administering every lab: adding one).
+- ``PLATFORM``: a platform admin (administering every lab: adding one);
+- ``ANNOTATIONS``: any principal; the handler decides on the slide its query names (read, as
+  ``READ_SERIES``) or on the annotation (its author deletes it).
 
 No principal where one is needed: 401 with ``WWW-Authenticate: Bearer realm="lamina"``.
 """
@@ -81,6 +83,7 @@ class Rule(enum.Enum):
     ADMINISTER_SLIDE = "administer the slide's lab"
     CONSENT = "record oppositions in some lab"
     EXCHANGE = "send slides of interest to the archive for some lab"
+    ANNOTATIONS = "signed in; the handler decides on the slide named (read) or the annotation (its author)"
 
 
 _STUDY = "/dicomweb/studies/{study}"
@@ -143,6 +146,10 @@ RULES: dict[str, Rule] = {
     "GET /api/tenants/{finess}/lifecycle-rules": Rule.ADMINISTER,
     "PUT /api/tenants/{finess}/lifecycle-rules": Rule.ADMINISTER,
     "GET /api/slides/{slide}/lifecycle": Rule.READ_SLIDE,
+    # the slides to compare with one (lamina.api.related): its query names the slide, which the
+    # handler reads with Access (404 when hidden); its lists keep what the principal may search,
+    # in the query (visible_series)
+    "GET /api/slides/related": Rule.SIGNED_IN,
     "PUT /api/slides/{slide}/interest": Rule.ANNOTATE_SLIDE,
     "DELETE /api/slides/{slide}/interest": Rule.ANNOTATE_SLIDE,
     "POST /api/slides/{slide}/holds": Rule.ADMINISTER_SLIDE,
@@ -163,6 +170,13 @@ RULES: dict[str, Rule] = {
     "POST /api/exchange/slides": Rule.EXCHANGE,
     "POST /api/exchange/slides/{series}/verify": Rule.EXCHANGE,
     "POST /api/exchange/withdrawals": Rule.EXCHANGE,
+    # a slide's annotations (lamina.api.annotations): the handler checks the slide's read right,
+    # or the annotation's author for a deletion
+    "GET /api/annotations": Rule.ANNOTATIONS,
+    "POST /api/annotations": Rule.ANNOTATIONS,
+    "POST /api/annotations/geojson": Rule.ANNOTATIONS,
+    "DELETE /api/annotations/{instance}": Rule.ANNOTATIONS,
+    "GET /api/annotations/{instance}/geojson": Rule.ANNOTATIONS,
     # the viewer's static files and its library
     "MOUNT /vendor/openseadragon": Rule.PUBLIC,
     "MOUNT /": Rule.PUBLIC,

@@ -108,7 +108,41 @@ class Operation:
     accept: bool = False  # the answer is negotiated from the Accept header (406 possible)
 
 
+_SLIDE_QUERY = [
+    _query("study", "The slide's Study Instance UID"),
+    _query("series", "The slide's Series Instance UID"),
+]
+
+
 OPERATIONS: dict[str, Operation] = {
+    # a slide's annotations (lamina.api.annotations, docs/annotations.md)
+    "list_annotations": Operation(
+        "A slide's annotations as GeoJSON: lamina's and other tools' (ANN, SR regions, SEG outlines)",
+        "annotations",
+        ["application/json"],
+        query=_SLIDE_QUERY,
+    ),
+    "create_annotation": Operation(
+        "Save {study, series, features} as one DICOM Microscopy Bulk Simple Annotations instance",
+        "annotations",
+        ["application/json"],
+        (400, 404, 413, 507),
+        body=["application/json"],
+        status=201,
+    ),
+    "import_geojson": Operation(
+        "Import a QuPath GeoJSON file onto the slide as one annotation instance",
+        "annotations",
+        ["application/json"],
+        (400, 404, 413, 507),
+        _SLIDE_QUERY,
+        body=["application/geo+json", "application/json"],
+        status=201,
+    ),
+    "delete_annotation": Operation("Delete an annotation (its author only)", "annotations", [], status=204),
+    "export_geojson": Operation(
+        "An annotation as a QuPath GeoJSON file (a download)", "annotations", ["application/geo+json"]
+    ),
     "health": Operation(
         "Liveness: the server answers and its catalog is readable", "lamina", ["application/json"], ()
     ),
@@ -311,6 +345,18 @@ OPERATIONS: dict[str, Operation] = {
         "lifecycle",
         ["application/json"],
         (404,),
+    ),
+    "related": Operation(
+        "The slides to compare with one the principal may read (the other slides of its block, the "
+        "patient's prior slides, newest first: only those it may see) and its case's report link",
+        "viewer",
+        ["application/json"],
+        (400, 404),
+        [
+            _query("study", "The slide's Study Instance UID (required)"),
+            _query("series", "The slide's Series Instance UID (required)"),
+            _query("limit", "The most slides a list (1 to 50, default 20)", {"type": "integer"}),
+        ],
     ),
     "flag_interest": Operation(
         "Flag a slide as of interest {category, reason} (a pathologist of its lab)",

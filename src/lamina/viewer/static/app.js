@@ -2,7 +2,7 @@
 // Pages are addressed by the hash, so the browser's back button and shared links work:
 //   #/?AccessionNumber=...              the worklist and its search
 //   #/slide/STUDY/SERIES                 one slide
-//   #/compare/STUDY/SERIES/STUDY/SERIES  two slides, pan and zoom linked
+//   #/compare/STUDY/SERIES/STUDY/SERIES  two slides (up to four: compare.js), pan and zoom linked
 // Before any of them, the sign-in form (signin.js) when this tab holds no valid token, and
 // whenever the server refuses it; once signed in, the page asked for is shown. Coming back from
 // the OpenID provider (?code=&state=), the code is exchanged first.
@@ -18,7 +18,11 @@ import {
 } from './signin.js';
 import { readStack, resolveWindows, stackPanel } from './channels.js';
 import { lifecyclePanel } from './lifecycle.js';
+import {
+  compareHref as compareList, comparePairs, fetchRelated, relatedPanel, reportLink, showCentre,
+} from './compare.js';
 import { MAGNIFICATIONS, SlideViewer, ViewerLink } from './slideview.js';
+import { attachTools } from './tools.js';
 import { availabilityBadge, slideHref, worklistView } from './worklist.js';
 
 const root = document.getElementById('app');
@@ -27,7 +31,7 @@ const account = document.getElementById('account');
 let leave = () => {};
 
 function compareHref(left, right) {
-  return `#/compare/${[left.study, left.series, right.study, right.series].map(encodeURIComponent).join('/')}`;
+  return compareList([left, right]);
 }
 
 function slideName(slide) {
@@ -56,7 +60,8 @@ async function loadSlide(study, series, signal) {
 // The other slides of the case, from QIDO-RS (the slide alone when the server has no QIDO-RS).
 async function caseSlides(slide, signal) {
   try {
-    const list = await searchSeries(slide.study, signal);
+    // the slides: not the annotation (ANN), SR or SEG series other tools and the viewer store there
+    const list = (await searchSeries(slide.study, signal)).filter((item) => ['SM', ''].includes(value(item, 'Modality')));
     list.sort((a, b) => Number(value(a, 'SeriesNumber', 0)) - Number(value(b, 'SeriesNumber', 0)));
     return list.map((item) => ({
       study: slide.study,
@@ -184,23 +189,26 @@ async function slideView(study, series, signal) {
   const slidesList = h('ul', { class: 'case-slides' });
   const compareMenu = h('div', { class: 'group compare-menu' });
   const stackHolder = h('div', { class: 'stack-holder' });
+  const annotationsHolder = h('div', { class: 'annotations-holder' });
+  const toolbar = h('div', { class: 'toolbar' }, magnificationButtons((m) => magnify(viewer, m)), compareMenu);
   root.replaceChildren(h('section', { class: 'slide-page' },
     h('aside', { class: 'side' },
       caseHeader(slide),
       h('h3', {}, 'Slides of this case'), slidesList,
+      relatedPanel({ study, series }, slideHref, signal),
       stackHolder,
+      annotationsHolder,
       h('h3', {}, 'Slide'), facts(slide),
       lifecyclePanel(series, signal),
       associatedImage('Label', slide.label),
       associatedImage('Overview', slide.overview)),
-    h('div', { class: 'stage' },
-      h('div', { class: 'toolbar' }, magnificationButtons((m) => magnify(viewer, m)), compareMenu),
-      stage)));
+    h('div', { class: 'stage' }, toolbar, stage)));
 
   const viewer = new SlideViewer(stage, slide);
   markLoaded(viewer);
   if (slide.stack) stackHolder.append(stackPanel(slide.stack, () => viewer.showStack()));
   const keys = magnificationKeys((m) => magnify(viewer, m));
+  const tools = attachTools(viewer, { toolbar, side: annotationsHolder, study, series });
   const renewed = followToken([viewer]);
 
   caseSlides(slide, signal).then((others) => {
@@ -223,6 +231,7 @@ async function slideView(study, series, signal) {
 
   return () => {
     keys();
+    tools();
     renewed();
     viewer.destroy();
   };
@@ -252,6 +261,11 @@ async function compareView(slides, signal) {
         choose,
         h('span', { class: 'muted' }, slideDescription(slide))),
       stage);
+    // the case's report beside its slide, where the LIS gave its link (compare.js)
+    fetchRelated(slide.study, slide.series, signal).then((found) => {
+      const link = found && reportLink(found.report);
+      if (link) pane.querySelector('header').append(link);
+    }).catch(() => {});
     caseSlides(slide, signal).then((others) => {
       choose.replaceChildren(...others.map((other) =>
         h('option', { value: other.series, selected: other.series === slide.series }, other.name)));
@@ -259,7 +273,7 @@ async function compareView(slides, signal) {
     choose.addEventListener('change', () => {
       const chosen = loaded.map((each) => ({ study: each.study, series: each.series }));
       chosen[index] = { study: slide.study, series: choose.value };
-      location.hash = compareHref(chosen[0], chosen[1]);
+      location.hash = compareList(chosen);
     });
     return { pane, stage };
   });
@@ -268,10 +282,11 @@ async function compareView(slides, signal) {
     h('label', { class: 'group' }, linkBox, 'Link pan and zoom'),
     h('a', { class: 'button', href: slideHref(loaded[0].study, loaded[0].series) }, 'Close'));
   root.replaceChildren(h('section', { class: 'compare-page' }, toolbar,
-    h('div', { class: 'panes' }, panes.map(({ pane }) => pane))));
+    h('div', { class: `panes${panes.length > 2 ? ' panes-grid' : ''}` }, panes.map(({ pane }) => pane))));
 
   const viewers = loaded.map((slide, index) => new SlideViewer(panes[index].stage, slide));
   viewers.forEach(markLoaded);
+  viewers.forEach(showCentre);
   const link = new ViewerLink(viewers);
   let opened = 0;
   for (const viewer of viewers) {
@@ -340,8 +355,8 @@ function route() {
   let shown;
   if (parts[0] === 'slide' && parts.length === 3) {
     shown = slideView(parts[1], parts[2], controller.signal);
-  } else if (parts[0] === 'compare' && parts.length === 5) {
-    shown = compareView([[parts[1], parts[2]], [parts[3], parts[4]]], controller.signal);
+  } else if (parts[0] === 'compare' && comparePairs(parts.slice(1))) {
+    shown = compareView(comparePairs(parts.slice(1)), controller.signal);
   } else {
     shown = Promise.resolve(worklistView(root, new URLSearchParams(query)));
   }
