@@ -47,7 +47,9 @@ try {
   page.on('pageerror', (error) => seen.errors.push(`page error: ${error.message}`));
   page.on('console', (entry) => {
     if (entry.type() === 'error') seen.errors.push(`console: ${entry.text()}`);
+    else if (config.debug) seen.errors.push(`console ${entry.type()}: ${entry.text()}`);
   });
+  if (config.debug) page.on('request', (request) => seen.errors.push(`request ${request.url().slice(-60)}`));
   page.on('requestfinished', async (request) => {
     if (!request.url().includes('/dicomweb/')) return;
     seen.requests += 1;
@@ -62,10 +64,23 @@ try {
     }
   });
   if (config.client === 'dmv') await dmv(page); else await lamina(page);
+} catch (error) {
+  seen.failure = error.message;  // with the page's errors: printed, then exit status 1
+  if (config.debug) {
+    seen.state = await context.pages()[0].evaluate(() => {
+      const viewer = window.laminaViewers && window.laminaViewers[0];
+      const item = viewer && viewer.world.getItemAt(0);
+      if (!item) return 'no item';
+      return { loading: item._tilesLoading, fully: item.getFullyLoaded(), jobs: viewer.imageLoader.jobsInProgress,
+        queue: viewer.imageLoader.jobQueue.length, failed: viewer.imageLoader.failedTiles.length,
+        cached: viewer.tileCache.numTilesLoaded ? viewer.tileCache.numTilesLoaded() : null };
+    }).catch((e) => String(e));
+  }
 } finally {
   await context.close();
 }
 process.stdout.write(`${JSON.stringify(seen)}\n`);
+if (seen.failure) process.exitCode = 1;
 
 async function lamina(page) {
   await page.addInitScript((token) => {
@@ -128,9 +143,10 @@ async function lamina(page) {
   }));
   seen.views_ms = [];
   seen.views_network_ms = [];  // from the jump to the last tile's answer: the rest is drawing
-  seen.views_tiles = [];
+  seen.views_requests = [];  // tile requests (a frame list is one)
+  seen.views_frames = [];  // tiles fetched
   for (const [x, y] of config.views) {
-    const [ms, network, tiles] = await page.evaluate(({ x, y, zoom, wait }) => new Promise((resolve, reject) => {
+    const [ms, network, requests, frames] = await page.evaluate(({ x, y, zoom, wait }) => new Promise((resolve, reject) => {
       const viewer = window.laminaViewers[0];
       const item = viewer.world.getItemAt(0);
       const timer = setTimeout(() => reject(new Error(`the view at ${x}, ${y} was not drawn in time`)), wait);
@@ -143,7 +159,9 @@ async function lamina(page) {
         const done = performance.now();
         const tiles = performance.getEntriesByType('resource').filter((entry) => entry.name.includes('/frames/'));
         const last = Math.max(start, ...tiles.map((entry) => entry.responseEnd));
-        resolve([done - start, last - start, tiles.length]);
+        // frames fetched: a frame list (frames/3,4,5) counts each of its frames
+        const frames = tiles.reduce((sum, entry) => sum + entry.name.split('/frames/')[1].split('/')[0].split(',').length, 0);
+        resolve([done - start, last - start, tiles.length, frames]);
       };
       viewer.addHandler('update-viewport', check);
       viewer.viewport.zoomTo(item.imageToViewportZoom(zoom), null, true);
@@ -152,7 +170,8 @@ async function lamina(page) {
     }), { x, y, zoom: (config.mpp * config.magnification) / MICRONS_AT_1X, wait: WAIT });
     seen.views_ms.push(ms);
     seen.views_network_ms.push(network);
-    seen.views_tiles.push(tiles);
+    seen.views_requests.push(requests);
+    seen.views_frames.push(frames);
   }
 }
 

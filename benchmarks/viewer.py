@@ -220,7 +220,11 @@ def drive(config: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
             cwd=REPO,
         )
     if run.returncode != 0:
-        raise RuntimeError(f"viewer.mjs failed: {run.stderr[-3000:]}{run.stdout[-2000:]}")
+        kept = Path(tempfile.gettempdir()) / "lamina-viewer-failure.json"
+        kept.write_text(run.stdout)
+        raise RuntimeError(
+            f"viewer.mjs failed (its output: {kept}): {run.stderr[-3000:]}{run.stdout[-2000:]}"
+        )
     seen: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
     return seen
 
@@ -260,6 +264,10 @@ def report(runs: Sequence[Run], views_count: int, link_check: dict[str, tuple[fl
     lines.append(
         f"machine: {info['cpu']}, {info['nproc']} CPUs, {info['memory']}, {info['platform']}; "
         f"Python {info['python']}; {chromium_version()}; node {node_version()}"
+    )
+    load = " / ".join(f"{value:.1f}" for value in os.getloadavg())
+    lines.append(
+        f"load average at the end (1, 5, 15 min): {load} (the machine is shared: figures move with it)"
     )
     for link, (rtt, mbit) in link_check.items():
         lines.append(

@@ -20,7 +20,7 @@ export function dicomTileSource(levels, stack = null, channel = null) {
   const full = ladder[ladder.length - 1];
   const at = (level) => ladder[Math.max(0, Math.min(ladder.length - 1, level))];
   const across = (image) => Math.ceil(image.width / image.tileWidth);
-  return new OpenSeadragon.TileSource({
+  const source = new OpenSeadragon.TileSource({
     width: full.width,
     height: full.height,
     tileWidth: full.tileWidth,
@@ -44,6 +44,110 @@ export function dicomTileSource(levels, stack = null, channel = null) {
     // a tile is its URL: OpenSeadragon's default key adds the request's headers, the token
     getTileHashKey: (level, x, y, url) => url,
   });
+  if (!stack && TILES_PER_REQUEST > 1) batchTiles(source);
+  return source;
+}
+
+// Several tiles a request (WADO-RS frame lists, PS3.18 10.4.1.1.2): the tiles OpenSeadragon starts
+// together (a view's, in one update) go as one request per level and TILES_PER_REQUEST frames,
+// as JPEG (the stored frames of a JPEG slide, byte for byte; others transcoded by the server).
+// Over a thin link a view costs a round trip or two, not one per six tiles (a browser's
+// connections per host). A request that fails fails its tiles, which OpenSeadragon asks again
+// one at a time (as rendered frames: the tile's own URL). OpenSeadragon 6's own batching
+// (batchEnabled) is not used: its loader drops the batches not yet sent at every redraw
+// (ImageLoader.clear) and their tiles stay "loading" for ever.
+export const TILES_PER_REQUEST = 8;
+const FRAMES_ACCEPT = 'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50';
+const RENDERED_TILE = /^(.*)\/frames\/(\d+)\/rendered$/;
+
+function batchTiles(source) {
+  const single = source.downloadTileStart.bind(source);
+  let pending = null;  // instance URL -> [[frame number, job]], sent at the end of this task
+  let broken = false;  // frame lists refused here (not JPEG, a server without them): one at a time
+  const fallBack = (members) => {
+    broken = true;
+    for (const [, job] of members) single(job);
+  };
+  const send = () => {
+    const groups = pending;
+    pending = null;
+    for (const [instance, members] of groups) {
+      for (let at = 0; at < members.length; at += TILES_PER_REQUEST) {
+        const some = members.slice(at, at + TILES_PER_REQUEST);
+        if (some.length === 1) single(some[0][1]);
+        else fetchFrames(instance, some, fallBack);
+      }
+    }
+  };
+  source.downloadTileStart = (job) => {
+    const [, instance, frame] = (!broken && job.src.match(RENDERED_TILE)) || [];
+    if (!instance || !job.loadWithAjax) {
+      single(job);
+      return;
+    }
+    if (!pending) {
+      pending = new Map();
+      queueMicrotask(send);
+    }
+    if (!pending.has(instance)) pending.set(instance, []);
+    pending.get(instance).push([frame, job]);
+  };
+}
+
+// One request for the frames of `members` ([frame number, job]); a 401 fails them (the sign-in
+// form comes back), any other failure hands them to `fallBack`.
+function fetchFrames(instance, members, fallBack) {
+  const request = new XMLHttpRequest();
+  request.open('GET', `${instance}/frames/${members.map(([frame]) => frame).join(',')}`);
+  request.responseType = 'arraybuffer';
+  for (const [name, text] of Object.entries(members[0][1].ajaxHeaders || {})) request.setRequestHeader(name, text);
+  request.setRequestHeader('Accept', FRAMES_ACCEPT);
+  const fail = (why) => members.forEach(([, job]) => job.fail(why, request));
+  request.onload = () => {
+    if (request.status === 401) {
+      fail('frames: 401');
+      return;
+    }
+    const parts = request.status === 200
+      ? multipartParts(new Uint8Array(request.response), request.getResponseHeader('Content-Type'))
+      : null;
+    if (!parts || parts.length !== members.length) {
+      fallBack(members);
+      return;
+    }
+    members.forEach(([, job], index) => job.finish(new Blob([parts[index]], { type: 'image/jpeg' }), request, 'rasterBlob'));
+  };
+  request.onerror = () => fail('frames: network error');
+  for (const [, job] of members) job.userData.request = request;  // OpenSeadragon's abort aborts it
+  request.send();
+}
+
+// The bodies of a multipart/related answer, in order (null when it is not one).
+export function multipartParts(bytes, contentType) {
+  const match = /boundary="?([^";]+)"?/i.exec(contentType || '');
+  if (!match) return null;
+  const delimiter = new TextEncoder().encode(`--${match[1]}`);
+  const find = (from) => {
+    for (let at = bytes.indexOf(delimiter[0], from); at !== -1; at = bytes.indexOf(delimiter[0], at + 1)) {
+      let same = at + delimiter.length <= bytes.length;
+      for (let k = 1; same && k < delimiter.length; k += 1) same = bytes[at + k] === delimiter[k];
+      if (same) return at;
+    }
+    return -1;
+  };
+  const parts = [];
+  let at = find(0);
+  while (at !== -1) {
+    const after = at + delimiter.length;
+    if (bytes[after] === 45 && bytes[after + 1] === 45) break;  // "--": the closing delimiter
+    let head = after;  // the part's headers end at the first empty line
+    while (head + 3 < bytes.length && !(bytes[head] === 13 && bytes[head + 1] === 10 && bytes[head + 2] === 13 && bytes[head + 3] === 10)) head += 1;
+    const next = find(head + 4);
+    if (next === -1) return null;
+    parts.push(bytes.subarray(head + 4, next - 2));  // less the CRLF before the delimiter
+    at = next;
+  }
+  return parts;
 }
 
 // Which OpenSeadragon drawer to use, measured (benchmarks/viewer.py, docs/serving.md "Speed"):
@@ -125,7 +229,7 @@ export class SlideViewer {
       // a view's tiles asked for at once, not one a frame (OpenSeadragon's default: a 1920 x 1080
       // view of 240-pixel tiles at 40x is 45 tiles, 45 frames, most of a second on a busy PC)
       maxTilesPerFrame: 64,
-      imageLoaderLimit: 12,
+      imageLoaderLimit: 48,  // tiles in flight: six connections of TILES_PER_REQUEST
       timeout: 30000,
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     });
