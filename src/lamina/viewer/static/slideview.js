@@ -52,8 +52,9 @@ export function dicomTileSource(levels, stack = null, channel = null) {
 // together (a view's, in one update) go as one request per level and TILES_PER_REQUEST frames,
 // as JPEG (the stored frames of a JPEG slide, byte for byte; others transcoded by the server).
 // Over a thin link a view costs a round trip or two, not one per six tiles (a browser's
-// connections per host). A request that fails fails its tiles, which OpenSeadragon asks again
-// one at a time (as rendered frames: the tile's own URL). OpenSeadragon 6's own batching
+// connections per host). A list that fails (but with 401) is asked again tile by tile, as
+// rendered frames (each tile's own URL), and lists are left off for that slide from then on
+// (a server without them, frames it cannot give as JPEG). OpenSeadragon 6's own batching
 // (batchEnabled) is not used: its loader drops the batches not yet sent at every redraw
 // (ImageLoader.clear) and their tiles stay "loading" for ever.
 export const TILES_PER_REQUEST = 8;
