@@ -264,8 +264,8 @@ def format_peers(lamina: Path, postgres: str, fmt: str) -> list[Peer]:
                 home_env="LAMINA_HOME",
             ),
             Peer(
-                "lamina-jpegls",
-                (*ingest, "--lossless", "jpeg-ls"),
+                "lamina-j2k",
+                (*ingest, "--lossless", "jpeg2000"),
                 missing=lamina_missing,
                 home_env="LAMINA_HOME",
             ),
@@ -483,36 +483,50 @@ def format_goals(outcomes: Sequence[Outcome], fmt: str) -> list[Goal]:
             _goal("peak RSS", rss_target, rss, "{:,.1f} MB", _below_rss),
         ]
     else:
-        lossless = _time_ratio(by_name["wsidicomizer-j2k-lossless"], lamina)
+        # lamina's default lossless codec there is JPEG-LS (decision 0011), which wsidicomizer
+        # does not write: its faster lossless option is the peer
+        fastest = min(
+            (
+                by_name[name]
+                for name in ("wsidicomizer-j2k-lossless", "wsidicomizer-htj2k-lossless")
+                if name in by_name and by_name[name].ok
+            ),
+            key=lambda outcome: outcome.median("total_seconds"),
+            default=by_name["wsidicomizer-j2k-lossless"],
+        )
+        lossless = _time_ratio(fastest, lamina)
         default = _time_ratio(by_name["wsidicomizer"], lamina)
         lossy = _time_ratio(by_name["wsidicomizer"], by_name["lamina-jpeg90"])
         target = f">= {PIXEL_EXACT_GOAL:g}x"
         checks = [
             _goal(
-                "speed-up over wsidicomizer, both lossless JPEG 2000",
+                "speed-up over wsidicomizer, both lossless (its faster of JPEG 2000 and HTJ2K)",
                 target,
                 lossless,
                 "{:.2f}x",
                 _pixel_exact,
             ),
-            _goal(
-                "speed-up over wsidicomizer's defaults (JPEG q90)", target, default, "{:.2f}x", _pixel_exact
+            # lossless against lossy, and the lossy option: reported, not the goal
+            Goal(
+                "lamina speed-up over wsidicomizer's defaults (JPEG q90, lossy)",
+                "(reported)",
+                f"{default:.2f}x" if default is not None else "n/a",
+                None,
             ),
-            _goal(
-                "--lossy 90 speed-up over wsidicomizer (both JPEG q90)",
-                target,
-                lossy,
-                "{:.2f}x",
-                _pixel_exact,
+            Goal(
+                "lamina --lossy 90 speed-up over wsidicomizer (both JPEG q90)",
+                "(reported)",
+                f"{lossy:.2f}x" if lossy is not None else "n/a",
+                None,
             ),
-            _goal(
-                "--lossless jpeg-ls speed-up over wsidicomizer lossless JPEG 2000",
-                target,
-                _time_ratio(by_name["wsidicomizer-j2k-lossless"], by_name["lamina-jpegls"])
-                if "lamina-jpegls" in by_name
-                else None,
-                "{:.2f}x",
-                _pixel_exact,
+            Goal(
+                "lamina --lossless jpeg2000 speed-up over wsidicomizer lossless JPEG 2000 (same codec)",
+                "(reported)",
+                f"{ratio:.2f}x"
+                if "lamina-j2k" in by_name
+                and (ratio := _time_ratio(by_name["wsidicomizer-j2k-lossless"], by_name["lamina-j2k"]))
+                else "n/a",
+                None,
             ),
             _goal("peak RSS", rss_target, rss, "{:,.1f} MB", _below_rss),
         ]
