@@ -10,14 +10,16 @@ const { context, page } = await launch(config);
 const seen = {};
 
 async function loaded(selector) {
-  await page.waitForSelector(`${selector}[data-loaded="true"]`, { timeout: WAIT });
+  await page.waitForSelector(`${selector}[data-loaded="true"]:not([data-old])`, { timeout: WAIT });
 }
 
-// The panel once the server answered: each list's series in order, and the report link.
+// The panel once the server answered: each list's series in order, and the report link. Read in
+// one step from the panel that holds the lists, never from a page being replaced (a panel marked
+// `data-old` before leaving it is not taken).
 async function panel() {
-  await page.waitForSelector('.related [data-list="priors"]', { timeout: WAIT });
-  return page.evaluate(() => {
-    const section = document.querySelector('.related');
+  const handle = await page.waitForFunction(() => {
+    const section = document.querySelector('.related:not([data-old])');
+    if (!section || !section.querySelector('[data-list="priors"]')) return null;
     const list = (name) => [...section.querySelectorAll(`[data-list="${name}"] li`)].map((li) => li.dataset.series);
     const link = section.querySelector('a.report-link');
     return {
@@ -25,8 +27,15 @@ async function panel() {
       priors: list('priors'),
       report: link ? { href: link.href, target: link.target, rel: link.rel, text: link.textContent } : null,
     };
-  });
+  }, null, { timeout: WAIT });
+  return handle.jsonValue();
 }
+
+// Marks the page being left, so that what follows waits for the next one (the address changes at
+// the click, the page a moment later).
+const leaving = () => page.evaluate(() => {
+  for (const element of document.querySelectorAll('.related, #viewer')) element.dataset.old = '1';
+});
 
 const centres = () => page.evaluate(() => [...document.querySelectorAll('.pane .osd')]
   .map((element) => element.dataset.centre.split(',').map(Number)));
@@ -39,6 +48,7 @@ try {
   seen.first = await panel();
 
   // a prior slide from the panel, with the mouse: it opens in the viewer
+  await leaving();
   await page.click('.related [data-list="priors"] li:first-child a.thumb');
   await page.waitForFunction((series) => location.hash.endsWith(encodeURIComponent(series)),
     seen.first.priors[0], { timeout: WAIT });
@@ -47,7 +57,7 @@ try {
   seen.prior.hash = await page.evaluate(() => decodeURIComponent(location.hash));
 
   // three more ticked, side by side: four panes, linked
-  for (const tick of (await page.$$('.related input.compare-tick')).slice(0, 3)) await tick.click();
+  for (const tick of (await page.$$('.related:not([data-old]) input.compare-tick')).slice(0, 3)) await tick.click();
   seen.prior.button = await page.locator('#compare-ticked').textContent();
   await page.click('#compare-ticked');
   for (let index = 0; index < 4; index += 1) await loaded(`#viewer-${index}`);
