@@ -423,7 +423,8 @@ def test_the_spool_of_a_server_killed_mid_request_is_swept_at_the_next_start(
     tmp_path: Path, settings: Settings
 ) -> None:
     home = settings.home
-    env = lamina_env(settings, LAMINA_VERIFY_CRON="off")
+    # a stop waits for open connections at most 5 s (30 by default), well inside the wait below
+    env = lamina_env(settings, LAMINA_VERIFY_CRON="off", LAMINA_SHUTDOWN_GRACE_S="5")
     lamina = str(Path(sys.executable).parent / "lamina")
     port, dimse_port = free_ports(2)
     log = tmp_path / "serve.log"
@@ -472,7 +473,11 @@ def test_the_spool_of_a_server_killed_mid_request_is_swept_at_the_next_start(
     finally:
         release.set()
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
 
 
 def _post_quietly(url: str, content: Iterator[bytes]) -> None:
