@@ -334,19 +334,7 @@ def test_an_annotation_another_tool_stores_by_stow_rs_is_shown(world: World) -> 
         manufacturer="another tool", manufacturer_model_name="x", software_versions="1",
         device_serial_number="1",
     )  # fmt: skip
-    buffer = io.BytesIO()
-    made.save_as(buffer, enforce_file_format=True)
-    body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n--b--\r\n"
-    stored = httpx.post(
-        f"{world.base}/dicomweb/studies/{world.study}",
-        content=body,
-        headers={
-            **world.headers["author"],
-            "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
-        },
-        timeout=60,
-    )
-    assert stored.status_code == 200, stored.text
+    _stow(world, made)
     shown = [a for a in _list(world, "colleague").json()["annotations"] if a["id"] == made.SOPInstanceUID]
     assert len(shown) == 1 and shown[0]["source"] == "ANN"
     (feature,) = shown[0]["features"]["features"]

@@ -19,8 +19,6 @@ deletion. Storing and deleting are audited (``store`` by the receive path, ``ann
 
 from __future__ import annotations
 
-import asyncio
-import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,8 @@ from lamina.annotations import Annotations, Author, feature_collection, read_fea
 from lamina.annotations.ann import ANN_CLASS
 from lamina.annotations.service import SOURCES
 from lamina.api.auth import principal
+from lamina.api.dicomweb.stow import receive
+from lamina.api.params import read_body, uid
 from lamina.archive import audit
 from lamina.archive.archive import Archive
 from lamina.archive.catalog import tables as t
@@ -42,7 +42,6 @@ from lamina.archive.receive import FailureReason, Outcome
 from lamina.errors import (
     InsufficientStorageError,
     NotFoundError,
-    PayloadTooLargeError,
     PermissionDeniedError,
     RequestError,
     StorageError,
@@ -54,7 +53,6 @@ __all__ = ["MAX_BODY", "routes"]
 
 #: the largest body taken (bytes): a million points with room
 MAX_BODY = 48 << 20
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _JSON = "application/json"
 _GEOJSON = "application/geo+json"
 
@@ -77,12 +75,6 @@ def _service(request: Request) -> Annotations:
     return found
 
 
-def _uid(value: Any, name: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not _UID.fullmatch(value):
-        raise RequestError(name, "a DICOM UID (digits and dots, at most 64 characters)")
-    return value
-
-
 def _answer(
     body: Any, status: int = 200, media: str = _JSON, headers: dict[str, str] | None = None
 ) -> Response:
@@ -100,8 +92,8 @@ def _readable(request: Request, who: Principal, study: str, series: str) -> Reso
 
 async def list_annotations(request: Request) -> Response:
     who = principal(request)
-    study = _uid(request.query_params.get("study"), "study")
-    series = _uid(request.query_params.get("series"), "series")
+    study = uid(request.query_params.get("study"), "study")
+    series = uid(request.query_params.get("series"), "series")
 
     def work() -> list[dict[str, Any]]:
         _readable(request, who, study, series)
@@ -111,17 +103,8 @@ async def list_annotations(request: Request) -> Response:
 
 
 async def _body(request: Request) -> Any:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        raise PayloadTooLargeError(f"the body of {declared} bytes is over the {MAX_BODY} byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLargeError(f"the body is over the {MAX_BODY} byte limit")
-        chunks.append(chunk)
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(await read_body(request, MAX_BODY))
     except orjson.JSONDecodeError as exc:
         raise RequestError("body", f"not JSON ({exc})") from exc
 
@@ -131,7 +114,7 @@ async def create_annotation(request: Request) -> Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise RequestError("body", "an object {study, series, features}")
-    study, series = _uid(body.get("study"), "study"), _uid(body.get("series"), "series")
+    study, series = uid(body.get("study"), "study"), uid(body.get("series"), "series")
     if "features" not in body:
         raise RequestError("features", "a GeoJSON FeatureCollection of the annotation's features")
     return await _create(request, who, study, series, body["features"], "features")
@@ -139,8 +122,8 @@ async def create_annotation(request: Request) -> Response:
 
 async def import_geojson(request: Request) -> Response:
     who = principal(request)
-    study = _uid(request.query_params.get("study"), "study")
-    series = _uid(request.query_params.get("series"), "series")
+    study = uid(request.query_params.get("study"), "study")
+    series = uid(request.query_params.get("series"), "series")
     return await _create(request, who, study, series, await _body(request), "geojson")
 
 
@@ -183,19 +166,11 @@ async def _create(
 
 
 async def _store(request: Request, path: Path, study: str, tenant: str, actor: str) -> Outcome:
-    """Store the file as STOW-RS does (lamina.api.dicomweb.stow): received here, or queued."""
-    archive: Archive = request.app.state.archive
-    queue = getattr(request.app.state, "jobs", None)
-    if queue is None:
-        receipt = await asyncio.get_running_loop().run_in_executor(
-            request.app.state.background,
-            lambda: archive.receiver().receive([path], study=study, actor=actor, tenant=tenant),
-        )
-        return receipt.outcomes[0]
-    outcomes = await queue.store([path], study, tenant, actor)
+    """Store the file as STOW-RS does (:func:`lamina.api.dicomweb.stow.receive`)."""
+    outcomes = await receive(request, [path], study, tenant, actor)
     if outcomes is None:
         raise StorageError("the annotation is still being stored; list the slide's annotations again shortly")
-    return outcomes[0]  # type: ignore[no-any-return]
+    return outcomes[0]
 
 
 def _display_name(archive: Archive, person: str) -> str:
@@ -234,7 +209,7 @@ def _slide_of(request: Request, who: Principal, sop: str, study: str) -> tuple[s
 
 async def export_geojson(request: Request) -> Response:
     who = principal(request)
-    sop = _uid(request.path_params["instance"], "instance")
+    sop = uid(request.path_params["instance"], "instance")
 
     def work() -> dict[str, Any]:
         study, _ = _object(request, sop, SOURCES)
@@ -248,7 +223,7 @@ async def export_geojson(request: Request) -> Response:
 
 async def delete_annotation(request: Request) -> Response:
     who = principal(request)
-    sop = _uid(request.path_params["instance"], "instance")
+    sop = uid(request.path_params["instance"], "instance")
     service = _service(request)
 
     def work() -> None:

@@ -48,7 +48,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
-from lamina.errors import NotFoundError, PayloadTooLargeError, PermissionDeniedError, RequestError
+from lamina.api.params import read_body
+from lamina.errors import NotFoundError, PermissionDeniedError, RequestError
 from lamina.governance.collections import Collections
 from lamina.governance.decide import GLOBAL_ROLES, Action, Principal
 from lamina.governance.model import (
@@ -100,16 +101,9 @@ async def json_body(
     media = request.headers.get("content-type", _JSON).split(";", 1)[0].strip().lower()
     if media != _JSON:
         raise RequestError("Content-Type", f"send the body as {_JSON}, not {media or 'nothing'}")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"the body of {declared} bytes is over the {limit} byte limit")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise PayloadTooLargeError(f"the body is over the {limit} byte limit")
+    raw = await read_body(request, limit)
     try:
-        found = orjson.loads(bytes(raw))
+        found = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise RequestError("body", "not JSON: send a JSON object, e.g. " + _example(required)) from None
     if not isinstance(found, dict):

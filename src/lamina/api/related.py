@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from lamina.api.auth import principal
+from lamina.api.params import uid
 from lamina.archive.related import MAX_LIMIT, related_slides
 from lamina.errors import NotFoundError, RequestError
 from lamina.governance.access import Access
@@ -38,13 +39,6 @@ __all__ = ["routes"]
 
 _DEFAULT_LIMIT = 20
 _NO_SLIDE = "no such slide in this archive"
-
-
-def _uid(request: Request, name: str) -> str:
-    text = request.query_params.get(name, "").strip()
-    if not text or len(text) > 64 or any(c not in "0123456789." for c in text):
-        raise RequestError(name, "give the slide's Instance UID (digits and dots, at most 64)")
-    return text
 
 
 def _limit(request: Request) -> int:
@@ -59,7 +53,9 @@ def _limit(request: Request) -> int:
 def related(request: Request) -> Response:
     """``GET /api/slides/related`` (blocking: run in the thread pool)."""
     who = principal(request)
-    study, series, limit = _uid(request, "study"), _uid(request, "series"), _limit(request)
+    query = request.query_params
+    study, series = uid(query.get("study"), "study"), uid(query.get("series"), "series")
+    limit = _limit(request)
     access: Access = request.app.state.access
     # the slide itself: readable, or 404 like an absent one (not audited: nothing is opened)
     access.require(who, Action.READ, access.series(study, series))

@@ -31,7 +31,7 @@ from lamina.errors import InsufficientStorageError, PayloadTooLargeError, Permis
 from lamina.governance.decide import Action, Principal
 from lamina.mapping.attributes import element, tags
 
-__all__ = ["store"]
+__all__ = ["receive", "store"]
 
 _DICOM = "application/dicom"
 
@@ -51,15 +51,7 @@ async def store(request: Request) -> Response:
     with archive.incoming.request() as folder:
         parts = await spool_parts(request.stream(), boundary, folder, limit)
         refused, files = _dicom_parts(parts)
-        queue = getattr(request.app.state, "jobs", None)
-        if queue is None:  # embedded: received in this process, by a thread of long work
-            receipt = await asyncio.get_running_loop().run_in_executor(
-                request.app.state.background,
-                lambda: archive.receiver().receive(files, study=study, actor=actor, tenant=tenant),
-            )
-            outcomes: list[Outcome] | None = receipt.outcomes
-        else:
-            outcomes = await queue.store(files, study, tenant, actor)
+        outcomes = await receive(request, files, study, tenant, actor)
     if outcomes is None:  # still running after stow_wait_s
         return Response(
             orjson.dumps({}),
@@ -73,6 +65,23 @@ async def store(request: Request) -> Response:
         if outcome.ok:
             request.app.state.index.forget(outcome.sop_instance_uid)
     return _response(base, outcomes)
+
+
+async def receive(
+    request: Request, files: list[Path], study: str | None, tenant: str, actor: str
+) -> list[Outcome] | None:
+    """``files`` stored into ``tenant`` by the archive's receive path: in this process by a thread
+    of long work (embedded), or by the job queue (a PostgreSQL catalog); None when the queue's
+    job is still running after ``stow_wait_s``."""
+    archive: Archive = request.app.state.archive
+    queue = getattr(request.app.state, "jobs", None)
+    if queue is None:
+        receipt = await asyncio.get_running_loop().run_in_executor(
+            request.app.state.background,
+            lambda: archive.receiver().receive(files, study=study, actor=actor, tenant=tenant),
+        )
+        return receipt.outcomes
+    return await queue.store(files, study, tenant, actor)  # type: ignore[no-any-return]
 
 
 def _tenant(who: Principal, asked: str | None) -> str:
