@@ -178,7 +178,11 @@ class Archive:
                 target = folder / f"{row.instance_number:02d}-{suffix}.dcm"
                 self._copy_verified(row.blob_sha256, target)
                 if transfer_syntax == "jpeg2000" and row.transfer_syntax_uid in REWRITTEN:
-                    to_jpeg2000(target, target, spool_dir=folder)
+                    try:
+                        to_jpeg2000(target, target, spool_dir=folder)
+                    except BaseException:
+                        target.unlink(missing_ok=True)  # never a file in another syntax than asked
+                        raise
                 files.append(target)
             with self.catalog.begin() as conn:
                 detail = {"dest": str(folder)}

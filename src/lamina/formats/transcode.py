@@ -106,13 +106,17 @@ def to_jpeg2000(path: Path, target: Path, spool_dir: Path | None = None) -> bool
             header = io.BytesIO()
             pydicom.dcmwrite(header, dataset, enforce_file_format=True)
             part = target.with_name(target.name + ".part")
-            with part.open("wb") as out:
-                out.write(header.getvalue() + _PIXEL_DATA_HEADER + _EMPTY_BOT)
-                _stream_frames(_FileSink(out), iter_spool(spool, lengths), lengths)  # type: ignore[arg-type]
-                out.write(_SEQ_DELIMITER)
-                out.flush()
-                os.fsync(out.fileno())
-            part.replace(target)
+            try:
+                with part.open("wb") as out:
+                    out.write(header.getvalue() + _PIXEL_DATA_HEADER + _EMPTY_BOT)
+                    _stream_frames(_FileSink(out), iter_spool(spool, lengths), lengths)  # type: ignore[arg-type]
+                    out.write(_SEQ_DELIMITER)
+                    out.flush()
+                    os.fsync(out.fileno())
+                part.replace(target)
+            except BaseException:
+                part.unlink(missing_ok=True)  # nothing half-written left
+                raise
     return True
 
 
